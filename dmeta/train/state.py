@@ -29,6 +29,10 @@ class TrainState:
     key: Key
 
 
-def init_train_state(params: Params, optimizer: optax.GradientTransformation, key: Key) -> TrainState:
+def init_train_state(
+    params: Params, optimizer: optax.GradientTransformation, key: Key
+) -> TrainState:
     """Builds the state at step 0."""
-    return TrainState(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32), key=key)
+    return TrainState(
+        params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32), key=key
+    )

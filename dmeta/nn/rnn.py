@@ -1,0 +1,131 @@
+"""GRU and LSTM layers whose recurrence is a ``lax.scan``.
+
+The input projection of every time step is one matmul before the scan; only the
+hidden-to-hidden product runs inside it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dmeta.types import Array
+
+
+def _scan_time(step, h0, xs_proj: Array, remat: bool):
+    """Runs ``step`` over axis -2 of ``xs_proj`` ([..., S, G]); returns (h_last, hs [..., S, H])."""
+    body = jax.checkpoint(step) if remat else step
+    h_last, hs = jax.lax.scan(body, h0, jnp.moveaxis(xs_proj, -2, 0))
+    return h_last, jnp.moveaxis(hs, 0, -2)
+
+
+class GRU(nnx.Module):
+    """Gated recurrent unit (PyTorch gate convention: reset, update, new).
+
+    Args:
+      in_features: F, size of each input step.
+      hidden: H, size of the hidden state.
+      remat: recompute the scan body in the backward pass (``jax.checkpoint``).
+      rngs: NNX random streams for initialization.
+    """
+
+    def __init__(self, in_features: int, hidden: int, *, remat: bool = False, rngs: nnx.Rngs):
+        self.hidden = hidden
+        self.remat = remat
+        glorot = nnx.initializers.glorot_uniform()
+        ortho = nnx.initializers.orthogonal()
+        self.w_x = nnx.Param(glorot(rngs.params(), (in_features, 3 * hidden)))
+        self.w_h = nnx.Param(
+            jnp.concatenate([ortho(rngs.params(), (hidden, hidden)) for _ in range(3)], axis=1)
+        )
+        self.b_x = nnx.Param(jnp.zeros((3 * hidden,)))
+        self.b_h = nnx.Param(jnp.zeros((3 * hidden,)))
+
+    def __call__(self, x: Array, h0: Array | None = None, *, return_sequence: bool = False):
+        """Encodes a sequence.
+
+        Args:
+          x: f32[..., S, F] inputs.
+          h0: f32[..., H] initial state (zeros if None).
+          return_sequence: also return every hidden state.
+
+        Returns:
+          h: f32[..., H] the last hidden state, and hs: f32[..., S, H] if requested.
+        """
+        hidden = self.hidden
+        w_h, b_h = self.w_h[...], self.b_h[...]
+        xs = x @ self.w_x[...] + self.b_x[...]
+        if h0 is None:
+            h0 = jnp.zeros(x.shape[:-2] + (hidden,), xs.dtype)
+
+        def step(h, xp):
+            hp = h @ w_h + b_h
+            r = jax.nn.sigmoid(xp[..., :hidden] + hp[..., :hidden])
+            z = jax.nn.sigmoid(xp[..., hidden : 2 * hidden] + hp[..., hidden : 2 * hidden])
+            n = jnp.tanh(xp[..., 2 * hidden :] + r * hp[..., 2 * hidden :])
+            h = (1.0 - z) * n + z * h
+            return h, h
+
+        h, hs = _scan_time(step, h0, xs, self.remat)
+        return (h, hs) if return_sequence else h
+
+
+class LSTM(nnx.Module):
+    """Long short-term memory layer (gates: input, forget, cell, output).
+
+    Args:
+      in_features: F, size of each input step.
+      hidden: H, size of the hidden and cell states.
+      forget_bias: added to the forget gate at initialization.
+      remat: recompute the scan body in the backward pass (``jax.checkpoint``).
+      rngs: NNX random streams for initialization.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        *,
+        forget_bias: float = 1.0,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        self.hidden = hidden
+        self.remat = remat
+        glorot = nnx.initializers.glorot_uniform()
+        ortho = nnx.initializers.orthogonal()
+        self.w_x = nnx.Param(glorot(rngs.params(), (in_features, 4 * hidden)))
+        self.w_h = nnx.Param(
+            jnp.concatenate([ortho(rngs.params(), (hidden, hidden)) for _ in range(4)], axis=1)
+        )
+        self.b = nnx.Param(jnp.zeros((4 * hidden,)).at[hidden : 2 * hidden].set(forget_bias))
+
+    def cell(self, carry: tuple[Array, Array], xp: Array) -> tuple[Array, Array]:
+        """One step from projected input ``xp: f32[..., 4H]``; carry is (h, c)."""
+        h, c = carry
+        g = xp + h @ self.w_h[...]
+        hidden = self.hidden
+        i = jax.nn.sigmoid(g[..., :hidden])
+        f = jax.nn.sigmoid(g[..., hidden : 2 * hidden])
+        u = jnp.tanh(g[..., 2 * hidden : 3 * hidden])
+        o = jax.nn.sigmoid(g[..., 3 * hidden :])
+        c = f * c + i * u
+        h = o * jnp.tanh(c)
+        return h, c
+
+    def project(self, x: Array) -> Array:
+        """Input projection of every step: f32[..., S, F] -> f32[..., S, 4H]."""
+        return x @ self.w_x[...] + self.b[...]
+
+    def __call__(self, x: Array, *, return_sequence: bool = False):
+        """Encodes ``x: f32[..., S, F]``; returns h f32[..., H] (and hs f32[..., S, H])."""
+        xs = self.project(x)
+        zeros = jnp.zeros(x.shape[:-2] + (self.hidden,), xs.dtype)
+
+        def step(carry, xp):
+            carry = self.cell(carry, xp)
+            return carry, carry[0]
+
+        (h, _), hs = _scan_time(step, (zeros, zeros), xs, self.remat)
+        return (h, hs) if return_sequence else h
