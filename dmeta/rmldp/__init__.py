@@ -1,0 +1,1 @@
+"""RMLDP: relation-aware meta-learning for segment demand prediction (MPFN + modulated MAML)."""
