@@ -1,0 +1,1 @@
+"""Sales forecast with a CNN over Data Frames (Zhao & Wang): frames, model, training, loaders."""

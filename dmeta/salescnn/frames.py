@@ -1,0 +1,172 @@
+"""Sales panels and the paper's Data Frames (Zhao & Wang, section 3.2.1, eq. 2-6).
+
+A ``SalesPanel`` is a dense item x region x period cube of ``d`` log indicators.
+``indicator_matrices`` adds the brand, category and region aggregates (eq. 2, 3, 5)
+and ``build_frames`` cuts, for every (region, item, end point) at once, the Data
+Frame ``DF_ir = [X_ir, X_brand(i)r, X_category(i)r, X_r]`` (eq. 6) of length ``T``
+and the target: total sales over the next ``k`` periods.
+
+Shape legend: ``R`` regions, ``I`` items, ``L`` periods, ``D`` indicators,
+``E`` end points, ``T`` frame length, ``M = 4`` indicator matrices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dmeta.types import Array
+
+N_MATRICES = 4  # item, brand, category, region
+MATRIX_NAMES = ("item", "brand", "category", "region")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SalesPanel:
+    """A dense item x region panel of log indicators (0 where nothing was logged).
+
+    Attributes:
+      x: f32[R, I, L, D] indicator values.
+      brand: i32[I] brand index of each item (0..B-1).
+      category: i32[I] category index of each item (0..C-1).
+      target: index into the D indicators of the sales indicator.
+      regions, items, indicators: names along R, I and D.
+      dates: datetime64[L] period start (or label) dates.
+    """
+
+    x: np.ndarray
+    brand: np.ndarray
+    category: np.ndarray
+    target: int
+    regions: tuple[str, ...]
+    items: tuple[str, ...]
+    indicators: tuple[str, ...]
+    dates: np.ndarray
+
+    def __post_init__(self):
+        r, i, n_periods, d = self.x.shape
+        checks = {
+            "regions": (len(self.regions), r),
+            "items": (len(self.items), i),
+            "indicators": (len(self.indicators), d),
+            "dates": (len(self.dates), n_periods),
+            "brand": (len(self.brand), i),
+            "category": (len(self.category), i),
+        }
+        for name, (got, want) in checks.items():
+            if got != want:
+                raise ValueError(f"SalesPanel.{name}: length {got}, x has {want}")
+        if not np.isfinite(self.x).all():
+            raise ValueError("SalesPanel.x holds NaN or inf values")
+        if not 0 <= self.target < d:
+            raise ValueError(f"SalesPanel.target={self.target} outside 0..{d - 1}")
+
+    @property
+    def sales(self) -> np.ndarray:
+        """f32[R, I, L] the target indicator."""
+        return self.x[..., self.target]
+
+    def select_regions(self, keep: np.ndarray) -> SalesPanel:
+        """The panel restricted to region indices ``keep`` (i32[R'])."""
+        keep = np.asarray(keep)
+        return dataclasses.replace(
+            self, x=self.x[keep], regions=tuple(self.regions[k] for k in keep)
+        )
+
+
+def indicator_matrices(x: Array, brand: Array, category: Array) -> Array:
+    """Item, brand, category and region indicator series (eq. 2, 3, 5), stacked.
+
+    Args:
+      x: f32[R, I, L, D] item indicators ``x_ir_t``.
+      brand: i32[I] brand index of each item.
+      category: i32[I] category index of each item.
+
+    Returns:
+      f32[R, I, 4, L, D]: for item i in region r, its own series, the sum over
+      items of its brand, the sum over items of its category and the region total.
+    """
+    x = jnp.asarray(x)
+    n_items = x.shape[1]
+    by_item = jnp.moveaxis(x, 1, 0)  # [I, R, L, D]
+
+    def group_sum(group):
+        sums = jax.ops.segment_sum(by_item, group, num_segments=n_items)
+        return jnp.moveaxis(sums[group], 0, 1)  # [R, I, L, D]
+
+    region = jnp.broadcast_to(x.sum(axis=1, keepdims=True), x.shape)
+    return jnp.stack([x, group_sum(brand), group_sum(category), region], axis=2)
+
+
+@functools.partial(jax.jit, static_argnames=("length", "horizon", "target"))
+def build_frames(
+    x: Array,
+    brand: Array,
+    category: Array,
+    ends: Array,
+    *,
+    length: int,
+    horizon: int,
+    target: int,
+) -> tuple[Array, Array]:
+    """Data Frames and targets for every (region, item, end point) at once.
+
+    Args:
+      x: f32[R, I, L, D] item indicators.
+      brand, category: i32[I] group index of each item.
+      ends: i32[E] inclusive end period of each frame; needs
+        ``length - 1 <= ends`` and ``ends + horizon < L``.
+      length: frame length ``T``.
+      horizon: target interval length ``k``.
+      target: index of the sales indicator.
+
+    Returns:
+      frames: f32[R, I, E, 4, D, T], rows are indicators and columns periods
+        ``ends - T + 1 .. ends`` (eq. 6, the paper's d x T matrices).
+      y: f32[R, I, E] total sales over periods ``ends + 1 .. ends + k``.
+    """
+    matrices = indicator_matrices(x, brand, category)  # [R, I, 4, L, D]
+    window = ends[:, None] - length + 1 + jnp.arange(length)  # [E, T]
+    frames = matrices[:, :, :, window, :]  # [R, I, 4, E, T, D]
+    frames = jnp.transpose(frames, (0, 1, 3, 2, 5, 4))
+    future = ends[:, None] + 1 + jnp.arange(horizon)  # [E, k]
+    y = jnp.asarray(x)[:, :, future, target].sum(-1)
+    return frames, y
+
+
+@dataclasses.dataclass(frozen=True)
+class EndSplit:
+    """Frame end points for training and testing (paper section 5.2).
+
+    Attributes:
+      train: i32[E_train] end points of training frames, each ``<= sp - k - 1``
+        so that no training target overlaps the test interval.
+      test: i32[E_test] end points of test frames (the last ones available).
+      sp: first period of the (first) target interval that is forecast at test time.
+    """
+
+    train: np.ndarray
+    test: np.ndarray
+    sp: int
+
+
+def split_ends(n_periods: int, *, length: int, horizon: int, n_test: int = 1) -> EndSplit:
+    """Training end points slide up to the test interval; tests use the last ``n_test``.
+
+    Raises:
+      ValueError: when the panel is too short for one training frame.
+    """
+    last = n_periods - 1 - horizon
+    test = np.arange(last - n_test + 1, last + 1)
+    sp = int(test[0]) + 1
+    train = np.arange(length - 1, sp - horizon)
+    if len(train) == 0 or test[0] < length - 1:
+        raise ValueError(
+            f"{n_periods} periods are too few for frames of length {length}, "
+            f"horizon {horizon} and {n_test} test end points"
+        )
+    return EndSplit(train=train, test=test, sp=sp)

@@ -1,0 +1,78 @@
+"""Data Frames (eq. 2-6), end-point splits and the synthetic panel."""
+
+import numpy as np
+import pytest
+
+from dmeta.salescnn.frames import build_frames, indicator_matrices, split_ends
+from dmeta.salescnn.loaders import synthetic_panel
+
+
+def _slow_frames(x, brand, category, ends, length, horizon, target):
+    """Loop reference: sums over items by brand / category / region, frame by frame."""
+    r_n, i_n, _, d_n = x.shape
+    frames = np.zeros((r_n, i_n, len(ends), 4, d_n, length))
+    y = np.zeros((r_n, i_n, len(ends)))
+    for r in range(r_n):
+        for i in range(i_n):
+            for e, end in enumerate(ends):
+                for t in range(length):
+                    period = end - length + 1 + t
+                    for d in range(d_n):
+                        frames[r, i, e, 0, d, t] = x[r, i, period, d]
+                        frames[r, i, e, 1, d, t] = sum(
+                            x[r, j, period, d] for j in range(i_n) if brand[j] == brand[i]
+                        )
+                        frames[r, i, e, 2, d, t] = sum(
+                            x[r, j, period, d] for j in range(i_n) if category[j] == category[i]
+                        )
+                        frames[r, i, e, 3, d, t] = sum(x[r, j, period, d] for j in range(i_n))
+                y[r, i, e] = sum(x[r, i, end + 1 + h, target] for h in range(horizon))
+    return frames, y
+
+
+def test_hand_computed_aggregates():
+    # one region, three items: items 0 and 1 share brand 0, items 1 and 2 share category 1
+    x = np.array([[[[1.0], [2.0]], [[10.0], [20.0]], [[100.0], [200.0]]]])  # [1, 3, 2, 1]
+    m = np.asarray(indicator_matrices(x, np.array([0, 0, 1]), np.array([0, 1, 1])))
+    np.testing.assert_allclose(m[0, 0, :, :, 0], [[1, 2], [11, 22], [1, 2], [111, 222]])
+    np.testing.assert_allclose(m[0, 1, :, :, 0], [[10, 20], [11, 22], [110, 220], [111, 222]])
+    np.testing.assert_allclose(m[0, 2, :, :, 0], [[100, 200], [100, 200], [110, 220], [111, 222]])
+
+
+def test_frames_equal_loop_reference():
+    rng = np.random.default_rng(0)
+    x = rng.poisson(3.0, (2, 5, 12, 3)).astype(np.float32)
+    brand, category = np.array([0, 1, 0, 2, 1]), np.array([1, 0, 0, 1, 1])
+    ends = np.array([3, 5, 8])
+    frames, y = build_frames(x, brand, category, ends, length=4, horizon=3, target=1)
+    want_frames, want_y = _slow_frames(x, brand, category, ends, 4, 3, 1)
+    assert frames.shape == (2, 5, 3, 4, 3, 4)
+    np.testing.assert_allclose(np.asarray(frames), want_frames, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(y), want_y, rtol=1e-6)
+
+
+def test_split_ends_no_overlap():
+    split = split_ends(30, length=6, horizon=3, n_test=2)
+    assert list(split.test) == [25, 26]
+    assert split.sp == 26
+    assert split.train[0] == 5
+    assert split.train.max() + 3 < split.sp  # training targets end before the test interval
+    with pytest.raises(ValueError, match="too few"):
+        split_ends(8, length=6, horizon=3)
+
+
+def test_synthetic_ground_truth():
+    panel, expected = synthetic_panel(0, n_regions=2, n_items=8, n_periods=60)
+    assert panel.x.shape == (2, 8, 60, 5)
+    assert expected.shape == (2, 8, 60)
+    sales = panel.sales
+    # Poisson noise around the planted mean: relative error of the sums is small
+    assert abs(sales.sum() / expected.sum() - 1) < 0.05
+    assert np.corrcoef(sales.ravel(), expected.ravel())[0, 1] > 0.85
+    # sales follow past page views, not future ones
+    pv = panel.x[..., 1]
+    lag = np.corrcoef(sales[..., 1:].ravel(), pv[..., :-1].ravel())[0, 1]
+    lead = np.corrcoef(sales[..., :-1].ravel(), pv[..., 1:].ravel())[0, 1]
+    assert lag > lead + 0.05
+    assert set(np.unique(panel.x[..., 4])) <= {0.0, 1.0}
+    assert panel.x[..., 4].mean() > 0.02
