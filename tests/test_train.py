@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pandas as pd
 import pytest
 import scipy.stats
+from _resume_worker import make_problem
 
 from dmeta.train import results
+from dmeta.train.checkpoint import Checkpointer, load_config
+from dmeta.train.logs import MetricsLog, scalar_metrics
+from dmeta.train.loop import fit
+from dmeta.train.state import TrainState, init_train_state
+
+WORKER = Path(__file__).with_name("_resume_worker.py")
+_problem = functools.cache(make_problem)  # compile each step function once
 
 
 def _results_frame(seed: int = 0) -> pd.DataFrame:
@@ -179,3 +197,203 @@ def test_markdown_table():
         "| x    | 0.1235 |",
         "| y\\|z | 1e-09  |",
     ]
+
+
+# ---------------------------------------------------------------- checkpoints and logs
+
+
+def _assert_trees_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            assert x.dtype == y.dtype
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("key", [jax.random.key(3), jax.random.PRNGKey(3)], ids=["typed", "raw"])
+def test_checkpoint_round_trip(tmp_path, key):
+    optimizer = optax.adam(0.1)
+    state = init_train_state({"w": jnp.arange(3.0), "b": jnp.ones((2, 2))}, optimizer, key)
+    grads = jax.tree.map(jnp.ones_like, state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    state = TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 7, key)
+    extra = {"best": np.float64(0.25), "count": 4, "flag": np.asarray(True)}
+    with Checkpointer(tmp_path, max_to_keep=2, config={"lr": 0.1}) as ckpt:
+        for step in (1, 2, 3):
+            assert ckpt.save(step, {"state": state, "extra": extra})
+        assert not ckpt.save(3, {"state": state, "extra": extra})
+        assert ckpt.all_steps() == [2, 3] and ckpt.latest_step() == 3
+        target = {"state": init_train_state(state.params, optimizer, key), "extra": extra}
+        back = ckpt.restore(target)
+        with pytest.raises(FileNotFoundError):
+            ckpt.restore(target, step=1)
+    assert load_config(tmp_path) == {"lr": 0.1}
+    assert int(back["state"].step) == 7
+    assert float(back["extra"]["best"]) == 0.25 and bool(back["extra"]["flag"])
+    _assert_trees_equal(back["state"], state)
+    with Checkpointer(tmp_path / "empty") as ckpt, pytest.raises(FileNotFoundError):
+        ckpt.restore(target)
+
+
+def test_metrics_log_rows_and_restart(tmp_path, caplog):
+    log = MetricsLog(tmp_path / "log.csv")
+    log.restart(0)
+    log.append({"step": 1, "loss": 1.0})
+    log.append({"step": 2, "loss": 0.5, "val_loss": float("nan")})
+    log.append({"step": 3, "loss": 0.25})
+    assert "non-finite" in caplog.text
+    csv = pd.read_csv(tmp_path / "log.csv")
+    assert list(csv.columns) == ["step", "loss", "val_loss"]
+    assert csv["loss"].tolist() == [1.0, 0.5, 0.25] and csv["val_loss"].isna().all()
+    with (tmp_path / "log.jsonl").open("a") as f:
+        f.write('{"step": 4, "lo')  # killed mid-write
+    again = MetricsLog(tmp_path / "log.jsonl")
+    assert [r["step"] for r in again.restart(2)] == [1, 2]
+    assert "truncated" in caplog.text
+    assert pd.read_csv(tmp_path / "log.csv")["step"].tolist() == [1, 2]
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2
+    (tmp_path / "log.jsonl").write_text('{"step": 1}\nbad\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="log.jsonl:2"):
+        MetricsLog(tmp_path / "log.jsonl").restart(5)
+
+
+def test_scalar_metrics():
+    out = scalar_metrics({"a": jnp.ones(()), "b": {"c": np.ones(1)}}, prefix="val_")
+    assert out == {"val_a": 1.0, "val_b/c": 1.0}
+    with pytest.raises(ValueError, match="val_x"):
+        scalar_metrics({"x": jnp.ones(2)}, prefix="val_")
+
+
+# ---------------------------------------------------------------- the fit loop
+
+
+def _run(tmp_path, n_steps=30, key_kind="typed", **kwargs):
+    step_fn, state, eval_fn = _problem(key_kind)
+    defaults = dict(eval_fn=eval_fn, eval_every=4, progress=False)
+    return fit(
+        kwargs.pop("wrap", lambda f: f)(step_fn), state, n_steps=n_steps, **defaults | kwargs
+    )
+
+
+def test_fit_logs_rows_and_learns(tmp_path):
+    res = _run(tmp_path, n_steps=30, log_path=tmp_path / "m.csv")
+    assert int(res.state.step) == 30
+    steps = [4, 8, 12, 16, 20, 24, 28, 30]
+    assert [r["step"] for r in res.history] == steps
+    assert res.history[-1]["val_loss"] < 0.5 * res.history[0]["val_loss"]
+    rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert rows == res.history
+    csv = pd.read_csv(tmp_path / "m.csv")
+    assert list(csv.columns) == ["step", "loss", "val_loss"] and csv["step"].tolist() == steps
+    np.testing.assert_allclose(csv["val_loss"], [r["val_loss"] for r in rows])
+    best = min(res.history, key=lambda r: r["val_loss"])
+    assert res.best_step == best["step"]
+
+
+def test_fit_train_metric_is_interval_mean(tmp_path):
+    step_fn, state, _ = _problem("typed")
+    losses = []
+    for _ in range(6):
+        state, m = step_fn(state)
+        losses.append(float(m["loss"]))
+    res = _run(tmp_path, n_steps=6, eval_every=4, eval_fn=None)
+    np.testing.assert_allclose(
+        [r["loss"] for r in res.history], [np.mean(losses[:4]), np.mean(losses[4:])], rtol=1e-6
+    )
+    assert res.best_step == 6 and res.best_state is res.state
+
+
+def test_fit_early_stopping_returns_best_state(tmp_path):
+    def eval_fn(state):  # scripted validation curve with its minimum at step 12
+        return {"val_loss": (state.step - 12.0) ** 2}
+
+    res = _run(tmp_path, n_steps=100, eval_fn=eval_fn, patience=3)
+    assert [r["step"] for r in res.history] == [4, 8, 12, 16, 20, 24]
+    assert int(res.state.step) == 24 and res.best_step == 12
+    reference = _run(tmp_path, n_steps=12, eval_fn=None)
+    _assert_trees_equal(res.best_state, reference.state)
+    with pytest.raises(ValueError, match="val_loss"):
+        _run(tmp_path, eval_fn=lambda s: {"acc": 1.0}, patience=2)
+    with pytest.raises(ValueError, match="patience"):
+        _run(tmp_path, eval_fn=None, patience=2)
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(step: int):
+    def wrap(step_fn):
+        def f(state):
+            if not isinstance(state.step, jax.core.Tracer) and int(state.step) == step:
+                raise _Crash
+            return step_fn(state)
+
+        return f
+
+    return wrap
+
+
+@pytest.mark.parametrize("key_kind", ["typed", "raw"])
+def test_fit_resume_after_exception_is_bit_identical(tmp_path, key_kind):
+    kwargs = dict(n_steps=40, key_kind=key_kind, patience=50, ckpt_every=5)
+    ref = _run(tmp_path, log_path=tmp_path / "ref.csv", **kwargs)
+    run = dict(ckpt_dir=tmp_path / "ckpt", log_path=tmp_path / "run.csv", **kwargs)
+    with pytest.raises(_Crash):
+        _run(tmp_path, wrap=_crash_at(23), **run)
+    assert Checkpointer(tmp_path / "ckpt").latest_step() == 20
+    res = _run(tmp_path, **run)
+    _assert_trees_equal(res.state, ref.state)
+    _assert_trees_equal(res.best_state, ref.best_state)
+    assert res.best_step == ref.best_step
+    assert res.history == ref.history
+    assert (tmp_path / "run.jsonl").read_text() == (tmp_path / "ref.jsonl").read_text()
+    assert (tmp_path / "run.csv").read_text() == (tmp_path / "ref.csv").read_text()
+    again = _run(tmp_path, wrap=_crash_at(0), **run)  # finished: restores, runs no step
+    _assert_trees_equal(again.state, ref.state)
+
+
+def test_fit_resume_after_early_stop_runs_no_step(tmp_path):
+    def eval_fn(state):
+        return {"val_loss": (state.step - 12.0) ** 2}
+
+    run = dict(n_steps=100, eval_fn=eval_fn, patience=3, ckpt_dir=tmp_path / "c", ckpt_every=10)
+    first = _run(tmp_path, **run)
+    again = _run(tmp_path, wrap=_crash_at(-1), **run)
+    assert int(again.state.step) == 24 and again.best_step == 12
+    _assert_trees_equal(again.best_state, first.best_state)
+
+
+def test_fit_resume_after_sigkill_is_bit_identical(tmp_path):
+    n_steps, ckpt = 40, tmp_path / "ckpt"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    args = [
+        sys.executable,
+        str(WORKER),
+        str(ckpt),
+        str(tmp_path / "run.csv"),
+        str(n_steps),
+        "typed",
+    ]
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 45
+        while not any(p.name.isdigit() and int(p.name) >= 10 for p in ckpt.glob("*")):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "worker wrote no checkpoint in time"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = Checkpointer(ckpt).latest_step()
+    assert 10 <= killed_at < n_steps
+    res = _run(
+        tmp_path, n_steps=n_steps, ckpt_dir=ckpt, ckpt_every=5, log_path=tmp_path / "run.csv"
+    )
+    ref = _run(tmp_path, n_steps=n_steps, log_path=tmp_path / "ref.csv")
+    _assert_trees_equal(res.state, ref.state)
+    _assert_trees_equal(res.best_state, ref.best_state)
+    assert (tmp_path / "run.jsonl").read_text() == (tmp_path / "ref.jsonl").read_text()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -40,6 +41,13 @@ def save_config(directory: str | os.PathLike, config: dict[str, Any]) -> Path:
 def load_config(directory: str | os.PathLike) -> dict[str, Any]:
     """Reads ``directory/config.json``."""
     return json.loads((Path(directory) / CONFIG_FILE).read_text())
+
+
+def _abstract(leaf: Any) -> Any:
+    # orbax handles 0-d ndarrays but not numpy scalar types such as np.float64(1.0).
+    return ocp.utils.to_shape_dtype_struct(
+        np.asarray(leaf) if isinstance(leaf, np.generic) else leaf
+    )
 
 
 class Checkpointer:
@@ -104,7 +112,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None or step not in self._manager.all_steps():
             raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        abstract = jax.tree.map(_abstract, target)
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
     def latest_step(self) -> int | None:
