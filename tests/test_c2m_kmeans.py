@@ -1,0 +1,45 @@
+"""k-means++ with outlier removal against scikit-learn."""
+
+import jax
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+
+from dmeta.cluster.kmeans import kmeans, kmeans_plusplus, outlier_weights
+
+
+def test_inertia_matches_sklearn_on_blobs():
+    for seed in range(3):  # one compilation, three data sets and seeds
+        x, _ = make_blobs(600, centers=5, n_features=4, cluster_std=1.5, random_state=seed)
+        x = x.astype(np.float32)
+        ref = KMeans(5, init="k-means++", n_init=4, random_state=seed).fit(x)
+        ours = kmeans(jax.random.key(seed), x, 5, n_init=4)
+        assert abs(float(ours.inertia) - ref.inertia_) / ref.inertia_ < 0.01
+        assert np.all(np.asarray(ours.weights) == 1)
+
+
+def test_seeding_picks_distinct_data_points():
+    x = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    c = np.asarray(kmeans_plusplus(jax.random.key(0), x, 6))
+    assert len({tuple(r) for r in c}) == 6
+    assert all((x == r).all(1).any() for r in c)
+
+
+def test_outliers_get_zero_weight_and_do_not_move_centroids():
+    x, y = make_blobs(n_samples=300, centers=[[0, 0], [10, 10]], cluster_std=0.5, random_state=0)
+    far = np.array([[0.0, 6.0], [10.0, 4.0]])
+    x = np.concatenate([x, far]).astype(np.float32)
+    res = kmeans(jax.random.key(0), x, 2, outlier_z=3.0)
+    w = np.asarray(res.weights)
+    assert w[-2:].tolist() == [0.0, 0.0]
+    assert w[:-2].mean() > 0.97
+    inlier_means = np.stack([x[:-2][y == i].mean(0) for i in range(2)])
+    got = np.asarray(res.centroids)[np.argsort(np.asarray(res.centroids)[:, 0])]
+    np.testing.assert_allclose(got, inlier_means[np.argsort(inlier_means[:, 0])], atol=0.05)
+
+
+def test_outlier_weights_threshold_by_hand():
+    x = np.array([[0.0], [1.0], [2.0], [3.0], [20.0]], np.float32)
+    c = np.array([[5.0]], np.float32)  # distances 5, 4, 3, 2, 15: mean 5.8, std ~4.66
+    np.testing.assert_array_equal(outlier_weights(x, c, 1.0), [1, 1, 1, 1, 0])
+    np.testing.assert_array_equal(outlier_weights(x, c, None), [1, 1, 1, 1, 1])
