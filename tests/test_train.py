@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -289,6 +290,18 @@ def test_fit_logs_rows_and_learns(tmp_path):
     np.testing.assert_allclose(csv["val_loss"], [r["val_loss"] for r in rows])
     best = min(res.history, key=lambda r: r["val_loss"])
     assert res.best_step == best["step"]
+
+
+def test_fit_traces_once_with_donation_and_shows_progress(tmp_path, capsys):
+    step_fn, state, eval_fn = _problem("typed")
+    traced = jax.jit(chex.assert_max_traces(lambda s: step_fn(s), n=1), donate_argnums=0)
+    fresh = jax.tree.map(lambda x: x.copy(), state)  # donated by the first step
+    res = fit(traced, fresh, n_steps=12, eval_fn=eval_fn, eval_every=3, desc="tiny")
+    ref = _run(tmp_path, n_steps=12, eval_every=3)
+    _assert_trees_equal(res.best_state, ref.best_state)  # best_state survives donation
+    _assert_trees_equal(res.state, ref.state)
+    err = capsys.readouterr().err
+    assert "tiny" in err and "12/12" in err
 
 
 def test_fit_train_metric_is_interval_mean(tmp_path):

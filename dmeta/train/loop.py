@@ -132,24 +132,30 @@ def fit(
         },
     }
     ckpt = Checkpointer(ckpt_dir) if ckpt_dir is not None else None
-    if ckpt is not None and ckpt.latest_step() is not None:
-        tree = ckpt.restore(tree)
-    else:
-        tree["best_state"] = _copy(state)
-    state, best_state, acc = tree["state"], tree["best_state"], tree["acc"]
-    es = {k: np.asarray(v).item() for k, v in tree["early_stop"].items()}
-    step = int(state.step)
-    log = MetricsLog(log_path) if log_path is not None else None
-    history = list(log.restart(step)) if log is not None else []
-
-    def save() -> None:
-        if ckpt is not None:
-            early_stop = {k: np.asarray(v) for k, v in es.items()}
-            saved = {"state": state, "best_state": best_state, "acc": acc, "early_stop": early_stop}
-            ckpt.save(step, saved)
-
-    bar = tqdm(total=n_steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = None
     try:
+        if ckpt is not None and ckpt.latest_step() is not None:
+            tree = ckpt.restore(tree)
+        else:
+            tree["best_state"] = _copy(state)
+        state, best_state, acc = tree["state"], tree["best_state"], tree["acc"]
+        es = {k: np.asarray(v).item() for k, v in tree["early_stop"].items()}
+        step = int(state.step)
+        log = MetricsLog(log_path) if log_path is not None else None
+        history = list(log.restart(step)) if log is not None else []
+
+        def save() -> None:
+            if ckpt is not None:
+                early_stop = {k: np.asarray(v) for k, v in es.items()}
+                saved = {
+                    "state": state,
+                    "best_state": best_state,
+                    "acc": acc,
+                    "early_stop": early_stop,
+                }
+                ckpt.save(step, saved)
+
+        bar = tqdm(total=n_steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
         while step < n_steps and not es["stopped"]:
             state, metrics = step_fn(state)
             acc = _accumulate(acc, metrics)
@@ -181,7 +187,8 @@ def fit(
                 save()
         save()  # also at an early stop; a no-op when this step is saved already
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if ckpt is not None:
             ckpt.close()
     if math.isinf(es["best_val"]):  # no val_loss seen: the last state is the best
