@@ -52,8 +52,15 @@ def _moments(beta, x, chosen, mask):
     xbar = jnp.einsum("nj,njk->nk", p, x)
     x_chosen = jnp.take_along_axis(x, chosen[:, None, None], axis=1)[:, 0]
     grad = (x_chosen - xbar).sum(0)
-    hess = -(jnp.einsum("nj,njk,njl->kl", p, x, x) - xbar.T @ xbar)
+    flat = x.reshape(-1, x.shape[-1])
+    hess = -((p.reshape(-1, 1) * flat).T @ flat - xbar.T @ xbar)
     return loglik, grad, hess
+
+
+def _loglik(beta, x, chosen, mask):
+    util = jnp.where(mask, x @ beta, -jnp.inf)
+    logp = jax.nn.log_softmax(util, axis=-1)
+    return jnp.take_along_axis(logp, chosen[:, None], axis=1).sum()
 
 
 @jax.jit
@@ -78,15 +85,18 @@ def _newton(x, chosen, mask, l2, max_iter, tol):
         beta, obj, grad, hess, it = carry
         step = jnp.linalg.solve(hess, -grad)
 
+        def penalized(b):
+            return _loglik(b, x, chosen, mask) - 0.5 * l2 * b @ b
+
         def halve(c):
             t, _ = c
-            return t * 0.5, objective(beta + t * 0.5 * step)[0]
+            return t * 0.5, penalized(beta + t * 0.5 * step)
 
         def worse(c):
             t, new_obj = c
             return (t > 1e-6) & ~(new_obj >= obj - 1e-12 * jnp.abs(obj))
 
-        t, _ = jax.lax.while_loop(worse, halve, (1.0, objective(beta + step)[0]))
+        t, _ = jax.lax.while_loop(worse, halve, (1.0, penalized(beta + step)))
         beta = beta + t * step
         new_obj, grad, hess, _ = objective(beta)
         return beta, new_obj, grad, hess, it + 1
