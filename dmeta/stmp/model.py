@@ -1,0 +1,194 @@
+"""STMP networks: amortized set encoders, linear baseline, jump-LSTM, fusion, generative head.
+
+Shapes: ``K`` context points, ``L`` window days, ``F`` per-day features, ``A`` static
+region attributes, ``Z`` latent size, ``H`` hidden size, ``S`` latent samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dmeta.nn.rnn import LSTM
+from dmeta.types import Array, Key, Params
+
+DAY_FEATURES = 3  # scaled y, observed flag, festival flag (see ``data.window``)
+
+
+class MLP(nnx.Module):
+    """Linear -> ReLU -> ... -> Linear; ReLU after the last layer too when ``final_relu``."""
+
+    def __init__(self, sizes: tuple[int, ...], *, final_relu: bool = False, rngs: nnx.Rngs):
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.final_relu = final_relu
+
+    def __call__(self, x: Array) -> Array:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1 or self.final_relu:
+                x = jax.nn.relu(x)
+        return x
+
+
+class SetEncoder(nnx.Module):
+    """Amortization network: context set (+ static features) -> diagonal Gaussian.
+
+    ``phi`` embeds each context point, a masked mean pools them (permutation
+    invariant, any set size), ``rho`` maps [pooled, static] to (mean, log-variance).
+    """
+
+    def __init__(self, in_features: int, static: int, hidden: int, latent: int, *, rngs):
+        self.phi = MLP((in_features, hidden, hidden), final_relu=True, rngs=rngs)
+        self.rho = MLP((hidden + static + 1, hidden, 2 * latent), rngs=rngs)
+
+    def __call__(self, ctx: Array, mask: Array, static: Array) -> tuple[Array, Array]:
+        """ctx: f32[K, F], mask: f32[K], static: f32[A] -> (mu f32[Z], logvar f32[Z])."""
+        n = jnp.sum(mask)
+        pooled = jnp.sum(self.phi(ctx) * mask[:, None], axis=0) / jnp.maximum(n, 1.0)
+        size = jnp.log1p(n)[None]  # lets the posterior widen for small context sets
+        out = self.rho(jnp.concatenate([pooled, static, size]))
+        mu, logvar = jnp.split(out, 2)
+        return mu, jnp.clip(logvar, -8.0, 4.0)
+
+
+class JumpLSTM(nnx.Module):
+    """LSTM whose recurrence connects day t to day t - period (a skip-``period`` RNN).
+
+    The window is cut into ``period`` interleaved chains (days with equal ``t mod
+    period``), each run by a shared ``dmeta.nn.rnn.LSTM``.
+    """
+
+    def __init__(self, in_features: int, hidden: int, period: int, *, rngs: nnx.Rngs):
+        self.lstm = LSTM(in_features, hidden, rngs=rngs)
+        self.period = period
+
+    def states(self, x: Array) -> Array:
+        """x: f32[..., L, F] (L a multiple of period) -> hidden states f32[..., L, H] in day order."""
+        *lead, length, feat = x.shape
+        p = self.period
+        chains = jnp.swapaxes(x.reshape(*lead, length // p, p, feat), -2, -3)  # [..., p, W, F]
+        _, hs = self.lstm(chains, return_sequence=True)  # [..., p, W, H]
+        return jnp.swapaxes(hs, -2, -3).reshape(*lead, length, -1)
+
+    def __call__(self, x: Array) -> Array:
+        """Final state of every chain, f32[..., period * H]; the first ends at day t - period."""
+        hs = self.states(x)[..., -self.period :, :]
+        return hs.reshape(*hs.shape[:-2], -1)
+
+
+class STMP(nnx.Module):
+    """The STMP model.
+
+    Args:
+      window: L input days.
+      period: jump of the jump-LSTM (7 for daily data).
+      n_types: number of date types.
+      n_attrs: A static region attributes.
+      n_regions: R (used only by deterministic latents).
+      latent: Z, size of each latent.
+      hidden: H.
+      jump: use the jump-LSTM (else a plain LSTM over the whole window).
+      amortized: amortized Gaussian posteriors (else deterministic embedding tables
+        per region and per date type, the "no amortization network" ablation).
+      rngs: NNX random streams.
+    """
+
+    def __init__(
+        self,
+        *,
+        window: int,
+        period: int,
+        n_types: int,
+        n_attrs: int,
+        n_regions: int,
+        latent: int = 16,
+        hidden: int = 32,
+        jump: bool = True,
+        amortized: bool = True,
+        rngs: nnx.Rngs,
+    ):
+        if jump and window % period:
+            raise ValueError(f"window {window} must be a multiple of period {period}")
+        self.window, self.period, self.n_types = window, period, n_types
+        self.jump_on, self.amortized = jump, amortized
+        self.region_encoder = SetEncoder(2 + n_types, n_attrs, hidden, latent, rngs=rngs)
+        self.type_encoder = SetEncoder(2 + n_attrs, 0, hidden, latent, rngs=rngs)
+        if not amortized:
+            init = nnx.initializers.normal(0.1)
+            self.region_table = nnx.Param(init(rngs.params(), (n_regions, latent)))
+            self.type_table = nnx.Param(init(rngs.params(), (n_types, latent)))
+        self.linear = nnx.Linear(
+            window,
+            1,
+            kernel_init=nnx.initializers.constant(1.0 / window),
+            bias_init=nnx.initializers.zeros,
+            rngs=rngs,
+        )
+        self.jump = JumpLSTM(DAY_FEATURES, hidden, period, rngs=rngs)
+        self.lstm = LSTM(DAY_FEATURES, hidden, rngs=rngs)
+        fused_in = 1 + hidden + n_attrs + 7 + (period * hidden if jump else 0)
+        self.fusion = MLP((fused_in, hidden, hidden), final_relu=True, rngs=rngs)
+        self.head = MLP((hidden + 2 * latent, hidden, 2), rngs=rngs)
+
+    def features(self, x: Array, dow: Array, attrs: Array) -> tuple[Array, Array]:
+        """Linear baseline and fused features.
+
+        Args:
+          x: f32[..., L, 3] input windows (``data.window``).
+          dow: i32[...] day of week of the target.
+          attrs: f32[..., A] static attributes of the target's region.
+
+        Returns:
+          baseline f32[...] (linear map of the window) and fused f32[..., H].
+        """
+        baseline = self.linear(x[..., 0])[..., 0]
+        recent = x if not self.jump_on else x[..., -self.period :, :]
+        parts = [baseline[..., None], self.lstm(recent), attrs, jax.nn.one_hot(dow, 7)]
+        if self.jump_on:
+            parts.append(self.jump(x))
+        return baseline, self.fusion(jnp.concatenate(parts, axis=-1))
+
+    def generate(self, fused: Array, z_r: Array, z_d: Array) -> tuple[Array, Array]:
+        """p(y | x, z_r, z_d): fused f32[..., H], z f32[..., Z] -> (residual mean, log sigma)."""
+        out = self.head(jnp.concatenate([fused, z_r, z_d], axis=-1))
+        return out[..., 0], jnp.clip(out[..., 1], -5.0, 3.0)
+
+    def region_posterior(self, ctx, mask, attrs, region):
+        """Region context f32[K, 2 + n_types] -> (mu, logvar) f32[Z]; logvar None if deterministic."""
+        if not self.amortized:
+            return self.region_table[region], None
+        return self.region_encoder(ctx, mask, attrs)
+
+    def type_posterior(self, ctx, mask, date_type):
+        """Date-type context f32[K, 2 + A] -> (mu, logvar) f32[Z]; logvar None if deterministic."""
+        if not self.amortized:
+            return self.type_table[date_type], None
+        return self.type_encoder(ctx, mask, jnp.zeros((0,), ctx.dtype))
+
+
+def gaussian_kl(mu: Array, logvar: Array) -> Array:
+    """KL(N(mu, exp(logvar)) || N(0, I)) summed over the last axis: f32[...]."""
+    return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mu) - 1.0 - logvar, axis=-1)
+
+
+def sample_latent(key: Key, mu: Array, logvar: Array | None, n: int) -> Array:
+    """n reparameterized samples f32[n, Z] (``mu`` repeated when ``logvar`` is None)."""
+    if logvar is None:
+        return jnp.broadcast_to(mu, (n,) + mu.shape)
+    eps = jax.random.normal(key, (n,) + mu.shape, mu.dtype)
+    return mu + jnp.exp(0.5 * logvar) * eps
+
+
+def build(**kwargs: Any) -> tuple[nnx.GraphDef, Params]:
+    """Builds ``STMP(**kwargs, rngs=nnx.Rngs(seed))`` and splits it: (graphdef, params dict)."""
+    seed = kwargs.pop("seed", 0)
+    graphdef, state = nnx.split(STMP(**kwargs, rngs=nnx.Rngs(seed)), nnx.Param)
+    return graphdef, nnx.to_pure_dict(state)
+
+
+def bind(graphdef: nnx.GraphDef, params: Params) -> STMP:
+    """The model with ``params`` (call inside pure functions only)."""
+    return nnx.merge(graphdef, params)

@@ -1,0 +1,340 @@
+"""STMP training: (region, date type) tasks, ML-PIP objective, alternating spatial / temporal views.
+
+A task is one cell (region r, date type d) with query targets from that cell, a
+region context set (past days of r, any date type) and a date-type context set (past
+days of type d, any region); context points sharing a date with a query target are
+masked out. Views: 0 spatial (z_r sampled with its KL, z_d the stop-gradient
+posterior mean), 1 temporal (the reverse), 2 joint (both sampled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from dmeta.meta.steps import make_meta_train_step
+from dmeta.stmp.data import Arrays, CellIndex, Prepared, uplift, window
+from dmeta.stmp.model import bind, gaussian_kl, sample_latent
+from dmeta.train.state import TrainState, init_train_state
+from dmeta.types import Array, Key, Params
+
+logger = logging.getLogger(__name__)
+
+SPATIAL, TEMPORAL, JOINT = 0, 1, 2
+Mode = Literal["alternate", "joint"]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One (region, date type) task; leaves get a leading [B] axis in a batch.
+
+    Attributes:
+      region: i32[] region r.
+      date_type: i32[] date type d.
+      days: i32[Q] query target days of cell (r, d).
+      mask: f32[Q] 1 for real query targets.
+      region_ctx: i32[K] context days of region r.
+      region_ctx_mask: f32[K].
+      type_ctx: i32[K] context (region, day) pairs of type d, flattened ``r * D + t``.
+      type_ctx_mask: f32[K].
+      view: i32[] SPATIAL, TEMPORAL or JOINT.
+    """
+
+    region: Array
+    date_type: Array
+    days: Array
+    mask: Array
+    region_ctx: Array
+    region_ctx_mask: Array
+    type_ctx: Array
+    type_ctx_mask: Array
+    view: Array
+
+
+def view_at(step: Array, *, mode: Mode, switch_every: int) -> Array:
+    """The view of training step ``step``: alternating every ``switch_every`` steps, or JOINT."""
+    if mode == "joint":
+        return jnp.full((), JOINT, jnp.int32)
+    if mode != "alternate":
+        raise ValueError(f"mode must be 'alternate' or 'joint', got {mode!r}")
+    return ((step // switch_every) % 2).astype(jnp.int32)
+
+
+def cell_logits(index: CellIndex, view: Array) -> Array:
+    """Log-probabilities f32[R * Dt] of drawing each cell in ``view``.
+
+    Spatial: regions uniform, date types by frequency within the region. Temporal:
+    date types uniform, regions uniform among those with the type. Joint: the average.
+    """
+    count = index.cell_count.astype(jnp.float32)
+    present = (count > 0).astype(jnp.float32)
+    spatial = count / jnp.maximum(count.sum(1, keepdims=True), 1.0) / count.shape[0]
+    per_type = present / jnp.maximum(present.sum(0, keepdims=True), 1.0)
+    temporal = per_type / jnp.maximum(jnp.sum(present.any(0)), 1.0)
+    prob = jnp.select([view == SPATIAL, view == TEMPORAL], [spatial, temporal],
+                      0.5 * (spatial + temporal))  # fmt: skip
+    return jnp.log(prob.ravel())
+
+
+def sample_tasks(
+    key: Key,
+    index: CellIndex,
+    view: Array,
+    *,
+    n_tasks: int,
+    n_query: int,
+    n_context: int,
+    n_days: int,
+) -> Task:
+    """Draws a batch of ``n_tasks`` tasks for ``view`` (leaves [B, ...])."""
+    k_cell, k_q, k_r, k_d = jax.random.split(key, 4)
+    n_types = index.cell_count.shape[1]
+    cell = jax.random.categorical(k_cell, cell_logits(index, view), shape=(n_tasks,))
+    r, d = cell // n_types, cell % n_types
+    pick_q = jax.random.randint(k_q, (n_tasks, n_query), 0, index.cell_count[r, d][:, None])
+    days = index.cell_days[r[:, None], d[:, None], pick_q]
+    pick_r = jax.random.randint(k_r, (n_tasks, n_context), 0, index.region_count[r][:, None])
+    region_ctx = index.region_days[r[:, None], pick_r]
+    pick_d = jax.random.randint(k_d, (n_tasks, n_context), 0, index.type_count[d][:, None])
+    type_ctx = index.type_pairs[d[:, None], pick_d]
+
+    def not_query(ctx_days):  # [B, K] -> f32[B, K]
+        return (~jnp.any(ctx_days[:, :, None] == days[:, None, :], axis=-1)).astype(jnp.float32)
+
+    return Task(
+        region=r,
+        date_type=d,
+        days=days,
+        mask=jnp.ones((n_tasks, n_query), jnp.float32),
+        region_ctx=region_ctx,
+        region_ctx_mask=not_query(region_ctx) * (index.region_count[r] > 0)[:, None],
+        type_ctx=type_ctx,
+        type_ctx_mask=not_query(type_ctx % n_days) * (index.type_count[d] > 0)[:, None],
+        view=jnp.broadcast_to(view, (n_tasks,)),
+    )
+
+
+def region_context(arrays: Arrays, r: Array, days: Array, *, period: int, n_types: int) -> Array:
+    """Region context points f32[K, 2 + Dt]: (scaled y, uplift, one-hot date type)."""
+    up = jax.vmap(lambda t: uplift(arrays, r, t, period))(days)
+    onehot = jax.nn.one_hot(arrays.dtype[r, days], n_types)
+    return jnp.concatenate([arrays.ys[r, days][:, None], up[:, None], onehot], axis=-1)
+
+
+def type_context(arrays: Arrays, pairs: Array, *, period: int) -> Array:
+    """Date-type context points f32[K, 2 + A]: (scaled y, uplift, region attributes)."""
+    n_days = arrays.ys.shape[1]
+    r, t = pairs // n_days, pairs % n_days
+    up = jax.vmap(lambda ri, ti: uplift(arrays, ri, ti, period))(r, t)
+    return jnp.concatenate([arrays.ys[r, t][:, None], up[:, None], arrays.attrs[r]], axis=-1)
+
+
+def predict_cell(model, arrays: Arrays, r: Array, days: Array, z_r: Array, z_d: Array):
+    """Predictions for targets (r, days[q]) given latents z f32[S, Z].
+
+    Returns:
+      mean f32[S, Q] and log sigma f32[S, Q] of the scaled target.
+    """
+    x = jax.vmap(lambda t: window(arrays, r, t, model.window))(days)
+    attrs = jnp.broadcast_to(arrays.attrs[r], (days.shape[0], arrays.attrs.shape[1]))
+    baseline, fused = model.features(x, arrays.dow[days], attrs)
+    n_samples = z_r.shape[0]
+    fused = jnp.broadcast_to(fused, (n_samples,) + fused.shape)
+    z_r = jnp.broadcast_to(z_r[:, None], fused.shape[:2] + z_r.shape[-1:])
+    z_d = jnp.broadcast_to(z_d[:, None], fused.shape[:2] + z_d.shape[-1:])
+    residual, log_sigma = model.generate(fused, z_r, z_d)
+    return baseline + residual, log_sigma
+
+
+def make_task_loss(
+    graphdef: nnx.GraphDef, arrays: Arrays, *, n_samples: int, beta: float
+) -> Callable[[Params, Task, Key], tuple[Array, dict[str, Array]]]:
+    """ML-PIP task loss: -log mean_s p(y_q | x_q, z_s) over queries, plus beta * KL.
+
+    The latent of the view's side is sampled (reparameterized) and pays its KL to
+    N(0, I); the other side uses its posterior mean with gradients stopped.
+    """
+
+    def task_loss(params: Params, task: Task, key: Key):
+        model = bind(graphdef, params)
+        period, n_types = model.period, model.n_types
+        r, d = task.region, task.date_type
+        rctx = region_context(arrays, r, task.region_ctx, period=period, n_types=n_types)
+        tctx = type_context(arrays, task.type_ctx, period=period)
+        mu_r, lv_r = model.region_posterior(rctx, task.region_ctx_mask, arrays.attrs[r], r)
+        mu_d, lv_d = model.type_posterior(tctx, task.type_ctx_mask, d)
+        k_r, k_d = jax.random.split(key)
+        sample_r, sample_d = task.view != TEMPORAL, task.view != SPATIAL
+
+        def latent(k, mu, lv, on):
+            z = jnp.where(on, sample_latent(k, mu, lv, n_samples), jax.lax.stop_gradient(mu))
+            kl = jnp.zeros(()) if lv is None else jnp.where(on, gaussian_kl(mu, lv), 0.0)
+            return z, kl
+
+        z_r, kl_r = latent(k_r, mu_r, lv_r, sample_r)
+        z_d, kl_d = latent(k_d, mu_d, lv_d, sample_d)
+        mean, log_sigma = predict_cell(model, arrays, r, task.days, z_r, z_d)
+        y = arrays.ys[r, task.days]
+        ll = (
+            -0.5 * jnp.square((y - mean) / jnp.exp(log_sigma))
+            - log_sigma
+            - 0.5 * jnp.log(2 * jnp.pi)
+        )
+        ll = jax.nn.logsumexp(ll, axis=0) - jnp.log(n_samples)  # [Q] averaged over latents
+        nll = -jnp.sum(ll * task.mask) / jnp.maximum(jnp.sum(task.mask), 1.0)
+        kl = kl_r + kl_d
+        sq = jnp.square(jnp.mean(mean, axis=0) - y)
+        mse = jnp.sum(sq * task.mask) / jnp.maximum(jnp.sum(task.mask), 1.0)
+        return nll + beta * kl, {"nll": nll, "kl": kl, "mse": mse}
+
+    return task_loss
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    prep: Prepared,
+    optimizer: optax.GradientTransformation,
+    *,
+    mode: Mode = "alternate",
+    switch_every: int = 50,
+    n_tasks: int = 32,
+    n_query: int = 16,
+    n_context: int = 32,
+    n_samples: int = 4,
+    beta: float = 1e-2,
+) -> Callable[[TrainState], tuple[TrainState, dict[str, Array]]]:
+    """``step(state) -> (state, metrics)``: draws tasks for the step's view, then one update.
+
+    The task loss is ``vmap``-ed over the batch by ``dmeta.meta.steps``; jit the result.
+    """
+    task_loss = make_task_loss(graphdef, prep.arrays, n_samples=n_samples, beta=beta)
+    update = make_meta_train_step(task_loss, optimizer)
+    n_days = prep.arrays.ys.shape[1]
+
+    def step(state: TrainState):
+        next_key, k_batch, k_step = jax.random.split(state.key, 3)
+        view = view_at(state.step, mode=mode, switch_every=switch_every)
+        batch = sample_tasks(
+            k_batch,
+            prep.index,
+            view,
+            n_tasks=n_tasks,
+            n_query=n_query,
+            n_context=n_context,
+            n_days=n_days,
+        )
+        state = TrainState(state.params, state.opt_state, state.step, next_key)
+        state, metrics = update(state, batch, k_step)
+        return state, dict(metrics, view=view)
+
+    return step
+
+
+def fit(
+    graphdef: nnx.GraphDef,
+    params: Params,
+    prep: Prepared,
+    *,
+    key: Key,
+    n_steps: int,
+    lr: float = 3e-3,
+    log_every: int = 0,
+    **step_kwargs,
+) -> tuple[Params, list[dict[str, float]]]:
+    """Trains STMP for ``n_steps`` (Adam, cosine decay); returns params and logged metrics."""
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(lr, n_steps))
+    )
+    step = jax.jit(make_train_step(graphdef, prep, optimizer, **step_kwargs), donate_argnums=0)
+    state = init_train_state(params, optimizer, key)
+    history, start = [], time.perf_counter()
+    for i in range(n_steps):
+        state, metrics = step(state)
+        if log_every and (i % log_every == 0 or i == n_steps - 1):
+            row = {k: float(v) for k, v in metrics.items()}
+            history.append(dict(row, step=i, seconds=time.perf_counter() - start))
+            logger.info("stmp step %d %s", i, row)
+    return state.params, history
+
+
+def posteriors(
+    graphdef: nnx.GraphDef, params: Params, arrays: Arrays, index: CellIndex, *, key: Key,
+    n_context: int,
+) -> tuple[Array, Array]:  # fmt: skip
+    """Posterior means from context sets drawn from ``index``: z_r f32[R, Z], z_d f32[Dt, Z].
+
+    This is all a new region or festival needs: a forward pass over its context set.
+    """
+    model = bind(graphdef, params)
+    n_regions, n_types = index.cell_count.shape
+    k_r, k_d = jax.random.split(key)
+    regions, types = jnp.arange(n_regions), jnp.arange(n_types)
+    pick_r = jax.random.randint(k_r, (n_regions, n_context), 0, index.region_count[:, None])
+    pick_d = jax.random.randint(k_d, (n_types, n_context), 0, index.type_count[:, None])
+    r_days = index.region_days[regions[:, None], pick_r]
+    d_pairs = index.type_pairs[types[:, None], pick_d]
+    r_mask = jnp.broadcast_to((index.region_count > 0)[:, None], r_days.shape).astype(jnp.float32)
+    d_mask = jnp.broadcast_to((index.type_count > 0)[:, None], d_pairs.shape).astype(jnp.float32)
+
+    def one_region(r, days, mask):
+        ctx = region_context(arrays, r, days, period=model.period, n_types=model.n_types)
+        return model.region_posterior(ctx, mask, arrays.attrs[r], r)[0]
+
+    def one_type(d, pairs, mask):
+        return model.type_posterior(type_context(arrays, pairs, period=model.period), mask, d)[0]
+
+    z_r = jax.vmap(one_region)(regions, r_days, r_mask)
+    z_d = jax.vmap(one_type)(types, d_pairs, d_mask)
+    return z_r, z_d
+
+
+def predict(
+    graphdef: nnx.GraphDef,
+    params: Params,
+    prep: Prepared,
+    *,
+    key: Key,
+    n_context: int = 64,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """Scaled point predictions f32[N] for the test targets ``np.nonzero(prep.test)``."""
+    rows, cols = np.nonzero(prep.test)
+    return np.asarray(
+        _predict_at(
+            graphdef,
+            params,
+            prep.arrays,
+            prep.index,
+            jnp.asarray(rows),
+            jnp.asarray(cols),
+            key,
+            n_context,
+            batch_size,
+        )  # fmt: skip
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7, 8))
+def _predict_at(graphdef, params, arrays, index, rows, cols, key, n_context, batch_size):
+    z_r, z_d = posteriors(graphdef, params, arrays, index, key=key, n_context=n_context)
+    model = bind(graphdef, params)
+
+    def one(rt):
+        r, t = rt
+        mean, _ = predict_cell(
+            model, arrays, r, t[None], z_r[r][None], z_d[arrays.dtype[r, t]][None]
+        )
+        return mean[0, 0]
+
+    return jax.lax.map(one, (rows, cols), batch_size=batch_size)

@@ -1,0 +1,171 @@
+"""STMP model and training pieces: set encoder, KL, jump-LSTM, views, tasks, traces."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from dmeta.stmp import data as D
+from dmeta.stmp import model as M
+from dmeta.stmp import train as T
+from dmeta.train.state import init_train_state
+
+WINDOW = 14
+
+
+@pytest.fixture(scope="module")
+def prep():
+    data = D.make_synthetic(n_regions=4, n_days=240, n_festivals=2, seed=1)
+    return D.prepare(data, cutoff=180, window=WINDOW)
+
+
+def build(prep, **kw):
+    d = prep.data
+    return M.build(window=WINDOW, period=7, n_types=d.n_types, n_attrs=d.attrs.shape[1],
+                   n_regions=len(d.regions), latent=4, hidden=8, **kw)  # fmt: skip
+
+
+def test_set_encoder_is_permutation_invariant_and_ignores_padding():
+    enc = M.SetEncoder(5, 3, 8, 4, rngs=nnx.Rngs(0))
+    ctx = jax.random.normal(jax.random.key(1), (6, 5))
+    static = jnp.arange(3.0)
+    mu, lv = enc(ctx, jnp.ones(6), static)
+    perm = jnp.array([3, 0, 5, 1, 4, 2])
+    mu_p, lv_p = enc(ctx[perm], jnp.ones(6), static)
+    np.testing.assert_allclose(mu, mu_p, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lv, lv_p, rtol=1e-5, atol=1e-6)
+    padded = jnp.concatenate([ctx, 100.0 * jnp.ones((3, 5))])
+    mu_pad, _ = enc(padded, jnp.concatenate([jnp.ones(6), jnp.zeros(3)]), static)
+    np.testing.assert_allclose(mu, mu_pad, rtol=1e-5, atol=1e-6)
+    mu_other, _ = enc(ctx.at[0].set(5.0), jnp.ones(6), static)
+    assert not np.allclose(mu, mu_other)
+
+
+def test_kl_matches_closed_form_and_monte_carlo():
+    mu = jnp.array([0.3, -1.2, 0.0])
+    logvar = jnp.array([0.5, -1.0, 0.0])
+    var = np.exp(np.asarray(logvar))
+    closed = np.sum(-0.5 * np.log(var) + (var + np.asarray(mu) ** 2) / 2 - 0.5)
+    np.testing.assert_allclose(M.gaussian_kl(mu, logvar), closed, rtol=1e-6)
+    z = M.sample_latent(jax.random.key(0), mu, logvar, 200_000)
+    log_q = jnp.sum(-0.5 * (z - mu) ** 2 / jnp.exp(logvar) - 0.5 * logvar, -1)
+    log_p = jnp.sum(-0.5 * z**2, -1)
+    np.testing.assert_allclose(jnp.mean(log_q - log_p), closed, rtol=0.02)
+    assert float(M.gaussian_kl(jnp.zeros(3), jnp.zeros(3))) == 0.0
+
+
+def test_jump_lstm_connects_t_to_t_minus_period():
+    layer = M.JumpLSTM(1, 4, 7, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (21, 1))
+    jac = jax.jacobian(lambda v: layer.states(v).sum(-1))(x)[:, :, 0]  # [L out, L in]
+    depends = np.abs(np.asarray(jac)) > 1e-7
+    lag = np.arange(21)[:, None] - np.arange(21)[None, :]
+    np.testing.assert_array_equal(depends, (lag >= 0) & (lag % 7 == 0))
+    assert layer(x).shape == (7 * 4,)
+
+
+def test_synthetic_uplift_follows_attributes():
+    data = D.make_synthetic(n_regions=30, n_days=3 * 365, noise=0.01, seed=0)
+    fest_type = data.date_type[0] == 2
+    days = np.flatnonzero(fest_type)
+    ratio = data.y[:, days] / data.y[:, days - 7]  # vs the same weekday a week before
+    uplift = data.truth["uplift"][:, 0]
+    assert np.corrcoef(ratio.mean(1), uplift)[0, 1] > 0.95
+    coef, *_ = np.linalg.lstsq(np.c_[np.ones(30), data.attrs], np.log(uplift), rcond=None)
+    resid = np.log(uplift) - np.c_[np.ones(30), data.attrs] @ coef
+    assert np.abs(resid).max() < 1e-5  # log uplift is linear in the attributes
+
+
+def test_prepare_and_one_week(prep):
+    assert not prep.train[:, 180:].any() and not prep.test[:, :180].any()
+    np.testing.assert_allclose([prep.data.y[r, prep.train[r]].mean() for r in range(4)], prep.scale)
+    one = D.one_week_of_festivals(prep.data, prep.train)
+    fest_days = np.flatnonzero((one & prep.data.is_festival).any(0))
+    assert fest_days.size and fest_days.max() - fest_days.min() < 7
+    assert (one & ~prep.data.is_festival).sum() == (prep.train & ~prep.data.is_festival).sum()
+
+
+def test_sample_tasks_draws_cells_and_masks_query_dates(prep):
+    n_days = prep.arrays.ys.shape[1]
+    task = T.sample_tasks(jax.random.key(0), prep.index, jnp.int32(T.TEMPORAL), n_tasks=64,
+                          n_query=5, n_context=40, n_days=n_days)  # fmt: skip
+    r, d, days = map(np.asarray, (task.region, task.date_type, task.days))
+    assert (prep.data.date_type[r[:, None], days] == d[:, None]).all()
+    assert prep.train[r[:, None], days].all()
+    assert (d >= 2).mean() > 0.2  # the temporal view draws date types uniformly
+    ctx_days = np.asarray(task.type_ctx) % n_days
+    clash = (ctx_days[:, :, None] == days[:, None, :]).any(-1)
+    np.testing.assert_array_equal(np.asarray(task.type_ctx_mask) == 0, clash)
+    rctx = np.asarray(task.region_ctx)
+    assert prep.train[r[:, None], rctx].all()
+
+
+def test_views_alternate_and_route_gradients(prep):
+    views = [int(T.view_at(jnp.int32(s), mode="alternate", switch_every=3)) for s in range(8)]
+    assert views == [0, 0, 0, 1, 1, 1, 0, 0]
+    assert int(T.view_at(jnp.int32(5), mode="joint", switch_every=3)) == T.JOINT
+    graphdef, params = build(prep)
+    loss = T.make_task_loss(graphdef, prep.arrays, n_samples=2, beta=1.0)
+    n_days = prep.arrays.ys.shape[1]
+
+    @jax.jit
+    def norms(view):
+        task = T.sample_tasks(jax.random.key(1), prep.index, view, n_tasks=1, n_query=4,
+                              n_context=8, n_days=n_days)  # fmt: skip
+        task = jax.tree.map(lambda a: a[0], task)
+        g = jax.grad(lambda p: loss(p, task, jax.random.key(2))[0])(params)
+        return [optax.tree.norm(g[k]) for k in ("region_encoder", "type_encoder")]
+
+    def grad_norms(view):
+        return [float(n) for n in norms(jnp.int32(view))]
+
+    reg, typ = grad_norms(T.SPATIAL)
+    assert reg > 0 and typ == 0
+    reg, typ = grad_norms(T.TEMPORAL)
+    assert reg == 0 and typ > 0
+    assert min(grad_norms(T.JOINT)) > 0
+
+
+def test_train_step_traces_once_and_learns(prep):
+    graphdef, params = build(prep)
+    opt = optax.adam(3e-3)
+    step = T.make_train_step(graphdef, prep, opt, switch_every=2, n_tasks=4, n_query=4,
+                             n_context=8, n_samples=2)  # fmt: skip
+    step = jax.jit(chex.assert_max_traces(step, n=1))
+    state = init_train_state(params, opt, jax.random.key(0))
+    views = []
+    for _ in range(5):
+        state, metrics = step(state)
+        views.append(int(metrics["view"]))
+    assert views == [0, 0, 1, 1, 0] and int(state.step) == 5
+    assert np.isfinite(float(metrics["loss"]))
+
+
+def test_new_region_adapts_by_forward_pass(prep):
+    graphdef, params = build(prep)
+    z_r, z_d = T.posteriors(graphdef, params, prep.arrays, prep.index, key=jax.random.key(0),
+                            n_context=16)  # fmt: skip
+    assert z_r.shape == (4, 4) and z_d.shape == (prep.data.n_types, 4)
+    # a "new" region 0: different history and attributes, same parameters
+    arrays = prep.arrays
+    new = D.Arrays(arrays.ys.at[0].mul(3.0), arrays.obs, arrays.fest, arrays.dtype, arrays.dow,
+                   arrays.attrs.at[0].set(-arrays.attrs[0]))  # fmt: skip
+    z_new, z_d_new = T.posteriors(graphdef, params, new, prep.index, key=jax.random.key(0),
+                                  n_context=16)  # fmt: skip
+    assert not np.allclose(z_new[0], z_r[0])
+    np.testing.assert_allclose(z_new[1:], z_r[1:], rtol=1e-5)
+    pred = T.predict(graphdef, params, prep, key=jax.random.key(0), n_context=16)
+    assert pred.shape == (prep.test.sum(),) and np.isfinite(pred).all()
+
+
+def test_deterministic_ablation_has_no_kl(prep):
+    graphdef, params = build(prep, amortized=False, jump=False)
+    assert "region_table" in params
+    loss = T.make_task_loss(graphdef, prep.arrays, n_samples=2, beta=1.0)
+    task = T.sample_tasks(jax.random.key(1), prep.index, jnp.int32(T.JOINT), n_tasks=1,
+                          n_query=4, n_context=8, n_days=prep.arrays.ys.shape[1])  # fmt: skip
+    _, aux = loss(params, jax.tree.map(lambda a: a[0], task), jax.random.key(0))
+    assert float(aux["kl"]) == 0.0
