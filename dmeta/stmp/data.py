@@ -213,6 +213,7 @@ def _dense(
 def _favorita_kind(row) -> str | None:
     """Festival kind of one holidays_events row (None: not a festival for any store)."""
     desc, kind, locale = str(row.description), str(row.type), str(row.locale)
+    desc = desc.removeprefix("Traslado ")  # a transferred holiday keeps its kind
     if kind == "Work Day" or row.transferred:
         return None
     if desc == "Navidad-1":

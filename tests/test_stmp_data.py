@@ -1,0 +1,98 @@
+"""STMP loaders: favorita on the shared data (holidays applied to the right stores), bad input."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmeta.data.frames import DataError
+from dmeta.data.spec import data_root
+from dmeta.stmp import data as D
+
+FAVORITA = data_root() / "favorita_store_sales"
+
+
+@pytest.fixture(scope="module")
+def favorita():
+    if not (FAVORITA / "transactions.csv").exists():
+        pytest.skip(f"favorita data not found at {FAVORITA}")
+    return D.load_favorita(FAVORITA)
+
+
+def kinds(data, day):
+    t = data.dates.get_loc(pd.Timestamp(day))
+    return dict(zip(data.regions, np.asarray(data.type_names)[data.date_type[:, t]]))
+
+
+def test_favorita_shapes_and_calendar(favorita):
+    assert favorita.y.shape == (54, 1688) and favorita.attrs.shape[0] == 54
+    assert set(kinds(favorita, "2016-11-25").values()) == {"black_friday"}
+    assert set(kinds(favorita, "2016-12-24").values()) == {"christmas_eve"}
+    assert set(kinds(favorita, "2017-01-02").values()) == {"new_year"}  # transferred holiday
+    t = favorita.dates.get_loc(pd.Timestamp("2016-12-25"))
+    assert not favorita.observed[:, t].any()  # stores closed: no transactions rows
+
+
+def test_favorita_local_and_regional_holidays_hit_their_stores_only(favorita):
+    manta = kinds(favorita, "2013-03-02")  # Fundacion de Manta, a Saturday
+    assert manta["store52"] == manta["store53"] == "local_holiday"
+    others = {k for s, k in manta.items() if s not in ("store52", "store53")}
+    assert others == {"weekend"}
+    stores = pd.read_csv(FAVORITA / "stores.csv")
+    cotopaxi = {f"store{s}" for s in stores.loc[stores.state == "Cotopaxi", "store_nbr"]}
+    regional = kinds(favorita, "2013-04-01")  # Provincializacion de Cotopaxi
+    assert cotopaxi and {regional[s] for s in cotopaxi} == {"regional_holiday"}
+    assert "regional_holiday" not in {k for s, k in regional.items() if s not in cotopaxi}
+
+
+def write_favorita(tmp_path, transactions=None, holidays=None):
+    pd.DataFrame(
+        {
+            "store_nbr": [1, 2],
+            "city": ["Quito", "Manta"],
+            "state": ["Pichincha", "Manabi"],
+            "type": ["D", "A"],
+            "cluster": [13, 11],
+        }  # fmt: skip
+    ).to_csv(tmp_path / "stores.csv", index=False)
+    tx = transactions or (
+        "date,store_nbr,transactions\n"
+        + "".join(f"1/{d}/2013,{s},{100 + d}\n" for d in range(1, 11) for s in (1, 2))
+    )
+    (tmp_path / "transactions.csv").write_text(tx)
+    hol = holidays or (
+        "date,type,locale,locale_name,description,transferred\n"
+        "1/5/2013,Holiday,Local,Manta,Fundacion de Manta,False\n"
+        "1/1/2013,Holiday,National,Ecuador,Primer dia del ano,False\n"
+    )
+    (tmp_path / "holidays_events.csv").write_text(hol)
+    return tmp_path
+
+
+def test_favorita_tiny_files(tmp_path):
+    data = D.load_favorita(write_favorita(tmp_path))
+    assert data.y.shape == (2, 10) and data.observed.all()
+    names = np.asarray(data.type_names)
+    assert list(names[data.date_type[:, 4]]) == ["weekend", "local_holiday"]
+    assert list(names[data.date_type[:, 0]]) == ["new_year", "new_year"]
+
+
+@pytest.mark.parametrize(
+    "tx, hol, match",
+    [
+        ("date,store_nbr,transactions\n1/1/2013,1,5\n1/2/2013,1,-3\n", None,
+         r"transactions.csv: column 'transactions' is negative: line 3"),
+        ("date,store_nbr,transactions\n1/1/2013,1,5\n13/45/2013,1,3\n", None,
+         r"transactions.csv: column 'date' is not a %m/%d/%Y date: line 3"),
+        ("date,store_nbr,transactions\n1/1/2013,1,5\n1/2/2013,9,3\n", None,
+         r"transactions.csv: column 'store_nbr' is not a store of stores.csv: line 3"),
+        ("date,store_nbr,transactions\n1/1/2013,1,5\n1/1/2013,1,3\n", None,
+         r"transactions.csv: column 'date' repeats: line 3"),
+        ("date,store_nbr,count\n1/1/2013,1,5\n", None, r"missing column\(s\) \['transactions'\]"),
+        (None, "date,type,locale,locale_name,description,transferred\n"
+               "1/5/2013,Holiday,Planet,Manta,x,False\n",
+         r"holidays_events.csv: column 'locale' is not National/Regional/Local: line 2"),
+    ],
+)  # fmt: skip
+def test_favorita_bad_input_names_file_column_row(tmp_path, tx, hol, match):
+    with pytest.raises(DataError, match=match):
+        D.load_favorita(write_favorita(tmp_path, tx, hol))
