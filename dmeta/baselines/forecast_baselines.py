@@ -1,0 +1,270 @@
+"""Segment demand baselines of RMLDP section 6.1.3, all on the same MPFN samples.
+
+- Classical regressors (Linear Regression, SVR, Random Forest, XGBoost) on the
+  flattened local and seasonal windows ``[x_season, x_local]`` (2 * S * F inputs),
+  trained on every sample of the source segments plus the target support sets.
+- Global neural models trained on the same pooled samples: GRU+MPFN (``MPFN``),
+  Dipole+MPFN (attention over each branch's GRU states) and LSTNet.
+- Fine-tune: the GRU+MPFN parameters adapted per target segment by SGD on its
+  support set (``dmeta.meta.maml.adapt_tasks``). MAML and Meta-SGD are the
+  unmodulated variants of ``dmeta.rmldp.model.init_rmldp``.
+
+Every neural model is ``apply(params, x_local, x_season) -> f32[...]``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from dmeta.meta.maml import adapt_tasks
+from dmeta.models.mpfn import MPFN, masked_mse
+from dmeta.nn.functional import split_params
+from dmeta.nn.rnn import GRU
+from dmeta.types import Array, Key, Params, Split, TaskBatch
+
+CLASSICAL = ("linear", "svr", "rf", "xgb")
+
+
+def flatten_split(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """Real samples of a (batched) split as a design matrix.
+
+    Args:
+      split: ``Split`` with leaves [..., N, S, F] and mask [..., N].
+
+    Returns:
+      (X f32[M, 2 * S * F] = [x_season, x_local] flattened, y f32[M]) for mask > 0.
+    """
+    keep = np.asarray(split.mask).reshape(-1) > 0
+    s, f = split.x_local.shape[-2:]
+    xs = np.asarray(split.x_season).reshape(-1, s * f)[keep]
+    xl = np.asarray(split.x_local).reshape(-1, s * f)[keep]
+    return np.concatenate([xs, xl], axis=1), np.asarray(split.y).reshape(-1)[keep]
+
+
+def make_regressor(name: str, *, seed: int = 0):
+    """A scikit-learn style regressor by short name (``CLASSICAL``), single-threaded."""
+    if name == "linear":
+        from sklearn.linear_model import LinearRegression
+
+        return LinearRegression()
+    if name == "svr":
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        from sklearn.svm import SVR
+
+        return make_pipeline(StandardScaler(), SVR(C=1.0, epsilon=0.05))
+    if name == "rf":
+        from sklearn.ensemble import RandomForestRegressor
+
+        return RandomForestRegressor(
+            n_estimators=100, min_samples_leaf=5, max_features=0.3, n_jobs=1, random_state=seed
+        )
+    if name == "xgb":
+        from xgboost import XGBRegressor
+
+        return XGBRegressor(
+            n_estimators=200,
+            max_depth=5,
+            learning_rate=0.05,
+            subsample=0.8,
+            colsample_bytree=0.5,
+            n_jobs=1,
+            random_state=seed,
+        )
+    raise ValueError(f"unknown regressor {name!r}; use one of {CLASSICAL}")
+
+
+def fit_predict_classical(
+    name: str,
+    train: tuple[np.ndarray, np.ndarray],
+    query: Split,
+    *,
+    max_train: int | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Fits regressor ``name`` on ``train`` (X, y) and predicts every query sample.
+
+    Args:
+      name: one of ``CLASSICAL``.
+      train: (X f32[M, P], y f32[M]) pooled training samples.
+      query: target query ``Split`` [T, N, S, F].
+      max_train: random subsample of the training rows (SVR is quadratic in M).
+      seed: subsampling and model seed.
+
+    Returns:
+      f32[T, N] predictions (padding rows predicted too; mask them).
+    """
+    x, y = train
+    if max_train is not None and len(y) > max_train:
+        rows = np.random.default_rng(seed).choice(len(y), max_train, replace=False)
+        x, y = x[rows], y[rows]
+    model = make_regressor(name, seed=seed).fit(x, y)
+    t, n, s, f = query.x_local.shape
+    xq = np.concatenate(
+        [
+            np.asarray(query.x_season).reshape(t * n, -1),
+            np.asarray(query.x_local).reshape(t * n, -1),
+        ],
+        axis=1,
+    )
+    return model.predict(xq).reshape(t, n).astype(np.float32)
+
+
+class DipoleMPFN(nnx.Module):
+    """MPFN whose branches attend over their GRU states (Dipole, Ma et al. 2017).
+
+    Each branch scores its hidden states with general attention against the last
+    state, ``a_t = softmax(h_S^T W_a h_t)``, and forms ``h~ = tanh(W_c [c; h_S])``
+    with the context ``c = sum_t a_t h_t``; the two ``h~`` feed the linear head.
+    (Unidirectional GRUs, as in MPFN.)
+    """
+
+    def __init__(self, n_features: int, hidden: int = 128, *, rngs: nnx.Rngs):
+        self.grus = nnx.List([GRU(n_features, hidden, rngs=rngs) for _ in range(2)])
+        self.att = nnx.List(
+            [nnx.Linear(hidden, hidden, use_bias=False, rngs=rngs) for _ in range(2)]
+        )
+        self.comb = nnx.List([nnx.Linear(2 * hidden, hidden, rngs=rngs) for _ in range(2)])
+        self.head = nnx.Linear(2 * hidden, 1, rngs=rngs)
+
+    def __call__(self, x_local: Array, x_season: Array) -> Array:
+        """Predicted target: f32[..., S, F] x2 -> f32[...]."""
+        parts = []
+        for gru, att, comb, x in zip(self.grus, self.att, self.comb, (x_season, x_local)):
+            h_last, hs = gru(x, return_sequence=True)
+            score = jnp.einsum("...h,...sh->...s", att(h_last), hs)
+            context = jnp.einsum("...s,...sh->...h", jax.nn.softmax(score, axis=-1), hs)
+            parts.append(jnp.tanh(comb(jnp.concatenate([context, h_last], axis=-1))))
+        return self.head(jnp.concatenate(parts, axis=-1))[..., 0]
+
+
+class LSTNet(nnx.Module):
+    """LSTNet (Lai et al. 2018) over the sequence ``[x_season; x_local]`` (2S steps).
+
+    Convolution (kernel ``kernel`` over time, ReLU) -> GRU (last state) and a skip-GRU
+    over steps ``skip`` apart (last states of each phase) -> linear; plus the
+    highway autoregressive term, a linear map of the last ``highway`` demand values.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        hidden: int = 64,
+        *,
+        channels: int = 32,
+        kernel: int = 3,
+        skip: int = 7,
+        skip_hidden: int = 16,
+        highway: int = 7,
+        rngs: nnx.Rngs,
+    ):
+        self.kernel, self.skip, self.highway = kernel, skip, highway
+        self.conv = nnx.Linear(kernel * n_features, channels, rngs=rngs)
+        self.gru = GRU(channels, hidden, rngs=rngs)
+        self.skip_gru = GRU(channels, skip_hidden, rngs=rngs)
+        self.out = nnx.Linear(hidden + skip * skip_hidden, 1, rngs=rngs)
+        self.ar = nnx.Linear(highway, 1, rngs=rngs)
+
+    def __call__(self, x_local: Array, x_season: Array) -> Array:
+        """Predicted target: f32[..., S, F] x2 -> f32[...]."""
+        x = jnp.concatenate([x_season, x_local], axis=-2)  # [..., 2S, F]
+        steps = x.shape[-2] - self.kernel + 1
+        patches = jnp.concatenate([x[..., i : i + steps, :] for i in range(self.kernel)], -1)
+        c = jax.nn.relu(self.conv(patches))  # [..., L, C]
+        h = self.gru(c)
+        n_phase = steps // self.skip
+        tail = c[..., steps - n_phase * self.skip :, :]
+        tail = tail.reshape(*tail.shape[:-2], n_phase, self.skip, tail.shape[-1])
+        hs = self.skip_gru(jnp.swapaxes(tail, -3, -2))  # [..., skip, Hs]
+        hs = hs.reshape(*hs.shape[:-2], -1)
+        ar = self.ar(x_local[..., -self.highway :, 0])[..., 0]
+        return self.out(jnp.concatenate([h, hs], axis=-1))[..., 0] + ar
+
+
+def build_neural(name: str, n_features: int, hidden: int, *, seq_len: int, key: Key):
+    """``(apply, params)`` of ``"gru_mpfn"``, ``"dipole_mpfn"`` or ``"lstnet"``."""
+    rngs = nnx.Rngs(key)
+    if name == "gru_mpfn":
+        return split_params(MPFN(n_features, hidden, rngs=rngs))
+    if name == "dipole_mpfn":
+        return split_params(DipoleMPFN(n_features, hidden, rngs=rngs))
+    if name == "lstnet":
+        skip = max(1, min(7, (2 * seq_len - 2) // 2))
+        return split_params(
+            LSTNet(n_features, hidden, skip=skip, highway=min(7, seq_len), rngs=rngs)
+        )
+    raise ValueError(f"unknown neural baseline {name!r}")
+
+
+def pooled_samples(split: Split) -> Split:
+    """Real samples of a batched split as one flat ``Split`` [M, ...] (host-side gather)."""
+    keep = np.flatnonzero(np.asarray(split.mask).reshape(-1) > 0)
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a).reshape(-1, *a.shape[2:])[keep]), split)
+
+
+@functools.partial(jax.jit, static_argnames=("apply", "n_steps", "batch_size", "optimizer"))
+def _train_pooled(apply, params, samples: Split, key, *, n_steps, batch_size, optimizer):
+    def loss(p, batch: Split):
+        return masked_mse(apply(p, batch.x_local, batch.x_season), batch.y, batch.mask)
+
+    def step(carry, k):
+        p, opt_state = carry
+        idx = jax.random.randint(k, (batch_size,), 0, samples.y.shape[0])
+        value, grads = jax.value_and_grad(loss)(p, jax.tree.map(lambda a: a[idx], samples))
+        updates, opt_state = optimizer.update(grads, opt_state, p)
+        return (optax.apply_updates(p, updates), opt_state), value
+
+    init = (params, optimizer.init(params))
+    (params, _), losses = jax.lax.scan(step, init, jax.random.split(key, n_steps))
+    return params, losses
+
+
+def train_global(
+    apply: Callable,
+    params: Params,
+    samples: Split,
+    key: Key,
+    *,
+    n_steps: int,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+) -> tuple[Params, Array]:
+    """One global model on pooled samples (source segments + target supports).
+
+    Args:
+      apply: ``apply(params, x_local, x_season) -> f32[...]``.
+      params: initial parameters.
+      samples: flat ``Split`` [M, ...] from ``pooled_samples``.
+      key: PRNG key for the minibatches.
+      n_steps: Adam steps (one ``lax.scan``).
+      batch_size: samples per step.
+      learning_rate: Adam learning rate.
+
+    Returns:
+      (params, losses f32[n_steps]).
+    """
+    optimizer = optax.adam(learning_rate)
+    return _train_pooled(
+        apply, params, samples, key, n_steps=n_steps, batch_size=batch_size, optimizer=optimizer
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("apply", "steps"))
+def finetune_predict(
+    apply: Callable, params: Params, tasks: TaskBatch, *, steps: int, step_size: float
+) -> Array:
+    """Fine-tune: ``steps`` SGD steps on each target support set, then predict its query.
+
+    Returns:
+      f32[T, N_q] predictions.
+    """
+    loss = lambda p, s: masked_mse(apply(p, s.x_local, s.x_season), s.y, s.mask)
+    adapted = adapt_tasks(loss, {"theta": params}, tasks, steps=steps, step_size=step_size)
+    return jax.vmap(apply)(adapted, tasks.query.x_local, tasks.query.x_season)
