@@ -1,0 +1,126 @@
+"""Sales panel loaders: shared real-data samples (skipped when absent) and bad input."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmeta.data.frames import DataError
+from dmeta.data.spec import data_root
+from dmeta.salescnn.loaders import (
+    CAINIAO_INDICATORS,
+    load_cainiao,
+    load_completejourney,
+    load_frat,
+    panel_from_long,
+    read_cainiao_config,
+)
+
+
+def _shared(folder):
+    path = data_root() / folder
+    if not path.exists():
+        pytest.skip(f"shared data folder {path} is absent")
+    return path
+
+
+def test_frat_shared():
+    panel = load_frat(_shared("dunnhumby_breakfast_at_the_frat"))
+    assert panel.x.shape == (77, 55, 156, 9)
+    assert panel.indicators[panel.target] == "units"
+    assert panel.sales.sum() == pytest.approx(10_293_354, rel=1e-6)
+    assert panel.category.max() + 1 == 4
+    assert np.isfinite(panel.x).all()  # price NAs were repaired
+
+
+def test_cainiao_sample_headerless_and_header(tmp_path):
+    folder = _shared("cainiao")
+    panel = load_cainiao(folder)
+    assert panel.x.shape == (1, 1, 165, 25)  # 2015-07-16 .. 2015-12-27, days without a row are 0
+    assert panel.regions == ("all",)
+    raw = pd.read_csv(folder / "item_feature2_sample_item100038.csv", header=None)
+    assert panel.sales.sum() == raw.iloc[:, -2].sum()  # qty_alipay_njhs
+    header = raw.set_axis(
+        [
+            "date",
+            "item_id",
+            "cate_id",
+            "cate_level_id",
+            "brand_id",
+            "supplier_id",
+            *CAINIAO_INDICATORS,
+        ],
+        axis=1,
+    )
+    file = tmp_path / "item_store_feature2.csv"
+    header.assign(store_code="3").to_csv(file, index=False)
+    regional = load_cainiao(file)
+    assert regional.regions == ("3",)
+    np.testing.assert_array_equal(regional.x, panel.x)
+    config = read_cainiao_config(folder / "config2.csv")
+    assert len(config) == 5778 and (config["a"] > 0).all()
+
+
+def test_cainiao_malformed_rows(tmp_path):
+    lines = (_shared("cainiao") / "item_feature2_sample_item100038.csv").read_text().splitlines()
+    bad = tmp_path / "item_feature2.csv"
+    bad.write_text("\n".join([*lines[:3], lines[3].rsplit(",", 2)[0], *lines[4:]]) + "\n")
+    with pytest.raises(
+        DataError, match=r"item_feature2.csv: column 'qty_alipay_njhs' is empty at line 4"
+    ):
+        load_cainiao(bad)
+    fields = lines[5].split(",")
+    fields[7] = "n/a"
+    bad.write_text("\n".join([*lines[:5], ",".join(fields), *lines[6:]]) + "\n")
+    with pytest.raises(DataError, match=r"item_feature2.csv: column 'pv_uv'.*line 6"):
+        load_cainiao(bad)
+
+
+def test_completejourney_shared():
+    panel = load_completejourney(_shared("cj8451_completejourney"), n_items=6, n_regions=2)
+    assert panel.x.shape[:2] == (2, 6) and panel.x.shape[3] == 6
+    assert panel.x.shape[2] >= 365
+    assert (panel.x[..., 4] >= 1).sum() > 0  # baskets
+
+
+def _log():
+    log = pd.DataFrame(
+        {
+            "item_id": ["a", "a", "b", "b"],
+            "region_id": ["r1", "r1", "r1", "r2"],
+            "ds": ["2024-01-01", "2024-01-03", "2024-01-01", "2024-01-02"],
+            "sales": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    attrs = pd.DataFrame({"item_id": ["a", "b"], "brand": ["x", "y"], "category": ["c", "c"]})
+    return log, attrs
+
+
+def test_generic_log_fills_gaps():
+    log, attrs = _log()
+    panel = panel_from_long(log, attrs, indicators=["sales"], target="sales", freq="D")
+    assert panel.x.shape == (2, 2, 3, 1)
+    np.testing.assert_array_equal(panel.sales[0, 0], [1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(panel.sales[1, 1], [0.0, 4.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda df: df.assign(sales=["1", "x", "3", "4"]), r"log.csv: column 'sales'.*line 3"),
+        (
+            lambda df: df.assign(region_id="r1", ds=df["ds"].where(df.index != 3, "2024-01-01")),
+            r"duplicate.*lines 4, 5",
+        ),
+        (
+            lambda df: df.assign(item_id=["a", "a", "b", "z"]),
+            r"'item_id'.*without attributes.*line 5",
+        ),
+        (lambda df: df.drop(columns="region_id"), r"missing column.*region_id"),
+    ],
+)
+def test_generic_log_bad_input(change, match):
+    log, attrs = _log()
+    with pytest.raises(DataError, match=match):
+        panel_from_long(
+            change(log), attrs, indicators=["sales"], target="sales", freq="D", source="log.csv"
+        )
