@@ -1,0 +1,125 @@
+"""PyTorch MPFN and a MAML meta-train step written the way learn2learn / higher users write it.
+
+A Python loop over tasks; per task ``torch.autograd.grad(support_loss, params,
+create_graph=True)``, a functional forward (``torch.func.functional_call``) with the adapted
+parameters on the query set; the mean query loss is back-propagated and the optimizer steps.
+Imported only when the ``bench`` extra (torch) is installed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from dmeta.types import Params, TaskBatch
+
+# dmeta parameter path -> (torch parameter name, transpose?)
+_GRU_NAMES = {
+    "w_x": ("weight_ih_l0", True),
+    "w_h": ("weight_hh_l0", True),
+    "b_x": ("bias_ih_l0", False),
+    "b_h": ("bias_hh_l0", False),
+}
+_HEAD_NAMES = {"kernel": ("weight", True), "bias": ("bias", False)}
+
+
+class TorchMPFN(nn.Module):
+    """Same computation as ``dmeta.models.mpfn.MPFN`` (both branches): ``nn.GRU`` x2 + linear."""
+
+    def __init__(self, n_features: int, hidden: int):
+        super().__init__()
+        self.gru_local = nn.GRU(n_features, hidden, batch_first=True)
+        self.gru_season = nn.GRU(n_features, hidden, batch_first=True)
+        self.head = nn.Linear(2 * hidden, 1)
+
+    def forward(self, x_local: torch.Tensor, x_season: torch.Tensor) -> torch.Tensor:
+        """f32[N, S, F] x2 -> f32[N]; season state first, as in dmeta's ``MPFN.encode``."""
+        _, h_season = self.gru_season(x_season)
+        _, h_local = self.gru_local(x_local)
+        return self.head(torch.cat([h_season[0], h_local[0]], dim=-1))[:, 0]
+
+
+def _name_map(theta: Params) -> dict[tuple[str, str], tuple[str, bool]]:
+    """(dmeta module, leaf) -> (torch parameter name, transpose?)."""
+    out = {}
+    for module, leaves in theta.items():
+        names = _HEAD_NAMES if module == "head" else _GRU_NAMES
+        for leaf in leaves:
+            name, transpose = names[leaf]
+            out[(module, leaf)] = (f"{module}.{name}", transpose)
+    return out
+
+
+def from_dmeta(theta: Params, n_features: int, hidden: int) -> TorchMPFN:
+    """A ``TorchMPFN`` holding a copy of the dmeta MPFN parameters ``theta``."""
+    model = TorchMPFN(n_features, hidden)
+    state = {}
+    for (module, leaf), (name, transpose) in _name_map(theta).items():
+        value = np.asarray(theta[module][leaf])
+        state[name] = torch.from_numpy(np.array(value.T if transpose else value))
+    model.load_state_dict(state)
+    return model
+
+
+def grads_to_dmeta(theta: Params, grads: dict[str, torch.Tensor]) -> Params:
+    """Torch gradients by parameter name -> numpy pytree shaped like dmeta's ``theta``."""
+    out: dict = {module: {} for module in theta}
+    for (module, leaf), (name, transpose) in _name_map(theta).items():
+        value = grads[name].detach().numpy()
+        out[module][leaf] = value.T if transpose else value
+    return out
+
+
+def batch_to_torch(batch: TaskBatch) -> dict[str, tuple[torch.Tensor, ...]]:
+    """``{"support" | "query": (x_local, x_season, y, mask)}`` with leading task axis T."""
+
+    def split(s):
+        return tuple(torch.from_numpy(np.array(a)) for a in (s.x_local, s.x_season, s.y, s.mask))
+
+    return {"support": split(batch.support), "query": split(batch.query)}
+
+
+def masked_mse(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over real samples (same formula as ``dmeta.models.mpfn.masked_mse``)."""
+    return torch.sum(mask * (pred - y) ** 2) / torch.clamp(torch.sum(mask), min=1.0)
+
+
+def meta_loss(
+    model: TorchMPFN, batch: dict, *, step_size: float, first_order: bool
+) -> torch.Tensor:
+    """Mean over tasks of the query loss after one inner SGD step on the support set."""
+    names, params = zip(*model.named_parameters())
+    x_s, xs_s, y_s, m_s = batch["support"]
+    x_q, xs_q, y_q, m_q = batch["query"]
+    total = 0.0
+    for t in range(x_s.shape[0]):
+        support = masked_mse(model(x_s[t], xs_s[t]), y_s[t], m_s[t])
+        grads = torch.autograd.grad(support, params, create_graph=not first_order)
+        adapted = {n: p - step_size * g for n, p, g in zip(names, params, grads)}
+        pred = functional_call(model, adapted, (x_q[t], xs_q[t]))
+        total = total + masked_mse(pred, y_q[t], m_q[t])
+    return total / x_s.shape[0]
+
+
+def meta_grads(model: TorchMPFN, batch: dict, *, step_size: float) -> dict[str, torch.Tensor]:
+    """Second-order meta-gradient of ``meta_loss`` by parameter name (no optimizer step)."""
+    model.zero_grad()
+    meta_loss(model, batch, step_size=step_size, first_order=False).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def make_meta_step(
+    model: TorchMPFN, optimizer: torch.optim.Optimizer, *, step_size: float, first_order: bool
+):
+    """``step(batch) -> loss``: one outer update (zero_grad, meta loss, backward, optimizer step)."""
+
+    def step(batch: dict) -> float:
+        optimizer.zero_grad()
+        loss = meta_loss(model, batch, step_size=step_size, first_order=first_order)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return step

@@ -1,0 +1,67 @@
+"""Side-by-side benchmarks run end to end at a tiny shape."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.benchmarks.common import format_line, parse_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_parse_report_reads_numeric_lines_only():
+    text = "\n".join(
+        [
+            "command: python x.py --quick",
+            format_line("a_rate", 12.3456, "steps/s"),
+            format_line("ratio", 2.0),
+            "load_avg_start: 1.00 (5 min 0.50, 15 min 0.20, 2 cores)",
+        ]
+    )
+    assert parse_report(text) == {
+        "a_rate": (12.35, "steps/s"),
+        "ratio": (2.0, ""),
+        "load_avg_start": (1.0, "(5 min 0.50, 15 min 0.20, 2 cores)"),
+    }
+
+
+def test_maml_throughput_quick(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "maml.txt"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "experiments/benchmarks/maml_throughput.py",
+            "--quick",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.read_text() == proc.stdout
+    report = parse_report(proc.stdout)
+    assert proc.stdout.splitlines()[0].startswith("command: ")
+    assert proc.stdout.splitlines()[-1].startswith("speedup_vs_torch_loop: ")
+    assert report["meta_grad_max_rel_diff"][0] <= 1e-4
+    assert report["variants_grad_norm_max_rel_diff"][0] <= 1e-4
+    for name in (
+        "dmeta_second_order_engine_vmap",
+        "dmeta_second_order_engine_map",
+        "dmeta_second_order_fused1_vmap",
+        "torch_second_order_loop",
+        "dmeta_first_order_engine_vmap",
+        "torch_first_order_loop",
+    ):
+        value, unit = report[name]
+        assert value > 0 and unit == "steps/s", name
+    assert report["flops_per_second_order_step"][0] > 0
+    assert 0 < report["dmeta_share_of_matmul"][0] < 100
+    assert report["speedup_vs_torch_loop"][0] > 0
