@@ -1,0 +1,393 @@
+"""Two-stage CDLtvS training (sections 4.2.3, 4.3.2, 5.1.4) and a shared epoch loop.
+
+Stage 1 trains one LtvS per domain with ``L_LTV + lambda_1 L_EC + lambda_2 L_EO`` (eq. 12);
+stage 2 starts the source and target LtvS of CDLtvS from them and trains everything with
+``L_LTV + lambda_3 L_AP + lambda_4 L_AT`` (eq. 17). The lambdas drop to ``drop_factor`` times
+their value after ``drop_epoch`` epochs. Labels are divided by their training mean (NMAE and
+the other reported metrics are scale-free); predictions come back in the original units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from dmeta.ltv.data import CrossDomainData
+from dmeta.ltv.exmn import CDLtvS
+from dmeta.ltv.losses import (
+    expert_classification_loss,
+    expert_ordinal_loss,
+    infonce_loss,
+    level_labels,
+    ltv_loss,
+    type_alignment_loss,
+)
+from dmeta.nn.functional import split_params
+from dmeta.train.state import TrainState, init_train_state
+from dmeta.types import Array, Params
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, Array]
+LossFn = Callable[[Params, Batch, Array], tuple[Array, dict[str, Array]]]
+PredictFn = Callable[[Params, Batch], Array]
+
+PAPER_LAMBDAS = (10.0, 20.0, 2.0, 1.0)
+
+
+def model_batch(data: CrossDomainData, scale_s: float, scale_t: float) -> dict[str, np.ndarray]:
+    """The model inputs of ``data`` with labels divided by ``scale_s`` / ``scale_t`` and a
+    ``weight`` of ones (padding rows get weight 0)."""
+    arrays = data.arrays()
+    arrays.pop("customer")
+    arrays["s_y"] = arrays["s_y"] / np.float32(scale_s)
+    arrays["t_y"] = arrays["t_y"] / np.float32(scale_t)
+    arrays["weight"] = np.ones(data.n, np.float32)
+    return arrays
+
+
+def _rows(arrays: dict[str, np.ndarray], idx: np.ndarray, weight: np.ndarray) -> Batch:
+    out = {k: v[idx] for k, v in arrays.items()}
+    out["weight"] = out["weight"] * weight
+    return out
+
+
+def make_train_step(
+    loss_fn: LossFn, optimizer: optax.GradientTransformation
+) -> Callable[[TrainState, Batch, Array], tuple[TrainState, dict[str, Array]]]:
+    """``step(state, batch, lambdas) -> (state, metrics)``: one Adam update on ``loss_fn``.
+
+    Not jitted here: callers wrap it (``jax.jit``, or ``chex.assert_max_traces`` first).
+    ``lambdas: f32[4]`` is an argument so the schedule never retraces the step.
+    """
+
+    def step(state: TrainState, batch: Batch, lambdas: Array):
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, lambdas)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new = TrainState(params, opt_state, state.step + 1, state.key)
+        return new, metrics
+
+    return step
+
+
+def predict(
+    predict_fn: PredictFn, params: Params, arrays: dict[str, np.ndarray], batch_size: int = 1024
+) -> np.ndarray:
+    """f32[N] predictions of ``predict_fn`` over ``arrays`` in padded chunks of ``batch_size``."""
+    n = len(arrays["weight"])
+    fn = _jit(predict_fn)
+    chunk = min(batch_size, n)
+    out = []
+    for start in range(0, n, chunk):
+        idx = np.arange(start, start + chunk) % n
+        out.append(np.asarray(fn(params, _rows(arrays, idx, np.ones(chunk, np.float32)))))
+    return np.concatenate(out)[:n]
+
+
+@functools.lru_cache(maxsize=256)
+def _jit(fn: Callable) -> Callable:
+    """One ``jax.jit`` wrapper per function object, so repeated fits reuse compilations."""
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=256)
+def _jitted_step(loss_fn: LossFn, lr: float, step_wrapper: Callable | None) -> Callable:
+    step = make_train_step(loss_fn, optax.adam(lr))
+    return jax.jit(step_wrapper(step) if step_wrapper else step)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """Best parameters by validation MAE, the epoch they come from, and per-epoch history."""
+
+    params: Params
+    best_epoch: int
+    history: list[dict[str, float]]
+
+
+def fit(
+    loss_fn: LossFn,
+    predict_fn: PredictFn,
+    params: Params,
+    train: dict[str, np.ndarray],
+    val: dict[str, np.ndarray],
+    *,
+    label: str,
+    lr: float = 1e-3,
+    batch_size: int = 256,
+    max_epochs: int = 50,
+    patience: int = 7,
+    lambdas: tuple[float, ...] = PAPER_LAMBDAS,
+    drop_epoch: int = 20,
+    drop_factor: float = 0.01,
+    seed: int = 0,
+    step_wrapper: Callable[[Callable], Callable] | None = None,
+) -> FitResult:
+    """Adam on shuffled fixed-size batches (the last one padded with weight 0) with early
+    stopping on the validation MAE of ``val[label]`` (patience in epochs).
+
+    Args:
+      loss_fn: ``(params, batch, lambdas) -> (loss, metrics)``.
+      predict_fn: ``(params, batch) -> f32[N]`` in the units of ``label``.
+      params: initial parameters.
+      train, val: model batches (:func:`model_batch`).
+      label: key of the label early stopping compares with.
+      lr: Adam learning rate.
+      batch_size: samples per step.
+      max_epochs: epoch limit.
+      patience: epochs without improvement before stopping.
+      lambdas: loss factors handed to ``loss_fn`` before the drop.
+      drop_epoch: epochs after which the lambdas are multiplied by ``drop_factor``.
+      drop_factor: the factor.
+      seed: shuffling seed.
+      step_wrapper: applied to the step before ``jax.jit`` (e.g. ``chex.assert_max_traces``).
+    """
+    step = _jitted_step(loss_fn, lr, step_wrapper)
+    state = init_train_state(params, optax.adam(lr), jax.random.key(seed))
+    rng = np.random.default_rng(seed)
+    n = len(train["weight"])
+    bs = min(batch_size, n)
+    n_batches = -(-n // bs)
+    best, best_epoch, best_params, history = np.inf, -1, params, []
+    base = np.asarray(lambdas, np.float32)
+    for epoch in range(max_epochs):
+        lam = jnp.asarray(base * (1.0 if epoch < drop_epoch else drop_factor))
+        perm = rng.permutation(n_batches * bs) % n
+        weight = (np.arange(n_batches * bs) < n).astype(np.float32)
+        sums: dict[str, float] = {}
+        for b in range(n_batches):
+            sl = slice(b * bs, (b + 1) * bs)
+            state, metrics = step(state, _rows(train, perm[sl], weight[sl]), lam)
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(value) / n_batches
+        val_mae = float(np.mean(np.abs(predict(predict_fn, state.params, val) - val[label])))
+        if not np.isfinite(val_mae):
+            raise FloatingPointError(f"validation MAE is {val_mae} at epoch {epoch}")
+        history.append({"epoch": epoch, "val_mae": val_mae, **sums})
+        if val_mae < best:
+            best, best_epoch, best_params = val_mae, epoch, state.params
+        elif epoch - best_epoch >= patience:
+            break
+    log.info("%s: best epoch %d of %d, val MAE %.4f", label, best_epoch, len(history), best)
+    return FitResult(best_params, best_epoch, history)
+
+
+def stage1_loss(apply: Callable, *, domain: str, k: int) -> LossFn:
+    """Eq. 12 for one domain: ``L_LTV + lambda_1 L_EC + lambda_2 L_EO`` (lambdas[0:2])."""
+
+    def loss_fn(params: Params, batch: Batch, lambdas: Array):
+        out = apply(params, batch, domain)
+        v, w = batch[f"{domain}_y"], batch["weight"]
+        levels = level_labels(v, k, w)
+        l_ltv = ltv_loss(v, out.pred, w)
+        l_ec = expert_classification_loss(out.ec_logits, levels, w)
+        l_eo = expert_ordinal_loss(out.eo_logits, levels, w)
+        loss = l_ltv + lambdas[0] * l_ec + lambdas[1] * l_eo
+        return loss, {"loss": loss, "ltv": l_ltv, "ec": l_ec, "eo": l_eo}
+
+    return loss_fn
+
+
+def stage2_loss(apply: Callable, *, temperature: float, margin: float) -> LossFn:
+    """Eq. 17: ``L_LTV + lambda_3 L_AP + lambda_4 L_AT`` (lambdas[2:4])."""
+
+    def loss_fn(params: Params, batch: Batch, lambdas: Array):
+        out = apply(params, batch)
+        w, sparse = batch["weight"], batch["sparse"]
+        l_ltv = ltv_loss(batch["t_y"], out.pred, w)
+        l_ap = infonce_loss(out.e_mo, out.e_to, ~sparse, w, temperature=temperature)
+        l_at = type_alignment_loss(out.e_mo, out.e_to, sparse, w, margin=margin)
+        loss = l_ltv + lambdas[2] * l_ap + lambdas[3] * l_at
+        return loss, {"loss": loss, "ltv": l_ltv, "ap": l_ap, "at": l_at}
+
+    return loss_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class CDLtvSFns:
+    """The pure functions of one CDLtvS architecture (built once, shared by every fit so the
+    jitted steps compile once per architecture)."""
+
+    apply: Callable
+    ltvs_apply: Callable
+    stage1: dict[str, LossFn]
+    stage2: LossFn
+    predict_ltvs: dict[str, PredictFn]
+    predict: PredictFn
+    expert_ltvs: PredictFn
+    expert: PredictFn
+
+
+@functools.lru_cache(maxsize=32)
+def cdltvs_fns(arch: tuple, *, k: int, temperature: float, margin: float) -> CDLtvSFns:
+    """Pure functions for ``arch = (s_cat_sizes, s_num, t_cat_sizes, t_num, hidden, align, a,
+    tcn_levels)`` with k experts."""
+    model = _model(arch, k, 0)
+    apply, _ = split_params(model)
+    ltvs_apply, _ = split_params(model.target)
+    return CDLtvSFns(
+        apply=apply,
+        ltvs_apply=ltvs_apply,
+        stage1={d: stage1_loss(ltvs_apply, domain=d, k=k) for d in ("s", "t")},
+        stage2=stage2_loss(apply, temperature=temperature, margin=margin),
+        predict_ltvs={d: (lambda p, b, d=d: ltvs_apply(p, b, d).pred) for d in ("s", "t")},
+        predict=lambda p, b: apply(p, b).pred,
+        expert_ltvs=lambda p, b: ltvs_apply(p, b, "t").expert,
+        expert=lambda p, b: apply(p, b).expert_t,
+    )
+
+
+def _model(arch: tuple, k: int, seed: int) -> CDLtvS:
+    s_cat, s_num, t_cat, t_num, hidden, align, a, levels = arch
+    return CDLtvS(
+        s_cat,
+        s_num,
+        t_cat,
+        t_num,
+        hidden=hidden,
+        align=align,
+        k=k,
+        a=a,
+        tcn_levels=levels,
+        rngs=nnx.Rngs(seed),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class CDLtvSFit:
+    """A trained model: the stage-1 LtvS of both domains and, after stage 2, CDLtvS.
+
+    Attributes:
+      fns: the architecture's pure functions.
+      params: CDLtvS parameters (after stage 1 only ``source`` / ``target`` are trained).
+      stage2_done: whether ``params`` went through stage 2.
+      scale_s, scale_t: label scales (training means).
+      histories: per-stage fit histories.
+    """
+
+    fns: CDLtvSFns
+    params: Params
+    stage2_done: bool
+    scale_s: float
+    scale_t: float
+    histories: dict[str, list[dict[str, float]]]
+
+    def _run(self, data: CrossDomainData, fn: PredictFn, params: Params) -> np.ndarray:
+        return predict(fn, params, model_batch(data, self.scale_s, self.scale_t))
+
+    def predict_ltvs(self, data: CrossDomainData) -> tuple[np.ndarray, np.ndarray]:
+        """Stage-1 target LtvS: (f32[N] LTV in original units, i32[N] expert)."""
+        p = self.params["target"]
+        pred = self._run(data, self.fns.predict_ltvs["t"], p) * self.scale_t
+        return pred, self._run(data, self.fns.expert_ltvs, p).astype(np.int32)
+
+    def predict(self, data: CrossDomainData) -> tuple[np.ndarray, np.ndarray]:
+        """Stage-2 CDLtvS: (f32[N] LTV in original units, i32[N] target expert)."""
+        if not self.stage2_done:
+            raise ValueError("stage 2 has not run: call fit_stage2 first")
+        pred = self._run(data, self.fns.predict, self.params) * self.scale_t
+        return pred, self._run(data, self.fns.expert, self.params).astype(np.int32)
+
+
+def fit_stage1(
+    train: CrossDomainData,
+    val: CrossDomainData,
+    *,
+    hidden: int = 128,
+    align: int = 80,
+    k: int = 4,
+    a: int = 1,
+    tcn_levels: int = 3,
+    lambdas: tuple[float, float, float, float] = PAPER_LAMBDAS,
+    exmn_loss: bool = True,
+    temperature: float = 1.0,
+    margin: float = 0.1,
+    seed: int = 0,
+    **fit_kwargs: Any,
+) -> CDLtvSFit:
+    """Stage 1: LtvS per domain (eq. 12) on ``train``, early-stopped on ``val``.
+
+    Args:
+      train, val: samples (after :func:`dmeta.ltv.data.apply_sparsity`).
+      hidden: h; align: d; k: experts; a: experts per sample; tcn_levels: TCN blocks.
+      lambdas: (lambda_1 .. lambda_4).
+      exmn_loss: False drops L_EC and L_EO (the w/o L_ExMN ablation).
+      temperature: InfoNCE temperature; margin: eta of L_AT (used by stage 2).
+      seed: initialization and shuffling seed.
+      **fit_kwargs: lr, batch_size, max_epochs, patience, drop_epoch, drop_factor,
+        step_wrapper (see :func:`fit`).
+    """
+    arch = (
+        train.s_cat_sizes,
+        train.s_num.shape[1],
+        train.t_cat_sizes,
+        train.t_num.shape[1],
+        hidden,
+        align,
+        a,
+        tcn_levels,
+    )
+    fns = cdltvs_fns(arch, k=k, temperature=temperature, margin=margin)
+    _, params = split_params(_model(arch, k, seed))
+    scale_s = float(max(train.s_y.mean(), 1e-6))
+    scale_t = float(max(train.t_y.mean(), 1e-6))
+    tr, va = model_batch(train, scale_s, scale_t), model_batch(val, scale_s, scale_t)
+    lam = tuple(lambdas) if exmn_loss else (0.0, 0.0, *lambdas[2:])
+    histories = {}
+    for i, (domain, name) in enumerate((("s", "source"), ("t", "target"))):
+        res = fit(
+            fns.stage1[domain],
+            fns.predict_ltvs[domain],
+            params[name],
+            tr,
+            va,
+            label=f"{domain}_y",
+            lambdas=lam,
+            seed=seed + 1 + i,
+            **fit_kwargs,
+        )
+        params = {**params, name: res.params}
+        histories[f"stage1_{name}"] = res.history
+    return CDLtvSFit(fns, params, False, scale_s, scale_t, histories)
+
+
+def fit_stage2(
+    stage1: CDLtvSFit,
+    train: CrossDomainData,
+    val: CrossDomainData,
+    *,
+    lambdas: tuple[float, float, float, float] = PAPER_LAMBDAS,
+    seed: int = 0,
+    **fit_kwargs: Any,
+) -> CDLtvSFit:
+    """Stage 2: CDLtvS (eq. 17) from the stage-1 parameters. ``lambdas[2] = 0`` /
+    ``lambdas[3] = 0`` give the w/o L_AP / w/o L_AT ablations."""
+    tr = model_batch(train, stage1.scale_s, stage1.scale_t)
+    va = model_batch(val, stage1.scale_s, stage1.scale_t)
+    res = fit(
+        stage1.fns.stage2,
+        stage1.fns.predict,
+        stage1.params,
+        tr,
+        va,
+        label="t_y",
+        lambdas=lambdas,
+        seed=seed + 3,
+        **fit_kwargs,
+    )
+    return dataclasses.replace(
+        stage1,
+        params=res.params,
+        stage2_done=True,
+        histories={**stage1.histories, "stage2": res.history},
+    )
