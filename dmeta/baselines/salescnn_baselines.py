@@ -1,0 +1,156 @@
+"""Baselines of the sales CNN paper (Zhao & Wang, section 5.2.1): ARIMA, FE+GBRT, DNN.
+
+* ARIMA (statsmodels) on each item's own sales series, forecasting the next
+  ``k`` periods and summing them.
+* FE+GBRT: hand-made features of every indicator row of the Data Frame (last
+  value, averages over the last 3 / 7 / 30 periods and the whole frame, spread,
+  and a cut flag: last value below the frame average, the paper's "price
+  reduction") into xgboost.
+* DNN: the flattened Data Frame, 4 dense layers of 1024 with ReLU, dropout on the
+  last one, linear output; trained by ``dmeta.salescnn.train`` like the CNN.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import jax
+import numpy as np
+import xgboost
+from flax import nnx
+
+from dmeta.salescnn.model import dropout
+from dmeta.types import Array, Key
+
+logger = logging.getLogger(__name__)
+
+FE_WINDOWS = (1, 3, 7, 30)
+
+
+def arima_forecast(
+    series: np.ndarray, ends: np.ndarray, *, horizon: int, order: tuple[int, int, int] = (1, 0, 1)
+) -> np.ndarray:
+    """Totals of the next ``horizon`` ARIMA forecasts from each end point.
+
+    Each series is fitted once on its values up to ``ends[0]``; forecasts from
+    later end points reuse those parameters on the longer history (no refit).
+
+    Args:
+      series: f[N, L] sales series (one row per item x region).
+      ends: i[E] increasing inclusive end periods to forecast from.
+      horizon: ``k`` periods to forecast and sum.
+      order: ARIMA (p, d, q).
+
+    Returns:
+      f64[N, E] forecast totals, clipped at 0. A series that is constant up to
+      ``ends[0]`` or whose fit fails gets ``horizon`` times its mean (logged).
+    """
+    from statsmodels.tsa.arima.model import ARIMA
+
+    out = np.empty((len(series), len(ends)))
+    fallback = 0
+    for n, values in enumerate(np.asarray(series, np.float64)):
+        fit_on = values[: ends[0] + 1]
+        try:
+            if np.ptp(fit_on) == 0:
+                raise ValueError("constant series")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fitted = ARIMA(fit_on, order=order).fit()
+                for e, end in enumerate(ends):
+                    res = fitted if e == 0 else fitted.apply(values[: end + 1])
+                    out[n, e] = res.forecast(horizon).sum()
+        except (np.linalg.LinAlgError, ValueError):
+            out[n] = [horizon * values[: end + 1].mean() for end in ends]
+            fallback += 1
+    if fallback:
+        logger.info(
+            "ARIMA%s: %d of %d series constant or failed; used their mean",
+            order,
+            fallback,
+            len(out),
+        )
+    return np.clip(out, 0.0, None)
+
+
+def fe_features(frames: np.ndarray) -> np.ndarray:
+    """Hand-made features of raw Data Frames.
+
+    Args:
+      frames: f[N, M, D, T] raw (not z-scored) frames.
+
+    Returns:
+      f32[N, M * D * 7]: per row, the means over the last 1, 3, 7 and 30 periods,
+      the frame mean, the frame std and a cut flag (last value < frame mean).
+    """
+    frames = np.asarray(frames, np.float32)
+    length = frames.shape[-1]
+    mean = frames.mean(-1)
+    feats = [frames[..., -min(w, length) :].mean(-1) for w in FE_WINDOWS]
+    feats += [mean, frames.std(-1), (frames[..., -1] < mean).astype(np.float32)]
+    return np.stack(feats, -1).reshape(len(frames), -1)
+
+
+def fit_predict_gbrt(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    *,
+    seed: int,
+    n_estimators: int = 300,
+    max_depth: int = 6,
+    learning_rate: float = 0.05,
+) -> np.ndarray:
+    """xgboost regression trees on ``fe_features``; returns f32[N_test] predictions."""
+    model = xgboost.XGBRegressor(
+        n_estimators=n_estimators,
+        max_depth=max_depth,
+        learning_rate=learning_rate,
+        subsample=0.8,
+        colsample_bytree=0.8,
+        random_state=seed,
+        n_jobs=2,
+    )
+    model.fit(x_train, y_train)
+    return model.predict(x_test)
+
+
+class SalesDNN(nnx.Module):
+    """Flattened Data Frame -> ``layers`` dense ReLU layers -> dropout -> linear output.
+
+    Args:
+      in_features: ``4 * D * T``.
+      hidden: width of each dense layer (paper 1024).
+      layers: number of dense layers (paper 4).
+      rate: dropout rate on the last dense layer's output (paper 0.2).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        hidden: int = 1024,
+        layers: int = 4,
+        rate: float = 0.2,
+        rngs: nnx.Rngs,
+    ):
+        sizes = (in_features,) + (hidden,) * layers
+        self.dense = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
+        self.out = nnx.Linear(hidden, 1, rngs=rngs)
+        self.rate = rate
+
+    def __call__(self, x: Array, key: Key | None = None) -> Array:
+        """x: f32[B, 4, D, T] z-scored frames -> f32[B]."""
+        h = x.reshape(x.shape[0], -1)
+        for layer in self.dense:
+            h = jax.nn.relu(layer(h))
+        return self.out(dropout(h, self.rate, key))[:, 0]
+
+
+def persistence_forecast(series: np.ndarray, ends: np.ndarray, *, horizon: int) -> np.ndarray:
+    """Naive reference: the last ``horizon`` periods' total up to each end, f64[N, E]."""
+    series = np.asarray(series, np.float64)
+    return np.stack([series[:, end + 1 - horizon : end + 1].sum(-1) for end in ends], -1)
