@@ -1,0 +1,320 @@
+"""Deep customer segmentation (C2M Algorithm 1) and the deep-clustering baselines.
+
+All methods share one minibatch loop: a jitted ``(params, opt_state, batch) -> (params,
+opt_state, metrics)`` step over fixed-size batches of users, with per-epoch targets
+(outlier weights, DEC's target distribution, DeepCluster's pseudo-labels) recomputed from the
+latents of all users before each epoch.
+
+* ``pretrain``: reconstruction only (Algorithm 1, step 1).
+* ``joint_segmentation``: reconstruction + alpha * clustering (eq. 6) + beta * preference (eq. 7),
+  centroids trained with the autoencoder, outlier weights refreshed per epoch (step 2), labels
+  from the nearest centroid (step 3).
+* ``dec_segmentation``: DEC (Xie et al., 2016): Student-t soft assignments, KL to the sharpened
+  target, encoder and centroids trained.
+* ``deepcluster_segmentation``: DeepCluster-style: k-means pseudo-labels each epoch, a freshly
+  initialized linear head, cross-entropy (+ reconstruction to keep the latent informative).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from dmeta.c2m.autoencoder import BehaviorAutoencoder
+from dmeta.c2m.losses import clustering_loss, preference_loss, reconstruction_loss
+from dmeta.cluster.kmeans import kmeans, outlier_weights, sq_distances
+from dmeta.nn.functional import split_params
+from dmeta.types import Params
+
+
+@dataclasses.dataclass(frozen=True)
+class Segmentation:
+    """labels: i32[U]; latent: f[U, Z] (the space the labels were found in); weights: f[U]
+    (0 for outliers); history: per-epoch mean losses."""
+
+    labels: np.ndarray
+    latent: np.ndarray
+    weights: np.ndarray
+    history: list[dict[str, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Autoencoder:
+    """The model's pure functions and its parameters: ``apply(params, x, mask) -> (z, logits)``,
+    ``encode(params, x, mask) -> z``."""
+
+    apply: Callable
+    encode: Callable
+    params: Params
+
+
+def init_autoencoder(
+    key: jax.Array,
+    *,
+    n_behaviors: int,
+    n_items: int,
+    n_categories: int,
+    d_model: int,
+    n_heads: int,
+    n_layers: int,
+    latent_dim: int,
+) -> Autoencoder:
+    """Builds ``BehaviorAutoencoder`` and splits it once into pure functions."""
+    model = BehaviorAutoencoder(
+        n_behaviors=n_behaviors,
+        n_items=n_items,
+        n_categories=n_categories,
+        d_model=d_model,
+        n_heads=n_heads,
+        n_layers=n_layers,
+        latent_dim=latent_dim,
+        rngs=nnx.Rngs(key),
+    )
+    apply, params = split_params(model)
+    encode, _ = split_params(model, "encode")
+    return Autoencoder(apply, jax.jit(encode), params)
+
+
+def encode_all(ae: Autoencoder, params: Params, x, mask, batch_size: int = 256) -> np.ndarray:
+    """Latents ``f[U, Z]`` of all users, in batches."""
+    enc = jax.jit(ae.encode)
+    out = [
+        enc(params, x[i : i + batch_size], mask[i : i + batch_size])
+        for i in range(0, len(x), batch_size)
+    ]
+    return np.asarray(jnp.concatenate(out))
+
+
+def _epochs(
+    params: Params,
+    loss_fn: Callable,
+    data: dict[str, np.ndarray],
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    key: jax.Array,
+    before_epoch: Callable[[Params], tuple[Params, dict[str, np.ndarray]]] | None = None,
+) -> tuple[Params, list[dict[str, float]]]:
+    """Minibatch Adam over users. ``loss_fn(params, batch) -> (loss, metrics)``; ``data`` holds
+    per-user arrays (leading axis U); ``before_epoch(params) -> (params, targets)`` may reset
+    parameters and adds per-user targets."""
+    optimizer = optax.adam(learning_rate)
+    opt_state = optimizer.init(params)
+
+    @jax.jit
+    def step(params, opt_state, batch):
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    n = len(data["x"])
+    batch_size = min(batch_size, n)
+    n_batches = -(-n // batch_size)
+    history = []
+    for _ in range(epochs):
+        targets = {}
+        if before_epoch is not None:
+            params, targets = before_epoch(params)
+        arrays = dict(data, **targets)
+        key, sub = jax.random.split(key)
+        order = np.asarray(jax.random.permutation(sub, n))
+        order = order[np.arange(n_batches * batch_size) % n].reshape(n_batches, batch_size)
+        sums: dict[str, float] = {}
+        for idx in order:
+            params, opt_state, metrics = step(
+                params, opt_state, {k: v[idx] for k, v in arrays.items()}
+            )
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / n_batches
+        history.append(sums)
+    return params, history
+
+
+def pretrain(
+    ae: Autoencoder, x, mask, *, epochs, batch_size, learning_rate, key
+) -> tuple[Params, list]:
+    """Algorithm 1, step 1: reconstruction only."""
+
+    def loss_fn(params, batch):
+        _, logits = ae.apply(params, batch["x"], batch["mask"])
+        loss = reconstruction_loss(logits, batch["x"], batch["mask"])
+        return loss, {"reconstruction": loss}
+
+    return _epochs(
+        ae.params,
+        loss_fn,
+        {"x": x, "mask": mask},
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        key=key,
+    )
+
+
+def joint_segmentation(
+    ae: Autoencoder,
+    params: Params,
+    x,
+    mask,
+    *,
+    n_segments: int,
+    alpha: float,
+    beta: float,
+    behavior_weights: np.ndarray,
+    outlier_z: float | None,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    key: jax.Array,
+) -> Segmentation:
+    """Algorithm 1, steps 2-3, from pretrained ``params``.
+
+    Args:
+      behavior_weights: f[J] eq. 7 weight of each behaviour code.
+      outlier_z: outlier threshold (``dmeta.cluster.kmeans.outlier_weights``); None keeps all.
+    """
+    key, k_init = jax.random.split(key)
+    init = kmeans(k_init, encode_all(ae, params, x, mask), n_segments, outlier_z=outlier_z)
+    state = {"ae": params, "centroids": init.centroids}
+    w_b = jnp.asarray(behavior_weights, jnp.float32)
+
+    def loss_fn(state, batch):
+        z, logits = ae.apply(state["ae"], batch["x"], batch["mask"])
+        rec = reconstruction_loss(logits, batch["x"], batch["mask"])
+        clus = clustering_loss(z, state["centroids"], batch["weights"])
+        pref = preference_loss(logits, batch["x"], batch["mask"], w_b)
+        loss = rec + alpha * clus + beta * pref
+        return loss, {"loss": loss, "reconstruction": rec, "clustering": clus, "preference": pref}
+
+    def weights(state):
+        z = encode_all(ae, state["ae"], x, mask)
+        return state, {"weights": np.asarray(outlier_weights(z, state["centroids"], outlier_z))}
+
+    state, history = _epochs(
+        state,
+        loss_fn,
+        {"x": x, "mask": mask},
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        key=key,
+        before_epoch=weights,
+    )
+    z = encode_all(ae, state["ae"], x, mask)
+    labels = np.asarray(jnp.argmin(sq_distances(z, state["centroids"]), axis=1), np.int32)
+    w = np.asarray(outlier_weights(z, state["centroids"], outlier_z))
+    return Segmentation(labels, z, w, history)
+
+
+def student_t(z: jax.Array, centroids: jax.Array) -> jax.Array:
+    """DEC soft assignment ``q_ij ~ (1 + |z_i - mu_j|^2)^-1``: f[B, K]."""
+    q = 1.0 / (1.0 + sq_distances(z, centroids))
+    return q / q.sum(1, keepdims=True)
+
+
+def dec_target(q: jax.Array) -> jax.Array:
+    """DEC target ``p_ij ~ q_ij^2 / f_j`` with ``f_j = sum_i q_ij``: f[U, K]."""
+    p = q**2 / q.sum(0)
+    return p / p.sum(1, keepdims=True)
+
+
+def dec_segmentation(
+    ae: Autoencoder, params: Params, x, mask, *, n_segments, epochs, batch_size, learning_rate, key
+) -> Segmentation:
+    """DEC from pretrained ``params``: KL(P || Q), encoder and centroids trained."""
+    key, k_init = jax.random.split(key)
+    init = kmeans(k_init, encode_all(ae, params, x, mask), n_segments)
+    state = {"ae": params, "centroids": init.centroids}
+
+    def loss_fn(state, batch):
+        q = student_t(ae.encode(state["ae"], batch["x"], batch["mask"]), state["centroids"])
+        p = batch["target"]
+        kl = jnp.sum(p * (jnp.log(jnp.maximum(p, 1e-12)) - jnp.log(q))) / len(p)
+        return kl, {"kl": kl}
+
+    def target(state):
+        z = encode_all(ae, state["ae"], x, mask)
+        return state, {"target": np.asarray(dec_target(student_t(z, state["centroids"])))}
+
+    state, history = _epochs(
+        state,
+        loss_fn,
+        {"x": x, "mask": mask},
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        key=key,
+        before_epoch=target,
+    )
+    z = encode_all(ae, state["ae"], x, mask)
+    labels = np.asarray(jnp.argmax(student_t(z, state["centroids"]), axis=1), np.int32)
+    return Segmentation(labels, z, np.ones(len(z), np.float32), history)
+
+
+def deepcluster_segmentation(
+    ae: Autoencoder, params: Params, x, mask, *, n_segments, epochs, batch_size, learning_rate, key
+) -> Segmentation:
+    """DeepCluster-style: per epoch k-means pseudo-labels on the latents and a new linear head
+    trained with cross-entropy plus reconstruction; final labels by k-means on the latents."""
+    latent_dim = ae.encode(params, x[:1], mask[:1]).shape[-1]
+    state = {"ae": params, "head": jnp.zeros((latent_dim, n_segments))}
+
+    def loss_fn(state, batch):
+        z, logits = ae.apply(state["ae"], batch["x"], batch["mask"])
+        ce = optax.softmax_cross_entropy_with_integer_labels(
+            z @ state["head"], batch["pseudo"]
+        ).mean()
+        rec = reconstruction_loss(logits, batch["x"], batch["mask"])
+        return ce + rec, {"cross_entropy": ce, "reconstruction": rec}
+
+    keys = iter(jax.random.split(key, epochs + 2))
+
+    def pseudo(state):
+        z = encode_all(ae, state["ae"], x, mask)
+        fresh = dict(state, head=jnp.zeros_like(state["head"]))  # new classifier each epoch
+        return fresh, {"pseudo": np.asarray(kmeans(next(keys), z, n_segments).labels)}
+
+    state, history = _epochs(
+        state,
+        loss_fn,
+        {"x": x, "mask": mask},
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        key=next(keys),
+        before_epoch=pseudo,
+    )
+    z = encode_all(ae, state["ae"], x, mask)
+    res = kmeans(next(keys), z, n_segments)
+    return Segmentation(np.asarray(res.labels), z, np.ones(len(z), np.float32), history)
+
+
+def latent_kmeans_segmentation(
+    ae: Autoencoder, params: Params, x, mask, *, n_segments, key
+) -> Segmentation:
+    """k-means++ on the pretrained latent, no joint training."""
+    z = encode_all(ae, params, x, mask)
+    res = kmeans(key, z, n_segments)
+    return Segmentation(np.asarray(res.labels), z, np.ones(len(z), np.float32), [])
+
+
+def bag_of_categories_segmentation(
+    category, mask, n_categories: int, *, n_segments, key
+) -> Segmentation:
+    """k-means on each user's category shares (codes ``i32[U, L]``)."""
+    counts = np.zeros((len(category), n_categories), np.float32)
+    np.add.at(
+        counts,
+        (np.repeat(np.arange(len(category)), category.shape[1]), category.ravel()),
+        mask.ravel(),
+    )
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
+    res = kmeans(key, shares, n_segments)
+    return Segmentation(np.asarray(res.labels), shares, np.ones(len(shares), np.float32), [])

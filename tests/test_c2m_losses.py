@@ -1,0 +1,67 @@
+"""C2M losses against hand-computed values; sinusoidal positions; autoencoder masking."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dmeta.c2m.autoencoder import sinusoidal_positions
+from dmeta.c2m.losses import clustering_loss, interaction_shares, preference_loss
+from dmeta.c2m.train import init_autoencoder
+
+
+def test_clustering_loss_eq6_by_hand():
+    z = jnp.array([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [0.0, 3.0]])
+    c = jnp.array([[0.0, 0.0], [10.0, 1.0]])
+    w = jnp.array([1.0, 1.0, 1.0, 0.0])  # the last point is an outlier
+    # nearest squared distances: 0, 1, 1, 9 -> (0 + 1 + 1) / (4 - 1)
+    np.testing.assert_allclose(clustering_loss(z, c, w), 2.0 / 3.0, rtol=1e-6)
+
+
+def test_interaction_shares_by_hand():
+    # one user, behaviours (view, view, cart, pad), items (0, 1, 1, 0)
+    b = jax.nn.one_hot(jnp.array([[0, 0, 1, 0]]), 2)
+    u = jax.nn.one_hot(jnp.array([[0, 1, 1, 0]]), 2)
+    mask = jnp.array([[True, True, True, False]])
+    shares = interaction_shares(b, u, mask)
+    np.testing.assert_allclose(shares[0], [[0.5, 0.5], [0.0, 1.0]])
+
+
+def test_preference_loss_eq7_by_hand():
+    # codes: behaviour (J=2), item (U=2), category (C=2); one user, two real events.
+    x = jnp.array([[[0, 0, 1], [1, 1, 1], [0, 0, 0]]])
+    mask = jnp.array([[True, True, False]])
+    big = 30.0  # decoder logits ~one-hot: behaviours reproduced, items all predicted as item 1
+    lb = jnp.array([[[big, 0], [0, big], [0, 0]]])
+    li = jnp.array([[[0, big], [0, big], [0, 0]]])
+    lc = jnp.array([[[0, big], [0, big], [0, 0]]])
+    w = jnp.array([1.0, 2.0])
+    # items: type 0 in = (1, 0), rec = (0, 1): w0 * [1 * (1 - 0)^2 + 0] = 1;
+    #        type 1 in = (0, 1), rec = (0, 1): 0.  Categories reproduced exactly: 0.
+    np.testing.assert_allclose(preference_loss((lb, li, lc), x, mask, w), 1.0, atol=1e-5)
+
+
+def test_sinusoidal_positions_eq4_5():
+    pe = sinusoidal_positions(7, 6)
+    p, i = 5, 1
+    np.testing.assert_allclose(pe[p, 2 * i], np.sin(p / 10000 ** (2 * i / 6)), rtol=1e-6)
+    np.testing.assert_allclose(pe[p, 2 * i + 1], np.cos(p / 10000 ** (2 * i / 6)), rtol=1e-6)
+
+
+def test_latent_ignores_padding():
+    ae = init_autoencoder(
+        jax.random.key(0),
+        n_behaviors=4,
+        n_items=5,
+        n_categories=3,
+        d_model=8,
+        n_heads=2,
+        n_layers=1,
+        latent_dim=4,
+    )
+    x = jnp.array([[[1, 2, 1], [2, 3, 2], [0, 0, 0]]])
+    mask = jnp.array([[True, True, False]])
+    x_other_pad = x.at[0, 2].set(jnp.array([3, 4, 2]))
+    z1, logits = ae.apply(ae.params, x, mask)
+    z2 = ae.encode(ae.params, x_other_pad, mask)
+    np.testing.assert_allclose(z1, z2, atol=1e-6)
+    assert [lg.shape for lg in logits] == [(1, 3, 4), (1, 3, 5), (1, 3, 3)]
