@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from dmeta.mining.logit import attribute_set_search, choice_probabilities, fit_logit
+from dmeta.mining.logit import (
+    attribute_set_search,
+    choice_probabilities,
+    fit_logit,
+    fit_logit_batched,
+)
 
 
 def simulate(n=400, j=5, k=4, seed=0):
@@ -63,7 +68,7 @@ def test_ridge_shrinks_and_bad_input_is_named():
     assert np.linalg.norm(fit_logit(x, chosen, l2=50.0).beta) < np.linalg.norm(
         fit_logit(x, chosen).beta
     )
-    with pytest.raises(ValueError, match="choice situation 0"):
+    with pytest.raises(ValueError, match=r"choice situation \(0,\)"):
         fit_logit(x, chosen, mask=np.arange(5)[None, :] != chosen[:, None])
 
 
@@ -74,3 +79,20 @@ def test_attribute_set_search_picks_highest_utility_combination():
     assert combos.shape == (6, 2)
     np.testing.assert_allclose(prob.sum(), 1.0)
     assert prob[np.flatnonzero((combos == [1, 3]).all(1))[0]] == prob.max()
+
+
+def test_weights_and_batched_fit_match_separate_fits():
+    x, chosen, _ = simulate()
+    doubled = fit_logit(np.concatenate([x, x[:50]]), np.concatenate([chosen, chosen[:50]]))
+    weights = np.ones(len(chosen))
+    weights[:50] = 2.0
+    np.testing.assert_allclose(fit_logit(x, chosen, weights=weights).beta, doubled.beta, atol=1e-8)
+    # two groups, the second padded with zero-weight situations
+    xs = np.stack([x, np.concatenate([x[:200], np.zeros_like(x[200:])])])
+    cs = np.stack([chosen, np.concatenate([chosen[:200], np.zeros_like(chosen[200:])])])
+    ws = np.stack([np.ones(400), (np.arange(400) < 200).astype(float)])
+    batched = fit_logit_batched(xs, cs, weights=ws, l2=0.5)
+    np.testing.assert_allclose(batched.beta[0], fit_logit(x, chosen, l2=0.5).beta, atol=1e-8)
+    np.testing.assert_allclose(
+        batched.beta[1], fit_logit(x[:200], chosen[:200], l2=0.5).beta, atol=1e-8
+    )

@@ -39,37 +39,38 @@ class LogitFit:
     converged: jax.Array
 
 
-def _moments(beta, x, chosen, mask):
-    """Log-likelihood, gradient and Hessian of the conditional logit.
+def _moments(beta, x, chosen, mask, weights):
+    """Weighted log-likelihood, gradient and Hessian of the conditional logit.
 
     Args:
-      beta: f[K]; x: f[N, J, K]; chosen: i[N]; mask: bool[N, J] (available alternatives).
+      beta: f[K]; x: f[N, J, K]; chosen: i[N]; mask: bool[N, J] (available alternatives);
+      weights: f[N] per choice situation.
     """
     util = jnp.where(mask, x @ beta, -jnp.inf)
     logp = jax.nn.log_softmax(util, axis=-1)
-    p = jnp.where(mask, jnp.exp(logp), 0.0)
-    loglik = jnp.take_along_axis(logp, chosen[:, None], axis=1).sum()
-    xbar = jnp.einsum("nj,njk->nk", p, x)
+    p = jnp.where(mask, jnp.exp(logp), 0.0) * weights[:, None]
+    loglik = (weights * jnp.take_along_axis(logp, chosen[:, None], axis=1)[:, 0]).sum()
+    xbar = jnp.einsum("nj,njk->nk", p, x)  # weighted: sum_j w p_j x_j
     x_chosen = jnp.take_along_axis(x, chosen[:, None, None], axis=1)[:, 0]
-    grad = (x_chosen - xbar).sum(0)
+    grad = (weights[:, None] * x_chosen - xbar).sum(0)
     flat = x.reshape(-1, x.shape[-1])
-    hess = -((p.reshape(-1, 1) * flat).T @ flat - xbar.T @ xbar)
+    w_safe = jnp.where(weights > 0, weights, 1.0)[:, None]
+    hess = -((p.reshape(-1, 1) * flat).T @ flat - (xbar / w_safe).T @ xbar)
     return loglik, grad, hess
 
 
-def _loglik(beta, x, chosen, mask):
+def _loglik(beta, x, chosen, mask, weights):
     util = jnp.where(mask, x @ beta, -jnp.inf)
     logp = jax.nn.log_softmax(util, axis=-1)
-    return jnp.take_along_axis(logp, chosen[:, None], axis=1).sum()
+    return (weights * jnp.take_along_axis(logp, chosen[:, None], axis=1)[:, 0]).sum()
 
 
-@jax.jit
-def _newton(x, chosen, mask, l2, max_iter, tol):
+def _newton(x, chosen, mask, weights, l2, max_iter, tol):
     k = x.shape[-1]
     eye = jnp.eye(k, dtype=x.dtype)
 
     def objective(beta):
-        loglik, grad, hess = _moments(beta, x, chosen, mask)
+        loglik, grad, hess = _moments(beta, x, chosen, mask, weights)
         return (
             loglik - 0.5 * l2 * beta @ beta,
             grad - l2 * beta,
@@ -86,7 +87,7 @@ def _newton(x, chosen, mask, l2, max_iter, tol):
         step = jnp.linalg.solve(hess, -grad)
 
         def penalized(b):
-            return _loglik(b, x, chosen, mask) - 0.5 * l2 * b @ b
+            return _loglik(b, x, chosen, mask, weights) - 0.5 * l2 * b @ b
 
         def halve(c):
             t, _ = c
@@ -109,11 +110,37 @@ def _newton(x, chosen, mask, l2, max_iter, tol):
     return LogitFit(beta, std_err, loglik, it, jnp.max(jnp.abs(grad)) <= tol)
 
 
+_newton_jit = jax.jit(_newton)
+_newton_vmap = jax.jit(jax.vmap(_newton, in_axes=(0, 0, 0, 0, None, None, None)))
+
+
+def _validate(x, chosen, mask, weights):
+    x = np.asarray(x, dtype=np.float64)
+    chosen = np.asarray(chosen, dtype=np.int64)
+    if x.ndim < 3 or chosen.shape != x.shape[:-2]:
+        raise ValueError(
+            f"x must be [..., N, J, K] and chosen [..., N]; got {x.shape} and {chosen.shape}"
+        )
+    mask = np.ones(x.shape[:-1], bool) if mask is None else np.asarray(mask, dtype=bool)
+    weights = np.ones(chosen.shape) if weights is None else np.asarray(weights, np.float64)
+    j = x.shape[-2]
+    if chosen.min(initial=0) < 0 or chosen.max(initial=0) >= j:
+        raise ValueError(f"chosen must lie in [0, {j}); got {chosen.min()}..{chosen.max()}")
+    ok = np.take_along_axis(mask, chosen[..., None], axis=-1)[..., 0]
+    bad = np.argwhere(~ok)
+    if len(bad):
+        raise ValueError(
+            f"choice situation {tuple(bad[0].tolist())}: the chosen alternative is masked out"
+        )
+    return x, chosen, mask, weights
+
+
 def fit_logit(
     x: np.ndarray,
     chosen: np.ndarray,
     *,
     mask: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
     l2: float = 0.0,
     max_iter: int = 100,
     tol: float = 1e-9,
@@ -124,6 +151,7 @@ def fit_logit(
       x: f[N, J, K] attributes of the J alternatives of each of N choice situations.
       chosen: i[N] index of the chosen alternative.
       mask: bool[N, J] available alternatives (all if None); the chosen one must be available.
+      weights: f[N] weight of each choice situation in the log-likelihood (all 1 if None).
       l2: ridge penalty ``0.5 * l2 * |beta|^2`` (0 for the plain maximum likelihood).
       max_iter: Newton iterations at most.
       tol: stop when the largest absolute gradient entry is below this.
@@ -131,20 +159,37 @@ def fit_logit(
     Returns:
       A ``LogitFit`` with float64 arrays.
     """
-    x = np.asarray(x, dtype=np.float64)
-    chosen = np.asarray(chosen, dtype=np.int64)
-    if x.ndim != 3 or chosen.shape != x.shape[:1]:
-        raise ValueError(f"x must be [N, J, K] and chosen [N]; got {x.shape} and {chosen.shape}")
-    mask = np.ones(x.shape[:2], bool) if mask is None else np.asarray(mask, dtype=bool)
-    if chosen.min(initial=0) < 0 or chosen.max(initial=0) >= x.shape[1]:
-        raise ValueError(
-            f"chosen must lie in [0, {x.shape[1]}); got {chosen.min()}..{chosen.max()}"
-        )
-    bad = np.flatnonzero(~mask[np.arange(len(chosen)), chosen])
-    if len(bad):
-        raise ValueError(f"choice situation {bad[0]}: the chosen alternative is masked out")
+    x, chosen, mask, weights = _validate(x, chosen, mask, weights)
+    if x.ndim != 3:
+        raise ValueError(f"x must be [N, J, K]; got {x.shape} (use fit_logit_batched)")
     with jax.enable_x64(True):
-        return _newton(jnp.asarray(x), jnp.asarray(chosen), jnp.asarray(mask), l2, max_iter, tol)
+        return _newton_jit(*map(jnp.asarray, (x, chosen, mask, weights)), l2, max_iter, tol)
+
+
+def fit_logit_batched(
+    x: np.ndarray,
+    chosen: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+    l2: float = 0.0,
+    max_iter: int = 100,
+    tol: float = 1e-9,
+) -> LogitFit:
+    """``fit_logit`` for G independent models at once (vmapped), e.g. one per user.
+
+    Args:
+      x: f[G, N, J, K]; chosen: i[G, N]; mask: bool[G, N, J]; weights: f[G, N] (0 pads
+        groups with fewer than N situations).
+
+    Returns:
+      A ``LogitFit`` whose fields have a leading G axis.
+    """
+    x, chosen, mask, weights = _validate(x, chosen, mask, weights)
+    if x.ndim != 4:
+        raise ValueError(f"x must be [G, N, J, K]; got {x.shape}")
+    with jax.enable_x64(True):
+        return _newton_vmap(*map(jnp.asarray, (x, chosen, mask, weights)), l2, max_iter, tol)
 
 
 def choice_probabilities(beta: jax.Array, x: jax.Array) -> jax.Array:
