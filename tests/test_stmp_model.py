@@ -148,7 +148,7 @@ def test_new_region_adapts_by_forward_pass(prep):
     graphdef, params = build(prep)
     z_r, z_d = T.posteriors(graphdef, params, prep.arrays, prep.index, key=jax.random.key(0),
                             n_context=16)  # fmt: skip
-    assert z_r.shape == (4, 4) and z_d.shape == (prep.data.n_types, 4)
+    assert z_r.shape == (4, prep.data.n_types, 4) and z_d.shape == (prep.data.n_types, 4)
     # a "new" region 0: different history and attributes, same parameters
     arrays = prep.arrays
     new = D.Arrays(arrays.ys.at[0].mul(3.0), arrays.obs, arrays.fest, arrays.dtype, arrays.dow,

@@ -151,10 +151,22 @@ class STMP(nnx.Module):
             parts.append(self.jump(x))
         return baseline, self.fusion(jnp.concatenate(parts, axis=-1))
 
-    def generate(self, fused: Array, z_r: Array, z_d: Array) -> tuple[Array, Array]:
-        """p(y | x, z_r, z_d): fused f32[..., H], z f32[..., Z] -> (residual mean, log sigma)."""
+    def generate(
+        self, baseline: Array, fused: Array, z_r: Array, z_d: Array
+    ) -> tuple[Array, Array]:
+        """p(y | x, z_r, z_d) = N(baseline * exp(g), sigma^2), [g, log sigma] = head(...).
+
+        Args:
+          baseline: f32[...] linear baseline; fused: f32[..., H]; z_r, z_d: f32[..., Z].
+
+        Returns:
+          mean f32[...] and log sigma f32[...]; the multiplicative form lets the latents
+          carry a date type's uplift directly.
+        """
         out = self.head(jnp.concatenate([fused, z_r, z_d], axis=-1))
-        return out[..., 0], jnp.clip(out[..., 1], -5.0, 3.0)
+        return baseline * jnp.exp(jnp.clip(out[..., 0], -5.0, 5.0)), jnp.clip(
+            out[..., 1], -5.0, 3.0
+        )
 
     def region_posterior(self, ctx, mask, attrs, region):
         """Region context f32[K, 2 + n_types] -> (mu, logvar) f32[Z]; logvar None if deterministic."""

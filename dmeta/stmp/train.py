@@ -87,6 +87,35 @@ def cell_logits(index: CellIndex, view: Array) -> Array:
     return jnp.log(prob.ravel())
 
 
+def region_context_days(
+    key: Key, index: CellIndex, r: Array, d: Array, n_context: int
+) -> tuple[Array, Array]:
+    """Context days of region r for a task of date type d: i32[B, K] and mask f32[B, K].
+
+    Stratified: the first half comes from the task's own cell (r, d), the rest from
+    any day of r, so the region posterior sees how r behaves on this date type.
+    """
+    k_cell, k_any = jax.random.split(key)
+    half = n_context // 2
+    cell_count = index.cell_count[r, d][:, None]
+    pick_c = jax.random.randint(k_cell, (r.shape[0], half), 0, cell_count)
+    pick_a = jax.random.randint(
+        k_any, (r.shape[0], n_context - half), 0, index.region_count[r][:, None]
+    )
+    days = jnp.concatenate(
+        [index.cell_days[r[:, None], d[:, None], pick_c], index.region_days[r[:, None], pick_a]],
+        axis=1,
+    )
+    mask = jnp.concatenate(
+        [
+            jnp.broadcast_to(cell_count > 0, pick_c.shape),
+            jnp.broadcast_to((index.region_count[r] > 0)[:, None], pick_a.shape),
+        ],
+        axis=1,
+    )
+    return days, mask.astype(jnp.float32)
+
+
 def sample_tasks(
     key: Key,
     index: CellIndex,
@@ -102,10 +131,12 @@ def sample_tasks(
     n_types = index.cell_count.shape[1]
     cell = jax.random.categorical(k_cell, cell_logits(index, view), shape=(n_tasks,))
     r, d = cell // n_types, cell % n_types
-    pick_q = jax.random.randint(k_q, (n_tasks, n_query), 0, index.cell_count[r, d][:, None])
-    days = index.cell_days[r[:, None], d[:, None], pick_q]
-    pick_r = jax.random.randint(k_r, (n_tasks, n_context), 0, index.region_count[r][:, None])
-    region_ctx = index.region_days[r[:, None], pick_r]
+    count = index.cell_count[r, d][:, None]
+    pick_q = jax.random.randint(k_q, (n_tasks, n_query), 0, count)
+    # at most half a cell's draws are queries, so rare festivals keep dates for context
+    mask = (jnp.arange(n_query)[None, :] < jnp.maximum(count // 2, 1)).astype(jnp.float32)
+    days = jnp.where(mask > 0, index.cell_days[r[:, None], d[:, None], pick_q], -1)
+    region_ctx, region_mask = region_context_days(k_r, index, r, d, n_context)
     pick_d = jax.random.randint(k_d, (n_tasks, n_context), 0, index.type_count[d][:, None])
     type_ctx = index.type_pairs[d[:, None], pick_d]
 
@@ -116,9 +147,9 @@ def sample_tasks(
         region=r,
         date_type=d,
         days=days,
-        mask=jnp.ones((n_tasks, n_query), jnp.float32),
+        mask=mask,
         region_ctx=region_ctx,
-        region_ctx_mask=not_query(region_ctx) * (index.region_count[r] > 0)[:, None],
+        region_ctx_mask=not_query(region_ctx) * region_mask,
         type_ctx=type_ctx,
         type_ctx_mask=not_query(type_ctx % n_days) * (index.type_count[d] > 0)[:, None],
         view=jnp.broadcast_to(view, (n_tasks,)),
@@ -153,17 +184,24 @@ def predict_cell(model, arrays: Arrays, r: Array, days: Array, z_r: Array, z_d: 
     fused = jnp.broadcast_to(fused, (n_samples,) + fused.shape)
     z_r = jnp.broadcast_to(z_r[:, None], fused.shape[:2] + z_r.shape[-1:])
     z_d = jnp.broadcast_to(z_d[:, None], fused.shape[:2] + z_d.shape[-1:])
-    residual, log_sigma = model.generate(fused, z_r, z_d)
-    return baseline + residual, log_sigma
+    baseline = jnp.broadcast_to(baseline, fused.shape[:-1])
+    return model.generate(baseline, fused, z_r, z_d)
 
 
 def make_task_loss(
-    graphdef: nnx.GraphDef, arrays: Arrays, *, n_samples: int, beta: float
+    graphdef: nnx.GraphDef,
+    arrays: Arrays,
+    *,
+    n_samples: int,
+    beta: float,
+    sigma: float | None = None,
 ) -> Callable[[Params, Task, Key], tuple[Array, dict[str, Array]]]:
     """ML-PIP task loss: -log mean_s p(y_q | x_q, z_s) over queries, plus beta * KL.
 
     The latent of the view's side is sampled (reparameterized) and pays its KL to
-    N(0, I); the other side uses its posterior mean with gradients stopped.
+    N(0, I); the other side uses its posterior mean with gradients stopped. With a
+    fixed ``sigma`` the likelihood's scale is not learned (an MSE-like objective that
+    does not let rare festival targets buy a wide sigma instead of a good mean).
     """
 
     def task_loss(params: Params, task: Task, key: Key):
@@ -186,6 +224,8 @@ def make_task_loss(
         z_d, kl_d = latent(k_d, mu_d, lv_d, sample_d)
         mean, log_sigma = predict_cell(model, arrays, r, task.days, z_r, z_d)
         y = arrays.ys[r, task.days]
+        if sigma is not None:
+            log_sigma = jnp.full_like(mean, jnp.log(sigma))
         ll = (
             -0.5 * jnp.square((y - mean) / jnp.exp(log_sigma))
             - log_sigma
@@ -213,12 +253,13 @@ def make_train_step(
     n_context: int = 32,
     n_samples: int = 4,
     beta: float = 1e-2,
+    sigma: float | None = None,
 ) -> Callable[[TrainState], tuple[TrainState, dict[str, Array]]]:
     """``step(state) -> (state, metrics)``: draws tasks for the step's view, then one update.
 
     The task loss is ``vmap``-ed over the batch by ``dmeta.meta.steps``; jit the result.
     """
-    task_loss = make_task_loss(graphdef, prep.arrays, n_samples=n_samples, beta=beta)
+    task_loss = make_task_loss(graphdef, prep.arrays, n_samples=n_samples, beta=beta, sigma=sigma)
     update = make_meta_train_step(task_loss, optimizer)
     n_days = prep.arrays.ys.shape[1]
 
@@ -272,19 +313,20 @@ def posteriors(
     graphdef: nnx.GraphDef, params: Params, arrays: Arrays, index: CellIndex, *, key: Key,
     n_context: int,
 ) -> tuple[Array, Array]:  # fmt: skip
-    """Posterior means from context sets drawn from ``index``: z_r f32[R, Z], z_d f32[Dt, Z].
+    """Posterior means from context sets drawn from ``index``: z_r f32[R, Dt, Z], z_d f32[Dt, Z].
 
-    This is all a new region or festival needs: a forward pass over its context set.
+    ``z_r[r, d]`` is region r's latent for tasks of date type d (its context set is
+    stratified by ``region_context_days``). This is all a new region or festival
+    needs: a forward pass over its context set.
     """
     model = bind(graphdef, params)
     n_regions, n_types = index.cell_count.shape
     k_r, k_d = jax.random.split(key)
-    regions, types = jnp.arange(n_regions), jnp.arange(n_types)
-    pick_r = jax.random.randint(k_r, (n_regions, n_context), 0, index.region_count[:, None])
+    types = jnp.arange(n_types)
+    cell_r, cell_d = jnp.divmod(jnp.arange(n_regions * n_types), n_types)
+    r_days, r_mask = region_context_days(k_r, index, cell_r, cell_d, n_context)
     pick_d = jax.random.randint(k_d, (n_types, n_context), 0, index.type_count[:, None])
-    r_days = index.region_days[regions[:, None], pick_r]
     d_pairs = index.type_pairs[types[:, None], pick_d]
-    r_mask = jnp.broadcast_to((index.region_count > 0)[:, None], r_days.shape).astype(jnp.float32)
     d_mask = jnp.broadcast_to((index.type_count > 0)[:, None], d_pairs.shape).astype(jnp.float32)
 
     def one_region(r, days, mask):
@@ -294,7 +336,7 @@ def posteriors(
     def one_type(d, pairs, mask):
         return model.type_posterior(type_context(arrays, pairs, period=model.period), mask, d)[0]
 
-    z_r = jax.vmap(one_region)(regions, r_days, r_mask)
+    z_r = jax.vmap(one_region)(cell_r, r_days, r_mask).reshape(n_regions, n_types, -1)
     z_d = jax.vmap(one_type)(types, d_pairs, d_mask)
     return z_r, z_d
 
@@ -333,7 +375,12 @@ def _predict_at(graphdef, params, arrays, index, rows, cols, key, n_context, bat
     def one(rt):
         r, t = rt
         mean, _ = predict_cell(
-            model, arrays, r, t[None], z_r[r][None], z_d[arrays.dtype[r, t]][None]
+            model,
+            arrays,
+            r,
+            t[None],
+            z_r[r, arrays.dtype[r, t]][None],
+            z_d[arrays.dtype[r, t]][None],
         )
         return mean[0, 0]
 
