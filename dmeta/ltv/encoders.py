@@ -91,16 +91,28 @@ class TCN(nnx.Module):
             self.convs2.append(nnx.Conv(hidden, hidden, **conv))
             self.skips.append(nnx.Linear(width, hidden, rngs=rngs) if width != hidden else None)
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, *, sequence: bool = False) -> Array:
         """Encodes a series.
 
         Args:
           x: f32[N, L, F] inputs (see :func:`series_inputs`).
+          sequence: return every step's output instead of the last one.
 
         Returns:
-          f32[N, hidden] the last step's output ``e^l``.
+          f32[N, hidden] the last step's output ``e^l`` (f32[N, L, hidden] with ``sequence``).
         """
         for conv1, conv2, skip in zip(self.convs1, self.convs2, self.skips, strict=True):
             y = conv2(nnx.relu(conv1(x)))
             x = nnx.relu(y + (x if skip is None else skip(x)))
-        return x[..., -1, :]
+        return x if sequence else x[..., -1, :]
+
+
+def output_relu(x: Array, leak: float = 0.01) -> Array:
+    """ReLU for LTV outputs whose backward pass leaks ``leak`` below zero.
+
+    The forward value is exactly ``relu(x)`` (eq. 5, 14); the leak lets a sample whose output
+    went negative come back, so an MAE-trained output cannot die for good on zero-mass labels.
+    """
+    return jnp.maximum(x, 0.0) + leak * (
+        jnp.minimum(x, 0.0) - jax.lax.stop_gradient(jnp.minimum(x, 0.0))
+    )

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dmeta.ltv.encoders import TCN, DeepFM, series_inputs
+from dmeta.ltv.encoders import TCN, DeepFM, output_relu, series_inputs
 from dmeta.types import Array
 
 
@@ -92,7 +92,7 @@ class ExMN(nnx.Module):
         g_hat = nnx.relu(self.gate(e_hat))
         ec_logits = self.smax(g_hat)
         e = e_hat * route(ec_logits, a=self.a, hidden=self.hidden)
-        pred = nnx.relu(self.out(e))[..., 0]
+        pred = output_relu(self.out(e))[..., 0]
         return ExmnOut(pred, e, ec_logits, self.smoid(g_hat), jnp.argmax(ec_logits, -1))
 
 
@@ -192,5 +192,5 @@ class CDLtvS(nnx.Module):
         src, tgt = self.source(batch, "s"), self.target(batch, "t")
         e_m = nnx.relu(self.trans(src.e))
         hid = nnx.relu(self.mlp1(jnp.concatenate([e_m, tgt.e], axis=-1)))
-        pred = nnx.relu(self.mlp2(hid))[..., 0]
+        pred = output_relu(self.mlp2(hid))[..., 0]
         return CrossOut(pred, self.w_m(e_m), self.w_t(tgt.e), src.expert, tgt.expert)

@@ -134,7 +134,9 @@ def fit(
     step_wrapper: Callable[[Callable], Callable] | None = None,
 ) -> FitResult:
     """Adam on shuffled fixed-size batches (the last one padded with weight 0) with early
-    stopping on the validation MAE of ``val[label]`` (patience in epochs).
+    stopping on the validation MAE of ``val[label]`` (patience in epochs). Stopping waits for
+    the lambda drop, so the prediction loss always gets its turn (the best epoch may still
+    come before it).
 
     Args:
       loss_fn: ``(params, batch, lambdas) -> (loss, metrics)``.
@@ -176,7 +178,7 @@ def fit(
         history.append({"epoch": epoch, "val_mae": val_mae, **sums})
         if val_mae < best:
             best, best_epoch, best_params = val_mae, epoch, state.params
-        elif epoch - best_epoch >= patience:
+        elif epoch - best_epoch >= patience and epoch >= drop_epoch:
             break
     log.info("%s: best epoch %d of %d, val MAE %.4f", label, best_epoch, len(history), best)
     return FitResult(best_params, best_epoch, history)

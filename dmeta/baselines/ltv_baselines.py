@@ -1,0 +1,380 @@
+"""Baselines of the CDLtvS comparison (Table 1): classical, single-domain and cross-domain.
+
+Every baseline is ``name(train, val, test, *, seed, **kw) -> f32[N_test]``: fit on ``train``
+(early stopping / model choice on ``val``), return target-domain LTV predictions for ``test``
+in the label's units. Single-domain methods see only the target domain (series, availability
+flags and, where the method uses them, portraits); C_na customers reach them with an empty
+history, as in the protocol.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+import scipy.special
+from flax import nnx
+
+from dmeta.ltv.data import CrossDomainData
+from dmeta.ltv.encoders import TCN, DeepFM, output_relu, series_inputs
+from dmeta.ltv.losses import ltv_loss
+from dmeta.ltv.train import fit, model_batch, predict
+from dmeta.nn.functional import split_params
+from dmeta.nn.rnn import LSTM
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- classical
+
+
+def _history_mean_fallback(train: CrossDomainData) -> float:
+    """Mean training label of customers without target history (what a history-only model
+    can say about them)."""
+    none = train.t_observed.sum(1) == 0
+    return float(train.t_y[none].mean()) if none.any() else float(train.t_y.mean())
+
+
+def arima(
+    train: CrossDomainData, val: CrossDomainData, test: CrossDomainData, *, seed: int = 0
+) -> np.ndarray:
+    """ARIMA(1,0,0) per customer on the target series, conditional least squares (closed form,
+    vectorized over customers), forecasting the next ``horizon`` periods. Series too short or
+    flat fall back to their mean; customers without history get the C_na training mean."""
+    del val, seed
+    x = test.t_series.astype(np.float64)
+    prev, nxt = x[:, :-1], x[:, 1:]
+    mp, mn = prev.mean(1, keepdims=True), nxt.mean(1, keepdims=True)
+    var = np.sum((prev - mp) ** 2, 1)
+    phi = np.where(var > 1e-9, np.sum((prev - mp) * (nxt - mn), 1) / np.maximum(var, 1e-9), 0.0)
+    phi = np.clip(phi, -0.99, 0.99)
+    c = mn[:, 0] - phi * mp[:, 0]
+    level, total = x[:, -1], np.zeros(len(x))
+    for _ in range(test.horizon):
+        level = c + phi * level
+        total += level
+    pred = np.maximum(total, 0.0)
+    none = test.t_observed.sum(1) == 0
+    pred[none] = _history_mean_fallback(train)
+    return pred.astype(np.float32)
+
+
+def _rfm(series: np.ndarray, observed: np.ndarray):
+    """Discrete-period RFM: x repeat active periods, t_x and T in periods from the first one,
+    n active periods and their mean amount."""
+    active = (series > 0) & (observed > 0)
+    n = active.sum(1)
+    L = series.shape[1]
+    first = np.where(n > 0, np.argmax(active, 1), L)
+    last = np.where(n > 0, L - 1 - np.argmax(active[:, ::-1], 1), L)
+    x = np.maximum(n - 1, 0).astype(float)
+    t_x = (last - first).astype(float)
+    T = (L - first).astype(float)
+    m = np.where(n > 0, (series * active).sum(1) / np.maximum(n, 1), 0.0)
+    return x, t_x, T, n, m
+
+
+def _bgnbd_nll(log_params, x, t_x, T):
+    r, alpha, a, b = np.exp(log_params)
+    gl = scipy.special.gammaln
+    a1 = gl(r + x) - gl(r) + r * np.log(alpha)
+    a2 = gl(a + b) + gl(b + x) - gl(b) - gl(a + b + x)
+    a3 = -(r + x) * np.log(alpha + T)
+    a4 = np.where(
+        x > 0,
+        np.log(a) - np.log(np.maximum(b + x - 1, 1e-12)) - (r + x) * np.log(alpha + t_x),
+        -np.inf,
+    )
+    return -np.sum(a1 + a2 + np.logaddexp(a3, a4))
+
+
+def bgnbd_expected(params, t, x, t_x, T) -> np.ndarray:
+    """BG/NBD (Fader, Hardie & Lee 2005) expected transactions in the next ``t`` periods."""
+    r, alpha, a, b = params
+    hyp = scipy.special.hyp2f1(r + x, b + x, a + b + x - 1, t / (alpha + T + t))
+    num = (a + b + x - 1) / (a - 1) * (1 - ((alpha + T) / (alpha + T + t)) ** (r + x) * hyp)
+    den = 1 + (x > 0) * a / (b + x - 1) * ((alpha + T) / (alpha + t_x)) ** (r + x)
+    return num / den
+
+
+def _gg_nll(log_params, n, m):
+    p, q, v = np.exp(log_params)
+    gl = scipy.special.gammaln
+    ll = (
+        gl(p * n + q)
+        - gl(p * n)
+        - gl(q)
+        + q * np.log(v)
+        + (p * n - 1) * np.log(m)
+        + p * n * np.log(n)
+        - (p * n + q) * np.log(v + n * m)
+    )
+    return -np.sum(ll)
+
+
+def bgnbd_gamma_gamma(
+    train: CrossDomainData, val: CrossDomainData, test: CrossDomainData, *, seed: int = 0
+) -> np.ndarray:
+    """BG/NBD + Gamma-Gamma (numpy/scipy maximum likelihood) on the target domain, with periods
+    as purchase occasions: LTV = E[transactions in ``horizon``] x E[spend per transaction].
+    Customers without target history get the C_na training mean."""
+    del val, seed
+    x, t_x, T, n, m = _rfm(train.t_series, train.t_observed)
+    seen = n > 0
+    res = scipy.optimize.minimize(
+        _bgnbd_nll,
+        np.zeros(4),
+        args=(x[seen], t_x[seen], T[seen]),
+        method="Nelder-Mead",
+        options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-6},
+    )
+    bg = np.exp(res.x)
+    bg[2] = max(bg[2], 1.0 + 1e-3)  # E[Y(t)] needs a > 1
+    pos = seen & (m > 0)
+    gg = np.exp(
+        scipy.optimize.minimize(
+            _gg_nll,
+            np.zeros(3),
+            args=(n[pos], m[pos]),
+            method="Nelder-Mead",
+            options={"maxiter": 4000},
+        ).x
+    )
+    x, t_x, T, n, m = _rfm(test.t_series, test.t_observed)
+    p, q, v = gg
+    spend = np.where(n > 0, p * (v + n * m) / np.maximum(p * n + q - 1, 1e-6), 0.0)
+    pred = np.where(n > 0, bgnbd_expected(bg, float(test.horizon), x, t_x, np.maximum(T, 1)), 0)
+    pred = np.nan_to_num(pred * spend, nan=0.0, posinf=0.0)
+    pred[n == 0] = _history_mean_fallback(train)
+    return pred.astype(np.float32)
+
+
+def _tabular(d: CrossDomainData) -> np.ndarray:
+    return np.concatenate([d.t_series, d.t_observed[:, -1:], d.t_cat, d.t_num], axis=1)
+
+
+def two_stage_xgboost(
+    train: CrossDomainData, val: CrossDomainData, test: CrossDomainData, *, seed: int = 0
+) -> np.ndarray:
+    """Two-stage XGBoost (Drachen et al. 2018) on target series + portrait: a classifier for
+    LTV > 0, a regressor of log1p(LTV) on the positives (early-stopped on ``val``);
+    prediction ``P(LTV > 0) * expm1(regression)``."""
+    import xgboost
+
+    kw = dict(n_estimators=300, max_depth=4, learning_rate=0.05, n_jobs=1, random_state=seed)
+    xt, xv = _tabular(train), _tabular(val)
+    clf = xgboost.XGBClassifier(**kw, early_stopping_rounds=20)
+    clf.fit(xt, train.t_y > 0, eval_set=[(xv, val.t_y > 0)], verbose=False)
+    pt, pv = train.t_y > 0, val.t_y > 0
+    reg = xgboost.XGBRegressor(**kw, early_stopping_rounds=20)
+    reg.fit(
+        xt[pt], np.log1p(train.t_y[pt]), eval_set=[(xv[pv], np.log1p(val.t_y[pv]))], verbose=False
+    )
+    xs = _tabular(test)
+    return (clf.predict_proba(xs)[:, 1] * np.expm1(np.maximum(reg.predict(xs), 0))).astype(
+        np.float32
+    )
+
+
+# ----------------------------------------------------------------------------- neural
+
+
+class SeriesLSTM(nnx.Module):
+    """Time-series LSTM on the target series only."""
+
+    def __init__(self, hidden: int, *, rngs: nnx.Rngs, **_):
+        self.rnn = LSTM(2, hidden, rngs=rngs)
+        self.out = nnx.Linear(hidden, 1, bias_init=nnx.initializers.ones, rngs=rngs)
+
+    def __call__(self, b):
+        h = self.rnn(series_inputs(b["t_series"], b["t_observed"]))
+        return output_relu(self.out(h))[..., 0]
+
+
+class SeriesTCN(nnx.Module):
+    """Time-series TCN on the target series only."""
+
+    def __init__(self, hidden: int, *, rngs: nnx.Rngs, **_):
+        self.tcn = TCN(2, hidden, rngs=rngs)
+        self.out = nnx.Linear(hidden, 1, bias_init=nnx.initializers.ones, rngs=rngs)
+
+    def __call__(self, b):
+        return output_relu(self.out(self.tcn(series_inputs(b["t_series"], b["t_observed"]))))[
+            ..., 0
+        ]
+
+
+class _DomainEncoder(nnx.Module):
+    """DeepFM(portrait) + TCN(series) of one domain, concatenated and fused to ``hidden``."""
+
+    def __init__(self, cat_sizes, n_num, hidden, *, rngs):
+        self.portrait = DeepFM(cat_sizes, n_num, hidden, rngs=rngs)
+        self.series = TCN(2, hidden, rngs=rngs)
+        self.fuse = nnx.Linear(2 * hidden, hidden, rngs=rngs)
+
+    def __call__(self, b, d, *, sequence=False):
+        e_p = self.portrait(b[f"{d}_cat"], b[f"{d}_num"])
+        seq = self.series(series_inputs(b[f"{d}_series"], b[f"{d}_observed"]), sequence=True)
+        e = nnx.relu(self.fuse(jnp.concatenate([e_p, seq[..., -1, :]], -1)))
+        return (e, seq) if sequence else e
+
+
+class ZILN(nnx.Module):
+    """Zero-inflated lognormal deep model (Wang et al. 2019) on the target domain: logits of
+    P(LTV > 0), mu and sigma of the lognormal."""
+
+    def __init__(self, hidden, *, t_cat_sizes, t_num, rngs, **_):
+        self.enc = _DomainEncoder(t_cat_sizes, t_num, hidden, rngs=rngs)
+        self.head = nnx.Linear(hidden, 3, rngs=rngs)
+
+    def __call__(self, b):
+        return self.head(self.enc(b, "t"))
+
+
+def ziln_loss(logits: jax.Array, y: jax.Array, w: jax.Array) -> jax.Array:
+    """ZILN negative log-likelihood: BCE of ``y > 0`` + lognormal NLL on the positives."""
+    p_logit, mu, sigma = logits[:, 0], logits[:, 1], jax.nn.softplus(logits[:, 2]) + 1e-3
+    pos = (y > 0).astype(jnp.float32)
+    bce = -(pos * jax.nn.log_sigmoid(p_logit) + (1 - pos) * jax.nn.log_sigmoid(-p_logit))
+    logy = jnp.log(jnp.where(y > 0, y, 1.0))
+    lognorm = logy + jnp.log(sigma) + 0.5 * jnp.log(2 * jnp.pi) + 0.5 * ((logy - mu) / sigma) ** 2
+    return jnp.sum(w * (bce + pos * lognorm)) / jnp.sum(w)
+
+
+def ziln_mean(logits: jax.Array) -> jax.Array:
+    """E[LTV] of the ZILN head: ``sigmoid(p) * exp(mu + sigma^2 / 2)``."""
+    sigma = jax.nn.softplus(logits[:, 2]) + 1e-3
+    return jax.nn.sigmoid(logits[:, 0]) * jnp.exp(logits[:, 1] + 0.5 * sigma**2)
+
+
+class PTUPCDR(nnx.Module):
+    """PTUPCDR-style personalized bridge (Zhu et al. 2022) adapted to LTV: a meta network maps
+    the customer's source characteristic (its source series encoding) to a personal bridge
+    matrix that transfers the source representation; an MLP predicts from [bridged, target]."""
+
+    def __init__(self, hidden, *, s_cat_sizes, s_num, t_cat_sizes, t_num, rngs, bridge=16, **_):
+        self.bridge = bridge
+        self.src = _DomainEncoder(s_cat_sizes, s_num, hidden, rngs=rngs)
+        self.tgt = _DomainEncoder(t_cat_sizes, t_num, hidden, rngs=rngs)
+        self.down = nnx.Linear(hidden, bridge, rngs=rngs)
+        self.meta1 = nnx.Linear(hidden, hidden, rngs=rngs)
+        self.meta2 = nnx.Linear(hidden, bridge * bridge, rngs=rngs)
+        self.mlp1 = nnx.Linear(bridge + hidden, hidden, rngs=rngs)
+        self.mlp2 = nnx.Linear(hidden, 1, bias_init=nnx.initializers.ones, rngs=rngs)
+
+    def __call__(self, b):
+        e_s, seq = self.src(b, "s", sequence=True)
+        w = self.meta2(nnx.relu(self.meta1(seq.mean(-2))))
+        w = w.reshape(w.shape[:-1] + (self.bridge, self.bridge))
+        e_m = jnp.einsum("nij,nj->ni", w, self.down(e_s))
+        h = nnx.relu(self.mlp1(jnp.concatenate([e_m, self.tgt(b, "t")], -1)))
+        return output_relu(self.mlp2(h))[..., 0]
+
+
+class DASL(nnx.Module):
+    """DASL-style dual attentive sequential transfer (Li et al. 2021) adapted to LTV: each
+    domain's representation attends over the other domain's step encodings; dual heads predict
+    both domains' LTV (trained jointly: the dual-learning signal); output = target head."""
+
+    def __init__(self, hidden, *, s_cat_sizes, s_num, t_cat_sizes, t_num, rngs, **_):
+        self.src = _DomainEncoder(s_cat_sizes, s_num, hidden, rngs=rngs)
+        self.tgt = _DomainEncoder(t_cat_sizes, t_num, hidden, rngs=rngs)
+        self.q = nnx.Linear(hidden, hidden, rngs=rngs)
+        self.kv = nnx.Linear(hidden, hidden, rngs=rngs)
+        self.norm_t = nnx.LayerNorm(2 * hidden, rngs=rngs)
+        self.norm_s = nnx.LayerNorm(2 * hidden, rngs=rngs)
+        self.head_t = nnx.Linear(2 * hidden, 1, bias_init=nnx.initializers.ones, rngs=rngs)
+        self.head_s = nnx.Linear(2 * hidden, 1, bias_init=nnx.initializers.ones, rngs=rngs)
+
+    def _attend(self, query, seq):
+        k = self.kv(seq)
+        att = jax.nn.softmax(jnp.einsum("nh,nlh->nl", self.q(query), k) / np.sqrt(k.shape[-1]))
+        return jnp.einsum("nl,nlh->nh", att, k)
+
+    def __call__(self, b):
+        e_s, seq_s = self.src(b, "s", sequence=True)
+        e_t, seq_t = self.tgt(b, "t", sequence=True)
+        y_t = self.head_t(self.norm_t(jnp.concatenate([e_t, self._attend(e_t, seq_s)], -1)))
+        y_s = self.head_s(self.norm_s(jnp.concatenate([e_s, self._attend(e_s, seq_t)], -1)))
+        return output_relu(jnp.concatenate([y_t, y_s], -1))
+
+
+NEURAL = {"lstm": SeriesLSTM, "tcn": SeriesTCN, "ziln": ZILN, "ptupcdr": PTUPCDR, "dasl": DASL}
+
+
+@functools.lru_cache(maxsize=64)
+def _neural_fns(name: str, arch: tuple):
+    """(apply, loss_fn, predict_fn) of baseline ``name`` for ``arch`` (built once)."""
+    hidden, s_cat, s_num, t_cat, t_num = arch
+    model = NEURAL[name](
+        hidden, s_cat_sizes=s_cat, s_num=s_num, t_cat_sizes=t_cat, t_num=t_num, rngs=nnx.Rngs(0)
+    )
+    apply, _ = split_params(model)
+    if name == "ziln":
+
+        def loss_fn(p, b, lam):
+            loss = ziln_loss(apply(p, b), b["t_y"], b["weight"])
+            return loss, {"loss": loss}
+
+        return apply, loss_fn, lambda p, b: ziln_mean(apply(p, b))
+    if name == "dasl":
+
+        def loss_fn(p, b, lam):
+            out = apply(p, b)
+            loss = ltv_loss(b["t_y"], out[:, 0], b["weight"]) + ltv_loss(
+                b["s_y"], out[:, 1], b["weight"]
+            )
+            return loss, {"loss": loss}
+
+        return apply, loss_fn, lambda p, b: apply(p, b)[:, 0]
+
+    def loss_fn(p, b, lam):
+        loss = ltv_loss(b["t_y"], apply(p, b), b["weight"])
+        return loss, {"loss": loss}
+
+    return apply, loss_fn, apply
+
+
+def neural_baseline(
+    name: str,
+    train: CrossDomainData,
+    val: CrossDomainData,
+    test: CrossDomainData,
+    *,
+    seed: int = 0,
+    hidden: int = 128,
+    **fit_kwargs,
+) -> np.ndarray:
+    """Trains neural baseline ``name`` (one of :data:`NEURAL`) with Adam and early stopping on
+    the validation MAE (:func:`dmeta.ltv.train.fit`); returns test predictions."""
+    arch = (
+        hidden,
+        train.s_cat_sizes,
+        train.s_num.shape[1],
+        train.t_cat_sizes,
+        train.t_num.shape[1],
+    )
+    _, loss_fn, predict_fn = _neural_fns(name, arch)
+    model = NEURAL[name](
+        hidden,
+        s_cat_sizes=arch[1],
+        s_num=arch[2],
+        t_cat_sizes=arch[3],
+        t_num=arch[4],
+        rngs=nnx.Rngs(seed),
+    )
+    _, params = split_params(model)
+    scale_s = float(max(train.s_y.mean(), 1e-6))
+    scale_t = float(max(train.t_y.mean(), 1e-6))
+    tr, va = model_batch(train, scale_s, scale_t), model_batch(val, scale_s, scale_t)
+    res = fit(loss_fn, predict_fn, params, tr, va, label="t_y", seed=seed, **fit_kwargs)
+    pred = predict(predict_fn, res.params, model_batch(test, scale_s, scale_t))
+    return (pred * scale_t).astype(np.float32)
+
+
+CLASSICAL = {"ARIMA": arima, "BG/NBD+GG": bgnbd_gamma_gamma, "XGBoost-2stage": two_stage_xgboost}
+NEURAL_NAMES = {"LSTM": "lstm", "TCN": "tcn", "ZILN": "ziln", "PTUPCDR": "ptupcdr", "DASL": "dasl"}
