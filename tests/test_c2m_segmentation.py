@@ -29,7 +29,7 @@ def pretrained():
     )
     x, mask = seqs.features(), seqs.mask
     params, history = train.pretrain(
-        ae, x, mask, epochs=30, batch_size=32, learning_rate=3e-3, key=jax.random.key(1)
+        ae, ae.params, x, mask, epochs=30, batch_size=32, learning_rate=3e-3, key=jax.random.key(1)
     )
     assert history[-1]["reconstruction"] < history[0]["reconstruction"]
     return ae, params, x, mask, data.segment[seqs.users], seqs, cats

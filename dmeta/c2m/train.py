@@ -18,6 +18,7 @@ latents of all users before each epoch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -44,10 +45,11 @@ class Segmentation:
     history: list[dict[str, float]]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Autoencoder:
     """The model's pure functions and its parameters: ``apply(params, x, mask) -> (z, logits)``,
-    ``encode(params, x, mask) -> z``."""
+    ``encode(params, x, mask) -> z``. Hashed by identity: jitted steps are cached per model, so
+    reuse one ``Autoencoder`` (with other ``params``) across seeds and sweeps of one config."""
 
     apply: Callable
     encode: Callable
@@ -91,6 +93,20 @@ def encode_all(ae: Autoencoder, params: Params, x, mask, batch_size: int = 256) 
     return np.asarray(jnp.concatenate(out))
 
 
+@functools.cache
+def _adam_step(loss_fn: Callable, learning_rate: float) -> Callable:
+    """Jitted ``step(params, opt_state, batch, consts)``, one per loss and learning rate."""
+    optimizer = optax.adam(learning_rate)
+
+    @jax.jit
+    def step(params, opt_state, batch, consts):
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, consts)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    return step
+
+
 def _epochs(
     params: Params,
     loss_fn: Callable,
@@ -100,19 +116,16 @@ def _epochs(
     batch_size: int,
     learning_rate: float,
     key: jax.Array,
+    consts: dict | None = None,
     before_epoch: Callable[[Params], tuple[Params, dict[str, np.ndarray]]] | None = None,
 ) -> tuple[Params, list[dict[str, float]]]:
-    """Minibatch Adam over users. ``loss_fn(params, batch) -> (loss, metrics)``; ``data`` holds
-    per-user arrays (leading axis U); ``before_epoch(params) -> (params, targets)`` may reset
-    parameters and adds per-user targets."""
-    optimizer = optax.adam(learning_rate)
-    opt_state = optimizer.init(params)
-
-    @jax.jit
-    def step(params, opt_state, batch):
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, metrics
+    """Minibatch Adam over users. ``loss_fn(params, batch, consts) -> (loss, metrics)``;
+    ``data`` holds per-user arrays (leading axis U); ``consts`` are traced hyper-parameters;
+    ``before_epoch(params) -> (params, targets)`` may reset parameters and adds per-user
+    targets."""
+    step = _adam_step(loss_fn, learning_rate)
+    opt_state = optax.adam(learning_rate).init(params)
+    consts = {} if consts is None else consts
 
     n = len(data["x"])
     batch_size = min(batch_size, n)
@@ -128,28 +141,68 @@ def _epochs(
         order = order[np.arange(n_batches * batch_size) % n].reshape(n_batches, batch_size)
         sums: dict[str, float] = {}
         for idx in order:
-            params, opt_state, metrics = step(
-                params, opt_state, {k: v[idx] for k, v in arrays.items()}
-            )
+            batch = {k: v[idx] for k, v in arrays.items()}
+            params, opt_state, metrics = step(params, opt_state, batch, consts)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / n_batches
         history.append(sums)
     return params, history
 
 
-def pretrain(
-    ae: Autoencoder, x, mask, *, epochs, batch_size, learning_rate, key
-) -> tuple[Params, list]:
-    """Algorithm 1, step 1: reconstruction only."""
-
-    def loss_fn(params, batch):
+@functools.cache
+def _pretrain_loss(ae: Autoencoder) -> Callable:
+    def loss_fn(params, batch, consts):
         _, logits = ae.apply(params, batch["x"], batch["mask"])
         loss = reconstruction_loss(logits, batch["x"], batch["mask"])
         return loss, {"reconstruction": loss}
 
+    return loss_fn
+
+
+@functools.cache
+def _joint_loss(ae: Autoencoder) -> Callable:
+    def loss_fn(state, batch, consts):
+        z, logits = ae.apply(state["ae"], batch["x"], batch["mask"])
+        rec = reconstruction_loss(logits, batch["x"], batch["mask"])
+        clus = clustering_loss(z, state["centroids"], batch["weights"])
+        pref = preference_loss(logits, batch["x"], batch["mask"], consts["behavior_weights"])
+        loss = rec + consts["alpha"] * clus + consts["beta"] * pref
+        return loss, {"loss": loss, "reconstruction": rec, "clustering": clus, "preference": pref}
+
+    return loss_fn
+
+
+@functools.cache
+def _dec_loss(ae: Autoencoder) -> Callable:
+    def loss_fn(state, batch, consts):
+        q = student_t(ae.encode(state["ae"], batch["x"], batch["mask"]), state["centroids"])
+        p = batch["target"]
+        kl = jnp.sum(p * (jnp.log(jnp.maximum(p, 1e-12)) - jnp.log(q))) / len(p)
+        return kl, {"kl": kl}
+
+    return loss_fn
+
+
+@functools.cache
+def _deepcluster_loss(ae: Autoencoder) -> Callable:
+    def loss_fn(state, batch, consts):
+        z, logits = ae.apply(state["ae"], batch["x"], batch["mask"])
+        ce = optax.softmax_cross_entropy_with_integer_labels(
+            z @ state["head"], batch["pseudo"]
+        ).mean()
+        rec = reconstruction_loss(logits, batch["x"], batch["mask"])
+        return ce + rec, {"cross_entropy": ce, "reconstruction": rec}
+
+    return loss_fn
+
+
+def pretrain(
+    ae: Autoencoder, params: Params, x, mask, *, epochs, batch_size, learning_rate, key
+) -> tuple[Params, list]:
+    """Algorithm 1, step 1: reconstruction only, from ``params`` (e.g. ``ae.params``)."""
     return _epochs(
-        ae.params,
-        loss_fn,
+        params,
+        _pretrain_loss(ae),
         {"x": x, "mask": mask},
         epochs=epochs,
         batch_size=batch_size,
@@ -183,15 +236,11 @@ def joint_segmentation(
     key, k_init = jax.random.split(key)
     init = kmeans(k_init, encode_all(ae, params, x, mask), n_segments, outlier_z=outlier_z)
     state = {"ae": params, "centroids": init.centroids}
-    w_b = jnp.asarray(behavior_weights, jnp.float32)
-
-    def loss_fn(state, batch):
-        z, logits = ae.apply(state["ae"], batch["x"], batch["mask"])
-        rec = reconstruction_loss(logits, batch["x"], batch["mask"])
-        clus = clustering_loss(z, state["centroids"], batch["weights"])
-        pref = preference_loss(logits, batch["x"], batch["mask"], w_b)
-        loss = rec + alpha * clus + beta * pref
-        return loss, {"loss": loss, "reconstruction": rec, "clustering": clus, "preference": pref}
+    consts = {
+        "alpha": jnp.float32(alpha),
+        "beta": jnp.float32(beta),
+        "behavior_weights": jnp.asarray(behavior_weights, jnp.float32),
+    }
 
     def weights(state):
         z = encode_all(ae, state["ae"], x, mask)
@@ -199,12 +248,13 @@ def joint_segmentation(
 
     state, history = _epochs(
         state,
-        loss_fn,
+        _joint_loss(ae),
         {"x": x, "mask": mask},
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
         key=key,
+        consts=consts,
         before_epoch=weights,
     )
     z = encode_all(ae, state["ae"], x, mask)
@@ -233,19 +283,13 @@ def dec_segmentation(
     init = kmeans(k_init, encode_all(ae, params, x, mask), n_segments)
     state = {"ae": params, "centroids": init.centroids}
 
-    def loss_fn(state, batch):
-        q = student_t(ae.encode(state["ae"], batch["x"], batch["mask"]), state["centroids"])
-        p = batch["target"]
-        kl = jnp.sum(p * (jnp.log(jnp.maximum(p, 1e-12)) - jnp.log(q))) / len(p)
-        return kl, {"kl": kl}
-
     def target(state):
         z = encode_all(ae, state["ae"], x, mask)
         return state, {"target": np.asarray(dec_target(student_t(z, state["centroids"])))}
 
     state, history = _epochs(
         state,
-        loss_fn,
+        _dec_loss(ae),
         {"x": x, "mask": mask},
         epochs=epochs,
         batch_size=batch_size,
@@ -266,14 +310,6 @@ def deepcluster_segmentation(
     latent_dim = ae.encode(params, x[:1], mask[:1]).shape[-1]
     state = {"ae": params, "head": jnp.zeros((latent_dim, n_segments))}
 
-    def loss_fn(state, batch):
-        z, logits = ae.apply(state["ae"], batch["x"], batch["mask"])
-        ce = optax.softmax_cross_entropy_with_integer_labels(
-            z @ state["head"], batch["pseudo"]
-        ).mean()
-        rec = reconstruction_loss(logits, batch["x"], batch["mask"])
-        return ce + rec, {"cross_entropy": ce, "reconstruction": rec}
-
     keys = iter(jax.random.split(key, epochs + 2))
 
     def pseudo(state):
@@ -283,7 +319,7 @@ def deepcluster_segmentation(
 
     state, history = _epochs(
         state,
-        loss_fn,
+        _deepcluster_loss(ae),
         {"x": x, "mask": mask},
         epochs=epochs,
         batch_size=batch_size,
