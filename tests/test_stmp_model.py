@@ -93,8 +93,14 @@ def test_sample_tasks_draws_cells_and_masks_query_dates(prep):
     task = T.sample_tasks(jax.random.key(0), prep.index, jnp.int32(T.TEMPORAL), n_tasks=64,
                           n_query=5, n_context=40, n_days=n_days)  # fmt: skip
     r, d, days = map(np.asarray, (task.region, task.date_type, task.days))
-    assert (prep.data.date_type[r[:, None], days] == d[:, None]).all()
-    assert prep.train[r[:, None], days].all()
+    real = np.asarray(task.mask) > 0
+    counts = np.asarray(prep.index.cell_count)[r, d]
+    np.testing.assert_array_equal(real.sum(1), np.minimum(np.maximum(counts // 2, 1), 5))
+    rr = np.broadcast_to(r[:, None], days.shape)[real]
+    assert (
+        prep.data.date_type[rr, days[real]] == np.broadcast_to(d[:, None], days.shape)[real]
+    ).all()
+    assert prep.train[rr, days[real]].all()
     assert (d >= 2).mean() > 0.2  # the temporal view draws date types uniformly
     ctx_days = np.asarray(task.type_ctx) % n_days
     clash = (ctx_days[:, :, None] == days[:, None, :]).any(-1)
