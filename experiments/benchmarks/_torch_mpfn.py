@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn import functional as F
 
 from dmeta.types import Params, TaskBatch
 
@@ -41,6 +42,28 @@ class TorchMPFN(nn.Module):
         return self.head(torch.cat([h_season[0], h_local[0]], dim=-1))[:, 0]
 
 
+def _gru_cell_loop(gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
+    """Last state of ``gru`` over ``x: f32[N, S, F]`` by a Python loop of GRU cells."""
+    xp = F.linear(x, gru.weight_ih_l0, gru.bias_ih_l0)
+    h = x.new_zeros(x.shape[0], gru.hidden_size)
+    for t in range(x.shape[1]):
+        hp = F.linear(h, gru.weight_hh_l0, gru.bias_hh_l0)
+        xr, xz, xn = xp[:, t].chunk(3, dim=-1)
+        hr, hz, hn = hp.chunk(3, dim=-1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        h = (1.0 - z) * torch.tanh(xn + r * hn) + z * h
+    return h
+
+
+class TorchMPFNCell(TorchMPFN):
+    """``TorchMPFN`` with the recurrence written as an explicit loop of GRU cells."""
+
+    def forward(self, x_local: torch.Tensor, x_season: torch.Tensor) -> torch.Tensor:
+        """f32[N, S, F] x2 -> f32[N]."""
+        h = [_gru_cell_loop(self.gru_season, x_season), _gru_cell_loop(self.gru_local, x_local)]
+        return self.head(torch.cat(h, dim=-1))[:, 0]
+
+
 def _name_map(theta: Params) -> dict[tuple[str, str], tuple[str, bool]]:
     """(dmeta module, leaf) -> (torch parameter name, transpose?)."""
     out = {}
@@ -52,9 +75,9 @@ def _name_map(theta: Params) -> dict[tuple[str, str], tuple[str, bool]]:
     return out
 
 
-def from_dmeta(theta: Params, n_features: int, hidden: int) -> TorchMPFN:
-    """A ``TorchMPFN`` holding a copy of the dmeta MPFN parameters ``theta``."""
-    model = TorchMPFN(n_features, hidden)
+def from_dmeta(theta: Params, n_features: int, hidden: int, *, cell: bool = False) -> TorchMPFN:
+    """A ``TorchMPFN`` (``TorchMPFNCell`` if ``cell``) holding a copy of dmeta's ``theta``."""
+    model = (TorchMPFNCell if cell else TorchMPFN)(n_features, hidden)
     state = {}
     for (module, leaf), (name, transpose) in _name_map(theta).items():
         value = np.asarray(theta[module][leaf])
