@@ -5,7 +5,8 @@ category_id`` (int64), ``behavior`` (one of ``BEHAVIORS``) and ``timestamp`` (in
 sorted by user and time, plus an optional ``attributes`` table (``item_id`` and one column per
 discrete attribute). Malformed rows (missing fields, non-numeric ids or times, unknown behaviour
 codes) are dropped and logged with the file, the column and the first offending rows; a file in
-which no row survives raises ``ValueError``.
+which no row survives raises ``ValueError``. Exact duplicate events (e.g. from two overlapping
+extracts in one folder) are dropped and logged.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ def _finish(frames: list[pd.DataFrame], source: Path) -> pd.DataFrame:
     if events.empty:
         raise ValueError(f"{source}: no valid events")
     events = events.astype({"behavior": "category"})
+    duplicated = events.duplicated()
+    if duplicated.any():
+        log.warning("%s: dropped %d exact duplicate events", source, int(duplicated.sum()))
+        events = events.loc[~duplicated.to_numpy()]
     return events.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
 
 

@@ -64,12 +64,13 @@ def segment_patterns(
 @dataclasses.dataclass(frozen=True)
 class ChoiceData:
     """x: f[N, J, K] dummy-coded attributes (alternative 0 is the purchase); mask: bool[N, J];
-    user: i64[N]; fields: per attribute field, its columns in ``x`` for values ``1..V_f-1``
+    user: i64[N]; category: i64[N] category of the purchase; fields: per attribute field, its columns in ``x`` for values ``1..V_f-1``
     (value 0 is the reference); levels: per field the original attribute values."""
 
     x: np.ndarray
     mask: np.ndarray
     user: np.ndarray
+    category: np.ndarray
     fields: list[list[int]]
     levels: list[np.ndarray]
 
@@ -107,7 +108,7 @@ def choice_situations(
     rng = np.random.default_rng(seed)
     ev = events[events["item_id"].isin(known)].sort_values(["user_id", "timestamp"], kind="stable")
     by_cat = ev.groupby("category_id")["item_id"].unique()
-    rows, users = [], []
+    rows, users, cats = [], [], []
     for user, group in ev.groupby("user_id", sort=True):
         seen: dict[int, list[int]] = {}
         for item, cat, beh in zip(
@@ -121,6 +122,7 @@ def choice_situations(
                     alts += rng.choice(pool, min(extra, len(pool)), replace=False).tolist()
                 rows.append([item, *alts[: n_alternatives - 1]])
                 users.append(user)
+                cats.append(cat)
             if beh in ("view", "cart"):
                 seen.setdefault(cat, []).append(item)
     n, k = len(rows), int(offsets[-1])
@@ -133,7 +135,7 @@ def choice_situations(
             on = v[:, f] > 0
             x[i, np.flatnonzero(on), offsets[f] + v[on, f] - 1] = 1.0
         mask[i, : len(items)] = True
-    return ChoiceData(x, mask, np.asarray(users), fields, levels)
+    return ChoiceData(x, mask, np.asarray(users), np.asarray(cats), fields, levels)
 
 
 def candidate_values(data: ChoiceData, top: int) -> list[list[int]]:
@@ -163,7 +165,8 @@ class AttributeSets:
 def segment_attribute_sets(
     data: ChoiceData, segment_of: np.ndarray, n_segments: int, *, top: int, l2: float
 ) -> AttributeSets:
-    """Algorithm 3, steps 3-5. ``segment_of``: i[N] segment of each choice situation."""
+    """Algorithm 3, steps 3-5. ``segment_of``: i[N] segment of each choice situation (-1: not
+    used)."""
     candidates = candidate_values(data, top)
     k = data.x.shape[-1]
     beta = np.full((n_segments, k), np.nan)
