@@ -85,13 +85,14 @@ def get_config(smoke: bool = False, size: str = "paper") -> RMLDPConfig:
             n_tasks=16,
             n_support=12,
             n_query=12,
-            meta_steps=400,
+            meta_steps=200,
             eval_every=50,
             deepwalk_steps=400,
-            global_steps=600,
+            global_steps=400,
             global_batch=64,
             max_train_classical=4000,
             sweep_seq_len=(15, 20, 30, 40),
+            n_segments=120,
         )
     if smoke:
         cfg = dataclasses.replace(
@@ -116,7 +117,7 @@ def get_config(smoke: bool = False, size: str = "paper") -> RMLDPConfig:
             global_batch=8,
             finetune_steps=2,
             max_train_classical=200,
-            sweep_seq_len=(6, 8),
+            sweep_seq_len=(8,),
             n_segments=16,
             n_clusters=2,
         )
