@@ -121,6 +121,8 @@ def bgnbd_gamma_gamma(
 ) -> np.ndarray:
     """BG/NBD + Gamma-Gamma (numpy/scipy maximum likelihood) on the target domain, with periods
     as purchase occasions: LTV = E[transactions in ``horizon``] x E[spend per transaction].
+    The expected count is capped at ``horizon`` (one occasion per period) and the spend at
+    the largest training mean spend (guards against a degenerate fit on tiny data).
     Customers without target history get the C_na training mean."""
     del val, seed
     x, t_x, T, n, m = _rfm(train.t_series, train.t_observed)
@@ -144,11 +146,14 @@ def bgnbd_gamma_gamma(
             options={"maxiter": 4000},
         ).x
     )
+    m_max = m[pos].max()
     x, t_x, T, n, m = _rfm(test.t_series, test.t_observed)
     p, q, v = gg
     spend = np.where(n > 0, p * (v + n * m) / np.maximum(p * n + q - 1, 1e-6), 0.0)
-    pred = np.where(n > 0, bgnbd_expected(bg, float(test.horizon), x, t_x, np.maximum(T, 1)), 0)
-    pred = np.nan_to_num(pred * spend, nan=0.0, posinf=0.0)
+    count = bgnbd_expected(bg, float(test.horizon), x, t_x, np.maximum(T, 1))
+    # discrete periods: at most one purchase occasion per period; spend within the seen range
+    count = np.clip(np.nan_to_num(count, nan=0.0), 0.0, test.horizon)
+    pred = count * np.clip(spend, 0.0, m_max)
     pred[n == 0] = _history_mean_fallback(train)
     return pred.astype(np.float32)
 
