@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -380,9 +381,16 @@ def plot_sweeps(df: pd.DataFrame, out: Path) -> list[str]:
 
 
 def experiment(
-    data: str, cfg: C2MConfig, seeds: int, *, sweeps: bool, extras: bool = True
+    data: str,
+    cfg: C2MConfig,
+    seeds: int,
+    *,
+    sweeps: bool,
+    extras: bool = True,
+    after_seed: Callable[[pd.DataFrame], None] | None = None,
 ) -> tuple[pd.DataFrame, str]:
-    """Runs every seed; returns the long results frame and the case study."""
+    """Runs every seed (``after_seed`` gets the results so far); returns the long results
+    frame and the case study."""
     dataset, event_log, truth = load(data, cfg)
     prep = prepare(event_log, cfg, truth)
     log.info("%s: %d users, %d events", dataset, len(prep.users), len(prep.events))
@@ -396,7 +404,9 @@ def experiment(
         for method, group, values in rows:
             for metric, value in values.items():
                 records.append((NAME, dataset, method, group, seed, metric, value))
-        log.info("seed %d: %.0f s", seed, time.perf_counter() - start)
+        log.info("%s seed %d: %.0f s", dataset, seed, time.perf_counter() - start)
+        if after_seed is not None:
+            after_seed(pd.DataFrame(records, columns=COLUMNS))
     return pd.DataFrame(records, columns=COLUMNS), case
 
 
@@ -415,16 +425,22 @@ def run(
 ) -> pd.DataFrame:
     """Tables 1-3 analogs, sweeps and the case study on ``data``; writes results and PNGs."""
     out = Path(out)
+    log.setLevel(logging.INFO)
     cfg = get_config(smoke)
     overrides = dict(
         n_segments=segments, joint_epochs=joint_epochs, pretrain_epochs=pretrain_epochs
     )
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     write_run_header(out, command, dataclasses.asdict(cfg) | {"data": data, "seeds": seeds})
-    df, case = experiment(data, cfg, seeds, sweeps=not no_sweeps)
+    title = f"C2M on {parse_data_spec(data).name}"
+
+    def partial(df: pd.DataFrame) -> None:  # results survive an interrupted run
+        write_results(df, out, title=title + f" (partial: {df['seed'].nunique()} seeds)")
+
+    df, case = experiment(data, cfg, seeds, sweeps=not no_sweeps, after_seed=partial)
     plots = plot_sweeps(df, out)
     extra = tables_markdown(df) + "\n\n" + case + "\n" + "\n".join(f"![{p}]({p})" for p in plots)
-    write_results(df, out, title=f"C2M on {df['dataset'].iloc[0]}", extra_md=extra)
+    write_results(df, out, title=title, extra_md=extra)
     return df
 
 
