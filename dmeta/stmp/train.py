@@ -282,6 +282,15 @@ def make_train_step(
     return step
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_step(graphdef, prep: Prepared, lr: float, n_steps: int, step_items: tuple):
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(lr, n_steps))
+    )
+    step = make_train_step(graphdef, prep, optimizer, **dict(step_items))
+    return optimizer, jax.jit(step, donate_argnums=0)
+
+
 def fit(
     graphdef: nnx.GraphDef,
     params: Params,
@@ -293,11 +302,13 @@ def fit(
     log_every: int = 0,
     **step_kwargs,
 ) -> tuple[Params, list[dict[str, float]]]:
-    """Trains STMP for ``n_steps`` (Adam, cosine decay); returns params and logged metrics."""
-    optimizer = optax.chain(
-        optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(lr, n_steps))
+    """Trains STMP for ``n_steps`` (Adam, cosine decay); returns params and logged metrics.
+
+    The jitted step is cached per (graphdef, panel, sizes), so seeds reuse one compile.
+    """
+    optimizer, step = _compiled_step(
+        graphdef, prep, lr, n_steps, tuple(sorted(step_kwargs.items()))
     )
-    step = jax.jit(make_train_step(graphdef, prep, optimizer, **step_kwargs), donate_argnums=0)
     state = init_train_state(params, optimizer, key)
     history, start = [], time.perf_counter()
     for i in range(n_steps):
