@@ -56,8 +56,16 @@ def load_panel(spec: str, cfg: STMPConfig) -> tuple[str, D.STMPData]:
         data = D.make_synthetic(n_regions=cfg.synthetic_regions, n_days=cfg.synthetic_days)
     elif parsed.name == "favorita":
         data = D.load_favorita(parsed.path)
+    elif parsed.name == "walmart":
+        data = D.load_walmart(parsed.path)
+    elif parsed.name == "rossmann":  # 1,115 stores: the first 100 unless --max-regions
+        data = D.load_rossmann(parsed.path, max_stores=cfg.max_regions or 100)
+    elif parsed.name == "table":
+        data = D.load_table(parsed.path)
     else:
-        raise ValueError(f"--data {spec!r}: STMP reads synthetic or favorita:PATH")
+        raise ValueError(
+            f"--data {spec!r}: STMP reads synthetic, favorita, walmart, rossmann, table"
+        )
     if cfg.max_regions is not None:
         keep = slice(0, cfg.max_regions)
         data = dataclasses.replace(
@@ -117,7 +125,8 @@ def score(prep: D.Prepared, pred_scaled: np.ndarray) -> dict[str, dict[str, floa
 
 def run_setting(data, dataset, cfg, seeds, setting, methods, baselines):
     """All methods x seeds in one setting ("full" or "one_week"); long rows + predictions."""
-    cutoff = data.y.shape[1] - cfg.test_days
+    n_days = data.y.shape[1]
+    cutoff = n_days - min(cfg.test_days, n_days // 4)  # weekly panels: the last quarter
     prep = D.prepare(data, cutoff=cutoff, window=cfg.window,
                      one_festival_week=setting == "one_week")  # fmt: skip
     rows, preds = [], {}

@@ -96,3 +96,61 @@ def test_favorita_tiny_files(tmp_path):
 def test_favorita_bad_input_names_file_column_row(tmp_path, tx, hol, match):
     with pytest.raises(DataError, match=match):
         D.load_favorita(write_favorita(tmp_path, tx, hol))
+
+
+def test_walmart_holiday_weeks():
+    path = data_root() / "walmart_recruiting"
+    if not (path / "train.csv.zip").exists():
+        pytest.skip(f"walmart data not found at {path}")
+    data = D.load_walmart(path)
+    assert data.y.shape == (45, 143) and data.n_regular == 1 and data.observed.all()
+    names = np.asarray(data.type_names)
+    assert (
+        names[data.date_type[0, data.dates.get_loc(pd.Timestamp("2010-11-26"))]] == "thanksgiving"
+    )
+    assert names[data.date_type[0, data.dates.get_loc(pd.Timestamp("2012-02-10"))]] == "super_bowl"
+    assert (data.date_type[:, 1:] == data.date_type[:1, 1:]).all()  # national holidays
+
+
+def test_rossmann_holidays_promos_and_closed_days():
+    path = data_root() / "rossmann"
+    if not (path / "train_clean.parquet").exists():
+        pytest.skip(f"rossmann data not found at {path}")
+    data = D.load_rossmann(path, max_stores=3)
+    assert data.y.shape[0] == 3
+    names = np.asarray(data.type_names)
+    t = data.dates.get_loc(pd.Timestamp("2015-07-31"))  # a Friday promo day for store 1
+    assert names[data.date_type[0, t]] == "promo" and data.observed[0, t]
+    t = data.dates.get_loc(pd.Timestamp("2013-12-25"))
+    assert names[data.date_type[0, t]] == "christmas" and not data.observed[0, t]
+
+
+def write_table(tmp_path, calendar):
+    pd.DataFrame({"unique_id": ["a", "b"], "size": [1.0, 3.0], "kind": ["x", "y"]}).to_csv(
+        tmp_path / "regions.csv", index=False
+    )
+    dates = pd.date_range("2020-01-01", periods=10)
+    pd.DataFrame(
+        {
+            "unique_id": np.repeat(["a", "b"], 10),
+            "ds": np.tile(dates.strftime("%Y-%m-%d"), 2),
+            "y": np.arange(20.0),
+        }  # fmt: skip
+    ).to_csv(tmp_path / "series.csv", index=False)
+    (tmp_path / "calendar.csv").write_text(calendar)
+    return tmp_path
+
+
+def test_table_loader_with_region_specific_days(tmp_path):
+    cal = "ds,date_type,unique_id\n2020-01-02,fair,b\n2020-01-06,sale,\n"
+    data = D.load_table(write_table(tmp_path, cal))
+    names = np.asarray(data.type_names)
+    assert list(names[data.date_type[:, 1]]) == ["weekday", "fair"]
+    assert list(names[data.date_type[:, 5]]) == ["sale", "sale"]
+    assert data.attrs.shape == (2, 3) and data.y[1, 0] == 10.0
+
+
+def test_table_loader_bad_region_names_line(tmp_path):
+    cal = "ds,date_type,unique_id\n2020-01-02,fair,b\n2020-01-06,sale,zz\n"
+    with pytest.raises(DataError, match=r"calendar.csv: column 'unique_id' line 3: 'zz'"):
+        D.load_table(write_table(tmp_path, cal))

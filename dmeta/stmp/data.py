@@ -191,15 +191,23 @@ def _one_hot(frame: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, tuple
 
 
 def _dense(
-    ids: np.ndarray, dates: pd.Series, values: np.ndarray, regions: list, source: Path, column: str
+    ids: np.ndarray,
+    dates: pd.Series,
+    values: np.ndarray,
+    regions: list,
+    source: Path,
+    column: str,
+    freq: str = "D",
 ) -> tuple[np.ndarray, np.ndarray, pd.DatetimeIndex]:
-    """Long (id, date, value) rows -> dense y f64[R, D], observed bool[R, D], daily dates."""
+    """Long (id, date, value) rows -> dense y f64[R, D], observed bool[R, D], dates at freq."""
     key = pd.DataFrame({"id": ids, "ds": dates})
     dup = key.duplicated(keep="first").to_numpy()
     _bad_rows(source, column, dup, key["id"].astype(str) + " " + key["ds"].astype(str), "repeats")
-    all_dates = pd.date_range(dates.min(), dates.max(), freq="D")
+    all_dates = pd.date_range(dates.min(), dates.max(), freq=freq)
     r = pd.Index(regions).get_indexer(ids)
     t = all_dates.get_indexer(dates)
+    off = ~np.isin(dates.to_numpy(), all_dates.to_numpy())
+    _bad_rows(source, column, off, dates.astype(str), f"is off the {freq} calendar")
     y = np.zeros((len(regions), len(all_dates)))
     observed = np.zeros_like(y, dtype=bool)
     y[r, t] = values
@@ -304,6 +312,195 @@ def load_favorita(path: str | Path) -> STMPData:
         regions=tuple(f"store{s}" for s in stores["store_nbr"]),
         type_names=type_names,
         attr_names=attr_names,
+    )
+
+
+# ----------------------------------------------------------------------------- walmart
+
+WALMART_HOLIDAYS = {2: "super_bowl", 9: "labor_day", 11: "thanksgiving", 12: "christmas"}
+
+
+def load_walmart(path: str | Path) -> STMPData:
+    """Walmart stores as regions, weekly sales summed over departments, holiday weeks.
+
+    Reads ``train.csv.zip`` (Store, Dept, Date, Weekly_Sales, IsHoliday) and
+    ``stores.csv`` (Store, Type, Size). Holiday weeks are named by month (Super Bowl,
+    Labor Day, Thanksgiving, Christmas); the regular type is "week". Negative
+    department rows (returns) are kept; a negative store-week total raises.
+    """
+    path = Path(path)
+    stores_src = path / "stores.csv"
+    stores = _read_csv(stores_src, ("Store", "Type", "Size"))
+    stores["Store"] = _numbers(stores, "Store", stores_src).astype(int)
+    size = np.log(_numbers(stores, "Size", stores_src) + 1.0)
+    stores = stores.sort_values("Store").reset_index(drop=True)
+    onehot, names = _one_hot(stores, ["Type"])
+    attrs = np.c_[onehot, (size - size.mean()) / (size.std() + 1e-9)].astype(np.float32)
+
+    src = path / "train.csv.zip"
+    train = _read_csv(src, ("Store", "Dept", "Date", "Weekly_Sales", "IsHoliday"))
+    train["Date"] = _dates(train, "Date", src)
+    train["Weekly_Sales"] = _numbers(train, "Weekly_Sales", src, nonneg=False)
+    unknown = ~train["Store"].isin(stores["Store"]).to_numpy()
+    _bad_rows(src, "Store", unknown, train["Store"], "is not a store of stores.csv")
+    weekly = train.groupby(["Store", "Date"], as_index=False).agg(
+        y=("Weekly_Sales", "sum"), holiday=("IsHoliday", "max")
+    )
+    _bad_rows(src, "Weekly_Sales", (weekly["y"] < 0).to_numpy(), weekly["Store"],
+              "sums to a negative store-week total for store")  # fmt: skip
+    y, observed, dates = _dense(weekly["Store"].to_numpy(), weekly["Date"], weekly["y"].to_numpy(),
+                                list(stores["Store"]), src, "Date", freq="W-FRI")  # fmt: skip
+    holiday_dates = weekly.loc[weekly["holiday"].astype(bool), "Date"].unique()
+    names_by_month = ("week",) + tuple(WALMART_HOLIDAYS.values())
+    date_type = np.zeros(len(dates), np.int32)
+    for day in holiday_dates:
+        month = pd.Timestamp(day).month
+        if month not in WALMART_HOLIDAYS:
+            raise DataError(
+                f"{src}: column 'IsHoliday' marks {day} (month {month}), not a known holiday"
+            )
+        date_type[dates.get_loc(day)] = names_by_month.index(WALMART_HOLIDAYS[month])
+    return STMPData(
+        y=y,
+        observed=observed,
+        date_type=np.broadcast_to(date_type, y.shape).copy(),
+        attrs=attrs,
+        dates=dates,
+        regions=tuple(f"store{s}" for s in stores["Store"]),
+        type_names=names_by_month,
+        attr_names=names + ("log_size",),
+        n_regular=1,
+        period=4,
+    )
+
+
+# ----------------------------------------------------------------------------- rossmann
+
+ROSSMANN_FESTIVALS = ("public_holiday", "easter", "christmas", "promo")
+ROSSMANN_COLUMNS = ("Store", "Date", "Sales", "Open", "Promo", "StateHoliday", "StoreType",
+                    "Assortment", "CompetitionDistance", "Promo2")  # fmt: skip
+
+
+def load_rossmann(path: str | Path, *, max_stores: int | None = None) -> STMPData:
+    """Rossmann stores as regions, daily sales, state holidays and promo days as date types.
+
+    Reads ``train_clean.parquet`` (Kaggle train merged with store.csv). Closed days
+    (Open = 0) are unobserved. State holidays a/b/c are public holiday / Easter /
+    Christmas; promo days are a date type too (holidays win over promo).
+    """
+    src = Path(path) / "train_clean.parquet"
+    if not src.exists():
+        raise DataError(f"{src}: file not found")
+    df = pd.read_parquet(src)
+    missing = [c for c in ROSSMANN_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{src}: missing column(s) {missing}")
+    if max_stores is not None:
+        df = df[df["Store"] <= sorted(df["Store"].unique())[max_stores - 1]].reset_index(drop=True)
+    holiday = df["StateHoliday"].astype(str)
+    bad = ~holiday.isin(["0", "a", "b", "c"]).to_numpy()
+    _bad_rows(src, "StateHoliday", bad, holiday, "is not one of 0/a/b/c")
+    sales = _numbers(df, "Sales", src)
+    open_ = df["Open"].to_numpy() == 1
+    stores = df.drop_duplicates("Store").sort_values("Store").reset_index(drop=True)
+    keep = open_
+    y, observed, dates = _dense(df["Store"].to_numpy()[keep], df["Date"][keep], sales[keep],
+                                list(stores["Store"]), src, "Date")  # fmt: skip
+    kind = np.select(
+        [holiday == "a", holiday == "b", holiday == "c", df["Promo"].to_numpy() == 1],
+        [2, 3, 4, 5],
+        default=-1,
+    )
+    date_type = np.broadcast_to(regular_types(dates), y.shape).copy()
+    r = pd.Index(stores["Store"]).get_indexer(df["Store"])
+    t = dates.get_indexer(df["Date"])
+    fest = kind >= 0
+    date_type[r[fest], t[fest]] = kind[fest]
+    onehot, names = _one_hot(stores, ["StoreType", "Assortment", "Promo2"])
+    dist = np.log1p(stores["CompetitionDistance"].to_numpy(float))
+    attrs = np.c_[onehot, (dist - dist.mean()) / (dist.std() + 1e-9)].astype(np.float32)
+    return STMPData(
+        y=y,
+        observed=observed,
+        date_type=date_type.astype(np.int32),
+        attrs=attrs,
+        dates=dates,
+        regions=tuple(f"store{s}" for s in stores["Store"]),
+        type_names=REGULAR_DAILY + ROSSMANN_FESTIVALS,
+        attr_names=names + ("log_competition_distance",),
+    )
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def load_table(path: str | Path) -> STMPData:
+    """Any daily panel in three CSV files under ``path``.
+
+    - ``series.csv``: ``unique_id, ds, y`` (one row per observed region-day);
+    - ``regions.csv``: ``unique_id`` plus attribute columns (numeric ones standardized,
+      others one-hot);
+    - ``calendar.csv``: ``ds, date_type`` plus an optional ``unique_id`` column for
+      region-specific days (empty: all regions). Other days are weekday / weekend.
+    """
+    path = Path(path)
+    reg_src, ser_src, cal_src = path / "regions.csv", path / "series.csv", path / "calendar.csv"
+    regions = _read_csv(reg_src, ("unique_id",))
+    regions["unique_id"] = regions["unique_id"].astype(str)
+    _bad_rows(reg_src, "unique_id", regions["unique_id"].duplicated().to_numpy(),
+              regions["unique_id"], "repeats")  # fmt: skip
+    parts, names = [], []
+    for col in regions.columns.drop("unique_id"):
+        values = pd.to_numeric(regions[col], errors="coerce")
+        if values.notna().all():
+            v = values.to_numpy(float)
+            parts.append(((v - v.mean()) / (v.std() + 1e-9))[:, None])
+            names.append(col)
+        else:
+            onehot, more = _one_hot(regions, [col])
+            parts.append(onehot)
+            names.extend(more)
+    attrs = np.concatenate(parts, axis=1) if parts else np.zeros((len(regions), 0))
+
+    series = _read_csv(ser_src, ("unique_id", "ds", "y"))
+    ids = series["unique_id"].astype(str)
+    unknown = ~ids.isin(regions["unique_id"]).to_numpy()
+    _bad_rows(ser_src, "unique_id", unknown, ids, "is not in regions.csv")
+    y, observed, dates = _dense(ids.to_numpy(), _dates(series, "ds", ser_src),
+                                _numbers(series, "y", ser_src), list(regions["unique_id"]),
+                                ser_src, "ds")  # fmt: skip
+
+    cal = _read_csv(cal_src, ("ds", "date_type"))
+    cal["ds"] = _dates(cal, "ds", cal_src)
+    festivals = tuple(sorted(cal["date_type"].astype(str).unique()))
+    clash = [f for f in festivals if f in REGULAR_DAILY]
+    if clash:
+        raise DataError(f"{cal_src}: column 'date_type' uses reserved name(s) {clash}")
+    type_names = REGULAR_DAILY + festivals
+    date_type = np.broadcast_to(regular_types(dates), y.shape).copy()
+    region_of = cal["unique_id"].astype(str) if "unique_id" in cal.columns else None
+    for i, row in enumerate(cal.itertuples(index=False)):
+        t = dates.get_indexer([row.ds])[0]
+        if t < 0:
+            continue
+        kind = type_names.index(str(row.date_type))
+        if region_of is None or pd.isna(cal["unique_id"].iloc[i]):
+            date_type[:, t] = kind
+        else:
+            r = regions.index[regions["unique_id"] == region_of.iloc[i]]
+            if r.size == 0:
+                raise DataError(f"{cal_src}: column 'unique_id' line {i + LINE_OFFSET}: "
+                                f"{region_of.iloc[i]!r} is not in regions.csv")  # fmt: skip
+            date_type[r, t] = kind
+    return STMPData(
+        y=y,
+        observed=observed,
+        date_type=date_type.astype(np.int32),
+        attrs=attrs.astype(np.float32),
+        dates=dates,
+        regions=tuple(regions["unique_id"]),
+        type_names=type_names,
+        attr_names=tuple(names),
     )
 
 
