@@ -554,6 +554,8 @@ def run(
         rows += r
         per_segment.append(s)
         fitted = fitted or f
+        # Partial results after every seed, so a long run cut short still reports.
+        write_results(pd.DataFrame(rows), out, title=f"RMLDP on {dataset.name} (seeds 0-{seed})")
     per_segment = pd.concat(per_segment)
     per_segment.to_csv(out / "segments.csv", index=False)
 

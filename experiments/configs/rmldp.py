@@ -69,8 +69,8 @@ class RMLDPConfig:
 def get_config(smoke: bool = False, size: str = "paper") -> RMLDPConfig:
     """``size="paper"``: Table 1; ``"cpu"``: sized for the 2-core machine; smoke: seconds.
 
-    The CPU size keeps Table 1's structure but shrinks the GRUs (32), the meta-batch (16
-    segments), the sweep and the step counts, and raises the inner step size alpha to
+    The CPU size keeps Table 1's structure but shrinks the GRUs (32), the meta-batch (8
+    segments), the sweep and the step counts (80 meta-steps), and raises the inner step size alpha to
     1e-2: with one SGD step, Table 1's 1e-4 leaves the initialization all but unchanged.
     """
     if size not in ("paper", "cpu"):
@@ -82,17 +82,17 @@ def get_config(smoke: bool = False, size: str = "paper") -> RMLDPConfig:
             hidden=32,
             encoder_hidden=16,
             inner_lr=1e-2,
-            n_tasks=16,
+            n_tasks=8,
             n_support=12,
             n_query=12,
-            meta_steps=200,
-            eval_every=50,
+            meta_steps=80,
+            eval_every=20,
             deepwalk_steps=400,
-            global_steps=400,
+            global_steps=200,
             global_batch=64,
             max_train_classical=4000,
-            sweep_seq_len=(15, 20, 30, 40),
-            n_segments=120,
+            sweep_seq_len=(15, 30, 40),
+            n_segments=100,
         )
     if smoke:
         cfg = dataclasses.replace(
@@ -110,9 +110,9 @@ def get_config(smoke: bool = False, size: str = "paper") -> RMLDPConfig:
             max_query=4,
             meta_steps=6,
             eval_every=3,
-            deepwalk_steps=30,
-            walks_per_node=2,
-            walk_length=6,
+            deepwalk_steps=200,
+            walks_per_node=5,
+            walk_length=10,
             global_steps=6,
             global_batch=8,
             finetune_steps=2,
