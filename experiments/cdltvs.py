@@ -331,6 +331,7 @@ def run(
                 figure_dir=out if (p == 0.0 and seed == 0) else None,
             )
             rows += [{"dataset": name, "seed": seed, **r} for r in cell]
+            pd.DataFrame(rows).to_csv(out / "results_partial.csv", index=False)
             with open(out / "progress.txt", "a") as f:
                 f.write(f"{time.strftime('%H:%M:%S')} P={p} seed={seed} done\n")
     df = pd.DataFrame(rows)[["experiment", "dataset", "method", "group", "seed", "metric", "value"]]
@@ -351,6 +352,7 @@ def run(
                 ]
     extra += [f"\n![{f}]({f})\n" for f in files]
     write_results(df, out, title=f"CDLtvS on {name}", extra_md="\n".join(extra))
+    (out / "results_partial.csv").unlink(missing_ok=True)
     return df
 
 
