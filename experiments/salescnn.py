@@ -57,6 +57,7 @@ OVERRIDES = (
     "finetune_epochs",
     "beta",
     "sweep_seeds",
+    "gbrt_estimators",
 )
 
 
@@ -122,9 +123,7 @@ def table1(panel: SalesPanel, cfg: SalesCNNConfig, *, dataset: str, seeds: int) 
     logger.info("train samples per region %s, test %s", np.asarray(data.train.n), data.test_n)
     rows = []
     start = time.perf_counter()
-    fixed = forecast_baselines(
-        data, seed=0, methods=("ARIMA", "Naive"), arima_order=cfg.arima_order
-    )
+    fixed = forecast_baselines(data, seed=0, methods=("ARIMA", "Naive"), arima_lags=cfg.arima_lags)
     logger.info("ARIMA + naive: %.0f s", time.perf_counter() - start)
     for seed in range(seeds):
         start = time.perf_counter()

@@ -252,7 +252,7 @@ def forecast_baselines(
     *,
     seed: int,
     methods: tuple[str, ...] = ("ARIMA", "FE+GBRT", "Naive"),
-    arima_order: tuple[int, int, int] = (1, 0, 1),
+    arima_lags: int = 2,
     gbrt_estimators: int = 300,
 ) -> dict[str, np.ndarray]:
     """ARIMA, FE+GBRT (one model on the pooled training samples) and naive forecasts f[R, Q]."""
@@ -266,7 +266,7 @@ def forecast_baselines(
         return np.pad(pred, ((0, 0), (0, shape[1] - n_rows)))
 
     if "ARIMA" in methods:
-        pred = arima_forecast(series, data.test_ends, horizon=data.horizon, order=arima_order)
+        pred = arima_forecast(series, data.test_ends, horizon=data.horizon, lags=arima_lags)
         out["ARIMA"] = by_region(pred)
     if "Naive" in methods:
         out["Naive"] = by_region(persistence_forecast(series, data.test_ends, horizon=data.horizon))

@@ -31,11 +31,11 @@ class SalesCNNConfig:
     batch_size: int = 128
     epochs: float = 10.0  # pretraining / per-region training
     finetune_epochs: float = 10.0  # transfer stage
-    arima_order: tuple[int, int, int] = (1, 0, 1)
+    arima_lags: int = 2
     gbrt_estimators: int = 300
     sweep_horizons: tuple[int, ...] = (1, 2, 4, 8)
-    sweep_lengths: tuple[int, ...] = (8, 13, 26, 52)
-    sweep_betas: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
+    sweep_lengths: tuple[int, ...] = (13, 26, 52)
+    sweep_betas: tuple[float, ...] = (0.0, 0.02, 0.1, 0.2)
     sweep_seeds: int = 2  # seeds per sweep point (CNN+WD+TL only)
 
 

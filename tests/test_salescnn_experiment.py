@@ -1,0 +1,90 @@
+"""Sales CNN pipeline pieces, baselines and the experiment's smoke run end to end."""
+
+import numpy as np
+import pandas as pd
+
+from dmeta.baselines.salescnn_baselines import arima_forecast, fe_features, persistence_forecast
+from dmeta.salescnn.loaders import synthetic_panel
+from dmeta.salescnn.pipeline import METHODS, pooled, prepare, region_mse, weighted
+
+
+def test_prepare_split_and_weights():
+    panel, _ = synthetic_panel(1, n_regions=2, n_items=5, n_periods=40)
+    data = prepare(panel, length=8, horizon=2, n_test=3, train_periods=10)
+    n = np.asarray(data.train.n)
+    assert data.train.x.shape[2:] == (4, 5, 8)
+    assert list(data.test_n) == [15, 15] and list(data.test_ends) == [35, 36, 37]
+    for r in range(2):
+        ends = data.train_ends[r, : n[r]]
+        assert len(np.unique(ends)) == 10
+        assert (ends + 2 < data.sp).all()  # no training target reaches the test interval
+    w = np.asarray(weighted(data, 0.1).w)
+    np.testing.assert_allclose(
+        w[0, : n[0]], np.exp(0.1 * (data.train_ends[0, : n[0]] + 2 - data.sp))
+    )
+    assert int(pooled(data.train).n) == n.sum()
+    # the test targets are the totals of the next k periods of the sales series
+    item0_end = data.series[0, 0, data.test_ends[0] + 1 : data.test_ends[0] + 3].sum()
+    np.testing.assert_allclose(data.test_y[0, 0], item0_end)
+    assert region_mse(data, data.test_y).tolist() == [0.0, 0.0]
+
+
+def test_baseline_features_and_forecasts():
+    frames = np.arange(2 * 1 * 1 * 10, dtype=np.float32).reshape(2, 1, 1, 10)
+    feats = fe_features(frames)
+    assert feats.shape == (2, 7)
+    np.testing.assert_allclose(feats[0], [9, 8, 6, 4.5, 4.5, np.std(np.arange(10)), 0.0], rtol=1e-6)
+    series = np.stack([np.full(30, 3.0), np.sin(np.arange(30.0)) + 5.0])
+    ends = np.array([20, 24])
+    arima = arima_forecast(series, ends, horizon=2)
+    assert arima.shape == (2, 2)
+    np.testing.assert_allclose(arima[0], [6.0, 6.0])  # constant series: mean fallback
+    assert np.all(np.abs(arima[1] - 10.0) < 3.0)
+    np.testing.assert_allclose(persistence_forecast(series, ends, horizon=2)[0], [6.0, 6.0])
+
+
+def test_smoke_run_end_to_end(tmp_path):
+    from experiments import salescnn
+
+    df = salescnn.run(
+        data="synthetic", out=tmp_path, smoke=True, seeds=1, command="dmeta run salescnn"
+    )
+    table = df[df["experiment"] == "salescnn"]
+    assert set(table["method"]) == set(METHODS)
+    groups = set(table["group"])
+    assert "average" in groups and len(groups) == 3  # smoke keeps the 2 largest regions
+    assert np.isfinite(df["value"]).all() and (df["value"] >= 0).all()
+    saved = pd.read_csv(tmp_path / "results.csv")
+    assert list(saved.columns) == [
+        "experiment",
+        "dataset",
+        "method",
+        "group",
+        "seed",
+        "metric",
+        "value",
+    ]
+    assert (tmp_path / "command.txt").exists()
+    assert "Table 1 analog" in (tmp_path / "results.md").read_text()
+
+
+def test_sweep_plots(tmp_path):
+    from experiments import salescnn
+
+    rows = [
+        (f"salescnn_sweep_{name}", "synthetic", "CNN+WD+TL", f"{name}={v}", s, "mse", v + s)
+        for name in ("horizon", "length", "beta")
+        for v in (1, 2)
+        for s in (0, 1)
+    ]
+    df = pd.DataFrame(
+        rows, columns=["experiment", "dataset", "method", "group", "seed", "metric", "value"]
+    )
+    assert salescnn.plot_sweeps(df, tmp_path) == [
+        "sweep_horizon.png",
+        "sweep_length.png",
+        "sweep_beta.png",
+    ]
+    assert all(
+        (tmp_path / f).stat().st_size > 1000 for f in ("sweep_horizon.png", "sweep_beta.png")
+    )
