@@ -46,7 +46,7 @@ ABLATIONS = {
 ABLATION_KEYS = {"deterministic": "STMP-deterministic", "no_jump": "STMP-no-jump",
                  "joint": "STMP-joint"}  # fmt: skip
 BASELINE_NAMES = {"historical_average": "HistAvg", "xgboost": "XGBoost", "lstm": "LSTM",
-                  "arima": "ARIMA"}  # fmt: skip
+                  "arima": "ARIMA", "maml": "MAML"}  # fmt: skip
 
 
 def load_panel(spec: str, cfg: STMPConfig) -> tuple[str, D.STMPData]:
@@ -103,6 +103,10 @@ def fit_baseline(name: str, prep: D.Prepared, cfg: STMPConfig, seed: int) -> np.
                                n_steps=cfg.lstm_steps)  # fmt: skip
     if name == "arima":
         return B.arima_forecast(prep)
+    if name == "maml":
+        return B.maml_forecast(prep, seed=seed, window_len=cfg.window, hidden=cfg.hidden,
+                               n_steps=cfg.lstm_steps, n_tasks=cfg.n_tasks, n_query=cfg.n_query,
+                               n_support=cfg.n_context // 2)  # fmt: skip
     raise ValueError(f"unknown baseline {name!r}; known: {list(BASELINE_NAMES)}")
 
 

@@ -57,6 +57,13 @@ def test_arima_recovers_a_planted_autoregression():
                                rtol=1e-3)  # fmt: skip
 
 
+def test_maml_adapts_per_cell(prep):
+    rows, _ = np.nonzero(prep.test)
+    pred = B.maml_forecast(prep, window_len=14, hidden=8, n_steps=3, n_tasks=2, n_query=4,
+                           n_support=4)  # fmt: skip
+    assert pred.shape == rows.shape and np.isfinite(pred).all()
+
+
 def test_pipeline_smoke(tmp_path):
     cfg = dataclasses.replace(
         get_config(smoke=True), ablations=(), baselines=("historical_average",)

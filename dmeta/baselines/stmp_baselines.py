@@ -6,6 +6,7 @@ predictions f32[N] for the test targets in ``np.nonzero(prep.test)`` order.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import jax
@@ -163,3 +164,96 @@ def lstm_forecast(
     test_rows, test_cols = np.nonzero(prep.test)
     predict = jax.jit(lambda p, r, t: apply(p, r, t))
     return np.asarray(predict(params, jnp.asarray(test_rows), jnp.asarray(test_cols)))
+
+
+def maml_forecast(
+    prep: Prepared,
+    *,
+    seed: int = 0,
+    window_len: int = 28,
+    hidden: int = 32,
+    n_steps: int = 300,
+    n_tasks: int = 16,
+    n_query: int = 16,
+    n_support: int = 16,
+    inner_steps: int = 1,
+    inner_lr: float = 0.05,
+    lr: float = 3e-3,
+) -> np.ndarray:
+    """First-order MAML on the STMP backbone (latents fixed at zero), one task per cell.
+
+    Tasks are (region, date type) cells as for STMP; the support set is up to
+    ``n_support`` training days of the cell (query dates excluded), the inner loop
+    ``inner_steps`` SGD steps on their MSE. At test time every cell adapts on its
+    training days and predicts its test days.
+    """
+    from dmeta.meta.maml import adapt_tasks, init_meta_params, make_maml_task_loss
+    from dmeta.meta.steps import make_meta_train_step
+    from dmeta.stmp import model as stmp_model
+    from dmeta.stmp import train as stmp_train
+    from dmeta.train.state import init_train_state
+    from dmeta.types import TaskBatch
+
+    arrays, index = prep.arrays, prep.index
+    graphdef, theta = stmp_model.build(
+        window=window_len, period=prep.data.period, n_types=prep.data.n_types,
+        n_attrs=prep.data.attrs.shape[1], n_regions=len(prep.data.regions), latent=1,
+        hidden=hidden, seed=seed,
+    )  # fmt: skip
+    zeros = jnp.zeros((1, 1))
+
+    def predict(params, r, days):
+        mean, _ = stmp_train.predict_cell(stmp_model.bind(graphdef, params), arrays, r, days,
+                                          zeros, zeros)  # fmt: skip
+        return mean[0]
+
+    def loss_fn(params, split):
+        r, days, mask = split
+        err = jnp.square(predict(params, r, days) - arrays.ys[r, days])
+        return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+    task_loss = make_maml_task_loss(loss_fn, steps=inner_steps, step_size=inner_lr,
+                                    first_order=True)  # fmt: skip
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
+    update = make_meta_train_step(task_loss, opt)
+    n_days = arrays.ys.shape[1]
+
+    @jax.jit
+    def step(state):
+        key, k_batch, k_step = jax.random.split(state.key, 3)
+        t = stmp_train.sample_tasks(k_batch, index, jnp.int32(stmp_train.JOINT), n_tasks=n_tasks,
+                                    n_query=n_query, n_context=2 * n_support, n_days=n_days)  # fmt: skip
+        support = (t.region, t.region_ctx[:, :n_support], t.region_ctx_mask[:, :n_support])
+        batch = TaskBatch(support=support, query=(t.region, t.days, t.mask), segment=t.region)
+        return update(dataclasses.replace(state, key=key), batch, k_step)
+
+    state = init_train_state(init_meta_params(theta), opt, jax.random.key(seed))
+    for _ in range(n_steps):
+        state, _ = step(state)
+
+    # test: one task per (region, date type) cell with test targets, days padded to [C, M]
+    rows, cols = np.nonzero(prep.test)
+    types = prep.data.date_type[rows, cols]
+    cells, inverse = np.unique(rows * prep.data.n_types + types, return_inverse=True)
+    width = int(np.bincount(inverse).max())
+    days = np.zeros((cells.size, width), np.int32)
+    slot = np.zeros(rows.size, np.int64)
+    for c in range(cells.size):
+        members = np.flatnonzero(inverse == c)
+        days[c, : members.size] = cols[members]
+        slot[members] = np.arange(members.size)
+    cell_r = jnp.asarray(cells // prep.data.n_types)
+    cell_d = jnp.asarray(cells % prep.data.n_types)
+    sup_days, sup_mask = stmp_train.region_context_days(
+        jax.random.key(seed + 1), index, cell_r, cell_d, 2 * n_support
+    )
+    support = (cell_r, sup_days[:, :n_support], sup_mask[:, :n_support])
+    tasks = TaskBatch(support=support, query=support, segment=cell_r)
+
+    @jax.jit
+    def test_predictions(meta_params, tasks, days):
+        adapted = adapt_tasks(loss_fn, meta_params, tasks, steps=inner_steps, step_size=inner_lr)
+        return jax.lax.map(lambda a: predict(*a), (adapted, tasks.segment, days), batch_size=8)
+
+    out = np.asarray(test_predictions(state.params, tasks, jnp.asarray(days)))
+    return out[inverse, slot]

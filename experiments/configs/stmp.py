@@ -23,7 +23,7 @@ class STMPConfig:
       baselines: baselines to run (cheapest first).
       ablations: STMP ablations (deterministic latents, no jump-LSTM, joint training).
       one_week: also run the one-week-of-festival-data robustness setting.
-      xgb_estimators, lstm_steps: baseline sizes.
+      xgb_estimators, lstm_steps: baseline sizes (lstm_steps also sets MAML's outer steps).
       max_regions: keep only the first regions (None: all).
     """
 
@@ -42,7 +42,7 @@ class STMPConfig:
     test_days: int = 365
     synthetic_regions: int = 24
     synthetic_days: int = 3 * 365
-    baselines: tuple[str, ...] = ("historical_average", "xgboost", "lstm", "arima")
+    baselines: tuple[str, ...] = ("historical_average", "arima", "xgboost", "lstm", "maml")
     ablations: tuple[str, ...] = ("deterministic", "no_jump", "joint")
     one_week: bool = True
     xgb_estimators: int = 100
