@@ -96,8 +96,10 @@ def run_cell(
     *,
     methods: tuple[str, ...],
     figure_dir: Path | None = None,
+    with_cdltvs: bool = True,
 ) -> list[dict]:
-    """All methods for one sparsity level and seed; long rows without dataset/seed."""
+    """All methods for one sparsity level and seed; long rows without dataset/seed.
+    ``with_cdltvs=False`` runs only the baselines in ``methods``."""
     p_label = f"P={round(100 * p)}%"
     train, val, test = ltv_data.split_customers(ltv_data.apply_sparsity(data, p, seed), seed)
     rows: list[dict] = []
@@ -132,6 +134,8 @@ def run_cell(
         add("table1", name, pred, time.perf_counter() - start)
         logger.info("%s seed %d %s done in %.1fs", p_label, seed, name, time.perf_counter() - start)
 
+    if not with_cdltvs:
+        return rows
     start = time.perf_counter()
     stage1 = fit_stage1(train, val, seed=seed, **cfg.arch(), **cfg.fit())
     t1 = time.perf_counter() - start
@@ -286,6 +290,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-customers", type=int, default=None, help="real-data subset")
     parser.add_argument("--no-ablations", action="store_true", help="skip ablations")
     parser.add_argument("--sweep-seeds", type=int, default=None, help="seeds of the k sweep")
+    parser.add_argument(
+        "--baselines-only", action="store_true", help="only the --methods baselines"
+    )
 
 
 def run(
@@ -300,6 +307,7 @@ def run(
     max_customers: int | None = None,
     no_ablations: bool = False,
     sweep_seeds: int | None = None,
+    baselines_only: bool = False,
     **options,
 ) -> pd.DataFrame:
     """The whole protocol; writes results.csv/.md, PNGs, command.txt and config.json."""
@@ -329,6 +337,7 @@ def run(
                 seed,
                 methods=chosen,
                 figure_dir=out if (p == 0.0 and seed == 0) else None,
+                with_cdltvs=not baselines_only,
             )
             rows += [{"dataset": name, "seed": seed, **r} for r in cell]
             pd.DataFrame(rows).to_csv(out / "results_partial.csv", index=False)
@@ -336,12 +345,12 @@ def run(
                 f.write(f"{time.strftime('%H:%M:%S')} P={p} seed={seed} done\n")
     df = pd.DataFrame(rows)[["experiment", "dataset", "method", "group", "seed", "metric", "value"]]
     scatter = out / "scatter_P=0_seed0.npz"
-    files = plots(df, out, scatter)
+    files = [] if baselines_only else plots(df, out, scatter)
     extra = [
         f"## Table 1 analog ({name}, mean over {seeds} seeds, all customers)\n",
         table1_markdown(df),
     ]
-    if seeds >= 2:
+    if seeds >= 2 and not baselines_only:
         t1 = df[df["experiment"] == "table1"]
         for other in ("LtvS", "DASL", "PTUPCDR"):
             if other in set(t1["method"]):

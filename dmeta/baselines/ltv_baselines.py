@@ -127,15 +127,17 @@ def bgnbd_gamma_gamma(
     del val, seed
     x, t_x, T, n, m = _rfm(train.t_series, train.t_observed)
     seen = n > 0
+    # log-parameters bounded: E[Y(t)] needs a > 1, and without dropout in the data the
+    # unbounded optimum runs off to a -> 0, b -> inf
+    bounds = [(-8.0, 8.0), (-8.0, 8.0), (np.log(1.01), 8.0), (-8.0, 8.0)]
     res = scipy.optimize.minimize(
         _bgnbd_nll,
-        np.zeros(4),
+        np.array([0.0, 0.0, 0.5, 0.0]),
         args=(x[seen], t_x[seen], T[seen]),
-        method="Nelder-Mead",
-        options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-6},
+        method="L-BFGS-B",
+        bounds=bounds,
     )
     bg = np.exp(res.x)
-    bg[2] = max(bg[2], 1.0 + 1e-3)  # E[Y(t)] needs a > 1
     pos = seen & (m > 0)
     gg = np.exp(
         scipy.optimize.minimize(
