@@ -105,7 +105,10 @@ def fit_predict_classical(
     if max_train is not None and len(y) > max_train:
         rows = np.random.default_rng(seed).choice(len(y), max_train, replace=False)
         x, y = x[rows], y[rows]
-    model = make_regressor(name, seed=seed).fit(x, y)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # multi-threaded BLAS only spins on a shared CPU
+        model = make_regressor(name, seed=seed).fit(x, y)
     t, n, s, f = query.x_local.shape
     xq = np.concatenate(
         [
