@@ -138,13 +138,13 @@ def test_views_alternate_and_route_gradients(prep):
 def test_train_step_traces_once_and_learns(prep):
     graphdef, params = build(prep)
     opt = optax.adam(3e-3)
-    step = T.make_train_step(graphdef, prep, opt, switch_every=2, n_tasks=4, n_query=4,
+    step = T.make_train_step(graphdef, opt, switch_every=2, n_tasks=4, n_query=4,
                              n_context=8, n_samples=2)  # fmt: skip
     step = jax.jit(chex.assert_max_traces(step, n=1))
     state = init_train_state(params, opt, jax.random.key(0))
     views = []
     for _ in range(5):
-        state, metrics = step(state)
+        state, metrics = step(state, prep.arrays, prep.index)
         views.append(int(metrics["view"]))
     assert views == [0, 0, 1, 1, 0] and int(state.step) == 5
     assert np.isfinite(float(metrics["loss"]))

@@ -135,35 +135,33 @@ def lstm_forecast(
     lr: float = 3e-3,
 ) -> np.ndarray:
     """A global LSTM trained with MSE on random training targets."""
-    arrays = prep.arrays
     model = LSTMForecaster(prep.data.n_types, prep.data.attrs.shape[1], hidden,
                            rngs=nnx.Rngs(seed))  # fmt: skip
     graphdef, params = nnx.split(model, nnx.Param)
     rows, cols = (jnp.asarray(a) for a in np.nonzero(prep.train))
 
-    def apply(params, r, t):
+    def apply(params, arrays, r, t):
         x = jax.vmap(lambda ri, ti: window(arrays, ri, ti, window_len))(r, t)
         return nnx.merge(graphdef, params)(x, arrays.dtype[r, t], arrays.dow[t], arrays.attrs[r])
 
     opt = optax.adam(optax.cosine_decay_schedule(lr, n_steps))
 
     @jax.jit
-    def step(params, opt_state, key):
+    def step(params, opt_state, key, arrays, rows, cols):  # panel as arguments, not constants
         i = jax.random.randint(key, (batch,), 0, rows.shape[0])
         r, t = rows[i], cols[i]
         loss, grads = jax.value_and_grad(
-            lambda p: jnp.mean(jnp.square(apply(p, r, t) - arrays.ys[r, t]))
+            lambda p: jnp.mean(jnp.square(apply(p, arrays, r, t) - arrays.ys[r, t]))
         )(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     opt_state = opt.init(params)
     for key in jax.random.split(jax.random.key(seed), n_steps):
-        params, opt_state, loss = step(params, opt_state, key)
+        params, opt_state, loss = step(params, opt_state, key, prep.arrays, rows, cols)
     logger.info("lstm baseline final loss %.4f", float(loss))
-    test_rows, test_cols = np.nonzero(prep.test)
-    predict = jax.jit(lambda p, r, t: apply(p, r, t))
-    return np.asarray(predict(params, jnp.asarray(test_rows), jnp.asarray(test_cols)))
+    test_rows, test_cols = (jnp.asarray(a) for a in np.nonzero(prep.test))
+    return np.asarray(jax.jit(apply)(params, prep.arrays, test_rows, test_cols))
 
 
 def maml_forecast(
@@ -194,7 +192,6 @@ def maml_forecast(
     from dmeta.train.state import init_train_state
     from dmeta.types import TaskBatch
 
-    arrays, index = prep.arrays, prep.index
     graphdef, theta = stmp_model.build(
         window=window_len, period=prep.data.period, n_types=prep.data.n_types,
         n_attrs=prep.data.attrs.shape[1], n_regions=len(prep.data.regions), latent=1,
@@ -202,24 +199,27 @@ def maml_forecast(
     )  # fmt: skip
     zeros = jnp.zeros((1, 1))
 
-    def predict(params, r, days):
+    def predict(params, arrays, r, days):
         mean, _ = stmp_train.predict_cell(stmp_model.bind(graphdef, params), arrays, r, days,
                                           zeros, zeros)  # fmt: skip
         return mean[0]
 
-    def loss_fn(params, split):
-        r, days, mask = split
-        err = jnp.square(predict(params, r, days) - arrays.ys[r, days])
-        return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    def make_loss(arrays):
+        def loss_fn(params, split):
+            r, days, mask = split
+            err = jnp.square(predict(params, arrays, r, days) - arrays.ys[r, days])
+            return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
-    task_loss = make_maml_task_loss(loss_fn, steps=inner_steps, step_size=inner_lr,
-                                    first_order=True)  # fmt: skip
+        return loss_fn
+
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
-    update = make_meta_train_step(task_loss, opt)
-    n_days = arrays.ys.shape[1]
+    n_days = prep.arrays.ys.shape[1]
 
     @jax.jit
-    def step(state):
+    def step(state, arrays, index):  # panel as arguments, not constants
+        task_loss = make_maml_task_loss(make_loss(arrays), steps=inner_steps,
+                                        step_size=inner_lr, first_order=True)  # fmt: skip
+        update = make_meta_train_step(task_loss, opt)
         key, k_batch, k_step = jax.random.split(state.key, 3)
         t = stmp_train.sample_tasks(k_batch, index, jnp.int32(stmp_train.JOINT), n_tasks=n_tasks,
                                     n_query=n_query, n_context=2 * n_support, n_days=n_days)  # fmt: skip
@@ -229,7 +229,7 @@ def maml_forecast(
 
     state = init_train_state(init_meta_params(theta), opt, jax.random.key(seed))
     for _ in range(n_steps):
-        state, _ = step(state)
+        state, _ = step(state, prep.arrays, prep.index)
 
     # test: one task per (region, date type) cell with test targets, days padded to [C, M]
     rows, cols = np.nonzero(prep.test)
@@ -245,15 +245,19 @@ def maml_forecast(
     cell_r = jnp.asarray(cells // prep.data.n_types)
     cell_d = jnp.asarray(cells % prep.data.n_types)
     sup_days, sup_mask = stmp_train.region_context_days(
-        jax.random.key(seed + 1), index, cell_r, cell_d, 2 * n_support
+        jax.random.key(seed + 1), prep.index, cell_r, cell_d, 2 * n_support
     )
     support = (cell_r, sup_days[:, :n_support], sup_mask[:, :n_support])
     tasks = TaskBatch(support=support, query=support, segment=cell_r)
 
     @jax.jit
-    def test_predictions(meta_params, tasks, days):
-        adapted = adapt_tasks(loss_fn, meta_params, tasks, steps=inner_steps, step_size=inner_lr)
-        return jax.lax.map(lambda a: predict(*a), (adapted, tasks.segment, days), batch_size=8)
+    def test_predictions(meta_params, tasks, days, arrays):
+        adapted = adapt_tasks(make_loss(arrays), meta_params, tasks, steps=inner_steps,
+                              step_size=inner_lr)  # fmt: skip
+        return jax.lax.map(
+            lambda a: predict(a[0], arrays, a[1], a[2]), (adapted, tasks.segment, days),
+            batch_size=8,
+        )  # fmt: skip
 
-    out = np.asarray(test_predictions(state.params, tasks, jnp.asarray(days)))
+    out = np.asarray(test_predictions(state.params, tasks, jnp.asarray(days), prep.arrays))
     return out[inverse, slot]

@@ -243,7 +243,6 @@ def make_task_loss(
 
 def make_train_step(
     graphdef: nnx.GraphDef,
-    prep: Prepared,
     optimizer: optax.GradientTransformation,
     *,
     mode: Mode = "alternate",
@@ -254,26 +253,26 @@ def make_train_step(
     n_samples: int = 4,
     beta: float = 1e-2,
     sigma: float | None = None,
-) -> Callable[[TrainState], tuple[TrainState, dict[str, Array]]]:
-    """``step(state) -> (state, metrics)``: draws tasks for the step's view, then one update.
+) -> Callable[[TrainState, Arrays, CellIndex], tuple[TrainState, dict[str, Array]]]:
+    """``step(state, arrays, index) -> (state, metrics)``: tasks for the step's view, one update.
 
+    The panel is an argument, not a closure constant (XLA folds large constants slowly).
     The task loss is ``vmap``-ed over the batch by ``dmeta.meta.steps``; jit the result.
     """
-    task_loss = make_task_loss(graphdef, prep.arrays, n_samples=n_samples, beta=beta, sigma=sigma)
-    update = make_meta_train_step(task_loss, optimizer)
-    n_days = prep.arrays.ys.shape[1]
 
-    def step(state: TrainState):
+    def step(state: TrainState, arrays: Arrays, index: CellIndex):
+        task_loss = make_task_loss(graphdef, arrays, n_samples=n_samples, beta=beta, sigma=sigma)
+        update = make_meta_train_step(task_loss, optimizer)
         next_key, k_batch, k_step = jax.random.split(state.key, 3)
         view = view_at(state.step, mode=mode, switch_every=switch_every)
         batch = sample_tasks(
             k_batch,
-            prep.index,
+            index,
             view,
             n_tasks=n_tasks,
             n_query=n_query,
             n_context=n_context,
-            n_days=n_days,
+            n_days=arrays.ys.shape[1],
         )
         state = TrainState(state.params, state.opt_state, state.step, next_key)
         state, metrics = update(state, batch, k_step)
@@ -283,11 +282,11 @@ def make_train_step(
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_step(graphdef, prep: Prepared, lr: float, n_steps: int, step_items: tuple):
+def _compiled_step(graphdef, lr: float, n_steps: int, step_items: tuple):
     optimizer = optax.chain(
         optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(lr, n_steps))
     )
-    step = make_train_step(graphdef, prep, optimizer, **dict(step_items))
+    step = make_train_step(graphdef, optimizer, **dict(step_items))
     return optimizer, jax.jit(step, donate_argnums=0)
 
 
@@ -304,15 +303,13 @@ def fit(
 ) -> tuple[Params, list[dict[str, float]]]:
     """Trains STMP for ``n_steps`` (Adam, cosine decay); returns params and logged metrics.
 
-    The jitted step is cached per (graphdef, panel, sizes), so seeds reuse one compile.
+    The jitted step is cached per (graphdef, sizes), so seeds reuse one compile.
     """
-    optimizer, step = _compiled_step(
-        graphdef, prep, lr, n_steps, tuple(sorted(step_kwargs.items()))
-    )
+    optimizer, step = _compiled_step(graphdef, lr, n_steps, tuple(sorted(step_kwargs.items())))
     state = init_train_state(params, optimizer, key)
     history, start = [], time.perf_counter()
     for i in range(n_steps):
-        state, metrics = step(state)
+        state, metrics = step(state, prep.arrays, prep.index)
         if log_every and (i % log_every == 0 or i == n_steps - 1):
             row = {k: float(v) for k, v in metrics.items()}
             history.append(dict(row, step=i, seconds=time.perf_counter() - start))
