@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
     )
     if args.command == "demo":
         print(f"wrote {run_demo(registry, args.out, args.smoke)}")

@@ -38,7 +38,7 @@ def init_modulator(key: Key, q_dim: int, theta: Params, *, scale: float = 1e-2) 
     """
     n_params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(theta))
     w = scale * jax.random.normal(key, (q_dim, n_params)) / math.sqrt(q_dim)
-    return {"w": w, "b": jnp.full((n_params,), 3.0)}
+    return {"w": w, "b": jnp.full((n_params,), 3.0, jnp.float32)}
 
 
 def modulator(m_params: Params, q: Array, theta: Params) -> Params:
