@@ -35,6 +35,7 @@ from dmeta.c2m.sequences import BEHAVIOR_VOCAB, build_sequences, build_vocabular
 from dmeta.c2m.synthetic import SyntheticC2M, synthetic_c2m
 from dmeta.data.spec import parse_data_spec
 from dmeta.train.results import markdown_table, significance_table, write_results, write_run_header
+from experiments.configs import with_overrides
 from experiments.configs.c2m import C2MConfig, get_config
 
 NAME = "c2m"
@@ -427,10 +428,9 @@ def run(
     out = Path(out)
     log.setLevel(logging.INFO)
     cfg = get_config(smoke)
-    overrides = dict(
-        n_segments=segments, joint_epochs=joint_epochs, pretrain_epochs=pretrain_epochs
+    cfg = with_overrides(
+        cfg, n_segments=segments, joint_epochs=joint_epochs, pretrain_epochs=pretrain_epochs
     )
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     write_run_header(out, command, dataclasses.asdict(cfg) | {"data": data, "seeds": seeds})
     title = f"C2M on {parse_data_spec(data).name}"
 

@@ -33,6 +33,7 @@ from dmeta.train.results import (  # noqa: E402
     write_results,
     write_run_header,
 )
+from experiments.configs import with_overrides  # noqa: E402
 from experiments.configs.cdltvs import CDLtvSConfig, get_config  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -312,12 +313,12 @@ def run(
 ) -> pd.DataFrame:
     """The whole protocol; writes results.csv/.md, PNGs, command.txt and config.json."""
     cfg = get_config(smoke=smoke, size=size)
-    if max_customers is not None:
-        cfg = dataclasses.replace(cfg, max_customers=max_customers)
-    if no_ablations:
-        cfg = dataclasses.replace(cfg, ablations=False)
-    if sweep_seeds is not None:
-        cfg = dataclasses.replace(cfg, sweep_seeds=sweep_seeds)
+    cfg = with_overrides(
+        cfg,
+        max_customers=max_customers,
+        ablations=False if no_ablations else None,
+        sweep_seeds=sweep_seeds,
+    )
     chosen = tuple(methods.split(",")) if methods else BASELINES
     unknown = [m for m in chosen if m not in BASELINES]
     if unknown:

@@ -54,6 +54,7 @@ from dmeta.train.loop import fit
 from dmeta.train.results import markdown_table, write_results, write_run_header
 from dmeta.train.state import init_train_state
 from dmeta.types import TaskBatch
+from experiments.configs import with_overrides
 from experiments.configs.rmldp import RMLDPConfig, get_config
 
 logger = logging.getLogger(__name__)
@@ -513,14 +514,14 @@ def run(
 ) -> pd.DataFrame:
     """The whole protocol; writes results.csv/.md, segments.csv, PNGs, command.txt, config."""
     cfg = get_config(smoke=smoke, size=size)
-    overrides = dict(
+    cfg = with_overrides(
+        cfg,
         max_segments=max_segments,
         seq_len=seq_len,
         horizon_gap=horizon_gap,
         horizon_len=horizon_len,
         meta_steps=meta_steps,
     )
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     out = Path(out)
     write_run_header(out, command, dict(dataclasses.asdict(cfg), data=data, seeds=seeds))
     dataset = load_data(data, cfg=cfg, baskets=baskets, edges=edges)

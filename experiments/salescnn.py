@@ -39,6 +39,7 @@ from dmeta.salescnn.pipeline import (
     region_mse,
 )
 from dmeta.train.results import markdown_table, write_results, write_run_header
+from experiments.configs import with_overrides
 from experiments.configs.salescnn import DAILY, SalesCNNConfig, get_config
 
 logger = logging.getLogger(__name__)
@@ -238,9 +239,7 @@ def run(
     cfg = get_config(smoke)
     if daily and not smoke:
         cfg = dataclasses.replace(cfg, **DAILY)
-    cfg = dataclasses.replace(
-        cfg, **{k: v for k, v in options.items() if k in OVERRIDES and v is not None}
-    )
+    cfg = with_overrides(cfg, **{k: v for k, v in options.items() if k in OVERRIDES})
     panel = top_regions(panel, cfg.n_regions)
     write_run_header(out, command, dataclasses.asdict(cfg) | {"data": data, "seeds": seeds})
     dataset = parse_data_spec(data).name

@@ -33,6 +33,7 @@ from dmeta.train.results import (  # noqa: E402
     write_results,
     write_run_header,
 )
+from experiments.configs import with_overrides  # noqa: E402
 from experiments.configs.stmp import STMPConfig, get_config  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -218,10 +219,7 @@ def run(*, data: str, out: Path, smoke: bool, seeds: int, command: str, steps=No
         no_one_week=False, **_) -> pd.DataFrame:  # fmt: skip
     """Runs the protocol; writes results.csv/md, command.txt, config.json, a PNG."""
     cfg = get_config(smoke)
-    if steps is not None:
-        cfg = dataclasses.replace(cfg, n_steps=steps)
-    if no_one_week:
-        cfg = dataclasses.replace(cfg, one_week=False)
+    cfg = with_overrides(cfg, n_steps=steps, one_week=False if no_one_week else None)
     out = Path(out)
     write_run_header(out, command, dataclasses.asdict(cfg))
     dataset, panel = load_panel(data, cfg)
