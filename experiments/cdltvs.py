@@ -6,6 +6,10 @@ of the test customers; NMAE, NRMSE and normalized Gini overall and for C_na / C_
 (LtvS per domain) is shared by CDLtvS and its w/o L_AP / w/o L_AT ablations; w/o L_ExMN
 re-runs stage 1 without L_EC / L_EO. Experts k in ``sweep_k`` on the first ``sweep_seeds``
 seeds. Figure 7: predicted vs actual LTV coloured by expert, stage 1 and stage 2 (P = 0).
+
+Single-domain data (``--data cdnow``): LtvS (stage 1 only) and the single-domain baselines in
+the classic CDNOW split (:mod:`dmeta.ltv.cdnow`); cross-domain methods and P > 0 do not apply
+and the results say so.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dmeta import metrics  # noqa: E402
 from dmeta.baselines import ltv_baselines as B  # noqa: E402
 from dmeta.data.spec import parse_data_spec  # noqa: E402
 from dmeta.ltv import data as ltv_data  # noqa: E402
+from dmeta.ltv.cdnow import load_cdnow  # noqa: E402
 from dmeta.ltv.train import fit_stage1, fit_stage2  # noqa: E402
 from dmeta.train.results import (  # noqa: E402
     markdown_table,
@@ -48,12 +53,14 @@ BASELINES = (
     "PTUPCDR",
     "DASL",
 )
+SINGLE_DOMAIN = ("ARIMA", "BG/NBD+GG", "XGBoost-2stage", "LSTM", "TCN", "ZILN")
+SINGLE_DOMAIN_DATA = ("cdnow",)
 METRICS = {"nmae": metrics.nmae, "nrmse": metrics.nrmse, "gini": metrics.normalized_gini}
 
 
 def load_data(spec: str, cfg: CDLtvSConfig, seed: int = 0) -> ltv_data.CrossDomainData:
-    """``synthetic`` | ``completejourney[:PATH]`` | ``transactions:PATH``; real data keeps a
-    seeded subset of ``max_customers`` customers when set."""
+    """``synthetic`` | ``completejourney[:PATH]`` | ``transactions:PATH`` | ``cdnow[:PATH]``;
+    real data keeps a seeded subset of ``max_customers`` customers when set."""
     parsed = parse_data_spec(spec)
     if parsed.name == "synthetic":
         return ltv_data.make_synthetic(cfg.n_customers, cfg.n_periods, cfg.horizon, seed=seed)
@@ -67,8 +74,12 @@ def load_data(spec: str, cfg: CDLtvSConfig, seed: int = 0) -> ltv_data.CrossDoma
         data = ltv_data.load_completejourney(parsed.path, **kw)
     elif parsed.name == "transactions":
         data = ltv_data.load_transactions(parsed.path, **kw)
+    elif parsed.name == "cdnow":
+        data = load_cdnow(parsed.path, **kw)
     else:
-        raise ValueError(f"--data {spec!r}: cdltvs reads synthetic, completejourney, transactions")
+        raise ValueError(
+            f"--data {spec!r}: cdltvs reads synthetic, completejourney, transactions, cdnow"
+        )
     customers = np.unique(data.customer)
     if cfg.max_customers is not None and len(customers) > cfg.max_customers:
         keep = np.random.default_rng(seed).choice(customers, cfg.max_customers, replace=False)
@@ -98,9 +109,11 @@ def run_cell(
     methods: tuple[str, ...],
     figure_dir: Path | None = None,
     with_cdltvs: bool = True,
+    cross_domain: bool = True,
 ) -> list[dict]:
     """All methods for one sparsity level and seed; long rows without dataset/seed.
-    ``with_cdltvs=False`` runs only the baselines in ``methods``."""
+    ``with_cdltvs=False`` runs only the baselines in ``methods``; ``cross_domain=False`` stops
+    after LtvS (stage 1: no CDLtvS, ablations or k sweep)."""
     p_label = f"P={round(100 * p)}%"
     train, val, test = ltv_data.split_customers(ltv_data.apply_sparsity(data, p, seed), seed)
     rows: list[dict] = []
@@ -142,20 +155,18 @@ def run_cell(
     t1 = time.perf_counter() - start
     ltvs_pred, ltvs_expert = stage1.predict_ltvs(test)
     add("table1", "LtvS", ltvs_pred, t1)
-    start = time.perf_counter()
-    full = fit_stage2(stage1, train, val, lambdas=cfg.lambdas, seed=seed, **cfg.fit())
-    cd_pred, cd_expert = full.predict(test)
-    add("table1", "CDLtvS", cd_pred, t1 + time.perf_counter() - start)
-    logger.info("%s seed %d LtvS/CDLtvS done", p_label, seed)
+    scatter = dict(y=test.t_y, ltvs=ltvs_pred, ltvs_expert=ltvs_expert)
+    if cross_domain:
+        start = time.perf_counter()
+        full = fit_stage2(stage1, train, val, lambdas=cfg.lambdas, seed=seed, **cfg.fit())
+        cd_pred, cd_expert = full.predict(test)
+        add("table1", "CDLtvS", cd_pred, t1 + time.perf_counter() - start)
+        scatter.update(cd=cd_pred, cd_expert=cd_expert)
+    logger.info("%s seed %d %s done", p_label, seed, "LtvS/CDLtvS" if cross_domain else "LtvS")
     if figure_dir is not None:
-        np.savez(
-            figure_dir / f"scatter_{p_label.replace('%', '')}_seed{seed}.npz",
-            y=test.t_y,
-            ltvs=ltvs_pred,
-            ltvs_expert=ltvs_expert,
-            cd=cd_pred,
-            cd_expert=cd_expert,
-        )
+        np.savez(figure_dir / f"scatter_{p_label.replace('%', '')}_seed{seed}.npz", **scatter)
+    if not cross_domain:
+        return rows
     if cfg.ablations:
         l1, l2, l3, l4 = cfg.lambdas
         for method, lam in (("w/o L_AP", (l1, l2, 0.0, l4)), ("w/o L_AT", (l1, l2, l3, 0.0))):
@@ -202,28 +213,29 @@ def plots(df: pd.DataFrame, out: Path, scatter_file: Path | None) -> list[str]:
     d["subset"] = d["group"].str.split("/").str[1]
     mean = d.groupby(["experiment", "method", "P", "subset", "metric"])["value"].mean()
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, metric in zip(axes, ("nmae", "nrmse"), strict=True):
-        for method in ("CDLtvS", "PTUPCDR", "DASL", "LtvS"):
-            for subset, style in (("C_na", "--"), ("C_a", "-")):
-                try:
-                    s = mean.loc[("table1", method, slice(None), subset, metric)]
-                except KeyError:
-                    continue
-                ax.plot(
-                    s.index.get_level_values("P"),
-                    s.values,
-                    style,
-                    marker="o",
-                    label=f"{method} {subset}",
-                )
-        ax.set_xlabel("sparse share P (%)")
-        ax.set_title(metric.upper())
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "fig4_sparse_vs_nonsparse.png", dpi=120)
-    plt.close(fig)
-    files.append("fig4_sparse_vs_nonsparse.png")
+    if (d["subset"] == "C_na").any():  # Figure 4 needs sparse customers (none: one domain)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        for ax, metric in zip(axes, ("nmae", "nrmse"), strict=True):
+            for method in ("CDLtvS", "PTUPCDR", "DASL", "LtvS"):
+                for subset, style in (("C_na", "--"), ("C_a", "-")):
+                    try:
+                        s = mean.loc[("table1", method, slice(None), subset, metric)]
+                    except KeyError:
+                        continue
+                    ax.plot(
+                        s.index.get_level_values("P"),
+                        s.values,
+                        style,
+                        marker="o",
+                        label=f"{method} {subset}",
+                    )
+            ax.set_xlabel("sparse share P (%)")
+            ax.set_title(metric.upper())
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "fig4_sparse_vs_nonsparse.png", dpi=120)
+        plt.close(fig)
+        files.append("fig4_sparse_vs_nonsparse.png")
 
     for experiment, fname, xlabel in (
         ("ablation", "fig5_ablation.png", "sparse share P (%)"),
@@ -253,15 +265,13 @@ def plots(df: pd.DataFrame, out: Path, scatter_file: Path | None) -> list[str]:
 
     if scatter_file is not None and scatter_file.exists():
         z = np.load(scatter_file)
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharex=True, sharey=True)
-        for ax, (title, pred, expert) in zip(
-            axes,
-            (
-                ("Stage 1 (LtvS)", z["ltvs"], z["ltvs_expert"]),
-                ("Stage 2 (CDLtvS)", z["cd"], z["cd_expert"]),
-            ),
-            strict=True,
-        ):
+        panels = [("Stage 1 (LtvS)", z["ltvs"], z["ltvs_expert"])]
+        if "cd" in z:  # absent on single-domain data
+            panels.append(("Stage 2 (CDLtvS)", z["cd"], z["cd_expert"]))
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(5 * len(panels), 4.2), sharex=True, sharey=True, squeeze=False
+        )
+        for ax, (title, pred, expert) in zip(axes[0], panels, strict=True):
             for e in np.unique(expert):
                 m = expert == e
                 ax.scatter(
@@ -276,7 +286,7 @@ def plots(df: pd.DataFrame, out: Path, scatter_file: Path | None) -> list[str]:
             ax.set_xlabel("log1p(actual LTV)")
             ax.set_title(title)
             ax.legend(fontsize=7)
-        axes[0].set_ylabel("log1p(predicted LTV)")
+        axes[0, 0].set_ylabel("log1p(predicted LTV)")
         fig.tight_layout()
         fig.savefig(out / "fig7_scatter_experts.png", dpi=120)
         plt.close(fig)
@@ -296,6 +306,22 @@ def add_arguments(parser) -> None:
     )
 
 
+def single_domain_note(name: str, cfg: CDLtvSConfig, skipped: list[str]) -> str:
+    """Markdown paragraph: what a single-domain run leaves out and which split it uses."""
+    asked = f" (requested and skipped: {', '.join(skipped)})" if skipped else ""
+    return (
+        f"**Single-domain data ({name}).** There is no source domain, so CDLtvS (stage 2) and the "
+        f"cross-domain baselines PTUPCDR and DASL are not applicable{asked}; neither are the "
+        "sparsity levels P > 0 (removing the only history leaves nothing to transfer from), the "
+        "ablations and the k sweep (they vary stage 2). LtvS is stage 1 (eq. 12) on the "
+        "purchases; BG/NBD + Gamma-Gamma is the classical reference. Split: "
+        f"{cfg.period_days}-day windows from the first purchase date, {cfg.tx_periods} history "
+        f"windows, label = spend in the next {cfg.tx_horizon} windows, {cfg.n_anchors} anchor(s) "
+        "per customer, customers split 7:2:1 (on the CDNOW master file with the defaults: the "
+        "classic 39-week calibration 1997-01-01..1997-09-30 and 39-week holdout to 1998-06-30).\n"
+    )
+
+
 def run(
     *,
     data: str,
@@ -311,22 +337,30 @@ def run(
     baselines_only: bool = False,
     **options,
 ) -> pd.DataFrame:
-    """The whole protocol; writes results.csv/.md, PNGs, command.txt and config.json."""
-    cfg = get_config(smoke=smoke, size=size)
+    """The whole protocol; writes results.csv/.md, PNGs, command.txt and config.json.
+    Single-domain data runs LtvS and the single-domain baselines at P = 0 (see
+    :func:`single_domain_note`)."""
+    name = parse_data_spec(data).name
+    single = name in SINGLE_DOMAIN_DATA
+    cfg = get_config(smoke=smoke, size=size, data=name)
     cfg = with_overrides(
         cfg,
         max_customers=max_customers,
         ablations=False if no_ablations else None,
         sweep_seeds=sweep_seeds,
     )
-    chosen = tuple(methods.split(",")) if methods else BASELINES
+    chosen = tuple(methods.split(",")) if methods else (SINGLE_DOMAIN if single else BASELINES)
     unknown = [m for m in chosen if m not in BASELINES]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {BASELINES}")
+    notes = []
+    if single:
+        notes.append(single_domain_note(name, cfg, [m for m in chosen if m not in SINGLE_DOMAIN]))
+        logger.warning(notes[0])
+        chosen = tuple(m for m in chosen if m in SINGLE_DOMAIN)
     out = Path(out)
     write_run_header(out, command, dict(dataclasses.asdict(cfg), data=data, seeds=seeds))
     dataset = load_data(data, cfg)
-    name = parse_data_spec(data).name
     logger.info("%s: %d samples, %d customers", name, dataset.n, len(np.unique(dataset.customer)))
     rows = []
     for p in cfg.sparsity:
@@ -339,6 +373,7 @@ def run(
                 methods=chosen,
                 figure_dir=out if (p == 0.0 and seed == 0) else None,
                 with_cdltvs=not baselines_only,
+                cross_domain=not single,
             )
             rows += [{"dataset": name, "seed": seed, **r} for r in cell]
             pd.DataFrame(rows).to_csv(out / "results_partial.csv", index=False)
@@ -347,17 +382,18 @@ def run(
     df = pd.DataFrame(rows)[["experiment", "dataset", "method", "group", "seed", "metric", "value"]]
     scatter = out / "scatter_P=0_seed0.npz"
     files = [] if baselines_only else plots(df, out, scatter)
-    extra = [
+    extra = notes + [
         f"## Table 1 analog ({name}, mean over {seeds} seeds, all customers)\n",
         table1_markdown(df),
     ]
     if seeds >= 2 and not baselines_only:
         t1 = df[df["experiment"] == "table1"]
-        for other in ("LtvS", "DASL", "PTUPCDR"):
+        ref, others = ("LtvS", chosen) if single else ("CDLtvS", ("LtvS", "DASL", "PTUPCDR"))
+        for other in others:
             if other in set(t1["method"]):
-                sig = significance_table(t1, "CDLtvS", other, "nmae")
+                sig = significance_table(t1, ref, other, "nmae")
                 extra += [
-                    f"\n### CDLtvS vs {other}, NMAE (paired t over seeds)\n",
+                    f"\n### {ref} vs {other}, NMAE (paired t over seeds)\n",
                     markdown_table(sig, floatfmt=".4g"),
                 ]
     extra += [f"\n![{f}]({f})\n" for f in files]

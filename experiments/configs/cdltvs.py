@@ -57,9 +57,12 @@ class CDLtvSConfig:
         return {key: getattr(self, key) for key in keys}
 
 
-def get_config(smoke: bool = False, size: str = "cpu") -> CDLtvSConfig:
+def get_config(smoke: bool = False, size: str = "cpu", data: str = "synthetic") -> CDLtvSConfig:
     """``size="paper"``: h = 128, d = 80 (5.1.4); ``"cpu"``: h = 32, d = 20 (same d/h ratio)
-    so the full protocol fits the shared 2-core machine; ``smoke``: seconds end to end."""
+    so the full protocol fits the shared 2-core machine; ``smoke``: seconds end to end.
+    ``data="cdnow"`` (single domain): the classic BG/NBD split (39 weekly history windows, the
+    next 39 weeks as label, one anchor), every customer (a subset at smoke size), P = 0 only, no
+    ablations or k sweep (they are about stage 2)."""
     if size not in ("paper", "cpu"):
         raise ValueError(f"size must be 'paper' or 'cpu', got {size!r}")
     cfg = CDLtvSConfig()
@@ -83,5 +86,17 @@ def get_config(smoke: bool = False, size: str = "cpu") -> CDLtvSConfig:
             sparsity=(0.0, 0.5),
             sweep_k=(2, 4),
             sweep_seeds=1,
+        )
+    if data == "cdnow":
+        cfg = dataclasses.replace(
+            cfg,
+            period_days=7,
+            tx_periods=39,
+            tx_horizon=39,
+            n_anchors=1,
+            max_customers=cfg.max_customers if smoke else None,
+            sparsity=(0.0,),
+            ablations=False,
+            sweep_seeds=0,
         )
     return cfg
