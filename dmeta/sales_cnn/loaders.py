@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dmeta.data.frames import DataError
-from dmeta.salescnn.frames import SalesPanel
+from dmeta.sales_cnn.frames import SalesPanel
 
 logger = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pandas as pd
 
-from dmeta.baselines.salescnn_baselines import arima_forecast, fe_features, persistence_forecast
-from dmeta.salescnn.loaders import synthetic_panel
-from dmeta.salescnn.pipeline import METHODS, pooled, prepare, region_mse, weighted
+from dmeta.baselines.sales_cnn_baselines import arima_forecast, fe_features, persistence_forecast
+from dmeta.sales_cnn.loaders import synthetic_panel
+from dmeta.sales_cnn.pipeline import METHODS, pooled, prepare, region_mse, weighted
 
 
 def test_prepare_split_and_weights():
@@ -44,12 +44,12 @@ def test_baseline_features_and_forecasts():
 
 
 def test_smoke_run_end_to_end(tmp_path):
-    from experiments import salescnn
+    from experiments import sales_cnn
 
-    df = salescnn.run(
-        data="synthetic", out=tmp_path, smoke=True, seeds=1, command="dmeta run salescnn"
+    df = sales_cnn.run(
+        data="synthetic", out=tmp_path, smoke=True, seeds=1, command="dmeta run sales_cnn"
     )
-    table = df[df["experiment"] == "salescnn"]
+    table = df[df["experiment"] == "sales_cnn"]
     assert set(table["method"]) == set(METHODS)
     groups = set(table["group"])
     assert "average" in groups and len(groups) == 3  # smoke keeps the 2 largest regions
@@ -69,10 +69,10 @@ def test_smoke_run_end_to_end(tmp_path):
 
 
 def test_sweep_plots(tmp_path):
-    from experiments import salescnn
+    from experiments import sales_cnn
 
     rows = [
-        (f"salescnn_sweep_{name}", "synthetic", "CNN+WD+TL", f"{name}={v}", s, "mse", v + s)
+        (f"sales_cnn_sweep_{name}", "synthetic", "CNN+WD+TL", f"{name}={v}", s, "mse", v + s)
         for name in ("horizon", "length", "beta")
         for v in (1, 2)
         for s in (0, 1)
@@ -80,7 +80,7 @@ def test_sweep_plots(tmp_path):
     df = pd.DataFrame(
         rows, columns=["experiment", "dataset", "method", "group", "seed", "metric", "value"]
     )
-    assert salescnn.plot_sweeps(df, tmp_path) == [
+    assert sales_cnn.plot_sweeps(df, tmp_path) == [
         "sweep_horizon.png",
         "sweep_length.png",
         "sweep_beta.png",

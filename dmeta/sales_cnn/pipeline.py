@@ -17,16 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dmeta.baselines.salescnn_baselines import (
+from dmeta.baselines.sales_cnn_baselines import (
     SalesDNN,
     arima_forecast,
     fe_features,
     fit_predict_gbrt,
     persistence_forecast,
 )
-from dmeta.salescnn.frames import SalesPanel, build_frames, split_ends
-from dmeta.salescnn.model import PAPER_ORDERS, SalesCNN
-from dmeta.salescnn.train import (
+from dmeta.sales_cnn.frames import SalesPanel, build_frames, split_ends
+from dmeta.sales_cnn.model import PAPER_ORDERS, SalesCNN
+from dmeta.sales_cnn.train import (
     Samples,
     Scaler,
     broadcast_params,

@@ -23,15 +23,15 @@ import numpy as np
 import pandas as pd
 
 from dmeta.data.spec import parse_data_spec
-from dmeta.salescnn.frames import SalesPanel
-from dmeta.salescnn.loaders import (
+from dmeta.sales_cnn.frames import SalesPanel
+from dmeta.sales_cnn.loaders import (
     load_cainiao,
     load_completejourney,
     load_frat,
     panel_from_long,
     synthetic_panel,
 )
-from dmeta.salescnn.pipeline import (
+from dmeta.sales_cnn.pipeline import (
     METHODS,
     forecast_baselines,
     forecast_networks,
@@ -40,11 +40,11 @@ from dmeta.salescnn.pipeline import (
 )
 from dmeta.train.results import markdown_table, write_results, write_run_header
 from experiments.configs import with_overrides
-from experiments.configs.salescnn import DAILY, SalesCNNConfig, get_config
+from experiments.configs.sales_cnn import DAILY, SalesCNNConfig, get_config
 
 logger = logging.getLogger(__name__)
 
-NAME = "salescnn"
+NAME = "sales_cnn"
 NETWORKS = ("DNN", "CNN", "CNN+WD", "CNN+WD+TL", "Single-CNN")
 OVERRIDES = (
     "length",

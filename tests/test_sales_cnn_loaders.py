@@ -6,7 +6,7 @@ import pytest
 
 from dmeta.data.frames import DataError
 from dmeta.data.spec import data_root
-from dmeta.salescnn.loaders import (
+from dmeta.sales_cnn.loaders import (
     CAINIAO_INDICATORS,
     load_cainiao,
     load_completejourney,

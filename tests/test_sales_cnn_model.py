@@ -7,10 +7,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dmeta.salescnn.frames import build_frames
-from dmeta.salescnn.loaders import synthetic_panel
-from dmeta.salescnn.model import SalesCNN, max_pool, output_length, wide_conv
-from dmeta.salescnn.train import (
+from dmeta.sales_cnn.frames import build_frames
+from dmeta.sales_cnn.loaders import synthetic_panel
+from dmeta.sales_cnn.model import SalesCNN, max_pool, output_length, wide_conv
+from dmeta.sales_cnn.train import (
     Samples,
     apply_model,
     broadcast_params,

@@ -7,7 +7,7 @@
   and a cut flag: last value below the frame average, the paper's "price
   reduction") into xgboost.
 * DNN: the flattened Data Frame, 4 dense layers of 1024 with ReLU, dropout on the
-  last one, linear output; trained by ``dmeta.salescnn.train`` like the CNN.
+  last one, linear output; trained by ``dmeta.sales_cnn.train`` like the CNN.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import xgboost
 from flax import nnx
 
-from dmeta.salescnn.model import dropout
+from dmeta.sales_cnn.model import dropout
 from dmeta.types import Array, Key
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from dmeta.salescnn.model import PAPER_ORDERS
+from dmeta.sales_cnn.model import PAPER_ORDERS
 
 
 @dataclasses.dataclass(frozen=True)
