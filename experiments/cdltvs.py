@@ -151,7 +151,8 @@ def run_cell(
     if not with_cdltvs:
         return rows
     start = time.perf_counter()
-    stage1 = fit_stage1(train, val, seed=seed, **cfg.arch(), **cfg.fit())
+    domains = ("s", "t") if cross_domain else ("t",)
+    stage1 = fit_stage1(train, val, seed=seed, domains=domains, **cfg.arch(), **cfg.fit())
     t1 = time.perf_counter() - start
     ltvs_pred, ltvs_expert = stage1.predict_ltvs(test)
     add("table1", "LtvS", ltvs_pred, t1)

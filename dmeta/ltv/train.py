@@ -315,6 +315,7 @@ def fit_stage1(
     temperature: float = 1.0,
     margin: float = 0.1,
     seed: int = 0,
+    domains: tuple[str, ...] = ("s", "t"),
     **fit_kwargs: Any,
 ) -> CDLtvSFit:
     """Stage 1: LtvS per domain (eq. 12) on ``train``, early-stopped on ``val``.
@@ -326,6 +327,8 @@ def fit_stage1(
       exmn_loss: False drops L_EC and L_EO (the w/o L_ExMN ablation).
       temperature: InfoNCE temperature; margin: eta of L_AT (used by stage 2).
       seed: initialization and shuffling seed.
+      domains: the domains to train, ``"s"`` and/or ``"t"`` (single-domain data: ``("t",)``;
+        an untrained domain keeps its initialization).
       **fit_kwargs: lr, batch_size, max_epochs, patience, drop_epoch, drop_factor,
         step_wrapper (see :func:`fit`).
     """
@@ -347,6 +350,8 @@ def fit_stage1(
     lam = tuple(lambdas) if exmn_loss else (0.0, 0.0, *lambdas[2:])
     histories = {}
     for i, (domain, name) in enumerate((("s", "source"), ("t", "target"))):
+        if domain not in domains:
+            continue
         res = fit(
             fns.stage1[domain],
             fns.predict_ltvs[domain],
