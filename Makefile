@@ -33,3 +33,4 @@ lint: $(VENV)/.dev
 
 bench: $(VENV)/.bench
 	$(BIN)/python experiments/benchmarks/maml_throughput.py
+	$(BIN)/python experiments/benchmarks/sales_cnn_throughput.py

@@ -66,3 +66,38 @@ def test_maml_throughput_quick(tmp_path):
     assert 0 < report["dmeta_share_of_matmul"][0] < 100
     assert report["speedup_vs_torch_cell_loop"][0] > 0
     assert report["speedup_vs_torch_loop"][0] > 0
+
+
+def test_sales_cnn_throughput_quick(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "sales_cnn.txt"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "experiments/benchmarks/sales_cnn_throughput.py",
+            "--quick",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.read_text() == proc.stdout
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("command: ")
+    assert lines[-1].startswith("speedup_vs_torch: ")
+    report = parse_report(proc.stdout)
+    assert report["dmeta_params"][0] == report["torch_params"][0] > 0
+    assert report["forward_max_rel_diff"][0] <= 1e-4
+    for name in ("dmeta", "torch"):
+        per_s, unit = report[f"{name}_cpu_samples_per_s"]
+        assert per_s > 0 and unit == "samples/s", name
+        assert report[f"{name}_cpu_samples_per_min"][0] == pytest.approx(60 * per_s, rel=1e-3)
+    value, unit = report["paper_k2200_samples_per_min"]
+    assert value == 73000 and "not measured" in unit
+    assert report["speedup_vs_torch"][0] > 0

@@ -1,0 +1,225 @@
+"""Sales CNN training throughput: the dmeta train step against PyTorch, same machine, one run.
+
+Paper-size network (Zhao & Wang, section 4.4): four d x T indicator matrices with d = 25
+indicators (CaiNiao) and T = 84 days, K = 128 maps per order, (filter, pool) = (7,7), (4,4),
+(3,3), dense n = 1024, dropout 0.2, Adamax, batch 128. dmeta runs the library's
+``dmeta.sales_cnn.train.make_train_step`` jitted with the state donated; PyTorch runs the same
+network written with grouped ``nn.Conv1d`` (``_torch_sales_cnn.py``). Both draw a minibatch
+from the same sample pool, apply dropout, the weighted MSE (eq. 19), backward and an Adamax
+update. Parameter counts and, with dmeta's weights copied over, forward outputs are checked to
+agree before anything is timed. Repeats are interleaved and medians reported, with the load
+average, because the CPU is shared. One line per figure (``name: value unit``); the last line is
+``speedup_vs_torch: X`` (dmeta CPU samples/s over torch's).
+
+    .venv/bin/python experiments/benchmarks/sales_cnn_throughput.py \
+        --out experiments/results/benchmarks/sales_cnn_throughput.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import platform
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from dmeta.sales_cnn.model import PAPER_ORDERS, SalesCNN
+from dmeta.sales_cnn.train import Samples, apply_model, make_train_step, split_model
+from dmeta.train.state import init_train_state
+from experiments.benchmarks.common import format_line, interleaved_medians, load_average, require
+
+LEARNING_RATE = 2e-3  # Adamax default (Keras and torch)
+PAPER_SAMPLES_PER_MIN = 73_000  # section 4.5: Keras + Theano on one NVIDIA K2200
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """Benchmark shape: B batch, D indicators, T frame length, K maps, n hidden, N pool rows."""
+
+    batch: int = 128
+    indicators: int = 25
+    length: int = 84
+    maps: int = 128
+    hidden: int = 1024
+    rate: float = 0.2
+    pool: int = 1024
+    orders: tuple[tuple[int, int], ...] = PAPER_ORDERS
+
+
+QUICK = Shape(batch=8, indicators=3, length=12, maps=4, hidden=16, pool=32)
+
+
+def make_samples(shape: Shape, seed: int) -> Samples:
+    """Gaussian z-scored frames f32[N, 4, D, T], targets, weights in [0.35, 1] (eq. 18 range)."""
+    kx, ky, kw = jax.random.split(jax.random.key(seed), 3)
+    n = shape.pool
+    return Samples(
+        x=jax.random.normal(kx, (n, 4, shape.indicators, shape.length)),
+        y=jax.random.normal(ky, (n,)),
+        w=jax.random.uniform(kw, (n,), minval=0.35, maxval=1.0),
+        n=jnp.asarray(n, jnp.int32),
+    )
+
+
+class DmetaRunner:
+    """The library's train step, jitted with the state donated, callable with no arguments."""
+
+    def __init__(self, graphdef, params, data: Samples, *, batch_size: int, seed: int):
+        optimizer = optax.adamax(LEARNING_RATE)
+        self.data = data
+        self.state = init_train_state(
+            jax.tree.map(jnp.copy, params), optimizer, jax.random.key(seed)
+        )
+        step = make_train_step(graphdef, optimizer, batch_size=batch_size)
+        self.step = jax.jit(step, donate_argnums=0).lower(self.state, data).compile()
+
+    def __call__(self):
+        self.state, loss = self.step(self.state, self.data)
+        return jax.block_until_ready(loss)
+
+
+def machine() -> str:
+    """CPU model, core count and OS, e.g. ``Intel Xeon ... (2 cores), Linux x86_64``."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+
+    return f"{model} ({os.cpu_count()} cores), {platform.system()} {platform.machine()}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shape, for tests")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per contender")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--forward-rtol", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    torch = require("torch")
+    from experiments.benchmarks import _torch_sales_cnn as tc
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    shape = QUICK if args.quick else Shape()
+    repeats = args.repeats or (2 if args.quick else 10)
+    lines: list[str] = []
+
+    def emit(*fields):
+        line = format_line(*fields) if len(fields) > 1 else fields[0]
+        lines.append(line)
+        print(line, flush=True)
+
+    emit("command: " + " ".join(["python", *sys.argv]))
+    emit(
+        f"shape: B={shape.batch}, 4 matrices x D={shape.indicators} x T={shape.length}, "
+        f"K={shape.maps}, orders={shape.orders}, n={shape.hidden}, dropout {shape.rate}, "
+        f"adamax, pool {shape.pool} samples; repeats={repeats}"
+    )
+    emit(f"machine: {machine()}; jax devices: {[str(d) for d in jax.devices()]}")
+    emit(
+        f"versions: jax {jax.__version__}, torch {torch.__version__}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    emit("load_avg_start", load_average())
+
+    model = SalesCNN(
+        shape.indicators,
+        shape.length,
+        orders=shape.orders,
+        maps=shape.maps,
+        hidden=shape.hidden,
+        rate=shape.rate,
+        rngs=nnx.Rngs(args.seed),
+    )
+    graphdef, params = split_model(model)
+    tmodel = tc.from_dmeta(
+        params,
+        tc.TorchSalesCNN(
+            shape.indicators,
+            shape.length,
+            n_inputs=4,
+            orders=shape.orders,
+            maps=shape.maps,
+            hidden=shape.hidden,
+            rate=shape.rate,
+        ),
+    )
+    n_dmeta = sum(p.size for p in jax.tree.leaves(params))
+    n_torch = sum(p.numel() for p in tmodel.parameters())
+    emit("dmeta_params", n_dmeta)
+    emit("torch_params", n_torch)
+    if n_dmeta != n_torch:
+        raise SystemExit(f"parameter counts differ: dmeta {n_dmeta}, torch {n_torch}")
+
+    cpu = jax.devices("cpu")[0]
+    data = jax.device_put(make_samples(shape, args.seed + 1), cpu)
+    x = data.x[: shape.batch]
+    forward = jax.jit(functools.partial(apply_model, graphdef))
+    ours = np.asarray(forward(jax.device_put(params, cpu), x))
+    tmodel.eval()
+    with torch.no_grad():
+        theirs = tmodel(torch.from_numpy(np.array(x))).numpy()
+    diff = float(np.max(np.abs(ours - theirs)) / max(np.max(np.abs(theirs)), 1e-30))
+    emit("forward_max_rel_diff", diff)
+    if not diff <= args.forward_rtol:
+        raise SystemExit(f"dmeta and torch forward outputs differ by {diff:.3g}")
+
+    tdata = [torch.from_numpy(np.array(a)) for a in (data.x, data.y, data.w)]
+    tstep = tc.make_train_step(
+        tmodel, torch.optim.Adamax(tmodel.parameters(), lr=LEARNING_RATE), batch_size=shape.batch
+    )
+    with jax.default_device(cpu):
+        dmeta = DmetaRunner(
+            graphdef, jax.device_put(params, cpu), data, batch_size=shape.batch, seed=args.seed
+        )
+    medians = interleaved_medians(
+        {"dmeta": dmeta, "torch": functools.partial(tstep, *tdata, shape.pool)}, repeats
+    )
+    rates = {name: shape.batch / seconds for name, seconds in medians.items()}
+    for name in ("dmeta", "torch"):
+        emit(f"{name}_cpu_samples_per_s", rates[name], "samples/s")
+        emit(f"{name}_cpu_samples_per_min", 60 * rates[name], "samples/min")
+    emit(
+        "paper_k2200_samples_per_min",
+        PAPER_SAMPLES_PER_MIN,
+        "samples/min (Keras + Theano on an NVIDIA K2200, reported by the paper, not measured)",
+    )
+    accelerator = jax.devices()[0]
+    if accelerator.platform != "cpu":
+        gpu = DmetaRunner(
+            graphdef,
+            params,
+            make_samples(shape, args.seed + 1),
+            batch_size=shape.batch,
+            seed=args.seed,
+        )
+        seconds = interleaved_medians({"gpu": gpu}, repeats)["gpu"]
+        emit(f"dmeta_{accelerator.platform}_samples_per_s", shape.batch / seconds, "samples/s")
+        emit(
+            f"dmeta_{accelerator.platform}_samples_per_min",
+            60 * shape.batch / seconds,
+            f"samples/min ({accelerator.device_kind})",
+        )
+    emit("load_avg_end", load_average())
+    emit("speedup_vs_torch", rates["dmeta"] / rates["torch"])
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
