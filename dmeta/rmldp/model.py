@@ -23,12 +23,14 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from dmeta.meta.maml import adapt_tasks, init_meta_params, make_maml_task_loss
 from dmeta.meta.modulation import init_modulator, modulate, modulator
 from dmeta.meta.steps import make_meta_train_step
 from dmeta.models.mpfn import MPFN, split_loss
 from dmeta.nn.functional import split_params
+from dmeta.parallel import constrain_batch
 from dmeta.rmldp.segment_encoder import SegmentEncoder
 from dmeta.types import Array, Key, Params, Split, TaskBatch
 
@@ -176,13 +178,19 @@ def make_task_loss(
     steps: int = 1,
     step_size: float = 1e-4,
     first_order: bool = False,
+    remat: bool = False,
 ) -> Callable:
-    """Per-segment objective of eq. 13: query loss after the inner step(s) + lam * L_rec."""
+    """Per-segment objective of eq. 13: query loss after the inner step(s) + lam * L_rec.
+
+    ``remat=True`` wraps each inner step in ``jax.checkpoint`` (same gradients, the
+    unroll's activations are recomputed in the backward pass instead of stored).
+    """
     return make_maml_task_loss(
         model.loss,
         steps=steps,
         step_size=step_size,
         first_order=first_order,
+        remat=remat,
         init_fn=model.init_fn(graph_emb, lam),
     )
 
@@ -197,16 +205,39 @@ def make_train_step(
     step_size: float = 1e-4,
     first_order: bool = False,
     strategy: str = "vmap",
+    remat: bool = False,
+    mesh: Mesh | None = None,
 ) -> Callable:
     """Algorithm 1, lines 3-11: ``train_step(state, batch, key) -> (state, metrics)``.
 
     The segments of a meta-batch are ``vmap``-ed (or ``lax.map``-ed); wrap the result
     (e.g. ``jax.jit(with_sampler(step, sample))``) to get one jitted meta-step.
+
+    With ``mesh`` (``dmeta.parallel.data_mesh()``) the meta-batch's task axis T is split
+    over the mesh's devices by a sharding constraint, so a batch drawn inside the jitted
+    step (``with_sampler``, from a pool that stays replicated) is sharded where it is made;
+    T must divide by the device count. Jit the result with
+    ``dmeta.parallel.jit_step(step, mesh)`` so that Theta and the optimizer state are
+    replicated; the task-mean gradient becomes an all-reduce. ``remat``: see
+    ``make_task_loss``.
     """
     task_loss = make_task_loss(
-        model, graph_emb, lam=lam, steps=steps, step_size=step_size, first_order=first_order
+        model,
+        graph_emb,
+        lam=lam,
+        steps=steps,
+        step_size=step_size,
+        first_order=first_order,
+        remat=remat,
     )
-    return make_meta_train_step(task_loss, optimizer, strategy=strategy)
+    step = make_meta_train_step(task_loss, optimizer, strategy=strategy)
+    if mesh is None:
+        return step
+
+    def sharded_step(state, batch: TaskBatch, key: Key):
+        return step(state, constrain_batch(batch, mesh), key)
+
+    return sharded_step
 
 
 @functools.partial(jax.jit, static_argnames=("model", "steps"))

@@ -1,0 +1,154 @@
+"""Data parallelism over all visible devices with ``jax.sharding`` (JAX's SPMD partitioner).
+
+One 1-D mesh with axis ``"data"``; parameters and optimizer state are replicated, the
+leading task / batch axis of the data is split over the devices, and XLA inserts the
+gradient all-reduce. The same step function runs on one device (a mesh of 1) and on many:
+
+    mesh = data_mesh()                                  # all visible devices
+    step = data_parallel(train_step, mesh, batch_argnums=(1,))
+    state, metrics = step(state, batch)                 # batch: leaves [B, ...], B % n == 0
+
+Steps that draw their batch inside the jitted function (from a replicated pool) call
+``constrain_batch`` on the drawn batch instead of sharding an argument. ``jit_step`` is
+the one entry point modules use: plain ``jax.jit`` without a mesh, ``data_parallel`` with.
+The mesh axes are ``AxisType.Auto`` (GSPMD-style propagation): shardings live on the
+arguments, results and constraints, not in the array types, so model code is unchanged.
+
+Multi-device on CPU (tests): ``XLA_FLAGS=--xla_force_host_platform_device_count=4``
+before JAX initializes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+DATA = "data"
+
+
+def data_mesh(n_devices: int | None = None) -> Mesh:
+    """A 1-D mesh with axis ``"data"`` over the first ``n_devices`` visible devices (all)."""
+    devices = jax.devices()
+    n = len(devices) if n_devices is None else n_devices
+    if not 1 <= n <= len(devices):
+        raise ValueError(f"n_devices={n_devices}, but {len(devices)} device(s) are visible")
+    return jax.make_mesh((n,), (DATA,), axis_types=(AxisType.Auto,), devices=devices[:n])
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array (parameters, optimizer state, metrics)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh, leading_axis: int = 0) -> NamedSharding:
+    """Axis ``leading_axis`` split over ``"data"``, the other axes whole on each device."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * leading_axis), DATA))
+
+
+def check_divisible(tree: Any, mesh: Mesh, leading_axis: int = 0) -> None:
+    """Raises ValueError unless axis ``leading_axis`` of every leaf divides by the mesh size."""
+    n = mesh.shape[DATA]
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        shape = jax.numpy.shape(leaf)
+        if len(shape) <= leading_axis or shape[leading_axis] % n:
+            size = shape[leading_axis] if len(shape) > leading_axis else "missing"
+            raise ValueError(
+                f"cannot split axis {leading_axis} (size {size}) of batch leaf "
+                f"{jax.tree_util.keystr(path) or '<root>'} (shape {shape}) over {n} devices "
+                f"of mesh axis {DATA!r}: make the batch a multiple of {n}"
+            )
+
+
+def shard_batch(tree: Any, mesh: Mesh, leading_axis: int = 0) -> Any:
+    """``device_put`` with axis ``leading_axis`` of every leaf split over ``"data"``."""
+    check_divisible(tree, mesh, leading_axis)
+    return jax.device_put(tree, batch_sharded(mesh, leading_axis))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """``device_put`` of a full copy of every leaf on every device of ``mesh``."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def constrain_batch(tree: Any, mesh: Mesh, leading_axis: int = 0) -> Any:
+    """Inside ``jit``: ask the partitioner to split axis ``leading_axis`` over ``"data"``.
+
+    For batches drawn inside the step (the inputs they come from stay replicated).
+    """
+    check_divisible(tree, mesh, leading_axis)
+    return jax.lax.with_sharding_constraint(tree, batch_sharded(mesh, leading_axis))
+
+
+def data_parallel(
+    step: Callable,
+    mesh: Mesh,
+    *,
+    batch_argnums: Sequence[int] = (),
+    leading_axis: int = 0,
+    out_shardings: Any = None,
+    donate_argnums: int | Sequence[int] = (),
+) -> Callable:
+    """``jax.jit`` of ``step`` with the batch arguments sharded and everything else replicated.
+
+    Args:
+      step: a pure function of positional arguments only.
+      mesh: from ``data_mesh``.
+      batch_argnums: positional arguments whose leaves are split on ``leading_axis``
+        (their size there must divide by the device count); the others are replicated.
+      leading_axis: the task / batch axis of the batch arguments.
+      out_shardings: a ``NamedSharding`` (or pytree prefix of them) for the results;
+        default replicated.
+      donate_argnums: as in ``jax.jit``.
+
+    Returns:
+      ``fn(*args)``: places the arguments (a no-op when already in place; a clear error
+      when a batch does not divide), then runs the compiled SPMD program.
+    """
+    batch_argnums = tuple(batch_argnums)
+    out_shardings = replicated(mesh) if out_shardings is None else out_shardings
+    compiled: dict[int, Callable] = {}
+
+    def shardings(n_args: int) -> tuple[NamedSharding, ...]:
+        return tuple(
+            batch_sharded(mesh, leading_axis) if i in batch_argnums else replicated(mesh)
+            for i in range(n_args)
+        )
+
+    def fn(*args):
+        if len(args) not in compiled:
+            compiled[len(args)] = jax.jit(
+                step,
+                in_shardings=shardings(len(args)),
+                out_shardings=out_shardings,
+                donate_argnums=donate_argnums,
+            )
+        for i in batch_argnums:
+            check_divisible(args[i], mesh, leading_axis)
+        args = jax.device_put(args, shardings(len(args)))
+        return compiled[len(args)](*args)
+
+    fn.__wrapped__ = step
+    return fn
+
+
+def jit_step(
+    step: Callable,
+    mesh: Mesh | None = None,
+    *,
+    batch_argnums: Sequence[int] = (),
+    out_shardings: Any = None,
+    donate_argnums: int | Sequence[int] = (),
+) -> Callable:
+    """``jax.jit(step)`` without a mesh, ``data_parallel(step, mesh, ...)`` with one."""
+    if mesh is None:
+        return jax.jit(step, donate_argnums=donate_argnums)
+    return data_parallel(
+        step,
+        mesh,
+        batch_argnums=batch_argnums,
+        out_shardings=out_shardings,
+        donate_argnums=donate_argnums,
+    )

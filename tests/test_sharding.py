@@ -1,0 +1,230 @@
+"""Data parallelism: sharded train steps on 4 simulated CPU devices equal the unsharded ones.
+
+The parent pytest process has JAX initialized with one CPU device, so the multi-device
+checks run once in a subprocess (this file as a script) under
+``XLA_FLAGS=--xla_force_host_platform_device_count=4``; it prints one JSON line of
+per-method results that the tests below assert on. For every step it reports the largest
+difference between a few sharded and unsharded steps (parameters and losses), how many
+devices the batch was split over (read back from the arrays, or, for batches drawn inside
+the jitted step, from ``jax.debug.inspect_array_sharding`` on the constrained batch) and
+whether the resulting parameters are replicated.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dmeta.meta.steps import with_sampler
+from dmeta.parallel import DATA, data_mesh, jit_step
+from dmeta.rmldp.model import init_rmldp, make_train_step
+from dmeta.train.state import init_train_state
+from dmeta.types import Split, TaskBatch
+
+N_DEVICES = 4
+RTOL, ATOL = 1e-5, 1e-6
+SIZES = dict(n_features=2, seq_len=4, hidden=4, q_d_dim=3, q_g_dim=2, graph_dim=4)
+N_SEG = 6
+
+
+# ---------------------------------------------------------------- helpers (both processes)
+
+
+def max_rel_err(got, want) -> float:
+    """Largest ``|got - want| / (atol + rtol |want|)`` over all leaves (<= 1 passes)."""
+    errs = [
+        np.max(np.abs(np.asarray(g) - np.asarray(w)) / (ATOL + RTOL * np.abs(np.asarray(w))))
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True)
+    ]
+    return float(max(errs))
+
+
+def is_replicated(tree) -> bool:
+    """Every leaf is a full copy on every device (also true on a mesh of one)."""
+    return all(
+        leaf.sharding.is_fully_replicated
+        and all(s.data.shape == leaf.shape for s in leaf.addressable_shards)
+        for leaf in jax.tree.leaves(tree)
+    )
+
+
+def rmldp_problem(n_tasks: int):
+    """A tiny RMLDP variant, its Theta and a sampler of random meta-batches (T = n_tasks)."""
+    model, theta = init_rmldp(jax.random.key(0), **SIZES, use_data=False, use_season=False)
+    graph = jax.random.normal(jax.random.key(1), (N_SEG, SIZES["graph_dim"]))
+
+    def sample(key):
+        k = jax.random.split(key, 7)
+        n, s, f = 5, SIZES["seq_len"], SIZES["n_features"]
+
+        def split(k1, k2, k3):
+            return Split(
+                jax.random.normal(k1, (n_tasks, n, s, f)),
+                jax.random.normal(k2, (n_tasks, n, s, f)),
+                jax.random.normal(k3, (n_tasks, n)),
+                jnp.ones((n_tasks, n)).at[:, -1].set(0.0),
+            )
+
+        seg = jax.random.randint(k[6], (n_tasks,), 0, N_SEG)
+        return TaskBatch(split(*k[:3]), split(*k[3:6]), seg)
+
+    return model, theta, graph, sample
+
+
+def run_rmldp(mesh, n_steps: int = 3, **kw):
+    """``n_steps`` jitted meta-steps (sampling folded in); returns (params, losses)."""
+    model, theta, graph, sample = rmldp_problem(n_tasks=8)
+    optimizer = optax.adam(1e-2)
+    step = make_train_step(model, graph, optimizer, steps=1, step_size=0.1, mesh=mesh, **kw)
+    step = jit_step(with_sampler(step, sample), mesh)
+    state = init_train_state(theta, optimizer, jax.random.key(2))
+    losses = []
+    for _ in range(n_steps):
+        state, metrics = step(state)
+        losses.append(metrics["loss"])
+    return state.params, jnp.stack(losses)
+
+
+# ---------------------------------------------------------------- worker (4 devices)
+
+
+class ConstraintSpy:
+    """Records the sharding the partitioner gives every ``with_sharding_constraint`` result."""
+
+    def __init__(self):
+        self.seen: list[tuple[tuple[int, ...], int, tuple[int, ...]]] = []
+        self._orig = jax.lax.with_sharding_constraint
+
+    def __call__(self, tree, shardings):
+        out = self._orig(tree, shardings)
+        for leaf in jax.tree.leaves(out):
+            jax.debug.inspect_array_sharding(
+                leaf, callback=functools.partial(self._record, tuple(leaf.shape))
+            )
+        return out
+
+    def _record(self, shape, sharding):
+        self.seen.append((shape, len(sharding.device_set), tuple(sharding.shard_shape(shape))))
+
+    def summary(self) -> dict:
+        """Device counts and (full, per-device) leading sizes of the constrained leaves."""
+        return {
+            "batch_devices": sorted({n for _, n, _ in self.seen}),
+            "leading": sorted({(s[0], p[0]) for s, _, p in self.seen if s}),
+        }
+
+    def __enter__(self):
+        self.seen.clear()
+        jax.lax.with_sharding_constraint = self
+        return self
+
+    def __exit__(self, *exc):
+        jax.lax.with_sharding_constraint = self._orig
+
+
+def check_rmldp(mesh, spy) -> dict:
+    want_params, want_loss = run_rmldp(None)
+    with spy:
+        params, loss = run_rmldp(mesh)
+    return dict(
+        spy.summary(),
+        param_err=max_rel_err(params, want_params),
+        loss_err=max_rel_err(loss, want_loss),
+        params_replicated=is_replicated(params),
+    )
+
+
+def check_stmp(mesh, spy) -> dict:
+    from dmeta.stmp import data as stmp_data
+    from dmeta.stmp import model as stmp_model
+    from dmeta.stmp import train as stmp_train
+
+    data = stmp_data.make_synthetic(n_regions=4, n_days=120, n_festivals=1, seed=1)
+    prep = stmp_data.prepare(data, cutoff=90, window=7)
+    graphdef, params = stmp_model.build(
+        window=7, period=7, n_types=data.n_types, n_attrs=data.attrs.shape[1],
+        n_regions=len(data.regions), latent=2, hidden=4,
+    )  # fmt: skip
+
+    def run(shard):
+        fitted, history = stmp_train.fit(
+            graphdef, jax.tree.map(jnp.copy, params), prep, key=jax.random.key(0), n_steps=3,
+            log_every=1, shard=shard, n_tasks=8, n_query=2, n_context=4, n_samples=2,
+        )  # fmt: skip
+        return fitted, np.array([row["loss"] for row in history])
+
+    want_params, want_loss = run(False)
+    with spy:
+        params_s, loss = run(True)
+    return dict(
+        spy.summary(),
+        param_err=max_rel_err(params_s, want_params),
+        loss_err=max_rel_err(loss, want_loss),
+        params_replicated=is_replicated(params_s),
+    )
+
+
+CHECKS = {"rmldp": check_rmldp, "stmp": check_stmp}
+
+
+def worker() -> dict:
+    assert jax.device_count() == N_DEVICES, jax.devices()
+    mesh, spy = data_mesh(), ConstraintSpy()
+    return {name: check(mesh, spy) for name, check in CHECKS.items()}
+
+
+# ---------------------------------------------------------------- tests (parent, 1 device)
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={N_DEVICES}")
+    proc = subprocess.run(
+        [sys.executable, __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_sharded_step_equals_unsharded(results, name):
+    res = results[name]
+    assert res["param_err"] <= 1.0, res  # in units of atol + rtol |want|
+    assert res["loss_err"] <= 1.0, res
+    assert res["params_replicated"], res
+    assert res["batch_devices"] == [N_DEVICES], res
+    # the task / batch axis really is split: each device holds 1/4 of it
+    assert res["leading"] and all(full == N_DEVICES * per for full, per in res["leading"]), res
+
+
+def test_mesh_of_one_device_runs_the_same_step():
+    mesh = data_mesh()
+    assert mesh.shape == {DATA: 1}
+    with pytest.raises(ValueError, match="2 device|1 device"):
+        data_mesh(2)
+    params, loss = run_rmldp(mesh, n_steps=2)
+    want_params, want_loss = run_rmldp(None, n_steps=2)
+    chex.assert_trees_all_close(params, want_params, rtol=RTOL, atol=ATOL)
+    chex.assert_trees_all_close(loss, want_loss, rtol=RTOL, atol=ATOL)
+    assert is_replicated(params)
+    assert jax.tree.leaves(params)[0].sharding.mesh == mesh
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker()))
