@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from dmeta.meta.steps import make_meta_train_step
+from dmeta.parallel import constrain_batch, data_mesh, jit_step
 from dmeta.stmp.data import Arrays, CellIndex, Prepared, uplift, window
 from dmeta.stmp.model import bind, gaussian_kl, sample_latent
 from dmeta.train.state import TrainState, init_train_state
@@ -253,15 +255,27 @@ def make_train_step(
     n_samples: int = 4,
     beta: float = 1e-2,
     sigma: float | None = None,
+    remat: bool = False,
+    mesh: Mesh | None = None,
 ) -> Callable[[TrainState, Arrays, CellIndex], tuple[TrainState, dict[str, Array]]]:
     """``step(state, arrays, index) -> (state, metrics)``: tasks for the step's view, one update.
 
     The panel is an argument, not a closure constant (XLA folds large constants slowly).
     The task loss is ``vmap``-ed over the batch by ``dmeta.meta.steps``; jit the result.
+
+    ``remat`` wraps the task loss in ``jax.checkpoint`` (its activations, the window
+    LSTM scans included, are recomputed in the backward pass instead of stored). With
+    ``mesh`` the tasks drawn inside the step are split over the mesh's devices by a
+    sharding constraint (``n_tasks`` must divide by the device count) while the panel and
+    its index stay replicated: every device gathers its tasks' windows from its local
+    copy, so no step moves panel data between devices, and the draw is the same as
+    without a mesh. Jit with ``dmeta.parallel.jit_step(step, mesh)``.
     """
 
     def step(state: TrainState, arrays: Arrays, index: CellIndex):
         task_loss = make_task_loss(graphdef, arrays, n_samples=n_samples, beta=beta, sigma=sigma)
+        if remat:
+            task_loss = jax.checkpoint(task_loss)
         update = make_meta_train_step(task_loss, optimizer)
         next_key, k_batch, k_step = jax.random.split(state.key, 3)
         view = view_at(state.step, mode=mode, switch_every=switch_every)
@@ -274,6 +288,8 @@ def make_train_step(
             n_context=n_context,
             n_days=arrays.ys.shape[1],
         )
+        if mesh is not None:
+            batch = constrain_batch(batch, mesh)
         state = TrainState(state.params, state.opt_state, state.step, next_key)
         state, metrics = update(state, batch, k_step)
         return state, dict(metrics, view=view)
@@ -282,12 +298,13 @@ def make_train_step(
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_step(graphdef, lr: float, n_steps: int, step_items: tuple):
+def _compiled_step(graphdef, lr: float, n_steps: int, step_items: tuple, shard: bool):
     optimizer = optax.chain(
         optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(lr, n_steps))
     )
-    step = make_train_step(graphdef, optimizer, **dict(step_items))
-    return optimizer, jax.jit(step, donate_argnums=0)
+    mesh = data_mesh() if shard else None
+    step = make_train_step(graphdef, optimizer, mesh=mesh, **dict(step_items))
+    return optimizer, jit_step(step, mesh, donate_argnums=0)
 
 
 def fit(
@@ -299,13 +316,18 @@ def fit(
     n_steps: int,
     lr: float = 3e-3,
     log_every: int = 0,
+    shard: bool = False,
     **step_kwargs,
 ) -> tuple[Params, list[dict[str, float]]]:
     """Trains STMP for ``n_steps`` (Adam, cosine decay); returns params and logged metrics.
 
     The jitted step is cached per (graphdef, sizes), so seeds reuse one compile.
+    ``shard=True`` splits each step's tasks over all visible devices (parameters and
+    panel replicated; see ``make_train_step``); ``step_kwargs`` go to ``make_train_step``.
     """
-    optimizer, step = _compiled_step(graphdef, lr, n_steps, tuple(sorted(step_kwargs.items())))
+    optimizer, step = _compiled_step(
+        graphdef, lr, n_steps, tuple(sorted(step_kwargs.items())), shard
+    )
     state = init_train_state(params, optimizer, key)
     history, start = [], time.perf_counter()
     for i in range(n_steps):
