@@ -99,26 +99,32 @@ def run_rmldp(mesh, n_steps: int = 3, **kw):
 # ---------------------------------------------------------------- worker (4 devices)
 
 
-class ConstraintSpy:
-    """Records the sharding the partitioner gives every ``with_sharding_constraint`` result."""
+class ShardingSpy:
+    """Records the shardings the partitioner gives arrays inside jitted steps.
+
+    ``record(tree)`` inspects a batch seen by a loss function; used as a context manager it
+    also inspects the result of every ``with_sharding_constraint`` (batches drawn in a step).
+    """
 
     def __init__(self):
         self.seen: list[tuple[tuple[int, ...], int, tuple[int, ...]]] = []
         self._orig = jax.lax.with_sharding_constraint
 
-    def __call__(self, tree, shardings):
-        out = self._orig(tree, shardings)
-        for leaf in jax.tree.leaves(out):
+    def record(self, tree):
+        for leaf in jax.tree.leaves(tree):
             jax.debug.inspect_array_sharding(
                 leaf, callback=functools.partial(self._record, tuple(leaf.shape))
             )
-        return out
+        return tree
 
     def _record(self, shape, sharding):
         self.seen.append((shape, len(sharding.device_set), tuple(sharding.shard_shape(shape))))
 
+    def _constrain(self, tree, shardings):
+        return self.record(self._orig(tree, shardings))
+
     def summary(self) -> dict:
-        """Device counts and (full, per-device) leading sizes of the constrained leaves."""
+        """Device counts and (full, per-device) leading sizes of the inspected leaves."""
         return {
             "batch_devices": sorted({n for _, n, _ in self.seen}),
             "leading": sorted({(s[0], p[0]) for s, _, p in self.seen if s}),
@@ -126,23 +132,27 @@ class ConstraintSpy:
 
     def __enter__(self):
         self.seen.clear()
-        jax.lax.with_sharding_constraint = self
+        jax.lax.with_sharding_constraint = self._constrain
         return self
 
     def __exit__(self, *exc):
         jax.lax.with_sharding_constraint = self._orig
 
 
-def check_rmldp(mesh, spy) -> dict:
-    want_params, want_loss = run_rmldp(None)
-    with spy:
-        params, loss = run_rmldp(mesh)
+def compare(spy, want, got) -> dict:
+    """``want`` / ``got``: (params, losses) of the unsharded and sharded runs."""
     return dict(
         spy.summary(),
-        param_err=max_rel_err(params, want_params),
-        loss_err=max_rel_err(loss, want_loss),
-        params_replicated=is_replicated(params),
+        param_err=max_rel_err(got[0], want[0]),
+        loss_err=max_rel_err(got[1], want[1]),
+        params_replicated=is_replicated(got[0]),
     )
+
+
+def check_rmldp(mesh, spy) -> dict:
+    want = run_rmldp(None)
+    with spy:
+        return compare(spy, want, run_rmldp(mesh))
 
 
 def check_stmp(mesh, spy) -> dict:
@@ -164,23 +174,42 @@ def check_stmp(mesh, spy) -> dict:
         )  # fmt: skip
         return fitted, np.array([row["loss"] for row in history])
 
-    want_params, want_loss = run(False)
+    want = run(False)
     with spy:
-        params_s, loss = run(True)
-    return dict(
-        spy.summary(),
-        param_err=max_rel_err(params_s, want_params),
-        loss_err=max_rel_err(loss, want_loss),
-        params_replicated=is_replicated(params_s),
-    )
+        return compare(spy, want, run(True))
 
 
-CHECKS = {"rmldp": check_rmldp, "stmp": check_stmp}
+def check_cdltvs(mesh, spy) -> dict:
+    """Stage 2 (eq. 17: InfoNCE and type alignment couple the rows of a batch), one epoch."""
+    from dmeta.ltv.data import apply_sparsity, make_synthetic, split_customers
+    from dmeta.ltv.train import _model, cdltvs_fns, fit, model_batch
+    from dmeta.nn.functional import split_params
+
+    data = apply_sparsity(make_synthetic(60, n_periods=4, horizon=1, seed=0), 0.5, seed=0)
+    train, val = (model_batch(d, 1.0, 1.0) for d in split_customers(data, seed=0)[:2])
+    arch = ((8, 5), 2, (4, 5), 1, 8, 4, 1, 1)
+    fns = cdltvs_fns(arch, k=2, temperature=1.0, margin=0.1)
+    _, params = split_params(_model(arch, 2, 0))
+
+    def run(loss_fn, shard):
+        res = fit(loss_fn, fns.predict, params, train, val, label="t_y", batch_size=16,
+                  max_epochs=1, drop_epoch=1, shard=shard)  # fmt: skip
+        return res.params, np.array([res.history[0]["loss"]])
+
+    def spied(p, batch, lambdas):
+        return fns.stage2(p, spy.record(batch), lambdas)
+
+    want = run(fns.stage2, False)
+    with spy:
+        return compare(spy, want, run(spied, True))
+
+
+CHECKS = {"rmldp": check_rmldp, "stmp": check_stmp, "cdltvs": check_cdltvs}
 
 
 def worker() -> dict:
     assert jax.device_count() == N_DEVICES, jax.devices()
-    mesh, spy = data_mesh(), ConstraintSpy()
+    mesh, spy = data_mesh(), ShardingSpy()
     return {name: check(mesh, spy) for name, check in CHECKS.items()}
 
 

@@ -32,6 +32,7 @@ from dmeta.ltv.losses import (
     type_alignment_loss,
 )
 from dmeta.nn.functional import split_params
+from dmeta.parallel import data_mesh, jit_step
 from dmeta.train.state import TrainState, init_train_state
 from dmeta.types import Array, Params
 
@@ -101,9 +102,12 @@ def _jit(fn: Callable) -> Callable:
 
 
 @functools.lru_cache(maxsize=256)
-def _jitted_step(loss_fn: LossFn, lr: float, step_wrapper: Callable | None) -> Callable:
+def _jitted_step(
+    loss_fn: LossFn, lr: float, step_wrapper: Callable | None, shard: bool
+) -> Callable:
     step = make_train_step(loss_fn, optax.adam(lr))
-    return jax.jit(step_wrapper(step) if step_wrapper else step)
+    step = step_wrapper(step) if step_wrapper else step
+    return jit_step(step, data_mesh() if shard else None, batch_argnums=(1,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +136,7 @@ def fit(
     drop_factor: float = 0.01,
     seed: int = 0,
     step_wrapper: Callable[[Callable], Callable] | None = None,
+    shard: bool = False,
 ) -> FitResult:
     """Adam on shuffled fixed-size batches (the last one padded with weight 0) with early
     stopping on the validation MAE of ``val[label]`` (patience in epochs). Stopping waits for
@@ -153,8 +158,11 @@ def fit(
       drop_factor: the factor.
       seed: shuffling seed.
       step_wrapper: applied to the step before ``jax.jit`` (e.g. ``chex.assert_max_traces``).
+      shard: split each batch over all visible devices, parameters replicated
+        (``dmeta.parallel``); ``batch_size`` (or the training size, if smaller) must divide
+        by the device count.
     """
-    step = _jitted_step(loss_fn, lr, step_wrapper)
+    step = _jitted_step(loss_fn, lr, step_wrapper, shard)
     state = init_train_state(params, optax.adam(lr), jax.random.key(seed))
     rng = np.random.default_rng(seed)
     n = len(train["weight"])
@@ -330,7 +338,7 @@ def fit_stage1(
       domains: the domains to train, ``"s"`` and/or ``"t"`` (single-domain data: ``("t",)``;
         an untrained domain keeps its initialization).
       **fit_kwargs: lr, batch_size, max_epochs, patience, drop_epoch, drop_factor,
-        step_wrapper (see :func:`fit`).
+        step_wrapper, shard (see :func:`fit`).
     """
     arch = (
         train.s_cat_sizes,
