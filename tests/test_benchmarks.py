@@ -101,3 +101,77 @@ def test_sales_cnn_throughput_quick(tmp_path):
     value, unit = report["paper_k2200_samples_per_min"]
     assert value == 73000 and "not measured" in unit
     assert report["speedup_vs_torch"][0] > 0
+
+
+def _run_quick(script: str, tmp_path: Path) -> tuple[str, dict[str, tuple[float, str]]]:
+    out = tmp_path / "report.txt"
+    proc = subprocess.run(
+        [sys.executable, f"experiments/benchmarks/{script}", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.read_text() == proc.stdout
+    assert proc.stdout.splitlines()[0].startswith("command: ")
+    return proc.stdout, parse_report(proc.stdout)
+
+
+def test_kmeans_vs_sklearn_quick(tmp_path):
+    text, report = _run_quick("kmeans_vs_sklearn.py", tmp_path)
+    assert text.splitlines()[-1].startswith("speedup_vs_sklearn: ")
+    for name in ("dmeta_fit_s", "sklearn_fit_s", "dmeta_compile_s"):
+        value, unit = report[name]
+        assert value > 0 and unit == "s", name
+    # same data, seeding scheme and stopping rule: both reach clusterings of similar inertia
+    assert 0.8 < report["inertia_ratio_min"][0] <= report["inertia_ratio_max"][0] < 1.25
+    assert report["speedup_vs_sklearn"][0] > 0
+
+
+def test_deepwalk_vs_gensim_quick(tmp_path):
+    pytest.importorskip("gensim")
+    text, report = _run_quick("deepwalk_vs_gensim.py", tmp_path)
+    assert text.splitlines()[-1].startswith("speedup_vs_gensim: ")
+    assert report["dmeta_train_s"][0] > 0 and report["gensim_train_s"][0] > 0
+    # four clearly planted communities: both embeddings separate them well above chance (0.25)
+    for name in ("dmeta", "gensim"):
+        assert report[f"{name}_community_accuracy"][0] >= 0.75, name
+        assert -1 <= report[f"{name}_silhouette"][0] <= 1, name
+    assert report["speedup_vs_gensim"][0] > 0
+
+
+def test_run_all_quick_writes_table(tmp_path):
+    pytest.importorskip("gensim")
+    out = tmp_path / "benchmarks.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "experiments/benchmarks/run_all.py",
+            "--quick",
+            "--only",
+            "kmeans_vs_sklearn,deepwalk_vs_gensim",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text().partition("## GPU")[0]  # the CPU table (a GPU adds a second one)
+    for heading in ("- machine: ", "- versions: python ", "- load average", "- command: "):
+        assert heading in text, heading
+    assert "gensim 4" in text and "scikit-learn 1" in text
+    for name, ratio in (
+        ("kmeans_vs_sklearn", "speedup_vs_sklearn"),
+        ("deepwalk_vs_gensim", "speedup_vs_gensim"),
+    ):
+        rows = [line for line in text.splitlines() if line.startswith(f"| [{name}](")]
+        assert len(rows) == 1, name
+        cells = [c.strip() for c in rows[0].strip("|").split("|")]
+        assert cells[4] == ratio and float(cells[5]) > 0, cells
+        report = parse_report((tmp_path / "benchmarks" / f"{name}.txt").read_text())
+        assert float(cells[5]) == pytest.approx(report[ratio][0], rel=0.01)
+    assert "maml_throughput" not in text

@@ -1,0 +1,336 @@
+"""Every side-by-side benchmark in one go, summarized in one Markdown table.
+
+Each benchmark runs as a subprocess of this script (CPU only, ``JAX_PLATFORMS=cpu``); its full
+output goes to ``<out dir>/benchmarks/<name>.txt`` and its figures are read back with
+``parse_report``. The table at ``--out`` gives the machine, library versions, the date, the load
+averages before and after, one row per comparison (dmeta's figure, the peer's, their ratio and
+the target where issue 8 or the method's issue states one) and the exact commands. When JAX sees
+a GPU, the benchmarks that run JAX code run a second time with JAX on the GPU (peers stay on
+the CPU) and fill a second table; their outputs go to ``<name>_gpu.txt``.
+
+    .venv/bin/python experiments/benchmarks/run_all.py --out experiments/results/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.metadata
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from experiments.benchmarks.common import load_average, parse_report
+from experiments.benchmarks.sales_cnn_throughput import machine
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+VERSIONS = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "torch",
+    "scikit-learn",
+    "gensim",
+    "xgboost",
+    "prefixspan",
+    "xlogit",
+)
+Report = dict[str, tuple[float, str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One table row: dmeta's figure and the peer's (text with unit), their ratio, a note."""
+
+    dmeta: str
+    peer_figure: str
+    ratio: float
+    note: str = ""
+
+
+def _number(pattern: str, text: str) -> float:
+    """The number captured by ``pattern`` in a benchmark's free-text line."""
+    match = re.search(pattern, text)
+    if match is None:
+        raise ValueError(f"no match for {pattern!r} in the benchmark output")
+    return float(match.group(1))
+
+
+def _maml(report: Report, text: str, gpu: bool) -> Row:
+    best = max(v for k, (v, u) in report.items() if k.startswith("dmeta_second_order_"))
+    torch = report["torch_second_order_loop"][0]
+    note = f"meta-grad rel. diff {report['meta_grad_max_rel_diff'][0]:.1e}"
+    return Row(f"{best:.3g} steps/s", f"{torch:.3g} steps/s", best / torch, note)
+
+
+def _sales_cnn(report: Report, text: str, gpu: bool) -> Row:
+    dmeta = report["dmeta_gpu_samples_per_s" if gpu else "dmeta_cpu_samples_per_s"][0]
+    torch = report["torch_cpu_samples_per_s"][0]
+    note = f"forward rel. diff {report['forward_max_rel_diff'][0]:.1e}"
+    return Row(f"{dmeta:.4g} samples/s", f"{torch:.4g} samples/s", dmeta / torch, note)
+
+
+def _prefixspan(report: Report, text: str, gpu: bool) -> Row:
+    ours = report["dmeta.mining.prefixspan"][0]
+    theirs = _number(r"prefixspan \(PyPI[^)]*\): ([\d.]+) s", text)
+    note = re.search(r"identical patterns and supports: (\w+)", text).group(0)
+    return Row(f"{ours:.3g} s", f"{theirs:.3g} s", theirs / ours, note)
+
+
+def _logit(report: Report, text: str, gpu: bool) -> Row:
+    warm = _number(r"([\d.]+) s warm", text)
+    theirs = _number(r"xlogit MultinomialLogit: ([\d.]+) s", text)
+    note = "max |beta diff| " + re.search(r"max \|beta diff\| (\S+)", text).group(1)
+    return Row(f"{warm:.3g} s (warm)", f"{theirs:.3g} s", theirs / warm, note)
+
+
+def _kmeans(report: Report, text: str, gpu: bool) -> Row:
+    ours, theirs = report["dmeta_fit_s"][0], report["sklearn_fit_s"][0]
+    note = f"inertia ratio {report['inertia_ratio_vs_sklearn'][0]:.4f}"
+    return Row(f"{ours:.3g} s/fit", f"{theirs:.3g} s/fit", theirs / ours, note)
+
+
+def _deepwalk(report: Report, text: str, gpu: bool) -> Row:
+    ours, theirs = report["dmeta_train_s"][0], report["gensim_train_s"][0]
+    note = (
+        f"community accuracy {report['dmeta_community_accuracy'][0]:.3f} vs "
+        f"{report['gensim_community_accuracy'][0]:.3f}"
+    )
+    return Row(f"{ours:.3g} s", f"{theirs:.3g} s", theirs / ours, note)
+
+
+def _last_line(report: Report, text: str, gpu: bool) -> Row:
+    """Fallback for a benchmark without its own reader: the ratio on its last line."""
+    name, _, value = text.strip().splitlines()[-1].partition(": ")
+    return Row("see output", "see output", float(value.split()[0]), name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """A benchmark script and how to read its report.
+
+    Attributes:
+      name: script stem in ``experiments/benchmarks``.
+      peer: the library compared against.
+      ratio: name of the ratio line (peer time over dmeta's, or dmeta rate over the peer's).
+      read: ``(report, text, gpu) -> Row``.
+      quick: arguments for ``--quick`` (tiny shapes).
+      target: the target the issues state, or "".
+      met: ``Row -> bool`` for the target, or None.
+      uses_jax: whether a GPU run means anything.
+    """
+
+    name: str
+    peer: str
+    ratio: str
+    read: Callable[[Report, str, bool], Row]
+    quick: tuple[str, ...] = ("--quick",)
+    target: str = ""
+    met: Callable[[Row], bool] | None = None
+    uses_jax: bool = True
+
+
+BENCHMARKS = (
+    Benchmark(
+        "maml_throughput",
+        "PyTorch task loop",
+        "speedup_vs_torch_loop",
+        _maml,
+        ("--quick", "--repeats", "1"),
+        ">= 15x",
+        lambda r: r.ratio >= 15,
+    ),
+    Benchmark(
+        "sales_cnn_throughput",
+        "PyTorch",
+        "speedup_vs_torch",
+        _sales_cnn,
+        ("--quick", "--repeats", "1"),
+        ">= 1.5x",
+        lambda r: r.ratio >= 1.5,
+    ),
+    Benchmark(
+        "prefixspan_throughput",
+        "prefixspan (PyPI)",
+        "speedup_vs_prefixspan",
+        _prefixspan,
+        ("--sequences", "300", "--length", "8", "--symbols", "30", "--support", "0.05"),
+        ">= 10x",
+        lambda r: r.ratio >= 10,
+        uses_jax=False,
+    ),
+    Benchmark(
+        "logit_fit",
+        "xlogit",
+        "speedup_vs_xlogit",
+        _logit,
+        ("--situations", "500", "--alternatives", "4", "--attributes", "3"),
+        "dmeta ~1 s",
+        lambda r: float(r.dmeta.split()[0]) <= 1.0,
+    ),
+    Benchmark("kmeans_vs_sklearn", "scikit-learn KMeans", "speedup_vs_sklearn", _kmeans),
+    Benchmark("deepwalk_vs_gensim", "gensim Word2Vec", "speedup_vs_gensim", _deepwalk),
+    Benchmark("rmldp_segments", "see output", "last line", _last_line),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """One benchmark run: its command, output file, and row (or why there is none)."""
+
+    bench: Benchmark
+    command: list[str]
+    path: Path
+    row: Row | None
+    error: str = ""
+
+
+def run_one(bench: Benchmark, *, quick: bool, gpu: bool, out_dir: Path, timeout: float) -> Outcome:
+    """Runs one benchmark script, saves its output and reads its row."""
+    script = HERE / f"{bench.name}.py"
+    command = [sys.executable, str(script.relative_to(ROOT)), *(bench.quick if quick else ())]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if not gpu:
+        env["JAX_PLATFORMS"] = "cpu"
+    path = out_dir / f"{bench.name}{'_gpu' if gpu else ''}.txt"
+    print(f"running {' '.join(command)}{' (JAX on GPU)' if gpu else ''}", flush=True)
+    try:
+        proc = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as err:
+        partial = err.stdout or ""
+        path.write_text(partial.decode() if isinstance(partial, bytes) else partial)
+        return Outcome(bench, command, path, None, f"timed out after {timeout:.0f} s")
+    path.write_text(proc.stdout + (f"\n--- stderr ---\n{proc.stderr}" if proc.returncode else ""))
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no stderr"])[-1]
+        return Outcome(bench, command, path, None, f"exit {proc.returncode}: {last}")
+    try:
+        row = bench.read(parse_report(proc.stdout), proc.stdout, gpu)
+    except (KeyError, ValueError, AttributeError) as err:
+        return Outcome(bench, command, path, None, f"unreadable report ({err!r})")
+    return Outcome(bench, command, path, row)
+
+
+def probe_jax_device() -> str:
+    """JAX's default platform and device kind, probed in a subprocess (so that this process
+    holds no GPU memory), e.g. ``cpu cpu`` or ``gpu NVIDIA H100 80GB HBM3``."""
+    code = "import jax; d = jax.devices()[0]; print(d.platform, d.device_kind)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return proc.stdout.strip()
+
+
+def machine_with_ram() -> str:
+    """CPU model, core count and OS (``sales_cnn_throughput.machine``) and the RAM."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{machine()}, {ram:.1f} GiB RAM"
+
+
+def versions() -> str:
+    """Installed versions of Python and of dmeta's and the peers' libraries."""
+    found = [f"python {platform.python_version()}"]
+    for dist in VERSIONS:
+        try:
+            found.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{dist} (not installed)")
+    return ", ".join(found)
+
+
+def table(outcomes: list[Outcome], out: Path) -> list[str]:
+    """Markdown table rows, one per benchmark."""
+    lines = [
+        "| benchmark | dmeta | peer | peer figure | ratio | value | target | met | notes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for o in outcomes:
+        b, link = o.bench, o.path.relative_to(out.parent).as_posix()
+        name = f"[{b.name}]({link})"
+        if o.row is None:
+            lines.append(
+                f"| {name} | failed | {b.peer} | | {b.ratio} | | {b.target} | | {o.error} |"
+            )
+            continue
+        met = "" if b.met is None else ("yes" if b.met(o.row) else "no")
+        lines.append(
+            f"| {name} | {o.row.dmeta} | {b.peer} | {o.row.peer_figure} | {b.ratio} | "
+            f"{o.row.ratio:.3g} | {b.target} | {met} | {o.row.note} |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, for tests")
+    parser.add_argument("--only", default=None, help="comma-separated benchmark names")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments/results/benchmarks.md")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per benchmark")
+    args = parser.parse_args(argv)
+    known = {b.name: b for b in BENCHMARKS}
+    names = list(known) if args.only is None else args.only.split(",")
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        parser.error(f"unknown benchmarks {unknown}; known: {sorted(known)}")
+    selected, notes = [], []
+    for name in names:
+        if (HERE / f"{name}.py").exists():
+            selected.append(known[name])
+        else:
+            notes.append(f"- `{name}`: skipped, experiments/benchmarks/{name}.py does not exist.")
+    out_dir = args.out.parent / "benchmarks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = probe_jax_device()
+    start_load, started = load_average(), datetime.datetime.now(datetime.UTC)
+    run = dict(quick=args.quick, out_dir=out_dir, timeout=args.timeout)
+    cpu = [run_one(b, gpu=False, **run) for b in selected]
+    on_gpu = device.split()[0] == "gpu"
+    gpu = [run_one(b, gpu=True, **run) for b in selected if b.uses_jax] if on_gpu else []
+    end_load = load_average()
+    command = " ".join(["python", *(argv if argv is not None else sys.argv)])
+    lines = [
+        "# Side-by-side benchmarks",
+        "",
+        f"- command: `{command}`",
+        f"- date: {started:%Y-%m-%d %H:%M} UTC",
+        f"- machine: {machine_with_ram()}; JAX default device: {device}",
+        f"- versions: {versions()}",
+        f"- load average (1/5/15 min) before: {start_load}; after: {end_load}",
+        "- ratio: dmeta's rate over the peer's, or the peer's time over dmeta's (above 1: dmeta "
+        "is faster); each benchmark's full output is linked from its name.",
+        "",
+        "## CPU",
+        "",
+        *table(cpu, args.out),
+    ]
+    if gpu:
+        lines += [
+            "",
+            f"## GPU ({device}; dmeta's JAX code on the GPU, peers on the CPU)",
+            "",
+            *table(gpu, args.out),
+        ]
+    lines += [
+        "",
+        "## Commands (run by the command above, `JAX_PLATFORMS=cpu` for the CPU table)",
+        "",
+        *(f"- `python {' '.join(o.command[1:])}`" for o in cpu),
+    ]
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return int(any(o.row is None for o in cpu + gpu))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
