@@ -32,5 +32,4 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: $(VENV)/.bench
-	$(BIN)/python experiments/benchmarks/maml_throughput.py
-	$(BIN)/python experiments/benchmarks/sales_cnn_throughput.py
+	$(BIN)/python experiments/benchmarks/run_all.py --out experiments/results/benchmarks.md
