@@ -139,13 +139,25 @@ class ShardingSpy:
         jax.lax.with_sharding_constraint = self._orig
 
 
+def layout(tree) -> str:
+    """``"replicated"``, ``"split"`` (leading axis over all devices) or ``"other"``."""
+    if is_replicated(tree):
+        return "replicated"
+    split = all(
+        len(leaf.sharding.device_set) == jax.device_count()
+        and leaf.sharding.shard_shape(leaf.shape)[0] * jax.device_count() == leaf.shape[0]
+        for leaf in jax.tree.leaves(tree)
+    )
+    return "split" if split else "other"
+
+
 def compare(spy, want, got) -> dict:
     """``want`` / ``got``: (params, losses) of the unsharded and sharded runs."""
     return dict(
         spy.summary(),
         param_err=max_rel_err(got[0], want[0]),
         loss_err=max_rel_err(got[1], want[1]),
-        params_replicated=is_replicated(got[0]),
+        params_layout=layout(got[0]),
     )
 
 
@@ -204,7 +216,67 @@ def check_cdltvs(mesh, spy) -> dict:
         return compare(spy, want, run(spied, True))
 
 
-CHECKS = {"rmldp": check_rmldp, "stmp": check_stmp, "cdltvs": check_cdltvs}
+def sales_cnn_problem(n_regions: int = N_DEVICES, n: int = 12):
+    """A tiny SalesCNN (D=5 indicators, T=8 days) and region-stacked random ``Samples``."""
+    from flax import nnx
+
+    from dmeta.sales_cnn.model import SalesCNN
+    from dmeta.sales_cnn.train import Samples, split_model
+
+    graphdef, params = split_model(SalesCNN(5, 8, maps=3, hidden=8, rngs=nnx.Rngs(0)))
+    k_x, k_y = jax.random.split(jax.random.key(1))
+    data = Samples(
+        x=jax.random.normal(k_x, (n_regions, n, 4, 5, 8)),
+        y=jax.random.normal(k_y, (n_regions, n)),
+        w=jnp.ones((n_regions, n)),
+        n=jnp.arange(n - n_regions + 1, n + 1, dtype=jnp.int32),  # unequal, padded sizes
+    )
+    return graphdef, params, data
+
+
+SALES_OPTS = dict(learning_rate=1e-2, batch_size=8, n_steps=3)
+
+
+def check_sales_cnn(mesh, spy) -> dict:
+    """Pooled training (the pretraining stage): each drawn minibatch split over devices."""
+    from dmeta.sales_cnn.train import fit
+
+    graphdef, params, data = sales_cnn_problem()
+    pooled = jax.tree.map(lambda a: a[-1], data)
+    want = fit(graphdef, params, pooled, jax.random.key(2), **SALES_OPTS)
+    with spy:
+        got = fit(graphdef, params, pooled, jax.random.key(2), **SALES_OPTS, shard=True)
+    return compare(spy, want, got)
+
+
+def check_sales_cnn_regions(mesh, spy) -> dict:
+    """Per-region transfer: regions (parameters, data, results) split over devices."""
+    from dmeta.sales_cnn.train import broadcast_params, fit_regions
+
+    graphdef, params, data = sales_cnn_problem()
+    start = broadcast_params(params, N_DEVICES)
+    want = fit_regions(graphdef, start, data, jax.random.key(2), **SALES_OPTS)
+    got = fit_regions(graphdef, start, data, jax.random.key(2), **SALES_OPTS, shard=True)
+    res = compare(spy, want, got)
+    placed = [
+        (leaf.shape[0], leaf.sharding.shard_shape(leaf.shape)[0], len(leaf.sharding.device_set))
+        for leaf in jax.tree.leaves(got)
+    ]
+    return dict(
+        res,
+        leading=sorted({(full, per) for full, per, _ in placed}),
+        batch_devices=sorted({n for *_, n in placed}),
+    )
+
+
+CHECKS = {
+    "rmldp": check_rmldp,
+    "stmp": check_stmp,
+    "cdltvs": check_cdltvs,
+    "sales_cnn": check_sales_cnn,
+    "sales_cnn_regions": check_sales_cnn_regions,
+}
+PARAMS_LAYOUT = {"sales_cnn_regions": "split"}  # the others: replicated
 
 
 def worker() -> dict:
@@ -236,7 +308,7 @@ def test_sharded_step_equals_unsharded(results, name):
     res = results[name]
     assert res["param_err"] <= 1.0, res  # in units of atol + rtol |want|
     assert res["loss_err"] <= 1.0, res
-    assert res["params_replicated"], res
+    assert res["params_layout"] == PARAMS_LAYOUT.get(name, "replicated"), res
     assert res["batch_devices"] == [N_DEVICES], res
     # the task / batch axis really is split: each device holds 1/4 of it
     assert res["leading"] and all(full == N_DEVICES * per for full, per in res["leading"]), res

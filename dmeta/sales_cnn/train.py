@@ -5,6 +5,8 @@
 * Transfer learning (section 4.2): pretrain one model on the samples of all
   regions, then continue training one copy per region. The per-region stage is
   one ``jax.vmap``-ed, jitted program over region-stacked parameters and data.
+* ``shard=True`` (``dmeta.parallel``) runs either on all visible devices: ``fit``
+  splits each minibatch, ``fit_regions`` the regions.
 
 Models are NNX modules run functionally: ``graphdef, params = split_model(model)``
 once, then ``apply_model(graphdef, params, x, key)``; any model with the call
@@ -22,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
+from dmeta.parallel import batch_sharded, constrain_batch, data_mesh, jit_step
 from dmeta.train.state import TrainState, init_train_state
 from dmeta.types import Array, Key, Params
 
@@ -119,21 +123,33 @@ def stack_params(params: list[Params]) -> Params:
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *, batch_size: int
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    *,
+    batch_size: int,
+    mesh: Mesh | None = None,
 ):
     """``step(state, data) -> (state, loss)``: one Adamax step on a random minibatch.
 
     The minibatch is ``batch_size`` rows drawn uniformly from the ``data.n`` real
     rows of ``data: Samples``; dropout and the draw use ``state.key``.
+
+    With ``mesh`` the drawn minibatch is split over the mesh's devices by a sharding
+    constraint (``batch_size`` must divide by the device count) while ``data`` stays
+    replicated: the draw is random over all rows, so a sharded pool would need an
+    all-to-all gather every step; a replicated one lets each device gather its rows
+    locally, and the draw equals the single-device one.
     """
 
     def step(state: TrainState, data: Samples) -> tuple[TrainState, Array]:
         key, k_batch, k_drop = jax.random.split(state.key, 3)
         idx = jax.random.randint(k_batch, (batch_size,), 0, data.n)
+        x, y, w = data.x[idx], data.y[idx], data.w[idx]
+        if mesh is not None:
+            x, y, w = constrain_batch((x, y, w), mesh)
 
         def loss_fn(params):
-            pred = apply_model(graphdef, params, data.x[idx], k_drop)
-            return weighted_mse(pred, data.y[idx], data.w[idx])
+            return weighted_mse(apply_model(graphdef, params, x, k_drop), y, w)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -148,18 +164,30 @@ def make_train_step(
     return step
 
 
-def _fit(graphdef, params, data, key, learning_rate, batch_size, n_steps):
+def _fit(graphdef, params, data, key, learning_rate, batch_size, n_steps, mesh=None):
     optimizer = optax.adamax(learning_rate)
-    step = make_train_step(graphdef, optimizer, batch_size=batch_size)
+    step = make_train_step(graphdef, optimizer, batch_size=batch_size, mesh=mesh)
     state = init_train_state(params, optimizer, key)
     state, losses = jax.lax.scan(lambda s, _: step(s, data), state, None, length=n_steps)
     return state.params, losses
 
 
-_STATIC = ("graphdef", "learning_rate", "batch_size", "n_steps")
+@functools.lru_cache(maxsize=64)
+def _program(graphdef, learning_rate, batch_size, n_steps, shard: bool, regions: bool):
+    """The jitted ``(params, data, key) -> (params, losses)`` of ``fit`` / ``fit_regions``."""
+    mesh = data_mesh() if shard else None
+    opts = dict(learning_rate=learning_rate, batch_size=batch_size, n_steps=n_steps)
+    if not regions:
+        return jit_step(functools.partial(_fit, graphdef, **opts, mesh=mesh), mesh)
+
+    def run(params, data, key):
+        keys = jax.random.split(key, data.n.shape[0])
+        return jax.vmap(functools.partial(_fit, graphdef, **opts))(params, data, keys)
+
+    out = None if mesh is None else batch_sharded(mesh)
+    return jit_step(run, mesh, batch_argnums=(0, 1), out_shardings=out)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
 def fit(
     graphdef: nnx.GraphDef,
     params: Params,
@@ -169,16 +197,20 @@ def fit(
     learning_rate: float,
     batch_size: int,
     n_steps: int,
+    shard: bool = False,
 ) -> tuple[Params, Array]:
     """``n_steps`` Adamax steps from ``params`` on ``data`` (a fresh optimizer state).
+
+    One jitted program per (graphdef, hyper-parameters, shard). ``shard=True`` splits
+    each minibatch over all visible devices (``make_train_step``), parameters replicated.
 
     Returns:
       (params, losses f32[n_steps]).
     """
-    return _fit(graphdef, params, data, key, learning_rate, batch_size, n_steps)
+    program = _program(graphdef, learning_rate, batch_size, n_steps, shard, regions=False)
+    return program(params, data, key)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
 def fit_regions(
     graphdef: nnx.GraphDef,
     params: Params,
@@ -188,6 +220,7 @@ def fit_regions(
     learning_rate: float,
     batch_size: int,
     n_steps: int,
+    shard: bool = False,
 ) -> tuple[Params, Array]:
     """``fit`` for every region at once: one vmapped program.
 
@@ -196,15 +229,15 @@ def fit_regions(
         pretrained model for transfer).
       data: ``Samples`` stacked ``[R, N, ...]`` (``n: i32[R]``).
       key: one key, split into one per region.
+      shard: split the regions (parameters, data, results) over all visible devices;
+        R must divide by the device count. Regions are independent, so the devices
+        never communicate.
 
     Returns:
       (params ``[R, ...]``, losses f32[R, n_steps]).
     """
-    keys = jax.random.split(key, data.n.shape[0])
-    run = functools.partial(
-        _fit, graphdef, learning_rate=learning_rate, batch_size=batch_size, n_steps=n_steps
-    )
-    return jax.vmap(run)(params, data, keys)
+    program = _program(graphdef, learning_rate, batch_size, n_steps, shard, regions=True)
+    return program(params, data, key)
 
 
 def broadcast_params(params: Params, n: int) -> Params:
