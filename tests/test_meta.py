@@ -13,7 +13,12 @@ from jax.test_util import check_grads
 
 from dmeta.meta.batching import per_task
 from dmeta.meta.inner import adapt
-from dmeta.meta.maml import adapt_tasks, init_meta_params, make_maml_task_loss
+from dmeta.meta.maml import (
+    adapt_tasks,
+    adapt_with_support_loss,
+    init_meta_params,
+    make_maml_task_loss,
+)
 from dmeta.meta.modulation import init_modulator, modulate, modulator, unflatten_like
 from dmeta.meta.steps import make_meta_train_step, with_sampler
 from dmeta.models.mpfn import MPFN, split_loss
@@ -170,3 +175,26 @@ def test_adapt_tasks_returns_per_task_params(model):
     adapted = adapt_tasks(loss_of(apply), {"theta": theta}, tasks, steps=2, step_size=0.1)
     for a, b in zip(jax.tree.leaves(adapted), jax.tree.leaves(theta)):
         assert a.shape == (T, *b.shape)
+
+
+@pytest.mark.parametrize(
+    "steps, first_order, remat", [(0, False, False), (1, False, False), (3, True, True)]
+)
+def test_reported_support_loss_is_the_direct_one(model, steps, first_order, remat):
+    apply, theta = model
+    task = first_task(make_tasks(jax.random.key(10)))
+    loss = loss_of(apply)
+    kw = dict(steps=steps, step_size=0.1, first_order=first_order, remat=remat)
+    adapted, support_loss = jax.jit(functools.partial(adapt_with_support_loss, loss, **kw))(
+        theta, task.support
+    )
+    expected = jax.jit(functools.partial(adapt, loss, **kw))(theta, task.support)
+    chex.assert_trees_all_close(adapted, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(support_loss, loss(theta, task.support), rtol=1e-6)
+    # through the task loss, with a modulated (task-specific) initialization
+    half = jax.tree.map(lambda a: jnp.full_like(a, 0.5), theta)
+    tl = make_maml_task_loss(loss, **kw, init_fn=lambda mp, t, k: (modulate(half, mp["theta"]), {}))
+    _, aux = jax.jit(tl)({"theta": theta}, task, jax.random.key(0))
+    direct = loss(modulate(half, theta), task.support)
+    np.testing.assert_allclose(aux["support_loss"], direct, rtol=1e-6)
+    assert float(aux["support_loss"]) != float(loss(theta, task.support))
