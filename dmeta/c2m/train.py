@@ -31,6 +31,7 @@ from dmeta.c2m.autoencoder import BehaviorAutoencoder
 from dmeta.c2m.losses import clustering_loss, preference_loss, reconstruction_loss
 from dmeta.cluster.kmeans import kmeans, outlier_weights, sq_distances
 from dmeta.nn.functional import split_params
+from dmeta.parallel import data_mesh, jit_step
 from dmeta.types import Params
 
 
@@ -94,17 +95,17 @@ def encode_all(ae: Autoencoder, params: Params, x, mask, batch_size: int = 256) 
 
 
 @functools.cache
-def _adam_step(loss_fn: Callable, learning_rate: float) -> Callable:
-    """Jitted ``step(params, opt_state, batch, consts)``, one per loss and learning rate."""
+def _adam_step(loss_fn: Callable, learning_rate: float, shard: bool = False) -> Callable:
+    """Jitted ``step(params, opt_state, batch, consts)``, one per loss, learning rate and
+    ``shard`` (split the batch over all visible devices, the rest replicated)."""
     optimizer = optax.adam(learning_rate)
 
-    @jax.jit
     def step(params, opt_state, batch, consts):
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, consts)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, metrics
 
-    return step
+    return jit_step(step, data_mesh() if shard else None, batch_argnums=(2,))
 
 
 def _epochs(
@@ -118,12 +119,14 @@ def _epochs(
     key: jax.Array,
     consts: dict | None = None,
     before_epoch: Callable[[Params], tuple[Params, dict[str, np.ndarray]]] | None = None,
+    shard: bool = False,
 ) -> tuple[Params, list[dict[str, float]]]:
     """Minibatch Adam over users. ``loss_fn(params, batch, consts) -> (loss, metrics)``;
     ``data`` holds per-user arrays (leading axis U); ``consts`` are traced hyper-parameters;
     ``before_epoch(params) -> (params, targets)`` may reset parameters and adds per-user
-    targets."""
-    step = _adam_step(loss_fn, learning_rate)
+    targets. ``shard=True`` splits each batch over all visible devices (``dmeta.parallel``;
+    the batch size, or U if smaller, must divide by the device count)."""
+    step = _adam_step(loss_fn, learning_rate, shard)
     opt_state = optax.adam(learning_rate).init(params)
     consts = {} if consts is None else consts
 
@@ -197,9 +200,21 @@ def _deepcluster_loss(ae: Autoencoder) -> Callable:
 
 
 def pretrain(
-    ae: Autoencoder, params: Params, x, mask, *, epochs, batch_size, learning_rate, key
+    ae: Autoencoder,
+    params: Params,
+    x,
+    mask,
+    *,
+    epochs,
+    batch_size,
+    learning_rate,
+    key,
+    shard: bool = False,
 ) -> tuple[Params, list]:
-    """Algorithm 1, step 1: reconstruction only, from ``params`` (e.g. ``ae.params``)."""
+    """Algorithm 1, step 1: reconstruction only, from ``params`` (e.g. ``ae.params``).
+
+    ``shard=True`` splits each batch of users over all visible devices (``_epochs``).
+    """
     return _epochs(
         params,
         _pretrain_loss(ae),
@@ -208,6 +223,7 @@ def pretrain(
         batch_size=batch_size,
         learning_rate=learning_rate,
         key=key,
+        shard=shard,
     )
 
 
@@ -226,12 +242,14 @@ def joint_segmentation(
     batch_size: int,
     learning_rate: float,
     key: jax.Array,
+    shard: bool = False,
 ) -> Segmentation:
     """Algorithm 1, steps 2-3, from pretrained ``params``.
 
     Args:
       behavior_weights: f[J] eq. 7 weight of each behaviour code.
       outlier_z: outlier threshold (``dmeta.cluster.kmeans.outlier_weights``); None keeps all.
+      shard: split each batch of users over all visible devices (``_epochs``).
     """
     key, k_init = jax.random.split(key)
     init = kmeans(k_init, encode_all(ae, params, x, mask), n_segments, outlier_z=outlier_z)
@@ -256,6 +274,7 @@ def joint_segmentation(
         key=key,
         consts=consts,
         before_epoch=weights,
+        shard=shard,
     )
     z = encode_all(ae, state["ae"], x, mask)
     labels = np.asarray(jnp.argmin(sq_distances(z, state["centroids"]), axis=1), np.int32)
