@@ -175,3 +175,49 @@ def test_run_all_quick_writes_table(tmp_path):
         report = parse_report((tmp_path / "benchmarks" / f"{name}.txt").read_text())
         assert float(cells[5]) == pytest.approx(report[ratio][0], rel=0.01)
     assert "maml_throughput" not in text
+
+
+def test_rmldp_segments_quick(tmp_path):
+    out = tmp_path / "rmldp_segments.txt"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "experiments/benchmarks/rmldp_segments.py",
+            "--quick",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert out.read_text() == proc.stdout
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("command: ")
+    assert lines[-2].startswith("per_segment_cost_ratio_4_vs_2_vmap: ")
+    assert lines[-1].startswith("per_segment_cost_ratio_4_vs_2_map: ")
+    assert "skipped: none" in lines
+    report = parse_report(proc.stdout)
+    rows = [line.strip("|").split("|") for line in lines if line[:3] in ("| 2", "| 4")]
+    assert sorted((int(r[0]), r[1].strip()) for r in rows) == [
+        (2, "map"),
+        (2, "vmap"),
+        (4, "map"),
+        (4, "vmap"),
+    ]
+    for r in rows:
+        seconds, per_s, ms, _, traces, compiles = (float(c) for c in r[2:8])
+        assert traces == compiles == 1
+        assert per_s == pytest.approx(int(r[0]) / seconds, rel=1e-3)
+        assert ms == pytest.approx(1e3 * seconds / int(r[0]), rel=1e-3)
+    for size in (2, 4):
+        assert report[f"T{size}_vmap_vs_map_loss_rel_diff"][0] <= 1e-5
+        for mode in ("vmap", "map"):
+            value, unit = report[f"{mode}_T{size}_segments_per_s"]
+            assert value > 0 and unit == "segments/s"
+    for mode in ("vmap", "map"):
+        assert report[f"per_segment_cost_ratio_4_vs_2_{mode}"][0] > 0

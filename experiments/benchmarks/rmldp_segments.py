@@ -1,0 +1,304 @@
+"""RMLDP meta-training throughput: segments per second of the full meta-step vs meta-batch size.
+
+The step is the library's Algorithm 1 step, ``dmeta.rmldp.model.make_train_step`` jitted with
+the state donated: per segment the MPFN_s encoder and its reconstruction loss (eq. 9-10), the
+knowledge-graph layer q_g, the modulation M(q) * theta_0 (eq. 11-12), one second-order inner
+step, the query loss (eq. 13), then one Adam update of every meta-parameter. Shapes are Table 1
+of the paper (``experiments/configs/rmldp.py``, ``size="paper"``: |T_c| = 30, 48 features, GRUs
+of 128, q_d 32, q_g 16, 16 support + 16 query samples per segment); the meta-batch runs over
+8..512 segments, segments ``vmap``-ed or ``lax.map``-ed (the step's ``strategy``). A fixed
+Gaussian batch is passed in, so task sampling is not timed.
+
+Each (size, mode) is traced and compiled once (traces and XLA backend compilations are
+counted; the run fails otherwise); both modes of a size are timed interleaved and the median
+is reported with the load average, because the CPU is shared. Peak memory is XLA's buffer
+assignment for the compiled step (arguments + outputs - donated aliases + temporaries), and the
+device's ``peak_bytes_in_use`` where the backend reports memory stats (GPU). A size whose step
+time, extrapolated linearly from the previous size, exceeds ``--max-seconds`` is skipped and
+listed. The last lines are ``per_segment_cost_ratio_<largest>_vs_<smallest>_<mode>: X`` (< 1:
+the per-segment cost falls as the batch grows).
+
+    .venv/bin/python experiments/benchmarks/rmldp_segments.py \
+        --out experiments/results/benchmarks/rmldp_segments.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dmeta.rmldp.model import init_rmldp, make_train_step
+from dmeta.train.state import init_train_state
+from dmeta.types import Split, TaskBatch
+from experiments.benchmarks.common import format_line, interleaved_medians, load_average
+from experiments.benchmarks.sales_cnn_throughput import machine
+from experiments.configs.rmldp import RMLDPConfig, get_config
+
+FEATURES = 48  # Table 1 "feature dimension"
+QUICK_FEATURES = 3
+SIZES = (8, 16, 32, 64, 128, 256, 512)
+QUICK_SIZES = (2, 4)
+MODES = ("vmap", "map")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One measured (size, mode): median step seconds, compile seconds, counts, memory."""
+
+    segments: int
+    mode: str
+    seconds: float
+    compile_seconds: float
+    traces: int
+    compiles: int
+    xla_mib: float
+    device_peak_mib: float | None
+
+    @property
+    def per_segment_ms(self) -> float:
+        return 1e3 * self.seconds / self.segments
+
+
+class CompileCounter:
+    """Counts XLA backend compilations (``jax.monitoring`` events) from its creation on."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event: str, duration: float, **kwargs) -> None:
+        del duration, kwargs
+        if event == self.EVENT:
+            self.count += 1
+
+
+def make_batch(key, cfg: RMLDPConfig, n_features: int, n_tasks: int) -> TaskBatch:
+    """Gaussian segments: support / query f32[T, N, S, F]; odd segments have one padded sample."""
+
+    def split(k, n):
+        k1, k2, k3 = jax.random.split(k, 3)
+        x = (n_tasks, n, cfg.seq_len, n_features)
+        mask = np.ones((n_tasks, n), np.float32)
+        mask[1::2, -1] = 0.0
+        return Split(
+            jax.random.normal(k1, x),
+            jax.random.normal(k2, x),
+            jax.random.normal(k3, (n_tasks, n)),
+            jnp.asarray(mask),
+        )
+
+    ks, kq = jax.random.split(key)
+    return TaskBatch(
+        split(ks, cfg.n_support), split(kq, cfg.n_query), jnp.arange(n_tasks, dtype=jnp.int32)
+    )
+
+
+class Runner:
+    """The compiled RMLDP meta-step of one (size, mode) and the state it advances."""
+
+    def __init__(self, cfg, n_features, graph_emb, n_tasks, mode, counter, *, seed):
+        model, meta_params = init_rmldp(
+            jax.random.key(seed),
+            n_features=n_features,
+            seq_len=cfg.seq_len,
+            hidden=cfg.hidden,
+            encoder_hidden=cfg.encoder_hidden,
+            q_d_dim=cfg.q_d_dim,
+            q_g_dim=cfg.q_g_dim,
+            graph_dim=cfg.graph_dim,
+            step_size=cfg.inner_lr,
+        )
+        optimizer = optax.adam(cfg.meta_lr)
+        self.state = init_train_state(meta_params, optimizer, jax.random.key(seed))
+        self.batch = make_batch(jax.random.key(seed + 1), cfg, n_features, n_tasks)
+        self.key = jax.random.key(seed + 2)
+        step = make_train_step(
+            model,
+            graph_emb,
+            optimizer,
+            lam=cfg.lam,
+            steps=cfg.inner_steps,
+            step_size=cfg.inner_lr,
+            strategy=mode,
+        )
+        self.traces = 0
+
+        def counted(state, batch, key):
+            self.traces += 1
+            return step(state, batch, key)
+
+        jitted = jax.jit(counted, donate_argnums=0)
+        compiles_before = counter.count
+        start = time.perf_counter()
+        self.step = jitted.lower(self.state, self.batch, self.key).compile()
+        self.compile_seconds = time.perf_counter() - start
+        mem = self.step.memory_analysis()
+        self.xla_bytes = (
+            mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
+            - mem.alias_size_in_bytes
+            + mem.temp_size_in_bytes
+        )
+        self.first_metrics = self()
+        self.compiles = counter.count - compiles_before
+
+    def __call__(self):
+        self.state, metrics = self.step(self.state, self.batch, self.key)
+        return jax.block_until_ready(metrics)
+
+
+def device_peak_mib() -> float | None:
+    """The default device's ``peak_bytes_in_use`` in MiB, None where not reported (CPU)."""
+    stats = jax.devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return stats["peak_bytes_in_use"] / 2**20
+
+
+def markdown_table(rows: list[Row]) -> list[str]:
+    """The results as Markdown table lines."""
+    lines = [
+        "| segments | mode | step time (s) | segments/s | ms per segment | compile (s) "
+        "| traces | compiles | XLA peak (MiB) | device peak (MiB) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        peak = "n/a" if r.device_peak_mib is None else f"{r.device_peak_mib:.0f}"
+        lines.append(
+            f"| {r.segments} | {r.mode} | {r.seconds:.4g} | {r.segments / r.seconds:.4g} "
+            f"| {r.per_segment_ms:.4g} | {r.compile_seconds:.3g} | {r.traces} | {r.compiles} "
+            f"| {r.xla_mib:.4g} | {peak} |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="sizes 2, 4 and smoke shapes (tests)")
+    parser.add_argument("--sizes", type=str, default=None, help="comma-separated segment counts")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per (size, mode)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=60.0,
+        help="skip a size whose step time, extrapolated from the previous size, exceeds this",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    cfg = get_config(smoke=args.quick, size="paper")
+    n_features = QUICK_FEATURES if args.quick else FEATURES
+    sizes = QUICK_SIZES if args.quick else SIZES
+    if args.sizes:
+        sizes = tuple(sorted(int(s) for s in args.sizes.split(",")))
+    repeats = args.repeats or (2 if args.quick else 5)
+    lines: list[str] = []
+
+    def emit(*fields):
+        line = format_line(*fields) if len(fields) > 1 else fields[0]
+        lines.append(line)
+        print(line, flush=True)
+
+    emit("command: " + " ".join(["python", *sys.argv]))
+    emit(
+        f"shape: S={cfg.seq_len}, F={n_features}, H={cfg.hidden}, encoder H={cfg.encoder_hidden}, "
+        f"q_d={cfg.q_d_dim}, q_g={cfg.q_g_dim}, u_g={cfg.graph_dim}, "
+        f"{cfg.n_support}+{cfg.n_query} samples, {cfg.inner_steps} inner step(s) of "
+        f"alpha={cfg.inner_lr:g}, lambda={cfg.lam}, adam beta={cfg.meta_lr:g}, second order; "
+        f"sizes={list(sizes)}, repeats={repeats}, max_seconds={args.max_seconds:g}"
+    )
+    emit(f"machine: {machine()}; jax devices: {[str(d) for d in jax.devices()]}")
+    emit(
+        f"versions: jax {jax.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}"
+    )
+    emit(
+        "memory: XLA peak = compiled step's buffer assignment (arguments + outputs - donated "
+        "+ temporaries); device peak = memory_stats()['peak_bytes_in_use'] since start "
+        "(n/a on CPU)"
+    )
+    emit("load_avg_start", load_average())
+
+    graph_emb = jax.random.normal(jax.random.key(args.seed + 3), (max(sizes), cfg.graph_dim))
+    counter = CompileCounter()
+    rows: list[Row] = []
+    skipped: list[str] = []
+    active = list(MODES)
+    previous: dict[str, Row] = {}
+    for size in sizes:
+        for mode in list(active):
+            last = previous.get(mode)
+            predicted = last.seconds * size / last.segments if last else 0.0
+            if predicted > args.max_seconds:
+                active.remove(mode)
+                rest = [s for s in sizes if s >= size]
+                skipped.append(
+                    f"{mode} sizes {rest} (predicted {predicted:.3g} s per step at {size} "
+                    f"> --max-seconds {args.max_seconds:g})"
+                )
+        if not active:
+            break
+        runners = {
+            mode: Runner(cfg, n_features, graph_emb, size, mode, counter, seed=args.seed)
+            for mode in active
+        }
+        before = counter.count
+        medians = interleaved_medians(runners, repeats, warmup=0)
+        timed_compiles = counter.count - before
+        peak = device_peak_mib()
+        for mode, runner in runners.items():
+            if runner.traces != 1 or runner.compiles != 1 or timed_compiles:
+                raise SystemExit(
+                    f"{mode} at {size} segments: {runner.traces} traces, {runner.compiles} "
+                    f"compilations, {timed_compiles} while timing (expected 1, 1, 0)"
+                )
+            row = Row(
+                size,
+                mode,
+                medians[mode],
+                runner.compile_seconds,
+                runner.traces,
+                runner.compiles,
+                runner.xla_bytes / 2**20,
+                peak,
+            )
+            rows.append(row)
+            previous[mode] = row
+            emit(f"{mode}_T{size}_segments_per_s", size / row.seconds, "segments/s")
+            emit(f"{mode}_T{size}_ms_per_segment", row.per_segment_ms, "ms")
+        if len(runners) == 2:
+            a, b = (float(runners[m].first_metrics["loss"]) for m in MODES)
+            emit(f"T{size}_vmap_vs_map_loss_rel_diff", abs(a / b - 1.0))
+        del runners
+
+    emit("")
+    for line in markdown_table(rows):
+        emit(line)
+    emit("")
+    emit("skipped: " + ("; ".join(skipped) if skipped else "none"))
+    emit("load_avg_end", load_average())
+    for mode in MODES:
+        measured = [r for r in rows if r.mode == mode]
+        if len(measured) >= 2:
+            small, large = measured[0], measured[-1]
+            emit(
+                f"per_segment_cost_ratio_{large.segments}_vs_{small.segments}_{mode}",
+                large.per_segment_ms / small.per_segment_ms,
+                "(ms per segment, largest over smallest batch; < 1: falls as the batch grows)",
+            )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
