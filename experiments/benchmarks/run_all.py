@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, for tests")
     parser.add_argument("--only", default=None, help="comma-separated benchmark names")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments/results/benchmarks.md")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds per benchmark")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
     args = parser.parse_args(argv)
     known = {b.name: b for b in BENCHMARKS}
     names = list(known) if args.only is None else args.only.split(",")
