@@ -14,9 +14,11 @@ counted; the run fails otherwise); both modes of a size are timed interleaved an
 is reported with the load average, because the CPU is shared. Peak memory is XLA's buffer
 assignment for the compiled step (arguments + outputs - donated aliases + temporaries), and the
 device's ``peak_bytes_in_use`` where the backend reports memory stats (GPU). A size whose step
-time, extrapolated linearly from the previous size, exceeds ``--max-seconds`` is skipped and
-listed. The last lines are ``per_segment_cost_ratio_<largest>_vs_<smallest>_<mode>: X`` (< 1:
-the per-segment cost falls as the batch grows).
+time or memory, extrapolated linearly from the previous size, exceeds ``--max-seconds`` or the
+memory budget ``--max-mib`` (or whose compiled memory exceeds the budget) is skipped and listed:
+at Table 1 shapes ``vmap`` needs about 40 MiB per segment, 20 GiB at 512. The last lines are
+``per_segment_cost_ratio_<largest>_vs_<smallest>_<mode>: X`` (< 1: the per-segment cost falls
+as the batch grows).
 
     .venv/bin/python experiments/benchmarks/rmldp_segments.py \
         --out experiments/results/benchmarks/rmldp_segments.txt
@@ -142,19 +144,29 @@ class Runner:
         start = time.perf_counter()
         self.step = jitted.lower(self.state, self.batch, self.key).compile()
         self.compile_seconds = time.perf_counter() - start
+        self.compiles = counter.count - compiles_before
         mem = self.step.memory_analysis()
-        self.xla_bytes = (
+        self.xla_mib = (
             mem.argument_size_in_bytes
             + mem.output_size_in_bytes
             - mem.alias_size_in_bytes
             + mem.temp_size_in_bytes
-        )
-        self.first_metrics = self()
-        self.compiles = counter.count - compiles_before
+        ) / 2**20
 
     def __call__(self):
         self.state, metrics = self.step(self.state, self.batch, self.key)
         return jax.block_until_ready(metrics)
+
+
+def memory_budget_mib() -> float:
+    """90% of the accelerator's memory limit, or 70% of the host's available memory (CPU)."""
+    stats = jax.devices()[0].memory_stats()
+    if stats and "bytes_limit" in stats:
+        return 0.9 * stats["bytes_limit"] / 2**20
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return 0.7 * int(line.split()[1]) / 2**10
+    raise SystemExit("cannot read the available memory; pass --max-mib")
 
 
 def device_peak_mib() -> float | None:
@@ -193,6 +205,13 @@ def main(argv: list[str] | None = None) -> None:
         default=60.0,
         help="skip a size whose step time, extrapolated from the previous size, exceeds this",
     )
+    parser.add_argument(
+        "--max-mib",
+        type=float,
+        default=None,
+        help="skip a size whose XLA peak memory (extrapolated, then compiled) exceeds this "
+        "(default: 0.7 x available host memory, or 0.9 x the accelerator's memory)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
@@ -201,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = QUICK_SIZES if args.quick else SIZES
     if args.sizes:
         sizes = tuple(sorted(int(s) for s in args.sizes.split(",")))
-    repeats = args.repeats or (2 if args.quick else 5)
+    repeats = args.repeats or (2 if args.quick else 3)
     lines: list[str] = []
 
     def emit(*fields):
@@ -215,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
         f"q_d={cfg.q_d_dim}, q_g={cfg.q_g_dim}, u_g={cfg.graph_dim}, "
         f"{cfg.n_support}+{cfg.n_query} samples, {cfg.inner_steps} inner step(s) of "
         f"alpha={cfg.inner_lr:g}, lambda={cfg.lam}, adam beta={cfg.meta_lr:g}, second order; "
-        f"sizes={list(sizes)}, repeats={repeats}, max_seconds={args.max_seconds:g}"
+        f"sizes={list(sizes)}, repeats={repeats}, max_seconds={args.max_seconds:g}, "
+        f"max_mib={args.max_mib or 'auto'}"
     )
     emit(f"machine: {machine()}; jax devices: {[str(d) for d in jax.devices()]}")
     emit(
@@ -234,32 +254,42 @@ def main(argv: list[str] | None = None) -> None:
     skipped: list[str] = []
     active = list(MODES)
     previous: dict[str, Row] = {}
+
+    def skip(mode: str, size: int, reason: str) -> None:
+        active.remove(mode)
+        skipped.append(f"{mode} sizes {[s for s in sizes if s >= size]} ({reason})")
+
     for size in sizes:
+        max_mib = args.max_mib or memory_budget_mib()
         for mode in list(active):
             last = previous.get(mode)
-            predicted = last.seconds * size / last.segments if last else 0.0
-            if predicted > args.max_seconds:
-                active.remove(mode)
-                rest = [s for s in sizes if s >= size]
-                skipped.append(
-                    f"{mode} sizes {rest} (predicted {predicted:.3g} s per step at {size} "
-                    f"> --max-seconds {args.max_seconds:g})"
-                )
-        if not active:
+            if last is None:
+                continue
+            seconds = last.seconds * size / last.segments
+            mib = last.xla_mib * size / last.segments
+            if seconds > args.max_seconds:
+                skip(mode, size, f"predicted {seconds:.3g} s per step > --max-seconds")
+            elif mib > max_mib:
+                skip(mode, size, f"predicted {mib:.4g} MiB > budget {max_mib:.4g} MiB")
+        runners = {}
+        for mode in list(active):
+            runner = Runner(cfg, n_features, graph_emb, size, mode, counter, seed=args.seed)
+            if runner.xla_mib > max_mib:
+                skip(mode, size, f"compiled {runner.xla_mib:.4g} MiB > budget {max_mib:.4g} MiB")
+            else:
+                runners[mode] = runner
+        if not runners:
             break
-        runners = {
-            mode: Runner(cfg, n_features, graph_emb, size, mode, counter, seed=args.seed)
-            for mode in active
-        }
         before = counter.count
+        first = {mode: runner() for mode, runner in runners.items()}
         medians = interleaved_medians(runners, repeats, warmup=0)
-        timed_compiles = counter.count - before
+        late_compiles = counter.count - before
         peak = device_peak_mib()
         for mode, runner in runners.items():
-            if runner.traces != 1 or runner.compiles != 1 or timed_compiles:
+            if runner.traces != 1 or runner.compiles != 1 or late_compiles:
                 raise SystemExit(
                     f"{mode} at {size} segments: {runner.traces} traces, {runner.compiles} "
-                    f"compilations, {timed_compiles} while timing (expected 1, 1, 0)"
+                    f"compilations, {late_compiles} more while running (expected 1, 1, 0)"
                 )
             row = Row(
                 size,
@@ -268,17 +298,17 @@ def main(argv: list[str] | None = None) -> None:
                 runner.compile_seconds,
                 runner.traces,
                 runner.compiles,
-                runner.xla_bytes / 2**20,
+                runner.xla_mib,
                 peak,
             )
             rows.append(row)
             previous[mode] = row
             emit(f"{mode}_T{size}_segments_per_s", size / row.seconds, "segments/s")
             emit(f"{mode}_T{size}_ms_per_segment", row.per_segment_ms, "ms")
-        if len(runners) == 2:
-            a, b = (float(runners[m].first_metrics["loss"]) for m in MODES)
+        if len(first) == 2:
+            a, b = (float(first[m]["loss"]) for m in MODES)
             emit(f"T{size}_vmap_vs_map_loss_rel_diff", abs(a / b - 1.0))
-        del runners
+        del runners, first
 
     emit("")
     for line in markdown_table(rows):
