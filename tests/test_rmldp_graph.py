@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from dmeta.data.frames import DataError
-from dmeta.rmldp.deepwalk import deepwalk, random_walks, skipgram_pairs
+from dmeta.rmldp.deepwalk import deepwalk, random_walks, sample_cdf, skipgram_pairs
 from dmeta.rmldp.graph import cooccurrence_graph, edge_graph, read_graph
 
 IDS = np.array(["a", "b", "c", "d"])
@@ -85,3 +85,15 @@ def test_deepwalk_separates_two_planted_communities():
     assert cos[same & off].mean() > cos[~same].mean() + 0.5
     np.fill_diagonal(cos, -np.inf)
     assert np.all(label[np.argmax(cos, axis=1)] == label)  # nearest neighbour in-community
+
+
+def test_sample_cdf_matches_probabilities_and_skips_zero_mass():
+    probs = jnp.array([0.1, 0.0, 0.6, 0.3])
+    draws = np.asarray(sample_cdf(jax.random.key(0), jnp.cumsum(probs), (100_000,)))
+    freq = np.bincount(draws, minlength=4) / draws.size
+    np.testing.assert_allclose(freq, probs, atol=0.01)
+    assert freq[1] == 0
+    rows = jnp.cumsum(jnp.array([[0.0, 2.0, 0.0], [1.0, 0.0, 1.0]]), axis=1)  # unnormalized
+    per_row = np.stack([np.asarray(sample_cdf(jax.random.key(i), rows)) for i in range(400)])
+    assert set(per_row[:, 0]) == {1}
+    assert set(per_row[:, 1]) == {0, 2}

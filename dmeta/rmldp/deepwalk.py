@@ -17,12 +17,34 @@ import optax
 from dmeta.types import Array, Key
 
 
-def transition_logits(weights: Array) -> Array:
-    """Log transition probabilities f32[I, I]: row-normalized weights; isolated nodes self-loop."""
+def transition_probs(weights: Array) -> Array:
+    """Transition probabilities f32[I, I]: row-normalized weights; isolated nodes self-loop."""
     weights = jnp.asarray(weights, jnp.float32)
     isolated = jnp.sum(weights, axis=1) <= 0
     weights = jnp.where(isolated[:, None], jnp.eye(weights.shape[0]), weights)
-    return jnp.log(weights / jnp.sum(weights, axis=1, keepdims=True))
+    return weights / jnp.sum(weights, axis=1, keepdims=True)
+
+
+def sample_cdf(key: Key, cdf: Array, shape: tuple[int, ...] = ()) -> Array:
+    """Inverse-CDF sampling, one uniform number and a binary search per draw.
+
+    ``jax.random.categorical`` draws I random numbers per sample; this draws one.
+    Zero-probability entries are never drawn.
+
+    Args:
+      key: PRNG key.
+      cdf: f32[I] cumulative (unnormalized) probabilities, or f32[R, I] one row per draw.
+      shape: draws from a 1-D ``cdf`` (ignored for 2-D: one draw per row).
+
+    Returns:
+      i32[*shape] for a 1-D ``cdf``, i32[R] for a 2-D one.
+    """
+    search = functools.partial(jnp.searchsorted, side="right")
+    if cdf.ndim == 1:
+        idx = search(cdf, jax.random.uniform(key, shape) * cdf[-1])
+    else:
+        idx = jax.vmap(search)(cdf, jax.random.uniform(key, cdf.shape[:1]) * cdf[:, -1])
+    return jnp.minimum(idx, cdf.shape[-1] - 1).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("walks_per_node", "walk_length"))
@@ -38,11 +60,11 @@ def random_walks(key: Key, weights: Array, *, walks_per_node: int, walk_length: 
     Returns:
       i32[I * walks_per_node, walk_length] node indices.
     """
-    logits = transition_logits(weights)
+    cdf = jnp.cumsum(transition_probs(weights), axis=1)
     start = jnp.tile(jnp.arange(weights.shape[0], dtype=jnp.int32), walks_per_node)
 
     def step(node, k):
-        nxt = jax.random.categorical(k, logits[node]).astype(jnp.int32)
+        nxt = sample_cdf(k, cdf[node])
         return nxt, nxt
 
     keys = jax.random.split(key, walk_length - 1)
@@ -101,7 +123,7 @@ def train_skipgram(
     """
     center, context = skipgram_pairs(walks, window)
     counts = jnp.bincount(walks.ravel(), length=n_nodes).astype(jnp.float32)
-    noise_logits = 0.75 * jnp.log(jnp.maximum(counts, 1e-9))
+    noise_cdf = jnp.cumsum(counts**0.75)
     k_in, k_train = jax.random.split(key)
     emb = {
         "in": jax.random.uniform(k_in, (n_nodes, dim), minval=-0.5, maxval=0.5) / dim,
@@ -113,7 +135,7 @@ def train_skipgram(
         emb, opt_state = carry
         k_pair, k_neg = jax.random.split(k)
         idx = jax.random.randint(k_pair, (batch_size,), 0, center.shape[0])
-        neg = jax.random.categorical(k_neg, noise_logits, shape=(batch_size, n_negative))
+        neg = sample_cdf(k_neg, noise_cdf, (batch_size, n_negative))
         loss, grads = jax.value_and_grad(skipgram_loss)(emb, center[idx], context[idx], neg)
         updates, opt_state = opt.update(grads, opt_state, emb)
         return (optax.apply_updates(emb, updates), opt_state), loss
