@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA = "data"
@@ -52,7 +53,7 @@ def check_divisible(tree: Any, mesh: Mesh, leading_axis: int = 0) -> None:
     """Raises ValueError unless axis ``leading_axis`` of every leaf divides by the mesh size."""
     n = mesh.shape[DATA]
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        shape = jax.numpy.shape(leaf)
+        shape = jnp.shape(leaf)
         if len(shape) <= leading_axis or shape[leading_axis] % n:
             size = shape[leading_axis] if len(shape) > leading_axis else "missing"
             raise ValueError(
@@ -142,7 +143,11 @@ def jit_step(
     out_shardings: Any = None,
     donate_argnums: int | Sequence[int] = (),
 ) -> Callable:
-    """``jax.jit(step)`` without a mesh, ``data_parallel(step, mesh, ...)`` with one."""
+    """``jax.jit(step)`` without a mesh, ``data_parallel(step, mesh, ...)`` with one.
+
+    The one code path of the modules' ``shard`` flags (``batch_argnums`` and
+    ``out_shardings`` only apply with a mesh).
+    """
     if mesh is None:
         return jax.jit(step, donate_argnums=donate_argnums)
     return data_parallel(
