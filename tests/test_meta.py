@@ -12,13 +12,8 @@ from flax import nnx
 from jax.test_util import check_grads
 
 from dmeta.meta.batching import per_task
-from dmeta.meta.inner import adapt
-from dmeta.meta.maml import (
-    adapt_tasks,
-    adapt_with_support_loss,
-    init_meta_params,
-    make_maml_task_loss,
-)
+from dmeta.meta.inner import adapt, adapt_with_support_loss
+from dmeta.meta.maml import adapt_tasks, init_meta_params, make_maml_task_loss
 from dmeta.meta.modulation import init_modulator, modulate, modulator, unflatten_like
 from dmeta.meta.steps import make_meta_train_step, with_sampler
 from dmeta.models.mpfn import MPFN, split_loss

@@ -48,14 +48,47 @@ def adapt(
     """
     if steps == 0:
         return params
+    adapted, _ = adapt_with_support_loss(
+        loss_fn,
+        params,
+        support,
+        steps=steps,
+        step_size=step_size,
+        first_order=first_order,
+        remat=remat,
+    )
+    return adapted
+
+
+def adapt_with_support_loss(
+    loss_fn: LossFn,
+    params: Params,
+    support,
+    *,
+    steps: int = 1,
+    step_size: float | Array | Params = 1e-2,
+    first_order: bool = False,
+    remat: bool = False,
+) -> tuple[Params, Array]:
+    """``adapt`` that also returns the support loss of ``params`` (before adaptation).
+
+    Each inner step takes ``jax.value_and_grad``, so the loss comes from the forward pass
+    the gradient needs anyway instead of a separate one. Same arguments and adapted
+    parameters as ``adapt``.
+
+    Returns:
+      (adapted parameters, support loss f32[]).
+    """
+    if steps == 0:
+        return params, loss_fn(params, support)
 
     def step(p, _):
-        grads = jax.grad(loss_fn)(p, support)
+        loss, grads = jax.value_and_grad(loss_fn)(p, support)
         if first_order:
             grads = jax.lax.stop_gradient(grads)
-        return sgd_step(p, grads, step_size), None
+        return sgd_step(p, grads, step_size), loss
 
     if remat:
         step = jax.checkpoint(step)
-    adapted, _ = jax.lax.scan(step, params, None, length=steps)
-    return adapted
+    adapted, losses = jax.lax.scan(step, params, None, length=steps)
+    return adapted, losses[0]

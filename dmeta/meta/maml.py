@@ -11,7 +11,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from dmeta.meta.inner import LossFn, adapt, sgd_step
+from dmeta.meta.inner import LossFn, adapt, adapt_with_support_loss
 from dmeta.types import Array, Key, Params, TaskBatch
 
 
@@ -25,40 +25,6 @@ def init_meta_params(theta: Params, *, meta_sgd: bool = False, step_size: float 
 def inner_step_size(meta_params: Params, step_size: float) -> float | Params:
     """Learned per-parameter step sizes when present (Meta-SGD), else the fixed ``step_size``."""
     return meta_params.get("alpha", step_size)
-
-
-def adapt_with_support_loss(
-    loss_fn: LossFn,
-    params: Params,
-    support,
-    *,
-    steps: int = 1,
-    step_size: float | Array | Params = 1e-2,
-    first_order: bool = False,
-    remat: bool = False,
-) -> tuple[Params, Array]:
-    """``adapt`` that also returns the support loss of ``params`` (before adaptation).
-
-    Each inner step takes ``jax.value_and_grad``, so the loss comes from the forward pass
-    the gradient needs anyway instead of a separate one. Same arguments and adapted
-    parameters as ``adapt``.
-
-    Returns:
-      (adapted parameters, support loss f32[]).
-    """
-    if steps == 0:
-        return params, loss_fn(params, support)
-
-    def step(p, _):
-        loss, grads = jax.value_and_grad(loss_fn)(p, support)
-        if first_order:
-            grads = jax.lax.stop_gradient(grads)
-        return sgd_step(p, grads, step_size), loss
-
-    if remat:
-        step = jax.checkpoint(step)
-    adapted, losses = jax.lax.scan(step, params, None, length=steps)
-    return adapted, losses[0]
 
 
 def make_maml_task_loss(
