@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 import jax
@@ -100,3 +102,16 @@ def compiled_flops(jitted: Callable, *args) -> float:
     cost = jitted.lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost["flops"])
+
+
+def machine() -> str:
+    """CPU model, core count and OS, e.g. ``Intel Xeon ... (2 cores), Linux x86_64``."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({os.cpu_count()} cores), {platform.system()} {platform.machine()}"

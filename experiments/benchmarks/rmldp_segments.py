@@ -40,8 +40,7 @@ import optax
 from dmeta.rmldp.model import init_rmldp, make_train_step
 from dmeta.train.state import init_train_state
 from dmeta.types import Split, TaskBatch
-from experiments.benchmarks.common import format_line, interleaved_medians, load_average
-from experiments.benchmarks.sales_cnn_throughput import machine
+from experiments.benchmarks.common import format_line, interleaved_medians, load_average, machine
 from experiments.configs.rmldp import RMLDPConfig, get_config
 
 FEATURES = 48  # Table 1 "feature dimension"

@@ -25,8 +25,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments.benchmarks.common import load_average, parse_report
-from experiments.benchmarks.sales_cnn_throughput import machine
+from experiments.benchmarks.common import load_average, machine, parse_report
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -34,7 +32,13 @@ from flax import nnx
 from dmeta.sales_cnn.model import PAPER_ORDERS, SalesCNN
 from dmeta.sales_cnn.train import Samples, apply_model, make_train_step, split_model
 from dmeta.train.state import init_train_state
-from experiments.benchmarks.common import format_line, interleaved_medians, load_average, require
+from experiments.benchmarks.common import (
+    format_line,
+    interleaved_medians,
+    load_average,
+    machine,
+    require,
+)
 
 LEARNING_RATE = 2e-3  # Adamax default (Keras and torch)
 PAPER_SAMPLES_PER_MIN = 73_000  # section 4.5: Keras + Theano on one NVIDIA K2200
@@ -84,20 +88,6 @@ class DmetaRunner:
     def __call__(self):
         self.state, loss = self.step(self.state, self.data)
         return jax.block_until_ready(loss)
-
-
-def machine() -> str:
-    """CPU model, core count and OS, e.g. ``Intel Xeon ... (2 cores), Linux x86_64``."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-
-    return f"{model} ({os.cpu_count()} cores), {platform.system()} {platform.machine()}"
 
 
 def main(argv: list[str] | None = None) -> None:
