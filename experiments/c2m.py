@@ -435,7 +435,8 @@ def run(
     title = f"C2M on {parse_data_spec(data).name}"
 
     def partial(df: pd.DataFrame) -> None:  # results survive an interrupted run
-        write_results(df, out, title=title + f" (partial: {df['seed'].nunique()} seeds)")
+        n = df["seed"].nunique()
+        write_results(df, out, title=title + f" (partial: {n} seeds)", extra_md=tables_markdown(df))
 
     df, case = experiment(data, cfg, seeds, sweeps=not no_sweeps, after_seed=partial)
     plots = plot_sweeps(df, out)
