@@ -42,6 +42,7 @@ from dmeta.data.tasks import (
 )
 from dmeta.data.windows import make_windows, n_records, season_length, to_panel
 from dmeta.meta.steps import with_sampler
+from dmeta.parallel import data_mesh, jit_step
 from dmeta.rmldp.deepwalk import deepwalk
 from dmeta.rmldp.graph import cooccurrence_graph, edge_graph
 from dmeta.rmldp.model import (
@@ -235,8 +236,16 @@ def meta_runner(name: str, prep: Prepared, cfg: RMLDPConfig, graph_emb, *, seq_l
     )
     model, _ = init(jax.random.key(0))
     optimizer = optax.adam(cfg.meta_lr)
+    mesh = data_mesh() if cfg.data_parallel else None
     train_step = make_train_step(
-        model, graph_emb, optimizer, lam=cfg.lam, steps=cfg.inner_steps, step_size=cfg.inner_lr
+        model,
+        graph_emb,
+        optimizer,
+        lam=cfg.lam,
+        steps=cfg.inner_steps,
+        step_size=cfg.inner_lr,
+        mesh=mesh,
+        remat=cfg.remat,
     )
     sample = functools.partial(
         sample_tasks,
@@ -252,7 +261,7 @@ def meta_runner(name: str, prep: Prepared, cfg: RMLDPConfig, graph_emb, *, seq_l
     return MetaRunner(
         model,
         lambda key: init(key)[1],
-        jax.jit(with_sampler(train_step, sample)),
+        jit_step(with_sampler(train_step, sample), mesh),
         lambda theta, tasks: test(theta, tasks=tasks),
         optimizer,
     )
@@ -491,6 +500,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--horizon-gap", type=int, default=None, help="T_g in steps (default 14)")
     parser.add_argument("--horizon-len", type=int, default=None, help="T_f in steps (default 7)")
     parser.add_argument("--meta-steps", type=int, default=None, help="outer steps (Algorithm 1)")
+    parser.add_argument(
+        "--data-parallel",
+        action="store_true",
+        default=None,
+        help="split each meta-batch's segments over all visible devices",
+    )
+    parser.add_argument(
+        "--remat", action="store_true", default=None, help="jax.checkpoint the inner steps"
+    )
 
 
 def run(
@@ -510,6 +528,8 @@ def run(
     horizon_gap: int | None = None,
     horizon_len: int | None = None,
     meta_steps: int | None = None,
+    data_parallel: bool | None = None,
+    remat: bool | None = None,
     **options,
 ) -> pd.DataFrame:
     """The whole protocol; writes results.csv/.md, segments.csv, PNGs, command.txt, config."""
@@ -521,6 +541,8 @@ def run(
         horizon_gap=horizon_gap,
         horizon_len=horizon_len,
         meta_steps=meta_steps,
+        data_parallel=data_parallel,
+        remat=remat,
     )
     out = Path(out)
     write_run_header(out, command, dict(dataclasses.asdict(cfg), data=data, seeds=seeds))

@@ -24,6 +24,9 @@ class RMLDPConfig:
     Baselines: ``global_steps`` / ``global_batch`` / ``global_lr`` for the neural models,
     ``finetune_steps`` / ``finetune_lr``, ``max_train_classical`` (SVR/RF/XGB rows).
     Protocol: ``sweep_seq_len`` |T_c| values of Figure 6 (RMLDP, seed 0).
+    Scale: ``data_parallel`` splits the meta-batch's segments over all visible devices
+    (``dmeta.parallel``; ``n_tasks`` must divide by the device count), ``remat``
+    checkpoints each inner step (``jax.checkpoint``) to trade compute for memory.
     """
 
     seq_len: int = 30
@@ -64,6 +67,8 @@ class RMLDPConfig:
     sweep_seq_len: tuple[int, ...] = (15, 20, 25, 30, 35, 40)
     n_segments: int = 80
     n_clusters: int = 4
+    data_parallel: bool = False
+    remat: bool = False
 
 
 def get_config(smoke: bool = False, size: str = "paper") -> RMLDPConfig:
