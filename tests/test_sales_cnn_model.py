@@ -9,7 +9,7 @@ from flax import nnx
 
 from dmeta.sales_cnn.frames import build_frames
 from dmeta.sales_cnn.loaders import synthetic_panel
-from dmeta.sales_cnn.model import SalesCNN, max_pool, output_length, wide_conv
+from dmeta.sales_cnn.model import SalesCNN, conv_relu_pool, max_pool, output_length, wide_conv
 from dmeta.sales_cnn.train import (
     Samples,
     apply_model,
@@ -46,6 +46,16 @@ def test_wide_conv_shorter_than_filter_and_pool_ceil():
     x = jnp.arange(10.0).reshape(1, 1, 10, 1)
     np.testing.assert_array_equal(np.asarray(max_pool(x, 4))[0, 0, :, 0], [3.0, 7.0, 9.0])
     assert output_length(84, ((7, 7), (4, 4), (3, 3))) == 2
+    np.testing.assert_array_equal(np.asarray(max_pool(x[:, :, :3], 4))[0, 0, :, 0], [2.0])
+
+
+def test_pooling_before_bias_and_relu_equals_the_paper_order():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(3, 2, 11, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 4, 4, 5)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)  # mixed signs: ReLU clips some maps
+    want = max_pool(jax.nn.relu(wide_conv(x, kernel, bias)), 4)
+    np.testing.assert_allclose(conv_relu_pool(x, kernel, bias, 4), want, rtol=1e-6, atol=1e-6)
 
 
 def test_model_shapes_distinct_banks_per_matrix():

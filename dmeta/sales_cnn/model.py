@@ -22,7 +22,7 @@ from dmeta.types import Array, Key
 PAPER_ORDERS = ((7, 7), (4, 4), (3, 3))  # (filter size m, pooling length k), section 4.4
 
 
-def wide_conv(x: Array, kernel: Array, bias: Array) -> Array:
+def wide_conv(x: Array, kernel: Array, bias: Array | None = None) -> Array:
     """Wide per-row convolution summed over input maps (eq. 8, 9, 13 before ReLU).
 
     ``c_j = f^T s_{j-m+1:j} + b`` with zero padding outside the sequence, for
@@ -31,7 +31,7 @@ def wide_conv(x: Array, kernel: Array, bias: Array) -> Array:
     Args:
       x: f32[D, B, S, K_in] input maps, indicator rows first.
       kernel: f32[D, m, K_in, K_out] one filter per (row, input map, output map).
-      bias: f32[D, K_out].
+      bias: f32[D, K_out], or None for none.
 
     Returns:
       f32[D, B, S + m - 1, K_out].
@@ -45,7 +45,20 @@ def wide_conv(x: Array, kernel: Array, bias: Array) -> Array:
         kernel.reshape(d, m * k_in, -1),
         (((2,), (1,)), ((0,), (0,))),
     )
-    return out.reshape(d, b, s + m - 1, -1) + bias[:, None, None, :]
+    out = out.reshape(d, b, s + m - 1, -1)
+    return out if bias is None else out + bias[:, None, None, :]
+
+
+def conv_relu_pool(x: Array, kernel: Array, bias: Array, k: int) -> Array:
+    """One order: ``max_pool(relu(wide_conv(x)), k)``, pooling before bias and ReLU.
+
+    Both are monotone per output map, so they commute with the max; applying them
+    after pooling touches ``k`` times fewer values.
+
+    x: f32[D, B, S, K_in] -> f32[D, B, ceil((S + m - 1) / k), K_out].
+    """
+    pooled = max_pool(wide_conv(x, kernel), k)
+    return jax.nn.relu(pooled + bias[:, None, None, :])
 
 
 def max_pool(x: Array, k: int) -> Array:
@@ -54,9 +67,11 @@ def max_pool(x: Array, k: int) -> Array:
     x: f32[D, B, S, K] -> f32[D, B, ceil(S / k), K].
     """
     d, b, s, c = x.shape
-    out = math.ceil(s / k)
-    padded = jnp.pad(x, ((0, 0), (0, 0), (0, out * k - s), (0, 0)), constant_values=-jnp.inf)
-    return padded.reshape(d, b, out, k, c).max(3)
+    full = s // k
+    pooled = x[:, :, : full * k].reshape(d, b, full, k, c).max(3)
+    if s == full * k:
+        return pooled
+    return jnp.concatenate([pooled, x[:, :, full * k :].max(2, keepdims=True)], axis=2)
 
 
 def output_length(length: int, orders: tuple[tuple[int, int], ...]) -> int:
@@ -84,9 +99,9 @@ class WideConv(nnx.Module):
         )
         self.bias = nnx.Param(jnp.zeros((n_indicators, k_out)))
 
-    def __call__(self, x: Array) -> Array:
-        """x: f32[D, B, S, K_in] -> f32[D, B, S + m - 1, K_out]."""
-        return wide_conv(x, self.kernel[...], self.bias[...])
+    def __call__(self, x: Array, pool: int) -> Array:
+        """x: f32[D, B, S, K_in] -> f32[D, B, ceil((S + m - 1) / pool), K_out]."""
+        return conv_relu_pool(x, self.kernel[...], self.bias[...], pool)
 
 
 class SalesCNN(nnx.Module):
@@ -132,6 +147,6 @@ class SalesCNN(nnx.Module):
         batch = x.shape[0]
         x = jnp.transpose(x, (2, 0, 3, 1))  # [D, B, T, 4]
         for conv, k in zip(self.convs, self.pools, strict=True):
-            x = max_pool(jax.nn.relu(conv(x)), k)
+            x = conv(x, k)
         p = dropout(jnp.transpose(x, (1, 0, 2, 3)).reshape(batch, -1), self.rate, key)
         return self.out(jax.nn.relu(self.dense(p)))[:, 0]
