@@ -59,14 +59,21 @@ OVERRIDES = (
     "beta",
     "sweep_seeds",
     "gbrt_estimators",
+    "compute_dtype",
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Size overrides of the config, and which parts to run."""
-    for name in OVERRIDES:
+    for name in OVERRIDES[:-1]:
         kind = float if name in ("epochs", "finetune_epochs", "beta") else int
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
+    parser.add_argument(
+        "--compute-dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="compute dtype of the CNNs (parameters and loss stay float32)",
+    )
     parser.add_argument("--no-sweeps", action="store_true", help="Table 1 only")
 
 
@@ -103,7 +110,7 @@ def top_regions(panel: SalesPanel, n: int) -> SalesPanel:
 
 def _net_opts(cfg: SalesCNNConfig) -> dict:
     keys = ("maps", "hidden", "orders", "rate", "dnn_hidden", "dnn_layers", "beta")
-    keys += ("learning_rate", "batch_size", "epochs", "finetune_epochs")
+    keys += ("learning_rate", "batch_size", "epochs", "finetune_epochs", "compute_dtype")
     return {k: getattr(cfg, k) for k in keys}
 
 

@@ -94,7 +94,7 @@ def test_sales_cnn_throughput_quick(tmp_path):
     report = parse_report(proc.stdout)
     assert report["dmeta_params"][0] == report["torch_params"][0] > 0
     assert report["forward_max_rel_diff"][0] <= 1e-4
-    for name in ("dmeta", "torch"):
+    for name in ("dmeta", "torch", "dmeta_bf16"):
         per_s, unit = report[f"{name}_cpu_samples_per_s"]
         assert per_s > 0 and unit == "samples/s", name
         assert report[f"{name}_cpu_samples_per_min"][0] == pytest.approx(60 * per_s, rel=1e-3)

@@ -139,3 +139,32 @@ def test_loss_decreases_and_step_traces_once():
     for _ in range(3):
         state, loss = step(state, data)
     assert int(state.step) == 3 and np.isfinite(float(loss))
+
+
+def test_bf16_compute_keeps_float32_params_and_trains_like_float32():
+    data = _tiny_data(1)[0]
+    runs = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        model = SalesCNN(5, 8, maps=4, hidden=16, dtype=dtype, rngs=nnx.Rngs(1))
+        graphdef, params = split_model(model)
+        assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+        out = apply_model(graphdef, params, data.x[:16])
+        assert out.dtype == jnp.float32
+        fitted, losses = fit(
+            graphdef,
+            params,
+            data,
+            jax.random.key(0),
+            learning_rate=3e-3,
+            batch_size=32,
+            n_steps=100,
+        )
+        runs[dtype] = (out, np.asarray(losses), apply_model(graphdef, fitted, data.x))
+    out32, _, pred32 = runs[jnp.float32]
+    out16, loss16, pred16 = runs[jnp.bfloat16]
+    # same initial function to bf16 precision (8 mantissa bits)
+    np.testing.assert_allclose(out16, out32, rtol=0.05, atol=0.02 * float(jnp.abs(out32).max()))
+    assert loss16[-20:].mean() < 0.7 * loss16[:20].mean()  # it learns
+    # and ends where float32 ends: final training MSE within 10%
+    mse = {k: float(jnp.mean((p - data.y) ** 2)) for k, p in (("f32", pred32), ("bf16", pred16))}
+    assert abs(mse["bf16"] - mse["f32"]) < 0.1 * mse["f32"], mse

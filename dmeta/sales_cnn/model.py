@@ -90,9 +90,22 @@ def dropout(x: Array, rate: float, key: Key | None) -> Array:
 
 
 class WideConv(nnx.Module):
-    """One order of per-indicator wide convolutions: ``K_in`` maps -> ``K_out`` maps."""
+    """One order of per-indicator wide convolutions: ``K_in`` maps -> ``K_out`` maps.
 
-    def __init__(self, n_indicators: int, k_in: int, k_out: int, m: int, *, rngs: nnx.Rngs):
+    Parameters are float32; ``dtype`` is the compute dtype (kernel and bias are cast).
+    """
+
+    def __init__(
+        self,
+        n_indicators: int,
+        k_in: int,
+        k_out: int,
+        m: int,
+        *,
+        dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.dtype = dtype
         scale = 1.0 / math.sqrt(k_in * m)
         self.kernel = nnx.Param(
             jax.random.uniform(rngs.params(), (n_indicators, m, k_in, k_out), minval=-1) * scale
@@ -100,8 +113,9 @@ class WideConv(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((n_indicators, k_out)))
 
     def __call__(self, x: Array, pool: int) -> Array:
-        """x: f32[D, B, S, K_in] -> f32[D, B, ceil((S + m - 1) / pool), K_out]."""
-        return conv_relu_pool(x, self.kernel[...], self.bias[...], pool)
+        """x: [D, B, S, K_in] -> dtype[D, B, ceil((S + m - 1) / pool), K_out]."""
+        kernel, bias = (self.kernel[...].astype(self.dtype), self.bias[...].astype(self.dtype))
+        return conv_relu_pool(x.astype(self.dtype), kernel, bias, pool)
 
 
 class SalesCNN(nnx.Module):
@@ -115,6 +129,10 @@ class SalesCNN(nnx.Module):
       maps: ``K`` maps per order (paper 128).
       hidden: ``n`` of the dense feature layer (paper 1024).
       rate: dropout rate on the flattened maps (paper 0.2).
+      dtype: compute dtype of the convolutions and the dense layer; ``jnp.bfloat16``
+        halves activation memory and uses bf16 matrix units on GPU/TPU. Parameters,
+        the output layer and the loss stay float32 (mixed precision; this network is
+        trained first-order, ``tests/test_sales_cnn_model.py`` checks bf16 training).
     """
 
     def __init__(
@@ -127,6 +145,7 @@ class SalesCNN(nnx.Module):
         maps: int = 128,
         hidden: int = 1024,
         rate: float = 0.2,
+        dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         self.pools = tuple(k for _, k in orders)
@@ -134,12 +153,12 @@ class SalesCNN(nnx.Module):
         widths = (n_inputs,) + (maps,) * len(orders)
         self.convs = nnx.List(
             [
-                WideConv(n_indicators, k_in, k_out, m, rngs=rngs)
+                WideConv(n_indicators, k_in, k_out, m, dtype=dtype, rngs=rngs)
                 for (m, _), k_in, k_out in zip(orders, widths[:-1], widths[1:], strict=True)
             ]
         )
         flat = maps * n_indicators * output_length(length, orders)
-        self.dense = nnx.Linear(flat, hidden, rngs=rngs)
+        self.dense = nnx.Linear(flat, hidden, dtype=dtype, rngs=rngs)
         self.out = nnx.Linear(hidden, 1, rngs=rngs)
 
     def __call__(self, x: Array, key: Key | None = None) -> Array:
@@ -149,4 +168,5 @@ class SalesCNN(nnx.Module):
         for conv, k in zip(self.convs, self.pools, strict=True):
             x = conv(x, k)
         p = dropout(jnp.transpose(x, (1, 0, 2, 3)).reshape(batch, -1), self.rate, key)
-        return self.out(jax.nn.relu(self.dense(p)))[:, 0]
+        hidden = jax.nn.relu(self.dense(p)).astype(jnp.float32)
+        return self.out(hidden)[:, 0]

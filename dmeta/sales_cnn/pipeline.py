@@ -189,6 +189,7 @@ def forecast_networks(
     batch_size: int = 128,
     epochs: float = 10.0,
     finetune_epochs: float = 10.0,
+    compute_dtype: str = "float32",
 ) -> dict[str, np.ndarray]:
     """Trains the networks and returns test forecasts f32[R, Q] (raw sales units).
 
@@ -196,7 +197,8 @@ def forecast_networks(
     initialisation, all regions in one vmapped program for ``epochs``;
     Single-CNN trains one model on the pooled samples; CNN+WD+TL pretrains on the
     pooled weighted samples for ``epochs`` and fine-tunes per region (vmapped) for
-    ``finetune_epochs``.
+    ``finetune_epochs``. ``compute_dtype`` (``"float32"`` or ``"bfloat16"``) is the CNNs'
+    compute dtype (``SalesCNN``'s ``dtype``; the DNN stays float32).
     """
     n_regions, _, _, d, t = data.train.x.shape
     key = jax.random.key(seed)
@@ -206,7 +208,8 @@ def forecast_networks(
     test_x = jnp.asarray(data.test_x)
 
     def cnn(s):
-        return SalesCNN(d, t, orders=orders, maps=maps, hidden=hidden, rate=rate, rngs=nnx.Rngs(s))
+        opts = dict(orders=orders, maps=maps, hidden=hidden, rate=rate, dtype=compute_dtype)
+        return SalesCNN(d, t, **opts, rngs=nnx.Rngs(s))
 
     def per_region_inits(make):
         models = [split_model(make(seed * 1000 + r)) for r in range(n_regions)]

@@ -8,7 +8,9 @@ network written with grouped ``nn.Conv1d`` (``_torch_sales_cnn.py``). Both draw 
 from the same sample pool, apply dropout, the weighted MSE (eq. 19), backward and an Adamax
 update. Parameter counts and, with dmeta's weights copied over, forward outputs are checked to
 agree before anything is timed. Repeats are interleaved and medians reported, with the load
-average, because the CPU is shared. One line per figure (``name: value unit``); the last line is
+average, because the CPU is shared. The same step with bfloat16 compute (``SalesCNN(dtype=...)``,
+float32 parameters) is timed alongside as ``dmeta_bf16_cpu_samples_per_s``; it is for GPU/TPU,
+where bf16 has matrix units (XLA on this CPU emulates it). One line per figure (``name: value unit``); the last line is
 ``speedup_vs_torch: X`` (dmeta CPU samples/s over torch's).
 
     .venv/bin/python experiments/benchmarks/sales_cnn_throughput.py \
@@ -56,6 +58,20 @@ class Shape:
     rate: float = 0.2
     pool: int = 1024
     orders: tuple[tuple[int, int], ...] = PAPER_ORDERS
+    dtype: type = jnp.float32  # compute dtype; parameters stay float32
+
+    def build(self, seed: int) -> SalesCNN:
+        """The library's network at this shape."""
+        return SalesCNN(
+            self.indicators,
+            self.length,
+            orders=self.orders,
+            maps=self.maps,
+            hidden=self.hidden,
+            rate=self.rate,
+            dtype=self.dtype,
+            rngs=nnx.Rngs(seed),
+        )
 
 
 QUICK = Shape(batch=8, indicators=3, length=12, maps=4, hidden=16, pool=32)
@@ -126,16 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     emit("load_avg_start", load_average())
 
-    model = SalesCNN(
-        shape.indicators,
-        shape.length,
-        orders=shape.orders,
-        maps=shape.maps,
-        hidden=shape.hidden,
-        rate=shape.rate,
-        rngs=nnx.Rngs(args.seed),
-    )
-    graphdef, params = split_model(model)
+    graphdef, params = split_model(shape.build(args.seed))
     tmodel = tc.from_dmeta(
         params,
         tc.TorchSalesCNN(
@@ -172,15 +179,18 @@ def main(argv: list[str] | None = None) -> None:
     tstep = tc.make_train_step(
         tmodel, torch.optim.Adamax(tmodel.parameters(), lr=LEARNING_RATE), batch_size=shape.batch
     )
+    graphdef_bf16 = nnx.graphdef(dataclasses.replace(shape, dtype=jnp.bfloat16).build(args.seed))
     with jax.default_device(cpu):
-        dmeta = DmetaRunner(
-            graphdef, jax.device_put(params, cpu), data, batch_size=shape.batch, seed=args.seed
-        )
-    medians = interleaved_medians(
-        {"dmeta": dmeta, "torch": functools.partial(tstep, *tdata, shape.pool)}, repeats
-    )
+        contenders = {
+            name: DmetaRunner(
+                g, jax.device_put(params, cpu), data, batch_size=shape.batch, seed=args.seed
+            )
+            for name, g in (("dmeta", graphdef), ("dmeta_bf16", graphdef_bf16))
+        }
+    contenders["torch"] = functools.partial(tstep, *tdata, shape.pool)
+    medians = interleaved_medians(contenders, repeats)
     rates = {name: shape.batch / seconds for name, seconds in medians.items()}
-    for name in ("dmeta", "torch"):
+    for name in ("dmeta", "torch", "dmeta_bf16"):
         emit(f"{name}_cpu_samples_per_s", rates[name], "samples/s")
         emit(f"{name}_cpu_samples_per_min", 60 * rates[name], "samples/min")
     emit(
