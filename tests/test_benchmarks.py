@@ -221,3 +221,15 @@ def test_rmldp_segments_quick(tmp_path):
             assert value > 0 and unit == "segments/s"
     for mode in ("vmap", "map"):
         assert report[f"per_segment_cost_ratio_4_vs_2_{mode}"][0] > 0
+
+
+def test_memory_inner_steps_quick(tmp_path):
+    text, report = _run_quick("memory_inner_steps.py", tmp_path)
+    assert text.splitlines()[-1].startswith("remat_memory_ratio_at_3: ")
+    for n in (1, 3):
+        for variant in ("plain", "remat"):
+            assert report[f"steps{n}_{variant}_xla_peak_mib"][0] > 0
+            assert report[f"steps{n}_{variant}_step_s"][0] > 0
+    # without remat memory grows with the inner steps; with it, it does not grow as fast
+    assert report["steps3_plain_xla_peak_mib"][0] > report["steps1_plain_xla_peak_mib"][0]
+    assert report["remat_memory_ratio_at_3"][0] < 1.0

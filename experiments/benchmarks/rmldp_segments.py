@@ -6,7 +6,7 @@ knowledge-graph layer q_g, the modulation M(q) * theta_0 (eq. 11-12), one second
 step, the query loss (eq. 13), then one Adam update of every meta-parameter. Shapes are Table 1
 of the paper (``experiments/configs/rmldp.py``, ``size="paper"``: |T_c| = 30, 48 features, GRUs
 of 128, q_d 32, q_g 16, 16 support + 16 query samples per segment); the meta-batch runs over
-8..512 segments, segments ``vmap``-ed or ``lax.map``-ed (the step's ``strategy``). A fixed
+8..4096 segments, segments ``vmap``-ed or ``lax.map``-ed (the step's ``strategy``). A fixed
 Gaussian batch is passed in, so task sampling is not timed.
 
 Each (size, mode) is traced and compiled once (traces and XLA backend compilations are
@@ -45,7 +45,7 @@ from experiments.configs.rmldp import RMLDPConfig, get_config
 
 FEATURES = 48  # Table 1 "feature dimension"
 QUICK_FEATURES = 3
-SIZES = (8, 16, 32, 64, 128, 256, 512)
+SIZES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 QUICK_SIZES = (2, 4)
 MODES = ("vmap", "map")
 
@@ -107,7 +107,7 @@ def make_batch(key, cfg: RMLDPConfig, n_features: int, n_tasks: int) -> TaskBatc
 class Runner:
     """The compiled RMLDP meta-step of one (size, mode) and the state it advances."""
 
-    def __init__(self, cfg, n_features, graph_emb, n_tasks, mode, counter, *, seed):
+    def __init__(self, cfg, n_features, graph_emb, n_tasks, mode, counter, *, seed, remat=False):
         model, meta_params = init_rmldp(
             jax.random.key(seed),
             n_features=n_features,
@@ -131,6 +131,7 @@ class Runner:
             steps=cfg.inner_steps,
             step_size=cfg.inner_lr,
             strategy=mode,
+            remat=remat,
         )
         self.traces = 0
 

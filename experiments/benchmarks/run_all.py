@@ -122,6 +122,20 @@ def _rmldp_segments(report: Report, text: str, gpu: bool) -> Row:
     return Row(f"{vmap:.4g} segments/s (vmap)", f"{lmap:.4g} segments/s", vmap / lmap, note)
 
 
+def _memory(report: Report, text: str, gpu: bool) -> Row:
+    """No peer: peak memory of the meta-step at the most inner steps, remat against plain."""
+    n = max(
+        int(m.group(1)) for k in report if (m := re.fullmatch(r"steps(\d+)_remat_xla_peak_mib", k))
+    )
+    remat, plain = (
+        report[f"steps{n}_remat_xla_peak_mib"][0],
+        report[f"steps{n}_plain_xla_peak_mib"][0],
+    )
+    seconds = report[f"steps{n}_remat_step_s"][0] / report[f"steps{n}_plain_step_s"][0]
+    note = f"{n} inner steps; remat step time / plain {seconds:.3g}"
+    return Row(f"{remat:.4g} MiB (remat)", f"{plain:.4g} MiB", plain / remat, note)
+
+
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
     """A benchmark script and how to read its report.
@@ -188,6 +202,7 @@ BENCHMARKS = (
     Benchmark("kmeans_vs_sklearn", "scikit-learn KMeans", "speedup_vs_sklearn", _kmeans),
     Benchmark("deepwalk_vs_gensim", "gensim Word2Vec", "speedup_vs_gensim", _deepwalk),
     Benchmark("rmldp_segments", "dmeta with lax.map (no peer)", "vmap over map", _rmldp_segments),
+    Benchmark("memory_inner_steps", "dmeta without remat (no peer)", "memory saved", _memory),
 )
 
 
