@@ -233,3 +233,18 @@ def test_memory_inner_steps_quick(tmp_path):
     # without remat memory grows with the inner steps; with it, it does not grow as fast
     assert report["steps3_plain_xla_peak_mib"][0] > report["steps1_plain_xla_peak_mib"][0]
     assert report["remat_memory_ratio_at_3"][0] < 1.0
+
+
+def test_scale_throughput_quick(tmp_path):
+    text, report = _run_quick("scale_throughput.py", tmp_path)
+    for users in (500, 1000):
+        for name in ("sequences_users_per_s", "encode_sequences_per_s", "train_sequences_per_s"):
+            assert report[f"c2m_{users}_{name}"][0] > 0, name
+        assert report[f"c2m_{users}_kmeans_points_per_s"][0] > 0
+        assert report[f"c2m_{users}_peak_rss_mib"][0] > 0
+    # frames f32[R, I, E, 4, D, T]: 100 pairs x 4 end points x 4 matrices x 5 indicators x T 8
+    assert report["frames_100_frames_bytes_mib"][0] == pytest.approx(
+        100 * 4 * 4 * 5 * 8 * 4 / 2**20, rel=1e-3
+    )
+    assert report["frames_100_xla_peak_mib"][0] >= report["frames_100_frames_bytes_mib"][0]
+    assert "| item-region pairs |" in text

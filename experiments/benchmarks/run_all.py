@@ -46,11 +46,12 @@ Report = dict[str, tuple[float, str]]
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One table row: dmeta's figure and the peer's (text with unit), their ratio, a note."""
+    """One table row: dmeta's figure and the peer's (text with unit), their ratio (None where
+    there is no peer), a note."""
 
     dmeta: str
     peer_figure: str
-    ratio: float
+    ratio: float | None
     note: str = ""
 
 
@@ -136,6 +137,27 @@ def _memory(report: Report, text: str, gpu: bool) -> Row:
     return Row(f"{remat:.4g} MiB (remat)", f"{plain:.4g} MiB", plain / remat, note)
 
 
+def _scale(report: Report, text: str, gpu: bool) -> Row:
+    """No peer: the largest C2M and frame-building sizes' throughput and peak memory."""
+
+    def largest(part: str) -> int:
+        return max(
+            int(m.group(1)) for k in report if (m := re.fullmatch(part + r"_(\d+)_peak_rss_mib", k))
+        )
+
+    users, pairs = largest("c2m"), largest("frames")
+    c2m = f"c2m_{users}_"
+    dmeta = (
+        f"{report[c2m + 'encode_sequences_per_s'][0]:.3g} sequences/s encoded at {users:,} users; "
+        f"{report[f'frames_{pairs}_frames_per_s'][0]:.3g} frames/s at {pairs:,} pairs"
+    )
+    note = (
+        f"peak RSS {report[c2m + 'peak_rss_mib'][0]:.0f} MiB (C2M), "
+        f"{report[f'frames_{pairs}_peak_rss_mib'][0]:.0f} MiB (frames); table below"
+    )
+    return Row(dmeta, "", None, note)
+
+
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
     """A benchmark script and how to read its report.
@@ -149,6 +171,7 @@ class Benchmark:
       target: the target the issues state, or "".
       met: ``Row -> bool`` for the target, or None.
       uses_jax: whether a GPU run means anything.
+      detail: copy the report's own Markdown tables into the summary.
     """
 
     name: str
@@ -159,6 +182,7 @@ class Benchmark:
     target: str = ""
     met: Callable[[Row], bool] | None = None
     uses_jax: bool = True
+    detail: bool = False
 
 
 BENCHMARKS = (
@@ -201,8 +225,17 @@ BENCHMARKS = (
     ),
     Benchmark("kmeans_vs_sklearn", "scikit-learn KMeans", "speedup_vs_sklearn", _kmeans),
     Benchmark("deepwalk_vs_gensim", "gensim Word2Vec", "speedup_vs_gensim", _deepwalk),
-    Benchmark("rmldp_segments", "dmeta with lax.map (no peer)", "vmap over map", _rmldp_segments),
-    Benchmark("memory_inner_steps", "dmeta without remat (no peer)", "memory saved", _memory),
+    Benchmark(
+        "rmldp_segments",
+        "dmeta with lax.map (no peer)",
+        "vmap over map",
+        _rmldp_segments,
+        detail=True,
+    ),
+    Benchmark(
+        "memory_inner_steps", "dmeta without remat (no peer)", "memory saved", _memory, detail=True
+    ),
+    Benchmark("scale_throughput", "(no peer)", "", _scale, detail=True),
 )
 
 
@@ -285,9 +318,25 @@ def table(outcomes: list[Outcome], out: Path, *, quick: bool) -> list[str]:
             cells += ["failed", b.peer, "", b.ratio, "", b.target, "", o.error]
         else:
             met = "" if b.met is None or quick else ("yes" if b.met(o.row) else "no")
-            cells += [o.row.dmeta, b.peer, o.row.peer_figure, b.ratio, f"{o.row.ratio:.3g}"]
+            ratio = "" if o.row.ratio is None else f"{o.row.ratio:.3g}"
+            cells += [o.row.dmeta, b.peer, o.row.peer_figure, b.ratio, ratio]
             cells += [b.target, met, o.row.note]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines
+
+
+def detail_tables(outcomes: list[Outcome]) -> list[str]:
+    """The Markdown tables of the benchmarks marked ``detail``, each under its name."""
+    lines = []
+    for o in outcomes:
+        if o.bench.detail and o.row is not None:
+            lines += ["", f"### {o.bench.name}"]
+            previous = ""
+            for line in o.path.read_text().splitlines():
+                if line.startswith("|"):
+                    lines += [""] if not previous.startswith("|") else []
+                    lines.append(line)
+                previous = line
     return lines
 
 
@@ -335,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *table(cpu, args.out, quick=args.quick),
     ]
+    lines += detail_tables(cpu)
     if gpu:
         lines += [
             "",
