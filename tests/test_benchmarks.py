@@ -248,3 +248,14 @@ def test_scale_throughput_quick(tmp_path):
     )
     assert report["frames_100_xla_peak_mib"][0] >= report["frames_100_frames_bytes_mib"][0]
     assert "| item-region pairs |" in text
+
+
+def test_profile_sales_cnn_quick(tmp_path):
+    _, report = _run_quick("profile_sales_cnn.py", tmp_path)
+    for order in (1, 2, 3):
+        assert report[f"order{order}_forward_backward_s"][0] > 0
+        assert report[f"order{order}_gflops_per_s"][0] > 0
+        # the grouped-convolution layout computes the same thing as dmeta's im2col
+        assert report[f"order{order}_grouped_vs_im2col_max_abs_diff"][0] < 1e-4
+    for name in ("full_forward_backward_s", "adamax_update_s", "dense_forward_backward_s"):
+        assert report[name][0] > 0, name
