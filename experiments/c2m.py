@@ -35,7 +35,7 @@ from dmeta.c2m.sequences import BEHAVIOR_VOCAB, build_sequences, build_vocabular
 from dmeta.c2m.synthetic import SyntheticC2M, synthetic_c2m
 from dmeta.data.spec import parse_data_spec
 from dmeta.train.results import markdown_table, significance_table, write_results, write_run_header
-from experiments.configs import with_overrides
+from experiments.configs import add_data_parallel_flag, with_overrides
 from experiments.configs.c2m import C2MConfig, get_config
 
 NAME = "c2m"
@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--joint-epochs", type=int, default=None)
     parser.add_argument("--pretrain-epochs", type=int, default=None)
     parser.add_argument("--no-sweeps", action="store_true", help="skip Figures 2-3")
+    add_data_parallel_flag(parser, "each batch of users (pretraining and joint training)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,8 +213,9 @@ def run_seed(
     n_seg = cfg.synthetic_segments if prep.truth is not None else cfg.n_segments
     fit = dict(batch_size=cfg.batch_size, learning_rate=cfg.learning_rate)
     params0 = train.init_autoencoder(next(keys), **_model_kw(prep, cfg)).params
+    shard = dict(shard=cfg.data_parallel)  # the autoencoder steps of pretraining and Ours
     params, _ = train.pretrain(
-        ae, params0, prep.x, prep.mask, epochs=cfg.pretrain_epochs, key=next(keys), **fit
+        ae, params0, prep.x, prep.mask, epochs=cfg.pretrain_epochs, key=next(keys), **fit, **shard
     )
     attributes = prep.attributes
     if attributes is None:  # the paper's fallback: sigmoid of item embeddings
@@ -236,7 +238,7 @@ def run_seed(
         return train.joint_segmentation(
             ae, params, prep.x, prep.mask, n_segments=n_seg, alpha=alpha, beta=beta,
             behavior_weights=w_b, outlier_z=outlier_z, epochs=cfg.joint_epochs, key=joint_key,
-            **fit,
+            **fit, **shard,
         )  # fmt: skip
 
     rows = []
@@ -422,6 +424,7 @@ def run(
     joint_epochs: int | None = None,
     pretrain_epochs: int | None = None,
     no_sweeps: bool = False,
+    data_parallel: bool | None = None,
     **options,
 ) -> pd.DataFrame:
     """Tables 1-3 analogs, sweeps and the case study on ``data``; writes results and PNGs."""
@@ -429,7 +432,11 @@ def run(
     log.setLevel(logging.INFO)
     cfg = get_config(smoke)
     cfg = with_overrides(
-        cfg, n_segments=segments, joint_epochs=joint_epochs, pretrain_epochs=pretrain_epochs
+        cfg,
+        n_segments=segments,
+        joint_epochs=joint_epochs,
+        pretrain_epochs=pretrain_epochs,
+        data_parallel=data_parallel,
     )
     write_run_header(out, command, dataclasses.asdict(cfg) | {"data": data, "seeds": seeds})
     title = f"C2M on {parse_data_spec(data).name}"

@@ -38,7 +38,7 @@ from dmeta.train.results import (  # noqa: E402
     write_results,
     write_run_header,
 )
-from experiments.configs import with_overrides  # noqa: E402
+from experiments.configs import add_data_parallel_flag, with_overrides  # noqa: E402
 from experiments.configs.cdltvs import CDLtvSConfig, get_config  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -305,6 +305,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--baselines-only", action="store_true", help="only the --methods baselines"
     )
+    add_data_parallel_flag(parser, "each batch of customers (LtvS and CDLtvS)")
 
 
 def single_domain_note(name: str, cfg: CDLtvSConfig, skipped: list[str]) -> str:
@@ -336,6 +337,7 @@ def run(
     no_ablations: bool = False,
     sweep_seeds: int | None = None,
     baselines_only: bool = False,
+    data_parallel: bool | None = None,
     **options,
 ) -> pd.DataFrame:
     """The whole protocol; writes results.csv/.md, PNGs, command.txt and config.json.
@@ -349,6 +351,7 @@ def run(
         max_customers=max_customers,
         ablations=False if no_ablations else None,
         sweep_seeds=sweep_seeds,
+        data_parallel=data_parallel,
     )
     chosen = tuple(methods.split(",")) if methods else (SINGLE_DOMAIN if single else BASELINES)
     unknown = [m for m in chosen if m not in BASELINES]

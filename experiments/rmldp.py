@@ -55,7 +55,7 @@ from dmeta.train.loop import fit
 from dmeta.train.results import markdown_table, write_results, write_run_header
 from dmeta.train.state import init_train_state
 from dmeta.types import TaskBatch
-from experiments.configs import with_overrides
+from experiments.configs import add_data_parallel_flag, with_overrides
 from experiments.configs.rmldp import RMLDPConfig, get_config
 
 logger = logging.getLogger(__name__)
@@ -500,12 +500,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--horizon-gap", type=int, default=None, help="T_g in steps (default 14)")
     parser.add_argument("--horizon-len", type=int, default=None, help="T_f in steps (default 7)")
     parser.add_argument("--meta-steps", type=int, default=None, help="outer steps (Algorithm 1)")
-    parser.add_argument(
-        "--data-parallel",
-        action="store_true",
-        default=None,
-        help="split each meta-batch's segments over all visible devices",
-    )
+    add_data_parallel_flag(parser, "each meta-batch's segments")
     parser.add_argument(
         "--remat", action="store_true", default=None, help="jax.checkpoint the inner steps"
     )

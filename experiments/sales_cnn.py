@@ -39,14 +39,14 @@ from dmeta.sales_cnn.pipeline import (
     region_mse,
 )
 from dmeta.train.results import markdown_table, write_results, write_run_header
-from experiments.configs import with_overrides
+from experiments.configs import add_data_parallel_flag, with_overrides
 from experiments.configs.sales_cnn import DAILY, SalesCNNConfig, get_config
 
 logger = logging.getLogger(__name__)
 
 NAME = "sales_cnn"
 NETWORKS = ("DNN", "CNN", "CNN+WD", "CNN+WD+TL", "Single-CNN")
-OVERRIDES = (
+SIZE_OVERRIDES = (  # numeric config fields settable from the command line
     "length",
     "horizon",
     "n_test",
@@ -59,13 +59,13 @@ OVERRIDES = (
     "beta",
     "sweep_seeds",
     "gbrt_estimators",
-    "compute_dtype",
 )
+OVERRIDES = (*SIZE_OVERRIDES, "compute_dtype", "data_parallel")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Size overrides of the config, and which parts to run."""
-    for name in OVERRIDES[:-1]:
+    for name in SIZE_OVERRIDES:
         kind = float if name in ("epochs", "finetune_epochs", "beta") else int
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
     parser.add_argument(
@@ -74,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="compute dtype of the CNNs (parameters and loss stay float32)",
     )
+    add_data_parallel_flag(parser, "minibatches and the per-region programs")
     parser.add_argument("--no-sweeps", action="store_true", help="Table 1 only")
 
 
@@ -111,7 +112,7 @@ def top_regions(panel: SalesPanel, n: int) -> SalesPanel:
 def _net_opts(cfg: SalesCNNConfig) -> dict:
     keys = ("maps", "hidden", "orders", "rate", "dnn_hidden", "dnn_layers", "beta")
     keys += ("learning_rate", "batch_size", "epochs", "finetune_epochs", "compute_dtype")
-    return {k: getattr(cfg, k) for k in keys}
+    return {k: getattr(cfg, k) for k in keys} | {"shard": cfg.data_parallel}
 
 
 def _rows(dataset, regions, method, seed, mse, experiment=NAME, metric="mse"):

@@ -33,7 +33,7 @@ from dmeta.train.results import (  # noqa: E402
     write_results,
     write_run_header,
 )
-from experiments.configs import with_overrides  # noqa: E402
+from experiments.configs import add_data_parallel_flag, with_overrides  # noqa: E402
 from experiments.configs.stmp import STMPConfig, get_config  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ def fit_stmp(prep: D.Prepared, cfg: STMPConfig, seed: int, *, amortized=True, ju
         graphdef, params, prep, key=jax.random.key(seed), n_steps=cfg.n_steps, lr=cfg.lr,
         mode=mode, switch_every=cfg.switch_every, n_tasks=cfg.n_tasks, n_query=cfg.n_query,
         n_context=cfg.n_context, n_samples=cfg.n_samples, beta=cfg.beta,
+        shard=cfg.data_parallel,
     )  # fmt: skip
     return T.predict(graphdef, params, prep, key=jax.random.key(seed + 1000),
                      n_context=cfg.eval_context)  # fmt: skip
@@ -213,13 +214,16 @@ def margin_table(df: pd.DataFrame, baselines: list[str]) -> str:
 def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="STMP training steps")
     parser.add_argument("--no-one-week", action="store_true", help="skip the robustness runs")
+    add_data_parallel_flag(parser, "each training step's (region, date type) tasks")
 
 
 def run(*, data: str, out: Path, smoke: bool, seeds: int, command: str, steps=None,
-        no_one_week=False, **_) -> pd.DataFrame:  # fmt: skip
+        no_one_week=False, data_parallel=None, **_) -> pd.DataFrame:  # fmt: skip
     """Runs the protocol; writes results.csv/md, command.txt, config.json, a PNG."""
     cfg = get_config(smoke)
-    cfg = with_overrides(cfg, n_steps=steps, one_week=False if no_one_week else None)
+    cfg = with_overrides(
+        cfg, n_steps=steps, one_week=False if no_one_week else None, data_parallel=data_parallel
+    )
     out = Path(out)
     write_run_header(out, command, dataclasses.asdict(cfg))
     dataset, panel = load_panel(data, cfg)

@@ -50,3 +50,10 @@ def test_demo_smoke_writes_report(tmp_path):
             assert f"_{name}:" in report
     for png in tmp_path.rglob("*.png"):
         assert png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ["rmldp", "stmp", "cdltvs", "c2m", "sales_cnn"])
+def test_every_experiment_takes_the_data_parallel_flag(name):
+    parser = cli.build_parser(cli.discover())
+    assert parser.parse_args(["run", name, "--data-parallel"]).data_parallel is True
+    assert parser.parse_args(["run", name]).data_parallel is None  # the config's default

@@ -10,6 +10,7 @@ naive) and returns test forecasts per region.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import jax
@@ -38,6 +39,8 @@ from dmeta.sales_cnn.train import (
     split_model,
     stack_params,
 )
+
+log = logging.getLogger(__name__)
 
 METHODS = (
     "ARIMA",
@@ -190,6 +193,7 @@ def forecast_networks(
     epochs: float = 10.0,
     finetune_epochs: float = 10.0,
     compute_dtype: str = "float32",
+    shard: bool = False,
 ) -> dict[str, np.ndarray]:
     """Trains the networks and returns test forecasts f32[R, Q] (raw sales units).
 
@@ -198,11 +202,21 @@ def forecast_networks(
     Single-CNN trains one model on the pooled samples; CNN+WD+TL pretrains on the
     pooled weighted samples for ``epochs`` and fine-tunes per region (vmapped) for
     ``finetune_epochs``. ``compute_dtype`` (``"float32"`` or ``"bfloat16"``) is the CNNs'
-    compute dtype (``SalesCNN``'s ``dtype``; the DNN stays float32).
+    compute dtype (``SalesCNN``'s ``dtype``; the DNN stays float32). ``shard=True`` runs
+    on all visible devices (``dmeta.sales_cnn.train``: pooled minibatches split, regions
+    split in the per-region programs; the batch size and R must divide by the device count).
     """
     n_regions, _, _, d, t = data.train.x.shape
     key = jax.random.key(seed)
-    opts = dict(learning_rate=learning_rate, batch_size=batch_size)
+    opts = dict(learning_rate=learning_rate, batch_size=batch_size, shard=shard)
+    region_opts = dict(opts, shard=shard and n_regions % jax.device_count() == 0)
+    if shard and not region_opts["shard"]:
+        log.warning(
+            "%d regions do not split evenly over %d devices: the per-region programs run "
+            "unsharded (pooled training stays sharded)",
+            n_regions,
+            jax.device_count(),
+        )
     region_steps = _steps(epochs, int(np.max(data.train.n)), batch_size)
     pooled_steps = _steps(epochs, int(np.sum(data.train.n)), batch_size)
     test_x = jnp.asarray(data.test_x)
@@ -230,7 +244,7 @@ def forecast_networks(
                 )
             graphdef, params = per_region_inits(make)
             params, _ = fit_regions(
-                graphdef, params, weighted(data, beta_m), k_fit, n_steps=region_steps, **opts
+                graphdef, params, weighted(data, beta_m), k_fit, n_steps=region_steps, **region_opts
             )
             out[method] = predict(graphdef, params)
         elif method in ("CNN+WD+TL", "Single-CNN"):
@@ -242,7 +256,7 @@ def forecast_networks(
             if transfer:
                 tune_steps = _steps(finetune_epochs, int(np.max(data.train.n)), batch_size)
                 params, _ = fit_regions(
-                    graphdef, params, samples, k_tune, n_steps=tune_steps, **opts
+                    graphdef, params, samples, k_tune, n_steps=tune_steps, **region_opts
                 )
             out[method] = predict(graphdef, params)
         else:

@@ -18,6 +18,7 @@ class C2MConfig:
     n_layers: int = 2
     latent_dim: int = 8
     batch_size: int = 32  # paper
+    data_parallel: bool = False  # split each batch of users over all visible devices
     learning_rate: float = 1e-3  # paper (without the polynomial decay)
     pretrain_epochs: int = 10  # paper: 10
     joint_epochs: int = 5  # paper: 100 (cut for the 2-core budget)

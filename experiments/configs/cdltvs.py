@@ -41,6 +41,7 @@ class CDLtvSConfig:
     patience: int = 7
     drop_epoch: int = 20
     drop_factor: float = 0.01
+    data_parallel: bool = False  # split each batch of customers over all visible devices
     sparsity: tuple[float, ...] = (0.0, 0.2, 0.5, 0.8)
     sweep_k: tuple[int, ...] = (1, 2, 4, 8)
     sweep_seeds: int = 2
@@ -54,7 +55,7 @@ class CDLtvSConfig:
     def fit(self) -> dict:
         """Keyword arguments of :func:`dmeta.ltv.train.fit` (optimization part)."""
         keys = ("lr", "batch_size", "max_epochs", "patience", "drop_epoch", "drop_factor")
-        return {key: getattr(self, key) for key in keys}
+        return {key: getattr(self, key) for key in keys} | {"shard": self.data_parallel}
 
 
 def get_config(smoke: bool = False, size: str = "cpu", data: str = "synthetic") -> CDLtvSConfig:

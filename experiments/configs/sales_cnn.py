@@ -29,6 +29,7 @@ class SalesCNNConfig:
     beta: float = 0.02
     learning_rate: float = 2e-3  # Adamax default
     compute_dtype: str = "float32"  # or "bfloat16": mixed precision for the CNNs
+    data_parallel: bool = False  # minibatches (pooled) and regions over all visible devices
     batch_size: int = 128
     epochs: float = 10.0  # pretraining / per-region training
     finetune_epochs: float = 10.0  # transfer stage

@@ -45,6 +45,7 @@ class STMPConfig:
     baselines: tuple[str, ...] = ("historical_average", "arima", "xgboost", "lstm", "maml")
     ablations: tuple[str, ...] = ("deterministic", "no_jump", "joint")
     one_week: bool = True
+    data_parallel: bool = False  # split each step's tasks over all visible devices
     xgb_estimators: int = 100
     lstm_steps: int = 300
     max_regions: int | None = None
