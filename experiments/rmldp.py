@@ -41,10 +41,10 @@ from dmeta.data.tasks import (
     unscale,
 )
 from dmeta.data.windows import make_windows, n_records, season_length, to_panel
+from dmeta.graph.cooccurrence import cooccurrence_graph, edge_graph
+from dmeta.graph.deepwalk import deepwalk
 from dmeta.meta.steps import with_sampler
 from dmeta.parallel import data_mesh, jit_step
-from dmeta.rmldp.deepwalk import deepwalk
-from dmeta.rmldp.graph import cooccurrence_graph, edge_graph
 from dmeta.rmldp.model import (
     init_rmldp,
     make_train_step,

@@ -8,7 +8,7 @@ from dmeta.data.frames import DataError
 from dmeta.data.loaders import load_groceries, load_synthetic, load_table, load_walmart
 from dmeta.data.spec import data_root
 from dmeta.data.windows import to_panel
-from dmeta.rmldp.graph import cooccurrence_graph
+from dmeta.graph.cooccurrence import cooccurrence_graph
 
 WALMART = data_root() / "walmart_recruiting"
 GROCERIES = data_root() / "groceries_kaggle"

@@ -1,7 +1,7 @@
 """DeepWalk: dmeta's JAX skip-gram against gensim's Word2Vec on the same walks, one run.
 
 The graph has planted communities (dense within, sparse between). The walks are drawn once with
-``dmeta.rmldp.deepwalk.random_walks``; both learners then train skip-gram with negative sampling
+``dmeta.graph.deepwalk.random_walks``; both learners then train skip-gram with negative sampling
 on them: dmeta's ``train_skipgram`` (Adam over random minibatches of (center, context) pairs in
 one jitted ``lax.scan``) and gensim's ``Word2Vec(sg=1)`` (its compiled SGD over the walks as
 sentences of node tokens), with the same dimension, window (gensim's ``shrink_windows=False``
@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dmeta.graph.deepwalk import random_walks, train_skipgram
 from dmeta.metrics import silhouette
-from dmeta.rmldp.deepwalk import random_walks, train_skipgram
 from experiments.benchmarks.common import format_line, interleaved_medians, load_average, require
 
 

@@ -1,4 +1,4 @@
-"""RMLDP knowledge graph: co-occurrence weights, edge lists, DeepWalk walks and embeddings."""
+"""Segment knowledge graph: co-occurrence weights, edge lists, DeepWalk walks and embeddings."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from dmeta.data.frames import DataError
-from dmeta.rmldp.deepwalk import deepwalk, random_walks, sample_cdf, skipgram_pairs
-from dmeta.rmldp.graph import cooccurrence_graph, edge_graph, read_graph
+from dmeta.graph.cooccurrence import cooccurrence_graph, edge_graph, read_graph
+from dmeta.graph.deepwalk import deepwalk, random_walks, sample_cdf, skipgram_pairs
 
 IDS = np.array(["a", "b", "c", "d"])
 
