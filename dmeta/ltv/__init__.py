@@ -1,0 +1,3 @@
+"""CDLtvS / LtvS (cross-domain customer lifetime value): ``data`` builds per-customer series and
+portraits per domain (``cdnow`` reads the CDNOW master file), ``encoders`` DeepFM and TCN,
+``exmn`` the Expert Mask Network, ``losses`` eq. 7-17, ``train`` the two training stages."""
