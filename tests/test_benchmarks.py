@@ -259,3 +259,17 @@ def test_profile_sales_cnn_quick(tmp_path):
         assert report[f"order{order}_grouped_vs_im2col_max_abs_diff"][0] < 1e-4
     for name in ("full_forward_backward_s", "adamax_update_s", "dense_forward_backward_s"):
         assert report[name][0] > 0, name
+
+
+def test_profile_maml_quick(tmp_path):
+    _, report = _run_quick("profile_maml.py", tmp_path)
+    for name in (
+        "matmul_square_gflops",
+        "matmul_gru_shared_weights_gflops",
+        "matmul_gru_per_task_weights_gflops",
+        "forward_gflops",
+    ):
+        assert report[name][0] > 0, name
+    # a second-order step costs more than the forward pass and the first-order step
+    assert report["second_order_over_forward"][0] > 1
+    assert report["second_order_s"][0] > 0 and report["first_order_s"][0] > 0

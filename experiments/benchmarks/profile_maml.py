@@ -1,0 +1,125 @@
+"""What bounds the second-order MAML step on the MPFN shape: matmul shapes and pass counts.
+
+After the inner step every task has its own parameters, so the query pass and the
+second-order backward multiply each task's ``[N, H]`` states by *its own* ``[H, 3H]`` GRU
+weights: ``T`` small matmuls of ``N = 16`` rows instead of one of ``T * N`` rows. This script
+measures, on the shape of ``maml_throughput.py`` (32 tasks, 16 + 16 samples, S = 30, F = 48,
+H = 128, one inner step):
+
+- f32 matmul rates: a large square ``[2048, 2048]^2`` (the machine's peak), the GRU's hidden
+  matmul with weights shared by all tasks ``[T*N, H] @ [H, 3H]`` (support pass from theta),
+  and with per-task weights ``T x [N, H] @ [H, 3H]`` (query pass and backward);
+- the step's time split: forward of the query loss over all tasks, the first-order step and
+  the second-order step (the engine's ``vmap`` path), with their GFLOP/s.
+
+Feeds ``experiments/results/profiling.md``.
+
+    .venv/bin/python experiments/benchmarks/profile_maml.py \
+        --out experiments/results/benchmarks/profile_maml.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dmeta.meta.batching import mean_over_tasks
+from dmeta.models.mpfn import MPFN, split_loss
+from dmeta.nn.functional import split_params
+from experiments.benchmarks.common import (
+    compiled_flops,
+    format_line,
+    interleaved_medians,
+    load_average,
+    machine,
+    matmul_gflops,
+)
+from experiments.benchmarks.maml_throughput import (
+    QUICK,
+    Runner,
+    Shape,
+    Variant,
+    loss_for,
+    make_batch,
+)
+
+
+def matmul_rate(a, b, repeats: int) -> float:
+    """GFLOP/s of ``a @ b`` (batched when 3-D), median of ``repeats``."""
+    dot = jax.jit(jnp.matmul)
+    seconds = interleaved_medians({"dot": lambda: jax.block_until_ready(dot(a, b))}, repeats)
+    flops = 2 * a.size * b.shape[-1]
+    return flops / seconds["dot"] / 1e9
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shape, for tests")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    shape = QUICK if args.quick else Shape()
+    lines: list[str] = []
+
+    def emit(*fields):
+        line = format_line(*fields) if len(fields) > 1 else fields[0]
+        lines.append(line)
+        print(line, flush=True)
+
+    emit("command: " + " ".join(["python", *sys.argv]))
+    emit(f"shape: {shape}")
+    emit(f"machine: {machine()}; jax {jax.__version__}")
+    emit("load_avg_start", load_average())
+    t, n, h = shape.tasks, shape.support, shape.hidden
+    key = jax.random.key(0)
+    states = jax.random.normal(key, (t, n, h))
+    weights = jax.random.normal(key, (t, h, 3 * h))
+    emit("matmul_square_gflops", matmul_gflops(256 if args.quick else 2048), "GFLOP/s")
+    shared = matmul_rate(states.reshape(t * n, h), weights[0], args.repeats)
+    per_task = matmul_rate(states, weights, args.repeats)
+    emit("matmul_gru_shared_weights_gflops", shared, f"GFLOP/s ([{t * n}, {h}] @ [{h}, {3 * h}])")
+    emit(
+        "matmul_gru_per_task_weights_gflops",
+        per_task,
+        f"GFLOP/s ({t} x [{n}, {h}] @ [{h}, {3 * h}])",
+    )
+
+    apply, theta = split_params(MPFN(shape.features, shape.hidden, rngs=nnx.Rngs(0)))
+    batch = make_batch(shape, 0)
+    loss_fn = functools.partial(split_loss, apply)
+
+    def forward(theta, batch):
+        task_loss = lambda p, task, key: (loss_fn(p["theta"], task.query), {})  # noqa: E731
+        return mean_over_tasks(task_loss, {"theta": theta}, batch, key)[0]
+
+    unrolled = loss_for("unrollfull", apply)
+    forward_unrolled = jax.jit(
+        lambda theta, batch: jax.vmap(unrolled, in_axes=(None, 0))(theta, batch.query).mean()
+    )
+    forward_jit = jax.jit(forward)
+    runners = {
+        "forward": lambda: jax.block_until_ready(forward_jit(theta, batch)),
+        "first_order": Runner(loss_fn, Variant(), theta, batch, first_order=True),
+        "second_order": Runner(loss_fn, Variant(), theta, batch, first_order=False),
+    }
+    seconds = interleaved_medians(runners, args.repeats)
+    forward_flops = compiled_flops(forward_unrolled, theta, batch)
+    for name, value in seconds.items():
+        emit(f"{name}_s", value, "s")
+    emit("forward_gflops", forward_flops / seconds["forward"] / 1e9, "GFLOP/s")
+    emit("second_order_over_forward", seconds["second_order"] / seconds["forward"])
+    emit("second_order_over_first_order", seconds["second_order"] / seconds["first_order"])
+    emit("load_avg_end", load_average())
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
