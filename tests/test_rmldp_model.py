@@ -55,7 +55,9 @@ def test_unit_modulation_reproduces_maml_exactly():
     maml_loss, _ = jax.jit(functools.partial(per_task, make_task_loss(maml, GRAPH, **kw)))(
         {"theta": mp["theta"]}, tasks, key
     )
-    chex.assert_trees_all_equal(rmldp_loss, maml_loss)
+    # M(q) = sigmoid(100) = 1.0 exactly in float32, so theta_0i = theta_0: the same computation
+    # up to how XLA fuses two different programs (last-bit differences, hence rtol 1e-6)
+    chex.assert_trees_all_close(rmldp_loss, maml_loss, rtol=1e-6, atol=0.0)
     assert float(jnp.min(aux["rec_loss"])) > 0
 
 
