@@ -5,7 +5,8 @@ Paper-size network (batch 128, 4 matrices x 25 indicators x 84 days, K = 128, or
 and forward + backward; the dense head; the Adamax update; the full forward and forward +
 backward; each order's FLOPs (XLA cost analysis) and achieved GFLOP/s; and, for each order,
 the same convolution written as one grouped ``lax.conv_general_dilated``
-(``feature_group_count = D``) instead of dmeta's im2col + batched matmul. Feeds
+(``feature_group_count = D``) instead of dmeta's im2col + batched matmul, forward and
+forward + backward. Feeds
 ``experiments/results/profiling.md``.
 
     .venv/bin/python experiments/benchmarks/profile_sales_cnn.py \
@@ -105,14 +106,23 @@ def main(argv: list[str] | None = None) -> None:
 
         # the first order needs no input gradient (the frames are data)
         argnums = (0, 1) if i == 0 else (0, 1, 2)
-        grad = jax.grad(lambda *a: layer(*a).sum(), argnums=argnums)
+        grad = jax.grad(lambda *a: jnp.square(layer(*a)).sum(), argnums=argnums)
         flops = compiled_flops(jax.jit(grad), kernel, bias, x)
         fwd, both = median(layer, kernel, bias, x), median(grad, kernel, bias, x)
         emit(f"order{i + 1}_forward_s", fwd, "s")
         emit(f"order{i + 1}_forward_backward_s", both, "s")
         emit(f"order{i + 1}_gflops_per_s", flops / both / 1e9, "GFLOP/s")
-        emit(f"order{i + 1}_im2col_conv_forward_s", median(wide_conv, x, kernel, bias), "s")
-        emit(f"order{i + 1}_grouped_conv_forward_s", median(grouped_conv, x, kernel, bias), "s")
+        conv_argnums = (1, 2) if i == 0 else (0, 1, 2)  # conv_fn(x, kernel, bias)
+        for layout, conv_fn in (("im2col", wide_conv), ("grouped", grouped_conv)):
+            conv_grad = jax.grad(
+                lambda *a, f=conv_fn: jnp.square(f(*a)).sum(), argnums=conv_argnums
+            )
+            emit(f"order{i + 1}_{layout}_conv_forward_s", median(conv_fn, x, kernel, bias), "s")
+            emit(
+                f"order{i + 1}_{layout}_conv_forward_backward_s",
+                median(conv_grad, x, kernel, bias),
+                "s",
+            )
         diff = jnp.abs(grouped_conv(x, kernel, bias) - wide_conv(x, kernel, bias)).max()
         emit(f"order{i + 1}_grouped_vs_im2col_max_abs_diff", float(diff))
         x = layer(kernel, bias, x)
