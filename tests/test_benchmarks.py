@@ -27,27 +27,9 @@ def test_parse_report_reads_numeric_lines_only():
 
 def test_maml_throughput_quick(tmp_path):
     pytest.importorskip("torch")
-    out = tmp_path / "maml.txt"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "experiments/benchmarks/maml_throughput.py",
-            "--quick",
-            "--repeats",
-            "1",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert out.read_text() == proc.stdout
-    report = parse_report(proc.stdout)
-    assert proc.stdout.splitlines()[0].startswith("command: ")
-    assert proc.stdout.splitlines()[-1].startswith("speedup_vs_torch_loop: ")
+    text, report = run_quick("maml_throughput.py", tmp_path, "--repeats", "1")
+    assert text.splitlines()[0].startswith("command: ")
+    assert text.splitlines()[-1].startswith("speedup_vs_torch_loop: ")
     assert report["meta_grad_max_rel_diff"][0] <= 1e-4
     assert report["variants_metrics_max_rel_diff"][0] <= 1e-4
     for name in (
@@ -68,28 +50,11 @@ def test_maml_throughput_quick(tmp_path):
 
 def test_sales_cnn_throughput_quick(tmp_path):
     pytest.importorskip("torch")
-    out = tmp_path / "sales_cnn.txt"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "experiments/benchmarks/sales_cnn_throughput.py",
-            "--quick",
-            "--repeats",
-            "1",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert out.read_text() == proc.stdout
-    lines = proc.stdout.splitlines()
+    text, report = run_quick("sales_cnn_throughput.py", tmp_path, "--repeats", "1")
+    lines = text.splitlines()
     assert lines[0].startswith("command: ")
     assert lines[-1].startswith("speedup_vs_torch: ")
-    report = parse_report(proc.stdout)
+    report = parse_report(text)
     assert report["dmeta_params"][0] == report["torch_params"][0] > 0
     assert report["forward_max_rel_diff"][0] <= 1e-4
     for name in ("dmeta", "torch", "dmeta_bf16"):

@@ -3,40 +3,20 @@
 Kept apart from ``test_benchmarks.py`` so that the two files run on different pytest workers.
 """
 
-import subprocess
-import sys
-
 import pytest
-from _bench import ROOT, run_quick
+from _bench import run_quick
 
 from experiments.benchmarks.common import parse_report
 
 
 def test_rmldp_segments_quick(tmp_path):
-    out = tmp_path / "rmldp_segments.txt"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "experiments/benchmarks/rmldp_segments.py",
-            "--quick",
-            "--repeats",
-            "1",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert out.read_text() == proc.stdout
-    lines = proc.stdout.splitlines()
+    text, report = run_quick("rmldp_segments.py", tmp_path, "--repeats", "1")
+    lines = text.splitlines()
     assert lines[0].startswith("command: ")
     assert lines[-2].startswith("per_segment_cost_ratio_4_vs_2_vmap: ")
     assert lines[-1].startswith("per_segment_cost_ratio_4_vs_2_map: ")
     assert "skipped: none" in lines
-    report = parse_report(proc.stdout)
+    report = parse_report(text)
     rows = [line.strip("|").split("|") for line in lines if line[:3] in ("| 2", "| 4")]
     assert sorted((int(r[0]), r[1].strip()) for r in rows) == [
         (2, "map"),

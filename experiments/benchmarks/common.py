@@ -35,6 +35,24 @@ def format_line(name: str, value: float | str, unit: str = "") -> str:
     return f"{name}: {text} {unit}".rstrip()
 
 
+class Report:
+    """Collects a benchmark's report: ``emit(name, value, unit)`` or ``emit(text)`` prints one
+    line (``format_line``) and keeps it; ``save(path)`` writes them all (nothing for None)."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def __call__(self, *fields) -> None:
+        line = format_line(*fields) if len(fields) > 1 else fields[0]
+        self.lines.append(line)
+        print(line, flush=True)
+
+    def save(self, path: Path | None) -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(self.lines) + "\n")
+
+
 def parse_report(text: str) -> dict[str, tuple[float, str]]:
     """Parses ``name: value unit`` lines whose value is a number into ``{name: (value, unit)}``.
 

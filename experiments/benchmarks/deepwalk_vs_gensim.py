@@ -34,7 +34,12 @@ import numpy as np
 
 from dmeta.graph.deepwalk import random_walks, train_skipgram
 from dmeta.metrics import silhouette
-from experiments.benchmarks.common import format_line, interleaved_medians, load_average, require
+from experiments.benchmarks.common import (
+    Report,
+    interleaved_medians,
+    load_average,
+    require,
+)
 
 
 def planted_partition(
@@ -90,12 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         args.walks_per_node, args.walk_length, args.dim, args.window = 5, 10, 8, 2
         args.epochs, args.batch_size = 2, 128
     repeats = args.repeats or (1 if args.quick else 3)
-    lines: list[str] = []
-
-    def emit(*fields):
-        line = format_line(*fields) if len(fields) > 1 else fields[0]
-        lines.append(line)
-        print(line, flush=True)
+    emit = Report()
 
     weights, labels = planted_partition(
         args.communities, args.size, args.p_in, args.p_out, seed=args.seed
@@ -180,9 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         emit(f"{name}_silhouette", sil)
     emit("load_avg_end", load_average())
     emit("speedup_vs_gensim", medians["gensim"] / medians["dmeta"])
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+    emit.save(args.out)
 
 
 if __name__ == "__main__":

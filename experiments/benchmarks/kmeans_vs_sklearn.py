@@ -27,7 +27,12 @@ import jax
 import numpy as np
 
 from dmeta.cluster.kmeans import kmeans
-from experiments.benchmarks.common import format_line, interleaved_medians, load_average, require
+from experiments.benchmarks.common import (
+    Report,
+    interleaved_medians,
+    load_average,
+    require,
+)
 
 
 def blobs(n: int, features: int, centers: int, *, seed: int) -> np.ndarray:
@@ -65,12 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     x = blobs(args.points, args.features, 2 * args.k, seed=1234)
     abs_tol = float(np.mean(np.var(x, axis=0)) * args.tol)
     seeds = range(args.seeds)
-    lines: list[str] = []
-
-    def emit(*fields):
-        line = format_line(*fields) if len(fields) > 1 else fields[0]
-        lines.append(line)
-        print(line, flush=True)
+    emit = Report()
 
     emit("command: " + " ".join(["python", *sys.argv]))
     emit(
@@ -127,9 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     emit("load_avg_end", load_average())
     emit("inertia_ratio_vs_sklearn", float(np.mean(ratios)))
     emit("speedup_vs_sklearn", per_fit["sklearn"] / per_fit["dmeta"])
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+    emit.save(args.out)
 
 
 if __name__ == "__main__":

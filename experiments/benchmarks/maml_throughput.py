@@ -37,8 +37,8 @@ from dmeta.nn.functional import split_params
 from dmeta.train.state import init_train_state
 from dmeta.types import Array, Params, Split, TaskBatch
 from experiments.benchmarks.common import (
+    Report,
     compiled_flops,
-    format_line,
     interleaved_medians,
     load_average,
     matmul_gflops,
@@ -275,12 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.tasks is not None:
         shape = dataclasses.replace(shape, tasks=args.tasks)
     repeats = args.repeats or (2 if args.quick else 7)
-    lines: list[str] = []
-
-    def emit(*fields):
-        line = format_line(*fields) if len(fields) > 1 else fields[0]
-        lines.append(line)
-        print(line, flush=True)
+    emit = Report()
 
     emit("command: " + " ".join(["python", *sys.argv]))
     emit(
@@ -367,9 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     emit("load_avg_end", load_average())
     emit("speedup_vs_torch_cell_loop", medians["torch_second_order_cell_loop"] / t_so)
     emit("speedup_vs_torch_loop", medians["torch_second_order_loop"] / t_so)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+    emit.save(args.out)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.benchmarks.common import format_line, interleaved_medians, load_average, machine
+from experiments.benchmarks.common import (
+    Report,
+    interleaved_medians,
+    load_average,
+    machine,
+)
 from experiments.benchmarks.rmldp_segments import (
     FEATURES,
     QUICK_FEATURES,
@@ -55,12 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         steps = tuple(sorted(int(s) for s in args.steps.split(",")))
     segments = 2 if args.quick else args.segments
     repeats = args.repeats or (1 if args.quick else 3)
-    lines: list[str] = []
-
-    def emit(*fields):
-        line = format_line(*fields) if len(fields) > 1 else fields[0]
-        lines.append(line)
-        print(line, flush=True)
+    emit = Report()
 
     emit("command: " + " ".join(["python", *sys.argv]))
     emit(
@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     emit("")
     emit("load_avg_end", load_average())
     emit(f"remat_memory_ratio_at_{steps[-1]}", ratio)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+    emit.save(args.out)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ from dmeta.meta.batching import mean_over_tasks
 from dmeta.models.mpfn import MPFN, split_loss
 from dmeta.nn.functional import split_params
 from experiments.benchmarks.common import (
+    Report,
     compiled_flops,
-    format_line,
     interleaved_medians,
     load_average,
     machine,
@@ -65,12 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     shape = QUICK if args.quick else Shape()
-    lines: list[str] = []
-
-    def emit(*fields):
-        line = format_line(*fields) if len(fields) > 1 else fields[0]
-        lines.append(line)
-        print(line, flush=True)
+    emit = Report()
 
     emit("command: " + " ".join(["python", *sys.argv]))
     emit(f"shape: {shape}")
@@ -116,9 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     emit("second_order_over_forward", seconds["second_order"] / seconds["forward"])
     emit("second_order_over_first_order", seconds["second_order"] / seconds["first_order"])
     emit("load_avg_end", load_average())
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+    emit.save(args.out)
 
 
 if __name__ == "__main__":

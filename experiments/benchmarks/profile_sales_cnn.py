@@ -26,8 +26,8 @@ import optax
 from dmeta.sales_cnn.model import conv_relu_pool, output_length, wide_conv
 from dmeta.sales_cnn.train import apply_model, split_model
 from experiments.benchmarks.common import (
+    Report,
     compiled_flops,
-    format_line,
     interleaved_medians,
     load_average,
     machine,
@@ -59,12 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     shape = QUICK if args.quick else Shape()
-    lines: list[str] = []
-
-    def emit(*fields):
-        line = format_line(*fields) if len(fields) > 1 else fields[0]
-        lines.append(line)
-        print(line, flush=True)
+    emit = Report()
 
     def median(fn, *inputs) -> float:
         jitted = jax.jit(fn)
@@ -136,9 +131,7 @@ def main(argv: list[str] | None = None) -> None:
 
     emit("dense_forward_backward_s", median(jax.grad(head), dense, flat), "s")
     emit("load_avg_end", load_average())
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+    emit.save(args.out)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,12 @@ import optax
 from dmeta.rmldp.model import init_rmldp, make_train_step
 from dmeta.train.state import init_train_state
 from dmeta.types import Split, TaskBatch
-from experiments.benchmarks.common import format_line, interleaved_medians, load_average, machine
+from experiments.benchmarks.common import (
+    Report,
+    interleaved_medians,
+    load_average,
+    machine,
+)
 from experiments.configs.rmldp import RMLDPConfig, get_config
 
 FEATURES = 48  # Table 1 "feature dimension"
@@ -221,12 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.sizes:
         sizes = tuple(sorted(int(s) for s in args.sizes.split(",")))
     repeats = args.repeats or (2 if args.quick else 3)
-    lines: list[str] = []
-
-    def emit(*fields):
-        line = format_line(*fields) if len(fields) > 1 else fields[0]
-        lines.append(line)
-        print(line, flush=True)
+    emit = Report()
 
     emit("command: " + " ".join(["python", *sys.argv]))
     emit(
@@ -325,9 +325,7 @@ def main(argv: list[str] | None = None) -> None:
                 large.per_segment_ms / small.per_segment_ms,
                 "(ms per segment, largest over smallest batch; < 1: falls as the batch grows)",
             )
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+    emit.save(args.out)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from dmeta.sales_cnn.model import PAPER_ORDERS, SalesCNN
 from dmeta.sales_cnn.train import Samples, apply_model, make_train_step, split_model
 from dmeta.train.state import init_train_state
 from experiments.benchmarks.common import (
-    format_line,
+    Report,
     interleaved_medians,
     load_average,
     machine,
@@ -122,12 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     shape = QUICK if args.quick else Shape()
     repeats = args.repeats or (2 if args.quick else 10)
-    lines: list[str] = []
-
-    def emit(*fields):
-        line = format_line(*fields) if len(fields) > 1 else fields[0]
-        lines.append(line)
-        print(line, flush=True)
+    emit = Report()
 
     emit("command: " + " ".join(["python", *sys.argv]))
     emit(
@@ -216,9 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     emit("load_avg_end", load_average())
     emit("speedup_vs_torch", rates["dmeta"] / rates["torch"])
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+    emit.save(args.out)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from experiments.benchmarks.common import format_line, load_average, machine, parse_report
+from experiments.benchmarks.common import Report, format_line, load_average, machine, parse_report
 
 ROOT = Path(__file__).resolve().parents[2]
 C2M_USERS = (10_000, 100_000, 1_000_000)
@@ -182,12 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         child_emit("peak_rss_mib", peak_rss_mib(), "MiB")
         return
 
-    lines: list[str] = []
-
-    def emit(*fields):
-        line = format_line(*fields) if len(fields) > 1 else fields[0]
-        lines.append(line)
-        print(line, flush=True)
+    emit = Report()
 
     emit("command: " + " ".join(["python", *sys.argv]))
     emit(f"machine: {machine()}; jax devices: {[str(d) for d in jax.devices()]}")
@@ -213,9 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         emit(line)
     emit("")
     emit("load_avg_end", load_average())
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+    emit.save(args.out)
 
 
 if __name__ == "__main__":
