@@ -111,7 +111,7 @@ def load_data(spec: str, *, cfg: RMLDPConfig, baskets=None, edges=None) -> Deman
     """``--data`` spec -> ``DemandData`` (synthetic, walmart, groceries, table)."""
     parsed = parse_data_spec(spec)
     if parsed.name == "synthetic":
-        return load_synthetic(n_segments=cfg.n_segments, n_clusters=cfg.n_clusters, seed=0)
+        return synthetic_data(cfg)
     if parsed.name == "walmart":
         return load_walmart(parsed.path)
     if parsed.name == "groceries":
@@ -119,6 +119,17 @@ def load_data(spec: str, *, cfg: RMLDPConfig, baskets=None, edges=None) -> Deman
     if parsed.name == "table":
         return load_table(parsed.path, baskets=baskets, edges=edges)
     raise ValueError(f"--data {spec!r}: rmldp reads synthetic, walmart, groceries or table:PATH")
+
+
+def synthetic_data(cfg: RMLDPConfig) -> DemandData:
+    """The synthetic dataset of a config (``data_seed``: every seed of a run sees the same data)."""
+    return load_synthetic(
+        n_segments=cfg.n_segments,
+        n_clusters=cfg.n_clusters,
+        carryover=cfg.carryover,
+        shared_weekly=cfg.shared_weekly,
+        seed=cfg.data_seed,
+    )
 
 
 def subsample(data: DemandData, max_segments: int | None, seed: int = 0) -> DemandData:
@@ -339,10 +350,27 @@ def predict(
         batch_size=cfg.global_batch,
         learning_rate=cfg.global_lr,
     )
-    steps = cfg.finetune_steps if name == "Fine-tune" else 0
+    if name != "Fine-tune":
+        return np.asarray(fb.finetune_predict(apply, params, target, steps=0, step_size=0.0))
+    step_size = finetune_step_size(apply, params, prep, cfg)
     return np.asarray(
-        fb.finetune_predict(apply, params, target, steps=steps, step_size=cfg.finetune_lr)
+        fb.finetune_predict(apply, params, target, steps=cfg.finetune_steps, step_size=step_size)
     )
+
+
+def finetune_step_size(apply, params, prep: Prepared, cfg: RMLDPConfig) -> float:
+    """The ``cfg.finetune_lrs`` value with the lowest meta-validation MSE after fine-tuning."""
+    q = prep.val_tasks.query
+    losses = {}
+    for lr in cfg.finetune_lrs:
+        pred = fb.finetune_predict(
+            apply, params, prep.val_tasks, steps=cfg.finetune_steps, step_size=lr
+        )
+        loss = float(metrics.mse(q.y, pred, q.mask))
+        losses[lr] = loss if np.isfinite(loss) else np.inf  # a diverged step size never wins
+    best = min(losses, key=losses.get)
+    logger.info("Fine-tune: step size %g (meta-validation MSE %s)", best, losses)
+    return best
 
 
 def segment_scores(prep: Prepared, pred: np.ndarray) -> pd.DataFrame:
@@ -500,6 +528,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--horizon-gap", type=int, default=None, help="T_g in steps (default 14)")
     parser.add_argument("--horizon-len", type=int, default=None, help="T_f in steps (default 7)")
     parser.add_argument("--meta-steps", type=int, default=None, help="outer steps (Algorithm 1)")
+    parser.add_argument(
+        "--global-steps", type=int, default=None, help="training steps of the global models"
+    )
+    parser.add_argument(
+        "--eval-every", type=int, default=None, help="meta-validation every N outer steps"
+    )
+    parser.add_argument(
+        "--n-segments", type=int, default=None, help="synthetic data: number of segments"
+    )
+    parser.add_argument(
+        "--data-seed", type=int, default=None, help="synthetic data: generator seed (default 0)"
+    )
+    parser.add_argument(
+        "--carryover",
+        type=float,
+        default=None,
+        help="synthetic data: largest cluster-specific delayed promotion effect (0: none)",
+    )
     add_data_parallel_flag(parser, "each meta-batch's segments")
     parser.add_argument(
         "--remat", action="store_true", default=None, help="jax.checkpoint the inner steps"
@@ -523,6 +569,11 @@ def run(
     horizon_gap: int | None = None,
     horizon_len: int | None = None,
     meta_steps: int | None = None,
+    global_steps: int | None = None,
+    eval_every: int | None = None,
+    n_segments: int | None = None,
+    carryover: float | None = None,
+    data_seed: int | None = None,
     data_parallel: bool | None = None,
     remat: bool | None = None,
     **options,
@@ -536,6 +587,11 @@ def run(
         horizon_gap=horizon_gap,
         horizon_len=horizon_len,
         meta_steps=meta_steps,
+        global_steps=global_steps,
+        eval_every=eval_every,
+        n_segments=n_segments,
+        carryover=carryover,
+        data_seed=data_seed,
         data_parallel=data_parallel,
         remat=remat,
     )
@@ -623,7 +679,7 @@ def demo(out: Path, *, smoke: bool) -> str:
     cfg = get_config(smoke=smoke, size="cpu")
     if not smoke:
         cfg = dataclasses.replace(cfg, meta_steps=150, global_steps=300, n_segments=40)
-    data = load_synthetic(n_segments=cfg.n_segments, n_clusters=cfg.n_clusters, seed=0)
+    data = synthetic_data(cfg)
     prep = prepare(data, cfg, seq_len=cfg.seq_len)
     graph_emb = graph_embeddings(prep, cfg, jax.random.key(10_000))
     rows, _, fitted = run_methods(

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dmeta.data.frames import DataError, read_table, validate_long
-from dmeta.data.synthetic import make_demand
+from dmeta.data.synthetic import CARRYOVER_LAGS, _lagged_sum, make_demand
 from dmeta.data.tasks import build_task_pool, eval_tasks, sample_tasks, split_segments, unscale
 from dmeta.data.windows import make_windows, n_records, season_length, to_panel
 
@@ -252,3 +252,26 @@ def test_synthetic_structure():
     assert corr[same & off].mean() > corr[~same].mean() + 0.2
     weekly = make_demand(n_segments=8, n_clusters=2, n_steps=120, freq="W", seed=0)
     assert validate_long(weekly.frame).freq == "W-SUN"
+
+
+def test_lagged_sum_matches_a_loop():
+    x = (np.random.default_rng(0).random((3, 80)) < 0.2).astype(float)
+    lo, hi = CARRYOVER_LAGS
+    ref = [[sum(x[i, t - k] for k in range(lo, hi) if t >= k) for t in range(80)] for i in range(3)]
+    np.testing.assert_array_equal(_lagged_sum(x, lo, hi), np.array(ref))
+
+
+def test_carryover_is_a_cluster_specific_delayed_promotion_response():
+    data = make_demand(n_segments=24, n_clusters=4, n_steps=900, carryover=0.6, seed=2)
+    gamma, cluster = data.truth["carryover"], data.truth["cluster"]
+    for c in range(4):  # one level per cluster, segments spread around it
+        assert np.ptp(gamma[cluster == c]) < 0.6
+    full = data.frame.groupby("unique_id").filter(lambda g: len(g) == 900)
+    promo = full.pivot(index="unique_id", columns="ds", values="promo")
+    log_y = np.log1p(full.pivot(index="unique_id", columns="ds", values="y").to_numpy())
+    lagged = _lagged_sum(promo.to_numpy(), *CARRYOVER_LAGS)
+    slope = [np.polyfit(lagged[i], log_y[i], 1)[0] for i in range(len(promo))]
+    g = gamma[data.segments.set_index("unique_id").index.get_indexer(promo.index)]
+    strong = np.abs(g) > 0.3
+    assert strong.sum() >= 2 and (np.sign(slope)[strong] == np.sign(g)[strong]).all()
+    assert not make_demand(n_segments=8, n_steps=200, seed=2).truth["carryover"].any()

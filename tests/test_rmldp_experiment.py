@@ -1,9 +1,14 @@
 """RMLDP experiment end to end at smoke size: synthetic and a user table with an edge list."""
 
+import dataclasses
+
+import jax
 import pandas as pd
 
+from dmeta.baselines import forecast_baselines as fb
 from dmeta.data.synthetic import make_demand
 from experiments import rmldp
+from experiments.configs.rmldp import get_config
 
 
 def test_smoke_run_writes_results_test_and_plots(tmp_path):
@@ -59,3 +64,16 @@ def test_data_parallel_and_remat_flags_match_the_plain_run(tmp_path):
     scaled = rmldp.run(out=tmp_path / "b", data_parallel=True, remat=True, **kw)
     mape = [d[d["metric"] == "mape"].set_index("group")["value"] for d in (plain, scaled)]
     pd.testing.assert_series_equal(mape[0], mape[1], rtol=1e-4)
+
+
+def test_finetune_step_size_is_chosen_on_meta_validation_and_skips_divergence():
+    cfg = dataclasses.replace(get_config(smoke=True), finetune_lrs=(1e6, 0.0, 1e-3))
+    prep = rmldp.prepare(rmldp.synthetic_data(cfg), cfg, seq_len=cfg.seq_len)
+    apply, params = fb.build_neural(
+        "gru_mpfn",
+        prep.pool.values.shape[-1],
+        cfg.hidden,
+        seq_len=cfg.seq_len,
+        key=jax.random.key(0),
+    )
+    assert rmldp.finetune_step_size(apply, params, prep, cfg) in (0.0, 1e-3)

@@ -5,7 +5,13 @@ dynamics its segments share:
 
 - a yearly seasonal profile (amplitude and phase) and, for daily data, a weekly profile;
 - local dynamics: an AR(1) log-demand deviation with a cluster coefficient;
-- responses to the external features (a price index, a promotion flag, a holiday flag).
+- responses to the external features (a price index, a promotion flag, a holiday flag);
+- optionally (``carryover > 0``) a delayed promotion response: a promotion shifts the
+  log-demand of the 3-5 weeks after it (``CARRYOVER_LAGS``) by a cluster coefficient spread
+  over ``[-carryover, carryover]``: stockpiling (a post-promotion dip) in some clusters,
+  repeat purchase (a lift) in others. A model that pools every segment sees these effects
+  average out; the segment's own support set or its cluster (the basket graph) reveals
+  them: the regime where relations matter.
 
 Each segment has its own level (lognormal), and demand is Poisson around
 ``level * exp(season + local + features)``. Record counts have a long tail: a few
@@ -22,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 FEATURES = ("price", "promo", "holiday")
+CARRYOVER_LAGS = (21, 35)  # a promotion at t shifts log-demand on steps t+21 .. t+34
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -51,6 +58,8 @@ def make_demand(
     tail_exponent: float = 1.2,
     baskets_per_segment: int = 30,
     within_cluster: float = 0.85,
+    carryover: float = 0.0,
+    shared_weekly: bool = False,
     seed: int = 0,
 ) -> SyntheticDemand:
     """Generates clustered segment demand, features and baskets.
@@ -64,6 +73,11 @@ def make_demand(
       tail_exponent: Pareto exponent of the record counts (smaller: heavier tail).
       baskets_per_segment: baskets generated per segment on average.
       within_cluster: probability that a basket item comes from the basket's cluster.
+      carryover: largest delayed promotion effect; cluster c gets ``linspace(-carryover,
+        carryover)[c]`` in shuffled order, each segment its cluster's value plus N(0, 0.1 *
+        carryover). 0 (the default) leaves the delayed response out.
+      shared_weekly: one weekly profile for every cluster (the weekly pattern then does
+        not reveal a segment's cluster).
       seed: numpy seed.
 
     Returns:
@@ -83,7 +97,7 @@ def make_demand(
     clusters = {
         "amplitude": rng.uniform(0.3, 0.9, n_clusters),
         "phase": rng.permutation(np.linspace(0, 2 * np.pi, n_clusters, endpoint=False)),
-        "weekly": rng.normal(0, 0.25, (n_clusters, 7)),
+        "weekly": rng.normal(0, 0.25, (1 if shared_weekly else n_clusters, 7)),
         "ar": rng.uniform(0.3, 0.95, n_clusters),
         "beta": np.stack(
             [
@@ -120,6 +134,10 @@ def make_demand(
     holiday = np.broadcast_to(_holidays(dates), (n_segments, n_steps)).astype(float)
     feats = np.stack([np.log(price), promo, holiday], -1)  # [I, L, 3]
     effect = np.einsum("ilf,if->il", feats, clusters["beta"][cluster])
+    own = np.random.default_rng([seed, 1])  # leaves the main stream as it was without carryover
+    gamma = own.permutation(np.linspace(-carryover, carryover, n_clusters))[cluster]
+    gamma = gamma + own.normal(0, 0.1 * carryover, n_segments)
+    effect += gamma[:, None] * _lagged_sum(promo, *CARRYOVER_LAGS)
     mean = level[:, None] * np.exp(seasonal + local + effect)
     y = rng.poisson(mean).astype(float)
 
@@ -147,8 +165,19 @@ def make_demand(
     )
     baskets = _baskets(rng, cluster, n_clusters, baskets_per_segment * n_segments, within_cluster)
     baskets["unique_id"] = ids[baskets.pop("segment").to_numpy()]
-    truth = dict(clusters, cluster=cluster, level=level, n_records=n_records, season=season)
+    truth = dict(
+        clusters, cluster=cluster, level=level, n_records=n_records, season=season, carryover=gamma
+    )
     return SyntheticDemand(frame, segments, baskets, truth)
+
+
+def _lagged_sum(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """f[I, L] with ``out[:, t] = sum of x[:, t-k] for lo <= k < hi`` (zero before the start)."""
+    csum = np.concatenate([np.zeros((x.shape[0], 1)), np.cumsum(x, 1)], 1)  # [I, L+1]
+    t = np.arange(x.shape[1])
+    upper = np.clip(t - lo + 1, 0, None)
+    lower = np.clip(t - hi + 1, 0, None)
+    return csum[:, upper] - csum[:, lower]
 
 
 def _holidays(dates: pd.DatetimeIndex) -> np.ndarray:

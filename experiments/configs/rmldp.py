@@ -22,7 +22,12 @@ class RMLDPConfig:
     Graph: ``graph_threshold`` least co-occurrence count of a link; DeepWalk
     ``walks_per_node``, ``walk_length``, ``window``, ``deepwalk_steps``.
     Baselines: ``global_steps`` / ``global_batch`` / ``global_lr`` for the neural models,
-    ``finetune_steps`` / ``finetune_lr``, ``max_train_classical`` (SVR/RF/XGB rows).
+    ``finetune_steps`` and the SGD step sizes ``finetune_lrs`` it tries (the one with the
+    lowest meta-validation MSE is used), ``max_train_classical`` (SVR/RF/XGB rows).
+    Synthetic data (``dmeta.data.synthetic.make_demand``): ``n_segments``, ``n_clusters``,
+    ``carryover`` (the cluster-specific delayed promotion response that makes relations
+    matter; 0 turns it off), ``shared_weekly`` (one weekly profile for all clusters) and
+    ``data_seed`` (every model seed of a run sees the same data).
     Protocol: ``sweep_seq_len`` |T_c| values of Figure 6 (RMLDP, seed 0).
     Scale: ``data_parallel`` splits the meta-batch's segments over all visible devices
     (``dmeta.parallel``; ``n_tasks`` must divide by the device count), ``remat``
@@ -62,11 +67,14 @@ class RMLDPConfig:
     global_batch: int = 128
     global_lr: float = 1e-3
     finetune_steps: int = 10
-    finetune_lr: float = 1e-2
+    finetune_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
     max_train_classical: int = 20000
     sweep_seq_len: tuple[int, ...] = (15, 20, 25, 30, 35, 40)
     n_segments: int = 80
     n_clusters: int = 4
+    carryover: float = 0.5
+    data_seed: int = 0
+    shared_weekly: bool = True
     data_parallel: bool = False
     remat: bool = False
 
