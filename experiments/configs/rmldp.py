@@ -135,7 +135,7 @@ def get_config(smoke: bool = False, size: str = "paper") -> RMLDPConfig:
             finetune_steps=2,
             max_train_classical=200,
             sweep_seq_len=(8,),
-            n_segments=16,
+            n_segments=20,
             n_clusters=2,
         )
     return cfg
