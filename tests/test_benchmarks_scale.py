@@ -13,16 +13,15 @@ def test_rmldp_segments_quick(tmp_path):
     text, report = run_quick("rmldp_segments.py", tmp_path, "--repeats", "1")
     lines = text.splitlines()
     assert lines[0].startswith("command: ")
-    assert lines[-2].startswith("per_segment_cost_ratio_4_vs_2_vmap: ")
-    assert lines[-1].startswith("per_segment_cost_ratio_4_vs_2_map: ")
+    assert lines[-3].startswith("per_segment_cost_ratio_4_vs_2_vmap: ")
+    assert lines[-2].startswith("per_segment_cost_ratio_4_vs_2_map: ")
+    assert lines[-1].startswith("per_segment_cost_ratio_4_vs_2_map_remat: ")
     assert "skipped: none" in lines
     report = parse_report(text)
     rows = [line.strip("|").split("|") for line in lines if line[:3] in ("| 2", "| 4")]
+    modes = ("map", "map_remat", "vmap")
     assert sorted((int(r[0]), r[1].strip()) for r in rows) == [
-        (2, "map"),
-        (2, "vmap"),
-        (4, "map"),
-        (4, "vmap"),
+        (s, m) for s in (2, 4) for m in modes
     ]
     for r in rows:
         seconds, per_s, ms, _, traces, compiles = (float(c) for c in r[2:8])
@@ -31,10 +30,11 @@ def test_rmldp_segments_quick(tmp_path):
         assert ms == pytest.approx(1e3 * seconds / int(r[0]), rel=1e-3)
     for size in (2, 4):
         assert report[f"T{size}_vmap_vs_map_loss_rel_diff"][0] <= 1e-5
-        for mode in ("vmap", "map"):
+        assert report[f"T{size}_map_remat_vs_map_loss_rel_diff"][0] <= 1e-5
+        for mode in modes:
             value, unit = report[f"{mode}_T{size}_segments_per_s"]
             assert value > 0 and unit == "segments/s"
-    for mode in ("vmap", "map"):
+    for mode in modes:
         assert report[f"per_segment_cost_ratio_4_vs_2_{mode}"][0] > 0
 
 

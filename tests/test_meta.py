@@ -91,9 +91,26 @@ def test_vmap_and_map_equal_python_loop(model):
     key = jax.random.key(4)
     keys = jax.random.split(key, T)
     loop = jnp.stack([tl(mp, jax.tree.map(lambda a: a[i], tasks), keys[i])[0] for i in range(T)])
-    for strategy in ("vmap", "map"):
+    for strategy in ("vmap", "map", "map_remat"):
         losses, _ = per_task(tl, mp, tasks, key, strategy=strategy)
         np.testing.assert_allclose(losses, loop, rtol=1e-5, atol=1e-6)
+
+
+def test_map_remat_has_the_gradients_of_map_with_less_memory(model):
+    apply, theta = model
+    tasks = make_tasks(jax.random.key(3))
+    tl = make_maml_task_loss(loss_of(apply), steps=3, step_size=0.1)
+    mp = {"theta": theta}
+
+    def grad_fn(strategy):
+        mean = lambda m: jnp.mean(per_task(tl, m, tasks, jax.random.key(4), strategy=strategy)[0])
+        return jax.jit(jax.grad(mean))
+
+    grads = {s: grad_fn(s)(mp) for s in ("map", "map_remat")}
+    for a, b in zip(*map(jax.tree.leaves, grads.values())):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    temp = {s: grad_fn(s).lower(mp).compile().memory_analysis().temp_size_in_bytes for s in grads}
+    assert temp["map_remat"] < temp["map"]
 
 
 def test_meta_sgd_step_sizes_get_gradients(model):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from dmeta.types import Array, Key, Params
 
-Strategy = Literal["vmap", "map"]
+Strategy = Literal["vmap", "map", "map_remat"]
 TaskLoss = Callable[[Params, Any, Key], tuple[Array, dict[str, Array]]]
 
 
@@ -31,7 +31,10 @@ def per_task(
       tasks: pytree whose leaves have a leading task axis T.
       key: PRNG key, split into one key per task.
       strategy: ``"vmap"`` batches tasks into one computation; ``"map"`` runs them
-        sequentially with ``lax.map`` (less memory; on CPU sometimes faster).
+        sequentially with ``lax.map`` (less memory; on CPU sometimes faster), which still
+        keeps every task's residuals for the backward pass; ``"map_remat"`` maps a
+        ``jax.checkpoint``-ed task loss, so the backward pass recomputes one task at a time
+        and memory no longer grows with the residuals of every task (same gradients).
       map_batch_size: with ``"map"``, vmap this many tasks per map iteration.
 
     Returns:
@@ -41,13 +44,14 @@ def per_task(
     keys = jax.random.split(key, n_tasks)
     if strategy == "vmap":
         return jax.vmap(task_loss, in_axes=(None, 0, 0))(meta_params, tasks, keys)
-    if strategy == "map":
+    if strategy in ("map", "map_remat"):
+        loss = jax.checkpoint(task_loss) if strategy == "map_remat" else task_loss
         return jax.lax.map(
-            lambda tk: task_loss(meta_params, tk[0], tk[1]),
+            lambda tk: loss(meta_params, tk[0], tk[1]),
             (tasks, keys),
             batch_size=map_batch_size,
         )
-    raise ValueError(f"unknown strategy {strategy!r}; use 'vmap' or 'map'")
+    raise ValueError(f"unknown strategy {strategy!r}; use 'vmap', 'map' or 'map_remat'")
 
 
 def mean_over_tasks(

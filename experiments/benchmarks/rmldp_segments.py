@@ -6,17 +6,19 @@ knowledge-graph layer q_g, the modulation M(q) * theta_0 (eq. 11-12), one second
 step, the query loss (eq. 13), then one Adam update of every meta-parameter. Shapes are Table 1
 of the paper (``experiments/configs/rmldp.py``, ``size="paper"``: |T_c| = 30, 48 features, GRUs
 of 128, q_d 32, q_g 16, 16 support + 16 query samples per segment); the meta-batch runs over
-8..4096 segments, segments ``vmap``-ed or ``lax.map``-ed (the step's ``strategy``). A fixed
-Gaussian batch is passed in, so task sampling is not timed.
+8..4096 segments, segments ``vmap``-ed, ``lax.map``-ed, or ``lax.map``-ed over a
+``jax.checkpoint``-ed task loss (``map_remat``: one segment's residuals at a time; the step's
+``strategy``). A fixed Gaussian batch is passed in, so task sampling is not timed.
 
 Each (size, mode) is traced and compiled once (traces and XLA backend compilations are
-counted; the run fails otherwise); both modes of a size are timed interleaved and the median
+counted; the run fails otherwise); the modes of a size are timed interleaved and the median
 is reported with the load average, because the CPU is shared. Peak memory is XLA's buffer
 assignment for the compiled step (arguments + outputs - donated aliases + temporaries), and the
 device's ``peak_bytes_in_use`` where the backend reports memory stats (GPU). A size whose step
 time or memory, extrapolated linearly from the previous size, exceeds ``--max-seconds`` or the
 memory budget ``--max-mib`` (or whose compiled memory exceeds the budget) is skipped and listed:
-at Table 1 shapes ``vmap`` needs about 40 MiB per segment, 20 GiB at 512. The last lines are
+at Table 1 shapes ``vmap`` needs about 40 MiB per segment, 20 GiB at 512, ``map`` about 25.
+The last lines are
 ``per_segment_cost_ratio_<largest>_vs_<smallest>_<mode>: X`` (< 1: the per-segment cost falls
 as the batch grows).
 
@@ -52,7 +54,7 @@ FEATURES = 48  # Table 1 "feature dimension"
 QUICK_FEATURES = 3
 SIZES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 QUICK_SIZES = (2, 4)
-MODES = ("vmap", "map")
+MODES = ("vmap", "map", "map_remat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +219,9 @@ def main(argv: list[str] | None = None) -> None:
         help="skip a size whose XLA peak memory (extrapolated, then compiled) exceeds this "
         "(default: 0.7 x available host memory, or 0.9 x the accelerator's memory)",
     )
+    parser.add_argument(
+        "--modes", type=str, default=",".join(MODES), help=f"comma-separated subset of {MODES}"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
@@ -226,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.sizes:
         sizes = tuple(sorted(int(s) for s in args.sizes.split(",")))
     repeats = args.repeats or (2 if args.quick else 3)
+    modes = tuple(m for m in MODES if m in args.modes.split(","))
     emit = Report()
 
     emit("command: " + " ".join(["python", *sys.argv]))
@@ -252,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     counter = CompileCounter()
     rows: list[Row] = []
     skipped: list[str] = []
-    active = list(MODES)
+    active = list(modes)
     previous: dict[str, Row] = {}
 
     def skip(mode: str, size: int, reason: str) -> None:
@@ -305,9 +311,10 @@ def main(argv: list[str] | None = None) -> None:
             previous[mode] = row
             emit(f"{mode}_T{size}_segments_per_s", size / row.seconds, "segments/s")
             emit(f"{mode}_T{size}_ms_per_segment", row.per_segment_ms, "ms")
-        if len(first) == 2:
-            a, b = (float(first[m]["loss"]) for m in MODES)
-            emit(f"T{size}_vmap_vs_map_loss_rel_diff", abs(a / b - 1.0))
+        for mode in sorted(first.keys() - {"map"}):
+            if "map" in first:
+                a, b = float(first[mode]["loss"]), float(first["map"]["loss"])
+                emit(f"T{size}_{mode}_vs_map_loss_rel_diff", abs(a / b - 1.0))
         del runners, first
 
     emit("")
@@ -316,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     emit("")
     emit("skipped: " + ("; ".join(skipped) if skipped else "none"))
     emit("load_avg_end", load_average())
-    for mode in MODES:
+    for mode in modes:
         measured = [r for r in rows if r.mode == mode]
         if len(measured) >= 2:
             small, large = measured[0], measured[-1]
