@@ -257,6 +257,7 @@ def meta_runner(name: str, prep: Prepared, cfg: RMLDPConfig, graph_emb, *, seq_l
         step_size=cfg.inner_lr,
         mesh=mesh,
         remat=cfg.remat,
+        strategy=cfg.strategy,
     )
     sample = functools.partial(
         sample_tasks,
@@ -550,6 +551,13 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--remat", action="store_true", default=None, help="jax.checkpoint the inner steps"
     )
+    parser.add_argument(
+        "--strategy",
+        choices=("vmap", "map", "map_remat"),
+        default=None,
+        help="segments of a meta-batch: vmap (default), lax.map, or lax.map over a "
+        "checkpointed segment loss (memory flat in the meta-batch size)",
+    )
 
 
 def run(
@@ -576,6 +584,7 @@ def run(
     data_seed: int | None = None,
     data_parallel: bool | None = None,
     remat: bool | None = None,
+    strategy: str | None = None,
     **options,
 ) -> pd.DataFrame:
     """The whole protocol; writes results.csv/.md, segments.csv, PNGs, command.txt, config."""
@@ -594,6 +603,7 @@ def run(
         data_seed=data_seed,
         data_parallel=data_parallel,
         remat=remat,
+        strategy=strategy,
     )
     out = Path(out)
     write_run_header(out, command, dict(dataclasses.asdict(cfg), data=data, seeds=seeds))

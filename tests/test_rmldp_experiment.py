@@ -58,12 +58,14 @@ def test_table_data_with_edges_runs_the_protocol(tmp_path):
     assert pd.read_csv(tmp_path / "t" / "segments.csv")["segment"].nunique() >= 1
 
 
-def test_data_parallel_and_remat_flags_match_the_plain_run(tmp_path):
+def test_data_parallel_remat_and_strategy_flags_match_the_plain_run(tmp_path):
     kw = dict(data="synthetic", smoke=True, seeds=1, command="x", methods="RMLDP", no_sweep=True)
     plain = rmldp.run(out=tmp_path / "a", **kw)
     scaled = rmldp.run(out=tmp_path / "b", data_parallel=True, remat=True, **kw)
-    mape = [d[d["metric"] == "mape"].set_index("group")["value"] for d in (plain, scaled)]
+    mapped = rmldp.run(out=tmp_path / "c", strategy="map_remat", **kw)
+    mape = [d[d["metric"] == "mape"].set_index("group")["value"] for d in (plain, scaled, mapped)]
     pd.testing.assert_series_equal(mape[0], mape[1], rtol=1e-4)
+    pd.testing.assert_series_equal(mape[0], mape[2], rtol=1e-4)
 
 
 def test_finetune_step_size_is_chosen_on_meta_validation_and_skips_divergence():

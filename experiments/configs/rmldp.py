@@ -31,7 +31,9 @@ class RMLDPConfig:
     Protocol: ``sweep_seq_len`` |T_c| values of Figure 6 (RMLDP, seed 0).
     Scale: ``data_parallel`` splits the meta-batch's segments over all visible devices
     (``dmeta.parallel``; ``n_tasks`` must divide by the device count), ``remat``
-    checkpoints each inner step (``jax.checkpoint``) to trade compute for memory.
+    checkpoints each inner step (``jax.checkpoint``) to trade compute for memory,
+    ``strategy`` batches a meta-batch's segments (``dmeta.meta.batching``: ``"vmap"``,
+    ``"map"`` or ``"map_remat"``, whose memory stays flat as the meta-batch grows).
     """
 
     seq_len: int = 30
@@ -77,6 +79,7 @@ class RMLDPConfig:
     shared_weekly: bool = True
     data_parallel: bool = False
     remat: bool = False
+    strategy: str = "vmap"
 
 
 def get_config(smoke: bool = False, size: str = "paper") -> RMLDPConfig:
