@@ -351,12 +351,10 @@ def predict(
         batch_size=cfg.global_batch,
         learning_rate=cfg.global_lr,
     )
-    if name != "Fine-tune":
-        return np.asarray(fb.finetune_predict(apply, params, target, steps=0, step_size=0.0))
-    step_size = finetune_step_size(apply, params, prep, cfg)
-    return np.asarray(
-        fb.finetune_predict(apply, params, target, steps=cfg.finetune_steps, step_size=step_size)
-    )
+    steps, step_size = 0, 0.0  # GRU+MPFN, Dipole+MPFN, LSTNet: the global model as trained
+    if name == "Fine-tune":
+        steps, step_size = cfg.finetune_steps, finetune_step_size(apply, params, prep, cfg)
+    return np.asarray(fb.finetune_predict(apply, params, target, steps=steps, step_size=step_size))
 
 
 def finetune_step_size(apply, params, prep: Prepared, cfg: RMLDPConfig) -> float:

@@ -222,8 +222,8 @@ def forecast_networks(
     test_x = jnp.asarray(data.test_x)
 
     def cnn(s):
-        opts = dict(orders=orders, maps=maps, hidden=hidden, rate=rate, dtype=compute_dtype)
-        return SalesCNN(d, t, **opts, rngs=nnx.Rngs(s))
+        arch = dict(orders=orders, maps=maps, hidden=hidden, rate=rate, dtype=compute_dtype)
+        return SalesCNN(d, t, **arch, rngs=nnx.Rngs(s))
 
     def per_region_inits(make):
         models = [split_model(make(seed * 1000 + r)) for r in range(n_regions)]

@@ -108,16 +108,19 @@ def _deepwalk(report: Report, text: str, gpu: bool) -> Row:
     return Row(f"{ours:.3g} s", f"{theirs:.3g} s", theirs / ours, note)
 
 
+def _size(report: Report, pattern: str, pick=max) -> int:
+    """The largest (``pick=max``) size captured by ``pattern``'s group among the report's names."""
+    return pick(int(m.group(1)) for k in report if (m := re.fullmatch(pattern, k)))
+
+
 def _rmldp_segments(report: Report, text: str, gpu: bool) -> Row:
     """No peer: the largest meta-batch's segments/s, ``vmap`` against ``lax.map``."""
-    sizes = [
-        int(m.group(1)) for k in report if (m := re.fullmatch(r"vmap_T(\d+)_segments_per_s", k))
-    ]
-    t = max(sizes)
+    sizes = r"vmap_T(\d+)_segments_per_s"
+    t, smallest = _size(report, sizes), _size(report, sizes, min)
     vmap, lmap = report[f"vmap_T{t}_segments_per_s"][0], report[f"map_T{t}_segments_per_s"][0]
     cost = {k.rpartition("_")[2]: v for k, (v, _) in report.items() if "per_segment_cost" in k}
     note = (
-        f"T={t}; ms per segment at T={t} over T={min(sizes)}: vmap {cost['vmap']:.3g}, "
+        f"T={t}; ms per segment at T={t} over T={smallest}: vmap {cost['vmap']:.3g}, "
         f"map {cost['map']:.3g}"
     )
     return Row(f"{vmap:.4g} segments/s (vmap)", f"{lmap:.4g} segments/s", vmap / lmap, note)
@@ -125,9 +128,7 @@ def _rmldp_segments(report: Report, text: str, gpu: bool) -> Row:
 
 def _memory(report: Report, text: str, gpu: bool) -> Row:
     """No peer: peak memory of the meta-step at the most inner steps, remat against plain."""
-    n = max(
-        int(m.group(1)) for k in report if (m := re.fullmatch(r"steps(\d+)_remat_xla_peak_mib", k))
-    )
+    n = _size(report, r"steps(\d+)_remat_xla_peak_mib")
     remat, plain = (
         report[f"steps{n}_remat_xla_peak_mib"][0],
         report[f"steps{n}_plain_xla_peak_mib"][0],
@@ -139,13 +140,8 @@ def _memory(report: Report, text: str, gpu: bool) -> Row:
 
 def _scale(report: Report, text: str, gpu: bool) -> Row:
     """No peer: the largest C2M and frame-building sizes' throughput and peak memory."""
-
-    def largest(part: str) -> int:
-        return max(
-            int(m.group(1)) for k in report if (m := re.fullmatch(part + r"_(\d+)_peak_rss_mib", k))
-        )
-
-    users, pairs = largest("c2m"), largest("frames")
+    users = _size(report, r"c2m_(\d+)_peak_rss_mib")
+    pairs = _size(report, r"frames_(\d+)_peak_rss_mib")
     c2m = f"c2m_{users}_"
     dmeta = (
         f"{report[c2m + 'encode_sequences_per_s'][0]:.3g} sequences/s encoded at {users:,} users; "
