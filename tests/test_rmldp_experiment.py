@@ -3,6 +3,7 @@
 import dataclasses
 
 import jax
+import numpy as np
 import pandas as pd
 
 from dmeta.baselines import forecast_baselines as fb
@@ -68,8 +69,10 @@ def test_data_parallel_remat_and_strategy_flags_match_the_plain_run(tmp_path):
     pd.testing.assert_series_equal(mape[0], mape[2], rtol=1e-4)
 
 
-def test_finetune_step_size_is_chosen_on_meta_validation_and_skips_divergence():
-    cfg = dataclasses.replace(get_config(smoke=True), finetune_lrs=(1e6, 0.0, 1e-3))
+def test_finetune_budget_is_chosen_on_meta_validation_and_skips_divergence():
+    cfg = dataclasses.replace(
+        get_config(smoke=True), finetune_steps=(1, 2), finetune_lrs=(1e6, 0.0, 1e-3)
+    )
     prep = rmldp.prepare(rmldp.synthetic_data(cfg), cfg, seq_len=cfg.seq_len)
     apply, params = fb.build_neural(
         "gru_mpfn",
@@ -78,4 +81,14 @@ def test_finetune_step_size_is_chosen_on_meta_validation_and_skips_divergence():
         seq_len=cfg.seq_len,
         key=jax.random.key(0),
     )
-    assert rmldp.finetune_step_size(apply, params, prep, cfg) in (0.0, 1e-3)
+    steps, lr = rmldp.finetune_budget(apply, params, prep, cfg)
+    assert steps in (1, 2) and lr in (0.0, 1e-3)
+
+
+def test_finetune_starts_from_the_same_seeds_gru_mpfn_model():
+    cfg = dataclasses.replace(get_config(smoke=True), finetune_lrs=(0.0,))
+    prep = rmldp.prepare(rmldp.synthetic_data(cfg), cfg, seq_len=cfg.seq_len)
+    kw = dict(prep=prep, cfg=cfg, graph_emb=None, seed=3, seq_len=cfg.seq_len, runners={})
+    np.testing.assert_allclose(
+        rmldp.predict("Fine-tune", **kw), rmldp.predict("GRU+MPFN", **kw), rtol=1e-5, atol=1e-6
+    )

@@ -22,8 +22,8 @@ class RMLDPConfig:
     Graph: ``graph_threshold`` least co-occurrence count of a link; DeepWalk
     ``walks_per_node``, ``walk_length``, ``window``, ``deepwalk_steps``.
     Baselines: ``global_steps`` / ``global_batch`` / ``global_lr`` for the neural models,
-    ``finetune_steps`` and the SGD step sizes ``finetune_lrs`` it tries (the one with the
-    lowest meta-validation MSE is used), ``max_train_classical`` (SVR/RF/XGB rows).
+    the SGD step counts ``finetune_steps`` and step sizes ``finetune_lrs`` Fine-tune tries
+    (the pair with the lowest meta-validation MAPE is used), ``max_train_classical`` (SVR/RF/XGB rows).
     Synthetic data (``dmeta.data.synthetic.make_demand``): ``n_segments``, ``n_clusters``,
     ``carryover`` (the cluster-specific delayed promotion response that makes relations
     matter; 0 turns it off), ``shared_weekly`` (one weekly profile for all clusters) and
@@ -68,7 +68,7 @@ class RMLDPConfig:
     global_steps: int = 2000
     global_batch: int = 128
     global_lr: float = 1e-3
-    finetune_steps: int = 10
+    finetune_steps: tuple[int, ...] = (1, 3, 10)
     finetune_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
     max_train_classical: int = 20000
     sweep_seq_len: tuple[int, ...] = (15, 20, 25, 30, 35, 40)
@@ -135,7 +135,7 @@ def get_config(smoke: bool = False, size: str = "paper") -> RMLDPConfig:
             walk_length=10,
             global_steps=6,
             global_batch=8,
-            finetune_steps=2,
+            finetune_steps=(2,),
             max_train_classical=200,
             sweep_seq_len=(8,),
             n_segments=20,
