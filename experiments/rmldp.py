@@ -123,7 +123,12 @@ def load_data(spec: str, *, cfg: RMLDPConfig, baskets=None, edges=None) -> Deman
 
 def synthetic_data(cfg: RMLDPConfig) -> DemandData:
     """The synthetic dataset of a config (``data_seed``: every seed of a run sees the same data)."""
-    return load_synthetic(
+    return load_synthetic(**synthetic_kwargs(cfg))
+
+
+def synthetic_kwargs(cfg: RMLDPConfig) -> dict:
+    """``make_demand`` keyword arguments of a config."""
+    return dict(
         n_segments=cfg.n_segments,
         n_clusters=cfg.n_clusters,
         carryover=cfg.carryover,
