@@ -8,7 +8,7 @@ import pandas as pd
 
 from dmeta.baselines import forecast_baselines as fb
 from dmeta.data.synthetic import make_demand
-from experiments import rmldp, rmldp_truth
+from experiments import rmldp, rmldp_posthoc
 from experiments.configs.rmldp import get_config
 
 
@@ -33,13 +33,14 @@ def test_smoke_run_writes_results_test_and_plots(tmp_path):
     md = (out / "results.md").read_text()
     assert "RMLDP vs MAML, paired t-test" in md and "p_two_sided" in md
 
-    rmldp_truth.main([str(out)])  # the same run against the generator's planted response
+    rmldp_posthoc.main([str(out)])  # the same run against the generator's planted response
     truth = make_demand(**rmldp.synthetic_kwargs(get_config(smoke=True))).truth
     wide = pd.read_csv(out / "planted_response.csv")
     index = wide["segment"].str.removeprefix("seg").astype(int)
     np.testing.assert_allclose(wide["gamma"], truth["carryover"][index])
     np.testing.assert_allclose(wide["gain"], wide["MAML"] - wide["RMLDP"])
-    assert "Spearman" in (out / "planted_response.md").read_text()
+    posthoc = (out / "posthoc.md").read_text()
+    assert "Spearman" in posthoc and "| RMLDP | MAML |" in posthoc
     assert (out / "planted_response.png").stat().st_size > 0
 
 

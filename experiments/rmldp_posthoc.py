@@ -1,12 +1,15 @@
-"""A finished synthetic RMLDP run checked against the generator's ground truth.
+"""Post-hoc analyses of a finished RMLDP run (its ``config.json`` and ``segments.csv``).
 
-The synthetic data plant a delayed promotion response gamma_i per segment (cluster value
-plus noise, ``make_demand(carryover=...)``) that a target segment's short support set barely
-shows and its relations reveal. Where |gamma| is large the relation-aware initialization
-should gain most over MAML. This reads the run's ``config.json`` and ``segments.csv``,
-regenerates the truth and writes ``planted_response.{csv,md,png}`` into the run folder.
+1. Paired t-tests along the issue's ordering RMLDP < MAML < Fine-tune < GRU+MPFN, one per
+   adjacent pair the run has (RMLDP-g stands in for RMLDP without a graph).
+2. Synthetic data with the delayed promotion response: the data plant a response gamma_i
+   per segment (cluster value plus noise, ``make_demand(carryover=...)``) that a target's
+   short support set barely shows and its relations reveal, so the gain of RMLDP over MAML
+   should grow with |gamma|. The truth is regenerated from the run's config.
 
-    python -m experiments.rmldp_truth experiments/results/rmldp/synthetic
+Writes ``posthoc.md`` (and ``planted_response.{csv,png}``) into the run folder:
+
+    python -m experiments.rmldp_posthoc experiments/results/rmldp/synthetic
 """
 
 from __future__ import annotations
@@ -28,18 +31,28 @@ from dmeta import metrics  # noqa: E402
 from dmeta.data.synthetic import make_demand  # noqa: E402
 from dmeta.train.results import markdown_table  # noqa: E402
 from experiments.configs.rmldp import RMLDPConfig  # noqa: E402
-from experiments.rmldp import synthetic_kwargs  # noqa: E402
+from experiments.rmldp import paired_test, synthetic_kwargs  # noqa: E402
 
 
 def run_config(run_dir: Path) -> RMLDPConfig:
     """The ``RMLDPConfig`` a run wrote to ``config.json`` (lists back to tuples)."""
     saved = json.loads((run_dir / "config.json").read_text())
-    if saved.get("data") != "synthetic":
-        raise ValueError(f"{run_dir / 'config.json'}: data={saved.get('data')!r}, not synthetic")
     names = {f.name for f in dataclasses.fields(RMLDPConfig)}
     return RMLDPConfig(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names}
     )
+
+
+ORDER = ("RMLDP", "MAML", "Fine-tune", "GRU+MPFN")
+
+
+def ordering_tests(per_segment: pd.DataFrame) -> pd.DataFrame:
+    """One paired t-test (``experiments.rmldp.paired_test``) per adjacent pair of ``ORDER``."""
+    present = set(per_segment["method"])
+    order = [m for m in ORDER if m in present]
+    if "RMLDP" not in present and "RMLDP-g" in present:
+        order = ["RMLDP-g", *order]
+    return pd.DataFrame([paired_test(per_segment, a, b) for a, b in zip(order, order[1:])])
 
 
 def gains(run_dir: Path, a: str = "RMLDP", b: str = "MAML") -> pd.DataFrame:
@@ -92,24 +105,33 @@ def plot(wide: pd.DataFrame, path: Path, a: str = "RMLDP", b: str = "MAML") -> N
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="folder of a finished synthetic rmldp run")
+    parser.add_argument("run_dir", type=Path, help="folder of a finished rmldp run")
     run_dir = parser.parse_args(argv).run_dir
-    wide = gains(run_dir)
-    wide.to_csv(run_dir / "planted_response.csv", index=False)
-    plot(wide, run_dir / "planted_response.png")
-    rho, p_rho = stats.spearmanr(wide["gamma"].abs(), wide["gain"])
-    md = (
-        "# RMLDP gain against the planted delayed response\n\n"
-        f"`python -m experiments.rmldp_truth {run_dir}` (seed-averaged MAPE per target "
-        "segment; the within-group t-tests are descriptive, the groups were not chosen "
-        "in advance)\n\n"
-        + markdown_table(group_table(wide))
-        + f"\nSpearman rank correlation of |gamma| with the gain over {len(wide)} targets: "
-        f"{rho:.3f} (p = {p_rho:.2g})\n\n![gain](planted_response.png)\n"
-    )
-    (run_dir / "planted_response.md").write_text(md)
-    print(md)
-    return md
+    cfg = run_config(run_dir)
+    per_segment = pd.read_csv(run_dir / "segments.csv")
+    md = [
+        f"# Post-hoc analyses of {run_dir}\n\n`python -m experiments.rmldp_posthoc {run_dir}`\n",
+        "## Paired t-tests along RMLDP < MAML < Fine-tune < GRU+MPFN\n\n"
+        "Seed-averaged MAPE per target segment; `p_a_less` is the one-sided p of a < b.\n\n"
+        + markdown_table(ordering_tests(per_segment)),
+    ]
+    synthetic = json.loads((run_dir / "config.json").read_text()).get("data") == "synthetic"
+    if synthetic and cfg.carryover > 0 and {"RMLDP", "MAML"} <= set(per_segment["method"]):
+        wide = gains(run_dir)
+        wide.to_csv(run_dir / "planted_response.csv", index=False)
+        plot(wide, run_dir / "planted_response.png")
+        rho, p_rho = stats.spearmanr(wide["gamma"].abs(), wide["gain"])
+        md.append(
+            "## RMLDP gain against the planted delayed response\n\n"
+            "Within-group t-tests are descriptive (the groups were not chosen in advance).\n\n"
+            + markdown_table(group_table(wide))
+            + f"\nSpearman rank correlation of |gamma| with the gain over {len(wide)} "
+            f"targets: {rho:.3f} (p = {p_rho:.2g})\n\n![gain](planted_response.png)\n"
+        )
+    text = "\n".join(md)
+    (run_dir / "posthoc.md").write_text(text)
+    print(text)
+    return text
 
 
 if __name__ == "__main__":
