@@ -132,6 +132,7 @@ def synthetic_kwargs(cfg: RMLDPConfig) -> dict:
         n_segments=cfg.n_segments,
         n_clusters=cfg.n_clusters,
         carryover=cfg.carryover,
+        carryover_levels=cfg.carryover_levels,
         shared_weekly=cfg.shared_weekly,
         seed=cfg.data_seed,
     )
@@ -558,6 +559,13 @@ def add_arguments(parser) -> None:
         default=None,
         help="synthetic data: largest cluster-specific delayed promotion effect (0: none)",
     )
+    parser.add_argument(
+        "--carryover-levels",
+        type=lambda text: tuple(float(v) for v in text.split(",")),
+        default=None,
+        help="synthetic data: comma-separated per-cluster multiples of --carryover "
+        "(default: spread over -1..1; write --carryover-levels=-1,1,-1,1)",
+    )
     add_data_parallel_flag(parser, "each meta-batch's segments")
     parser.add_argument(
         "--remat", action="store_true", default=None, help="jax.checkpoint the inner steps"
@@ -592,6 +600,7 @@ def run(
     eval_every: int | None = None,
     n_segments: int | None = None,
     carryover: float | None = None,
+    carryover_levels: tuple[float, ...] | None = None,
     data_seed: int | None = None,
     data_parallel: bool | None = None,
     remat: bool | None = None,
@@ -611,6 +620,7 @@ def run(
         eval_every=eval_every,
         n_segments=n_segments,
         carryover=carryover,
+        carryover_levels=carryover_levels,
         data_seed=data_seed,
         data_parallel=data_parallel,
         remat=remat,

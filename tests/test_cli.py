@@ -57,3 +57,9 @@ def test_every_experiment_takes_the_data_parallel_flag(name):
     parser = cli.build_parser(cli.discover())
     assert parser.parse_args(["run", name, "--data-parallel"]).data_parallel is True
     assert parser.parse_args(["run", name]).data_parallel is None  # the config's default
+
+
+def test_rmldp_carryover_levels_flag_parses_negative_levels():
+    parser = cli.build_parser(cli.discover())
+    args = parser.parse_args(["run", "rmldp", "--carryover-levels=-1,1,-1,1"])
+    assert args.carryover_levels == (-1.0, 1.0, -1.0, 1.0)

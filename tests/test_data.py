@@ -275,3 +275,15 @@ def test_carryover_is_a_cluster_specific_delayed_promotion_response():
     strong = np.abs(g) > 0.3
     assert strong.sum() >= 2 and (np.sign(slope)[strong] == np.sign(g)[strong]).all()
     assert not make_demand(n_segments=8, n_steps=200, seed=2).truth["carryover"].any()
+
+
+def test_carryover_levels_set_each_clusters_delayed_response():
+    kw = dict(n_segments=40, n_clusters=4, n_steps=200, carryover=0.5, seed=3)
+    truth = make_demand(carryover_levels=(-1, 1, -1, 1), **kw).truth
+    for c in range(4):
+        assert abs(abs(np.median(truth["carryover"][truth["cluster"] == c])) - 0.5) < 0.05
+    default = make_demand(**kw).truth["carryover"]
+    spread = make_demand(carryover_levels=np.linspace(-1, 1, 4), **kw).truth["carryover"]
+    np.testing.assert_allclose(default, spread, atol=1e-12)  # None: levels over -1..1
+    with pytest.raises(ValueError, match="3 values for 4 clusters"):
+        make_demand(carryover_levels=(-1, 0, 1), **kw)

@@ -8,7 +8,7 @@ dynamics its segments share:
 - responses to the external features (a price index, a promotion flag, a holiday flag);
 - optionally (``carryover > 0``) a delayed promotion response: a promotion shifts the
   log-demand of the 3-5 weeks after it (``CARRYOVER_LAGS``) by a cluster coefficient spread
-  over ``[-carryover, carryover]``: stockpiling (a post-promotion dip) in some clusters,
+  over ``[-carryover, carryover]`` (or ``carryover_levels`` times ``carryover``): stockpiling (a post-promotion dip) in some clusters,
   repeat purchase (a lift) in others. A model that pools every segment sees these effects
   average out; the segment's own support set or its cluster (the basket graph) reveals
   them: the regime where relations matter.
@@ -23,6 +23,7 @@ recovers the clusters.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,7 @@ def make_demand(
     baskets_per_segment: int = 30,
     within_cluster: float = 0.85,
     carryover: float = 0.0,
+    carryover_levels: Sequence[float] | None = None,
     shared_weekly: bool = False,
     seed: int = 0,
 ) -> SyntheticDemand:
@@ -76,6 +78,8 @@ def make_demand(
       carryover: largest delayed promotion effect; cluster c gets ``linspace(-carryover,
         carryover)[c]`` in shuffled order, each segment its cluster's value plus N(0, 0.1 *
         carryover). 0 (the default) leaves the delayed response out.
+      carryover_levels: one level per cluster (shuffled like the default); cluster c's
+        coefficient is ``carryover * level``. None: ``linspace(-1, 1)``.
       shared_weekly: one weekly profile for every cluster (the weekly pattern then does
         not reveal a segment's cluster).
       seed: numpy seed.
@@ -135,7 +139,15 @@ def make_demand(
     feats = np.stack([np.log(price), promo, holiday], -1)  # [I, L, 3]
     effect = np.einsum("ilf,if->il", feats, clusters["beta"][cluster])
     own = np.random.default_rng([seed, 1])  # leaves the main stream as it was without carryover
-    gamma = own.permutation(np.linspace(-carryover, carryover, n_clusters))[cluster]
+    if carryover_levels is None:
+        levels = np.linspace(-carryover, carryover, n_clusters)
+    elif len(carryover_levels) != n_clusters:
+        raise ValueError(
+            f"carryover_levels has {len(carryover_levels)} values for {n_clusters} clusters"
+        )
+    else:
+        levels = carryover * np.asarray(carryover_levels, float)
+    gamma = own.permutation(levels)[cluster]
     gamma = gamma + own.normal(0, 0.1 * carryover, n_segments)
     effect += gamma[:, None] * _lagged_sum(promo, *CARRYOVER_LAGS)
     mean = level[:, None] * np.exp(seasonal + local + effect)

@@ -26,7 +26,8 @@ class RMLDPConfig:
     (the pair with the lowest meta-validation MAPE is used), ``max_train_classical`` (SVR/RF/XGB rows).
     Synthetic data (``dmeta.data.synthetic.make_demand``): ``n_segments``, ``n_clusters``,
     ``carryover`` (the cluster-specific delayed promotion response that makes relations
-    matter; 0 turns it off), ``shared_weekly`` (one weekly profile for all clusters) and
+    matter; 0 turns it off), ``carryover_levels`` (per-cluster multiples of ``carryover``;
+    None spreads them over [-1, 1]), ``shared_weekly`` (one weekly profile for all clusters) and
     ``data_seed`` (every model seed of a run sees the same data).
     Protocol: ``sweep_seq_len`` |T_c| values of Figure 6 (RMLDP, seed 0).
     Scale: ``data_parallel`` splits the meta-batch's segments over all visible devices
@@ -75,6 +76,7 @@ class RMLDPConfig:
     n_segments: int = 80
     n_clusters: int = 4
     carryover: float = 0.5
+    carryover_levels: tuple[float, ...] | None = None
     data_seed: int = 0
     shared_weekly: bool = True
     data_parallel: bool = False
