@@ -372,38 +372,29 @@ def finetune_budget(apply, params, prep: Prepared, cfg: RMLDPConfig) -> tuple[in
     for steps in cfg.finetune_steps:
         for lr in cfg.finetune_lrs:
             pred = fb.finetune_predict(apply, params, prep.val_tasks, steps=steps, step_size=lr)
-            y, yhat, mask = raw_query(prep, prep.val_tasks, pred)
-            per_segment = np.array([float(metrics.mape(*row)) for row in zip(y, yhat, mask)])
-            finite = np.isfinite(per_segment).any()  # a diverged budget never wins
-            scores[steps, lr] = float(np.nanmean(per_segment)) if finite else np.inf
+            mape, _ = segment_errors(prep, prep.val_tasks, pred)
+            finite = np.isfinite(mape).any()  # a diverged budget never wins
+            scores[steps, lr] = float(np.nanmean(mape)) if finite else np.inf
     best = min(scores, key=scores.get)
     logger.info("Fine-tune: %d steps of %g (meta-validation MAPE %s)", *best, scores)
     return best
 
 
-def raw_query(prep: Prepared, tasks: TaskBatch, pred) -> tuple[np.ndarray, ...]:
-    """Query targets, predictions (clipped at 0) and mask of ``tasks`` on raw demand, each [T, N_q]."""
+def segment_errors(prep: Prepared, tasks: TaskBatch, pred) -> tuple[np.ndarray, np.ndarray]:
+    """Per-segment MAPE f32[T] and MSE f32[T] of query predictions [T, N_q] on raw demand
+    (predictions clipped at 0; MAPE is NaN where every query target is 0)."""
     seg = tasks.segment
-    y = np.asarray(unscale(prep.pool, seg, tasks.query.y))
-    yhat = np.asarray(unscale(prep.pool, seg, jnp.maximum(jnp.asarray(pred), 0.0)))
-    return y, yhat, np.asarray(tasks.query.mask)
+    y = unscale(prep.pool, seg, tasks.query.y)
+    yhat = unscale(prep.pool, seg, jnp.maximum(jnp.asarray(pred), 0.0))
+    errors = jax.vmap(lambda *a: (metrics.mape(*a), metrics.mse(*a)))(y, yhat, tasks.query.mask)
+    return tuple(np.asarray(e, np.float64) for e in errors)
 
 
 def segment_scores(prep: Prepared, pred: np.ndarray) -> pd.DataFrame:
     """Per target segment MAPE and MSE on raw demand (predictions clipped at 0)."""
-    seg = prep.target.segment
-    y, yhat, mask = raw_query(prep, prep.target, pred)
-    rows = []
-    for i in range(len(seg)):
-        rows.append(
-            {
-                "segment": str(prep.ids[int(seg[i])]),
-                "group": prep.groups[i],
-                "mape": float(metrics.mape(y[i], yhat[i], mask[i])),
-                "mse": float(metrics.mse(y[i], yhat[i], mask[i])),
-            }
-        )
-    return pd.DataFrame(rows)
+    mape, mse = segment_errors(prep, prep.target, pred)
+    ids = [str(prep.ids[int(i)]) for i in prep.target.segment]
+    return pd.DataFrame({"segment": ids, "group": prep.groups, "mape": mape, "mse": mse})
 
 
 def group_rows(scores: pd.DataFrame, **keys) -> list[dict]:

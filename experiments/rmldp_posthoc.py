@@ -34,9 +34,8 @@ from experiments.configs.rmldp import RMLDPConfig  # noqa: E402
 from experiments.rmldp import paired_test, synthetic_kwargs  # noqa: E402
 
 
-def run_config(run_dir: Path) -> RMLDPConfig:
-    """The ``RMLDPConfig`` a run wrote to ``config.json`` (lists back to tuples)."""
-    saved = json.loads((run_dir / "config.json").read_text())
+def run_config(saved: dict) -> RMLDPConfig:
+    """The ``RMLDPConfig`` of a run's ``config.json`` contents (lists back to tuples)."""
     names = {f.name for f in dataclasses.fields(RMLDPConfig)}
     return RMLDPConfig(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names}
@@ -55,10 +54,11 @@ def ordering_tests(per_segment: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([paired_test(per_segment, a, b) for a, b in zip(order, order[1:])])
 
 
-def gains(run_dir: Path, a: str = "RMLDP", b: str = "MAML") -> pd.DataFrame:
+def gains(
+    per_segment: pd.DataFrame, cfg: RMLDPConfig, a: str = "RMLDP", b: str = "MAML"
+) -> pd.DataFrame:
     """Per target segment: group, planted gamma, seed-averaged MAPE of ``a`` and ``b``, gain."""
-    truth = make_demand(**synthetic_kwargs(run_config(run_dir))).truth
-    per_segment = pd.read_csv(run_dir / "segments.csv")
+    truth = make_demand(**synthetic_kwargs(cfg)).truth
     wide = per_segment.groupby(["segment", "group", "method"])["mape"].mean().unstack()
     wide = wide[[a, b]].dropna().reset_index()
     wide["gamma"] = [truth["carryover"][int(s.removeprefix("seg"))] for s in wide["segment"]]
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="folder of a finished rmldp run")
     run_dir = parser.parse_args(argv).run_dir
-    cfg = run_config(run_dir)
+    saved = json.loads((run_dir / "config.json").read_text())
+    cfg = run_config(saved)
     per_segment = pd.read_csv(run_dir / "segments.csv")
     md = [
         f"# Post-hoc analyses of {run_dir}\n\n`python -m experiments.rmldp_posthoc {run_dir}`\n",
@@ -115,9 +116,9 @@ def main(argv: list[str] | None = None) -> str:
         "Seed-averaged MAPE per target segment; `p_a_less` is the one-sided p of a < b.\n\n"
         + markdown_table(ordering_tests(per_segment)),
     ]
-    synthetic = json.loads((run_dir / "config.json").read_text()).get("data") == "synthetic"
+    synthetic = saved.get("data") == "synthetic"
     if synthetic and cfg.carryover > 0 and {"RMLDP", "MAML"} <= set(per_segment["method"]):
-        wide = gains(run_dir)
+        wide = gains(per_segment, cfg)
         wide.to_csv(run_dir / "planted_response.csv", index=False)
         plot(wide, run_dir / "planted_response.png")
         rho, p_rho = stats.spearmanr(wide["gamma"].abs(), wide["gain"])

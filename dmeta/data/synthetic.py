@@ -7,9 +7,9 @@ dynamics its segments share:
 - local dynamics: an AR(1) log-demand deviation with a cluster coefficient;
 - responses to the external features (a price index, a promotion flag, a holiday flag);
 - optionally (``carryover > 0``) a delayed promotion response: a promotion shifts the
-  log-demand of the 3-5 weeks after it (``CARRYOVER_LAGS``) by a cluster coefficient spread
-  over ``[-carryover, carryover]`` (or ``carryover_levels`` times ``carryover``): stockpiling (a post-promotion dip) in some clusters,
-  repeat purchase (a lift) in others. A model that pools every segment sees these effects
+  log-demand of the 3-5 weeks after it (``CARRYOVER_LAGS``) by a cluster coefficient
+  (``carryover`` times a level, spread over [-1, 1] unless ``carryover_levels`` are given):
+  stockpiling (a post-promotion dip) in some clusters, repeat purchase (a lift) in others. A model that pools every segment sees these effects
   average out; the segment's own support set or its cluster (the basket graph) reveals
   them: the regime where relations matter.
 
@@ -75,11 +75,10 @@ def make_demand(
       tail_exponent: Pareto exponent of the record counts (smaller: heavier tail).
       baskets_per_segment: baskets generated per segment on average.
       within_cluster: probability that a basket item comes from the basket's cluster.
-      carryover: largest delayed promotion effect; cluster c gets ``linspace(-carryover,
-        carryover)[c]`` in shuffled order, each segment its cluster's value plus N(0, 0.1 *
+      carryover: largest delayed promotion effect; cluster c gets ``carryover * levels[c]``
+        (``carryover_levels``, shuffled), each segment its cluster's value plus N(0, 0.1 *
         carryover). 0 (the default) leaves the delayed response out.
-      carryover_levels: one level per cluster (shuffled like the default); cluster c's
-        coefficient is ``carryover * level``. None: ``linspace(-1, 1)``.
+      carryover_levels: one level per cluster (None: ``linspace(-1, 1)``).
       shared_weekly: one weekly profile for every cluster (the weekly pattern then does
         not reveal a segment's cluster).
       seed: numpy seed.
@@ -139,15 +138,10 @@ def make_demand(
     feats = np.stack([np.log(price), promo, holiday], -1)  # [I, L, 3]
     effect = np.einsum("ilf,if->il", feats, clusters["beta"][cluster])
     own = np.random.default_rng([seed, 1])  # leaves the main stream as it was without carryover
-    if carryover_levels is None:
-        levels = np.linspace(-carryover, carryover, n_clusters)
-    elif len(carryover_levels) != n_clusters:
-        raise ValueError(
-            f"carryover_levels has {len(carryover_levels)} values for {n_clusters} clusters"
-        )
-    else:
-        levels = carryover * np.asarray(carryover_levels, float)
-    gamma = own.permutation(levels)[cluster]
+    levels = np.linspace(-1, 1, n_clusters) if carryover_levels is None else carryover_levels
+    if len(levels) != n_clusters:
+        raise ValueError(f"carryover_levels has {len(levels)} values for {n_clusters} clusters")
+    gamma = own.permutation(carryover * np.asarray(levels, float))[cluster]
     gamma = gamma + own.normal(0, 0.1 * carryover, n_segments)
     effect += gamma[:, None] * _lagged_sum(promo, *CARRYOVER_LAGS)
     mean = level[:, None] * np.exp(seasonal + local + effect)
