@@ -6,8 +6,8 @@
 - Global neural models trained on the same pooled samples: GRU+MPFN (``MPFN``),
   Dipole+MPFN (attention over each branch's GRU states) and LSTNet.
 - Fine-tune: the GRU+MPFN parameters adapted per target segment by SGD on its
-  support set (``dmeta.meta.maml.adapt_tasks``; the experiment picks the step size on
-  the meta-validation segments). MAML and Meta-SGD are the
+  support set (``dmeta.meta.maml.adapt_tasks``; the experiment picks the number of steps
+  and the step size on the meta-validation segments). MAML and Meta-SGD are the
   unmodulated variants of ``dmeta.rmldp.model.init_rmldp``.
 
 Every neural model is ``apply(params, x_local, x_season) -> f32[...]``.

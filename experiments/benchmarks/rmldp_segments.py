@@ -18,9 +18,8 @@ device's ``peak_bytes_in_use`` where the backend reports memory stats (GPU). A s
 time or memory, extrapolated linearly from the previous size, exceeds ``--max-seconds`` or the
 memory budget ``--max-mib`` (or whose compiled memory exceeds the budget) is skipped and listed:
 at Table 1 shapes ``vmap`` needs about 40 MiB per segment, 20 GiB at 512, ``map`` about 25.
-The last lines are
-``per_segment_cost_ratio_<largest>_vs_<smallest>_<mode>: X`` (< 1: the per-segment cost falls
-as the batch grows).
+The last lines are ``per_segment_cost_ratio_<largest>_vs_<smallest>_<mode>: X`` (< 1: the
+per-segment cost falls as the batch grows).
 
     .venv/bin/python experiments/benchmarks/rmldp_segments.py \
         --out experiments/results/benchmarks/rmldp_segments.txt
