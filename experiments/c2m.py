@@ -34,7 +34,8 @@ from dmeta.c2m.data import LOADERS, EventLog
 from dmeta.c2m.sequences import BEHAVIOR_VOCAB, build_sequences, build_vocabulary
 from dmeta.c2m.synthetic import SyntheticC2M, synthetic_c2m
 from dmeta.data.spec import parse_data_spec
-from dmeta.train.results import markdown_table, significance_table, write_results, write_run_header
+from dmeta.report.tables import markdown_table, significance_table
+from dmeta.train.results import write_results, write_run_header
 from experiments.configs import add_data_parallel_flag, with_overrides
 from experiments.configs.c2m import C2MConfig, get_config
 

@@ -32,12 +32,8 @@ from dmeta.data.spec import parse_data_spec  # noqa: E402
 from dmeta.ltv import data as ltv_data  # noqa: E402
 from dmeta.ltv.cdnow import load_cdnow  # noqa: E402
 from dmeta.ltv.train import fit_stage1, fit_stage2  # noqa: E402
-from dmeta.train.results import (  # noqa: E402
-    markdown_table,
-    significance_table,
-    write_results,
-    write_run_header,
-)
+from dmeta.report.tables import markdown_table, significance_table  # noqa: E402
+from dmeta.train.results import write_results, write_run_header  # noqa: E402
 from experiments.configs import add_data_parallel_flag, with_overrides  # noqa: E402
 from experiments.configs.cdltvs import CDLtvSConfig, get_config  # noqa: E402
 

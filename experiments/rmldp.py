@@ -45,6 +45,7 @@ from dmeta.graph.cooccurrence import cooccurrence_graph, edge_graph
 from dmeta.graph.deepwalk import deepwalk
 from dmeta.meta.steps import with_sampler
 from dmeta.parallel import data_mesh, jit_step
+from dmeta.report.tables import markdown_table
 from dmeta.rmldp.model import (
     init_rmldp,
     make_train_step,
@@ -52,7 +53,7 @@ from dmeta.rmldp.model import (
     segment_representations,
 )
 from dmeta.train.loop import fit
-from dmeta.train.results import markdown_table, write_results, write_run_header
+from dmeta.train.results import write_results, write_run_header
 from dmeta.train.state import init_train_state
 from dmeta.types import TaskBatch
 from experiments.configs import add_data_parallel_flag, with_overrides

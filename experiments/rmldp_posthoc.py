@@ -29,7 +29,7 @@ from scipy import stats  # noqa: E402
 
 from dmeta import metrics  # noqa: E402
 from dmeta.data.synthetic import make_demand  # noqa: E402
-from dmeta.train.results import markdown_table  # noqa: E402
+from dmeta.report.tables import markdown_table  # noqa: E402
 from experiments.configs.rmldp import RMLDPConfig  # noqa: E402
 from experiments.rmldp import paired_test, synthetic_kwargs  # noqa: E402
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from dmeta.data.spec import parse_data_spec
+from dmeta.report.tables import markdown_table
 from dmeta.sales_cnn.frames import SalesPanel
 from dmeta.sales_cnn.loaders import (
     load_cainiao,
@@ -38,7 +39,7 @@ from dmeta.sales_cnn.pipeline import (
     prepare,
     region_mse,
 )
-from dmeta.train.results import markdown_table, write_results, write_run_header
+from dmeta.train.results import write_results, write_run_header
 from experiments.configs import add_data_parallel_flag, with_overrides
 from experiments.configs.sales_cnn import DAILY, SalesCNNConfig, get_config
 

@@ -24,15 +24,11 @@ import pandas as pd  # noqa: E402
 from dmeta import metrics  # noqa: E402
 from dmeta.baselines import stmp_baselines as B  # noqa: E402
 from dmeta.data.spec import parse_data_spec  # noqa: E402
+from dmeta.report.tables import markdown_table, significance_table  # noqa: E402
 from dmeta.stmp import data as D  # noqa: E402
 from dmeta.stmp import model as M  # noqa: E402
 from dmeta.stmp import train as T  # noqa: E402
-from dmeta.train.results import (  # noqa: E402
-    markdown_table,
-    significance_table,
-    write_results,
-    write_run_header,
-)
+from dmeta.train.results import write_results, write_run_header  # noqa: E402
 from experiments.configs import add_data_parallel_flag, with_overrides  # noqa: E402
 from experiments.configs.stmp import STMPConfig, get_config  # noqa: E402
 

@@ -21,6 +21,7 @@ import pytest
 import scipy.stats
 from _resume_worker import make_problem
 
+from dmeta.report import tables
 from dmeta.train import results
 from dmeta.train.checkpoint import Checkpointer, load_config
 from dmeta.train.logs import MetricsLog, scalar_metrics
@@ -125,7 +126,7 @@ def test_write_results_bad_value_and_duplicates(tmp_path):
 )
 def test_significance_table_matches_scipy(test, reference):
     df = _results_frame().sample(frac=1.0, random_state=0)  # pairing must not rely on order
-    table = results.significance_table(df, "ours", "base", "mape", test=test)
+    table = tables.significance_table(df, "ours", "base", "mape", test=test)
     assert list(table.columns) == [
         "dataset",
         "group",
@@ -160,7 +161,7 @@ def test_significance_table_pair_on_group_and_unpaired(caplog):
         a0.assign(group="seg3", value=lambda d: d["value"] * 0.5),
     ]
     df = pd.concat([df, *extra], ignore_index=True)
-    table = results.significance_table(df, "ours", "base", "rmse", by=(), pair_on="group")
+    table = tables.significance_table(df, "ours", "base", "rmse", by=(), pair_on="group")
     assert "without a pair" in caplog.text
     assert table["n"].tolist() == [3]
     sel = df[df.metric == "rmse"]
@@ -174,24 +175,24 @@ def test_significance_table_pair_on_group_and_unpaired(caplog):
 def test_significance_table_errors():
     df = _results_frame()
     with pytest.raises(ValueError, match="no rows for method='nope'"):
-        results.significance_table(df, "ours", "nope", "mape")
+        tables.significance_table(df, "ours", "nope", "mape")
     with pytest.raises(ValueError, match="aggregate"):
-        results.significance_table(df, "ours", "base", "mape", by=("dataset",))
+        tables.significance_table(df, "ours", "base", "mape", by=("dataset",))
     with pytest.raises(ValueError, match="pair_on"):
-        results.significance_table(df, "ours", "base", "mape", pair_on="group")
+        tables.significance_table(df, "ours", "base", "mape", pair_on="group")
     with pytest.raises(ValueError, match="test must be"):
-        results.significance_table(df, "ours", "base", "mape", test="anova")
+        tables.significance_table(df, "ours", "base", "mape", test="anova")
 
 
 def test_significance_table_too_few_pairs(caplog):
     df = _results_frame().query("seed == 0")
-    table = results.significance_table(df, "ours", "base", "mape")
+    table = tables.significance_table(df, "ours", "base", "mape")
     assert table["p_value"].isna().all() and (table["n"] == 1).all()
     assert "no test" in caplog.text
 
 
 def test_markdown_table():
-    md = results.markdown_table(pd.DataFrame({"a": ["x", "y|z"], "p": [0.123456, 1e-9]}))
+    md = tables.markdown_table(pd.DataFrame({"a": ["x", "y|z"], "p": [0.123456, 1e-9]}))
     assert md.splitlines() == [
         "| a    | p      |",
         "| ---- | ------ |",

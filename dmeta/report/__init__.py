@@ -1,0 +1,117 @@
+"""Reports from data: a run's ``results.md`` and plots regenerated from its CSV files.
+
+``render(run_dir)`` reads ``run_dir/results.csv`` and hands it to the renderer of its
+experiment: the module ``dmeta.report.<experiment>`` when it exists (a function
+``render(run_dir, results) -> str`` and optionally ``plots(run_dir, results) -> None``),
+else the generic per-metric summary. Results READMEs include rendered runs between
+markers, so no number in them is typed by hand::
+
+    <!-- report: synthetic -->
+    (replaced by the rendering of ./synthetic, without its title line)
+    <!-- /report -->
+
+``regenerate(root)`` rewrites every run's ``results.md`` and every marked README block
+under ``root``; ``regenerate(root, check=True)`` changes nothing and lists what differs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+
+from dmeta.report.tables import summary_markdown
+from dmeta.train.results import summarize, validate_results
+
+BLOCK = re.compile(r"(<!-- report: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /report -->)", re.S)
+
+
+def read_results(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """``run_dir/results.csv``, validated (ids and groups kept as text)."""
+    path = Path(run_dir) / "results.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no results.csv (is {run_dir} a run folder?)")
+    return validate_results(pd.read_csv(path, dtype={"group": str, "dataset": str}))
+
+
+def _renderer(experiment: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(f"dmeta.report.{experiment}")
+    except ModuleNotFoundError as err:
+        if err.name != f"dmeta.report.{experiment}":
+            raise
+        return None
+
+
+def generic(results: pd.DataFrame, title: str) -> str:
+    """Title and one summary table (mean ± std over seeds) per experiment."""
+    parts = [f"# {title}\n"]
+    for experiment, part in summarize(results).groupby("experiment", sort=False):
+        parts.append(f"## {experiment}\n\n{summary_markdown(part)}")
+    return "\n".join(parts)
+
+
+def render(run_dir: str | os.PathLike) -> str:
+    """The ``results.md`` text of a run folder, from its CSV files alone."""
+    results = read_results(run_dir)
+    experiment = str(results["experiment"].iloc[0]) if len(results) else "results"
+    module = _renderer(experiment)
+    if module is None:
+        datasets = ", ".join(dict.fromkeys(results["dataset"].astype(str)))
+        return generic(results, f"{experiment} on {datasets}")
+    return module.render(Path(run_dir), results)
+
+
+def write(run_dir: str | os.PathLike, *, plots: bool = True) -> Path:
+    """Writes ``run_dir/results.md`` (and the experiment's plots unless ``plots=False``)."""
+    run_dir = Path(run_dir)
+    text = render(run_dir)
+    results = read_results(run_dir)
+    module = _renderer(str(results["experiment"].iloc[0])) if len(results) else None
+    if plots and module is not None and hasattr(module, "plots"):
+        module.plots(run_dir, results)
+    path = run_dir / "results.md"
+    path.write_text(text)
+    return path
+
+
+def _fill_readme(readme: Path) -> str:
+    def block(match: re.Match) -> str:
+        body = render(readme.parent / match["path"]).split("\n", 1)[1].lstrip("\n")
+        return f"{match[1]}{body.rstrip()}\n{match[4]}"
+
+    return BLOCK.sub(block, readme.read_text())
+
+
+def regenerate(root: str | os.PathLike, *, check: bool = False) -> list[str]:
+    """Rewrites (or with ``check``, compares) every rendered file under ``root``.
+
+    Returns:
+      With ``check``: the files whose committed text differs from the regeneration.
+      Otherwise: the files written.
+    """
+    root = Path(root)
+    changed = []
+    for csv in sorted(root.rglob("results.csv")):
+        md = csv.parent / "results.md"
+        text = render(csv.parent)
+        if not check:
+            write(csv.parent)
+            changed.append(str(md))
+        elif not md.exists() or md.read_text() != text:
+            changed.append(str(md))
+    for readme in sorted(root.rglob("README.md")):
+        if not BLOCK.search(readme.read_text()):
+            continue
+        text = _fill_readme(readme)
+        if text != readme.read_text():
+            changed.append(str(readme))
+            if not check:
+                readme.write_text(text)
+        elif not check:
+            changed.append(str(readme))
+    return changed

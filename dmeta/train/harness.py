@@ -1,0 +1,189 @@
+"""The method harness: methods x seeds (x settings) as resumable cells, and equal tuning.
+
+A run folder holds the run's ``command.txt`` and ``config.json`` and one CSV per finished
+cell under ``cells/`` (long results schema, written atomically). ``run_cells`` skips the
+cells already written, so a run killed at any point and started again with the same
+command finishes with the same ``results.csv`` as an uninterrupted one; ``fresh=True``
+(``--fresh``) starts over. A folder holding another config's cells is refused.
+
+``tune`` gives every method of a table the same procedure: the same number of grid
+points (a seeded random subset when a grid is larger than ``trials``), each scored on
+validation data by the reported metric, the lowest kept; ``hp_rows`` writes the chosen
+values into the results as metrics ``hp:<name>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dmeta.train.results import COLUMNS, validate_results
+
+logger = logging.getLogger(__name__)
+
+CELLS = "cells"
+RUN_FILES = ("command.txt", "config.json", "results.csv", "results.md")
+
+
+class RunError(RuntimeError):
+    """An output folder that cannot take this run (another run's config lives there)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One unit of work of a results table.
+
+    Attributes:
+      method: the method's name as reported.
+      seed: model seed.
+      setting: a free sub-division of the run (a dataset cut, a sweep point); "main" if none.
+    """
+
+    method: str
+    seed: int
+    setting: str = "main"
+
+    @property
+    def key(self) -> str:
+        """File-name-safe identifier, unique per (setting, method, seed)."""
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.setting}__{self.method}")
+        return f"{slug}__seed{self.seed}"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def open_run(
+    out: str | os.PathLike, *, command: str, config: Mapping[str, Any], fresh: bool
+) -> Path:
+    """Prepares ``out`` for a run: call it after the data is validated and loaded.
+
+    Writes ``command.txt`` and ``config.json`` (atomically). Keeps finished cells when the
+    saved config equals ``config``; ``fresh`` removes them and the run's outputs first.
+
+    Raises:
+      RunError: ``out`` holds cells of a run with another config (the differing fields
+        are named) and ``fresh`` is False.
+    """
+    out = Path(out)
+    config = json.loads(json.dumps(dict(config), default=str))
+    saved_path = out / "config.json"
+    if fresh:
+        shutil.rmtree(out / CELLS, ignore_errors=True)
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    elif (out / CELLS).exists() and saved_path.exists():
+        saved = json.loads(saved_path.read_text())
+        differ = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        if differ:
+            raise RunError(
+                f"{out}: holds cells of a run with another config ({', '.join(differ[:5])} "
+                "differ); rerun with --fresh or another --out"
+            )
+    write_atomic(out / "command.txt", command.rstrip("\n") + "\n")
+    write_atomic(saved_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def run_cells(
+    out: str | os.PathLike,
+    cells: Sequence[Cell],
+    run_cell: Callable[[Cell], Iterable[Mapping[str, Any]] | pd.DataFrame],
+) -> pd.DataFrame:
+    """Runs every cell not yet written under ``out/cells``; returns all rows in cell order.
+
+    Args:
+      out: run folder (``open_run`` first).
+      cells: the cells, in the order to run.
+      run_cell: cell -> long-schema rows (``experiment, dataset, method, group, seed,
+        metric, value``); validated, then written as ``cells/<key>.csv``.
+
+    Returns:
+      The concatenated rows of all cells (finished earlier or now).
+    """
+    folder = Path(out) / CELLS
+    frames, start, ran = [], time.perf_counter(), 0
+    for i, cell in enumerate(cells):
+        path = folder / f"{cell.key}.csv"
+        if path.exists():
+            frames.append(pd.read_csv(path, dtype={"group": str, "dataset": str}))
+            logger.info("[%d/%d] %s: done earlier, kept", i + 1, len(cells), cell.key)
+            continue
+        rows = run_cell(cell)
+        frame = validate_results(pd.DataFrame(rows, columns=list(COLUMNS)))
+        write_atomic(path, frame.to_csv(index=False))
+        frames.append(frame)
+        ran += 1
+        left = len(cells) - i - 1
+        eta = (time.perf_counter() - start) / ran * left
+        logger.info("[%d/%d] %s written (about %.0f s left)", i + 1, len(cells), cell.key, eta)
+    if not frames:
+        return pd.DataFrame(columns=list(COLUMNS))
+    return validate_results(pd.concat(frames, ignore_index=True))
+
+
+def grid_points(
+    grid: Mapping[str, Sequence[Any]], *, trials: int | None = None, seed: int = 0
+) -> list[dict]:
+    """The points of ``grid`` (name -> values); a seeded random ``trials`` of them if fewer."""
+    names = list(grid)
+    points = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
+    if trials is None or trials >= len(points):
+        return points
+    pick = np.random.default_rng(seed).choice(len(points), size=trials, replace=False)
+    return [points[i] for i in sorted(pick)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuned:
+    """What ``tune`` chose: ``best`` point, its validation ``score``, every ``(point, score)``."""
+
+    best: dict[str, Any]
+    score: float
+    trials: list[tuple[dict[str, Any], float]]
+
+
+def tune(
+    grid: Mapping[str, Sequence[Any]],
+    evaluate: Callable[[dict[str, Any]], float],
+    *,
+    trials: int | None = None,
+    seed: int = 0,
+) -> Tuned:
+    """Scores each grid point with ``evaluate`` (validation metric, lower is better).
+
+    Non-finite scores lose to every finite one; ties keep the earlier point.
+    """
+    scored = []
+    for point in grid_points(grid, trials=trials, seed=seed):
+        score = float(evaluate(point))
+        scored.append((point, score))
+        logger.info("tune %s -> %.6g", point, score)
+    finite = [(p, s) for p, s in scored if np.isfinite(s)] or scored
+    best, score = min(finite, key=lambda ps: ps[1] if np.isfinite(ps[1]) else np.inf)
+    return Tuned(best=best, score=score, trials=scored)
+
+
+def hp_rows(best: Mapping[str, Any], **keys: Any) -> list[dict]:
+    """Long-schema rows ``metric = hp:<name>`` for the chosen numeric hyperparameters."""
+    return [
+        dict(keys, group=keys.get("group", "all"), metric=f"hp:{name}", value=float(value))
+        for name, value in best.items()
+    ]

@@ -1,0 +1,201 @@
+"""The ``dmeta`` command: run, configure, report and demo the experiments.
+
+    dmeta run EXPERIMENT [--data SPEC] [--out DIR] [--smoke] [--size cpu|paper] [--seeds N]
+                         [--methods A,B] [--data-parallel] [--set PATH=VALUE ...] [--fresh]
+    dmeta config EXPERIMENT [--smoke] [--size paper]    every field as PATH = VALUE
+    dmeta report DIR [--check]                          results.md and READMEs from results.csv
+    dmeta demo [--smoke] [--out runs/demo]
+
+An experiment is a module of the ``experiments`` package with ``get_config(smoke=,
+size=)`` (a nested frozen dataclass whose ``train.data_parallel`` is ``--data-parallel``),
+``METHODS``, ``run(cfg, *, data, out, seeds, methods, fresh, command)`` and
+``demo(out, *, smoke) -> str`` (a Markdown section of ``dmeta demo``). Bad input ends
+with one line ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import shlex
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import experiments
+from dmeta import report
+from dmeta.config import ConfigError, format_config, override
+from dmeta.data.frames import DataError
+from dmeta.train.harness import RunError
+
+USER_ERRORS = (DataError, ConfigError, RunError, FileNotFoundError)
+
+
+def discover() -> dict[str, ModuleType]:
+    """Experiment modules by name (those defining ``run`` and ``get_config``), sorted."""
+    found = {}
+    for info in pkgutil.iter_modules(experiments.__path__):
+        if info.ispkg or info.name == "cli":
+            continue
+        module = importlib.import_module(f"experiments.{info.name}")
+        if callable(getattr(module, "run", None)) and callable(getattr(module, "get_config", None)):
+            found[info.name] = module
+    return dict(sorted(found.items()))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _experiment_parser(sub, name: str, module: ModuleType, command: str) -> argparse.ArgumentParser:
+    doc = (module.__doc__ or name).strip()
+    p = sub.add_parser(name, help=doc.splitlines()[0], description=doc)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes for a quick end-to-end check")
+    p.add_argument(
+        "--size", default="cpu", choices=("cpu", "paper"), help="paper: the paper's sizes"
+    )
+    if command == "config":
+        return p
+    p.add_argument(
+        "--data",
+        default="synthetic",
+        help="synthetic | NAME:PATH (e.g. table:my.csv) | NAME (reads ../shared/data or $DMETA_DATA)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/NAME)")
+    p.add_argument("--seeds", type=_positive, default=1, help="number of seeds (0..N-1)")
+    p.add_argument(
+        "--methods", default=None, help=f"comma-separated subset of {', '.join(module.METHODS)}"
+    )
+    p.add_argument(
+        "--data-parallel", action="store_true", help="split the batches over all visible devices"
+    )
+    p.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override any config field (see `dmeta config NAME`); repeatable",
+    )
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming --out")
+    return p
+
+
+def build_parser(registry: dict[str, ModuleType]) -> argparse.ArgumentParser:
+    """Top-level parser: ``run`` / ``config`` with a sub-command per experiment, ``report``, ``demo``."""
+    parser = argparse.ArgumentParser(
+        prog="dmeta", description="Demand forecasting and customer analytics under scarce data."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--debug", action="store_true", help="tracebacks instead of one-line errors"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run every pipeline on embedded synthetic data")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
+    demo.add_argument("--smoke", action="store_true", help="smallest sizes (seconds per pipeline)")
+    rep = sub.add_parser("report", help="regenerate results.md and README tables from results.csv")
+    rep.add_argument("dir", type=Path, help="a run folder or a folder of runs")
+    rep.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 if any file differs"
+    )
+    for command, help_text in (
+        ("run", "run one experiment"),
+        ("config", "print every config field"),
+    ):
+        cmd = sub.add_parser(command, help=help_text)
+        exps = cmd.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+        for name, module in registry.items():
+            _experiment_parser(exps, name, module, command)
+    return parser
+
+
+def run_demo(registry: dict[str, ModuleType], out: Path, smoke: bool) -> Path:
+    """Runs each experiment's ``demo`` and writes ``out/report.md``."""
+    out.mkdir(parents=True, exist_ok=True)
+    sections = ["# dmeta demo\n", f"Command: `dmeta demo{' --smoke' if smoke else ''}`\n"]
+    for name, module in registry.items():
+        start = time.perf_counter()
+        section = module.demo(out / name, smoke=smoke)
+        sections.append(f"{section.strip()}\n\n_{name}: {time.perf_counter() - start:.1f} s_\n")
+    path = out / "report.md"
+    path.write_text("\n".join(sections))
+    return path
+
+
+def configure(module: ModuleType, args: argparse.Namespace):
+    """The experiment's config for ``args``: size, then ``--data-parallel``, then ``--set``s."""
+    cfg = module.get_config(smoke=args.smoke, size=args.size)
+    flags = ["train.data_parallel=true"] if getattr(args, "data_parallel", False) else []
+    return override(cfg, [*flags, *getattr(args, "assignments", [])])
+
+
+def _methods(module: ModuleType, text: str | None) -> tuple[str, ...]:
+    if not text:
+        return tuple(module.METHODS)
+    chosen = tuple(m.strip() for m in text.split(","))
+    unknown = [m for m in chosen if m not in module.METHODS]
+    if unknown:
+        raise ConfigError(f"--methods: unknown {unknown}; choose from {list(module.METHODS)}")
+    return chosen
+
+
+def dispatch(registry: dict[str, ModuleType], args: argparse.Namespace, argv: list[str]) -> int:
+    """Carries out the parsed command."""
+    if args.command == "demo":
+        print(f"wrote {run_demo(registry, args.out, args.smoke)}")
+        return 0
+    if args.command == "report":
+        changed = report.regenerate(args.dir, check=args.check)
+        if args.check:
+            for path in changed:
+                print(f"differs from its regeneration: {path}")
+            return 1 if changed else 0
+        print(f"wrote {len(changed)} files")
+        return 0
+    module = registry[args.experiment]
+    cfg = configure(module, args)
+    if args.command == "config":
+        print(format_config(cfg))
+        return 0
+    out = args.out or Path("runs") / args.experiment
+    results = module.run(
+        cfg,
+        data=args.data,
+        out=out,
+        seeds=args.seeds,
+        methods=_methods(module, args.methods),
+        fresh=args.fresh,
+        command="dmeta " + shlex.join(argv),
+    )
+    print(f"wrote {out / 'results.csv'} ({len(results)} rows)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dmeta`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    registry = discover()
+    args = build_parser(registry).parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    try:
+        return dispatch(registry, args, argv)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
