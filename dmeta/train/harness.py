@@ -139,16 +139,32 @@ def run_cells(
     return validate_results(pd.concat(frames, ignore_index=True))
 
 
+def finish(out: str | os.PathLike, results: pd.DataFrame) -> pd.DataFrame:
+    """Writes the run's ``results.csv`` (validated, atomically), then its ``results.md`` and
+    plots through ``dmeta.report``; returns the validated frame."""
+    from dmeta import report
+
+    results = validate_results(results)
+    write_atomic(Path(out) / "results.csv", results.to_csv(index=False))
+    report.write(out)
+    return results
+
+
 def grid_points(
     grid: Mapping[str, Sequence[Any]], *, trials: int | None = None, seed: int = 0
 ) -> list[dict]:
-    """The points of ``grid`` (name -> values); a seeded random ``trials`` of them if fewer."""
+    """The points of ``grid`` (name -> values), first values first.
+
+    With ``trials`` smaller than the grid: the first point (each name's first value, the
+    method's default) and a seeded random ``trials - 1`` of the others, so ``trials=1``
+    runs the defaults alone.
+    """
     names = list(grid)
     points = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
     if trials is None or trials >= len(points):
         return points
-    pick = np.random.default_rng(seed).choice(len(points), size=trials, replace=False)
-    return [points[i] for i in sorted(pick)]
+    pick = np.random.default_rng(seed).choice(len(points) - 1, size=trials - 1, replace=False)
+    return [points[0]] + [points[i + 1] for i in sorted(pick)]
 
 
 @dataclasses.dataclass(frozen=True)
