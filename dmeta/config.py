@@ -111,6 +111,8 @@ def parse_value(text: str, annotation: Any, path: str) -> Any:
             return float(stripped)
         if inner is str:
             return stripped
+    except ConfigError:
+        raise
     except ValueError as err:
         expected = str(err) if origin is typing.Literal or inner is bool else _name(inner)
         raise ConfigError(f"{path}: {text!r} is not {expected}") from None

@@ -1,0 +1,76 @@
+"""The method harness: resumable cells, refusal of a foreign run folder, equal tuning."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from dmeta.train import harness
+from dmeta.train.harness import Cell, RunError
+
+
+def _rows(cell: Cell, value: float) -> list[dict]:
+    keys = dict(experiment="t", dataset="d", method=cell.method, seed=cell.seed)
+    return [dict(keys, group="all", metric="mse", value=value)]
+
+
+def test_cells_resume_to_the_same_results(tmp_path):
+    cells = [Cell(m, s) for m in ("a", "b/c") for s in range(2)]
+    calls = []
+
+    def run_cell(cell):
+        calls.append(cell)
+        return _rows(cell, float(len(cell.method) + cell.seed))
+
+    harness.open_run(tmp_path, command="x", config={"k": 1}, fresh=False)
+    full = harness.run_cells(tmp_path, cells, run_cell)
+    assert len(calls) == 4 and len(full) == 4
+    (tmp_path / "cells" / f"{cells[2].key}.csv").unlink()  # as if killed before this cell
+    calls.clear()
+    harness.open_run(tmp_path, command="x", config={"k": 1}, fresh=False)
+    resumed = harness.run_cells(tmp_path, cells, run_cell)
+    assert calls == [cells[2]]
+    pd.testing.assert_frame_equal(resumed, full)
+    harness.open_run(tmp_path, command="x", config={"k": 1}, fresh=True)
+    calls.clear()
+    harness.run_cells(tmp_path, cells, run_cell)
+    assert len(calls) == 4
+
+
+def test_foreign_config_is_refused(tmp_path):
+    harness.open_run(tmp_path, command="x", config={"k": 1, "j": 2}, fresh=False)
+    harness.run_cells(tmp_path, [Cell("a", 0)], lambda c: _rows(c, 1.0))
+    with pytest.raises(RunError, match="k differ.*--fresh"):
+        harness.open_run(tmp_path, command="x", config={"k": 2, "j": 2}, fresh=False)
+    assert json.loads((tmp_path / "config.json").read_text())["k"] == 1
+
+
+def test_finish_writes_csv_and_report(tmp_path):
+    rows = harness.run_cells(tmp_path, [Cell("a", 0), Cell("b", 0)], lambda c: _rows(c, 2.0))
+    harness.finish(tmp_path, rows)
+    assert len(pd.read_csv(tmp_path / "results.csv")) == 2
+    assert "| d" in (tmp_path / "results.md").read_text()
+
+
+def test_grid_points_keep_the_default_first_and_respect_trials():
+    grid = {"lr": [1e-3, 1e-2, 1e-1], "steps": [1, 3]}
+    assert len(harness.grid_points(grid)) == 6
+    some = harness.grid_points(grid, trials=3, seed=1)
+    assert len(some) == 3 and some[0] == {"lr": 1e-3, "steps": 1}
+    assert harness.grid_points(grid, trials=3, seed=1) == some
+    assert harness.grid_points(grid, trials=1) == [{"lr": 1e-3, "steps": 1}]
+
+
+def test_tune_picks_the_lowest_finite_validation_score():
+    grid = {"lr": [1.0, 2.0, 3.0, 4.0]}
+    scores = {1.0: 5.0, 2.0: float("nan"), 3.0: 1.0, 4.0: 1.0}
+    tuned = harness.tune(grid, lambda p: scores[p["lr"]])
+    assert tuned.best == {"lr": 3.0} and tuned.score == 1.0 and len(tuned.trials) == 4
+    rows = harness.hp_rows(tuned.best, experiment="t", dataset="d", method="m", seed=0)
+    assert rows == [
+        dict(
+            experiment="t", dataset="d", method="m", seed=0, group="all", metric="hp:lr", value=3.0
+        )
+    ]
