@@ -1,12 +1,19 @@
-"""The dmeta command line: help, data specs, and the smoke demo end to end."""
+"""The dmeta command line: help, config printing and overrides, one-line errors, reports, demo."""
+
+from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from dmeta import cli
+from dmeta.config import flatten, format_config, override
 from dmeta.data.spec import DataSpec, data_root, parse_data_spec
+from experiments import cli
+
+EXPERIMENTS = ["c2m", "cdltvs", "rmldp", "sales_cnn", "stmp"]
+RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
 
 
 def test_help_lists_commands_and_experiments(capsys):
@@ -14,16 +21,75 @@ def test_help_lists_commands_and_experiments(capsys):
         cli.main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "demo" in out and "run" in out
+    for command in ("demo", "run", "config", "report"):
+        assert command in out
+    assert sorted(cli.discover()) == EXPERIMENTS
 
 
 def test_console_script_help():
     result = subprocess.run(
-        [sys.executable, "-m", "dmeta.cli", "run", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "experiments.cli", "run", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    for name in cli.discover():
+    for name in EXPERIMENTS:
         assert name in result.stdout
+
+
+def test_library_does_not_import_experiments():
+    offenders = [
+        str(path)
+        for path in (Path(__file__).resolve().parents[1] / "dmeta").rglob("*.py")
+        if "import experiments" in path.read_text() or "from experiments" in path.read_text()
+    ]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("size", ["cpu", "paper"])
+@pytest.mark.parametrize("smoke", [False, True])
+def test_every_printed_config_field_can_be_set_to_its_value(name, size, smoke):
+    module = cli.discover()[name]
+    cfg = module.get_config(smoke=smoke, size=size)
+    printed = format_config(cfg).splitlines()
+    assert len(printed) == len(flatten(cfg)) > 5
+    assert override(cfg, [line.replace(" = ", "=", 1) for line in printed]) == cfg
+    assert isinstance(flatten(cfg)["train.data_parallel"], bool)
+
+
+def test_config_command_and_set(capsys):
+    assert cli.main(["config", "rmldp", "--smoke"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("train.data_parallel = false") for line in lines)
+    args = cli.build_parser(cli.discover()).parse_args(
+        ["run", "rmldp", "--data-parallel", "--set", lines[0].replace(" = ", "=")]
+    )
+    assert flatten(cli.configure(cli.discover()["rmldp"], args))["train.data_parallel"] is True
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "stmp", "--smoke", "--set", "model.nope=1"], "unknown config path 'model.nope'"),
+        (["run", "stmp", "--smoke", "--methods", "Nope"], "--methods: unknown ['Nope']"),
+        (["run", "stmp", "--smoke", "--data", "table:/no/such.csv"], "does not exist"),
+    ],
+)
+def test_user_errors_are_one_line(argv, message, capsys, tmp_path):
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "out" / "config.json").exists()  # nothing written before validation
+
+
+def test_seeds_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "stmp", "--seeds", "0"])
+    assert exit_info.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_committed_results_match_their_regeneration(capsys):
+    assert cli.main(["report", "--check", str(RESULTS)]) == 0, capsys.readouterr().out
 
 
 def test_parse_data_spec(tmp_path):
@@ -45,21 +111,7 @@ def test_demo_smoke_writes_report(tmp_path):
     assert cli.main(["demo", "--smoke", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("# dmeta demo")
-    for name, module in cli.discover().items():
-        if hasattr(module, "demo"):
-            assert f"_{name}:" in report
+    for name in EXPERIMENTS:
+        assert f"_{name}:" in report
     for png in tmp_path.rglob("*.png"):
         assert png.stat().st_size > 1000
-
-
-@pytest.mark.parametrize("name", ["rmldp", "stmp", "cdltvs", "c2m", "sales_cnn"])
-def test_every_experiment_takes_the_data_parallel_flag(name):
-    parser = cli.build_parser(cli.discover())
-    assert parser.parse_args(["run", name, "--data-parallel"]).data_parallel is True
-    assert parser.parse_args(["run", name]).data_parallel is None  # the config's default
-
-
-def test_rmldp_carryover_levels_flag_parses_negative_levels():
-    parser = cli.build_parser(cli.discover())
-    args = parser.parse_args(["run", "rmldp", "--carryover-levels=-1,1,-1,1"])
-    assert args.carryover_levels == (-1.0, 1.0, -1.0, 1.0)

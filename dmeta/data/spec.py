@@ -6,6 +6,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+from dmeta.data.frames import DataError
+
 # Folder under the shared data root that a named loader reads when no path is given.
 DEFAULT_FOLDERS = {
     "walmart": "walmart_recruiting",
@@ -47,7 +49,7 @@ def parse_data_spec(spec: str) -> DataSpec:
     elif name in DEFAULT_FOLDERS:
         resolved = data_root() / DEFAULT_FOLDERS[name]
     else:
-        raise ValueError(f"--data {spec!r}: give a path as {name}:PATH")
+        raise DataError(f"--data {spec!r}: give a path as {name}:PATH")
     if not resolved.exists():
         raise FileNotFoundError(f"--data {spec!r}: {resolved} does not exist")
     return DataSpec(name, resolved)
