@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import time
 from collections.abc import Callable
 from typing import Literal
 
@@ -27,6 +26,7 @@ from dmeta.meta.steps import make_meta_train_step
 from dmeta.parallel import constrain_batch, data_mesh, jit_step
 from dmeta.stmp.data import Arrays, CellIndex, Prepared, uplift, window
 from dmeta.stmp.model import bind, gaussian_kl, sample_latent
+from dmeta.train import loop
 from dmeta.train.state import TrainState, init_train_state
 from dmeta.types import Array, Key, Params
 
@@ -317,26 +317,33 @@ def fit(
     lr: float = 3e-3,
     log_every: int = 0,
     shard: bool = False,
+    progress: bool = False,
     **step_kwargs,
 ) -> tuple[Params, list[dict[str, float]]]:
-    """Trains STMP for ``n_steps`` (Adam, cosine decay); returns params and logged metrics.
+    """Trains STMP for ``n_steps`` (Adam, cosine decay) with ``dmeta.train.loop.fit``.
 
     The jitted step is cached per (graphdef, sizes), so seeds reuse one compile.
     ``shard=True`` splits each step's tasks over all visible devices (parameters and
     panel replicated; see ``make_train_step``); ``step_kwargs`` go to ``make_train_step``.
+
+    Returns:
+      The trained params and, with ``log_every``, one row every ``log_every`` steps
+      (``step`` and each metric's mean over those steps).
     """
     optimizer, step = _compiled_step(
         graphdef, lr, n_steps, tuple(sorted(step_kwargs.items())), shard
     )
-    state = init_train_state(params, optimizer, key)
-    history, start = [], time.perf_counter()
-    for i in range(n_steps):
-        state, metrics = step(state, prep.arrays, prep.index)
-        if log_every and (i % log_every == 0 or i == n_steps - 1):
-            row = {k: float(v) for k, v in metrics.items()}
-            history.append(dict(row, step=i, seconds=time.perf_counter() - start))
-            logger.info("stmp step %d %s", i, row)
-    return state.params, history
+    result = loop.fit(
+        lambda state: step(state, prep.arrays, prep.index),
+        init_train_state(params, optimizer, key),
+        n_steps=n_steps,
+        eval_every=log_every or n_steps,
+        desc="stmp",
+        progress=progress,
+    )
+    for row in result.history if log_every else ():
+        logger.info("stmp %s", row)
+    return result.state.params, result.history if log_every else []
 
 
 def posteriors(

@@ -1,13 +1,16 @@
-"""Baselines for STMP: same-date-type historical average, ARIMA (AR by least squares), XGBoost, LSTM.
+"""Baselines for STMP: same-date-type historical average, ARIMA (AR by least squares), XGBoost,
+LSTM and first-order MAML.
 
 Each takes a ``dmeta.stmp.data.Prepared`` panel and returns scaled one-step-ahead
-predictions f32[N] for the test targets in ``np.nonzero(prep.test)`` order.
+predictions f32[N] for the test targets in ``np.nonzero(prep.test)`` order. The AR fit
+and the gradient-boosting regressor are the shared ones of ``dmeta.baselines.classical``;
+the LSTM and MAML train through ``dmeta.train.loop.fit``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +18,17 @@ import numpy as np
 import optax
 from flax import nnx
 
+from dmeta.baselines.classical import gbm_regressor, lagged, least_squares
+from dmeta.meta.maml import adapt_tasks, init_meta_params, make_maml_task_loss
+from dmeta.meta.steps import make_meta_train_step
 from dmeta.nn.rnn import LSTM
-from dmeta.stmp.data import Prepared, window
+from dmeta.stmp import model as stmp_model
+from dmeta.stmp import train as stmp_train
+from dmeta.stmp.data import Arrays, Prepared, window
 from dmeta.stmp.model import MLP
-
-logger = logging.getLogger(__name__)
+from dmeta.train import loop
+from dmeta.train.state import TrainState, init_train_state
+from dmeta.types import Array, Params, TaskBatch
 
 
 def historical_average(prep: Prepared) -> np.ndarray:
@@ -42,7 +51,7 @@ def historical_average(prep: Prepared) -> np.ndarray:
 
 
 def lag_features(prep: Prepared, rows: np.ndarray, cols: np.ndarray, lags: int) -> np.ndarray:
-    """Lag + calendar + region features f32[N, 2 * lags + Dt + 7 + 12 + A]."""
+    """Lag + calendar + region features f32[N, 2 * lags + Dt + 7 + 12 + A] of targets (rows, cols)."""
     ys, obs = np.asarray(prep.arrays.ys), np.asarray(prep.arrays.obs)
     back = cols[:, None] - np.arange(1, lags + 1)[None, :]
     dtype = prep.data.date_type[rows, cols]
@@ -62,22 +71,23 @@ def lag_features(prep: Prepared, rows: np.ndarray, cols: np.ndarray, lags: int) 
 
 
 def xgboost_forecast(
-    prep: Prepared, *, seed: int = 0, lags: int = 28, n_estimators: int = 300
+    prep: Prepared,
+    *,
+    seed: int = 0,
+    lags: int = 28,
+    n_estimators: int = 300,
+    max_depth: int = 6,
+    learning_rate: float = 0.05,
 ) -> np.ndarray:
-    """Gradient-boosted trees (xgboost) on lag and calendar features."""
-    import xgboost
-
+    """Gradient-boosted trees (``classical.gbm_regressor``) on lag and calendar features."""
     train_rows, train_cols = np.nonzero(prep.train)
     test_rows, test_cols = np.nonzero(prep.test)
-    model = xgboost.XGBRegressor(
-        n_estimators=n_estimators,
-        max_depth=6,
-        learning_rate=0.05,
-        subsample=0.8,
-        colsample_bytree=0.8,
-        tree_method="hist",
+    model = gbm_regressor(
+        seed=seed,
         n_jobs=2,
-        random_state=seed,
+        n_estimators=n_estimators,
+        max_depth=max_depth,
+        learning_rate=learning_rate,
     )
     y = np.asarray(prep.arrays.ys)[train_rows, train_cols]
     model.fit(lag_features(prep, train_rows, train_cols, lags), y)
@@ -100,12 +110,11 @@ def arima_forecast(prep: Prepared, *, lags: int = 14) -> np.ndarray:
         if test.size == 0:
             continue
 
-        def design(days, r=r):
-            back = days[:, None] - np.arange(1, lags + 1)[None, :]
-            return np.concatenate([np.ones((days.size, 1)), ys[r, back], obs[r, back]], axis=1)
+        def design(days, r=r):  # f64[N, 1 + 2 * lags]: intercept, lagged y, lagged flags
+            lagged_y, lagged_obs = lagged(ys[r], days, lags), lagged(obs[r], days, lags)
+            return np.concatenate([np.ones((days.size, 1)), lagged_y, lagged_obs], axis=1)
 
-        coef, *_ = np.linalg.lstsq(design(train), ys[r, train], rcond=None)
-        preds[r, test] = design(test) @ coef
+        preds[r, test] = design(test) @ least_squares(design(train), ys[r, train])
     rows, cols = np.nonzero(prep.test)
     return preds[rows, cols]
 
@@ -134,7 +143,10 @@ def lstm_forecast(
     batch: int = 256,
     lr: float = 3e-3,
 ) -> np.ndarray:
-    """A global LSTM trained with MSE on random training targets."""
+    """A global LSTM trained with MSE on ``batch`` random training targets per Adam step.
+
+    The state's key holds the ``n_steps`` step keys, split from ``key(seed)`` up front.
+    """
     model = LSTMForecaster(prep.data.n_types, prep.data.attrs.shape[1], hidden,
                            rngs=nnx.Rngs(seed))  # fmt: skip
     graphdef, params = nnx.split(model, nnx.Param)
@@ -147,21 +159,27 @@ def lstm_forecast(
     opt = optax.adam(optax.cosine_decay_schedule(lr, n_steps))
 
     @jax.jit
-    def step(params, opt_state, key, arrays, rows, cols):  # panel as arguments, not constants
-        i = jax.random.randint(key, (batch,), 0, rows.shape[0])
+    def step(state: TrainState, arrays, rows, cols):  # panel as arguments, not constants
+        i = jax.random.randint(state.key[state.step], (batch,), 0, rows.shape[0])
         r, t = rows[i], cols[i]
         loss, grads = jax.value_and_grad(
             lambda p: jnp.mean(jnp.square(apply(p, arrays, r, t) - arrays.ys[r, t]))
-        )(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        )(state.params)
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, state.step + 1, state.key), {"loss": loss}
 
-    opt_state = opt.init(params)
-    for key in jax.random.split(jax.random.key(seed), n_steps):
-        params, opt_state, loss = step(params, opt_state, key, prep.arrays, rows, cols)
-    logger.info("lstm baseline final loss %.4f", float(loss))
+    state = init_train_state(params, opt, jax.random.split(jax.random.key(seed), n_steps))
+    state = loop.fit(
+        lambda s: step(s, prep.arrays, rows, cols),
+        state,
+        n_steps=n_steps,
+        eval_every=n_steps,
+        desc="lstm",
+        progress=False,
+    ).state
     test_rows, test_cols = (jnp.asarray(a) for a in np.nonzero(prep.test))
-    return np.asarray(jax.jit(apply)(params, prep.arrays, test_rows, test_cols))
+    return np.asarray(jax.jit(apply)(state.params, prep.arrays, test_rows, test_cols))
 
 
 def maml_forecast(
@@ -185,39 +203,17 @@ def maml_forecast(
     ``inner_steps`` SGD steps on their MSE. At test time every cell adapts on its
     training days and predicts its test days.
     """
-    from dmeta.meta.maml import adapt_tasks, init_meta_params, make_maml_task_loss
-    from dmeta.meta.steps import make_meta_train_step
-    from dmeta.stmp import model as stmp_model
-    from dmeta.stmp import train as stmp_train
-    from dmeta.train.state import init_train_state
-    from dmeta.types import TaskBatch
-
     graphdef, theta = stmp_model.build(
         window=window_len, period=prep.data.period, n_types=prep.data.n_types,
         n_attrs=prep.data.attrs.shape[1], n_regions=len(prep.data.regions), latent=1,
         hidden=hidden, seed=seed,
     )  # fmt: skip
-    zeros = jnp.zeros((1, 1))
-
-    def predict(params, arrays, r, days):
-        mean, _ = stmp_train.predict_cell(stmp_model.bind(graphdef, params), arrays, r, days,
-                                          zeros, zeros)  # fmt: skip
-        return mean[0]
-
-    def make_loss(arrays):
-        def loss_fn(params, split):
-            r, days, mask = split
-            err = jnp.square(predict(params, arrays, r, days) - arrays.ys[r, days])
-            return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-        return loss_fn
-
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
     n_days = prep.arrays.ys.shape[1]
 
     @jax.jit
     def step(state, arrays, index):  # panel as arguments, not constants
-        task_loss = make_maml_task_loss(make_loss(arrays), steps=inner_steps,
+        task_loss = make_maml_task_loss(_cell_mse(graphdef, arrays), steps=inner_steps,
                                         step_size=inner_lr, first_order=True)  # fmt: skip
         update = make_meta_train_step(task_loss, opt)
         key, k_batch, k_step = jax.random.split(state.key, 3)
@@ -228,15 +224,44 @@ def maml_forecast(
         return update(dataclasses.replace(state, key=key), batch, k_step)
 
     state = init_train_state(init_meta_params(theta), opt, jax.random.key(seed))
-    for _ in range(n_steps):
-        state, _ = step(state, prep.arrays, prep.index)
+    state = loop.fit(
+        lambda s: step(s, prep.arrays, prep.index),
+        state,
+        n_steps=n_steps,
+        eval_every=n_steps,
+        desc="maml",
+        progress=False,
+    ).state
+    return _maml_test(prep, graphdef, state.params, jax.random.key(seed + 1),
+                      n_support=n_support, inner_steps=inner_steps, inner_lr=inner_lr)  # fmt: skip
 
-    # test: one task per (region, date type) cell with test targets, days padded to [C, M]
+
+def _zero_latent_mean(graphdef: nnx.GraphDef, params: Params, arrays: Arrays, r, days) -> Array:
+    """STMP's mean f32[M] for region r's days i32[M] with both latents at zero."""
+    zeros = jnp.zeros((1, 1))
+    model = stmp_model.bind(graphdef, params)
+    return stmp_train.predict_cell(model, arrays, r, days, zeros, zeros)[0][0]
+
+
+def _cell_mse(graphdef: nnx.GraphDef, arrays: Arrays) -> Callable:
+    """``loss_fn(params, (r, days, mask))``: masked MSE f32[] of cell r's days i32[M]."""
+
+    def loss_fn(params, split):
+        r, days, mask = split
+        err = jnp.square(_zero_latent_mean(graphdef, params, arrays, r, days) - arrays.ys[r, days])
+        return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+    return loss_fn
+
+
+def _maml_test(prep, graphdef, meta_params, key, *, n_support, inner_steps, inner_lr):
+    """Adapts one task per (region, date type) cell with test targets on ``n_support`` of its
+    training days and predicts its test days: f32[N] in ``np.nonzero(prep.test)`` order."""
     rows, cols = np.nonzero(prep.test)
     types = prep.data.date_type[rows, cols]
     cells, inverse = np.unique(rows * prep.data.n_types + types, return_inverse=True)
     width = int(np.bincount(inverse).max())
-    days = np.zeros((cells.size, width), np.int32)
+    days = np.zeros((cells.size, width), np.int32)  # each cell's test days, padded to [C, M]
     slot = np.zeros(rows.size, np.int64)
     for c in range(cells.size):
         members = np.flatnonzero(inverse == c)
@@ -245,19 +270,19 @@ def maml_forecast(
     cell_r = jnp.asarray(cells // prep.data.n_types)
     cell_d = jnp.asarray(cells % prep.data.n_types)
     sup_days, sup_mask = stmp_train.region_context_days(
-        jax.random.key(seed + 1), prep.index, cell_r, cell_d, 2 * n_support
+        key, prep.index, cell_r, cell_d, 2 * n_support
     )
     support = (cell_r, sup_days[:, :n_support], sup_mask[:, :n_support])
     tasks = TaskBatch(support=support, query=support, segment=cell_r)
 
     @jax.jit
     def test_predictions(meta_params, tasks, days, arrays):
-        adapted = adapt_tasks(make_loss(arrays), meta_params, tasks, steps=inner_steps,
-                              step_size=inner_lr)  # fmt: skip
+        adapted = adapt_tasks(_cell_mse(graphdef, arrays), meta_params, tasks,
+                              steps=inner_steps, step_size=inner_lr)  # fmt: skip
         return jax.lax.map(
-            lambda a: predict(a[0], arrays, a[1], a[2]), (adapted, tasks.segment, days),
-            batch_size=8,
+            lambda a: _zero_latent_mean(graphdef, a[0], arrays, a[1], a[2]),
+            (adapted, tasks.segment, days), batch_size=8,
         )  # fmt: skip
 
-    out = np.asarray(test_predictions(state.params, tasks, jnp.asarray(days), prep.arrays))
+    out = np.asarray(test_predictions(meta_params, tasks, jnp.asarray(days), prep.arrays))
     return out[inverse, slot]

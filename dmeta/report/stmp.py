@@ -1,0 +1,150 @@
+"""The STMP run report: results tables from ``results.csv``, the festival plot from
+``forecasts/*.csv`` (one file per method: seed 0's forecasts, all festival data, around
+the busiest region's largest test festival; columns region, date, actual, forecast,
+festival, method).
+
+Methods whose name starts with "STMP" are STMP and its ablations; every other method is
+a baseline. Groups are ``setting/day kind`` (``full/festival``, ``one_week/regular``, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from dmeta.report.tables import markdown_table, significance_table, summary_markdown  # noqa: E402
+from dmeta.train.results import summarize  # noqa: E402
+
+PLOT = "stmp_festivals.png"
+FORECASTS = "forecasts"
+
+
+def _is_baseline(method: str) -> bool:
+    return not method.startswith("STMP")
+
+
+def render(run_dir: Path, results: pd.DataFrame) -> str:
+    """``results.md``: summary, STMP vs the best baseline, MSE by method, one-week
+    degradation and the chosen hyperparameters."""
+    hp = results.metric.str.startswith("hp:")
+    scores, chosen = results[~hp], results[hp]
+    datasets = ", ".join(dict.fromkeys(results["dataset"].astype(str)))
+    parts = [
+        f"# STMP on {datasets}\n",
+        f"## stmp\n\n{summary_markdown(summarize(scores))}",
+        margin_section(scores),
+        mse_section(scores),
+        degradation_section(scores),
+        hp_section(chosen),
+    ]
+    return "\n".join(p.rstrip("\n") + "\n" for p in parts if p)
+
+
+def margin_section(scores: pd.DataFrame) -> str:
+    """STMP vs the best baseline (lowest mean MSE) in each group; paired t-tests over seeds."""
+    parts = []
+    mse = scores[scores.metric == "mse"]
+    for group, part in mse.groupby("group"):
+        means = part.groupby("method")["value"].mean()
+        cands = means[[_is_baseline(m) for m in means.index]]
+        if cands.empty or "STMP" not in means:
+            continue
+        best = cands.idxmin()
+        margin = 100.0 * (means[best] - means["STMP"]) / means[best]
+        parts.append(dict(group=group, best_baseline=best, mse_best=means[best],
+                          mse_stmp=means["STMP"], stmp_margin_pct=margin))  # fmt: skip
+    if not parts:
+        return ""
+    md = "## STMP vs best baseline (MSE; margin > 0 means STMP is better)\n\n"
+    md += markdown_table(pd.DataFrame(parts)) + "\n"
+    for row in parts if scores.seed.nunique() > 1 else ():
+        sig = significance_table(scores[scores.group == row["group"]], "STMP",
+                                 row["best_baseline"], "mse")  # fmt: skip
+        md += f"\n{row['group']}: STMP vs {row['best_baseline']}\n\n{markdown_table(sig)}\n"
+    return md
+
+
+def mean_mse(scores: pd.DataFrame) -> pd.DataFrame:
+    """Mean MSE over seeds: one row per method, one column per group."""
+    mse = scores[scores.metric == "mse"]
+    return mse.pivot_table(index="method", columns="group", values="value", aggfunc="mean")
+
+
+def mse_section(scores: pd.DataFrame) -> str:
+    """Mean MSE per method and group, lowest festival MSE (full data) first."""
+    table = mean_mse(scores)
+    order = "full/festival" if "full/festival" in table else table.columns[0]
+    table = table.sort_values(order)
+    table = table.astype(object).where(table.notna(), "")  # not run in that setting
+    return (
+        f"## MSE by method (mean over seeds; lowest {order} first)\n\n"
+        f"{markdown_table(table.reset_index().rename_axis(columns=None))}"
+    )
+
+
+def degradation_section(scores: pd.DataFrame) -> str:
+    """MSE with one week of festival data over MSE with all of it, per method and day kind."""
+    table = mean_mse(scores)
+    kinds = [k for k in ("festival", "regular") if {f"full/{k}", f"one_week/{k}"} <= set(table)]
+    if not kinds:
+        return ""
+    ratio = pd.DataFrame(
+        {f"{k} one_week / full": table[f"one_week/{k}"] / table[f"full/{k}"] for k in kinds}
+    ).dropna()
+    ratio = ratio.sort_values(ratio.columns[0]).reset_index()
+    return (
+        "## Degradation with one week of festival training data (MSE ratio)\n\n"
+        f"{markdown_table(ratio)}"
+    )
+
+
+def hp_section(chosen: pd.DataFrame) -> str:
+    """The hyperparameters each (method, setting) ran with, and over how many seeds."""
+    if chosen.empty:
+        return ""
+    table = (
+        chosen.assign(hyperparameter=chosen.metric.str.removeprefix("hp:"))
+        .groupby(["method", "group", "hyperparameter"], sort=False)["value"]
+        .agg(lambda v: ", ".join(f"{x:g}" for x in dict.fromkeys(v)))
+        .rename("chosen (distinct over seeds)")
+        .reset_index()
+        .rename(columns={"group": "setting"})
+    )
+    return (
+        "## Hyperparameters (the config's values; with tuning.trials > 1 the grid point of "
+        f"lowest validation MSE)\n\n{markdown_table(table)}"
+    )
+
+
+def plots(run_dir: Path, results: pd.DataFrame) -> None:
+    """``stmp_festivals.png``: actual vs seed-0 forecasts of STMP and the baselines but ARIMA
+    around the festival in ``forecasts/`` (festival days shaded); no-op without forecasts."""
+    frames = {
+        str(frame.method.iloc[0]): frame
+        for frame in (
+            pd.read_csv(path, parse_dates=["date"])
+            for path in sorted((run_dir / FORECASTS).glob("*.csv"))
+        )
+    }
+    order = list(dict.fromkeys(results.method))
+    shown = [m for m in order if m in frames and (m == "STMP" or _is_baseline(m)) and m != "ARIMA"]
+    if not shown:
+        return
+    first = frames[shown[0]]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(first.date, first.actual, "k-", lw=2, label="actual")
+    for method in shown:
+        ax.plot(frames[method].date, frames[method].forecast, lw=1.2, label=method)
+    for day in first.date[first.festival]:
+        ax.axvspan(day, day + pd.Timedelta(days=1), color="orange", alpha=0.2)
+    ax.set_title(f"{first.region.iloc[0]}: one-step forecasts around festivals (shaded)")
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(run_dir / PLOT, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,175 @@
+"""Config of ``dmeta run stmp`` (STMP festival purchase prediction), as nested frozen dataclasses.
+
+``dmeta config stmp`` prints every field; ``dmeta run stmp --set PATH=VALUE`` overrides any
+of them (e.g. ``--set train.n_steps=2000 --set protocol.one_week=false``).
+
+Equal tuning: every method of the main table with hyperparameters gets the same procedure
+(``dmeta.train.harness.tune``): its grid is the value the config holds (the first point,
+today's setting) followed by the alternatives in ``tuning``, ``tuning.trials`` points of it
+are scored by MSE on the validation period (the ``protocol.test_days`` before the test
+period) and the lowest wins. ``trials = 1`` (the default) runs the config's values without
+any validation fit; ``--set tuning.trials=N`` gives every method N points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The panel.
+
+    Attributes:
+      synthetic_regions: regions of ``--data synthetic``.
+      synthetic_days: days of ``--data synthetic``.
+      max_regions: keep only the first regions (None: all; Rossmann reads 100 when None).
+    """
+
+    synthetic_regions: int = 24
+    synthetic_days: int = 3 * 365
+    max_regions: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """STMP's sizes (``dmeta.stmp.model.STMP``; the LSTM and MAML baselines share them).
+
+    Attributes:
+      window: L input days (a multiple of the jump period).
+      latent: latent size Z.
+      hidden: hidden size H.
+    """
+
+    window: int = 28
+    latent: int = 16
+    hidden: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """STMP's outer loop (``dmeta.stmp.train.fit``).
+
+    Attributes:
+      n_steps: Adam steps (cosine decay of ``lr``).
+      lr: learning rate.
+      n_tasks: (region, date type) tasks per step.
+      n_query: query targets per task.
+      n_context: context points per set.
+      n_samples: latent samples averaged in the ML-PIP likelihood.
+      beta: KL weight.
+      switch_every: steps per view before switching (alternating training).
+      data_parallel: split each step's tasks over all visible devices.
+    """
+
+    n_steps: int = 300
+    lr: float = 3e-3
+    n_tasks: int = 16
+    n_query: int = 16
+    n_context: int = 32
+    n_samples: int = 4
+    beta: float = 1e-2
+    switch_every: int = 50
+    data_parallel: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolConfig:
+    """Splits and evaluation.
+
+    Attributes:
+      test_days: the last ``test_days`` days (at most a quarter of the panel) are the
+        test period; the same number of days before it is the validation period.
+      eval_context: context points per posterior at test time.
+      one_week: also run the one-week-of-festival-data robustness setting.
+    """
+
+    test_days: int = 365
+    eval_context: int = 64
+    one_week: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselinesConfig:
+    """Baseline sizes (``dmeta.stmp.baselines``).
+
+    Attributes:
+      xgb_estimators: XGBoost trees.
+      xgb_max_depth: XGBoost tree depth.
+      xgb_learning_rate: XGBoost shrinkage.
+      lstm_steps: LSTM Adam steps (also MAML's outer steps).
+      lstm_lr: LSTM learning rate.
+      maml_lr: MAML outer learning rate.
+      maml_inner_lr: MAML inner SGD step size.
+      arima_lags: p of the per-region AR(p).
+    """
+
+    xgb_estimators: int = 100
+    xgb_max_depth: int = 6
+    xgb_learning_rate: float = 0.05
+    lstm_steps: int = 300
+    lstm_lr: float = 3e-3
+    maml_lr: float = 3e-3
+    maml_inner_lr: float = 0.05
+    arima_lags: int = 14
+
+
+@dataclasses.dataclass(frozen=True)
+class TuningConfig:
+    """Equal tuning: the alternatives tried after each method's configured value.
+
+    Attributes:
+      trials: grid points per method (1: the configured values, no validation fits).
+      stmp_lr, stmp_beta: after ``train.lr`` / ``train.beta`` (STMP and its ablations).
+      xgb_max_depth, xgb_learning_rate: after ``baselines.xgb_*``.
+      lstm_lr, lstm_hidden: after ``baselines.lstm_lr`` / ``model.hidden``.
+      maml_lr, maml_inner_lr: after ``baselines.maml_lr`` / ``baselines.maml_inner_lr``.
+      arima_lags: after ``baselines.arima_lags``.
+    """
+
+    trials: int = 1
+    stmp_lr: tuple[float, ...] = (1e-3, 1e-2)
+    stmp_beta: tuple[float, ...] = (1e-3, 1e-1)
+    xgb_max_depth: tuple[int, ...] = (4, 8)
+    xgb_learning_rate: tuple[float, ...] = (0.02, 0.1)
+    lstm_lr: tuple[float, ...] = (1e-3, 1e-2)
+    lstm_hidden: tuple[int, ...] = (16, 64)
+    maml_lr: tuple[float, ...] = (1e-3, 1e-2)
+    maml_inner_lr: tuple[float, ...] = (0.01, 0.1)
+    arima_lags: tuple[int, ...] = (7, 28)
+
+
+@dataclasses.dataclass(frozen=True)
+class STMPConfig:
+    """One STMP run: ``data``, ``model``, ``train``, ``protocol``, ``baselines``, ``tuning``."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    protocol: ProtocolConfig = ProtocolConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
+    tuning: TuningConfig = TuningConfig()
+
+
+def get_config(*, smoke: bool = False, size: str = "cpu") -> STMPConfig:
+    """The run's config; ``smoke=True`` runs in seconds.
+
+    The paper gives no sizes beyond the protocol, so ``size="paper"`` is the default
+    (CPU-sized) config.
+
+    Raises:
+      ValueError: an unknown ``size``.
+    """
+    if size not in ("cpu", "paper"):
+        raise ValueError(f"size={size!r}; use 'cpu' or 'paper'")
+    if not smoke:
+        return STMPConfig()
+    return STMPConfig(
+        data=DataConfig(synthetic_regions=4, synthetic_days=300, max_regions=4),
+        model=ModelConfig(window=14, latent=4, hidden=8),
+        train=TrainConfig(
+            n_steps=20, n_tasks=4, n_query=4, n_context=8, n_samples=2, switch_every=5
+        ),
+        protocol=ProtocolConfig(test_days=60, eval_context=8),
+        baselines=BaselinesConfig(xgb_estimators=10, lstm_steps=20),
+    )
