@@ -1,16 +1,18 @@
 """Baselines of the CDLtvS comparison (Table 1): classical, single-domain and cross-domain.
 
-Every baseline is ``name(train, val, test, *, seed, **kw) -> f32[N_test]``: fit on ``train``
-(early stopping / model choice on ``val``), return target-domain LTV predictions for ``test``
-in the label's units. Single-domain methods see only the target domain (series, availability
-flags and, where the method uses them, portraits); C_na customers reach them with an empty
-history, as in the protocol.
+Every baseline is ``name(train, val, *, seed, **hyperparameters) -> predict``: it fits on
+``train`` (early stopping / model choice on ``val``) and returns ``predict(data) -> f32[N]``,
+the target-domain LTV of any samples in the label's units (the protocol scores it on the
+validation customers to tune and on the test customers to report). Single-domain methods see
+only the target domain (series, availability flags and, where the method uses them,
+portraits); C_na customers reach them with an empty history, as in the protocol.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +21,7 @@ import scipy.optimize
 import scipy.special
 from flax import nnx
 
+from dmeta.baselines.classical import gbm_regressor
 from dmeta.ltv.data import CrossDomainData
 from dmeta.ltv.encoders import TCN, DeepFM, output_relu, series_inputs
 from dmeta.ltv.losses import ltv_loss
@@ -27,6 +30,8 @@ from dmeta.nn.functional import split_params
 from dmeta.nn.rnn import LSTM
 
 log = logging.getLogger(__name__)
+
+Predictor = Callable[[CrossDomainData], np.ndarray]
 
 
 # ----------------------------------------------------------------------------- classical
@@ -39,14 +44,17 @@ def _history_mean_fallback(train: CrossDomainData) -> float:
     return float(train.t_y[none].mean()) if none.any() else float(train.t_y.mean())
 
 
-def arima(
-    train: CrossDomainData, val: CrossDomainData, test: CrossDomainData, *, seed: int = 0
-) -> np.ndarray:
+def arima(train: CrossDomainData, val: CrossDomainData, *, seed: int = 0) -> Predictor:
     """ARIMA(1,0,0) per customer on the target series, conditional least squares (closed form,
     vectorized over customers), forecasting the next ``horizon`` periods. Series too short or
     flat fall back to their mean; customers without history get the C_na training mean."""
     del val, seed
-    x = test.t_series.astype(np.float64)
+    return functools.partial(_ar1_forecast, fallback=_history_mean_fallback(train))
+
+
+def _ar1_forecast(data: CrossDomainData, *, fallback: float) -> np.ndarray:
+    """f32[N] summed AR(1) forecasts of each sample's own target series (see :func:`arima`)."""
+    x = data.t_series.astype(np.float64)
     prev, nxt = x[:, :-1], x[:, 1:]
     mp, mn = prev.mean(1, keepdims=True), nxt.mean(1, keepdims=True)
     var = np.sum((prev - mp) ** 2, 1)
@@ -54,12 +62,11 @@ def arima(
     phi = np.clip(phi, -0.99, 0.99)
     c = mn[:, 0] - phi * mp[:, 0]
     level, total = x[:, -1], np.zeros(len(x))
-    for _ in range(test.horizon):
+    for _ in range(data.horizon):
         level = c + phi * level
         total += level
     pred = np.maximum(total, 0.0)
-    none = test.t_observed.sum(1) == 0
-    pred[none] = _history_mean_fallback(train)
+    pred[data.t_observed.sum(1) == 0] = fallback
     return pred.astype(np.float32)
 
 
@@ -116,9 +123,7 @@ def _gg_nll(log_params, n, m):
     return -np.sum(ll)
 
 
-def bgnbd_gamma_gamma(
-    train: CrossDomainData, val: CrossDomainData, test: CrossDomainData, *, seed: int = 0
-) -> np.ndarray:
+def bgnbd_gamma_gamma(train: CrossDomainData, val: CrossDomainData, *, seed: int = 0) -> Predictor:
     """BG/NBD + Gamma-Gamma (numpy/scipy maximum likelihood) on the target domain, with periods
     as purchase occasions: LTV = E[transactions in ``horizon``] x E[spend per transaction].
     The expected count is capped at ``horizon`` (one occasion per period) and the spend at
@@ -137,26 +142,36 @@ def bgnbd_gamma_gamma(
         method="L-BFGS-B",
         bounds=bounds,
     )
-    bg = np.exp(res.x)
     pos = seen & (m > 0)
-    gg = np.exp(
-        scipy.optimize.minimize(
-            _gg_nll,
-            np.zeros(3),
-            args=(n[pos], m[pos]),
-            method="Nelder-Mead",
-            options={"maxiter": 4000},
-        ).x
+    gg = scipy.optimize.minimize(
+        _gg_nll,
+        np.zeros(3),
+        args=(n[pos], m[pos]),
+        method="Nelder-Mead",
+        options={"maxiter": 4000},
+    ).x
+    return functools.partial(
+        _bgnbd_gg_forecast,
+        bg=np.exp(res.x),
+        gg=np.exp(gg),
+        m_max=m[pos].max(),
+        fallback=_history_mean_fallback(train),
     )
-    m_max = m[pos].max()
-    x, t_x, T, n, m = _rfm(test.t_series, test.t_observed)
+
+
+def _bgnbd_gg_forecast(
+    data: CrossDomainData, *, bg: np.ndarray, gg: np.ndarray, m_max: float, fallback: float
+) -> np.ndarray:
+    """f32[N] LTV of fitted BG/NBD (``bg = r, alpha, a, b``) and Gamma-Gamma (``gg = p, q,
+    v``) parameters for each sample's target history (see :func:`bgnbd_gamma_gamma`)."""
+    x, t_x, T, n, m = _rfm(data.t_series, data.t_observed)
     p, q, v = gg
     spend = np.where(n > 0, p * (v + n * m) / np.maximum(p * n + q - 1, 1e-6), 0.0)
-    count = bgnbd_expected(bg, float(test.horizon), x, t_x, np.maximum(T, 1))
+    count = bgnbd_expected(bg, float(data.horizon), x, t_x, np.maximum(T, 1))
     # discrete periods: at most one purchase occasion per period; spend within the seen range
-    count = np.clip(np.nan_to_num(count, nan=0.0), 0.0, test.horizon)
+    count = np.clip(np.nan_to_num(count, nan=0.0), 0.0, data.horizon)
     pred = count * np.clip(spend, 0.0, m_max)
-    pred[n == 0] = _history_mean_fallback(train)
+    pred[n == 0] = fallback
     return pred.astype(np.float32)
 
 
@@ -165,26 +180,43 @@ def _tabular(d: CrossDomainData) -> np.ndarray:
 
 
 def two_stage_xgboost(
-    train: CrossDomainData, val: CrossDomainData, test: CrossDomainData, *, seed: int = 0
-) -> np.ndarray:
+    train: CrossDomainData,
+    val: CrossDomainData,
+    *,
+    seed: int = 0,
+    n_estimators: int = 300,
+    max_depth: int = 4,
+    learning_rate: float = 0.05,
+    early_stopping: int = 20,
+) -> Predictor:
     """Two-stage XGBoost (Drachen et al. 2018) on target series + portrait: a classifier for
-    LTV > 0, a regressor of log1p(LTV) on the positives (early-stopped on ``val``);
-    prediction ``P(LTV > 0) * expm1(regression)``."""
+    LTV > 0, a regressor of log1p(LTV) on the positives (both early-stopped on ``val``);
+    prediction ``P(LTV > 0) * expm1(regression)``. The regressor is the shared
+    :func:`dmeta.baselines.classical.gbm_regressor` without row / column subsampling."""
     import xgboost
 
-    kw = dict(n_estimators=300, max_depth=4, learning_rate=0.05, n_jobs=1, random_state=seed)
+    params = dict(
+        n_estimators=n_estimators,
+        max_depth=max_depth,
+        learning_rate=learning_rate,
+        early_stopping_rounds=early_stopping,
+    )
     xt, xv = _tabular(train), _tabular(val)
-    clf = xgboost.XGBClassifier(**kw, early_stopping_rounds=20)
+    clf = xgboost.XGBClassifier(**params, n_jobs=1, random_state=seed)
     clf.fit(xt, train.t_y > 0, eval_set=[(xv, val.t_y > 0)], verbose=False)
     pt, pv = train.t_y > 0, val.t_y > 0
-    reg = xgboost.XGBRegressor(**kw, early_stopping_rounds=20)
+    reg = gbm_regressor(seed=seed, subsample=1.0, colsample_bytree=1.0, **params)
     reg.fit(
         xt[pt], np.log1p(train.t_y[pt]), eval_set=[(xv[pv], np.log1p(val.t_y[pv]))], verbose=False
     )
-    xs = _tabular(test)
-    return (clf.predict_proba(xs)[:, 1] * np.expm1(np.maximum(reg.predict(xs), 0))).astype(
-        np.float32
-    )
+
+    def predict_ltv(data: CrossDomainData) -> np.ndarray:
+        xs = _tabular(data)
+        return (clf.predict_proba(xs)[:, 1] * np.expm1(np.maximum(reg.predict(xs), 0))).astype(
+            np.float32
+        )
+
+    return predict_ltv
 
 
 # ----------------------------------------------------------------------------- neural
@@ -350,14 +382,14 @@ def neural_baseline(
     name: str,
     train: CrossDomainData,
     val: CrossDomainData,
-    test: CrossDomainData,
     *,
     seed: int = 0,
     hidden: int = 128,
     **fit_kwargs,
-) -> np.ndarray:
+) -> Predictor:
     """Trains neural baseline ``name`` (one of :data:`NEURAL`) with Adam and early stopping on
-    the validation MAE (:func:`dmeta.ltv.train.fit`); returns test predictions."""
+    the validation MAE (:func:`dmeta.ltv.train.fit`; ``fit_kwargs`` are its lr, batch_size,
+    max_epochs, patience, drop_epoch, drop_factor, shard)."""
     arch = (
         hidden,
         train.s_cat_sizes,
@@ -379,8 +411,12 @@ def neural_baseline(
     scale_t = float(max(train.t_y.mean(), 1e-6))
     tr, va = model_batch(train, scale_s, scale_t), model_batch(val, scale_s, scale_t)
     res = fit(loss_fn, predict_fn, params, tr, va, label="t_y", seed=seed, **fit_kwargs)
-    pred = predict(predict_fn, res.params, model_batch(test, scale_s, scale_t))
-    return (pred * scale_t).astype(np.float32)
+
+    def predict_ltv(data: CrossDomainData) -> np.ndarray:
+        pred = predict(predict_fn, res.params, model_batch(data, scale_s, scale_t))
+        return (pred * scale_t).astype(np.float32)
+
+    return predict_ltv
 
 
 CLASSICAL = {"ARIMA": arima, "BG/NBD+GG": bgnbd_gamma_gamma, "XGBoost-2stage": two_stage_xgboost}

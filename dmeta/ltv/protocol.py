@@ -1,0 +1,331 @@
+"""The CDLtvS protocol (5.1): data, cells, methods, tuning and scoring.
+
+A share P of customers loses its target-domain history (C_na) in train, validation and
+test; customers are split 7:2:1; every method predicts the target-domain LTV of the test
+customers; NMAE, NRMSE and normalized Gini overall and for C_na / C_a. One cell is one
+(P, method, seed): ``setting`` is the P label (``P=50%``). Table 1 methods are tuned on the
+validation customers (:func:`grid`); the Figure 5 ablations and the Figure 6 expert sweep
+(``k=<k>``, seeds ``0..sweep_seeds-1``) vary CDLtvS at its configured values; every row has
+``experiment = "cdltvs"`` and :func:`table_of` tells the three tables apart by method.
+Figure 5's reference is Table 1's CDLtvS (tuned, so at the configured values when
+``tuning.trials = 1``).
+
+Stage 1 (LtvS per domain) is shared by LtvS, CDLtvS and the w/o L_AP / w/o L_AT ablations:
+:class:`Protocol` keeps the fits of the current (P, seed) in memory, and a cell that finds
+none (a resumed run) recomputes them, with the same numbers. Single-domain data
+(``--data cdnow``) runs P = 0 with LtvS (stage 1 only) and the single-domain baselines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dmeta import metrics
+from dmeta.data.frames import DataError
+from dmeta.data.spec import parse_data_spec
+from dmeta.ltv import baselines as B
+from dmeta.ltv import data as ltv_data
+from dmeta.ltv.cdnow import load_cdnow
+from dmeta.ltv.config import CDLtvSConfig, ModelConfig, TrainConfig, Windows
+from dmeta.ltv.train import CDLtvSFit, fit_stage1, fit_stage2
+from dmeta.train.harness import Cell, hp_rows, tune
+
+logger = logging.getLogger(__name__)
+
+BASELINES = ("ARIMA", "BG/NBD+GG", "XGBoost-2stage", "LSTM", "TCN", "ZILN", "PTUPCDR", "DASL")
+METHODS = (*BASELINES, "LtvS", "CDLtvS")
+CROSS_DOMAIN = ("PTUPCDR", "DASL", "CDLtvS")
+ABLATIONS = ("CDLtvS w/o L_AP", "CDLtvS w/o L_AT", "CDLtvS w/o L_ExMN")
+SINGLE_DOMAIN_DATA = ("cdnow",)
+METRICS = {"nmae": metrics.nmae, "nrmse": metrics.nrmse, "gini": metrics.normalized_gini}
+LOADERS = {
+    "completejourney": ltv_data.load_completejourney,
+    "transactions": ltv_data.load_transactions,
+    "cdnow": load_cdnow,
+}
+
+Predictor = Callable[[ltv_data.CrossDomainData], np.ndarray]
+Splits = tuple[ltv_data.CrossDomainData, ltv_data.CrossDomainData, ltv_data.CrossDomainData]
+
+
+def load_data(spec: str, cfg: CDLtvSConfig, seed: int = 0) -> tuple[str, ltv_data.CrossDomainData]:
+    """``synthetic`` | ``completejourney[:PATH]`` | ``transactions:PATH`` | ``cdnow[:PATH]``.
+
+    Returns:
+      The source name and its samples; real data keeps a seeded subset of its windows'
+      ``max_customers`` customers when set.
+
+    Raises:
+      DataError: an unknown name or a malformed file (named with its line and column).
+    """
+    parsed = parse_data_spec(spec)
+    if parsed.name == "synthetic":
+        d = cfg.data
+        return "synthetic", ltv_data.make_synthetic(
+            d.n_customers, d.n_periods, d.horizon, seed=seed
+        )
+    if parsed.name not in LOADERS:
+        raise DataError(f"--data {spec!r}: cdltvs reads synthetic, {', '.join(LOADERS)}")
+    windows: Windows = cfg.data.cdnow if parsed.name == "cdnow" else cfg.data.transactions
+    try:
+        data = LOADERS[parsed.name](parsed.path, **windows.loader_kwargs())
+    except ValueError as err:
+        raise DataError(str(err)) from err
+    customers = np.unique(data.customer)
+    if windows.max_customers is not None and len(customers) > windows.max_customers:
+        keep = np.random.default_rng(seed).choice(customers, windows.max_customers, replace=False)
+        data = data.take(np.isin(data.customer, keep))
+    return parsed.name, data
+
+
+def table_of(method: str) -> str:
+    """``"ablation"`` (Figure 5), ``"experts"`` (Figure 6, methods ``k=<k>``) or ``"table1"``."""
+    if method in ABLATIONS:
+        return "ablation"
+    return "experts" if method.startswith("k=") else "table1"
+
+
+def p_label(p: float) -> str:
+    """The setting of sparsity level ``p``: ``P=50%``."""
+    return f"P={round(100 * p)}%"
+
+
+def score(test: ltv_data.CrossDomainData, pred: np.ndarray, label: str) -> list[dict]:
+    """Rows ``group=<label>/{all,C_na,C_a}`` x ``metric`` for one prediction f32[N_test]."""
+    rows = []
+    groups = {"all": np.ones(test.n, bool), "C_na": test.sparse, "C_a": ~test.sparse}
+    for group, mask in groups.items():
+        if mask.sum() < 2:
+            continue
+        for name, fn in METRICS.items():
+            value = float(fn(test.t_y[mask], pred[mask]))
+            rows.append({"group": f"{label}/{group}", "metric": name, "value": value})
+    return rows
+
+
+def grid(cfg: CDLtvSConfig, method: str) -> dict[str, tuple]:
+    """The tuning grid of a Table 1 method: configured value first, then ``cfg.tuning``'s."""
+    t = cfg.tuning
+    if method in ("ARIMA", "BG/NBD+GG"):
+        return {}
+    if method == "XGBoost-2stage":
+        b = cfg.baselines
+        values = {
+            "max_depth": (b.xgb_max_depth, *t.xgb_max_depth),
+            "learning_rate": (b.xgb_learning_rate, *t.xgb_learning_rate),
+        }
+    else:
+        values = {"lr": (cfg.train.lr, *t.lr), "hidden": (cfg.model.hidden, *t.hidden)}
+    return {name: tuple(dict.fromkeys(v)) for name, v in values.items()}
+
+
+def save_scatter(path: Path, **arrays: np.ndarray) -> None:
+    """Adds ``arrays`` to the npz file ``path`` (atomically; keys already there are kept)."""
+    if path.exists():
+        with np.load(path) as old:
+            arrays = {**{k: old[k] for k in old.files}, **arrays}
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class Protocol:
+    """One run: its samples, config and output folder; runs cells.
+
+    Attributes:
+      data: all samples.
+      cfg: the run's config.
+      dataset: source name (``synthetic``, ``cdnow``, ...).
+      out: run folder (Figure 7's ``scatter_P=<first P>_seed0.npz`` goes there).
+    """
+
+    data: ltv_data.CrossDomainData
+    cfg: CDLtvSConfig
+    dataset: str
+    out: Path
+    _memo: dict = dataclasses.field(default_factory=dict, repr=False)
+    _memo_at: tuple | None = dataclasses.field(default=None, repr=False)
+    _borrowed: float = dataclasses.field(default=0.0, repr=False)
+
+    @property
+    def single_domain(self) -> bool:
+        """No source domain: P = 0, no stage 2, no cross-domain baselines."""
+        return self.dataset in SINGLE_DOMAIN_DATA
+
+    def settings(self) -> dict[str, float]:
+        """P label -> P of the run's settings."""
+        levels = (0.0,) if self.single_domain else self.cfg.protocol.sparsity
+        return {p_label(p): p for p in levels}
+
+    def cells(self, methods: Sequence[str], seeds: int) -> list[Cell]:
+        """Per P and seed: the chosen Table 1 methods, then (with CDLtvS) the ablations and
+        the k sweep. On single-domain data the cross-domain methods are left out (logged)."""
+        if self.single_domain:
+            skipped = [m for m in methods if m in CROSS_DOMAIN]
+            if skipped:
+                logger.warning("%s has one domain: %s not applicable", self.dataset, skipped)
+            methods = [m for m in methods if m not in CROSS_DOMAIN]
+        proto, cells = self.cfg.protocol, []
+        for label in self.settings():
+            for seed in range(seeds):
+                names = list(methods)
+                if "CDLtvS" in methods:
+                    names += list(ABLATIONS) if proto.ablations else []
+                    names += [f"k={k}" for k in proto.sweep_k] if seed < proto.sweep_seeds else []
+                cells += [Cell(name, seed, label) for name in names]
+        return cells
+
+    def run_cell(self, cell: Cell) -> list[dict]:
+        """The long-schema rows of one cell (scores, ``seconds``, chosen hyperparameters)."""
+        start, self._borrowed = time.perf_counter(), 0.0
+        p = self.settings()[cell.setting]
+        test = self._split(p, cell.seed)[2]
+        hp: list[dict] = []
+        if cell.method in METHODS:
+            pred, hp = self._tuned(cell, p)
+        elif cell.method in ABLATIONS:
+            pred = self._ablation(cell.method, p, cell.seed)(test)
+        else:
+            k = int(cell.method.removeprefix("k="))
+            model = dataclasses.replace(self.cfg.model, k=k)
+            pred = self._cdltvs(p, cell.seed, model, self.cfg.train)(test)
+        seconds = time.perf_counter() - start + self._borrowed
+        rows = score(test, pred, cell.setting)
+        rows.append({"group": f"{cell.setting}/all", "metric": "seconds", "value": seconds})
+        keys = dict(experiment="cdltvs", dataset=self.dataset, method=cell.method, seed=cell.seed)
+        return [dict(r, **keys) for r in rows] + hp
+
+    def _tuned(self, cell: Cell, p: float) -> tuple[np.ndarray, list[dict]]:
+        """Tunes a Table 1 method on validation NMAE; its test prediction and ``hp:<name>`` rows."""
+        _, val, test = self._split(p, cell.seed)
+        fitted: dict[tuple, Predictor] = {}
+
+        def evaluate(point: dict[str, Any]) -> float:
+            fitted[tuple(point.items())] = self._fit(cell.method, p, cell.seed, point)
+            return float(metrics.nmae(val.t_y, fitted[tuple(point.items())](val)))
+
+        tuned = tune(grid(self.cfg, cell.method), evaluate, trials=self.cfg.tuning.trials)
+        pred = fitted[tuple(tuned.best.items())](test)
+        keys = dict(experiment="cdltvs", dataset=self.dataset, method=cell.method, seed=cell.seed)
+        if cell.seed == 0 and p == next(iter(self.settings().values())):
+            self._scatter(cell, p, tuned.best, test)
+        return pred, hp_rows(tuned.best, **keys, group=f"{cell.setting}/all")
+
+    def _scatter(self, cell: Cell, p: float, best: dict, test) -> None:
+        """Figure 7's predictions and experts of LtvS / CDLtvS on the test customers."""
+        if cell.method not in ("LtvS", "CDLtvS"):
+            return
+        model, train = self._hp(best)
+        if cell.method == "LtvS":
+            pred, expert = self._stage1(p, cell.seed, model, train).predict_ltvs(test)
+            arrays = dict(ltvs=pred, ltvs_expert=expert)
+        else:
+            pred, expert = self._stage2(p, cell.seed, model, train).predict(test)
+            arrays = dict(cd=pred, cd_expert=expert)
+        name = f"scatter_{cell.setting.replace('%', '')}_seed{cell.seed}.npz"
+        save_scatter(self.out / name, y=test.t_y, **arrays)
+
+    def _hp(self, point: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+        model = dataclasses.replace(self.cfg.model, hidden=point["hidden"])
+        return model, dataclasses.replace(self.cfg.train, lr=point["lr"])
+
+    def _fit(self, method: str, p: float, seed: int, point: dict[str, Any]) -> Predictor:
+        """Method ``method`` at grid point ``point``, fitted on the (P, seed) split."""
+        train, val, _ = self._split(p, seed)
+        if method == "XGBoost-2stage":
+            b = self.cfg.baselines
+            fixed = dict(n_estimators=b.xgb_estimators, early_stopping=b.xgb_early_stopping)
+            return B.two_stage_xgboost(train, val, seed=seed, **fixed, **point)
+        if method in B.CLASSICAL:
+            return B.CLASSICAL[method](train, val, seed=seed, **point)
+        model, train_cfg = self._hp(point)
+        if method in B.NEURAL_NAMES:
+            fit_kwargs = train_cfg.fit_kwargs()
+            name = B.NEURAL_NAMES[method]
+            return B.neural_baseline(name, train, val, seed=seed, hidden=model.hidden, **fit_kwargs)
+        if method == "LtvS":
+            return _first(self._stage1(p, seed, model, train_cfg).predict_ltvs)
+        return self._cdltvs(p, seed, model, train_cfg)
+
+    def _ablation(self, method: str, p: float, seed: int) -> Predictor:
+        l1, l2, l3, l4 = self.cfg.model.lambdas
+        lambdas = {"CDLtvS w/o L_AP": (l1, l2, 0.0, l4), "CDLtvS w/o L_AT": (l1, l2, l3, 0.0)}
+        model, train = self.cfg.model, self.cfg.train
+        if method in lambdas:
+            return _first(self._stage2(p, seed, model, train, lambdas=lambdas[method]).predict)
+        return _first(self._stage2(p, seed, model, train, exmn_loss=False).predict)
+
+    def _cdltvs(self, p: float, seed: int, model: ModelConfig, train: TrainConfig) -> Predictor:
+        return _first(self._stage2(p, seed, model, train).predict)
+
+    def _split(self, p: float, seed: int) -> Splits:
+        """Train / validation / test of sparsity ``p`` and ``seed`` (7:2:1 by customer)."""
+        return self._memoized(
+            p,
+            seed,
+            ("split",),
+            lambda: ltv_data.split_customers(ltv_data.apply_sparsity(self.data, p, seed), seed),
+        )
+
+    def _stage1(
+        self, p: float, seed: int, model: ModelConfig, train: TrainConfig, exmn_loss: bool = True
+    ) -> CDLtvSFit:
+        """Stage 1 (both domains; the target alone on single-domain data)."""
+        tr, val, _ = self._split(p, seed)
+        domains = ("t",) if self.single_domain else ("s", "t")
+        kwargs = dict(seed=seed, domains=domains, exmn_loss=exmn_loss, **train.fit_kwargs())
+        return self._memoized(
+            p,
+            seed,
+            ("stage1", model, train, exmn_loss),
+            lambda: fit_stage1(tr, val, **dataclasses.asdict(model), **kwargs),
+        )
+
+    def _stage2(
+        self,
+        p: float,
+        seed: int,
+        model: ModelConfig,
+        train: TrainConfig,
+        *,
+        exmn_loss: bool = True,
+        lambdas: tuple[float, ...] | None = None,
+    ) -> CDLtvSFit:
+        """Stage 2 from :meth:`_stage1` (``lambdas`` default: the model's)."""
+        stage1 = self._stage1(p, seed, model, train, exmn_loss)
+        tr, val, _ = self._split(p, seed)
+        lambdas = model.lambdas if lambdas is None else lambdas
+        return self._memoized(
+            p,
+            seed,
+            ("stage2", model, train, exmn_loss, lambdas),
+            lambda: fit_stage2(stage1, tr, val, lambdas=lambdas, seed=seed, **train.fit_kwargs()),
+        )
+
+    def _memoized(self, p: float, seed: int, key: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per (p, seed, key); only the current (p, seed) is kept. A hit
+        adds the seconds the computation took to the current cell's time."""
+        if self._memo_at != (p, seed):
+            self._memo, self._memo_at = {}, (p, seed)
+        if key in self._memo:
+            value, seconds = self._memo[key]
+            self._borrowed += seconds
+            return value
+        start = time.perf_counter()
+        value = compute()
+        self._memo[key] = (value, time.perf_counter() - start)
+        return value
+
+
+def _first(predict: Callable[[ltv_data.CrossDomainData], tuple]) -> Predictor:
+    """The LTV part of a CDLtvS ``(LTV, expert)`` prediction."""
+    return lambda data: predict(data)[0]
