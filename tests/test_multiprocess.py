@@ -1,0 +1,123 @@
+"""Two JAX processes (Gloo CPU collectives, 2 simulated devices each) equal one with 4 devices.
+
+``tests/_multiprocess_worker.py`` runs data-parallel MAML meta-train steps on a tiny MPFN; each
+of the 2 processes feeds only its half of every meta-batch (``dmeta.distributed.global_batch``)
+and the run checkpoints on process 0 and restores on both half-way. The reference is the same
+script as one process with 4 devices. All three processes run at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmeta import distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("_multiprocess_worker.py")
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def launch(out: Path, devices: int, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_DISABLE_MOST_OPTIMIZATIONS="1",  # compile time dominates; all runs alike
+    )
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(out), *extra],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen) -> dict:
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"worker timed out:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-4000:]
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    single, multi = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("multi")
+    coordinator = f"localhost:{free_port()}"
+    procs = [launch(single, 4)] + [
+        launch(
+            multi, 2, "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i)
+        )
+        for i in range(2)
+    ]
+    lines = [finish(p) for p in procs]
+    return {
+        "single": lines[0],
+        "multi": lines[1:],
+        "single_dir": single,
+        "multi_dir": multi,
+    }
+
+
+def test_two_processes_equal_one_process_with_four_devices(runs):
+    want = json.loads((runs["single_dir"] / "result.json").read_text())
+    got = json.loads((runs["multi_dir"] / "result.json").read_text())
+    assert want["process_count"] == 1 and got["process_count"] == 2
+    assert want["global_devices"] == got["global_devices"] == 4
+    np.testing.assert_allclose(got["losses"], want["losses"], rtol=RTOL, atol=ATOL)
+    assert len(got["params"]) == len(want["params"])
+    for g, w in zip(got["params"], want["params"], strict=True):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
+    # every process saw the same (replicated) losses, from its own half of the tasks
+    for line in runs["multi"]:
+        np.testing.assert_allclose(line["losses"], want["losses"], rtol=RTOL, atol=ATOL)
+    assert sorted(tuple(line["rows"]) for line in runs["multi"]) == [(0, 4), (4, 8)]
+    assert all(line["local_devices"] == 2 for line in runs["multi"])
+
+
+def test_only_process_zero_writes(runs):
+    wrote = {line["process"]: line["wrote"] for line in runs["multi"]}
+    assert wrote == {0: True, 1: False}
+    got = json.loads((runs["multi_dir"] / "result.json").read_text())
+    assert got["written_by"] == 0
+    assert sorted(p.name for p in runs["multi_dir"].iterdir()) == ["ckpt.npz", "result.json"]
+
+
+def test_process_shard_is_a_balanced_partition():
+    for n in (0, 1, 7, 8, 10):
+        for count in (1, 2, 3):
+            blocks = [distributed.process_shard(n, p, count) for p in range(count)]
+            idx = np.concatenate([np.arange(n)[b] for b in blocks])
+            np.testing.assert_array_equal(idx, np.arange(n))
+            sizes = [b.stop - b.start for b in blocks]
+            assert max(sizes) - min(sizes) <= 1
+    with pytest.raises(ValueError, match="outside"):
+        distributed.process_shard(4, 2, 2)
+
+
+def test_initialize_without_a_cluster_is_one_process(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_")):
+            monkeypatch.delenv(name)
+    info = distributed.initialize()
+    assert (info.process_index, info.process_count, info.is_main) == (0, 1, True)
+    assert distributed.is_main_process()
