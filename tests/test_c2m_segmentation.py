@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from dmeta.c2m import train
+from dmeta.c2m import baselines, train
 from dmeta.c2m.sequences import BEHAVIOR_VOCAB, build_sequences, build_vocabulary
 from dmeta.c2m.synthetic import synthetic_c2m
 
@@ -59,7 +59,7 @@ def test_joint_training_recovers_segments(pretrained):
 
 def test_bag_of_categories_recovers(pretrained):
     _, _, _, mask, truth, seqs, cats = pretrained
-    boc = train.bag_of_categories_segmentation(
+    boc = baselines.bag_of_categories_segmentation(
         seqs.category, mask, cats.size, n_segments=3, key=jax.random.key(4)
     )
     assert adjusted_rand_score(truth, boc.labels) >= 0.9
@@ -67,6 +67,6 @@ def test_bag_of_categories_recovers(pretrained):
 
 def test_dec_target_sharpens():
     q = np.array([[0.6, 0.4], [0.5, 0.5]], np.float32)
-    p = np.asarray(train.dec_target(q))
+    p = np.asarray(baselines.dec_target(q))
     np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-6)
     assert p[0, 0] > q[0, 0]

@@ -1,6 +1,7 @@
-"""Deep customer segmentation (C2M Algorithm 1) and the deep-clustering baselines.
+"""Deep customer segmentation (C2M Algorithm 1): pretraining and Ours' joint training.
 
-All methods share one minibatch loop: a jitted ``(params, opt_state, batch) -> (params,
+Every deep method (the baselines of ``dmeta.c2m.baselines`` included) trains through one
+minibatch loop, ``train_epochs``: a jitted ``(params, opt_state, batch) -> (params,
 opt_state, metrics)`` step over fixed-size batches of users, with per-epoch targets
 (outlier weights, DEC's target distribution, DeepCluster's pseudo-labels) recomputed from the
 latents of all users before each epoch.
@@ -9,10 +10,6 @@ latents of all users before each epoch.
 * ``joint_segmentation``: reconstruction + alpha * clustering (eq. 6) + beta * preference (eq. 7),
   centroids trained with the autoencoder, outlier weights refreshed per epoch (step 2), labels
   from the nearest centroid (step 3).
-* ``dec_segmentation``: DEC (Xie et al., 2016): Student-t soft assignments, KL to the sharpened
-  target, encoder and centroids trained.
-* ``deepcluster_segmentation``: DeepCluster-style: k-means pseudo-labels each epoch, a freshly
-  initialized linear head, cross-entropy (+ reconstruction to keep the latent informative).
 """
 
 from __future__ import annotations
@@ -108,7 +105,7 @@ def _adam_step(loss_fn: Callable, learning_rate: float, shard: bool = False) -> 
     return jit_step(step, data_mesh() if shard else None, batch_argnums=(2,))
 
 
-def _epochs(
+def train_epochs(
     params: Params,
     loss_fn: Callable,
     data: dict[str, np.ndarray],
@@ -175,30 +172,6 @@ def _joint_loss(ae: Autoencoder) -> Callable:
     return loss_fn
 
 
-@functools.cache
-def _dec_loss(ae: Autoencoder) -> Callable:
-    def loss_fn(state, batch, consts):
-        q = student_t(ae.encode(state["ae"], batch["x"], batch["mask"]), state["centroids"])
-        p = batch["target"]
-        kl = jnp.sum(p * (jnp.log(jnp.maximum(p, 1e-12)) - jnp.log(q))) / len(p)
-        return kl, {"kl": kl}
-
-    return loss_fn
-
-
-@functools.cache
-def _deepcluster_loss(ae: Autoencoder) -> Callable:
-    def loss_fn(state, batch, consts):
-        z, logits = ae.apply(state["ae"], batch["x"], batch["mask"])
-        ce = optax.softmax_cross_entropy_with_integer_labels(
-            z @ state["head"], batch["pseudo"]
-        ).mean()
-        rec = reconstruction_loss(logits, batch["x"], batch["mask"])
-        return ce + rec, {"cross_entropy": ce, "reconstruction": rec}
-
-    return loss_fn
-
-
 def pretrain(
     ae: Autoencoder,
     params: Params,
@@ -213,9 +186,9 @@ def pretrain(
 ) -> tuple[Params, list]:
     """Algorithm 1, step 1: reconstruction only, from ``params`` (e.g. ``ae.params``).
 
-    ``shard=True`` splits each batch of users over all visible devices (``_epochs``).
+    ``shard=True`` splits each batch of users over all visible devices (``train_epochs``).
     """
-    return _epochs(
+    return train_epochs(
         params,
         _pretrain_loss(ae),
         {"x": x, "mask": mask},
@@ -249,7 +222,7 @@ def joint_segmentation(
     Args:
       behavior_weights: f[J] eq. 7 weight of each behaviour code.
       outlier_z: outlier threshold (``dmeta.cluster.kmeans.outlier_weights``); None keeps all.
-      shard: split each batch of users over all visible devices (``_epochs``).
+      shard: split each batch of users over all visible devices (``train_epochs``).
     """
     key, k_init = jax.random.split(key)
     init = kmeans(k_init, encode_all(ae, params, x, mask), n_segments, outlier_z=outlier_z)
@@ -264,7 +237,7 @@ def joint_segmentation(
         z = encode_all(ae, state["ae"], x, mask)
         return state, {"weights": np.asarray(outlier_weights(z, state["centroids"], outlier_z))}
 
-    state, history = _epochs(
+    state, history = train_epochs(
         state,
         _joint_loss(ae),
         {"x": x, "mask": mask},
@@ -280,96 +253,3 @@ def joint_segmentation(
     labels = np.asarray(jnp.argmin(sq_distances(z, state["centroids"]), axis=1), np.int32)
     w = np.asarray(outlier_weights(z, state["centroids"], outlier_z))
     return Segmentation(labels, z, w, history)
-
-
-def student_t(z: jax.Array, centroids: jax.Array) -> jax.Array:
-    """DEC soft assignment ``q_ij ~ (1 + |z_i - mu_j|^2)^-1``: f[B, K]."""
-    q = 1.0 / (1.0 + sq_distances(z, centroids))
-    return q / q.sum(1, keepdims=True)
-
-
-def dec_target(q: jax.Array) -> jax.Array:
-    """DEC target ``p_ij ~ q_ij^2 / f_j`` with ``f_j = sum_i q_ij``: f[U, K]."""
-    p = q**2 / q.sum(0)
-    return p / p.sum(1, keepdims=True)
-
-
-def dec_segmentation(
-    ae: Autoencoder, params: Params, x, mask, *, n_segments, epochs, batch_size, learning_rate, key
-) -> Segmentation:
-    """DEC from pretrained ``params``: KL(P || Q), encoder and centroids trained."""
-    key, k_init = jax.random.split(key)
-    init = kmeans(k_init, encode_all(ae, params, x, mask), n_segments)
-    state = {"ae": params, "centroids": init.centroids}
-
-    def target(state):
-        z = encode_all(ae, state["ae"], x, mask)
-        return state, {"target": np.asarray(dec_target(student_t(z, state["centroids"])))}
-
-    state, history = _epochs(
-        state,
-        _dec_loss(ae),
-        {"x": x, "mask": mask},
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        key=key,
-        before_epoch=target,
-    )
-    z = encode_all(ae, state["ae"], x, mask)
-    labels = np.asarray(jnp.argmax(student_t(z, state["centroids"]), axis=1), np.int32)
-    return Segmentation(labels, z, np.ones(len(z), np.float32), history)
-
-
-def deepcluster_segmentation(
-    ae: Autoencoder, params: Params, x, mask, *, n_segments, epochs, batch_size, learning_rate, key
-) -> Segmentation:
-    """DeepCluster-style: per epoch k-means pseudo-labels on the latents and a new linear head
-    trained with cross-entropy plus reconstruction; final labels by k-means on the latents."""
-    latent_dim = ae.encode(params, x[:1], mask[:1]).shape[-1]
-    state = {"ae": params, "head": jnp.zeros((latent_dim, n_segments))}
-
-    keys = iter(jax.random.split(key, epochs + 2))
-
-    def pseudo(state):
-        z = encode_all(ae, state["ae"], x, mask)
-        fresh = dict(state, head=jnp.zeros_like(state["head"]))  # new classifier each epoch
-        return fresh, {"pseudo": np.asarray(kmeans(next(keys), z, n_segments).labels)}
-
-    state, history = _epochs(
-        state,
-        _deepcluster_loss(ae),
-        {"x": x, "mask": mask},
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        key=next(keys),
-        before_epoch=pseudo,
-    )
-    z = encode_all(ae, state["ae"], x, mask)
-    res = kmeans(next(keys), z, n_segments)
-    return Segmentation(np.asarray(res.labels), z, np.ones(len(z), np.float32), history)
-
-
-def latent_kmeans_segmentation(
-    ae: Autoencoder, params: Params, x, mask, *, n_segments, key
-) -> Segmentation:
-    """k-means++ on the pretrained latent, no joint training."""
-    z = encode_all(ae, params, x, mask)
-    res = kmeans(key, z, n_segments)
-    return Segmentation(np.asarray(res.labels), z, np.ones(len(z), np.float32), [])
-
-
-def bag_of_categories_segmentation(
-    category, mask, n_categories: int, *, n_segments, key
-) -> Segmentation:
-    """k-means on each user's category shares (codes ``i32[U, L]``)."""
-    counts = np.zeros((len(category), n_categories), np.float32)
-    np.add.at(
-        counts,
-        (np.repeat(np.arange(len(category)), category.shape[1]), category.ravel()),
-        mask.ravel(),
-    )
-    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
-    res = kmeans(key, shares, n_segments)
-    return Segmentation(np.asarray(res.labels), shares, np.ones(len(shares), np.float32), [])

@@ -1,0 +1,152 @@
+"""C2M experiment config (Xue et al.): paper settings where the paper gives them, else noted.
+
+Sections: ``data`` (preprocessing and the synthetic generator), ``model`` (the behaviour
+autoencoder, built with ``init_autoencoder(key, **asdict(cfg.model), ...)``), ``train``
+(minibatch Adam), ``segmentation`` (Ours: eq. 6-7 weights and outlier threshold),
+``mining`` (PrefixSpan, logits, derived attributes), ``protocol`` (which tables run) and
+``tuning``.
+
+Equal tuning: every Table 1 method gets ``tuning.trials`` points of its grid (the first
+point is today's setting, so ``trials = 1`` runs the defaults alone at no extra cost),
+each scored by the negative silhouette (SC, the table's first metric) of the method
+run on a seeded ``tuning.val_share`` of the users; ``--set tuning.trials=9`` gives every
+method 9 points (all of a smaller grid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Preprocessing and the synthetic log (drawn once, seed 0)."""
+
+    max_len: int = 100  # L (paper sweeps 100, 200, 500)
+    min_events: int = 20  # users with fewer events are dropped
+    item_vocab: int = 1000  # most frequent items kept, the rest share the OOV code
+    synthetic_users: int = 600
+    synthetic_segments: int = 4
+    synthetic_own_block: float = 0.6
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """``BehaviorAutoencoder`` sizes (cut for the shared 2-core machine; paper: not stated)."""
+
+    d_model: int = 32
+    n_heads: int = 2
+    n_layers: int = 2
+    latent_dim: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Minibatch Adam over users (pretraining and every deep method)."""
+
+    batch_size: int = 32  # paper
+    learning_rate: float = 1e-3  # paper (without the polynomial decay)
+    pretrain_epochs: int = 10  # paper: 10
+    joint_epochs: int = 5  # paper: 100 (cut for the 2-core budget)
+    data_parallel: bool = False  # split each batch of users over all visible devices
+
+
+@dataclasses.dataclass(frozen=True)
+class BehaviorWeights:
+    """Eq. 7 weight of each behaviour."""
+
+    view: float = 1.0
+    cart: float = 2.0
+    fav: float = 2.0
+    buy: float = 3.0
+    remove: float = 1.0
+    follow: float = 1.0
+    click: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationConfig:
+    """Ours (Algorithm 1, steps 2-3)."""
+
+    n_segments: int = 6  # real data (the paper's case studies name segments 5 and 6)
+    alpha: float = 0.5
+    beta: float = 0.5  # paper's best
+    outlier_z: float | None = 2.0  # outlier threshold in within-cluster stds (none: keep all)
+    behavior_weights: BehaviorWeights = BehaviorWeights()
+
+
+@dataclasses.dataclass(frozen=True)
+class MiningConfig:
+    """The mining stage shared by every segmentation."""
+
+    k_ratio: float = 4.0  # eq. 9: min_sup = n_c / k
+    max_pattern_length: int = 3
+    n_alternatives: int = 5
+    top_values: int = 2  # candidate values per attribute field
+    l2_segment: float = 1e-3  # ridge of the per-segment logit (keeps separable data finite)
+    l2_user: float = 1.0  # ridge of the per-user logit (MPP)
+    derived_fields: int = 4  # attributes from item embeddings (sigmoid), when data has none
+    derived_values: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolConfig:
+    """Which parts run, and the scoring."""
+
+    extras: bool = True  # Tables 2-3 (source behaviours, ablations) around Ours
+    sweeps: bool = True  # Figures 2-3 (alpha and beta sweeps); needs extras
+    sweep_values: tuple[float, ...] = (0.0, 0.1, 0.5, 1.0)  # alpha and beta
+    silhouette_sample: int = 20_000
+
+
+@dataclasses.dataclass(frozen=True)
+class TuningConfig:
+    """Equal tuning of the Table 1 methods (see the module docstring).
+
+    Each grid is the configured value first, then these alternatives.
+    """
+
+    trials: int = 1
+    val_share: float = 0.5  # share of users (seeded) each grid point is scored on
+    ours_alpha: tuple[float, ...] = (0.1, 1.0)  # after segmentation.alpha
+    ours_beta: tuple[float, ...] = (0.1, 1.0)  # after segmentation.beta
+    deep_learning_rate: tuple[float, ...] = (3e-4, 3e-3)  # DEC and DC, after train's
+    deep_batch_size: tuple[int, ...] = (16, 64)  # DEC and DC, after train's
+    kmeans_restarts: int = 4  # AE+KM and BoC-KM: k-means++ restarts (the first grid value)
+    kmeans_n_init: tuple[int, ...] = (8, 16)  # after kmeans_restarts (3 points)
+
+
+@dataclasses.dataclass(frozen=True)
+class C2MConfig:
+    """The whole C2M experiment."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    segmentation: SegmentationConfig = SegmentationConfig()
+    mining: MiningConfig = MiningConfig()
+    protocol: ProtocolConfig = ProtocolConfig()
+    tuning: TuningConfig = TuningConfig()
+
+
+def get_config(*, smoke: bool = False, size: str = "cpu") -> C2MConfig:
+    """The cpu-size config (``size="paper"``: the paper's 100 joint epochs), or a tiny one
+    that runs in seconds with ``smoke``."""
+    if smoke:
+        return C2MConfig(
+            data=DataConfig(
+                max_len=48,
+                item_vocab=64,
+                synthetic_users=96,
+                synthetic_segments=3,
+                synthetic_own_block=0.8,
+            ),
+            model=ModelConfig(d_model=16, n_heads=2, n_layers=1, latent_dim=4),
+            train=TrainConfig(pretrain_epochs=20, joint_epochs=2),
+            segmentation=SegmentationConfig(n_segments=3),
+            mining=MiningConfig(k_ratio=2.0),
+            protocol=ProtocolConfig(sweep_values=(0.0, 0.5)),
+        )
+    if size == "paper":
+        return C2MConfig(train=TrainConfig(joint_epochs=100))
+    return C2MConfig()

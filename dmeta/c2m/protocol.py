@@ -1,0 +1,427 @@
+"""The C2M protocol: data preparation, the methods of Tables 1-3 and Figures 2-3, scoring.
+
+Per seed one autoencoder is pretrained (Algorithm 1, step 1) and shared by every deep method;
+each segmentation then goes through the same mining stage (segment PrefixSpan with
+common-pattern exclusion, per-segment conditional logit and attribute-set search), as in the
+paper's 4.2.1. ``C2MRun.run_cell`` computes one ``Cell`` of the results table; the seed's
+pretrained model and segmentations are recomputed deterministically when a cell needs them
+(and kept in memory for the next cell of the same seed), so cells are independent and a
+resumed run gives the same rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import jax
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score
+
+from dmeta import metrics
+from dmeta.c2m import baselines, demand, train
+from dmeta.c2m.config import C2MConfig
+from dmeta.c2m.data import LOADERS, EventLog
+from dmeta.c2m.sequences import BEHAVIOR_VOCAB, build_sequences, build_vocabulary
+from dmeta.c2m.synthetic import SyntheticC2M, synthetic_c2m
+from dmeta.data.frames import DataError
+from dmeta.data.spec import parse_data_spec
+from dmeta.train.harness import Cell, grid_points, hp_rows, tune, write_atomic
+
+NAME = "c2m"
+METHODS = ("Ours", "DEC", "DC", "AE+KM", "BoC-KM")  # Table 1
+BASELINES = METHODS[1:]
+SOURCES = {  # Table 2: (category-mining behaviours, attribute-mining behaviour)
+    "view+cart / buy": (("view", "cart"), "buy"),
+    "view / buy": (("view",), "buy"),
+    "cart / buy": (("cart",), "buy"),
+    "view+cart / cart": (("view", "cart"), "cart"),
+}
+ABLATIONS = {  # Table 3: changes to Ours' segmentation (Framework 4 changes the mining)
+    "Framework 1 (no outlier removal)": {"outlier_z": None},
+    "Framework 2 (no clustering loss)": {"alpha": 0.0},
+    "Framework 3 (no preference loss)": {"beta": 0.0},
+    "Framework 4 (common patterns kept)": {},
+}
+CASE_STUDY = "case_study.csv"
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A log ready for the pipeline (U users, L events each at most).
+
+    Attributes:
+      x: i32[U, L, 3] behaviour, item and category codes; mask: bool[U, L];
+      category: i32[U, L]; users: i64[U] ids; item_codes: item_id -> vocabulary code.
+    """
+
+    dataset: str
+    events: pd.DataFrame
+    attributes: pd.DataFrame | None
+    x: np.ndarray
+    mask: np.ndarray
+    category: np.ndarray
+    users: np.ndarray
+    n_items: int
+    n_categories: int
+    item_codes: pd.Series
+    truth: SyntheticC2M | None
+
+
+def load(spec: str, cfg: C2MConfig) -> tuple[str, EventLog, SyntheticC2M | None]:
+    """(dataset name, log, planted truth or None) for a ``--data`` spec."""
+    data = parse_data_spec(spec)
+    if data.name == "synthetic":
+        d = cfg.data
+        truth = synthetic_c2m(
+            n_users=d.synthetic_users,
+            n_segments=d.synthetic_segments,
+            own_block=d.synthetic_own_block,
+            seed=0,
+        )
+        return "synthetic", truth.log, truth
+    if data.name not in LOADERS:
+        raise DataError(f"--data {spec!r}: c2m reads {['synthetic', *LOADERS]}")
+    return data.name, LOADERS[data.name](data.path), None
+
+
+def prepare(spec: str, cfg: C2MConfig) -> Prepared:
+    """Loads ``spec``, drops users with fewer than ``min_events`` events, builds sequences."""
+    dataset, event_log, truth = load(spec, cfg)
+    events = event_log.events
+    counts = events.groupby("user_id").size()
+    events = events[events["user_id"].isin(counts.index[counts >= cfg.data.min_events])]
+    items = build_vocabulary(events["item_id"].to_numpy(), max_size=cfg.data.item_vocab)
+    cats = build_vocabulary(events["category_id"].to_numpy())
+    seqs = build_sequences(events, max_len=cfg.data.max_len, items=items, categories=cats)
+    all_items = np.unique(events["item_id"].to_numpy())
+    log.info("%s: %d users, %d events", dataset, len(seqs.users), len(events))
+    return Prepared(
+        dataset=dataset,
+        events=events,
+        attributes=event_log.attributes,
+        x=seqs.features(),
+        mask=seqs.mask,
+        category=seqs.category,
+        users=seqs.users,
+        n_items=items.size,
+        n_categories=cats.size,
+        item_codes=pd.Series(items.encode(all_items), index=all_items),
+        truth=truth,
+    )
+
+
+def _matching(truth: np.ndarray, labels: np.ndarray) -> dict[int, int]:
+    """Planted segment -> predicted segment, by maximum overlap (Hungarian)."""
+    table = pd.crosstab(truth, labels)
+    rows, cols = linear_sum_assignment(-table.to_numpy())
+    return {int(table.index[r]): int(table.columns[c]) for r, c in zip(rows, cols)}
+
+
+class Miner:
+    """The mining stage (unchanged across segmentation methods) for one prepared log."""
+
+    def __init__(self, prep: Prepared, attributes: pd.DataFrame, cfg: C2MConfig, seed: int):
+        self.prep, self.cfg = prep, cfg
+        self.choices = {
+            b: demand.choice_situations(
+                prep.events,
+                attributes,
+                n_alternatives=cfg.mining.n_alternatives,
+                seed=seed,
+                source=(b,),
+            )
+            for b in ("buy", "cart")
+        }
+        self.users_mnl, self.beta_users = demand.user_logits(
+            self.choices["buy"], l2=cfg.mining.l2_user
+        )
+
+    def __call__(
+        self,
+        labels: np.ndarray,
+        *,
+        behaviors: tuple[str, ...] = ("view", "cart"),
+        attribute_source: str = "buy",
+        exclude_common: bool = True,
+    ):
+        """Returns (patterns, attribute sets, MPP) for user ``labels`` (i32[U], prep.users)."""
+        m, prep = self.cfg.mining, self.prep
+        n_seg = int(labels.max()) + 1
+        patterns = demand.segment_patterns(
+            prep.events,
+            prep.users,
+            labels,
+            k=m.k_ratio,
+            max_length=m.max_pattern_length,
+            behaviors=behaviors,
+        )
+        kept = patterns.unique if exclude_common else patterns.patterns
+        data = self.choices[attribute_source]
+        seg_of = pd.Series(labels, index=prep.users).reindex(data.user).to_numpy().copy()
+        # Integrated demand: purchases in the categories of the segment's patterns.
+        for s in range(n_seg):
+            cats = {c for p in kept[s] for c in p}
+            rows = seg_of == s
+            inside = rows & np.isin(data.category, list(cats))
+            if inside.sum() >= 2 * data.x.shape[-1]:
+                seg_of[rows & ~inside] = -1
+        sets = demand.segment_attribute_sets(data, seg_of, n_seg, top=m.top_values, l2=m.l2_segment)
+        user_seg = pd.Series(labels, index=prep.users).reindex(self.users_mnl).to_numpy()
+        mpp = demand.mean_purchase_probability(
+            self.choices["buy"], self.beta_users, [sets.best[s] for s in user_seg]
+        )
+        return kept, sets, mpp
+
+
+def silhouette(seg: train.Segmentation, cfg: C2MConfig) -> float:
+    """SC of a segmentation in its own space (sampled above ``silhouette_sample`` users)."""
+    limit = cfg.protocol.silhouette_sample
+    sample = limit if len(seg.labels) > limit else None
+    return float(metrics.silhouette(seg.latent, seg.labels, sample_size=sample))
+
+
+def segment_metrics(
+    prep: Prepared, seg: train.Segmentation, miner: Miner, cfg: C2MConfig, **mine_kw
+) -> dict[str, float]:
+    """All metrics of one segmentation (``mine_kw`` go to ``Miner.__call__``)."""
+    out = {}
+    if len(np.unique(seg.labels)) > 1:
+        out["SC"] = silhouette(seg, cfg)
+        out["CH"] = float(metrics.calinski_harabasz(seg.latent, seg.labels))
+    kept, sets, mpp = miner(seg.labels, **mine_kw)
+    out["MPP"] = mpp
+    out["unique_patterns"] = float(np.mean([len(p) for p in kept]))
+    out["outlier_share"] = float(1.0 - seg.weights.mean())
+    truth = prep.truth
+    if truth is not None:
+        planted = truth.segment[prep.users]
+        out["ARI"] = float(adjusted_rand_score(planted, seg.labels))
+        match = _matching(planted, seg.labels)
+        found = [
+            p in kept[match[s]] for s, ps in enumerate(truth.patterns) if s in match for p in ps
+        ]
+        out["pattern_recall"] = float(np.mean(found))
+        out["common_excluded"] = float(all(truth.common_pattern not in k for k in kept))
+        err = [np.abs(sets.beta[match[s]] - truth.beta[s]).max() for s in match]
+        out["beta_max_abs_err"] = float(np.nanmax(err))
+    return out
+
+
+def case_study(labels: np.ndarray, miner: Miner, top: int = 5) -> pd.DataFrame:
+    """Per segment: user share, unique pattern count, the ``top`` most supported unique
+    patterns and the attribute set, as text columns (``case_study.csv``)."""
+    kept, sets, _ = miner(labels)
+    rows = []
+    for s in range(int(labels.max()) + 1):
+        best = sorted(kept[s].items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        attrs = sets.best[s]
+        rows.append(
+            dict(
+                segment=s,
+                share=float(np.mean(labels == s)),
+                unique_patterns=len(kept[s]),
+                top=", ".join(f"{'→'.join(map(str, p))} ({c})" for p, c in best) or "none",
+                attribute_set="none (no purchases)"
+                if attrs is None
+                else ", ".join(
+                    f"field {f}={miner.choices['buy'].levels[f][v]}" for f, v in enumerate(attrs)
+                ),
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def cells(cfg: C2MConfig, methods: tuple[str, ...], seeds: int) -> list[Cell]:
+    """Seed by seed: the chosen Table 1 methods, then (with Ours) Tables 2-3 and sweeps."""
+    out = []
+    for seed in range(seeds):
+        out += [Cell(m, seed, "table1") for m in METHODS if m in methods]
+        if "Ours" not in methods or not cfg.protocol.extras:
+            continue
+        out += [Cell(name, seed, "table2") for name in SOURCES]
+        out += [Cell(name, seed, "table3") for name in ABLATIONS]
+        if cfg.protocol.sweeps:
+            for which in ("alpha", "beta"):
+                out += [
+                    Cell(f"{which}={v:g}", seed, f"sweep_{which}") for v in _sweep(cfg).values()
+                ]
+    return out
+
+
+def _sweep(cfg: C2MConfig) -> dict[str, float]:
+    """Sweep values by their label in the method name (``alpha=<label>``)."""
+    return {f"{v:g}": v for v in cfg.protocol.sweep_values}
+
+
+def grid(cfg: C2MConfig, method: str) -> dict[str, tuple]:
+    """The tuning grid of a Table 1 method (its first point is the configured setting)."""
+    t, s, tr = cfg.tuning, cfg.segmentation, cfg.train
+    if method == "Ours":
+        return {"alpha": (s.alpha, *t.ours_alpha), "beta": (s.beta, *t.ours_beta)}
+    if method in ("DEC", "DC"):
+        return {
+            "learning_rate": (tr.learning_rate, *t.deep_learning_rate),
+            "batch_size": (tr.batch_size, *t.deep_batch_size),
+        }
+    return {"n_init": (t.kmeans_restarts, *t.kmeans_n_init)}
+
+
+class C2MRun:
+    """Computes the cells of one run on one prepared log; writes the case study to ``out``."""
+
+    def __init__(self, prep: Prepared, cfg: C2MConfig, out: Path | None = None):
+        self.prep, self.cfg, self.out = prep, cfg, out
+        self.ae = train.init_autoencoder(jax.random.key(0), **self._model_kw())
+        self.n_segments = (
+            cfg.data.synthetic_segments if prep.truth is not None else cfg.segmentation.n_segments
+        )
+        weights = dataclasses.asdict(cfg.segmentation.behavior_weights)
+        self.w_b = np.array(
+            [weights.get(b, 1.0) for b in ["<pad>", "<oov>", *BEHAVIOR_VOCAB.ids]], np.float32
+        )
+        self._state: SeedState | None = None
+
+    def _model_kw(self) -> dict:
+        return dict(
+            n_behaviors=BEHAVIOR_VOCAB.size,
+            n_items=self.prep.n_items,
+            n_categories=self.prep.n_categories,
+            **dataclasses.asdict(self.cfg.model),
+        )
+
+    def seed_state(self, seed: int) -> SeedState:
+        """The seed's pretrained parameters and miner (kept for the seed's next cells)."""
+        if self._state is None or self._state.seed != seed:
+            self._state = None  # frees the previous seed's arrays first
+            self._state = SeedState(self, seed)
+        return self._state
+
+    def run_cell(self, cell: Cell) -> list[dict]:
+        """Long-schema rows of one cell."""
+        state = self.seed_state(cell.seed)
+        keys = dict(experiment=NAME, dataset=self.prep.dataset, method=cell.method)
+        keys |= dict(group=cell.setting, seed=cell.seed)
+        if cell.setting == "table1":
+            best = state.tuned(cell.method)
+            seg = state.segment(cell.method, best)
+            if cell.method == "Ours" and cell.seed == 0 and self.out is not None:
+                frame = case_study(seg.labels, state.miner)
+                write_atomic(self.out / CASE_STUDY, frame.to_csv(index=False))
+            values = segment_metrics(self.prep, seg, state.miner, self.cfg)
+            return _rows(keys, values) + hp_rows(best, **keys)
+        return _rows(keys, state.extra(cell))
+
+
+def _rows(keys: dict, values: dict[str, float]) -> list[dict]:
+    return [dict(keys, metric=metric, value=value) for metric, value in values.items()]
+
+
+class SeedState:
+    """One seed: pretrained autoencoder, miner, tuning results and segmentations (memoized)."""
+
+    def __init__(self, run: C2MRun, seed: int):
+        cfg, prep = run.cfg, run.prep
+        self.run, self.seed = run, seed
+        self.keys = jax.random.split(jax.random.key(seed), 16)
+        params0 = train.init_autoencoder(self.keys[0], **run._model_kw()).params
+        self.params, _ = train.pretrain(
+            run.ae, params0, prep.x, prep.mask, epochs=cfg.train.pretrain_epochs,
+            key=self.keys[1], batch_size=cfg.train.batch_size,
+            learning_rate=cfg.train.learning_rate, shard=cfg.train.data_parallel,
+        )  # fmt: skip
+        attributes = prep.attributes
+        if attributes is None:  # the paper's fallback: sigmoid of item embeddings
+            table = np.asarray(self.params["embed"][1]["embedding"])
+            attributes = demand.derived_attributes(
+                prep.item_codes.index.to_numpy(),
+                table[prep.item_codes.to_numpy()],
+                n_fields=cfg.mining.derived_fields,
+                n_values=cfg.mining.derived_values,
+                seed=seed,
+            )
+        self.miner = Miner(prep, attributes, cfg, seed)
+        self._segmentations: dict[tuple, train.Segmentation] = {}
+        self._tuned: dict[str, dict] = {}
+
+    def tuned(self, method: str) -> dict:
+        """The method's grid point of lowest validation score (-SC on a seeded share of
+        users); the first point without scoring when ``tuning.trials`` gives one point."""
+        if method not in self._tuned:
+            t, points = self.run.cfg.tuning, grid(self.run.cfg, method)
+            if len(grid_points(points, trials=t.trials, seed=self.seed)) == 1:
+                self._tuned[method] = grid_points(points, trials=1)[0]
+            else:
+                rng = np.random.default_rng(self.seed)
+                n = len(self.run.prep.users)
+                users = np.sort(rng.choice(n, max(2, int(t.val_share * n)), replace=False))
+
+                def score(hp: dict) -> float:
+                    return -silhouette(self.segment(method, hp, users), self.run.cfg)
+
+                self._tuned[method] = tune(points, score, trials=t.trials, seed=self.seed).best
+        return self._tuned[method]
+
+    def segment(self, method: str, hp: dict, users: np.ndarray | None = None):
+        """The method's segmentation with hyperparameters ``hp``: of all users (memoized), or
+        of ``users`` (i64[V] indices) for tuning."""
+        memo = (method, tuple(sorted(hp.items())))
+        if users is None and memo in self._segmentations:
+            return self._segmentations[memo]
+        prep = self.run.prep
+        pick = slice(None) if users is None else users
+        seg = self._fit(method, hp, prep.x[pick], prep.mask[pick], prep.category[pick])
+        if users is None:
+            self._segmentations[memo] = seg
+        return seg
+
+    def _fit(self, method: str, hp: dict, x, mask, category) -> train.Segmentation:
+        run, cfg = self.run, self.run.cfg
+        fit = dict(batch_size=cfg.train.batch_size, learning_rate=cfg.train.learning_rate)
+        if method == "Ours":
+            s = cfg.segmentation
+            return train.joint_segmentation(
+                run.ae, self.params, x, mask, n_segments=run.n_segments,
+                behavior_weights=run.w_b, epochs=cfg.train.joint_epochs, key=self.keys[2],
+                shard=cfg.train.data_parallel,
+                **fit | dict(alpha=s.alpha, beta=s.beta, outlier_z=s.outlier_z) | hp,
+            )  # fmt: skip
+        # The baselines' keys follow Ours' in the order of METHODS.
+        common = dict(n_segments=run.n_segments, key=self.keys[2 + METHODS.index(method)])
+        if method in ("DEC", "DC"):
+            make = (
+                baselines.dec_segmentation
+                if method == "DEC"
+                else baselines.deepcluster_segmentation
+            )
+            return make(
+                run.ae, self.params, x, mask, epochs=cfg.train.joint_epochs, **common, **fit | hp
+            )
+        if method == "AE+KM":
+            return baselines.latent_kmeans_segmentation(
+                run.ae, self.params, x, mask, **common, **hp
+            )
+        return baselines.bag_of_categories_segmentation(
+            category, mask, run.prep.n_categories, **common, **hp
+        )
+
+    def extra(self, cell: Cell) -> dict[str, float]:
+        """Metrics of a Table 2, Table 3 or sweep cell, around Ours' tuned point."""
+        prep, cfg, miner = self.run.prep, self.run.cfg, self.miner
+        ours = self.tuned("Ours")
+        if cell.setting == "table2":
+            behaviors, attr = SOURCES[cell.method]
+            seg = self.segment("Ours", ours)
+            got = segment_metrics(prep, seg, miner, cfg, behaviors=behaviors, attribute_source=attr)
+            return {"MPP": got["MPP"]}
+        if cell.setting == "table3":
+            seg = self.segment("Ours", ours | ABLATIONS[cell.method])
+            keep = cell.method.startswith("Framework 4")
+            return segment_metrics(prep, seg, miner, cfg, exclude_common=not keep)
+        which, label = cell.method.split("=")
+        seg = self.segment("Ours", ours | {which: _sweep(cfg)[label]})
+        return segment_metrics(prep, seg, miner, cfg)
