@@ -76,7 +76,11 @@ def main() -> None:
     from dmeta.train.state import TrainState, init_train_state
 
     mesh = data_mesh()  # all devices of all processes
-    apply, theta = split_params(MPFN(F, HIDDEN, rngs=nnx.Rngs(0)))
+    import inspect
+
+    # the plain lax.scan GRU wherever MPFN offers several implementations
+    impl = {"gru_impl": "scan"} if "gru_impl" in inspect.signature(MPFN).parameters else {}
+    apply, theta = split_params(MPFN(F, HIDDEN, **impl, rngs=nnx.Rngs(0)))
     optimizer = optax.adam(1e-2)
     task_loss = make_maml_task_loss(functools.partial(split_loss, apply), steps=1, step_size=0.1)
     step = data_parallel(make_meta_train_step(task_loss, optimizer), mesh, batch_argnums=(1,))
