@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from dmeta.baselines import ltv_baselines as B
+from dmeta.ltv import baselines as B
 from dmeta.ltv.data import apply_sparsity, make_synthetic, split_customers
 
 
@@ -29,7 +29,7 @@ def test_arima_forecasts_an_exact_ar1(splits):
     for _ in range(t.horizon):
         level = c + phi * level
         expected += level
-    np.testing.assert_allclose(B.arima(train, val, t), expected, rtol=1e-4)
+    np.testing.assert_allclose(B.arima(train, val)(t), expected, rtol=1e-4)
 
 
 def test_bgnbd_expected_matches_simulation():
@@ -64,14 +64,15 @@ def test_ziln_loss_and_mean_against_scipy():
 @pytest.mark.parametrize("name", sorted(B.CLASSICAL))
 def test_classical_baselines_predict(splits, name):
     train, val, test = splits
-    pred = B.CLASSICAL[name](train, val, test, seed=0)
+    pred = B.CLASSICAL[name](train, val, seed=0)(test)
     assert pred.shape == (test.n,) and np.isfinite(pred).all() and (pred >= 0).all()
 
 
 @pytest.mark.parametrize("name", sorted(B.NEURAL))
 def test_neural_baselines_predict(splits, name):
     train, val, test = splits
-    pred = B.neural_baseline(
-        name, train, val, test, seed=0, hidden=8, max_epochs=1, drop_epoch=0, batch_size=64
+    predict = B.neural_baseline(
+        name, train, val, seed=0, hidden=8, max_epochs=1, drop_epoch=0, batch_size=64
     )
+    pred = predict(test)
     assert pred.shape == (test.n,) and np.isfinite(pred).all() and (pred >= 0).all()

@@ -140,19 +140,20 @@ def test_cdnow_experiment_smoke_runs_single_domain(tmp_path):
     _write_master(_purchases(120, seed=1), src / "CDNOW_master.txt")
     out = tmp_path / "out"
     df = cdltvs.run(
+        cdltvs.get_config(smoke=True),
         data=f"cdnow:{src}",
         out=out,
-        smoke=True,
         seeds=2,
+        methods=("BG/NBD+GG", "ARIMA", "PTUPCDR", "LtvS", "CDLtvS"),
+        fresh=False,
         command="dmeta run cdltvs --data cdnow --smoke",
-        methods="BG/NBD+GG,ARIMA,PTUPCDR",
     )
-    table = df[(df["experiment"] == "table1") & (df["metric"] == "nmae")]
+    table = df[df["metric"] == "nmae"]
     assert set(table["method"]) == {"BG/NBD+GG", "ARIMA", "LtvS"}  # no PTUPCDR, no CDLtvS
-    assert set(df["group"]) == {"P=0%/all", "P=0%/C_a"} and set(df["experiment"]) == {"table1"}
+    assert set(df["group"]) == {"P=0%/all", "P=0%/C_a"} and set(df["experiment"]) == {"cdltvs"}
     assert np.isfinite(df["value"]).all()
     md = (out / "results.md").read_text()
-    assert "not applicable (requested and skipped: PTUPCDR)" in md
+    assert "PTUPCDR and DASL are not applicable" in md
     assert "| LtvS" in md and "| BG/NBD+GG" in md and "### LtvS vs BG/NBD+GG" in md
     assert (out / "fig7_scatter_experts.png").exists()
     assert not (out / "fig4_sparse_vs_nonsparse.png").exists()

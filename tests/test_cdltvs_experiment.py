@@ -1,20 +1,43 @@
-"""CDLtvS experiment at smoke size: long results schema, Table 1 analog, figures, demo."""
+"""CDLtvS experiment at smoke size: long results schema, report and figures, resume, scoring."""
 
+import numpy as np
 import pandas as pd
+import pytest
 
+from dmeta.config import override
+from dmeta.ltv.data import apply_sparsity, make_synthetic
+from dmeta.ltv.protocol import grid, score
 from experiments import cdltvs
 
+METHODS = ("ARIMA", "BG/NBD+GG", "LtvS", "CDLtvS")
 
-def test_run_smoke_writes_results_and_figures(tmp_path):
-    df = cdltvs.run(
+
+def _run(out, **kw):
+    cfg = override(cdltvs.get_config(smoke=True), ["protocol.ablations=false"])
+    return cdltvs.run(
+        cfg,
         data="synthetic",
-        out=tmp_path,
-        smoke=True,
+        out=out,
         seeds=1,
+        methods=METHODS,
+        fresh=False,
         command="dmeta run cdltvs --smoke",
-        methods="ARIMA,BG/NBD+GG",
-        no_ablations=True,
+        **kw,
     )
+
+
+def _scores(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["metric"] != "seconds"].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cdltvs")
+    return out, _run(out)
+
+
+def test_run_smoke_writes_results_and_figures(smoke_run):
+    out, df = smoke_run
     assert list(df.columns) == [
         "experiment",
         "dataset",
@@ -24,31 +47,49 @@ def test_run_smoke_writes_results_and_figures(tmp_path):
         "metric",
         "value",
     ]
-    table = df[(df["experiment"] == "table1") & (df["metric"] == "nmae")]
-    assert set(table["method"]) == {"ARIMA", "BG/NBD+GG", "LtvS", "CDLtvS"}
+    assert set(df["experiment"]) == {"cdltvs"}
+    table = df[df["metric"] == "nmae"]
+    assert set(table["method"]) == {"ARIMA", "BG/NBD+GG", "LtvS", "CDLtvS", "k=2", "k=4"}
     assert {"P=0%/all", "P=50%/all", "P=50%/C_na", "P=50%/C_a"} <= set(table["group"])
     assert "P=0%/C_na" not in set(table["group"])  # no sparse customers at P = 0
-    assert set(df.loc[df["experiment"] == "experts", "method"]) == {"k=2", "k=4"}
+    hp = df[df["metric"] == "hp:lr"]
+    assert set(hp["method"]) == {"LtvS", "CDLtvS"} and (hp["value"] == 1e-3).all()
     for name in (
         "results.csv",
         "results.md",
         "command.txt",
         "config.json",
+        "scatter_P=0_seed0.npz",
         "fig4_sparse_vs_nonsparse.png",
         "fig6_experts.png",
         "fig7_scatter_experts.png",
     ):
-        assert (tmp_path / name).exists(), name
-    assert "Table 1 analog" in (tmp_path / "results.md").read_text()
-    assert pd.read_csv(tmp_path / "results.csv")["value"].notna().all()
+        assert (out / name).exists(), name
+    md = (out / "results.md").read_text()
+    assert "Table 1 analog" in md and "Chosen hyperparameters" in md
+    assert pd.read_csv(out / "results.csv")["value"].notna().all()
+    with np.load(out / "scatter_P=0_seed0.npz") as z:
+        assert {"y", "ltvs", "ltvs_expert", "cd", "cd_expert"} == set(z.files)
+
+
+def test_resumed_run_after_losing_a_cell_gives_identical_results(smoke_run, tmp_path):
+    out, whole = smoke_run
+    (out / "cells" / "P_50___CDLtvS__seed0.csv").unlink()  # needs stage 1 again
+    pd.testing.assert_frame_equal(_scores(_run(out)), _scores(whole))
 
 
 def test_score_groups_by_sparsity():
-    import numpy as np
-
-    from dmeta.ltv.data import apply_sparsity, make_synthetic
-
     d = apply_sparsity(make_synthetic(40, n_periods=4, horizon=1, seed=0), 0.5, seed=0)
-    rows = cdltvs.score(d, d.t_y, "P=50%")
+    rows = score(d, d.t_y, "P=50%")
     got = {(r["group"], r["metric"]): r["value"] for r in rows}
     assert got[("P=50%/C_na", "nmae")] == 0.0 and np.isclose(got[("P=50%/all", "gini")], 1.0)
+
+
+def test_tuning_grids_start_at_the_configured_values():
+    cfg = override(cdltvs.get_config(), ["tuning.lr=0.001,0.01", "train.lr=0.002"])
+    assert grid(cfg, "CDLtvS") == {"lr": (0.002, 0.001, 0.01), "hidden": (32, 16, 64)}
+    assert grid(cfg, "XGBoost-2stage") == {
+        "max_depth": (4, 3, 6),
+        "learning_rate": (0.05, 0.02, 0.1),
+    }
+    assert grid(cfg, "ARIMA") == {}
