@@ -85,19 +85,32 @@ def from_dmeta(params: Params, model: TorchSalesCNN) -> TorchSalesCNN:
     return model
 
 
-def make_train_step(model: TorchSalesCNN, optimizer: torch.optim.Optimizer, *, batch_size: int):
+def make_train_step(
+    model: TorchSalesCNN,
+    optimizer: torch.optim.Optimizer,
+    *,
+    batch_size: int,
+    compile: bool = False,
+):
     """``step(x, y, w, n) -> loss``: one optimizer step on ``batch_size`` rows drawn uniformly.
 
     Same work as ``dmeta.sales_cnn.train.make_train_step``: draw, dropout forward, the weighted
-    MSE of eq. 19, backward, update.
+    MSE of eq. 19, backward, update. With ``compile``, the loss (gather, forward, weighted MSE)
+    runs under ``torch.compile`` (forward and backward compiled on the first call); the draw and
+    the optimizer step stay eager. ``loss.item()`` synchronizes a GPU.
     """
     model.train()
 
-    def step(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, n: int) -> float:
-        idx = torch.randint(0, n, (batch_size,))
+    def batch_loss(x, y, w, idx):
         pred = model(x[idx])
         wb = w[idx]
-        loss = torch.sum(wb * (y[idx] - pred) ** 2) / torch.sum(wb)
+        return torch.sum(wb * (y[idx] - pred) ** 2) / torch.sum(wb)
+
+    loss_fn = torch.compile(batch_loss) if compile else batch_loss
+
+    def step(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, n: int) -> float:
+        idx = torch.randint(0, n, (batch_size,), device=x.device)
+        loss = loss_fn(x, y, w, idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

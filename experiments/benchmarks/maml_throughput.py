@@ -1,13 +1,26 @@
-"""MAML meta-train throughput: the dmeta engine against a PyTorch task loop, same machine, one run.
+"""MAML meta-train throughput: the dmeta engine against PyTorch's MAML patterns, same machine, one run.
 
-Shape (RMLDP's MPFN): 32 tasks (segments), 16 support + 16 query samples each, windows of 30
-steps with 48 features, GRU hidden 128, one inner SGD step. dmeta runs
-``make_meta_train_step(make_maml_task_loss(...))`` jitted with the state donated; PyTorch runs
-the learn2learn / higher pattern (``_torch_mpfn.py``). Both start from the same weights; their
-second-order meta-gradients are checked to agree before anything is timed. Repeats of all
-contenders are interleaved and the median is reported, with the load average, because the CPU is
-shared. One line per figure (``name: value unit``); the last line is
-``speedup_vs_torch_loop: X`` (best dmeta second-order steps/s over torch's).
+Shape (RMLDP's MPFN): 32 tasks (segments; ``--tasks``, e.g. the paper's meta-batch 128), 16
+support + 16 query samples each, windows of 30 steps with 48 features, GRU hidden 128, one
+inner SGD step, Adam outer step. dmeta runs ``make_meta_train_step(make_maml_task_loss(...))``
+jitted with the state donated, in several variants. The PyTorch peers (``_torch_mpfn.py``,
+``--device cpu|cuda``; JAX uses its default backend):
+
+- ``torch_second_order_loop`` / ``_cell_loop``: the learn2learn / higher task loop
+  (``nn.GRU`` / an explicit GRU cell loop);
+- ``torch_second_order_func``: ``torch.func.vmap`` over tasks of ``torch.func.grad`` of the
+  support loss, query loss at the adapted parameters via ``functional_call``, cell-loop GRU;
+- ``torch_second_order_func_compile``: the same function under ``torch.compile``
+  (``--no-compile`` skips it: about 5 minutes of compiling on a 2-core CPU).
+
+All start from the same weights; each peer's first second-order meta-gradient is checked
+against the engine's (max relative and absolute difference) before anything is timed. Repeats of
+all contenders are interleaved and the median is reported, with the load average, because the
+CPU is shared. For every contender: steady-state ``steps/s``, ``_warmup_s`` (build, compile and
+first step) and ``_time_to_200_s`` (warm-up + 199 steady-state steps). One line per figure
+(``name: value unit``); the last lines are ``speedup_vs_best_torch: X`` (best dmeta
+second-order steps/s over the best torch peer's) and ``time_to_200_vs_best_torch: Y`` (the best
+peer's time to 200 meta-steps over dmeta's; above 1: dmeta is ahead).
 
     .venv/bin/python experiments/benchmarks/maml_throughput.py \
         --out experiments/results/benchmarks/maml_throughput.txt
@@ -19,6 +32,7 @@ import argparse
 import dataclasses
 import functools
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +55,7 @@ from experiments.benchmarks.common import (
     compiled_flops,
     interleaved_medians,
     load_average,
+    machine,
     matmul_gflops,
     require,
 )
@@ -245,14 +260,37 @@ def max_rel_diff(a: Params, b: Params) -> float:
     return max(jax.tree.leaves(diffs))
 
 
-def dmeta_meta_grads(apply, theta: Params, batch: TaskBatch) -> Params:
-    """Second-order meta-gradient of the mean query loss w.r.t. theta (engine path)."""
-    task_loss = make_maml_task_loss(functools.partial(split_loss, apply), step_size=STEP_SIZE)
+TORCH_PEERS = ("loop", "cell_loop", "func", "func_compile")
+STEPS_TO = 200  # time_to_200: warm-up (build, compile, first step) + 199 steady-state steps
+
+
+def variant_named(name: str) -> Variant:
+    """The ``Variant`` whose ``name`` is ``name`` (among the second-order ones)."""
+    known = {v.name: v for v in SECOND_ORDER + QUICK_SECOND_ORDER}
+    if name not in known:
+        raise SystemExit(f"unknown variant {name!r}; known: {sorted(known)}")
+    return known[name]
+
+
+def dmeta_meta_grads(apply, theta: Params, batch: TaskBatch, *, first_order: bool = False):
+    """Meta-gradient of the mean query loss w.r.t. theta (engine path), second order unless
+    ``first_order``; matmuls at full f32 precision (a GPU's default may be TF32)."""
+    task_loss = make_maml_task_loss(
+        functools.partial(split_loss, apply), step_size=STEP_SIZE, first_order=first_order
+    )
 
     def objective(theta):
         return mean_over_tasks(task_loss, {"theta": theta}, batch, jax.random.key(1))[0]
 
-    return jax.jit(jax.grad(objective))(theta)
+    with jax.default_matmul_precision("highest"):
+        return jax.jit(jax.grad(objective))(theta)
+
+
+def max_abs_diff(a: Params, b: Params) -> float:
+    """Largest ``|a - b|`` over all leaves."""
+    return max(
+        float(np.max(np.abs(np.asarray(x) - y))) for x, y in zip(*map(jax.tree.leaves, (a, b)))
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -261,6 +299,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per contender")
     parser.add_argument(
         "--quick", action="store_true", help="tiny shape and fewer variants, for tests"
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="torch device (JAX: its default)"
+    )
+    parser.add_argument(
+        "--peers",
+        default=",".join(TORCH_PEERS),
+        help=f"comma-separated second-order torch peers among {','.join(TORCH_PEERS)}",
+    )
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile peer (func_compile)"
+    )
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated dmeta second-order variants (default: all; e.g. engine_vmap)",
+    )
+    parser.add_argument(
+        "--no-first-order", action="store_true", help="skip the first-order contenders"
+    )
+    parser.add_argument(
+        "--no-flops", action="store_true", help="skip the FLOP count and matmul-rate share"
+    )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="a contender that fails (or whose meta-gradient disagrees) is reported and dropped",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--grad-rtol", type=float, default=1e-4)
@@ -275,6 +340,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.tasks is not None:
         shape = dataclasses.replace(shape, tasks=args.tasks)
     repeats = args.repeats or (2 if args.quick else 7)
+    peers = [
+        p for p in args.peers.split(",") if p and not (args.no_compile and p == "func_compile")
+    ]
+    unknown = sorted(set(peers) - set(TORCH_PEERS))
+    if unknown:
+        raise SystemExit(f"unknown torch peers {unknown}; known: {TORCH_PEERS}")
+    if args.variants:
+        second_order = tuple(variant_named(n) for n in args.variants.split(","))
+    else:
+        second_order = QUICK_SECOND_ORDER if args.quick else SECOND_ORDER
+    first_order_variants = (
+        () if args.no_first_order else (QUICK_FIRST_ORDER if args.quick else FIRST_ORDER)
+    )
     emit = Report()
 
     emit("command: " + " ".join(["python", *sys.argv]))
@@ -282,86 +360,158 @@ def main(argv: list[str] | None = None) -> None:
         f"shape: T={shape.tasks} tasks, {shape.support}+{shape.query} samples, S={shape.seq}, "
         f"F={shape.features}, H={shape.hidden}, 1 inner step, adam; repeats={repeats}"
     )
+    tdevice = torch.cuda.get_device_name(0) if args.device == "cuda" else machine()
+    emit(
+        f"devices: torch {args.device} ({tdevice}); jax {[str(d) for d in jax.devices()]} "
+        f"({jax.devices()[0].device_kind})"
+    )
     emit(
         f"versions: jax {jax.__version__}, torch {torch.__version__}, "
         f"torch threads {torch.get_num_threads()}"
     )
+    if args.device == "cuda":
+        emit(
+            "precision: torch matmul allow_tf32="
+            f"{torch.backends.cuda.matmul.allow_tf32}, cudnn allow_tf32="
+            f"{torch.backends.cudnn.allow_tf32}; jax default_matmul_precision="
+            f"{getattr(jax.config, 'jax_default_matmul_precision', '?')} (variants _prec_highest: full f32)"
+        )
     emit("load_avg_start", load_average())
+
+    def attempt(name: str, fn: Callable):
+        """``fn()``; with ``--keep-going`` a failure is reported as ``name_error: ...``."""
+        if not args.keep_going:
+            return fn()
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - reported, the rest of the table goes on
+            emit(
+                f"{name}_error: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+            )
+            return None
 
     apply, theta = split_params(MPFN(shape.features, shape.hidden, rngs=nnx.Rngs(args.seed)))
     batch = make_batch(shape, args.seed + 1)
-    tbatch = tm.batch_to_torch(batch)
+    tbatch = tm.batch_to_torch(batch, args.device)
 
     grads = dmeta_meta_grads(apply, theta, batch)
-    grad_diff = 0.0
-    for cell in (False, True):
-        tmodel = tm.from_dmeta(theta, shape.features, shape.hidden, cell=cell)
-        tgrads = tm.grads_to_dmeta(theta, tm.meta_grads(tmodel, tbatch, step_size=STEP_SIZE))
-        grad_diff = max(grad_diff, max_rel_diff(grads, tgrads))
-    emit("meta_grad_max_rel_diff", grad_diff)
-    if not grad_diff <= args.grad_rtol:
-        raise SystemExit(f"dmeta and torch meta-gradients differ by {grad_diff:.3g}")
+    first_order_grads = dmeta_meta_grads(apply, theta, batch, first_order=True)
+    emit("meta_grad_second_vs_first_order_rel_diff", max_rel_diff(first_order_grads, grads))
 
     contenders: dict[str, Callable] = {}
     runners: dict[str, Runner] = {}
-    plan = (
-        ((False, QUICK_SECOND_ORDER), (True, QUICK_FIRST_ORDER))
-        if args.quick
-        else ((False, SECOND_ORDER), (True, FIRST_ORDER))
-    )
-    for first_order, variants in plan:
+    warmups: dict[str, float] = {}
+    grad_diffs: list[float] = []
+
+    def add_dmeta(name: str, variant: Variant, first_order: bool) -> None:
+        start = time.perf_counter()
+        runner = Runner(
+            loss_for(variant.gru, apply), variant, theta, batch, first_order=first_order
+        )
+        warmups[name] = time.perf_counter() - start
+        runners[name] = contenders[name] = runner
+        emit(f"{name}_warmup_s", warmups[name], "s")
+
+    def add_torch(name: str, kind: str, first_order: bool) -> None:
+        start = time.perf_counter()
+        model = tm.from_dmeta(
+            theta, shape.features, shape.hidden, cell=kind != "loop", device=args.device
+        )
+        step = tm.make_peer_step(
+            kind, model, step_size=STEP_SIZE, learning_rate=LEARNING_RATE, first_order=first_order
+        )
+        if not first_order:  # the first step's meta-gradient, checked against the engine's
+            tgrads = tm.grads_to_dmeta(theta, step.grads(tbatch))
+            step.update(tbatch)
+            rel, absolute = max_rel_diff(tgrads, grads), max_abs_diff(tgrads, grads)
+            emit(f"meta_grad_max_rel_diff_{kind}", rel)
+            emit(f"meta_grad_max_abs_diff_{kind}", absolute)
+            grad_diffs.append(rel)
+            if not rel <= args.grad_rtol:
+                raise ValueError(f"{name}: meta-gradient differs from dmeta's by {rel:.3g}")
+        else:
+            step(tbatch)
+        warmups[name] = time.perf_counter() - start
+        contenders[name] = functools.partial(step, tbatch)
+        emit(f"{name}_warmup_s", warmups[name], "s")
+
+    # torch.compile first: its slow compile is out of the way before any timing
+    for kind in sorted(peers, key=lambda k: k != "func_compile"):
+        name = f"torch_second_order_{kind}"
+        attempt(name, functools.partial(add_torch, name, kind, False))
+    if grad_diffs:
+        emit("meta_grad_max_rel_diff", max(grad_diffs))
+    for first_order, variants in ((False, second_order), (True, first_order_variants)):
         order = "first_order" if first_order else "second_order"
         for v in variants:
             name = f"dmeta_{order}_{v.name}"
-            runners[name] = Runner(loss_for(v.gru, apply), v, theta, batch, first_order=first_order)
-            contenders[name] = runners[name]
-        for cell in (False, True) if not first_order else (False,):
-            model = tm.from_dmeta(theta, shape.features, shape.hidden, cell=cell)
-            optim = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-            tstep = tm.make_meta_step(model, optim, step_size=STEP_SIZE, first_order=first_order)
-            name = f"torch_{order}_{'cell_loop' if cell else 'loop'}"
-            contenders[name] = functools.partial(tstep, tbatch)
+            attempt(name, functools.partial(add_dmeta, name, v, first_order))
+        if first_order and variants and "loop" in peers:
+            name = "torch_first_order_loop"
+            attempt(name, functools.partial(add_torch, name, "loop", True))
 
-    reference = runners["dmeta_second_order_engine_vmap"].first_metrics
-    emit(
-        "variants_metrics_max_rel_diff",
-        max(
-            abs(float(r.first_metrics[k]) / float(reference[k]) - 1.0)
-            for n, r in runners.items()
-            if n.startswith("dmeta_second_order")
-            for k in ("grad_norm", "query_loss", "support_loss")
-        ),
-    )
+    second = [n for n in runners if n.startswith("dmeta_second_order")]
+    if second:
+        reference = runners[second[0]].first_metrics
+        emit(
+            "variants_metrics_max_rel_diff",
+            max(
+                abs(float(runners[n].first_metrics[k]) / float(reference[k]) - 1.0)
+                for n in second
+                for k in ("grad_norm", "query_loss", "support_loss")
+            ),
+        )
 
     medians = interleaved_medians(contenders, repeats)
+    time_to = {n: warmups[n] + (STEPS_TO - 1) * s for n, s in medians.items()}
     for name, seconds in medians.items():
         emit(name, 1.0 / seconds, "steps/s")
+    for name in medians:
+        emit(f"{name}_time_to_{STEPS_TO}_s", time_to[name], "s")
 
-    def best(prefix):
-        name = min((n for n in medians if n.startswith(prefix)), key=medians.get)
-        return name, medians[name]
+    def best(prefix, by=medians):
+        names = [n for n in medians if n.startswith(prefix)]
+        if not names:
+            return None, float("nan")
+        name = min(names, key=by.get)
+        return name, by[name]
 
     best_so, t_so = best("dmeta_second_order")
     best_fo, t_fo = best("dmeta_first_order")
-    emit("best_dmeta_second_order", best_so.removeprefix("dmeta_second_order_"))
-    emit("speedup_first_order_vs_torch_loop", medians["torch_first_order_loop"] / t_fo)
+    best_torch, t_torch = best("torch_second_order")
+    if best_so:
+        emit("best_dmeta_second_order", best_so.removeprefix("dmeta_second_order_"))
+    if best_torch:
+        emit("best_torch_second_order", best_torch.removeprefix("torch_second_order_"))
+    if best_fo and "torch_first_order_loop" in medians:
+        emit("speedup_first_order_vs_torch_loop", medians["torch_first_order_loop"] / t_fo)
 
-    # the best variant's computation with every scan step unrolled, so that XLA counts them all
-    unrolled = dataclasses.replace(runners[best_so].variant, gru="unrollfull", strategy="vmap")
-    flops = compiled_flops(
-        make_step(loss_for(unrolled.gru, apply), unrolled, first_order=False),
-        runners[best_so].state,
-        batch,
-        jax.random.key(1),
-    )
-    peak = matmul_gflops()
-    emit("flops_per_second_order_step", flops / 1e9, "GFLOP")
-    emit("dmeta_second_order_gflops", flops / t_so / 1e9, "GFLOP/s")
-    emit("matmul_f32_gflops", peak, "GFLOP/s")
-    emit("dmeta_share_of_matmul", 100 * flops / t_so / 1e9 / peak, "%")
+    if best_so and not args.no_flops:
+        # the best variant's computation with every scan step unrolled, so that XLA counts them all
+        unrolled = dataclasses.replace(runners[best_so].variant, gru="unrollfull", strategy="vmap")
+        flops = compiled_flops(
+            make_step(loss_for(unrolled.gru, apply), unrolled, first_order=False),
+            runners[best_so].state,
+            batch,
+            jax.random.key(1),
+        )
+        peak = matmul_gflops()
+        emit("flops_per_second_order_step", flops / 1e9, "GFLOP")
+        emit("dmeta_second_order_gflops", flops / t_so / 1e9, "GFLOP/s")
+        emit("matmul_f32_gflops", peak, "GFLOP/s")
+        emit("dmeta_share_of_matmul", 100 * flops / t_so / 1e9 / peak, "%")
+        if best_torch:
+            emit("best_torch_share_of_matmul", 100 * flops / t_torch / 1e9 / peak, "%")
     emit("load_avg_end", load_average())
-    emit("speedup_vs_torch_cell_loop", medians["torch_second_order_cell_loop"] / t_so)
-    emit("speedup_vs_torch_loop", medians["torch_second_order_loop"] / t_so)
+    if best_so:
+        for kind in ("cell_loop", "loop"):
+            if f"torch_second_order_{kind}" in medians:
+                emit(f"speedup_vs_torch_{kind}", medians[f"torch_second_order_{kind}"] / t_so)
+        if best_torch:
+            _, t200_so = best("dmeta_second_order", time_to)
+            _, t200_torch = best("torch_second_order", time_to)
+            emit("speedup_vs_best_torch", t_torch / t_so)
+            emit(f"time_to_{STEPS_TO}_vs_best_torch", t200_torch / t200_so)
     emit.save(args.out)
 
 
