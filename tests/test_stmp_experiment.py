@@ -1,81 +1,77 @@
-"""STMP baselines and the experiment pipeline at smoke size."""
-
-import dataclasses
+"""The STMP pipeline at smoke size: cells, resume, tuning on validation data, report."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from dmeta.baselines import stmp_baselines as B
-from dmeta.stmp import data as D
+from dmeta import report
+from dmeta.config import override
+from dmeta.stmp import protocol as P
+from dmeta.stmp.config import get_config
+from dmeta.train.harness import Cell
 from experiments import stmp as E
-from experiments.configs.stmp import get_config
+
+METHODS = ("STMP", "HistAvg", "ARIMA")
 
 
 @pytest.fixture(scope="module")
-def prep():
-    data = D.make_synthetic(n_regions=3, n_days=200, n_festivals=2, seed=2)
-    return D.prepare(data, cutoff=150, window=14)
+def cfg():
+    return override(get_config(smoke=True), ["protocol.one_week=false", "train.n_steps=5"])
 
 
-def test_historical_average_is_the_cell_mean(prep):
-    pred = B.historical_average(prep)
-    rows, cols = np.nonzero(prep.test)
-    ys = np.asarray(prep.arrays.ys)
-    r, t = rows[0], cols[0]
-    d = prep.data.date_type[r, t]
-    same = prep.train[r] & (prep.data.date_type[r] == d)
-    np.testing.assert_allclose(pred[0], ys[r, same].mean(), rtol=1e-5)
-    assert pred.shape == rows.shape
+@pytest.fixture(scope="module")
+def whole(cfg, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    results = E.run(cfg, data="synthetic", out=out, seeds=1, methods=METHODS, fresh=False,
+                    command="test")  # fmt: skip
+    return out, results
 
 
-def test_lag_features_look_back(prep):
-    rows, cols = np.nonzero(prep.test)
-    feats = B.lag_features(prep, rows[:5], cols[:5], 7)
-    ys = np.asarray(prep.arrays.ys)
-    np.testing.assert_allclose(feats[:, 0], ys[rows[:5], cols[:5] - 1])
-    np.testing.assert_allclose(feats[:, 6], ys[rows[:5], cols[:5] - 7])
-    assert feats.shape[1] == 14 + prep.data.n_types + 7 + 12 + prep.data.attrs.shape[1]
+def test_run_writes_results_report_and_plot(whole):
+    out, results = whole
+    scores = results[~results.metric.str.startswith("hp:")]
+    assert set(scores.method) == set(METHODS)
+    assert {"full/regular", "full/festival"} <= set(scores.group)
+    assert np.isfinite(results.value).all()
+    hp = results[results.metric == "hp:train.lr"]
+    assert hp.value.tolist() == [3e-3]  # tuning.trials = 1: the config's value
+    md = (out / "results.md").read_text()
+    assert md == report.render(out)
+    assert "STMP vs best baseline" in md and "full/festival" in md
+    assert (out / "stmp_festivals.png").stat().st_size > 1000
+    assert len(list((out / P.FORECASTS).glob("*.csv"))) == len(METHODS)
 
 
-def test_xgboost_learns_the_weekly_pattern(prep):
-    rows, cols = np.nonzero(prep.test)
-    y = np.asarray(prep.arrays.ys)[rows, cols]
-    regular = ~prep.data.is_festival[rows, cols]
-    pred = B.xgboost_forecast(prep, n_estimators=20)
-    assert np.mean((pred - y)[regular] ** 2) < 0.5 * np.mean((y - y.mean())[regular] ** 2)
+def test_resumed_run_after_losing_a_cell_is_identical(cfg, whole, tmp_path):
+    out, results = whole
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for path in out.rglob("*"):  # a copy of the finished run, minus STMP's cell
+        if path.is_file():
+            target = resumed / path.relative_to(out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    (resumed / "cells" / "full__STMP__seed0.csv").unlink()
+    again = E.run(cfg, data="synthetic", out=resumed, seeds=1, methods=METHODS, fresh=False,
+                  command="test")  # fmt: skip
+    pd.testing.assert_frame_equal(again, results)
+    assert (resumed / "results.csv").read_text() == (out / "results.csv").read_text()
 
 
-def test_arima_recovers_a_planted_autoregression():
-    data = D.make_synthetic(n_regions=2, n_days=120, n_festivals=1, seed=3)
-    y = data.y.copy()
-    for t in range(7, y.shape[1]):
-        y[:, t] = 0.3 * y[:, 0] + 0.7 * y[:, t - 7]  # exact AR at lag 7 with intercept
-    prep = D.prepare(dataclasses.replace(data, y=y), cutoff=90, window=14)
-    rows, cols = np.nonzero(prep.test)
-    np.testing.assert_allclose(B.arima_forecast(prep, lags=7), np.asarray(prep.arrays.ys)[rows, cols],
-                               rtol=1e-3)  # fmt: skip
+def test_tuning_scores_grid_points_on_the_validation_period(cfg):
+    _, data = P.load_panel("synthetic", cfg.data)
+    cell = Cell("ARIMA", 0, "full")
+    tuned = override(cfg, ["tuning.trials=3"])
+    best = P.choose("ARIMA", data, tuned, cell)
+    assert set(best) == {"baselines.arima_lags"} and best["baselines.arima_lags"] in (14, 7, 28)
+    val, test = P.split(data, cfg, "full", True), P.split(data, cfg, "full", False)
+    assert not (val.test & test.test).any() and not (val.train & test.test).any()
+    assert np.flatnonzero(val.test.any(0)).max() < np.flatnonzero(test.test.any(0)).min()
+    assert P.choose("ARIMA", data, cfg, cell) == {"baselines.arima_lags": 14}
 
 
-def test_maml_adapts_per_cell(prep):
-    rows, _ = np.nonzero(prep.test)
-    pred = B.maml_forecast(prep, window_len=14, hidden=8, n_steps=3, n_tasks=2, n_query=4,
-                           n_support=4)  # fmt: skip
-    assert pred.shape == rows.shape and np.isfinite(pred).all()
-
-
-def test_pipeline_smoke(tmp_path):
-    cfg = dataclasses.replace(
-        get_config(smoke=True), ablations=(), baselines=("historical_average",)
-    )
-    _, panel = E.load_panel("synthetic", cfg)
-    rows, prep, preds = E.run_setting(panel, "synthetic", cfg, 1, "full", ["STMP"],
-                                      list(cfg.baselines))  # fmt: skip
-    df = pd.DataFrame(rows)
-    assert set(df.method) == {"STMP", "HistAvg"}
-    assert {"full/regular", "full/festival"} <= set(df.group)
-    assert np.isfinite(df.value).all()
-    E.plot_festivals(prep, preds, ["STMP", "HistAvg"], tmp_path / "p.png")
-    assert (tmp_path / "p.png").stat().st_size > 1000
-    md = E.margin_table(df, ["HistAvg"])
-    assert "full/festival" in md and "HistAvg" in md
+def test_one_week_setting_skips_the_ablations():
+    cells = P.cells(get_config(smoke=True), P.METHODS, 2)
+    one_week = {c.method for c in cells if c.setting == "one_week"}
+    assert one_week == set(P.ONE_WEEK_METHODS) and "STMP-joint" not in one_week
+    assert len(cells) == 2 * (len(P.METHODS) + len(P.ONE_WEEK_METHODS))

@@ -22,6 +22,7 @@ import pandas as pd
 
 from dmeta import metrics
 from dmeta.config import replace_path
+from dmeta.data.frames import DataError
 from dmeta.data.spec import parse_data_spec
 from dmeta.report.stmp import FORECASTS
 from dmeta.stmp import baselines as B
@@ -71,7 +72,7 @@ def load_panel(spec: str, cfg: DataConfig) -> tuple[str, D.STMPData]:
     elif parsed.name == "table":
         data = D.load_table(parsed.path)
     else:
-        raise ValueError(
+        raise DataError(
             f"--data {spec!r}: STMP reads synthetic, favorita, walmart, rossmann, table"
         )
     if cfg.max_regions is not None:

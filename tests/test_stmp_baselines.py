@@ -1,0 +1,67 @@
+"""STMP baselines (dmeta.stmp.baselines) on a tiny synthetic panel."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from dmeta.stmp import baselines as B
+from dmeta.stmp import data as D
+
+
+@pytest.fixture(scope="module")
+def prep():
+    data = D.make_synthetic(n_regions=3, n_days=200, n_festivals=2, seed=2)
+    return D.prepare(data, cutoff=150, window=14)
+
+
+def test_historical_average_is_the_cell_mean(prep):
+    pred = B.historical_average(prep)
+    rows, cols = np.nonzero(prep.test)
+    ys = np.asarray(prep.arrays.ys)
+    r, t = rows[0], cols[0]
+    d = prep.data.date_type[r, t]
+    same = prep.train[r] & (prep.data.date_type[r] == d)
+    np.testing.assert_allclose(pred[0], ys[r, same].mean(), rtol=1e-5)
+    assert pred.shape == rows.shape
+
+
+def test_lag_features_look_back(prep):
+    rows, cols = np.nonzero(prep.test)
+    feats = B.lag_features(prep, rows[:5], cols[:5], 7)
+    ys = np.asarray(prep.arrays.ys)
+    np.testing.assert_allclose(feats[:, 0], ys[rows[:5], cols[:5] - 1])
+    np.testing.assert_allclose(feats[:, 6], ys[rows[:5], cols[:5] - 7])
+    assert feats.shape[1] == 14 + prep.data.n_types + 7 + 12 + prep.data.attrs.shape[1]
+
+
+def test_xgboost_learns_the_weekly_pattern(prep):
+    rows, cols = np.nonzero(prep.test)
+    y = np.asarray(prep.arrays.ys)[rows, cols]
+    regular = ~prep.data.is_festival[rows, cols]
+    pred = B.xgboost_forecast(prep, n_estimators=20)
+    assert np.mean((pred - y)[regular] ** 2) < 0.5 * np.mean((y - y.mean())[regular] ** 2)
+
+
+def test_arima_recovers_a_planted_autoregression():
+    data = D.make_synthetic(n_regions=2, n_days=120, n_festivals=1, seed=3)
+    y = data.y.copy()
+    for t in range(7, y.shape[1]):
+        y[:, t] = 0.3 * y[:, 0] + 0.7 * y[:, t - 7]  # exact AR at lag 7 with intercept
+    prep = D.prepare(dataclasses.replace(data, y=y), cutoff=90, window=14)
+    rows, cols = np.nonzero(prep.test)
+    np.testing.assert_allclose(B.arima_forecast(prep, lags=7), np.asarray(prep.arrays.ys)[rows, cols],
+                               rtol=1e-3)  # fmt: skip
+
+
+def test_maml_adapts_per_cell(prep):
+    rows, _ = np.nonzero(prep.test)
+    pred = B.maml_forecast(prep, window_len=14, hidden=8, n_steps=3, n_tasks=2, n_query=4,
+                           n_support=4)  # fmt: skip
+    assert pred.shape == rows.shape and np.isfinite(pred).all()
+
+
+def test_lstm_trains_through_the_loop(prep):
+    rows, _ = np.nonzero(prep.test)
+    pred = B.lstm_forecast(prep, window_len=14, hidden=4, n_steps=3, batch=8)
+    assert pred.shape == rows.shape and np.isfinite(pred).all()
