@@ -1,4 +1,5 @@
-"""Post-hoc analyses of a finished RMLDP run (its ``config.json`` and ``segments.csv``).
+"""Post-hoc analyses of a finished RMLDP run (its ``config.json``, ``results.csv`` and
+``targets.csv``).
 
 1. Paired t-tests along the issue's ordering RMLDP < MAML < Fine-tune < GRU+MPFN, one per
    adjacent pair the run has (RMLDP-g stands in for RMLDP without a graph).
@@ -15,7 +16,6 @@ Writes ``posthoc.md`` (and ``planted_response.{csv,png}``) into the run folder:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -28,38 +28,50 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from dmeta import metrics  # noqa: E402
+from dmeta.config import format_value, override  # noqa: E402
 from dmeta.data.synthetic import make_demand  # noqa: E402
+from dmeta.report import read_results  # noqa: E402
+from dmeta.report.rmldp import paired_test, per_segment  # noqa: E402
 from dmeta.report.tables import markdown_table  # noqa: E402
-from experiments.configs.rmldp import RMLDPConfig  # noqa: E402
-from experiments.rmldp import paired_test, synthetic_kwargs  # noqa: E402
+from dmeta.rmldp.config import RMLDPConfig, get_config  # noqa: E402
+from dmeta.rmldp.protocol import synthetic_kwargs  # noqa: E402
 
 
 def run_config(saved: dict) -> RMLDPConfig:
-    """The ``RMLDPConfig`` of a run's ``config.json`` contents (lists back to tuples)."""
-    names = {f.name for f in dataclasses.fields(RMLDPConfig)}
-    return RMLDPConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names}
-    )
+    """The ``RMLDPConfig`` of a run's ``config.json`` contents (dotted paths)."""
+    paths = [k for k in saved if "." in k]
+    return override(get_config(), [f"{k}={format_value(_value(saved[k]))}" for k in paths])
+
+
+def _value(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def segments(run_dir: Path) -> pd.DataFrame:
+    """Per target segment scores of a run with the segment's group: ``segment, group,
+    method, seed, mape, mse``."""
+    groups = pd.read_csv(run_dir / "targets.csv", dtype=str)
+    return per_segment(read_results(run_dir)).merge(groups, on="segment")
 
 
 ORDER = ("RMLDP", "MAML", "Fine-tune", "GRU+MPFN")
 
 
-def ordering_tests(per_segment: pd.DataFrame) -> pd.DataFrame:
-    """One paired t-test (``experiments.rmldp.paired_test``) per adjacent pair of ``ORDER``."""
-    present = set(per_segment["method"])
+def ordering_tests(scores: pd.DataFrame) -> pd.DataFrame:
+    """One paired t-test (``dmeta.report.rmldp.paired_test``) per adjacent pair of ``ORDER``."""
+    present = set(scores["method"])
     order = [m for m in ORDER if m in present]
     if "RMLDP" not in present and "RMLDP-g" in present:
         order = ["RMLDP-g", *order]
-    return pd.DataFrame([paired_test(per_segment, a, b) for a, b in zip(order, order[1:])])
+    return pd.DataFrame([paired_test(scores, a, b) for a, b in zip(order, order[1:])])
 
 
 def gains(
-    per_segment: pd.DataFrame, cfg: RMLDPConfig, a: str = "RMLDP", b: str = "MAML"
+    scores: pd.DataFrame, cfg: RMLDPConfig, a: str = "RMLDP", b: str = "MAML"
 ) -> pd.DataFrame:
     """Per target segment: group, planted gamma, seed-averaged MAPE of ``a`` and ``b``, gain."""
     truth = make_demand(**synthetic_kwargs(cfg)).truth
-    wide = per_segment.groupby(["segment", "group", "method"])["mape"].mean().unstack()
+    wide = scores.groupby(["segment", "group", "method"])["mape"].mean().unstack()
     wide = wide[[a, b]].dropna().reset_index()
     wide["gamma"] = [truth["carryover"][int(s.removeprefix("seg"))] for s in wide["segment"]]
     wide["gain"] = wide[b] - wide[a]
@@ -109,16 +121,16 @@ def main(argv: list[str] | None = None) -> str:
     run_dir = parser.parse_args(argv).run_dir
     saved = json.loads((run_dir / "config.json").read_text())
     cfg = run_config(saved)
-    per_segment = pd.read_csv(run_dir / "segments.csv")
+    scores = segments(run_dir)
     md = [
         f"# Post-hoc analyses of {run_dir}\n\n`python -m experiments.rmldp_posthoc {run_dir}`\n",
         "## Paired t-tests along RMLDP < MAML < Fine-tune < GRU+MPFN\n\n"
         "Seed-averaged MAPE per target segment; `p_a_less` is the one-sided p of a < b.\n\n"
-        + markdown_table(ordering_tests(per_segment)),
+        + markdown_table(ordering_tests(scores)),
     ]
     synthetic = saved.get("data") == "synthetic"
-    if synthetic and cfg.carryover > 0 and {"RMLDP", "MAML"} <= set(per_segment["method"]):
-        wide = gains(per_segment, cfg)
+    if synthetic and cfg.data.carryover > 0 and {"RMLDP", "MAML"} <= set(scores["method"]):
+        wide = gains(scores, cfg)
         wide.to_csv(run_dir / "planted_response.csv", index=False)
         plot(wide, run_dir / "planted_response.png")
         rho, p_rho = stats.spearmanr(wide["gamma"].abs(), wide["gain"])

@@ -5,13 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dmeta.baselines.forecast_baselines import (
+from dmeta.rmldp.baselines import (
     CLASSICAL,
     build_neural,
     finetune_predict,
-    fit_predict_classical,
+    fit_classical,
     flatten_split,
     pooled_samples,
+    predict_classical,
     train_global,
 )
 from dmeta.types import Split, TaskBatch
@@ -42,7 +43,7 @@ def test_classical_regressors_beat_the_mean(name):
     x = np.concatenate([flatten_split(s)[0] for s in big])
     y = np.concatenate([flatten_split(s)[1] for s in big])
     query = make_split(jax.random.key(99))
-    pred = fit_predict_classical(name, (x, y), query, max_train=150)
+    pred = predict_classical(fit_classical(name, (x, y), max_train=150), query)
     mask = np.asarray(query.mask) > 0
     err = np.mean((pred - np.asarray(query.y))[mask] ** 2)
     assert pred.shape == (T, N) and err < np.var(np.asarray(query.y)[mask])

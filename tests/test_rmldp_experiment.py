@@ -1,40 +1,57 @@
-"""RMLDP experiment end to end at smoke size: synthetic and a user table with an edge list."""
+"""RMLDP experiment end to end at smoke size: synthetic, resume, a user table with edges."""
 
 import dataclasses
 
-import jax
 import numpy as np
 import pandas as pd
+import pytest
 
-from dmeta.baselines import forecast_baselines as fb
+from dmeta.config import override
 from dmeta.data.synthetic import make_demand
+from dmeta.rmldp import protocol
+from dmeta.rmldp.config import get_config
 from experiments import rmldp, rmldp_posthoc
-from experiments.configs.rmldp import get_config
+
+METHODS = ("Linear Regression", "MAML", "RMLDP")
 
 
-def test_smoke_run_writes_results_test_and_plots(tmp_path):
-    out = tmp_path / "run"
-    df = rmldp.run(
-        data="synthetic",
+def smoke_run(out, cfg=None, methods=METHODS, seeds=2, data="synthetic"):
+    return rmldp.run(
+        cfg or get_config(smoke=True),
+        data=data,
         out=out,
-        smoke=True,
-        seeds=2,
+        seeds=seeds,
+        methods=methods,
+        fresh=False,
         command="dmeta run rmldp --smoke",
-        methods="Linear Regression,MAML,RMLDP",
     )
-    assert set(df["method"]) == {"Linear Regression", "MAML", "RMLDP"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rmldp") / "run"
+    return out, smoke_run(out)
+
+
+def test_smoke_run_writes_results_test_and_plots(run_dir):
+    out, df = run_dir
+    assert set(df["method"]) == set(METHODS)
     assert set(df["seed"]) == {0, 1} and {"mape", "mse", "seconds"} <= set(df["metric"])
-    assert {"all", "cat0", "cat1"} <= set(df["group"])
-    assert df[df["metric"] == "mape"]["value"].notna().all()
-    for name in ("results.csv", "results.md", "command.txt", "config.json", "segments.csv"):
+    assert {"all", "cat0", "cat1", "seq_len=8/all"} <= set(df["group"])
+    assert df[(df["metric"] == "mape") & (df["group"] == "all")]["value"].notna().all()
+    assert {"hp:inner_lr", "hp:meta_lr", "hp:inner_steps", "silhouette"} <= set(df["metric"])
+    for name in ("results.csv", "results.md", "command.txt", "config.json", "targets.csv"):
         assert (out / name).exists(), name
     assert (out / "rmldp_segment_map.png").stat().st_size > 0
     assert (out / "rmldp_sweep.png").stat().st_size > 0
     md = (out / "results.md").read_text()
     assert "RMLDP vs MAML, paired t-test" in md and "p_two_sided" in md
+    main = df[(df["method"] == "RMLDP") & (df["seed"] == 0) & (df["metric"] == "mape")]
+    values = main.set_index("group")["value"]
+    assert values["seq_len=8/all"] == values["all"]  # the sweep cell recomputes the main one
 
     rmldp_posthoc.main([str(out)])  # the same run against the generator's planted response
-    truth = make_demand(**rmldp.synthetic_kwargs(get_config(smoke=True))).truth
+    truth = make_demand(**protocol.synthetic_kwargs(get_config(smoke=True))).truth
     wide = pd.read_csv(out / "planted_response.csv")
     index = wide["segment"].str.removeprefix("seg").astype(int)
     np.testing.assert_allclose(wide["gamma"], truth["carryover"][index])
@@ -42,6 +59,19 @@ def test_smoke_run_writes_results_test_and_plots(tmp_path):
     posthoc = (out / "posthoc.md").read_text()
     assert "Spearman" in posthoc and "| RMLDP | MAML |" in posthoc
     assert (out / "planted_response.png").stat().st_size > 0
+
+
+def test_resumed_run_after_losing_a_cell_gives_identical_results(run_dir):
+    out, df = run_dir
+    before = (out / "results.csv").read_text()
+    (out / "cells" / "main__MAML__seed1.csv").unlink()
+    (out / "results.csv").unlink()
+    resumed = smoke_run(out)
+    keys = ["method", "seed", "group", "metric"]
+    a, b = (d[d["metric"] != "seconds"].set_index(keys)["value"] for d in (df, resumed))
+    pd.testing.assert_series_equal(a, b)
+    assert len(resumed) == len(df) and (out / "results.csv").read_text() != ""
+    assert before.splitlines()[0] == (out / "results.csv").read_text().splitlines()[0]
 
 
 def test_table_data_with_edges_runs_the_protocol(tmp_path):
@@ -53,52 +83,48 @@ def test_table_data_with_edges_runs_the_protocol(tmp_path):
     edges = pairs[pairs["unique_id_x"] < pairs["unique_id_y"]]
     edges = edges.rename(columns={"unique_id_x": "src", "unique_id_y": "dst"})[["src", "dst"]]
     edges.to_csv(tmp_path / "edges.csv", index=False)
-    df = rmldp.run(
-        data=f"table:{table}",
-        out=tmp_path / "t",
-        smoke=True,
-        seeds=1,
-        command="x",
-        methods="XGBoost,RMLDP-d",
-        edges=str(tmp_path / "edges.csv"),
-        no_sweep=True,
-        horizon_gap=2,
-        horizon_len=2,
-    )
+    cfg = override(
+        get_config(smoke=True),
+        [f"data.edges={tmp_path / 'edges.csv'}", "protocol.sweep=false",
+         "protocol.horizon_gap=2", "protocol.horizon_len=2"],
+    )  # fmt: skip
+    df = smoke_run(tmp_path / "t", cfg, ("XGBoost", "RMLDP-d"), 1, f"table:{table}")
     assert set(df["dataset"]) == {"demand"} and set(df["method"]) == {"XGBoost", "RMLDP-d"}
-    assert pd.read_csv(tmp_path / "t" / "segments.csv")["segment"].nunique() >= 1
+    assert pd.read_csv(tmp_path / "t" / "targets.csv")["segment"].nunique() >= 1
 
 
-def test_data_parallel_remat_and_strategy_flags_match_the_plain_run(tmp_path):
-    kw = dict(data="synthetic", smoke=True, seeds=1, command="x", methods="RMLDP", no_sweep=True)
-    plain = rmldp.run(out=tmp_path / "a", **kw)
-    scaled = rmldp.run(out=tmp_path / "b", data_parallel=True, remat=True, **kw)
-    mapped = rmldp.run(out=tmp_path / "c", strategy="map_remat", **kw)
-    mape = [d[d["metric"] == "mape"].set_index("group")["value"] for d in (plain, scaled, mapped)]
+def test_data_parallel_remat_and_strategy_settings_match_the_plain_run(tmp_path):
+    base = ["protocol.sweep=false"]
+    sets = ([], ["train.data_parallel=true", "train.remat=true"], ["train.strategy=map_remat"])
+    runs = [
+        smoke_run(tmp_path / str(i), override(get_config(smoke=True), base + s), ("RMLDP",), 1)
+        for i, s in enumerate(sets)
+    ]
+    mape = [d[d["metric"] == "mape"].set_index("group")["value"] for d in runs]
     pd.testing.assert_series_equal(mape[0], mape[1], rtol=1e-4)
     pd.testing.assert_series_equal(mape[0], mape[2], rtol=1e-4)
 
 
+def smoke_context(finetune_grid):
+    cfg = get_config(smoke=True)
+    tuning = dataclasses.replace(cfg.tuning, trials=None, finetune=finetune_grid)
+    cfg = dataclasses.replace(cfg, tuning=tuning)
+    data = protocol.load_data("synthetic", cfg)
+    return protocol.context(data, cfg, seq_len=cfg.protocol.seq_len)
+
+
 def test_finetune_budget_is_chosen_on_meta_validation_and_skips_divergence():
-    cfg = dataclasses.replace(
-        get_config(smoke=True), finetune_steps=(1, 2), finetune_lrs=(1e6, 0.0, 1e-3)
+    grid = dataclasses.replace(
+        get_config(smoke=True).tuning.finetune, adapt_steps=(1, 2), adapt_step_size=(1e6, 0.0)
     )
-    prep = rmldp.prepare(rmldp.synthetic_data(cfg), cfg, seq_len=cfg.seq_len)
-    apply, params = fb.build_neural(
-        "gru_mpfn",
-        prep.pool.values.shape[-1],
-        cfg.hidden,
-        seq_len=cfg.seq_len,
-        key=jax.random.key(0),
-    )
-    steps, lr = rmldp.finetune_budget(apply, params, prep, cfg)
-    assert steps in (1, 2) and lr in (0.0, 1e-3)
+    result, _ = protocol.tuned("Fine-tune", smoke_context(grid), seed=0)
+    assert len(result.trials) == 4 and result.best["adapt_step_size"] == 0.0
+    assert {"learning_rate", "train_steps", "adapt_steps"} <= set(result.best)
 
 
 def test_finetune_starts_from_the_same_seeds_gru_mpfn_model():
-    cfg = dataclasses.replace(get_config(smoke=True), finetune_lrs=(0.0,))
-    prep = rmldp.prepare(rmldp.synthetic_data(cfg), cfg, seq_len=cfg.seq_len)
-    kw = dict(prep=prep, cfg=cfg, graph_emb=None, seed=3, seq_len=cfg.seq_len, runners={})
-    np.testing.assert_allclose(
-        rmldp.predict("Fine-tune", **kw), rmldp.predict("GRU+MPFN", **kw), rtol=1e-5, atol=1e-6
-    )
+    grid = dataclasses.replace(get_config(smoke=True).tuning.finetune, adapt_step_size=(0.0,))
+    ctx = smoke_context(grid)
+    _, finetuned = protocol.tuned("Fine-tune", ctx, seed=3)
+    _, base = protocol.tuned("GRU+MPFN", ctx, seed=3)
+    np.testing.assert_allclose(finetuned.target, base.target, rtol=1e-5, atol=1e-6)

@@ -6,8 +6,8 @@
 - Global neural models trained on the same pooled samples: GRU+MPFN (``MPFN``),
   Dipole+MPFN (attention over each branch's GRU states) and LSTNet.
 - Fine-tune: the GRU+MPFN parameters adapted per target segment by SGD on its
-  support set (``dmeta.meta.maml.adapt_tasks``; the experiment picks the number of steps
-  and the step size on the meta-validation segments). MAML and Meta-SGD are the
+  support set (``dmeta.meta.maml.adapt_tasks``; ``dmeta.rmldp.protocol`` tunes the number
+  of steps and the step size on the meta-validation segments). MAML and Meta-SGD are the
   unmodulated variants of ``dmeta.rmldp.model.init_rmldp``.
 
 Every neural model is ``apply(params, x_local, x_season) -> f32[...]``.
@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from dmeta.baselines.classical import gbm_regressor
 from dmeta.meta.maml import adapt_tasks
 from dmeta.models.mpfn import MPFN, masked_mse
 from dmeta.nn.functional import split_params
@@ -49,58 +50,51 @@ def flatten_split(split: Split) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([xs, xl], axis=1), np.asarray(split.y).reshape(-1)[keep]
 
 
-def make_regressor(name: str, *, seed: int = 0):
-    """A scikit-learn style regressor by short name (``CLASSICAL``), single-threaded."""
+def make_regressor(name: str, *, seed: int = 0, **params):
+    """A scikit-learn style regressor by short name (``CLASSICAL``), single-threaded.
+
+    ``params`` replace the defaults (e.g. the values a tuning grid chose).
+    """
     if name == "linear":
         from sklearn.linear_model import LinearRegression
 
-        return LinearRegression()
+        return LinearRegression(**params)
     if name == "svr":
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import SVR
 
-        return make_pipeline(StandardScaler(), SVR(C=1.0, epsilon=0.05))
+        return make_pipeline(StandardScaler(), SVR(**{"C": 1.0, "epsilon": 0.05, **params}))
     if name == "rf":
         from sklearn.ensemble import RandomForestRegressor
 
-        return RandomForestRegressor(
-            n_estimators=100, min_samples_leaf=5, max_features=0.3, n_jobs=1, random_state=seed
-        )
+        defaults = dict(n_estimators=100, min_samples_leaf=5, max_features=0.3)
+        return RandomForestRegressor(**{**defaults, **params}, n_jobs=1, random_state=seed)
     if name == "xgb":
-        from xgboost import XGBRegressor
-
-        return XGBRegressor(
-            n_estimators=200,
-            max_depth=5,
-            learning_rate=0.05,
-            subsample=0.8,
-            colsample_bytree=0.5,
-            n_jobs=1,
-            random_state=seed,
-        )
+        defaults = dict(n_estimators=200, max_depth=5, learning_rate=0.05, colsample_bytree=0.5)
+        return gbm_regressor(seed=seed, **{**defaults, **params})
     raise ValueError(f"unknown regressor {name!r}; use one of {CLASSICAL}")
 
 
-def fit_predict_classical(
+def fit_classical(
     name: str,
     train: tuple[np.ndarray, np.ndarray],
-    query: Split,
     *,
     max_train: int | None = None,
     seed: int = 0,
-) -> np.ndarray:
-    """Fits regressor ``name`` on ``train`` (X, y) and predicts every query sample.
+    params: dict | None = None,
+):
+    """Fits regressor ``name`` on pooled samples (single-threaded BLAS).
 
     Args:
       name: one of ``CLASSICAL``.
       train: (X f32[M, P], y f32[M]) pooled training samples.
-      query: target query ``Split`` [T, N, S, F].
       max_train: random subsample of the training rows (SVR is quadratic in M).
       seed: subsampling and model seed.
+      params: regressor hyperparameters replacing the defaults.
 
     Returns:
-      f32[T, N] predictions (padding rows predicted too; mask them).
+      The fitted regressor.
     """
     x, y = train
     if max_train is not None and len(y) > max_train:
@@ -109,8 +103,13 @@ def fit_predict_classical(
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):  # multi-threaded BLAS only spins on a shared CPU
-        model = make_regressor(name, seed=seed).fit(x, y)
-    t, n, s, f = query.x_local.shape
+        return make_regressor(name, seed=seed, **(params or {})).fit(x, y)
+
+
+def predict_classical(model, query: Split) -> np.ndarray:
+    """Predictions f32[T, N] of a fitted regressor for every sample of a query ``Split``
+    [T, N, S, F] (padding rows predicted too; mask them)."""
+    t, n = query.x_local.shape[:2]
     xq = np.concatenate(
         [
             np.asarray(query.x_season).reshape(t * n, -1),

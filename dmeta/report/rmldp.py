@@ -1,0 +1,184 @@
+"""RMLDP run report: tables and figures from a run folder's CSV files.
+
+Reads ``results.csv`` (group means, per-segment scores as groups ``seg:<id>``, |T_c| sweep
+rows as groups ``seq_len=<n>/<group>``, ``hp:<name>`` choices, the ``silhouette`` of the
+segment representations), ``protocol.csv`` (segments per role) and, for the map,
+``representations.csv``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dmeta import metrics
+from dmeta.report.tables import markdown_table, summary_markdown
+from dmeta.train.results import summarize
+
+SWEEP = re.compile(r"^seq_len=(?P<seq_len>\d+)/(?P<group>.+)$")
+MAP_FILE = "rmldp_segment_map.png"
+SWEEP_FILE = "rmldp_sweep.png"
+
+
+def main_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the main setting: group means, seconds (no segments, sweep or hp rows)."""
+    group = results["group"].astype(str)
+    keep = ~group.str.startswith("seg:") & ~group.str.match(SWEEP.pattern)
+    keep &= ~results["metric"].str.startswith("hp:") & (results["metric"] != "silhouette")
+    return results[keep]
+
+
+def per_segment(results: pd.DataFrame) -> pd.DataFrame:
+    """Per target segment scores: ``segment, method, seed, mape, mse``."""
+    rows = results[results["group"].astype(str).str.startswith("seg:")]
+    wide = rows.pivot_table(
+        index=["group", "method", "seed"], columns="metric", values="value", dropna=False
+    ).reset_index()
+    wide["segment"] = wide.pop("group").str.removeprefix("seg:")
+    return wide[["segment", "method", "seed", "mape", "mse"]]
+
+
+def paired_test(segments: pd.DataFrame, a: str, b: str) -> dict:
+    """Paired t-test over target segments of seed-averaged MAPE, ``a`` vs ``b``."""
+    wide = segments.groupby(["segment", "method"])["mape"].mean().unstack()
+    wide = wide[[a, b]].dropna()
+    t, p = metrics.paired_ttest(wide[a].to_numpy(), wide[b].to_numpy())
+    _, p_less = metrics.paired_ttest(wide[a].to_numpy(), wide[b].to_numpy(), alternative="less")
+    return {
+        "a": a,
+        "b": b,
+        "segments": len(wide),
+        "mape_a": wide[a].mean(),
+        "mape_b": wide[b].mean(),
+        "t": t,
+        "p_two_sided": p,
+        "p_a_less": p_less,
+        "a_wins": int((wide[a] < wide[b]).sum()),
+    }
+
+
+def sweep(results: pd.DataFrame) -> pd.DataFrame:
+    """The |T_c| sweep (Figure 6): ``seq_len, group, mape`` (seed 0)."""
+    parts = results["group"].astype(str).str.extract(SWEEP)
+    sel = parts["seq_len"].notna() & (results["metric"] == "mape")
+    frame = parts[sel].assign(mape=results.loc[sel, "value"])
+    return frame.astype({"seq_len": int}).sort_values(["seq_len", "group"], kind="stable")
+
+
+def _per_group(rows: pd.DataFrame, metric: str) -> str:
+    part = rows[(rows["metric"] == metric) & (rows["group"] != "all")]
+    if part["group"].nunique() < 2:
+        return ""
+    table = part.pivot_table(index="method", columns="group", values="value", sort=False)
+    return f"## {metric.upper()} per group (mean over seeds)\n\n" + markdown_table(
+        table.reset_index()
+    )
+
+
+def _tuning(results: pd.DataFrame) -> str:
+    hp = results[results["metric"].str.startswith("hp:") & (results["group"] == "all")]
+    if hp.empty:
+        return ""
+    means = hp.groupby(["method", "metric"], sort=False)["value"].mean().reset_index()
+    chosen = means.groupby("method", sort=False).apply(
+        lambda part: ", ".join(f"{m[3:]}={v:.4g}" for m, v in zip(part["metric"], part["value"])),
+        include_groups=False,
+    )
+    table = pd.DataFrame({"method": chosen.index, "chosen (mean over seeds)": chosen.to_numpy()})
+    return "## Hyperparameters chosen on meta-validation MAPE\n\n" + markdown_table(table)
+
+
+def _tests(results: pd.DataFrame) -> str:
+    segments = per_segment(results)
+    methods = set(segments["method"])
+    full = "RMLDP" if "RMLDP" in methods else "RMLDP-g"
+    if not {full, "MAML"} <= methods:
+        return ""
+    test = pd.DataFrame([paired_test(segments, full, "MAML")])
+    return f"## {full} vs MAML, paired t-test over target segments\n\n" + markdown_table(test)
+
+
+def _figures(results: pd.DataFrame) -> str:
+    parts = []
+    sil = results[results["metric"] == "silhouette"]
+    if len(sil):
+        parts.append(
+            f"## Segment representations ({sil['method'].iloc[0]}, seed 0)\n\n"
+            f"![map]({MAP_FILE})\n\nsilhouette by group: {sil['value'].iloc[0]}\n"
+        )
+    table = sweep(results)
+    if len(table):
+        wide = table.pivot(index="seq_len", columns="group", values="mape").reset_index()
+        parts.append(
+            f"## |T_c| sweep (seed 0)\n\n![sweep]({SWEEP_FILE})\n\n" + markdown_table(wide)
+        )
+    return "\n".join(parts)
+
+
+def render(run_dir: Path, results: pd.DataFrame) -> str:
+    """The ``results.md`` of an RMLDP run folder."""
+    rows = main_rows(results)
+    dataset = ", ".join(dict.fromkeys(results["dataset"].astype(str)))
+    parts = [
+        f"# RMLDP on {dataset}\n",
+        "## Target segments (mean ± std over seeds)\n\n"
+        + summary_markdown(summarize(rows[rows["group"] == "all"])),
+    ]
+    protocol = Path(run_dir) / "protocol.csv"
+    if protocol.exists():
+        counts = pd.read_csv(protocol)
+        parts.append(
+            "Segments: " + ", ".join(f"{r.role} {r.segments}" for r in counts.itertuples()) + ".\n"
+        )
+    parts += [_per_group(rows, "mape"), _per_group(rows, "mse"), _tuning(results)]
+    parts += [_tests(results), _figures(results)]
+    return "\n".join(p for p in parts if p)
+
+
+def plots(run_dir: Path, results: pd.DataFrame) -> None:
+    """``rmldp_sweep.png`` (Figure 6) and ``rmldp_segment_map.png`` (Figure 7) when their
+    data are in the folder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = sweep(results)
+    if len(table):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for group, part in table.groupby("group"):
+            ax.plot(part["seq_len"], part["mape"], marker="o", label=str(group))
+        ax.set_xlabel("sequence length |T_c|")
+        ax.set_ylabel("MAPE (target segments)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(Path(run_dir) / SWEEP_FILE, dpi=120)
+        plt.close(fig)
+    reps = Path(run_dir) / "representations.csv"
+    if reps.exists():
+        plot_map(pd.read_csv(reps, dtype={"segment": str, "group": str}), Path(run_dir) / MAP_FILE)
+
+
+def plot_map(reps: pd.DataFrame, path: Path) -> None:
+    """First two principal components of the segment representations q, by group."""
+    import matplotlib.pyplot as plt
+
+    q = reps.filter(regex=r"^q\d+$").to_numpy()
+    groups = reps["group"].to_numpy()
+    centered = q - q.mean(0)
+    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    xy = centered @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    for group in np.unique(groups):
+        sel = groups == group
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=14, label=str(group))
+    ax.set_title(f"segment representations q ({len(q)} segments)", fontsize=9)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

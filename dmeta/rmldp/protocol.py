@@ -1,0 +1,513 @@
+"""The RMLDP protocol (section 6.1): data preparation, methods, tuning and scoring.
+
+Segments sorted by records, the top 70% meta-train, the rest alternate into
+meta-validation (early stopping, tuning) and meta-testing (the target segments, each with
+its support samples before a time cut and query samples after it). Every method predicts
+the target segments' query samples; MAPE (zero targets excluded) and MSE on raw demand,
+per target segment, averaged per category group. Every method's hyperparameters are tuned
+the same way (``dmeta.train.harness.tune``, meta-validation MAPE; see ``dmeta.rmldp.config``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+
+from dmeta import metrics
+from dmeta.data.frames import DataError
+from dmeta.data.loaders import DemandData, load_groceries, load_synthetic, load_table, load_walmart
+from dmeta.data.spec import parse_data_spec
+from dmeta.data.tasks import (
+    TaskPool,
+    build_task_pool,
+    eval_tasks,
+    sample_tasks,
+    split_segments,
+    unscale,
+)
+from dmeta.data.windows import make_windows, n_records, season_length, to_panel
+from dmeta.graph.cooccurrence import cooccurrence_graph, edge_graph
+from dmeta.graph.deepwalk import deepwalk
+from dmeta.meta.steps import with_sampler
+from dmeta.parallel import data_mesh, jit_step
+from dmeta.rmldp import baselines as fb
+from dmeta.rmldp.config import RMLDPConfig
+from dmeta.rmldp.model import init_rmldp, make_train_step, meta_test, segment_representations
+from dmeta.train.harness import Cell, Tuned, hp_rows, tune
+from dmeta.train.loop import fit
+from dmeta.train.state import init_train_state
+from dmeta.types import TaskBatch
+
+logger = logging.getLogger(__name__)
+
+CLASSICAL = {"Linear Regression": "linear", "SVR": "svr", "Random Forest": "rf", "XGBoost": "xgb"}
+NEURAL = {"GRU+MPFN": "gru_mpfn", "Dipole+MPFN": "dipole_mpfn", "LSTNet": "lstnet"}
+# RMLDP variants and the meta-learning baselines: init_rmldp switches.
+META = {
+    "MAML": dict(use_data=False, use_graph=False),
+    "Meta-SGD": dict(use_data=False, use_graph=False, meta_sgd=True),
+    "RMLDP": {},
+    "RMLDP-d": dict(use_data=False),
+    "RMLDP-g": dict(use_graph=False),
+    "RMLDP-szn": dict(use_season=False),
+    "RMLDP-local": dict(use_local=False),
+}
+METHODS = (*CLASSICAL, *NEURAL, "Fine-tune", *META)
+NEEDS_GRAPH = ("RMLDP", "RMLDP-d")
+GRAPH_KEY = 10_000  # one DeepWalk run per dataset, shared by every seed and method
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Prepared:
+    """One dataset cut into the RMLDP protocol for one |T_c|.
+
+    Attributes:
+      data: the loaded dataset.
+      seq_len: |T_c|.
+      pool: task pool of every segment.
+      ids: [I] segment ids (pool rows).
+      train: segment indices for meta-training.
+      source: every sample of the meta-training segments (support before, query after
+        their cut), the training set of the classical and global neural baselines.
+      target: meta-testing tasks (support before the cut, query after it).
+      val_tasks: meta-validation tasks.
+      groups: [T] category group of each target task.
+      weights: f32[I, I] knowledge graph, or None.
+      counts: segments per role (with and without a task) for the report.
+    """
+
+    data: DemandData
+    seq_len: int
+    pool: TaskPool
+    ids: np.ndarray
+    train: np.ndarray
+    source: TaskBatch
+    target: TaskBatch
+    val_tasks: TaskBatch
+    groups: np.ndarray
+    weights: np.ndarray | None
+    counts: dict[str, int]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Context:
+    """What every cell of one setting shares: the prepared data, the graph embedding
+    u_g f32[I, D] and a cache of compiled meta-learners (one per variant and grid point)."""
+
+    prep: Prepared
+    cfg: RMLDPConfig
+    graph_emb: jax.Array
+    runners: dict = dataclasses.field(default_factory=dict)
+
+
+def synthetic_kwargs(cfg: RMLDPConfig) -> dict:
+    """``make_demand`` keyword arguments of a config."""
+    d = cfg.data
+    return dict(
+        n_segments=d.n_segments,
+        n_clusters=d.n_clusters,
+        carryover=d.carryover,
+        carryover_levels=d.carryover_levels,
+        shared_weekly=d.shared_weekly,
+        seed=d.data_seed,
+    )
+
+
+def load_data(spec: str, cfg: RMLDPConfig) -> DemandData:
+    """``--data`` spec (synthetic, walmart, groceries, table:PATH) -> ``DemandData``,
+    subsampled to ``data.max_segments``."""
+    parsed = parse_data_spec(spec)
+    if parsed.name == "synthetic":
+        data = load_synthetic(**synthetic_kwargs(cfg))
+    elif parsed.name == "walmart":
+        data = load_walmart(parsed.path)
+    elif parsed.name == "groceries":
+        data = load_groceries(parsed.path)
+    elif parsed.name == "table":
+        data = load_table(parsed.path, baskets=cfg.data.baskets, edges=cfg.data.edges)
+    else:
+        raise DataError(f"--data {spec!r}: rmldp reads synthetic, walmart, groceries or table:PATH")
+    return subsample(data, cfg.data.max_segments)
+
+
+def subsample(data: DemandData, max_segments: int | None, seed: int = 0) -> DemandData:
+    """A seeded random subset of ``max_segments`` segments (all when None or fewer)."""
+    ids = data.groups.index.to_numpy()
+    if max_segments is None or len(ids) <= max_segments:
+        return data
+    keep = np.random.default_rng(seed).choice(ids, max_segments, replace=False)
+    frame = data.frame.frame[data.frame.frame["unique_id"].isin(keep)].reset_index(drop=True)
+    logger.info("%s: kept %d of %d segments (max_segments)", data.name, max_segments, len(ids))
+    return dataclasses.replace(
+        data,
+        frame=dataclasses.replace(data.frame, frame=frame),
+        groups=data.groups[data.groups.index.isin(keep)],
+    )
+
+
+def prepare(data: DemandData, cfg: RMLDPConfig, *, seq_len: int) -> Prepared:
+    """Windows, task pool, segment roles, target tasks and knowledge graph."""
+    p = cfg.protocol
+    panel = to_panel(data.frame)
+    windows = make_windows(
+        panel,
+        seq_len=seq_len,
+        horizon_gap=p.horizon_gap,
+        horizon_len=p.horizon_len,
+        season=p.season or season_length(panel.freq),
+    )
+    pool = build_task_pool(windows, support_frac=p.support_frac)
+    roles = split_segments(n_records(panel), train_frac=p.train_frac)
+    train = roles.train[(np.asarray(pool.cut) > 0)[roles.train]]
+    limits = dict(max_support=p.max_support, max_query=p.max_query)
+    target = eval_tasks(pool, roles.test, **limits)
+    groups = data.groups.reindex(panel.ids).fillna("all").to_numpy()
+    weights = None
+    if data.baskets is not None:
+        weights = cooccurrence_graph(
+            data.baskets, panel.ids, threshold=cfg.graph.threshold, unknown="drop"
+        )
+    elif data.edges is not None:
+        weights = edge_graph(data.edges, panel.ids, threshold=cfg.graph.threshold)
+    counts = {
+        "segments": len(panel.ids),
+        "meta-train": len(roles.train),
+        "meta-train with samples": len(train),
+        "meta-val": len(roles.val),
+        "meta-test": len(roles.test),
+        "meta-test with support+query": int(target.segment.shape[0]),
+    }
+    return Prepared(
+        data,
+        seq_len,
+        pool,
+        panel.ids,
+        train,
+        eval_tasks(pool, train),
+        target,
+        eval_tasks(pool, roles.val, **limits),
+        groups[np.asarray(target.segment)],
+        weights,
+        counts,
+    )
+
+
+def context(data: DemandData, cfg: RMLDPConfig, *, seq_len: int) -> Context:
+    """``prepare`` plus the standardized DeepWalk embeddings (zeros without a graph)."""
+    prep = prepare(data, cfg, seq_len=seq_len)
+    dim = cfg.model.graph_dim
+    if prep.weights is None:
+        return Context(prep, cfg, jnp.zeros((len(prep.ids), dim)))
+    key = jax.random.key(GRAPH_KEY)
+    emb = deepwalk(
+        key, jnp.asarray(prep.weights), dim=dim, **dataclasses.asdict(cfg.graph.deepwalk)
+    )
+    return Context(prep, cfg, (emb - emb.mean(0)) / (emb.std(0) + 1e-6))
+
+
+def runnable(methods: tuple[str, ...], prep: Prepared) -> tuple[str, ...]:
+    """``methods`` without the graph variants when the data have no baskets or edges."""
+    if prep.weights is not None:
+        return methods
+    skipped = [m for m in methods if m in NEEDS_GRAPH]
+    if skipped:
+        logger.warning("%s has no baskets or edges: %s not run", prep.data.name, skipped)
+    return tuple(m for m in methods if m not in NEEDS_GRAPH)
+
+
+def full_variant(methods: tuple[str, ...]) -> str:
+    """The full RMLDP of a run: RMLDP, or RMLDP-g without a graph."""
+    return "RMLDP" if "RMLDP" in methods else "RMLDP-g"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MetaRunner:
+    """A META variant with its jitted Algorithm 1 step and evaluation, reused across seeds.
+
+    Attributes:
+      model: the variant's static structure.
+      init: ``init(key) -> Theta``.
+      step: jitted ``step(state) -> (state, metrics)`` (sampling folded in).
+      test: ``test(Theta, tasks) -> f32[T, N_q]`` (eq. 8).
+      optimizer: the outer optimizer (beta).
+    """
+
+    model: object
+    init: Callable
+    step: Callable
+    test: Callable
+    optimizer: optax.GradientTransformation
+
+
+def meta_runner(name: str, ctx: Context, hp: dict) -> MetaRunner:
+    """The ``MetaRunner`` of variant ``name`` with ``hp`` (inner_steps, inner_lr, meta_lr)."""
+    prep, t = ctx.prep, ctx.cfg.train
+    inner = dict(steps=hp["inner_steps"], step_size=hp["inner_lr"])
+    init = functools.partial(
+        init_rmldp,
+        n_features=prep.pool.values.shape[-1],
+        seq_len=prep.seq_len,
+        step_size=hp["inner_lr"],
+        **dataclasses.asdict(ctx.cfg.model),
+        **META[name],
+    )
+    model, _ = init(jax.random.key(0))
+    optimizer = optax.adam(hp["meta_lr"])
+    mesh = data_mesh() if t.data_parallel else None
+    train_step = make_train_step(
+        model, ctx.graph_emb, optimizer, lam=t.lam, mesh=mesh, remat=t.remat,
+        strategy=t.strategy, **inner,
+    )  # fmt: skip
+    sample = functools.partial(
+        sample_tasks,
+        pool=prep.pool,
+        segments=jnp.asarray(prep.train),
+        n_tasks=t.n_tasks,
+        n_support=t.n_support,
+        n_query=t.n_query,
+    )
+    test = functools.partial(meta_test, model, graph_emb=ctx.graph_emb, **inner)
+    return MetaRunner(
+        model,
+        lambda key: init(key)[1],
+        jit_step(with_sampler(train_step, sample), mesh),
+        lambda theta, tasks: test(theta, tasks=tasks),
+        optimizer,
+    )
+
+
+def train_meta(runner: MetaRunner, ctx: Context, key: jax.Array):
+    """Algorithm 1 with early stopping on the meta-validation MSE; returns the best Theta."""
+    k_init, k_state = jax.random.split(key)
+    val, t = ctx.prep.val_tasks, ctx.cfg.train
+
+    def eval_fn(state):
+        pred = runner.test(state.params, val)
+        return {"val_loss": float(metrics.mse(val.query.y, pred, val.query.mask))}
+
+    result = fit(
+        runner.step,
+        init_train_state(runner.init(k_init), runner.optimizer, k_state),
+        n_steps=t.meta_steps,
+        eval_fn=eval_fn,
+        eval_every=t.eval_every,
+        patience=t.patience,
+        progress=False,
+    )
+    return result.best_state.params
+
+
+def grid(name: str, cfg: RMLDPConfig) -> dict[str, tuple]:
+    """The tuning grid of method ``name`` (name -> values, first values the defaults)."""
+    t = cfg.tuning
+    sections = {"Fine-tune": t.finetune, "SVR": t.svr, "Random Forest": t.rf, "XGBoost": t.xgb}
+    if name in META:
+        return dataclasses.asdict(t.meta)
+    if name in NEURAL:
+        return dataclasses.asdict(t.neural)
+    return dataclasses.asdict(sections[name]) if name in sections else {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    """One method at one grid point: query predictions f32[T, N_q] on the meta-validation
+    (``val``) and target tasks, and the fitted model (``(model, Theta)`` of a META variant,
+    ``(apply, params)`` of a neural model, the regressor of a classical one)."""
+
+    val: np.ndarray
+    target: np.ndarray
+    model: object
+
+
+def method_key(name: str, seed: int) -> jax.Array:
+    """The PRNG key of method ``name`` and model seed ``seed`` (Fine-tune: its GRU+MPFN's)."""
+    base = "GRU+MPFN" if name == "Fine-tune" else name
+    return jax.random.fold_in(jax.random.key(seed), METHODS.index(base))
+
+
+def fit_classical(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
+    """A classical regressor on every source sample plus the target support sets."""
+    prep = ctx.prep
+    sets = (prep.source.support, prep.source.query, prep.target.support)
+    parts = [fb.flatten_split(s) for s in sets]
+    xy = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    limit = None if name == "Linear Regression" else ctx.cfg.baselines.max_train_classical
+    model = fb.fit_classical(CLASSICAL[name], xy, max_train=limit, seed=seed, params=hp)
+    return Fitted(
+        fb.predict_classical(model, prep.val_tasks.query),
+        fb.predict_classical(model, prep.target.query),
+        model,
+    )
+
+
+def fit_neural(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
+    """A global neural model on the pooled samples (Fine-tune: its GRU+MPFN)."""
+    prep = ctx.prep
+    k_init, k_train = jax.random.split(method_key(name, seed))
+    apply, params = fb.build_neural(
+        NEURAL[name], prep.pool.values.shape[-1], ctx.cfg.model.hidden, seq_len=prep.seq_len,
+        key=k_init,
+    )  # fmt: skip
+    samples = jax.tree.map(
+        lambda *a: jnp.concatenate(a),
+        *(fb.pooled_samples(s) for s in (prep.source.support, prep.source.query)),
+        fb.pooled_samples(prep.target.support),
+    )
+    params, _ = fb.train_global(
+        apply, params, samples, k_train, n_steps=hp["train_steps"],
+        batch_size=ctx.cfg.baselines.global_batch, learning_rate=hp["learning_rate"],
+    )  # fmt: skip
+    pred = functools.partial(fb.finetune_predict, apply, params, steps=0, step_size=0.0)
+    return Fitted(np.asarray(pred(prep.val_tasks)), np.asarray(pred(prep.target)), (apply, params))
+
+
+def fit_meta(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
+    """A META variant meta-trained (Algorithm 1) and adapted to each task (eq. 8)."""
+    key = (name, ctx.prep.seq_len, tuple(hp.items()))
+    if key not in ctx.runners:
+        ctx.runners[key] = meta_runner(name, ctx, hp)
+    runner = ctx.runners[key]
+    theta = train_meta(runner, ctx, method_key(name, seed))
+    val, target = (np.asarray(runner.test(theta, t)) for t in (ctx.prep.val_tasks, ctx.prep.target))
+    return Fitted(val, target, (runner.model, theta))
+
+
+def val_mape(ctx: Context, pred: np.ndarray) -> float:
+    """Mean meta-validation MAPE of query predictions (inf when no segment has one)."""
+    mape, _ = segment_errors(ctx.prep, ctx.prep.val_tasks, pred)
+    return float(np.nanmean(mape)) if np.isfinite(mape).any() else np.inf
+
+
+def tuned(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
+    """Method ``name`` tuned on meta-validation MAPE over ``tuning.trials`` grid points."""
+    if name == "Fine-tune":
+        return tuned_finetune(ctx, seed)
+    fitter = fit_meta if name in META else fit_neural if name in NEURAL else fit_classical
+    fits = {}
+
+    def evaluate(point: dict) -> float:
+        fits[tuple(point.items())] = fitted = fitter(name, ctx, seed, point)
+        return val_mape(ctx, fitted.val)
+
+    result = tune(grid(name, ctx.cfg), evaluate, trials=ctx.cfg.tuning.trials)
+    return result, fits[tuple(result.best.items())]
+
+
+def tuned_finetune(ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
+    """Fine-tune (paper 6.1): the tuned GRU+MPFN of this seed, adapted by SGD on each
+    target's support set with the tuned budget (``tuning.finetune``)."""
+    base, fitted = tuned("GRU+MPFN", ctx, seed)
+    apply, params = fitted.model
+    preds = {}
+
+    def evaluate(point: dict) -> float:
+        adapt = functools.partial(
+            fb.finetune_predict, apply, params, steps=point["adapt_steps"],
+            step_size=point["adapt_step_size"],
+        )  # fmt: skip
+        preds[tuple(point.items())] = (np.asarray(adapt(ctx.prep.val_tasks)), adapt)
+        return val_mape(ctx, preds[tuple(point.items())][0])
+
+    result = tune(grid("Fine-tune", ctx.cfg), evaluate, trials=ctx.cfg.tuning.trials)
+    val, adapt = preds[tuple(result.best.items())]
+    best = dataclasses.replace(result, best={**base.best, **result.best})
+    return best, Fitted(val, np.asarray(adapt(ctx.prep.target)), fitted.model)
+
+
+def segment_errors(prep: Prepared, tasks: TaskBatch, pred) -> tuple[np.ndarray, np.ndarray]:
+    """Per-segment MAPE f64[T] and MSE f64[T] of query predictions [T, N_q] on raw demand
+    (predictions clipped at 0; MAPE is NaN where every query target is 0)."""
+    seg = tasks.segment
+    y = unscale(prep.pool, seg, tasks.query.y)
+    yhat = unscale(prep.pool, seg, jnp.maximum(jnp.asarray(pred), 0.0))
+    errors = jax.vmap(lambda *a: (metrics.mape(*a), metrics.mse(*a)))(y, yhat, tasks.query.mask)
+    return tuple(np.asarray(e, np.float64) for e in errors)
+
+
+def segment_scores(prep: Prepared, pred: np.ndarray) -> pd.DataFrame:
+    """Per target segment: ``segment, group, mape, mse`` on raw demand."""
+    mape, mse = segment_errors(prep, prep.target, pred)
+    return pd.DataFrame({"segment": targets(prep)["segment"], "group": prep.groups, "mape": mape,
+                         "mse": mse})  # fmt: skip
+
+
+def targets(prep: Prepared) -> pd.DataFrame:
+    """The target segments: ``segment`` id and category ``group``, in task order."""
+    ids = [str(prep.ids[int(i)]) for i in prep.target.segment]
+    return pd.DataFrame({"segment": ids, "group": prep.groups})
+
+
+def score_rows(scores: pd.DataFrame, **keys) -> list[dict]:
+    """Long rows: mean per group and over all target segments (NaN MAPE left out), then
+    each target segment's own (group ``seg:<id>``)."""
+    rows = []
+    parts = [("all", scores)] + list(scores.groupby("group", sort=True))
+    if scores["group"].nunique() == 1:
+        parts = parts[:1]
+    for group, part in parts:
+        for metric in ("mape", "mse"):
+            value = part[metric].dropna().mean()
+            rows.append(dict(keys, group=str(group), metric=metric, value=float(value)))
+    for row in scores.itertuples(index=False):
+        for metric in ("mape", "mse"):
+            value = float(getattr(row, metric))
+            rows.append(dict(keys, group=f"seg:{row.segment}", metric=metric, value=value))
+    return rows
+
+
+def representations(ctx: Context, model, theta) -> pd.DataFrame:
+    """Segment representations q of the meta-test and meta-val segments:
+    ``segment, group, q0 .. q{D-1}`` (Figure 7)."""
+    prep = ctx.prep
+    tasks = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), prep.target, prep.val_tasks)
+    q = np.asarray(segment_representations(model, theta, ctx.graph_emb, tasks))
+    ids = prep.ids[np.asarray(tasks.segment)]
+    groups = prep.data.groups.reindex(ids).fillna("all").to_numpy()
+    frame = pd.DataFrame(q.astype(np.float64), columns=[f"q{i}" for i in range(q.shape[1])])
+    return frame.assign(segment=[str(i) for i in ids], group=groups)
+
+
+def silhouette(q: np.ndarray, groups: np.ndarray) -> float:
+    """Silhouette of q f32[N, D] by group (NaN unless 2 <= groups <= N - 1)."""
+    labels, inverse = np.unique(groups, return_inverse=True)
+    if not 2 <= len(labels) <= len(q) - 1:
+        return float("nan")
+    return float(metrics.silhouette(q, inverse))
+
+
+def run_cell(
+    ctx: Context, cell: Cell, *, dataset: str, represent: bool = False
+) -> tuple[list[dict], pd.DataFrame | None]:
+    """One (method, seed) of a setting: long rows (scores, ``hp:`` choices, seconds).
+
+    Sweep settings keep the group means only, their group named ``<setting>/<group>``.
+    With ``represent`` (a META variant): also its segment representations and a
+    ``silhouette`` row."""
+    start = time.perf_counter()
+    result, fitted = tuned(cell.method, ctx, cell.seed)
+    seconds = time.perf_counter() - start
+    scores = segment_scores(ctx.prep, fitted.target)
+    keys = dict(experiment="rmldp", dataset=dataset, method=cell.method, seed=cell.seed)
+    rows = score_rows(scores, **keys)
+    rows += [
+        dict(keys, group="all", metric="seconds", value=seconds),
+        *hp_rows(result.best, **keys),
+    ]
+    logger.info("%s: MAPE %.4f (%.1f s)", cell.key, scores["mape"].mean(), seconds)
+    if cell.setting != "main":
+        rows = [dict(r, group=f"{cell.setting}/{r['group']}") for r in rows]
+        return [r for r in rows if "/seg:" not in r["group"]], None
+    if not represent:
+        return rows, None
+    reps = representations(ctx, *fitted.model)
+    value = silhouette(reps.filter(regex=r"^q\d+$").to_numpy(np.float32), reps["group"].to_numpy())
+    return [*rows, dict(keys, group="all", metric="silhouette", value=value)], reps
