@@ -13,6 +13,7 @@ MAPE (the reported metric), the lowest kept and written as ``hp:<name>`` rows.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +107,7 @@ class TrainConfig:
     patience: int | None = 5
     data_parallel: bool = False
     remat: bool = False
-    strategy: str = "vmap"
+    strategy: Literal["vmap", "map", "map_remat"] = "vmap"
 
 
 @dataclasses.dataclass(frozen=True)
