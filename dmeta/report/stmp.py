@@ -36,7 +36,7 @@ def render(run_dir: Path, results: pd.DataFrame) -> str:
     datasets = ", ".join(dict.fromkeys(results["dataset"].astype(str)))
     parts = [
         f"# STMP on {datasets}\n",
-        f"## stmp\n\n{summary_markdown(summarize(scores))}",
+        f"## All metrics (mean ± std over seeds)\n\n{summary_markdown(summarize(scores))}",
         margin_section(scores),
         mse_section(scores),
         degradation_section(scores),
