@@ -2,8 +2,12 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from dmeta.baselines.sales_cnn_baselines import arima_forecast, fe_features, persistence_forecast
+from dmeta.config import override
+from dmeta.report import render
+from dmeta.report.sales_cnn import plots
+from dmeta.sales_cnn.baselines import arima_forecast, fe_features, persistence_forecast
 from dmeta.sales_cnn.loaders import synthetic_panel
 from dmeta.sales_cnn.pipeline import METHODS, pooled, prepare, region_mse, weighted
 
@@ -43,34 +47,49 @@ def test_baseline_features_and_forecasts():
     np.testing.assert_allclose(persistence_forecast(series, ends, horizon=2)[0], [6.0, 6.0])
 
 
-def test_smoke_run_end_to_end(tmp_path):
+def test_arima_is_statsmodels_autoreg():
+    from statsmodels.tsa.ar_model import AutoReg
+
+    series = np.random.default_rng(0).gamma(2.0, 3.0, size=(3, 40))
+    got = arima_forecast(series, np.array([30, 39]), horizon=3, lags=2)
+    want = [
+        [AutoReg(s[: e + 1], lags=2, trend="c").fit().forecast(3).sum() for e in (30, 39)]
+        for s in series
+    ]
+    np.testing.assert_allclose(got, np.clip(want, 0, None), rtol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
     from experiments import sales_cnn
 
-    df = sales_cnn.run(
-        data="synthetic", out=tmp_path, smoke=True, seeds=1, command="dmeta run sales_cnn"
-    )
-    table = df[df["experiment"] == "sales_cnn"]
+    cfg = override(sales_cnn.get_config(smoke=True), ["protocol.sweep_lengths=13"])
+    out = tmp_path_factory.mktemp("sales_cnn")
+    kw = dict(data="synthetic", seeds=1, methods=sales_cnn.METHODS, command="test")
+    return sales_cnn, cfg, out, kw, sales_cnn.run(cfg, out=out, fresh=True, **kw)
+
+
+def test_smoke_run_end_to_end(smoke_run):
+    _, _, out, _, df = smoke_run
+    table = df[(df["experiment"] == "sales_cnn") & (df["metric"] == "mse")]
     assert set(table["method"]) == set(METHODS)
     groups = set(table["group"])
     assert "average" in groups and len(groups) == 3  # smoke keeps the 2 largest regions
     assert np.isfinite(df["value"]).all() and (df["value"] >= 0).all()
-    saved = pd.read_csv(tmp_path / "results.csv")
-    assert list(saved.columns) == [
-        "experiment",
-        "dataset",
-        "method",
-        "group",
-        "seed",
-        "metric",
-        "value",
-    ]
-    assert (tmp_path / "command.txt").exists()
-    assert "Table 1 analog" in (tmp_path / "results.md").read_text()
+    assert {"hp:arima_lags", "hp:max_depth", "hp:learning_rate", "hp:rate"} <= set(df["metric"])
+    assert (out / "command.txt").exists()
+    assert "Table 1 analog" in render(out) == (out / "results.md").read_text()
+
+
+def test_resume_after_losing_a_cell_is_identical(smoke_run):
+    sales_cnn, cfg, out, kw, full = smoke_run
+    (out / "cells" / "table1__CNN_WD_TL__seed0.csv").unlink()
+    (out / "cells" / "length_13__CNN_WD_TL__seed0.csv").unlink()
+    resumed = sales_cnn.run(cfg, out=out, fresh=False, **kw)
+    pd.testing.assert_frame_equal(resumed, full)
 
 
 def test_sweep_plots(tmp_path):
-    from experiments import sales_cnn
-
     rows = [
         (f"sales_cnn_sweep_{name}", "synthetic", "CNN+WD+TL", f"{name}={v}", s, "mse", v + s)
         for name in ("horizon", "length", "beta")
@@ -80,11 +99,18 @@ def test_sweep_plots(tmp_path):
     df = pd.DataFrame(
         rows, columns=["experiment", "dataset", "method", "group", "seed", "metric", "value"]
     )
-    assert sales_cnn.plot_sweeps(df, tmp_path) == [
-        "sweep_horizon.png",
-        "sweep_length.png",
-        "sweep_beta.png",
-    ]
+    plots(tmp_path, df)
     assert all(
-        (tmp_path / f).stat().st_size > 1000 for f in ("sweep_horizon.png", "sweep_beta.png")
+        (tmp_path / f"sweep_{n}.png").stat().st_size > 1000 for n in ("horizon", "length", "beta")
     )
+
+
+def test_equal_tuning_picks_on_validation(tmp_path):
+    from experiments import sales_cnn
+
+    cfg = override(sales_cnn.get_config(smoke=True), ["tuning.trials=3"])
+    df = sales_cnn.run(
+        cfg, data="synthetic", out=tmp_path, seeds=1, methods=("ARIMA",), fresh=True, command=""
+    )
+    assert df.loc[df["metric"] == "hp:arima_lags", "value"].item() in (1.0, 2.0, 3.0)
+    assert set(df["experiment"]) == {"sales_cnn"}  # the sweeps need CNN+WD+TL

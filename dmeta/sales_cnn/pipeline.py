@@ -2,9 +2,9 @@
 
 ``prepare`` cuts train/test Data Frames (section 5.2), keeps the (region, item)
 series that sold anything in the training window, z-scores inputs and targets
-and stacks the samples per region. ``forecast_all`` trains the networks
-(CNN, CNN+WD, CNN+WD+TL, Single-CNN, DNN) and the baselines (ARIMA, FE+GBRT,
-naive) and returns test forecasts per region.
+and stacks the samples per region. ``forecast_network`` trains one of the networks
+(CNN, CNN+WD, CNN+WD+TL, Single-CNN, DNN) and returns its test forecasts per region
+(the baselines are in ``dmeta.sales_cnn.baselines``).
 """
 
 from __future__ import annotations
@@ -18,15 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dmeta.baselines.sales_cnn_baselines import (
-    SalesDNN,
-    arima_forecast,
-    fe_features,
-    fit_predict_gbrt,
-    persistence_forecast,
-)
+from dmeta.sales_cnn.baselines import SalesDNN
 from dmeta.sales_cnn.frames import SalesPanel, build_frames, split_ends
-from dmeta.sales_cnn.model import PAPER_ORDERS, SalesCNN
+from dmeta.sales_cnn.model import SalesCNN
 from dmeta.sales_cnn.train import (
     Samples,
     Scaler,
@@ -42,16 +36,8 @@ from dmeta.sales_cnn.train import (
 
 log = logging.getLogger(__name__)
 
-METHODS = (
-    "ARIMA",
-    "FE+GBRT",
-    "DNN",
-    "CNN",
-    "CNN+WD",
-    "CNN+WD+TL",
-    "Single-CNN",
-    "Naive",
-)
+METHODS = ("ARIMA", "FE+GBRT", "DNN", "CNN", "CNN+WD", "CNN+WD+TL", "Single-CNN", "Naive")
+NETWORKS = ("DNN", "CNN", "CNN+WD", "CNN+WD+TL", "Single-CNN")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -176,38 +162,47 @@ def _steps(epochs: float, n: int, batch_size: int) -> int:
     return max(1, math.ceil(epochs * n / batch_size))
 
 
-def forecast_networks(
+def method_keys(seed: int, position: int) -> tuple[jax.Array, jax.Array]:
+    """(fit key, fine-tune key) of the network at ``position`` of a run of several: the
+    ``position + 1``-th of a chain of three-way splits of ``key(seed)``."""
+    key = jax.random.key(seed)
+    for _ in range(position + 1):
+        key, k_fit, k_tune = jax.random.split(key, 3)
+    return k_fit, k_tune
+
+
+def forecast_network(
     data: Prepared,
+    method: str,
     *,
     seed: int,
-    methods: tuple[str, ...] = ("DNN", "CNN", "CNN+WD", "CNN+WD+TL", "Single-CNN"),
-    maps: int = 128,
-    hidden: int = 1024,
-    orders: tuple[tuple[int, int], ...] = PAPER_ORDERS,
-    rate: float = 0.2,
-    dnn_hidden: int = 1024,
-    dnn_layers: int = 4,
-    beta: float = 0.02,
+    position: int = 0,
+    model: dict,
+    dnn: dict,
     learning_rate: float = 2e-3,
     batch_size: int = 128,
     epochs: float = 10.0,
     finetune_epochs: float = 10.0,
-    compute_dtype: str = "float32",
+    beta: float = 0.02,
     shard: bool = False,
-) -> dict[str, np.ndarray]:
-    """Trains the networks and returns test forecasts f32[R, Q] (raw sales units).
+) -> np.ndarray:
+    """Trains one network and returns its test forecasts f32[R, Q] (raw sales units).
 
     Per-region methods (CNN, CNN+WD, DNN) train one model per region from its own
     initialisation, all regions in one vmapped program for ``epochs``;
     Single-CNN trains one model on the pooled samples; CNN+WD+TL pretrains on the
     pooled weighted samples for ``epochs`` and fine-tunes per region (vmapped) for
-    ``finetune_epochs``. ``compute_dtype`` (``"float32"`` or ``"bfloat16"``) is the CNNs'
-    compute dtype (``SalesCNN``'s ``dtype``; the DNN stays float32). ``shard=True`` runs
-    on all visible devices (``dmeta.sales_cnn.train``: pooled minibatches split, regions
-    split in the per-region programs; the batch size and R must divide by the device count).
+    ``finetune_epochs``. ``shard=True`` runs on all visible devices
+    (``dmeta.sales_cnn.train``: pooled minibatches split, regions split in the
+    per-region programs; the batch size and R must divide by the device count).
+
+    Args:
+      model: ``SalesCNN`` keyword arguments (``orders, maps, hidden, rate, dtype``).
+      dnn: ``SalesDNN`` ``hidden`` and ``layers`` (dropout ``model["rate"]``).
+      position: selects the training keys (``method_keys``).
     """
     n_regions, _, _, d, t = data.train.x.shape
-    key = jax.random.key(seed)
+    k_fit, k_tune = method_keys(seed, position)
     opts = dict(learning_rate=learning_rate, batch_size=batch_size, shard=shard)
     region_opts = dict(opts, shard=shard and n_regions % jax.device_count() == 0)
     if shard and not region_opts["shard"]:
@@ -218,83 +213,39 @@ def forecast_networks(
             jax.device_count(),
         )
     region_steps = _steps(epochs, int(np.max(data.train.n)), batch_size)
-    pooled_steps = _steps(epochs, int(np.sum(data.train.n)), batch_size)
-    test_x = jnp.asarray(data.test_x)
 
     def cnn(s):
-        arch = dict(orders=orders, maps=maps, hidden=hidden, rate=rate, dtype=compute_dtype)
-        return SalesCNN(d, t, **arch, rngs=nnx.Rngs(s))
-
-    def per_region_inits(make):
-        models = [split_model(make(seed * 1000 + r)) for r in range(n_regions)]
-        return models[0][0], stack_params([p for _, p in models])
+        return SalesCNN(d, t, **model, rngs=nnx.Rngs(s))
 
     def predict(graphdef, params_r):
+        test_x = jnp.asarray(data.test_x)
         return np.asarray(data.scaler.inverse_y(predict_regions(graphdef, params_r, test_x)))
 
-    out = {}
-    for method in methods:
-        key, k_fit, k_tune = jax.random.split(key, 3)
-        if method in ("CNN", "CNN+WD", "DNN"):
-            beta_m = beta if method == "CNN+WD" else 0.0
-            make = cnn
-            if method == "DNN":
-                make = lambda s: SalesDNN(  # noqa: E731
-                    4 * d * t, hidden=dnn_hidden, layers=dnn_layers, rate=rate, rngs=nnx.Rngs(s)
-                )
-            graphdef, params = per_region_inits(make)
-            params, _ = fit_regions(
-                graphdef, params, weighted(data, beta_m), k_fit, n_steps=region_steps, **region_opts
-            )
-            out[method] = predict(graphdef, params)
-        elif method in ("CNN+WD+TL", "Single-CNN"):
-            transfer = method == "CNN+WD+TL"
-            graphdef, params = split_model(cnn(seed * 1000 + 999))
-            samples = weighted(data, beta if transfer else 0.0)
-            params, _ = fit(graphdef, params, pooled(samples), k_fit, n_steps=pooled_steps, **opts)
-            params = broadcast_params(params, n_regions)
-            if transfer:
-                tune_steps = _steps(finetune_epochs, int(np.max(data.train.n)), batch_size)
-                params, _ = fit_regions(
-                    graphdef, params, samples, k_tune, n_steps=tune_steps, **region_opts
-                )
-            out[method] = predict(graphdef, params)
-        else:
-            raise ValueError(f"unknown network method {method!r}")
-    return out
-
-
-def forecast_baselines(
-    data: Prepared,
-    *,
-    seed: int,
-    methods: tuple[str, ...] = ("ARIMA", "FE+GBRT", "Naive"),
-    arima_lags: int = 2,
-    gbrt_estimators: int = 300,
-) -> dict[str, np.ndarray]:
-    """ARIMA, FE+GBRT (one model on the pooled training samples) and naive forecasts f[R, Q]."""
-    shape = data.test_y.shape
-    out = {}
-    series = data.series.reshape(-1, data.series.shape[-1])
-    n_rows = data.series.shape[1] * len(data.test_ends)
-
-    def by_region(pred):  # f[R * I_max, E] -> f[R, Q] in the test row order
-        pred = pred.reshape(len(data.regions), n_rows)
-        return np.pad(pred, ((0, 0), (0, shape[1] - n_rows)))
-
-    if "ARIMA" in methods:
-        pred = arima_forecast(series, data.test_ends, horizon=data.horizon, lags=arima_lags)
-        out["ARIMA"] = by_region(pred)
-    if "Naive" in methods:
-        out["Naive"] = by_region(persistence_forecast(series, data.test_ends, horizon=data.horizon))
-    if "FE+GBRT" in methods:
-        n = data.train.n
-        x_train = np.concatenate([fe_features(data.train_raw[r, : n[r]]) for r in range(len(n))])
-        y_train = np.concatenate([data.train_y[r, : n[r]] for r in range(len(n))])
-        x_test = fe_features(data.test_raw.reshape(-1, *data.test_raw.shape[2:]))
-        pred = fit_predict_gbrt(x_train, y_train, x_test, seed=seed, n_estimators=gbrt_estimators)
-        out["FE+GBRT"] = pred.reshape(shape)
-    return out
+    if method in ("CNN", "CNN+WD", "DNN"):
+        make = cnn
+        if method == "DNN":
+            make = lambda s: SalesDNN(4 * d * t, **dnn, rate=model["rate"], rngs=nnx.Rngs(s))  # noqa: E731
+        models = [split_model(make(seed * 1000 + r)) for r in range(n_regions)]
+        graphdef, params = models[0][0], stack_params([p for _, p in models])
+        samples = weighted(data, beta if method == "CNN+WD" else 0.0)
+        params, _ = fit_regions(
+            graphdef, params, samples, k_fit, n_steps=region_steps, **region_opts
+        )
+        return predict(graphdef, params)
+    if method not in ("CNN+WD+TL", "Single-CNN"):
+        raise ValueError(f"unknown network method {method!r}; one of {NETWORKS}")
+    transfer = method == "CNN+WD+TL"
+    graphdef, params = split_model(cnn(seed * 1000 + 999))
+    samples = weighted(data, beta if transfer else 0.0)
+    pooled_steps = _steps(epochs, int(np.sum(data.train.n)), batch_size)
+    params, _ = fit(graphdef, params, pooled(samples), k_fit, n_steps=pooled_steps, **opts)
+    params = broadcast_params(params, n_regions)
+    if transfer:
+        tune_steps = _steps(finetune_epochs, int(np.max(data.train.n)), batch_size)
+        params, _ = fit_regions(
+            graphdef, params, samples, k_tune, n_steps=tune_steps, **region_opts
+        )
+    return predict(graphdef, params)
 
 
 def region_mse(data: Prepared, pred: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Baselines of the sales CNN paper (Zhao & Wang, section 5.2.1): ARIMA, FE+GBRT, DNN.
 
-* ARIMA (statsmodels) on each item's own sales series, forecasting the next
+* ARIMA (least-squares AR(p) with a constant) on each item's own sales series, forecasting the next
   ``k`` periods and summing them.
 * FE+GBRT: hand-made features of every indicator row of the Data Frame (last
   value, averages over the last 3 / 7 / 30 periods and the whole frame, spread,
@@ -12,17 +12,20 @@
 
 from __future__ import annotations
 
-import logging
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
-import xgboost
 from flax import nnx
 
+from dmeta.baselines import classical
 from dmeta.sales_cnn.model import dropout
 from dmeta.types import Array, Key
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from dmeta.sales_cnn.pipeline import Prepared
+
+METHODS = ("ARIMA", "FE+GBRT", "Naive")
 
 FE_WINDOWS = (1, 3, 7, 30)
 
@@ -32,9 +35,10 @@ def arima_forecast(
 ) -> np.ndarray:
     """Totals of the next ``horizon`` forecasts of an ARIMA(lags, 0, 0) from each end point.
 
-    Fitted by OLS with statsmodels ``AutoReg`` (constant + ``lags`` lags) on each
-    series up to each end point; the state-space ``ARIMA`` MLE took minutes for a
-    few hundred series on the shared CPU.
+    An AR(``lags``) with a constant fitted by least squares on each series up to each end
+    point (``dmeta.baselines.classical.ar_forecast``; the same model as statsmodels
+    ``AutoReg(lags, trend="c")``, equal to 1e-14 relative); the state-space ``ARIMA`` MLE
+    took minutes for a few hundred series on the shared CPU.
 
     Args:
       series: f[N, L] sales series (one row per item x region).
@@ -43,29 +47,14 @@ def arima_forecast(
       lags: AR order p.
 
     Returns:
-      f64[N, E] forecast totals, clipped at 0. A constant history, or one whose
-      fit fails, gets ``horizon`` times its mean (logged).
+      f64[N, E] forecast totals, clipped at 0. A constant or too short history gets
+      ``horizon`` times its mean.
     """
-    from statsmodels.tsa.ar_model import AutoReg
-
-    out = np.empty((len(series), len(ends)))
-    fallback = 0
-    for n, values in enumerate(np.asarray(series, np.float64)):
-        for e, end in enumerate(ends):
-            history = values[: end + 1]
-            try:
-                if np.ptp(history) == 0:
-                    raise ValueError("constant series")
-                fitted = AutoReg(history, lags=lags, trend="c").fit()
-                out[n, e] = fitted.forecast(horizon).sum()
-            except (np.linalg.LinAlgError, ValueError):
-                out[n, e] = horizon * history.mean()
-                fallback += 1
-    if fallback:
-        logger.info(
-            "ARIMA: %d of %d histories constant or failed; used their mean", fallback, out.size
-        )
-    return np.clip(out, 0.0, None)
+    out = [
+        [classical.ar_forecast(values[: end + 1], lags, horizon).sum() for end in ends]
+        for values in np.asarray(series, np.float64)
+    ]
+    return np.clip(np.asarray(out, np.float64).reshape(len(series), len(ends)), 0.0, None)
 
 
 def fe_features(frames: np.ndarray) -> np.ndarray:
@@ -95,16 +84,17 @@ def fit_predict_gbrt(
     n_estimators: int = 300,
     max_depth: int = 6,
     learning_rate: float = 0.05,
+    n_jobs: int = 2,
 ) -> np.ndarray:
-    """xgboost regression trees on ``fe_features``; returns f32[N_test] predictions."""
-    model = xgboost.XGBRegressor(
+    """xgboost regression trees (``classical.gbm_regressor``, histogram method) on
+    ``fe_features``; returns f32[N_test] predictions."""
+    model = classical.gbm_regressor(
+        seed=seed,
+        n_jobs=n_jobs,
         n_estimators=n_estimators,
         max_depth=max_depth,
         learning_rate=learning_rate,
-        subsample=0.8,
-        colsample_bytree=0.8,
-        random_state=seed,
-        n_jobs=2,
+        tree_method="hist",
     )
     model.fit(x_train, y_train)
     return model.predict(x_test)
@@ -148,3 +138,37 @@ def persistence_forecast(series: np.ndarray, ends: np.ndarray, *, horizon: int) 
     """Naive reference: the last ``horizon`` periods' total up to each end, f64[N, E]."""
     series = np.asarray(series, np.float64)
     return np.stack([series[:, end + 1 - horizon : end + 1].sum(-1) for end in ends], -1)
+
+
+def forecast_baseline(
+    data: Prepared,
+    method: str,
+    *,
+    seed: int,
+    arima_lags: int = 2,
+    gbrt: dict | None = None,
+) -> np.ndarray:
+    """Test forecasts f[R, Q] of ARIMA, FE+GBRT (one model on the pooled training samples;
+    ``gbrt``: ``fit_predict_gbrt`` options) or Naive, in the test row order of ``data``."""
+    shape = data.test_y.shape
+    series = data.series.reshape(-1, data.series.shape[-1])
+    n_rows = data.series.shape[1] * len(data.test_ends)
+
+    def by_region(pred):  # f[R * I_max, E] -> f[R, Q] in the test row order
+        pred = pred.reshape(len(data.regions), n_rows)
+        return np.pad(pred, ((0, 0), (0, shape[1] - n_rows)))
+
+    if method == "ARIMA":
+        return by_region(
+            arima_forecast(series, data.test_ends, horizon=data.horizon, lags=arima_lags)
+        )
+    if method == "Naive":
+        return by_region(persistence_forecast(series, data.test_ends, horizon=data.horizon))
+    if method != "FE+GBRT":
+        raise ValueError(f"unknown baseline {method!r}; one of {METHODS}")
+    n = data.train.n
+    x_train = np.concatenate([fe_features(data.train_raw[r, : n[r]]) for r in range(len(n))])
+    y_train = np.concatenate([data.train_y[r, : n[r]] for r in range(len(n))])
+    x_test = fe_features(data.test_raw.reshape(-1, *data.test_raw.shape[2:]))
+    pred = fit_predict_gbrt(x_train, y_train, x_test, seed=seed, **(gbrt or {}))
+    return pred.reshape(shape)

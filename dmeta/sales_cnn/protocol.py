@@ -1,0 +1,214 @@
+"""The Sales CNN protocol: data loading, the Table 1 methods and the sweeps, scoring.
+
+Table 1: test MSE per region (and averaged) of ARIMA, FE+GBRT, DNN, CNN, CNN+WD,
+CNN+WD+TL, Single-CNN and a naive last-interval reference. Sweeps of CNN+WD+TL: MSE of the
+average sales per period vs target interval length (Figure 5), MSE vs frame length
+(Figure 6) and vs beta (Figure 7). ``SalesRun.run_cell`` computes one ``Cell``; prepared
+frames and the seed-independent baselines are kept in memory between cells and
+recomputed deterministically when a resumed run needs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pandas as pd
+
+from dmeta.data.frames import DataError
+from dmeta.data.spec import parse_data_spec
+from dmeta.sales_cnn import baselines
+from dmeta.sales_cnn.config import SalesCNNConfig, for_daily
+from dmeta.sales_cnn.frames import SalesPanel, split_ends
+from dmeta.sales_cnn.loaders import (
+    load_cainiao,
+    load_completejourney,
+    load_frat,
+    panel_from_long,
+    synthetic_panel,
+)
+from dmeta.sales_cnn.pipeline import (
+    METHODS,
+    NETWORKS,
+    Prepared,
+    forecast_network,
+    prepare,
+    region_mse,
+)
+from dmeta.train.harness import Cell, grid_points, hp_rows, tune
+
+NAME = "sales_cnn"
+SWEEPS = {  # sweep name -> (config field of its values, axis label)
+    "horizon": ("sweep_horizons", "target interval length k (periods)"),
+    "length": ("sweep_lengths", "Data Frame length T (periods)"),
+    "beta": ("sweep_betas", "weight decay beta (per period)"),
+}
+log = logging.getLogger(__name__)
+
+
+def load_panel(spec: str) -> tuple[str, SalesPanel, bool]:
+    """(dataset name, panel, daily) for a ``--data`` spec."""
+    data = parse_data_spec(spec)
+    if data.name == "synthetic":
+        return data.name, synthetic_panel(0, n_regions=5, n_items=30, n_periods=130)[0], False
+    loaders = {"frat": (load_frat, False), "cainiao": (load_cainiao, True)}
+    loaders["completejourney"] = (load_completejourney, True)
+    if data.name in loaders:
+        load, daily = loaders[data.name]
+        return data.name, load(data.path), daily
+    if data.name == "itemlog":
+        frame = pd.read_csv(data.path / "log.csv")
+        indicators = [c for c in frame.columns if c not in ("item_id", "region_id", "ds")]
+        attributes = pd.read_csv(data.path / "attributes.csv")
+        panel = panel_from_long(
+            frame,
+            attributes,
+            indicators=indicators,
+            target=indicators[0],
+            freq="D",
+            source=str(data.path / "log.csv"),
+        )
+        return data.name, panel, True
+    raise DataError(f"--data {spec!r}: unknown dataset {data.name!r} for {NAME}")
+
+
+def top_regions(panel: SalesPanel, n: int) -> SalesPanel:
+    """The ``n`` regions with the largest total sales, largest first."""
+    return panel.select_regions(np.argsort(-panel.sales.sum((1, 2)), kind="stable")[:n])
+
+
+def resolve(cfg: SalesCNNConfig, daily: bool) -> SalesCNNConfig:
+    """The config a dataset runs with (``daily`` sizes on daily data)."""
+    return for_daily(cfg) if daily else cfg
+
+
+def cells(cfg: SalesCNNConfig, methods: tuple[str, ...], seeds: int) -> list[Cell]:
+    """Table 1 (chosen methods x seeds), then the sweeps (with CNN+WD+TL among them)."""
+    out = [Cell(m, seed, "table1") for seed in range(seeds) for m in METHODS if m in methods]
+    if cfg.protocol.sweeps and "CNN+WD+TL" in methods:
+        for name, (field, _) in SWEEPS.items():
+            for value in getattr(cfg.protocol, field):
+                points = range(cfg.protocol.sweep_seeds)
+                out += [Cell("CNN+WD+TL", seed, f"{name}={value}") for seed in points]
+    return out
+
+
+def grid(cfg: SalesCNNConfig, method: str) -> dict[str, tuple]:
+    """The tuning grid of a Table 1 method (its first point is the configured setting)."""
+    t, b = cfg.tuning, cfg.baselines
+    if method == "ARIMA":
+        return {"arima_lags": (b.arima_lags, *t.arima_lags)}
+    if method == "FE+GBRT":
+        return {
+            "max_depth": (b.gbrt_max_depth, *t.gbrt_max_depth),
+            "learning_rate": (b.gbrt_learning_rate, *t.gbrt_learning_rate),
+        }
+    if method == "Naive":
+        return {}
+    return {
+        "learning_rate": (cfg.train.learning_rate, *t.learning_rate),
+        "rate": (cfg.model.rate, *t.rate),
+    }
+
+
+class SalesRun:
+    """Computes the cells of one run on one panel (already cut to its top regions)."""
+
+    def __init__(self, dataset: str, panel: SalesPanel, cfg: SalesCNNConfig):
+        self.dataset, self.panel, self.cfg = dataset, panel, cfg
+        self._prepared: dict[tuple, Prepared] = {}
+        self._fixed: dict[tuple, np.ndarray] = {}  # seed-independent baselines
+        self._tuned: dict[tuple[str, int], dict] = {}
+
+    def prepared(self, length: int, horizon: int, *, validation: bool = False) -> Prepared:
+        """Frames for (T, k); ``validation``: the panel cut before the test interval, so its
+        test end points are the last ``n_test`` before it (used for tuning)."""
+        memo = (length, horizon, validation)
+        if memo not in self._prepared:
+            d, panel = self.cfg.data, self.panel
+            if validation:
+                sp = split_ends(
+                    len(panel.dates), length=length, horizon=horizon, n_test=d.n_test
+                ).sp
+                panel = dataclasses.replace(panel, x=panel.x[:, :, :sp], dates=panel.dates[:sp])
+            self._prepared[memo] = prepare(
+                panel,
+                length=length,
+                horizon=horizon,
+                n_test=d.n_test,
+                train_periods=d.train_periods,
+            )
+            if not validation:
+                data = self._prepared[memo]
+                log.info(
+                    "train samples per region %s, test %s", np.asarray(data.train.n), data.test_n
+                )
+        return self._prepared[memo]
+
+    def forecast(
+        self, data: Prepared, method: str, seed: int, hp: dict, *, sweep: dict | None = None
+    ) -> np.ndarray:
+        """Test forecasts f[R, Q] of ``method`` with hyperparameters ``hp``; ``sweep``: the
+        training options a sweep point replaces (``{"beta": ...}`` or none)."""
+        cfg = self.cfg
+        if method in NETWORKS:
+            train = dataclasses.asdict(cfg.train) | hp | (sweep or {})
+            train["shard"] = train.pop("data_parallel")
+            # Training keys: Table 1 trains the networks in NETWORKS order, a sweep one alone.
+            position = 0 if sweep is not None else NETWORKS.index(method)
+            model = cfg.model.kwargs() | {"rate": train.pop("rate", cfg.model.rate)}
+            dnn = dataclasses.asdict(cfg.dnn)
+            return forecast_network(
+                data, method, seed=seed, position=position, model=model, dnn=dnn, **train
+            )
+        b = cfg.baselines
+        gbrt = dict(n_estimators=b.gbrt_estimators, n_jobs=b.gbrt_jobs)
+        gbrt |= dict(max_depth=b.gbrt_max_depth, learning_rate=b.gbrt_learning_rate) | hp
+        if method == "FE+GBRT":
+            return baselines.forecast_baseline(data, method, seed=seed, gbrt=gbrt)
+        memo = (id(data), method, tuple(sorted(hp.items())))  # ARIMA and Naive: seed-free
+        if memo not in self._fixed:
+            lags = hp.get("arima_lags", b.arima_lags)
+            self._fixed[memo] = baselines.forecast_baseline(data, method, seed=0, arima_lags=lags)
+        return self._fixed[memo]
+
+    def tuned(self, method: str, seed: int) -> dict:
+        """The grid point of lowest average validation MSE; the first point without scoring
+        when ``tuning.trials`` gives one point."""
+        points, trials = grid(self.cfg, method), self.cfg.tuning.trials
+        if len(grid_points(points, trials=trials, seed=seed)) == 1:
+            return grid_points(points, trials=1)[0]
+        if (method, seed) not in self._tuned:
+            d = self.cfg.data
+            val = self.prepared(d.length, d.horizon, validation=True)
+
+            def score(hp: dict) -> float:
+                return float(region_mse(val, self.forecast(val, method, seed, hp)).mean())
+
+            self._tuned[method, seed] = tune(points, score, trials=trials, seed=seed).best
+        return self._tuned[method, seed]
+
+    def run_cell(self, cell: Cell) -> list[dict]:
+        """Long-schema rows of one cell: MSE per region and ``average`` (Table 1, with the
+        chosen hyperparameters), or one averaged row of a sweep point."""
+        cfg, keys = self.cfg, dict(dataset=self.dataset, method=cell.method, seed=cell.seed)
+        if cell.setting == "table1":
+            hp = self.tuned(cell.method, cell.seed)
+            data = self.prepared(cfg.data.length, cfg.data.horizon)
+            mse = region_mse(data, self.forecast(data, cell.method, cell.seed, hp))
+            rows = [dict(keys, group=str(r), value=float(v)) for r, v in zip(data.regions, mse)]
+            rows.append(dict(keys, group="average", value=float(np.mean(mse))))
+            rows = [dict(r, experiment=NAME, metric="mse") for r in rows]
+            return rows + hp_rows(hp, experiment=NAME, group="average", **keys)
+        name, text = cell.setting.split("=")
+        value = {str(v): v for v in getattr(cfg.protocol, SWEEPS[name][0])}[text]
+        size = {"length": cfg.data.length, "horizon": cfg.data.horizon}
+        data = self.prepared(**size | ({name: value} if name in size else {}))
+        hp = self.tuned(cell.method, cell.seed)  # Table 1's choice for this seed
+        sweep = {"beta": value} if name == "beta" else {}
+        mse = region_mse(data, self.forecast(data, cell.method, cell.seed, hp, sweep=sweep))
+        if name == "horizon":
+            mse = mse / value**2  # MSE of the average sales per period (Figure 5)
+        row = dict(keys, experiment=f"{NAME}_sweep_{name}", group=cell.setting, metric="mse")
+        return [dict(row, value=float(mse.mean()))]
