@@ -5,6 +5,13 @@ stage 2 starts the source and target LtvS of CDLtvS from them and trains everyth
 ``L_LTV + lambda_3 L_AP + lambda_4 L_AT`` (eq. 17). The lambdas drop to ``drop_factor`` times
 their value after ``drop_epoch`` epochs. Labels are divided by their training mean (NMAE and
 the other reported metrics are scale-free); predictions come back in the original units.
+
+:func:`fit` is an epoch loop of its own rather than :func:`dmeta.train.loop.fit`, which would
+change the numbers: it draws a fresh numpy permutation of the customers each epoch (the last
+batch padded with weight 0), feeds the lambda schedule to the step as an argument, and stops
+only after ``drop_epoch`` (patience counted in epochs after the drop), where ``loop.fit``
+samples inside the step from ``state.key`` and stops after ``patience`` evaluations from the
+start.
 """
 
 from __future__ import annotations
