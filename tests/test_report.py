@@ -34,5 +34,8 @@ def test_regenerate_and_check_readme_blocks(tmp_path):
     text = readme.read_text()
     assert "hand-typed" not in text and "1.5 ± 0.71" in text and text.endswith("End.\n")
     assert report.regenerate(tmp_path, check=True) == []
+    assert report._relink("![a](x.png) [b](https://e.org) [c](../y.md)", "run") == (
+        "![a](run/x.png) [b](https://e.org) [c](run/../y.md)"
+    )
     (tmp_path / "run" / "results.md").write_text("edited\n")
     assert report.regenerate(tmp_path, check=True) == [str(tmp_path / "run" / "results.md")]

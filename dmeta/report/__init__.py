@@ -27,6 +27,7 @@ import pandas as pd
 from dmeta.report.tables import summary_markdown
 from dmeta.train import results as schema  # module import: dmeta.train.results imports our tables
 
+LINK = re.compile(r"\]\((?!https?:|/|#)([^)\s]+)\)")
 BLOCK = re.compile(r"(<!-- report: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /report -->)", re.S)
 
 
@@ -79,10 +80,15 @@ def write(run_dir: str | os.PathLike, *, plots: bool = True) -> Path:
     return path
 
 
+def _relink(markdown: str, prefix: str) -> str:
+    """Prefixes relative link targets (``](file.png)``) with the run folder's path."""
+    return LINK.sub(lambda m: f"]({prefix.rstrip('/')}/{m[1]})", markdown)
+
+
 def _fill_readme(readme: Path) -> str:
     def block(match: re.Match) -> str:
         body = render(readme.parent / match["path"]).split("\n", 1)[1].lstrip("\n")
-        return f"{match[1]}{body.rstrip()}\n{match[4]}"
+        return f"{match[1]}{_relink(body, match['path']).rstrip()}\n{match[4]}"
 
     return BLOCK.sub(block, readme.read_text())
 
