@@ -12,8 +12,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from dmeta.nn.rnn import GRU
+from dmeta.nn.rnn import GRU, GRUImpl
 from dmeta.types import Array, Split
+
+DEFAULT_GRU_IMPL: GRUImpl = "fused"
 
 
 class MPFN(nnx.Module):
@@ -24,7 +26,9 @@ class MPFN(nnx.Module):
       hidden: H, GRU state size (128 in the paper's Table 1).
       use_local: keep GRU_r over the local window (False gives RMLDP-local).
       use_season: keep GRU_l over the seasonal window (False gives RMLDP-szn).
-      remat: ``jax.checkpoint`` the GRU scans.
+      remat: ``jax.checkpoint`` the GRU scans (``impl="scan"`` only).
+      gru_impl: ``dmeta.nn.rnn.GRU`` implementation, ``"scan"`` or ``"fused"`` (same
+        parameters and outputs; see ``dmeta.nn.fused_gru``).
       rngs: NNX random streams.
     """
 
@@ -36,12 +40,14 @@ class MPFN(nnx.Module):
         use_local: bool = True,
         use_season: bool = True,
         remat: bool = False,
+        gru_impl: GRUImpl = DEFAULT_GRU_IMPL,
         rngs: nnx.Rngs,
     ):
         if not (use_local or use_season):
             raise ValueError("MPFN needs at least one of the local and seasonal branches")
-        self.gru_local = GRU(n_features, hidden, remat=remat, rngs=rngs) if use_local else None
-        self.gru_season = GRU(n_features, hidden, remat=remat, rngs=rngs) if use_season else None
+        gru = dict(remat=remat, impl=gru_impl, rngs=rngs)
+        self.gru_local = GRU(n_features, hidden, **gru) if use_local else None
+        self.gru_season = GRU(n_features, hidden, **gru) if use_season else None
         self.head = nnx.Linear(hidden * (use_local + use_season), 1, rngs=rngs)
 
     def encode(self, x_local: Array, x_season: Array) -> Array:

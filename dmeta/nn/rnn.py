@@ -1,16 +1,24 @@
 """GRU and LSTM layers whose recurrence is a ``lax.scan``.
 
 The input projection of every time step is one matmul before the scan; only the
-hidden-to-hidden product runs inside it.
+hidden-to-hidden product runs inside it. ``GRU(impl="fused")`` runs the same math through
+``dmeta.nn.fused_gru.gru_sequence``, whose custom VJP forms the weight gradients as one
+matmul over all time steps (differentiable to any order in reverse mode).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dmeta.nn.fused_gru import gru_sequence
 from dmeta.types import Array
+
+GRUImpl = Literal["scan", "fused"]
+GRU_IMPLS = ("scan", "fused")
 
 
 def _scan_time(step, h0, xs_proj: Array, remat: bool):
@@ -26,13 +34,28 @@ class GRU(nnx.Module):
     Args:
       in_features: F, size of each input step.
       hidden: H, size of the hidden state.
-      remat: recompute the scan body in the backward pass (``jax.checkpoint``).
+      remat: recompute the scan body in the backward pass (``jax.checkpoint``); with
+        ``impl="scan"`` only (the fused backward saves the gates of every step).
+      impl: ``"scan"``, autodiff of a ``lax.scan``; ``"fused"``, ``fused_gru.gru_sequence``
+        (custom VJP, weight gradients as one matmul over all steps; reverse mode only).
+        Same parameters and outputs.
       rngs: NNX random streams for initialization.
     """
 
-    def __init__(self, in_features: int, hidden: int, *, remat: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        *,
+        remat: bool = False,
+        impl: GRUImpl = "scan",
+        rngs: nnx.Rngs,
+    ):
+        if impl not in GRU_IMPLS:
+            raise ValueError(f"unknown GRU impl {impl!r}; use one of {GRU_IMPLS}")
         self.hidden = hidden
         self.remat = remat
+        self.impl = impl if not remat else "scan"
         glorot = nnx.initializers.glorot_uniform()
         ortho = nnx.initializers.orthogonal()
         self.w_x = nnx.Param(glorot(rngs.params(), (in_features, 3 * hidden)))
@@ -55,6 +78,12 @@ class GRU(nnx.Module):
         """
         hidden = self.hidden
         w_h, b_h = self.w_h[...], self.b_h[...]
+        if self.impl == "fused":
+            if h0 is None:
+                h0 = jnp.zeros(x.shape[:-2] + (hidden,), jnp.result_type(x, w_h))
+            hs = gru_sequence(self.w_x[...], self.b_x[...], w_h, b_h, x, h0)
+            h = hs[..., -1, :]
+            return (h, hs) if return_sequence else h
         xs = x @ self.w_x[...] + self.b_x[...]
         if h0 is None:
             h0 = jnp.zeros(x.shape[:-2] + (hidden,), xs.dtype)

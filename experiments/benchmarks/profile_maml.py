@@ -10,7 +10,13 @@ H = 128, one inner step):
   matmul with weights shared by all tasks ``[T*N, H] @ [H, 3H]`` (support pass from theta),
   and with per-task weights ``T x [N, H] @ [H, 3H]`` (query pass and backward);
 - the step's time split: forward of the query loss over all tasks, the first-order step and
-  the second-order step (the engine's ``vmap`` path), with their GFLOP/s.
+  the second-order step (the engine's ``vmap`` path), with their GFLOP/s;
+- the second-order meta-step of every MPFN GRU implementation (``MPFN(gru_impl=...)``:
+  ``scan``, autodiff of a ``lax.scan``; ``fused``, ``dmeta.nn.fused_gru``'s custom VJP, the
+  default) and of ``fused`` compiled with
+  XLA CPU fast math, each built from ``make_meta_train_step(make_maml_task_loss(...))``,
+  interleaved, as ``meta_step_<variant>_steps_per_s`` rows with their share of the f32 matmul
+  rate (FLOPs counted on the scan GRU fully unrolled, the same for every variant).
 
 Feeds ``experiments/results/profiling.md``.
 
@@ -27,11 +33,15 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from dmeta.meta.batching import mean_over_tasks
+from dmeta.meta.maml import init_meta_params, make_maml_task_loss
+from dmeta.meta.steps import make_meta_train_step
 from dmeta.models.mpfn import MPFN, split_loss
 from dmeta.nn.functional import split_params
+from dmeta.train.state import init_train_state
 from experiments.benchmarks.common import (
     Report,
     compiled_flops,
@@ -58,10 +68,43 @@ def matmul_rate(a, b, repeats: int) -> float:
     return flops / seconds["dot"] / 1e9
 
 
+# (name, MPFN gru_impl, XLA compiler options) of the meta-step variants timed below
+META_STEP_VARIANTS = (
+    ("scan", "scan", {}),
+    ("fused", "fused", {}),
+    ("fused_fastmath", "fused", {"xla_cpu_enable_fast_math": True}),
+)
+
+
+class MetaStep:
+    """The engine's jitted second-order MAML meta-step (state donated) for one GRU impl."""
+
+    def __init__(self, shape, batch, gru_impl: str, compiler_options: dict):
+        model = MPFN(shape.features, shape.hidden, gru_impl=gru_impl, rngs=nnx.Rngs(0))
+        apply, theta = split_params(model)
+        task_loss = make_maml_task_loss(functools.partial(split_loss, apply), step_size=1e-2)
+        optimizer = optax.adam(1e-3)
+        step = jax.jit(make_meta_train_step(task_loss, optimizer), donate_argnums=0)
+        self.state = init_train_state(init_meta_params(theta), optimizer, jax.random.key(0))
+        self.batch, self.key = batch, jax.random.key(1)
+        lowered = step.lower(self.state, batch, self.key)
+        self.step = lowered.compile(compiler_options=compiler_options or None)
+        self.first_metrics = self()
+
+    def __call__(self):
+        self.state, metrics = self.step(self.state, self.batch, self.key)
+        return jax.block_until_ready(metrics)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shape, for tests")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--variants",
+        default=",".join(v[0] for v in META_STEP_VARIANTS),
+        help="comma-separated meta-step variants to time",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     shape = QUICK if args.quick else Shape()
@@ -110,6 +153,39 @@ def main(argv: list[str] | None = None) -> None:
     emit("forward_gflops", forward_flops / seconds["forward"] / 1e9, "GFLOP/s")
     emit("second_order_over_forward", seconds["second_order"] / seconds["forward"])
     emit("second_order_over_first_order", seconds["second_order"] / seconds["first_order"])
+
+    # every GRU implementation's meta-step, interleaved; FLOPs of the unrolled scan step
+    chosen = args.variants.split(",")
+    steps = {
+        name: MetaStep(shape, batch, impl, opts)
+        for name, impl, opts in META_STEP_VARIANTS
+        if name in chosen
+    }
+    reference = next(iter(steps.values())).first_metrics
+    for name, step in steps.items():
+        diff = max(
+            abs(float(step.first_metrics[k]) / float(reference[k]) - 1.0)
+            for k in ("grad_norm", "query_loss", "support_loss")
+        )
+        emit(f"meta_step_{name}_metrics_rel_diff", diff)
+    step_flops = compiled_flops(
+        jax.jit(
+            make_meta_train_step(make_maml_task_loss(unrolled, step_size=1e-2), optax.adam(1e-3))
+        ),
+        next(iter(steps.values())).state,
+        batch,
+        jax.random.key(1),
+    )
+    peak = matmul_gflops(256 if args.quick else 2048)
+    emit("meta_step_flops", step_flops / 1e9, "GFLOP")
+    emit("matmul_f32_gflops_now", peak, "GFLOP/s")
+    step_seconds = interleaved_medians(steps, args.repeats)
+    for name, value in step_seconds.items():
+        emit(f"meta_step_{name}_steps_per_s", 1.0 / value, "steps/s")
+        emit(f"meta_step_{name}_share_of_matmul", 100 * step_flops / value / 1e9 / peak, "%")
+    if "scan" in step_seconds:
+        for name, value in step_seconds.items():
+            emit(f"meta_step_{name}_speedup_vs_scan", step_seconds["scan"] / value)
     emit("load_avg_end", load_average())
     emit.save(args.out)
 
