@@ -62,12 +62,12 @@ def test_tuning_scores_grid_points_on_the_validation_period(cfg):
     _, data = P.load_panel("synthetic", cfg.data)
     cell = Cell("ARIMA", 0, "full")
     tuned = override(cfg, ["tuning.trials=3"])
-    best = P.choose("ARIMA", data, tuned, cell)
+    best = P.choose(cell, data, tuned)
     assert set(best) == {"baselines.arima_lags"} and best["baselines.arima_lags"] in (14, 7, 28)
     val, test = P.split(data, cfg, "full", True), P.split(data, cfg, "full", False)
     assert not (val.test & test.test).any() and not (val.train & test.test).any()
     assert np.flatnonzero(val.test.any(0)).max() < np.flatnonzero(test.test.any(0)).min()
-    assert P.choose("ARIMA", data, cfg, cell) == {"baselines.arima_lags": 14}
+    assert P.choose(cell, data, cfg) == {"baselines.arima_lags": 14}
 
 
 def test_one_week_setting_skips_the_ablations():

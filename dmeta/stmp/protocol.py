@@ -172,19 +172,19 @@ def score(prep: D.Prepared, pred_scaled: np.ndarray) -> dict[str, dict[str, floa
     return out
 
 
-def choose(method: str, data: D.STMPData, cfg: STMPConfig, cell: Cell) -> dict[str, float]:
-    """The method's hyperparameters (config path -> value): the config's values followed by
+def choose(cell: Cell, data: D.STMPData, cfg: STMPConfig) -> dict[str, float]:
+    """The cell's method's hyperparameters (config path -> value): the config's values followed by
     the ``tuning`` alternatives, ``tuning.trials`` points scored by validation MSE."""
     grid = {
         path: (functools.reduce(getattr, path.split("."), cfg), *getattr(cfg.tuning, alt))
-        for path, alt in TUNED[method].items()
+        for path, alt in TUNED[cell.method].items()
     }
     if len(grid_points(grid, trials=cfg.tuning.trials)) == 1:
         return grid_points(grid)[0]  # the config's values, no validation fit
     val = split(data, cfg, cell.setting, True)
 
     def evaluate(point):
-        y, pred, _ = targets(val, forecast(method, val, configured(cfg, point), cell.seed))
+        y, pred, _ = targets(val, forecast(cell.method, val, configured(cfg, point), cell.seed))
         return metrics.mse(y, pred)
 
     return tune(grid, evaluate, trials=cfg.tuning.trials).best
@@ -198,7 +198,7 @@ def configured(cfg: STMPConfig, point: dict) -> STMPConfig:
 def run_cell(cell: Cell, data: D.STMPData, dataset: str, cfg: STMPConfig, out: Path) -> list:
     """Tunes, fits and scores one cell: long-schema rows (metrics per ``setting/day kind``
     and ``hp:<config path>`` rows); seed 0 of "full" also writes its festival forecasts."""
-    best = choose(cell.method, data, cfg, cell)
+    best = choose(cell, data, cfg)
     prep = split(data, cfg, cell.setting, False)
     pred = forecast(cell.method, prep, configured(cfg, best), cell.seed)
     keys = dict(experiment=EXPERIMENT, dataset=dataset, method=cell.method, seed=cell.seed)
