@@ -29,7 +29,7 @@ from dmeta.c2m.sequences import BEHAVIOR_VOCAB, build_sequences, build_vocabular
 from dmeta.c2m.synthetic import SyntheticC2M, synthetic_c2m
 from dmeta.data.frames import DataError
 from dmeta.data.spec import parse_data_spec
-from dmeta.train.harness import Cell, grid_points, hp_rows, tune, write_atomic
+from dmeta.train.harness import Cell, hp_rows, tune, write_atomic
 
 NAME = "c2m"
 METHODS = ("Ours", "DEC", "DC", "AE+KM", "BoC-KM")  # Table 1
@@ -353,17 +353,14 @@ class SeedState:
         users); the first point without scoring when ``tuning.trials`` gives one point."""
         if method not in self._tuned:
             t, points = self.run.cfg.tuning, grid(self.run.cfg, method)
-            if len(grid_points(points, trials=t.trials, seed=self.seed)) == 1:
-                self._tuned[method] = grid_points(points, trials=1)[0]
-            else:
-                rng = np.random.default_rng(self.seed)
-                n = len(self.run.prep.users)
-                users = np.sort(rng.choice(n, max(2, int(t.val_share * n)), replace=False))
+            rng = np.random.default_rng(self.seed)
+            n = len(self.run.prep.users)
+            users = np.sort(rng.choice(n, max(2, int(t.val_share * n)), replace=False))
 
-                def score(hp: dict) -> float:
-                    return -silhouette(self.segment(method, hp, users), self.run.cfg)
+            def score(hp: dict) -> float:
+                return -silhouette(self.segment(method, hp, users), self.run.cfg)
 
-                self._tuned[method] = tune(points, score, trials=t.trials, seed=self.seed).best
+            self._tuned[method] = tune(points, score, trials=t.trials, seed=self.seed).best
         return self._tuned[method]
 
     def segment(self, method: str, hp: dict, users: np.ndarray | None = None):

@@ -213,7 +213,9 @@ class Protocol:
             fitted[tuple(point.items())] = self._fit(cell.method, p, cell.seed, point)
             return float(metrics.nmae(val.t_y, fitted[tuple(point.items())](val)))
 
-        tuned = tune(grid(self.cfg, cell.method), evaluate, trials=self.cfg.tuning.trials)
+        tuned = tune(
+            grid(self.cfg, cell.method), evaluate, trials=self.cfg.tuning.trials, score_single=True
+        )
         pred = fitted[tuple(tuned.best.items())](test)
         keys = dict(experiment="cdltvs", dataset=self.dataset, method=cell.method, seed=cell.seed)
         if cell.seed == 0 and p == next(iter(self.settings().values())):

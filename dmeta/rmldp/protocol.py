@@ -398,7 +398,7 @@ def tuned(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
         fits[tuple(point.items())] = fitted = fitter(name, ctx, seed, point)
         return val_mape(ctx, fitted.val)
 
-    result = tune(grid(name, ctx.cfg), evaluate, trials=ctx.cfg.tuning.trials)
+    result = tune(grid(name, ctx.cfg), evaluate, trials=ctx.cfg.tuning.trials, score_single=True)
     return result, fits[tuple(result.best.items())]
 
 
@@ -417,7 +417,9 @@ def tuned_finetune(ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
         preds[tuple(point.items())] = (np.asarray(adapt(ctx.prep.val_tasks)), adapt)
         return val_mape(ctx, preds[tuple(point.items())][0])
 
-    result = tune(grid("Fine-tune", ctx.cfg), evaluate, trials=ctx.cfg.tuning.trials)
+    result = tune(
+        grid("Fine-tune", ctx.cfg), evaluate, trials=ctx.cfg.tuning.trials, score_single=True
+    )
     val, adapt = preds[tuple(result.best.items())]
     best = dataclasses.replace(result, best={**base.best, **result.best})
     return best, Fitted(val, np.asarray(adapt(ctx.prep.target)), fitted.model)

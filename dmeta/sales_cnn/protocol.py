@@ -36,7 +36,7 @@ from dmeta.sales_cnn.pipeline import (
     prepare,
     region_mse,
 )
-from dmeta.train.harness import Cell, grid_points, hp_rows, tune
+from dmeta.train.harness import Cell, hp_rows, tune
 
 NAME = "sales_cnn"
 SWEEPS = {  # sweep name -> (config field of its values, axis label)
@@ -177,13 +177,11 @@ class SalesRun:
         """The grid point of lowest average validation MSE; the first point without scoring
         when ``tuning.trials`` gives one point."""
         points, trials = grid(self.cfg, method), self.cfg.tuning.trials
-        if len(grid_points(points, trials=trials, seed=seed)) == 1:
-            return grid_points(points, trials=1)[0]
         if (method, seed) not in self._tuned:
             d = self.cfg.data
-            val = self.prepared(d.length, d.horizon, validation=True)
 
             def score(hp: dict) -> float:
+                val = self.prepared(d.length, d.horizon, validation=True)
                 return float(region_mse(val, self.forecast(val, method, seed, hp)).mean())
 
             self._tuned[method, seed] = tune(points, score, trials=trials, seed=seed).best

@@ -30,7 +30,7 @@ from dmeta.stmp import data as D
 from dmeta.stmp import model as M
 from dmeta.stmp import train as T
 from dmeta.stmp.config import DataConfig, STMPConfig
-from dmeta.train.harness import Cell, grid_points, hp_rows, tune, write_atomic
+from dmeta.train.harness import Cell, hp_rows, tune, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -179,12 +179,11 @@ def choose(cell: Cell, data: D.STMPData, cfg: STMPConfig) -> dict[str, float]:
         path: (functools.reduce(getattr, path.split("."), cfg), *getattr(cfg.tuning, alt))
         for path, alt in TUNED[cell.method].items()
     }
-    if len(grid_points(grid, trials=cfg.tuning.trials)) == 1:
-        return grid_points(grid)[0]  # the config's values, no validation fit
-    val = split(data, cfg, cell.setting, True)
+    val = functools.partial(split, data, cfg, cell.setting, True)  # built only if scored
 
     def evaluate(point):
-        y, pred, _ = targets(val, forecast(cell.method, val, configured(cfg, point), cell.seed))
+        v = val()
+        y, pred, _ = targets(v, forecast(cell.method, v, configured(cfg, point), cell.seed))
         return metrics.mse(y, pred)
 
     return tune(grid, evaluate, trials=cfg.tuning.trials).best

@@ -182,13 +182,19 @@ def tune(
     *,
     trials: int | None = None,
     seed: int = 0,
+    score_single: bool = False,
 ) -> Tuned:
     """Scores each grid point with ``evaluate`` (validation metric, lower is better).
 
-    Non-finite scores lose to every finite one; ties keep the earlier point.
+    Non-finite scores lose to every finite one; ties keep the earlier point. A single
+    point (``trials=1`` or a one-point grid) is returned unscored (score NaN) unless
+    ``score_single`` (for an ``evaluate`` that also fits what the caller reuses).
     """
+    points = grid_points(grid, trials=trials, seed=seed)
+    if len(points) == 1 and not score_single:
+        return Tuned(best=points[0], score=float("nan"), trials=[(points[0], float("nan"))])
     scored = []
-    for point in grid_points(grid, trials=trials, seed=seed):
+    for point in points:
         score = float(evaluate(point))
         scored.append((point, score))
         logger.info("tune %s -> %.6g", point, score)

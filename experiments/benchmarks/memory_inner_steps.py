@@ -18,13 +18,14 @@ the same meta-loss (they compute the same function). Last line:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from dmeta.config import override
+from dmeta.rmldp.config import get_config
 from experiments.benchmarks.common import (
     Report,
     interleaved_medians,
@@ -38,7 +39,6 @@ from experiments.benchmarks.rmldp_segments import (
     Runner,
     device_peak_mib,
 )
-from experiments.configs.rmldp import get_config
 
 STEPS = tuple(range(1, 11))
 QUICK_STEPS = (1, 3)
@@ -64,14 +64,14 @@ def main(argv: list[str] | None = None) -> None:
 
     emit("command: " + " ".join(["python", *sys.argv]))
     emit(
-        f"shape: S={base.seq_len}, F={n_features}, H={base.hidden}, encoder "
-        f"H={base.encoder_hidden}, {base.n_support}+{base.n_query} samples, {segments} segments "
+        f"shape: S={base.protocol.seq_len}, F={n_features}, H={base.model.hidden}, encoder "
+        f"H={base.model.encoder_hidden}, {base.train.n_support}+{base.train.n_query} samples, {segments} segments "
         f"(vmap), second order, inner steps {list(steps)}, repeats={repeats}"
     )
     emit(f"machine: {machine()}; jax devices: {[str(d) for d in jax.devices()]}")
     emit(f"versions: jax {jax.__version__}, numpy {np.__version__}")
     emit("load_avg_start", load_average())
-    graph_emb = jax.random.normal(jax.random.key(args.seed + 3), (segments, base.graph_dim))
+    graph_emb = jax.random.normal(jax.random.key(args.seed + 3), (segments, base.model.graph_dim))
     counter = CompileCounter()
     table = [
         "| inner steps | XLA peak plain (MiB) | XLA peak remat (MiB) | remat / plain "
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     ratio = 1.0
     for n in steps:
-        cfg = dataclasses.replace(base, inner_steps=n)
+        cfg = override(base, [f"tuning.meta.inner_steps={n}"])
         runners = {
             name: Runner(
                 cfg, n_features, graph_emb, segments, "vmap", counter, seed=args.seed, remat=remat

@@ -4,7 +4,7 @@ The step is the library's Algorithm 1 step, ``dmeta.rmldp.model.make_train_step`
 the state donated: per segment the MPFN_s encoder and its reconstruction loss (eq. 9-10), the
 knowledge-graph layer q_g, the modulation M(q) * theta_0 (eq. 11-12), one second-order inner
 step, the query loss (eq. 13), then one Adam update of every meta-parameter. Shapes are Table 1
-of the paper (``experiments/configs/rmldp.py``, ``size="paper"``: |T_c| = 30, 48 features, GRUs
+of the paper (``dmeta/rmldp/config.py``, ``size="paper"``: |T_c| = 30, 48 features, GRUs
 of 128, q_d 32, q_g 16, 16 support + 16 query samples per segment); the meta-batch runs over
 8..4096 segments, segments ``vmap``-ed, ``lax.map``-ed, or ``lax.map``-ed over a
 ``jax.checkpoint``-ed task loss (``map_remat``: one segment's residuals at a time; the step's
@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dmeta.rmldp.config import RMLDPConfig, get_config
 from dmeta.rmldp.model import init_rmldp, make_train_step
 from dmeta.train.state import init_train_state
 from dmeta.types import Split, TaskBatch
@@ -47,7 +48,6 @@ from experiments.benchmarks.common import (
     load_average,
     machine,
 )
-from experiments.configs.rmldp import RMLDPConfig, get_config
 
 FEATURES = 48  # Table 1 "feature dimension"
 QUICK_FEATURES = 3
@@ -94,7 +94,7 @@ def make_batch(key, cfg: RMLDPConfig, n_features: int, n_tasks: int) -> TaskBatc
 
     def split(k, n):
         k1, k2, k3 = jax.random.split(k, 3)
-        x = (n_tasks, n, cfg.seq_len, n_features)
+        x = (n_tasks, n, cfg.protocol.seq_len, n_features)
         mask = np.ones((n_tasks, n), np.float32)
         mask[1::2, -1] = 0.0
         return Split(
@@ -106,7 +106,9 @@ def make_batch(key, cfg: RMLDPConfig, n_features: int, n_tasks: int) -> TaskBatc
 
     ks, kq = jax.random.split(key)
     return TaskBatch(
-        split(ks, cfg.n_support), split(kq, cfg.n_query), jnp.arange(n_tasks, dtype=jnp.int32)
+        split(ks, cfg.train.n_support),
+        split(kq, cfg.train.n_query),
+        jnp.arange(n_tasks, dtype=jnp.int32),
     )
 
 
@@ -117,15 +119,15 @@ class Runner:
         model, meta_params = init_rmldp(
             jax.random.key(seed),
             n_features=n_features,
-            seq_len=cfg.seq_len,
-            hidden=cfg.hidden,
-            encoder_hidden=cfg.encoder_hidden,
-            q_d_dim=cfg.q_d_dim,
-            q_g_dim=cfg.q_g_dim,
-            graph_dim=cfg.graph_dim,
-            step_size=cfg.inner_lr,
+            seq_len=cfg.protocol.seq_len,
+            hidden=cfg.model.hidden,
+            encoder_hidden=cfg.model.encoder_hidden,
+            q_d_dim=cfg.model.q_d_dim,
+            q_g_dim=cfg.model.q_g_dim,
+            graph_dim=cfg.model.graph_dim,
+            step_size=cfg.tuning.meta.inner_lr[0],
         )
-        optimizer = optax.adam(cfg.meta_lr)
+        optimizer = optax.adam(cfg.tuning.meta.meta_lr[0])
         self.state = init_train_state(meta_params, optimizer, jax.random.key(seed))
         self.batch = make_batch(jax.random.key(seed + 1), cfg, n_features, n_tasks)
         self.key = jax.random.key(seed + 2)
@@ -133,9 +135,9 @@ class Runner:
             model,
             graph_emb,
             optimizer,
-            lam=cfg.lam,
-            steps=cfg.inner_steps,
-            step_size=cfg.inner_lr,
+            lam=cfg.train.lam,
+            steps=cfg.tuning.meta.inner_steps[0],
+            step_size=cfg.tuning.meta.inner_lr[0],
             strategy=mode,
             remat=remat,
         )
@@ -235,10 +237,10 @@ def main(argv: list[str] | None = None) -> None:
 
     emit("command: " + " ".join(["python", *sys.argv]))
     emit(
-        f"shape: S={cfg.seq_len}, F={n_features}, H={cfg.hidden}, encoder H={cfg.encoder_hidden}, "
-        f"q_d={cfg.q_d_dim}, q_g={cfg.q_g_dim}, u_g={cfg.graph_dim}, "
-        f"{cfg.n_support}+{cfg.n_query} samples, {cfg.inner_steps} inner step(s) of "
-        f"alpha={cfg.inner_lr:g}, lambda={cfg.lam}, adam beta={cfg.meta_lr:g}, second order; "
+        f"shape: S={cfg.protocol.seq_len}, F={n_features}, H={cfg.model.hidden}, encoder H={cfg.model.encoder_hidden}, "
+        f"q_d={cfg.model.q_d_dim}, q_g={cfg.model.q_g_dim}, u_g={cfg.model.graph_dim}, "
+        f"{cfg.train.n_support}+{cfg.train.n_query} samples, {cfg.tuning.meta.inner_steps[0]} inner step(s) of "
+        f"alpha={cfg.tuning.meta.inner_lr[0]:g}, lambda={cfg.train.lam}, adam beta={cfg.tuning.meta.meta_lr[0]:g}, second order; "
         f"sizes={list(sizes)}, repeats={repeats}, max_seconds={args.max_seconds:g}, "
         f"max_mib={args.max_mib or 'auto'}"
     )
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     emit("load_avg_start", load_average())
 
-    graph_emb = jax.random.normal(jax.random.key(args.seed + 3), (max(sizes), cfg.graph_dim))
+    graph_emb = jax.random.normal(jax.random.key(args.seed + 3), (max(sizes), cfg.model.graph_dim))
     counter = CompileCounter()
     rows: list[Row] = []
     skipped: list[str] = []

@@ -5,7 +5,7 @@ own. Figures per size:
 
 - **C2M** (``--part c2m``): a synthetic event log (10-50 events per user, zipf items, 500
   categories) -> ``build_sequences`` (L = 100, vectorized) in users/s; the autoencoder of
-  ``experiments/configs/c2m.py`` (CPU size) encoding every user (``encode_all``, batches of
+  ``dmeta/c2m/config.py`` (CPU size) encoding every user (``encode_all``, batches of
   1024) in sequences/s; one pretraining epoch (Adam, batch 256) over the first 20k users in
   sequences/s; k-means++ with outlier removal (k = 6, 4 restarts) on all latents in points/s.
 - **Frames** (``--part frames``): a synthetic sales panel of P item-region pairs (5 regions,
@@ -22,6 +22,7 @@ Every line is ``name: value unit``; a Markdown table per part closes the report.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import resource
 import subprocess
@@ -77,17 +78,17 @@ def timed(fn):
 
 def child_c2m(n_users: int, quick: bool, emit) -> None:
     """One C2M size: sequences, encoding, a training epoch, k-means; see the module docstring."""
+    from dmeta.c2m.config import get_config
     from dmeta.c2m.sequences import BEHAVIOR_VOCAB, build_sequences, build_vocabulary
     from dmeta.c2m.train import encode_all, init_autoencoder, pretrain
     from dmeta.cluster.kmeans import kmeans
-    from experiments.configs.c2m import get_config
 
     cfg = get_config(smoke=quick)
     events = synthetic_events(n_users, seed=0)
     emit("events", len(events))
-    items = build_vocabulary(events["item_id"].to_numpy(), max_size=cfg.item_vocab)
+    items = build_vocabulary(events["item_id"].to_numpy(), max_size=cfg.data.item_vocab)
     cats = build_vocabulary(events["category_id"].to_numpy())
-    max_len = cfg.max_len if quick else C2M_MAX_LEN
+    max_len = cfg.data.max_len if quick else C2M_MAX_LEN
     build = functools.partial(build_sequences, max_len=max_len, items=items, categories=cats)
     seqs, seconds = timed(functools.partial(build, events))
     del events, build
@@ -98,10 +99,7 @@ def child_c2m(n_users: int, quick: bool, emit) -> None:
         n_behaviors=BEHAVIOR_VOCAB.size,
         n_items=items.size,
         n_categories=cats.size,
-        d_model=cfg.d_model,
-        n_heads=cfg.n_heads,
-        n_layers=cfg.n_layers,
-        latent_dim=cfg.latent_dim,
+        **dataclasses.asdict(cfg.model),
     )
     encode_all(ae, ae.params, x[:1024], mask[:1024], batch_size=1024)  # compile
     latent, seconds = timed(lambda: encode_all(ae, ae.params, x, mask, batch_size=1024))
@@ -112,7 +110,7 @@ def child_c2m(n_users: int, quick: bool, emit) -> None:
     _, seconds = timed(lambda: pretrain(ae, ae.params, x[:n_train], mask[:n_train], **train)[1])
     emit("train_sequences_per_s", n_train / seconds, "sequences/s")
     points = jnp.asarray(latent)
-    fit = dict(k=cfg.n_segments, n_init=4, outlier_z=2.0)
+    fit = dict(k=cfg.segmentation.n_segments, n_init=4, outlier_z=2.0)
     kmeans(jax.random.key(2), points, **fit)  # compile
     _, seconds = timed(lambda: kmeans(jax.random.key(2), points, **fit).centroids)
     emit("kmeans_points_per_s", n_users / seconds, "points/s")
