@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 
 from experiments.benchmarks.common import parse_report  # noqa: E402
 
-MAML_VARIANTS = "engine_vmap,engine_vmap_prec_highest,engine_vmap_shared_support"
+MAML_VARIANTS = "engine_vmap,engine_scan_vmap,engine_vmap_prec_highest,engine_vmap_shared_support"
 PROBE = """
 import importlib.metadata as md, json, platform
 info = {"python": platform.python_version()}

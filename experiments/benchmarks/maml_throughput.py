@@ -84,7 +84,8 @@ class Variant:
     """One dmeta configuration of the meta-train step.
 
     Attributes:
-      gru: ``"engine"`` (``dmeta.nn.rnn.GRU`` via ``split_params``), ``"unrollK"`` (the same
+      gru: ``"engine"`` (``dmeta.models.mpfn.MPFN``'s default GRU, the fused custom-VJP one,
+        via ``split_params``), ``"engine_scan"`` (MPFN with ``gru_impl="scan"``), ``"unrollK"`` (the same
         GRU math with ``lax.scan(..., unroll=K)``, ``"unrollfull"`` for every step) or
         ``"fusedK"`` (both GRUs stepped in one scan, unroll K).
       strategy: ``"vmap"`` or ``"map"`` across tasks.
@@ -107,6 +108,7 @@ class Variant:
 
 SECOND_ORDER = (
     Variant("engine", "vmap"),
+    Variant("engine_scan", "vmap"),
     Variant("engine", "map"),
     Variant("engine", "vmap", "highest"),
     Variant("engine", "vmap", "bfloat16"),
@@ -184,9 +186,16 @@ def mpfn_scan(params: Params, x_local: Array, x_season: Array, *, unroll: int | 
     return (h @ params["head"]["kernel"] + params["head"]["bias"])[..., 0]
 
 
+def engine_apply(gru: str, shape: Shape, seed: int) -> Callable:
+    """The MPFN apply of an engine variant: ``"engine"`` (default GRU) or ``"engine_scan"``."""
+    impl = {"engine_scan": {"gru_impl": "scan"}}.get(gru, {})
+    return split_params(MPFN(shape.features, shape.hidden, rngs=nnx.Rngs(seed), **impl))[0]
+
+
 def loss_for(gru: str, apply: Callable) -> Callable[[Params, Split], Array]:
-    """``loss_fn(params, split)`` for a ``Variant.gru`` name (``"full"`` unrolls every step)."""
-    if gru == "engine":
+    """``loss_fn(params, split)`` for a ``Variant.gru`` name (``"full"`` unrolls every step);
+    ``apply`` is the engine variant's MPFN apply (``engine_apply``)."""
+    if gru.startswith("engine"):
         return functools.partial(split_loss, apply)
     fused = gru.startswith("fused")
     k = gru.removeprefix("fused").removeprefix("unroll")
@@ -406,7 +415,11 @@ def main(argv: list[str] | None = None) -> None:
     def add_dmeta(name: str, variant: Variant, first_order: bool) -> None:
         start = time.perf_counter()
         runner = Runner(
-            loss_for(variant.gru, apply), variant, theta, batch, first_order=first_order
+            loss_for(variant.gru, engine_apply(variant.gru, shape, args.seed)),
+            variant,
+            theta,
+            batch,
+            first_order=first_order,
         )
         warmups[name] = time.perf_counter() - start
         runners[name] = contenders[name] = runner
