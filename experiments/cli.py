@@ -6,6 +6,11 @@
     dmeta report DIR [--check]                          results.md and READMEs from results.csv
     dmeta demo [--smoke] [--out runs/demo]
 
+A multi-process run starts the same command once per process with ``--coordinator HOST:PORT
+--num-processes N --process-id I`` (or the environment JAX reads on a cluster:
+``dmeta.distributed``); the data-parallel mesh then spans every process's devices, and only
+process 0 writes the run folder.
+
 An experiment is a module of the ``experiments`` package with ``get_config(smoke=,
 size=)`` (a nested frozen dataclass whose ``train.data_parallel`` is ``--data-parallel``),
 ``METHODS``, ``run(cfg, *, data, out, seeds, methods, fresh, command)`` and
@@ -26,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 
 import experiments
-from dmeta import report
+from dmeta import distributed, report
 from dmeta.config import ConfigError, format_config, override
 from dmeta.data.frames import DataError
 from dmeta.train.harness import RunError
@@ -84,6 +89,18 @@ def _experiment_parser(sub, name: str, module: ModuleType, command: str) -> argp
         help="override any config field (see `dmeta config NAME`); repeatable",
     )
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming --out")
+    p.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="multi-process run: process 0's address",
+    )
+    p.add_argument(
+        "--num-processes", type=_positive, default=None, help="multi-process run: processes in all"
+    )
+    p.add_argument(
+        "--process-id", type=int, default=None, help="multi-process run: this process (0..N-1)"
+    )
     return p
 
 
@@ -164,6 +181,7 @@ def dispatch(registry: dict[str, ModuleType], args: argparse.Namespace, argv: li
     if args.command == "config":
         print(format_config(cfg))
         return 0
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     out = args.out or Path("runs") / args.experiment
     results = module.run(
         cfg,

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dmeta import distributed
 from dmeta.train.results import COLUMNS, validate_results
 
 logger = logging.getLogger(__name__)
@@ -63,11 +64,16 @@ class Cell:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Writes ``text`` to ``path`` through a temporary file and ``os.replace``; in a
+    multi-process run only process 0 writes (the others wait for it)."""
+
+    def write(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    distributed.write_once(path, write)
 
 
 def open_run(
@@ -85,7 +91,7 @@ def open_run(
     out = Path(out)
     config = json.loads(json.dumps(dict(config), default=str))
     saved_path = out / "config.json"
-    if fresh:
+    if fresh and distributed.is_main_process():
         shutil.rmtree(out / CELLS, ignore_errors=True)
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
@@ -146,7 +152,7 @@ def finish(out: str | os.PathLike, results: pd.DataFrame) -> pd.DataFrame:
 
     results = validate_results(results)
     write_atomic(Path(out) / "results.csv", results.to_csv(index=False))
-    report.write(out)
+    distributed.write_once(Path(out) / "results.md", lambda _: report.write(out))
     return results
 
 
