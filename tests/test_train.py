@@ -411,3 +411,13 @@ def test_fit_resume_after_sigkill_is_bit_identical(tmp_path):
     _assert_trees_equal(res.state, ref.state)
     _assert_trees_equal(res.best_state, ref.best_state)
     assert (tmp_path / "run.jsonl").read_text() == (tmp_path / "ref.jsonl").read_text()
+
+
+def test_fit_stops_on_a_non_finite_loss_naming_the_steps():
+    from dmeta.train.loop import NonFiniteError
+
+    step_fn, state, eval_fn = make_problem(lr=1e30)  # diverges to inf, then NaN
+    with pytest.raises(
+        NonFiniteError, match=r"diverging: train metrics .*not finite in steps \d+-\d+"
+    ):
+        fit(step_fn, state, n_steps=200, eval_every=10, desc="diverging", progress=False)

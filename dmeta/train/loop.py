@@ -62,6 +62,105 @@ def _copy(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.copy(), tree)
 
 
+class NonFiniteError(FloatingPointError):
+    """A train metric became NaN or infinite (one line naming the run and the steps)."""
+
+
+def _check_args(eval_every, ckpt_every, patience, eval_fn) -> None:
+    if eval_every < 1 or (ckpt_every is not None and ckpt_every < 1):
+        raise ValueError(
+            f"need eval_every >= 1 and ckpt_every >= 1, got {eval_every}, {ckpt_every}"
+        )
+    if patience is not None and (patience < 1 or eval_fn is None):
+        raise ValueError(f"patience={patience} needs patience >= 1 and an eval_fn")
+
+
+def _initial_tree(step_fn: StepFn, state: TrainState) -> dict[str, Any]:
+    """What a checkpoint holds: states, running metric sums, early-stopping counters."""
+    metric_shapes = jax.eval_shape(step_fn, state)[1]
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), dict(metric_shapes))
+    return {
+        "state": state,
+        "best_state": state,
+        "acc": {"sum": zeros, "count": jnp.zeros((), jnp.int32)},
+        "early_stop": {
+            "best_val": np.asarray(np.inf),
+            "best_step": np.asarray(int(state.step)),
+            "bad_evals": np.asarray(0),
+            "stopped": np.asarray(False),
+        },
+    }
+
+
+def _train_row(acc: dict[str, Any], step: int, desc: str) -> Row:
+    """The mean train metrics since the last row; raises ``NonFiniteError`` on NaN / inf."""
+    count = int(acc["count"])
+    row = {"step": step, **scalar_metrics(jax.tree.map(lambda s: s / count, acc["sum"]))}
+    bad = {k: v for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise NonFiniteError(
+            f"{desc}: train metrics {bad} are not finite in steps {step - count + 1}-{step}; "
+            "lower the learning rate or check the inputs' scale"
+        )
+    return row
+
+
+def _early_stop(es: dict[str, Any], row: Row, step: int, patience: int | None) -> bool:
+    """Updates the counters ``es`` from ``row``; True when ``row`` is the best so far."""
+    if VAL_KEY not in row:
+        if patience is not None:
+            raise ValueError(f"patience needs eval_fn to return {VAL_KEY!r}, got {row}")
+        return False
+    improved = row[VAL_KEY] < es["best_val"]
+    if improved:
+        es.update(best_val=row[VAL_KEY], best_step=step, bad_evals=0)
+    else:
+        es["bad_evals"] += 1
+    es["stopped"] = patience is not None and es["bad_evals"] >= patience
+    return improved
+
+
+@dataclasses.dataclass
+class _Run:
+    """The mutable state of one ``fit`` call between steps."""
+
+    state: TrainState
+    best_state: TrainState
+    acc: dict[str, Any]
+    es: dict[str, Any]
+    step: int
+    history: list[Row]
+    log: MetricsLog | None
+    ckpt: Checkpointer | None
+
+    @classmethod
+    def start(cls, tree: dict[str, Any], ckpt, log: MetricsLog | None) -> _Run:
+        es = {k: np.asarray(v).item() for k, v in tree["early_stop"].items()}
+        step = int(tree["state"].step)
+        history = list(log.restart(step)) if log is not None else []
+        return cls(tree["state"], tree["best_state"], tree["acc"], es, step, history, log, ckpt)
+
+    def log_row(self, eval_fn: EvalFn | None, patience: int | None, desc: str) -> Row:
+        """Logs a row (train means, evaluation), updates early stopping and the best state."""
+        row = _train_row(self.acc, self.step, desc)
+        self.acc = jax.tree.map(jnp.zeros_like, self.acc)
+        row.update(scalar_metrics(eval_fn(self.state)) if eval_fn is not None else {})
+        if _early_stop(self.es, row, self.step, patience):
+            self.best_state = _copy(self.state)
+        self.history.append(row)
+        if self.log is not None:
+            self.log.append(row)
+        return row
+
+    def save(self) -> None:
+        if self.ckpt is not None:
+            early_stop = {k: np.asarray(v) for k, v in self.es.items()}
+            saved = dict(
+                state=self.state, best_state=self.best_state, acc=self.acc, early_stop=early_stop
+            )
+            self.ckpt.save(self.step, saved)
+
+
 def fit(
     step_fn: StepFn,
     state: TrainState,
@@ -79,8 +178,9 @@ def fit(
     """Runs ``step_fn`` until ``state.step == n_steps`` or early stopping.
 
     Every ``eval_every`` steps and at the last step a row is logged: ``step``, the mean
-    of each train metric over the steps since the previous row, and ``eval_fn(state)``.
-    A ``val_loss`` lower than the best so far records ``best_state``; after ``patience``
+    of each train metric over the steps since the previous row (a NaN or infinite mean
+    stops the run with ``NonFiniteError`` naming the steps), and ``eval_fn(state)``. A
+    ``val_loss`` lower than the best so far records ``best_state``; after ``patience``
     evaluations in a row without improvement (NaN never improves) the run stops.
 
     With ``ckpt_dir``, a checkpoint of the state, best state, early-stopping counters and
@@ -102,8 +202,8 @@ def fit(
       ckpt_dir: checkpoint folder (resumed from when it holds a checkpoint).
       ckpt_every: steps between checkpoints.
       log_path: writes rows to ``log_path`` with suffixes ``.csv`` and ``.jsonl``.
-      desc: progress bar label.
-      progress: show a tqdm progress bar.
+      desc: progress bar label (and the run's name in errors).
+      progress: show a tqdm progress bar (with the time left).
 
     Returns:
       ``FitResult``.
@@ -111,26 +211,10 @@ def fit(
     Raises:
       ValueError: bad ``eval_every`` / ``ckpt_every`` / ``patience``, or ``patience``
         without a ``val_loss`` from ``eval_fn``.
+      NonFiniteError: a train metric's mean is NaN or infinite.
     """
-    if eval_every < 1 or (ckpt_every is not None and ckpt_every < 1):
-        raise ValueError(
-            f"need eval_every >= 1 and ckpt_every >= 1, got {eval_every}, {ckpt_every}"
-        )
-    if patience is not None and (patience < 1 or eval_fn is None):
-        raise ValueError(f"patience={patience} needs patience >= 1 and an eval_fn")
-    metric_shapes = jax.eval_shape(step_fn, state)[1]
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), dict(metric_shapes))
-    tree = {
-        "state": state,
-        "best_state": state,
-        "acc": {"sum": zeros, "count": jnp.zeros((), jnp.int32)},
-        "early_stop": {
-            "best_val": np.asarray(np.inf),
-            "best_step": np.asarray(int(state.step)),
-            "bad_evals": np.asarray(0),
-            "stopped": np.asarray(False),
-        },
-    }
+    _check_args(eval_every, ckpt_every, patience, eval_fn)
+    tree = _initial_tree(step_fn, state)
     ckpt = Checkpointer(ckpt_dir) if ckpt_dir is not None else None
     bar = None
     try:
@@ -138,59 +222,26 @@ def fit(
             tree = ckpt.restore(tree)
         else:
             tree["best_state"] = _copy(state)
-        state, best_state, acc = tree["state"], tree["best_state"], tree["acc"]
-        es = {k: np.asarray(v).item() for k, v in tree["early_stop"].items()}
-        step = int(state.step)
-        log = MetricsLog(log_path) if log_path is not None else None
-        history = list(log.restart(step)) if log is not None else []
-
-        def save() -> None:
-            if ckpt is not None:
-                early_stop = {k: np.asarray(v) for k, v in es.items()}
-                saved = {
-                    "state": state,
-                    "best_state": best_state,
-                    "acc": acc,
-                    "early_stop": early_stop,
-                }
-                ckpt.save(step, saved)
-
-        bar = tqdm(total=n_steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
-        while step < n_steps and not es["stopped"]:
-            state, metrics = step_fn(state)
-            acc = _accumulate(acc, metrics)
-            step += 1
+        run = _Run.start(tree, ckpt, MetricsLog(log_path) if log_path is not None else None)
+        bar = tqdm(
+            total=n_steps, initial=run.step, desc=desc, disable=not progress, dynamic_ncols=True
+        )
+        while run.step < n_steps and not run.es["stopped"]:
+            run.state, metrics = step_fn(run.state)
+            run.acc = _accumulate(run.acc, metrics)
+            run.step += 1
             bar.update(1)
-            if step % eval_every == 0 or step == n_steps:
-                count = int(acc["count"])
-                row = {
-                    "step": step,
-                    **scalar_metrics(jax.tree.map(lambda s: s / count, acc["sum"])),
-                }
-                acc = jax.tree.map(jnp.zeros_like, acc)
-                if eval_fn is not None:
-                    row.update(scalar_metrics(eval_fn(state)))
-                if VAL_KEY in row:
-                    if row[VAL_KEY] < es["best_val"]:
-                        es.update(best_val=row[VAL_KEY], best_step=step, bad_evals=0)
-                        best_state = _copy(state)
-                    else:
-                        es["bad_evals"] += 1
-                    es["stopped"] = patience is not None and es["bad_evals"] >= patience
-                elif patience is not None:
-                    raise ValueError(f"patience needs eval_fn to return {VAL_KEY!r}, got {row}")
-                history.append(row)
-                if log is not None:
-                    log.append(row)
+            if run.step % eval_every == 0 or run.step == n_steps:
+                row = run.log_row(eval_fn, patience, desc)
                 bar.set_postfix({k: v for k, v in row.items() if k != "step"}, refresh=False)
-            if (ckpt_every is not None and step % ckpt_every == 0) or step == n_steps:
-                save()
-        save()  # also at an early stop; a no-op when this step is saved already
+            if (ckpt_every is not None and run.step % ckpt_every == 0) or run.step == n_steps:
+                run.save()
+        run.save()  # also at an early stop; a no-op when this step is saved already
     finally:
         if bar is not None:
             bar.close()
         if ckpt is not None:
             ckpt.close()
-    if math.isinf(es["best_val"]):  # no val_loss seen: the last state is the best
-        best_state, es["best_step"] = state, step
-    return FitResult(state, best_state, int(es["best_step"]), history)
+    if math.isinf(run.es["best_val"]):  # no val_loss seen: the last state is the best
+        run.best_state, run.es["best_step"] = run.state, run.step
+    return FitResult(run.state, run.best_state, int(run.es["best_step"]), run.history)

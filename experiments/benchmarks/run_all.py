@@ -301,6 +301,9 @@ def versions() -> str:
     return ", ".join(found)
 
 
+GPU_TABLE = ROOT / "experiments/results/benchmarks/gpu/gpu_table.md"
+
+
 def table(outcomes: list[Outcome], out: Path, *, quick: bool) -> list[str]:
     """Markdown table rows, one per benchmark; targets are judged only at full size."""
     lines = [
@@ -387,6 +390,16 @@ def main(argv: list[str] | None = None) -> int:
             f"## GPU ({device}; dmeta's JAX code on the GPU, peers on the CPU)",
             "",
             *table(gpu, args.out, quick=args.quick),
+        ]
+    if GPU_TABLE.exists():
+        lines += [
+            "",
+            "## GPU, JAX and PyTorch both on the GPU",
+            "",
+            f"[{GPU_TABLE.relative_to(args.out.parent).as_posix()}]"
+            f"({GPU_TABLE.relative_to(args.out.parent).as_posix()}), written by "
+            "`experiments/benchmarks/gpu_table.py` on a GPU machine (its own command, device and "
+            "versions at its top).",
         ]
     lines += [
         "",
