@@ -39,3 +39,18 @@ def test_regenerate_and_check_readme_blocks(tmp_path):
     )
     (tmp_path / "run" / "results.md").write_text("edited\n")
     assert report.regenerate(tmp_path, check=True) == [str(tmp_path / "run" / "results.md")]
+
+
+def test_rmldp_report_shows_the_median_and_the_segments_that_dominate():
+    from dmeta.report import rmldp
+
+    segments = pd.DataFrame(
+        [
+            dict(segment=str(i), method="M", seed=s, mape=(1e6 if i == 3 else 0.3), mse=1.0)
+            for i in range(6)
+            for s in range(2)
+        ]
+    )
+    table, dominant = rmldp.robust(segments)
+    assert table.loc[0, "mape_median"] == 0.3 and table.loc[0, "mape_mean"] > 1e5
+    assert dominant[["method", "metric", "segment"]].values.tolist() == [["M", "mape", "3"]]

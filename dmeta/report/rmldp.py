@@ -8,6 +8,7 @@ segment representations), ``protocol.csv`` (segments per role) and, for the map,
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import pandas as pd
 from dmeta import metrics
 from dmeta.report.tables import markdown_table, summary_markdown
 from dmeta.train.results import summarize
+
+logger = logging.getLogger(__name__)
 
 SWEEP = re.compile(r"^seq_len=(?P<seq_len>\d+)/(?P<group>.+)$")
 MAP_FILE = "rmldp_segment_map.png"
@@ -91,6 +94,45 @@ def _tuning(results: pd.DataFrame) -> str:
     return "## Hyperparameters chosen on meta-validation MAPE\n\n" + markdown_table(table)
 
 
+def robust(segments: pd.DataFrame, share: float = 0.5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Median across target segments beside the mean, and the segments that dominate a mean.
+
+    Args:
+      segments: ``per_segment`` frame.
+      share: a segment dominates a method's mean when its seed-averaged value is more than
+        this share of the sum over segments.
+
+    Returns:
+      ``(table, dominant)``: per method the mean and median of seed-averaged MAPE / MSE over
+      segments; and ``method, metric, segment, share`` for every dominating segment.
+    """
+    per = segments.groupby(["method", "segment"], sort=False)[["mape", "mse"]].mean()
+    table = per.groupby("method", sort=False).agg(["mean", "median"])
+    table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
+    dominant = []
+    for metric in ("mape", "mse"):
+        shares = per[metric] / per[metric].groupby("method").transform("sum")
+        for (method, segment), value in shares[shares > share].items():
+            dominant.append(dict(method=method, metric=metric, segment=segment, share=value))
+    return table.reset_index(), pd.DataFrame(dominant)
+
+
+def _robust(results: pd.DataFrame) -> str:
+    segments = per_segment(results)
+    if segments.empty:
+        return ""
+    table, dominant = robust(segments)
+    text = (
+        "## Mean and median over target segments (seed-averaged)\n\n"
+        "A few extreme segments can move a mean; the median cannot.\n\n" + markdown_table(table)
+    )
+    if len(dominant):
+        logger.warning("segments dominating a mean error:\n%s", dominant.to_string(index=False))
+        text += "\nSegments holding more than half of a method's summed error:\n\n"
+        text += markdown_table(dominant)
+    return text
+
+
 def _tests(results: pd.DataFrame) -> str:
     segments = per_segment(results)
     methods = set(segments["method"])
@@ -133,7 +175,8 @@ def render(run_dir: Path, results: pd.DataFrame) -> str:
         parts.append(
             "Segments: " + ", ".join(f"{r.role} {r.segments}" for r in counts.itertuples()) + ".\n"
         )
-    parts += [_per_group(rows, "mape"), _per_group(rows, "mse"), _tuning(results)]
+    parts += [_robust(results), _per_group(rows, "mape"), _per_group(rows, "mse")]
+    parts.append(_tuning(results))
     parts += [_tests(results), _figures(results)]
     return "\n".join(p for p in parts if p)
 
