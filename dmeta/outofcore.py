@@ -513,10 +513,18 @@ def preprocess(
 
 
 def load_pandas(path: str | Path, fmt: str = "events") -> pd.DataFrame:
-    """The canonical event frame by the in-memory loaders of ``dmeta.c2m.data``."""
-    from dmeta.c2m.data import load_events, load_userbehavior
+    """The canonical event frame by the in-memory loaders (``dmeta.datasets``), less the rows
+    whose ids are not integers (logged), which this engine's int64 ids cannot hold."""
+    from dmeta.c2m.data import event_log
+    from dmeta.datasets import LOADERS
 
-    return {"events": load_events, "userbehavior": load_userbehavior}[fmt](Path(path)).events
+    src = LOADERS[fmt](Path(path))
+    ids = ["user_id", "item_id", "category_id"]
+    integer = src.events[ids].apply(lambda c: c.str.fullmatch(r"-?\d{1,18}")).all(axis=1)
+    if not integer.all():
+        log.warning("%s: dropped %d events with non-integer ids", path, int((~integer).sum()))
+    events = src.events[integer.to_numpy()].astype({c: np.int64 for c in ids})
+    return event_log(dataclasses.replace(src, events=events)).events
 
 
 def pandas_sequences(events: pd.DataFrame, *, max_len: int, max_items: int | None = None):

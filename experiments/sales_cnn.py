@@ -23,8 +23,8 @@ from dmeta.config import flatten
 from dmeta.report import read_results
 from dmeta.report import sales_cnn as sales_report
 from dmeta.sales_cnn.config import SalesCNNConfig, get_config
-from dmeta.sales_cnn.loaders import synthetic_panel
 from dmeta.sales_cnn.protocol import METHODS, SalesRun, cells, load_panel, resolve, top_regions
+from dmeta.sales_cnn.synthetic import synthetic_panel
 from dmeta.train.harness import finish, open_run, run_cells
 
 __all__ = ["METHODS", "demo", "get_config", "run"]

@@ -6,9 +6,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dmeta.c2m.data import load_events, load_jdata, load_rees46, load_userbehavior
+from dmeta.c2m.data import event_log
 from dmeta.c2m.sequences import BEHAVIOR_VOCAB, OOV, build_sequences, build_vocabulary
 from dmeta.data.spec import data_root
+from dmeta.datasets import LOADERS
+
+
+def _loader(name):
+    return lambda path: event_log(LOADERS[name](path))
+
+
+load_events, load_jdata, load_rees46, load_userbehavior = (
+    _loader(n) for n in ("events", "jdata", "rees46", "userbehavior")
+)
 
 SAMPLE = data_root() / "userbehavior" / "UserBehavior_usersample_815users.csv"
 
@@ -32,15 +42,15 @@ def test_userbehavior_malformed_lines_are_dropped_and_logged(tmp_path, caplog):
         "1,10,100,pv,1511544070\n"
         "1,11,100,jump,1511544071\n"  # unknown behaviour
         "2,12,101,buy,\n"  # truncated: no timestamp
-        "2,1x,101,cart,1511544072\n"  # non-numeric item
+        "2,1x,101,cart,1511544072\n"  # a text item id: kept (ids are text)
         "2,13,102,fav,1511544073\n"
     )
     with caplog.at_level(logging.WARNING):
         events = load_userbehavior(path).events
-    assert events["item_id"].tolist() == [10, 13]
+    assert events["item_id"].tolist() == ["10", "1x", "13"]
     text = caplog.text
-    assert "'type'" in text and "lines [2]" in text
-    assert "'timestamp'" in text and "'item_id'" in text and str(path) in text
+    assert "'type'" in text and "(line 2)" in text
+    assert "'timestamp'" in text and "(line 3)" in text and str(path) in text
 
 
 def test_userbehavior_wrong_field_count_names_file(tmp_path):

@@ -9,7 +9,9 @@ from flax import nnx
 
 from dmeta import metrics
 from dmeta.data.spec import data_root
+from dmeta.datasets import completejourney, transactions
 from dmeta.ltv import data as ltv_data
+from dmeta.ltv import protocol
 from dmeta.ltv.encoders import TCN, DeepFM
 from dmeta.ltv.exmn import ExMN, route
 from dmeta.ltv.losses import (
@@ -190,14 +192,14 @@ def test_from_transactions_rejects_bad_domain(tmp_path):
     tx.loc[2, "domain"] = "other"
     tx.to_csv(tmp_path / "transactions.csv", index=False)
     with pytest.raises(ValueError, match="domain"):
-        ltv_data.load_transactions(tmp_path)
+        protocol.from_transactions(transactions.load(tmp_path))
 
 
 def test_completejourney_builder():
     path = data_root() / "cj8451_completejourney"
     if not path.exists():
         pytest.skip(f"completejourney data not found at {path}")
-    d = ltv_data.load_completejourney(path)
+    d = protocol.from_completejourney(completejourney.load(path))
     assert d.s_series.shape[1] == 6 and d.n > 5000
     assert 0.05 < (d.t_y == 0).mean() < 0.6
     assert d.t_cat.shape[1] == len(ltv_data.CJ_DEMOGRAPHICS)

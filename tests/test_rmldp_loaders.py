@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 
 from dmeta.data.frames import DataError
-from dmeta.data.loaders import load_groceries, load_synthetic, load_table, load_walmart
 from dmeta.data.spec import data_root
 from dmeta.data.windows import to_panel
+from dmeta.datasets import groceries, table, walmart
 from dmeta.graph.cooccurrence import cooccurrence_graph
+from dmeta.rmldp.protocol import from_groceries, from_table, from_walmart, load_synthetic
 
 WALMART = data_root() / "walmart_recruiting"
 GROCERIES = data_root() / "groceries_kaggle"
@@ -17,7 +18,7 @@ GROCERIES = data_root() / "groceries_kaggle"
 @pytest.mark.realdata
 @pytest.mark.skipif(not WALMART.exists(), reason=f"shared Walmart data not found at {WALMART}")
 def test_walmart_store_department_weekly_with_features():
-    data = load_walmart(WALMART)
+    data = from_walmart(walmart.load(WALMART))
     frame = data.frame.frame
     assert data.frame.freq == "W-FRI"
     assert frame["unique_id"].nunique() == 3331
@@ -34,7 +35,7 @@ def test_walmart_store_department_weekly_with_features():
     not GROCERIES.exists(), reason=f"shared Groceries data not found at {GROCERIES}"
 )
 def test_groceries_daily_categories_and_baskets():
-    data = load_groceries(GROCERIES)
+    data = from_groceries(groceries.load(GROCERIES))
     frame = data.frame.frame
     assert data.frame.freq == "D" and frame["unique_id"].nunique() == 167
     assert frame["y"].sum() == 38765  # every row is one item bought
@@ -60,19 +61,21 @@ def test_table_with_category_column_and_bad_rows(tmp_path):
         }
     )
     df.to_csv(path, index=False)
-    data = load_table(path)
+    data = from_table(table.load(path))
     assert data.groups.to_dict() == {"a": "x", "b": "z"}
     assert data.frame.feature_cols == ("price",)
     df.loc[5, "category"] = "x"
     df.to_csv(path, index=False)
-    with pytest.raises(DataError, match=r"t.csv.*'category'.*'b'.*line 6"):
-        load_table(path)
+    with pytest.raises(
+        DataError, match=r"t.csv: column 'category', line 7: changes within its series"
+    ):
+        from_table(table.load(path))
     df.loc[5, "category"] = "z"
     df = df.astype({"y": object})
     df.loc[2, "y"] = "oops"
     df.to_csv(path, index=False)
     with pytest.raises(DataError, match=r"t.csv.*'y'.*line 4"):
-        load_table(path)
+        from_table(table.load(path))
 
 
 def test_walmart_bad_inputs_name_file_column_line(tmp_path):
@@ -95,23 +98,23 @@ def test_walmart_bad_inputs_name_file_column_line(tmp_path):
     )
     train.to_csv(tmp_path / "train.csv", index=False)
     feats.to_csv(tmp_path / "features.csv", index=False)
-    data = load_walmart(tmp_path)
+    data = from_walmart(walmart.load(tmp_path))
     assert data.frame.frame["markdown1"].tolist() == [0.0, 3.0]  # logged repair
     bad = train.copy()
     bad.loc[1, "Date"] = "12/31/xx"
     bad.to_csv(tmp_path / "train.csv", index=False)
     with pytest.raises(DataError, match=r"train.csv.*'Date'.*line 3"):
-        load_walmart(tmp_path)
+        from_walmart(walmart.load(tmp_path))
     feats = feats.astype({"CPI": object})
     feats.loc[1, "CPI"] = "n/a?"
     train.to_csv(tmp_path / "train.csv", index=False)
     feats.to_csv(tmp_path / "features.csv", index=False)
     with pytest.raises(DataError, match=r"features.csv.*'CPI'.*line 3"):
-        load_walmart(tmp_path)
+        from_walmart(walmart.load(tmp_path))
     feats.loc[1, "CPI"] = 2.0
     feats.iloc[:1].to_csv(tmp_path / "features.csv", index=False)
     with pytest.raises(DataError, match=r"features.csv.*no value.*train.csv line 3"):
-        load_walmart(tmp_path)
+        from_walmart(walmart.load(tmp_path))
 
 
 def test_groceries_bad_date_names_line(tmp_path):
@@ -124,7 +127,7 @@ def test_groceries_bad_date_names_line(tmp_path):
         }
     ).to_csv(path, index=False)
     with pytest.raises(DataError, match=r"Groceries_dataset.csv.*'Date'.*line 3"):
-        load_groceries(tmp_path)
+        from_groceries(groceries.load(tmp_path))
 
 
 def test_synthetic_groups_are_categories():

@@ -8,8 +8,8 @@ from dmeta.config import override
 from dmeta.report import render
 from dmeta.report.sales_cnn import plots
 from dmeta.sales_cnn.baselines import arima_forecast, fe_features, persistence_forecast
-from dmeta.sales_cnn.loaders import synthetic_panel
 from dmeta.sales_cnn.pipeline import METHODS, pooled, prepare, region_mse, weighted
+from dmeta.sales_cnn.synthetic import synthetic_panel
 
 
 def test_prepare_split_and_weights():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dmeta.sales_cnn.frames import build_frames, indicator_matrices, split_ends
-from dmeta.sales_cnn.loaders import synthetic_panel
+from dmeta.sales_cnn.synthetic import synthetic_panel
 
 
 def _slow_frames(x, brand, category, ends, length, horizon, target):

@@ -6,14 +6,23 @@ import pytest
 
 from dmeta.data.frames import DataError
 from dmeta.data.spec import data_root
-from dmeta.sales_cnn.loaders import (
-    CAINIAO_INDICATORS,
-    load_cainiao,
-    load_completejourney,
-    load_frat,
-    panel_from_long,
-    read_cainiao_config,
-)
+from dmeta.datasets import cainiao, completejourney, frat, itemlog
+from dmeta.sales_cnn.protocol import from_completejourney, from_itemlog
+
+CAINIAO_INDICATORS = cainiao.INDICATORS
+read_cainiao_config = cainiao.read_config
+
+
+def load_frat(path):
+    return from_itemlog(frat.load(path))
+
+
+def load_cainiao(path):
+    return from_itemlog(cainiao.load(path))
+
+
+def load_completejourney(path, **kwargs):
+    return from_completejourney(completejourney.load(path), **kwargs)
 
 
 def _shared(folder):
@@ -65,7 +74,7 @@ def test_cainiao_malformed_rows(tmp_path):
     bad = tmp_path / "item_feature2.csv"
     bad.write_text("\n".join([*lines[:3], lines[3].rsplit(",", 2)[0], *lines[4:]]) + "\n")
     with pytest.raises(
-        DataError, match=r"item_feature2.csv: column 'qty_alipay_njhs' is empty at line 4"
+        DataError, match=r"item_feature2.csv: column 'qty_alipay_njhs', line 4: missing"
     ):
         load_cainiao(bad)
     fields = lines[5].split(",")
@@ -95,32 +104,42 @@ def _log():
     return log, attrs
 
 
-def test_generic_log_fills_gaps():
-    log, attrs = _log()
-    panel = panel_from_long(log, attrs, indicators=["sales"], target="sales", freq="D")
+def _write(folder, log, attrs):
+    log.to_csv(folder / "log.csv", index=False)
+    attrs.to_csv(folder / "attributes.csv", index=False)
+    return folder
+
+
+def test_generic_log_fills_gaps(tmp_path):
+    panel = from_itemlog(itemlog.load(_write(tmp_path, *_log())))
     assert panel.x.shape == (2, 2, 3, 1)
     np.testing.assert_array_equal(panel.sales[0, 0], [1.0, 0.0, 2.0])
     np.testing.assert_array_equal(panel.sales[1, 1], [0.0, 4.0, 0.0])
 
 
+def test_generic_log_keeps_a_weekly_frequency(tmp_path):
+    log, attrs = _log()
+    log["ds"] = ["2024-01-07", "2024-01-21", "2024-01-07", "2024-01-14"]
+    loaded = itemlog.load(_write(tmp_path, log, attrs))
+    assert loaded.freq == "W-SUN" and from_itemlog(loaded).x.shape == (2, 2, 3, 1)
+
+
 @pytest.mark.parametrize(
     "change, match",
     [
-        (lambda df: df.assign(sales=["1", "x", "3", "4"]), r"log.csv: column 'sales'.*line 3"),
+        (lambda df: df.assign(sales=["1", "x", "3", "4"]), r"log.csv: column 'sales', line 3"),
         (
             lambda df: df.assign(region_id="r1", ds=df["ds"].where(df.index != 3, "2024-01-01")),
-            r"duplicate.*lines 4, 5",
+            r"column 'ds', lines 4, 5: repeats",
         ),
         (
             lambda df: df.assign(item_id=["a", "a", "b", "z"]),
-            r"'item_id'.*without attributes.*line 5",
+            r"column 'item_id', line 5: is an item without attributes",
         ),
         (lambda df: df.drop(columns="region_id"), r"missing column.*region_id"),
     ],
 )
-def test_generic_log_bad_input(change, match):
+def test_generic_log_bad_input(tmp_path, change, match):
     log, attrs = _log()
     with pytest.raises(DataError, match=match):
-        panel_from_long(
-            change(log), attrs, indicators=["sales"], target="sales", freq="D", source="log.csv"
-        )
+        itemlog.load(_write(tmp_path, change(log), attrs))

@@ -8,8 +8,8 @@ import optax
 from flax import nnx
 
 from dmeta.sales_cnn.frames import build_frames
-from dmeta.sales_cnn.loaders import synthetic_panel
 from dmeta.sales_cnn.model import SalesCNN, conv_relu_pool, max_pool, output_length, wide_conv
+from dmeta.sales_cnn.synthetic import synthetic_panel
 from dmeta.sales_cnn.train import (
     Samples,
     apply_model,

@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dmeta import datasets as ds
 from dmeta.data.frames import DataError
 from dmeta.data.spec import data_root
-from dmeta.stmp import data as D
+from dmeta.stmp import protocol as P
 
 FAVORITA = data_root() / "favorita_store_sales"
 
@@ -15,7 +16,7 @@ FAVORITA = data_root() / "favorita_store_sales"
 def favorita():
     if not (FAVORITA / "transactions.csv").exists():
         pytest.skip(f"favorita data not found at {FAVORITA}")
-    return D.load_favorita(FAVORITA)
+    return P.from_favorita(ds.favorita.load(FAVORITA))
 
 
 def kinds(data, day):
@@ -56,20 +57,20 @@ def write_favorita(tmp_path, transactions=None, holidays=None):
     ).to_csv(tmp_path / "stores.csv", index=False)
     tx = transactions or (
         "date,store_nbr,transactions\n"
-        + "".join(f"1/{d}/2013,{s},{100 + d}\n" for d in range(1, 11) for s in (1, 2))
+        + "".join(f"2013-01-{d:02d},{s},{100 + d}\n" for d in range(1, 11) for s in (1, 2))
     )
     (tmp_path / "transactions.csv").write_text(tx)
     hol = holidays or (
         "date,type,locale,locale_name,description,transferred\n"
-        "1/5/2013,Holiday,Local,Manta,Fundacion de Manta,False\n"
-        "1/1/2013,Holiday,National,Ecuador,Primer dia del ano,False\n"
+        "2013-01-05,Holiday,Local,Manta,Fundacion de Manta,False\n"
+        "2013-01-01,Holiday,National,Ecuador,Primer dia del ano,False\n"
     )
     (tmp_path / "holidays_events.csv").write_text(hol)
     return tmp_path
 
 
 def test_favorita_tiny_files(tmp_path):
-    data = D.load_favorita(write_favorita(tmp_path))
+    data = P.from_favorita(ds.favorita.load(write_favorita(tmp_path)))
     assert data.y.shape == (2, 10) and data.observed.all()
     names = np.asarray(data.type_names)
     assert list(names[data.date_type[:, 4]]) == ["weekend", "local_holiday"]
@@ -79,30 +80,30 @@ def test_favorita_tiny_files(tmp_path):
 @pytest.mark.parametrize(
     "tx, hol, match",
     [
-        ("date,store_nbr,transactions\n1/1/2013,1,5\n1/2/2013,1,-3\n", None,
-         r"transactions.csv: column 'transactions' is negative: line 3"),
-        ("date,store_nbr,transactions\n1/1/2013,1,5\n13/45/2013,1,3\n", None,
-         r"transactions.csv: column 'date' is not a %m/%d/%Y date: line 3"),
-        ("date,store_nbr,transactions\n1/1/2013,1,5\n1/2/2013,9,3\n", None,
-         r"transactions.csv: column 'store_nbr' is not a store of stores.csv: line 3"),
-        ("date,store_nbr,transactions\n1/1/2013,1,5\n1/1/2013,1,3\n", None,
-         r"transactions.csv: column 'date' repeats: line 3"),
-        ("date,store_nbr,count\n1/1/2013,1,5\n", None, r"missing column\(s\) \['transactions'\]"),
+        ("date,store_nbr,transactions\n2013-01-01,1,5\n2013-01-02,1,-3\n", None,
+         r"transactions.csv: column 'transactions', line 3: is negative"),
+        ("date,store_nbr,transactions\n2013-01-01,1,5\n2013-13-45,1,3\n", None,
+         r"transactions.csv: column 'date', line 3: is not a date"),
+        ("date,store_nbr,transactions\n2013-01-01,1,5\n2013-01-02,9,3\n", None,
+         r"transactions.csv: column 'store_nbr', line 3: is not a store of stores.csv"),
+        ("date,store_nbr,transactions\n2013-01-01,1,5\n2013-01-01,1,3\n", None,
+         r"transactions.csv: column 'date', line 3: repeats"),
+        ("date,store_nbr,count\n2013-01-01,1,5\n", None, r"missing column\(s\) \['transactions'\]"),
         (None, "date,type,locale,locale_name,description,transferred\n"
-               "1/5/2013,Holiday,Planet,Manta,x,False\n",
-         r"holidays_events.csv: column 'locale' is not National/Regional/Local: line 2"),
+               "2013-01-05,Holiday,Planet,Manta,x,False\n",
+         r"holidays_events.csv: column 'locale', line 2: is not National/Regional/Local"),
     ],
 )  # fmt: skip
 def test_favorita_bad_input_names_file_column_row(tmp_path, tx, hol, match):
     with pytest.raises(DataError, match=match):
-        D.load_favorita(write_favorita(tmp_path, tx, hol))
+        P.from_favorita(ds.favorita.load(write_favorita(tmp_path, tx, hol)))
 
 
 def test_walmart_holiday_weeks():
     path = data_root() / "walmart_recruiting"
     if not (path / "train.csv.zip").exists():
         pytest.skip(f"walmart data not found at {path}")
-    data = D.load_walmart(path)
+    data = P.from_walmart(ds.walmart.load(path))
     assert data.y.shape == (45, 143) and data.n_regular == 1 and data.observed.all()
     names = np.asarray(data.type_names)
     assert (
@@ -116,7 +117,7 @@ def test_rossmann_holidays_promos_and_closed_days():
     path = data_root() / "rossmann"
     if not (path / "train_clean.parquet").exists():
         pytest.skip(f"rossmann data not found at {path}")
-    data = D.load_rossmann(path, max_stores=3)
+    data = P.from_rossmann(ds.rossmann.load(path), max_stores=3)
     assert data.y.shape[0] == 3
     names = np.asarray(data.type_names)
     t = data.dates.get_loc(pd.Timestamp("2015-07-31"))  # a Friday promo day for store 1
@@ -143,7 +144,7 @@ def write_table(tmp_path, calendar):
 
 def test_table_loader_with_region_specific_days(tmp_path):
     cal = "ds,date_type,unique_id\n2020-01-02,fair,b\n2020-01-06,sale,\n"
-    data = D.load_table(write_table(tmp_path, cal))
+    data = P.from_table(ds.table.load(write_table(tmp_path, cal)))
     names = np.asarray(data.type_names)
     assert list(names[data.date_type[:, 1]]) == ["weekday", "fair"]
     assert list(names[data.date_type[:, 5]]) == ["sale", "sale"]
@@ -152,5 +153,8 @@ def test_table_loader_with_region_specific_days(tmp_path):
 
 def test_table_loader_bad_region_names_line(tmp_path):
     cal = "ds,date_type,unique_id\n2020-01-02,fair,b\n2020-01-06,sale,zz\n"
-    with pytest.raises(DataError, match=r"calendar.csv: column 'unique_id' line 3: 'zz'"):
-        D.load_table(write_table(tmp_path, cal))
+    with pytest.raises(
+        DataError,
+        match=r"calendar.csv: column 'unique_id', line 3: is not in regions.csv \(values 'zz'\)",
+    ):
+        P.from_table(ds.table.load(write_table(tmp_path, cal)))

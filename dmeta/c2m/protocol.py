@@ -24,11 +24,12 @@ from sklearn.metrics import adjusted_rand_score
 from dmeta import metrics
 from dmeta.c2m import baselines, demand, train
 from dmeta.c2m.config import C2MConfig
-from dmeta.c2m.data import LOADERS, EventLog
+from dmeta.c2m.data import EVENT_SOURCES, EventLog, event_log
 from dmeta.c2m.sequences import BEHAVIOR_VOCAB, build_sequences, build_vocabulary
 from dmeta.c2m.synthetic import SyntheticC2M, synthetic_c2m
 from dmeta.data.frames import DataError
 from dmeta.data.spec import parse_data_spec
+from dmeta.datasets import LOADERS
 from dmeta.train.harness import Cell, hp_rows, tune, write_atomic
 
 NAME = "c2m"
@@ -84,9 +85,9 @@ def load(spec: str, cfg: C2MConfig) -> tuple[str, EventLog, SyntheticC2M | None]
             seed=0,
         )
         return "synthetic", truth.log, truth
-    if data.name not in LOADERS:
-        raise DataError(f"--data {spec!r}: c2m reads {['synthetic', *LOADERS]}")
-    return data.name, LOADERS[data.name](data.path), None
+    if data.name not in EVENT_SOURCES:
+        raise DataError(f"--data {spec!r}: c2m reads {['synthetic', *EVENT_SOURCES]}")
+    return data.name, event_log(LOADERS[data.name](data.path)), None
 
 
 def prepare(spec: str, cfg: C2MConfig) -> Prepared:

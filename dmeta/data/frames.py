@@ -1,4 +1,4 @@
-"""Long-format time series: reading, validation and logged repairs.
+"""Long-format time series in memory: validation and logged repairs (files: ``dmeta.datasets``).
 
 The canonical layout is ``unique_id, ds, y`` plus numeric feature columns,
 sorted by ``(unique_id, ds)``, every series dense from its first to its last
@@ -11,7 +11,7 @@ fixable problems are repaired, logged (``logging.WARNING``) and recorded in
 Row numbers in messages are file line numbers: the header is line 1 and the
 first data row is line 2 (0-based data position + 2). Frames built in memory
 are numbered the same way, so a CSV and the DataFrame read from it report the
-same lines. Quoted fields spanning several lines would shift this count.
+same lines; ``dmeta.datasets`` passes the physical lines of the rows it read.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,57 +53,6 @@ class LongFrame:
     repairs: tuple[str, ...]
 
 
-def read_table(
-    path: str | Path,
-    *,
-    id_col: str = "unique_id",
-    ds_col: str = "ds",
-    y_col: str = "y",
-    feature_cols: Sequence[str] | None = None,
-    freq: str | None = None,
-    negative: str = "clip",
-    duplicates: str = "error",
-) -> LongFrame:
-    """Reads a CSV (optionally compressed, e.g. ``.csv.zip``) or parquet file and validates it.
-
-    Args:
-      path: file to read; ``.parquet``/``.pq`` as parquet, anything else as CSV.
-      id_col, ds_col, y_col: source names of the series id, date and demand columns;
-        renamed to ``unique_id``, ``ds``, ``y``.
-      feature_cols, freq, negative, duplicates: see ``validate_long``.
-
-    Returns:
-      The validated ``LongFrame``.
-
-    Raises:
-      DataError: bad input; the message names the file, the column and the lines.
-    """
-    path = Path(path)
-    source = str(path)
-    if not path.exists():
-        raise DataError(f"{source}: file not found")
-    suffixes = [s.lower() for s in path.suffixes]
-    if ".parquet" in suffixes or ".pq" in suffixes:
-        df = pd.read_parquet(path)
-    else:
-        df = pd.read_csv(path)
-    _require(df, (id_col, ds_col, y_col), source)
-    rename = {id_col: "unique_id", ds_col: "ds", y_col: "y"}
-    clash = [c for c in REQUIRED if c in df.columns and rename.get(c, c) != c]
-    if clash:
-        raise DataError(
-            f"{source}: column(s) {clash} clash with the canonical names given to {rename}"
-        )
-    return validate_long(
-        df.rename(columns=rename),
-        source=source,
-        freq=freq,
-        negative=negative,
-        duplicates=duplicates,
-        feature_cols=feature_cols,
-    )
-
-
 def validate_long(
     df: pd.DataFrame,
     *,
@@ -113,6 +61,7 @@ def validate_long(
     negative: str = "clip",
     duplicates: str = "error",
     feature_cols: Sequence[str] | None = None,
+    lines: np.ndarray | None = None,
 ) -> LongFrame:
     """Validates and repairs a long-format frame with columns ``unique_id, ds, y, ...``.
 
@@ -127,6 +76,7 @@ def validate_long(
         ``"sum"`` merges them (y summed, features averaged; a logged repair).
       feature_cols: the allowed feature columns (any other column raises); None takes
         every extra column, each of which must be numeric (bool counts as numeric).
+      lines: i64[N] the file line of each row for messages (default: position + 2).
 
     Returns:
       The validated ``LongFrame``. Unsorted dates are sorted and gaps filled to the
@@ -158,6 +108,7 @@ def validate_long(
         raise DataError(f"{source}: no data rows")
 
     df = df.reset_index(drop=True)
+    line = np.arange(len(df)) + LINE_OFFSET if lines is None else np.asarray(lines)
     repairs: list[str] = []
 
     def repair(msg: str) -> None:
@@ -166,23 +117,23 @@ def validate_long(
 
     ids = df["unique_id"]
     if ids.isna().any():
-        raise DataError(f"{source}: column 'unique_id' is empty at {_lines(ids.isna(), ids)}")
-    ds = _dates(df["ds"], source)
-    values = {c: _numeric(df[c], c, source) for c in ("y", *feature_cols)}
+        raise DataError(f"{source}: column 'unique_id' is empty at {_lines(ids.isna(), ids, line)}")
+    ds = _dates(df["ds"], source, line)
+    values = {c: _numeric(df[c], c, source, line) for c in ("y", *feature_cols)}
     y = values["y"]
     negative_rows = y < 0
     if negative_rows.any():
-        where = _lines(negative_rows, df["y"])
+        where = _lines(negative_rows, df["y"], line)
         if negative == "error":
             raise DataError(f"{source}: column 'y' has negative demand at {where}")
         values["y"] = np.maximum(y, 0.0)
         repair(f"clipped {int(negative_rows.sum())} negative y values to 0 ({where})")
 
     out = pd.DataFrame({"unique_id": ids, "ds": ds, **values})
-    out["_line"] = np.arange(len(out)) + LINE_OFFSET
+    out["_line"] = line
     out = _merge_duplicates(out, feature_cols, duplicates, source, repair)
     out = _sort(out, repair)
-    freq = freq or _infer_freq(out["ds"], out["unique_id"], source)
+    freq = freq or infer_freq(out["ds"], out["unique_id"], source)
     out = _fill_gaps(out, feature_cols, freq, source, repair)
     return LongFrame(out, freq, feature_cols, tuple(repairs))
 
@@ -200,11 +151,11 @@ def _require(df: pd.DataFrame, cols: Sequence[str], source: str) -> None:
         )
 
 
-def _lines(bad: np.ndarray | pd.Series, shown: pd.Series | None = None) -> str:
+def _lines(bad: np.ndarray | pd.Series, shown: pd.Series | None, line: np.ndarray) -> str:
     """'lines 3, 7 (values [...])' for the first MAX_SHOWN True positions of ``bad``."""
     pos = np.flatnonzero(np.asarray(bad))
     values = None if shown is None else [str(shown.iloc[p]) for p in pos[:MAX_SHOWN]]
-    return _fmt_lines(pos + LINE_OFFSET, values)
+    return _fmt_lines(line[pos], values)
 
 
 def _fmt_lines(lines: np.ndarray, values: list[str] | None = None) -> str:
@@ -215,7 +166,7 @@ def _fmt_lines(lines: np.ndarray, values: list[str] | None = None) -> str:
     return f"line{'s' if len(lines) > 1 else ''} {', '.join(head)}{more}{vals}"
 
 
-def _numeric(col: pd.Series, name: str, source: str) -> np.ndarray:
+def _numeric(col: pd.Series, name: str, source: str, line: np.ndarray) -> np.ndarray:
     """Column as finite float64, or DataError naming the non-numeric / NaN / inf lines."""
     if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
         num = col
@@ -223,27 +174,27 @@ def _numeric(col: pd.Series, name: str, source: str) -> np.ndarray:
         num = pd.to_numeric(col, errors="coerce")
         bad = num.isna() & col.notna()
         if bad.any():
-            raise DataError(f"{source}: column {name!r} must be numeric; {_lines(bad, col)}")
+            raise DataError(f"{source}: column {name!r} must be numeric; {_lines(bad, col, line)}")
     arr = num.to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isfinite(arr)
     if bad.any():
-        raise DataError(f"{source}: column {name!r} has NaN/inf at {_lines(bad, col)}")
+        raise DataError(f"{source}: column {name!r} has NaN/inf at {_lines(bad, col, line)}")
     return arr
 
 
-def _dates(col: pd.Series, source: str) -> pd.Series:
+def _dates(col: pd.Series, source: str, line: np.ndarray) -> pd.Series:
     """Column as datetime64, or DataError naming the unparseable lines."""
     if pd.api.types.is_datetime64_any_dtype(col):
         parsed = col
     elif pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
         raise DataError(
-            f"{source}: column 'ds' holds numbers, not dates; {_lines(col.notna(), col)}"
+            f"{source}: column 'ds' holds numbers, not dates; {_lines(col.notna(), col, line)}"
         )
     else:
         parsed = pd.to_datetime(col, errors="coerce")
     bad = parsed.isna()
     if bad.any():
-        raise DataError(f"{source}: column 'ds' has unparseable dates at {_lines(bad, col)}")
+        raise DataError(f"{source}: column 'ds' has unparseable dates at {_lines(bad, col, line)}")
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_localize(None)
     return parsed
@@ -284,7 +235,7 @@ def _sort(out: pd.DataFrame, repair) -> pd.DataFrame:
     return out.sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
 
 
-def _infer_freq(ds: pd.Series, ids: pd.Series, source: str) -> str:
+def infer_freq(ds: pd.Series, ids: pd.Series, source: str) -> str:
     """Most common step between consecutive dates of a series (frame sorted by id, ds)."""
     steps = ds.diff()[ids.eq(ids.shift())]
     if steps.empty:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -205,21 +204,6 @@ def make_synthetic(
     )
 
 
-def _read_transactions(path: Path) -> pd.DataFrame:
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    missing = {"customer_id", "timestamp", "amount", "domain"} - set(frame.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"])
-    bad = ~np.isfinite(frame["amount"].to_numpy(float))
-    if bad.any():
-        raise ValueError(f"{path}: column 'amount' is not finite in row {int(np.argmax(bad))}")
-    domains = set(frame["domain"].astype(str).unique())
-    if not domains <= {"source", "target"}:
-        raise ValueError(f"{path}: column 'domain' must be 'source' or 'target', got {domains}")
-    return frame
-
-
 def from_transactions(
     tx: pd.DataFrame,
     attributes: pd.DataFrame | None = None,
@@ -308,63 +292,3 @@ def _attribute_codes(
         codes.append([lookup[x] for x in values])
         sizes.append(len(levels))
     return np.asarray(codes, np.int32).T, tuple(sizes)
-
-
-def load_transactions(path: Path, **kwargs) -> CrossDomainData:
-    """``--data transactions:PATH``: a csv/parquet file, or a folder with ``transactions.*`` and
-    an optional ``attributes.*`` (``customer_id`` + categorical columns)."""
-    path = Path(path)
-    if path.is_dir():
-        tx_path = next(iter(sorted(path.glob("transactions.*"))), None)
-        if tx_path is None:
-            raise FileNotFoundError(f"{path}: no transactions.csv or transactions.parquet")
-        attr_path = next(iter(sorted(path.glob("attributes.*"))), None)
-    else:
-        tx_path, attr_path = path, None
-    attributes = None
-    if attr_path is not None:
-        attributes = (
-            pd.read_parquet(attr_path) if attr_path.suffix == ".parquet" else pd.read_csv(attr_path)
-        )
-    return from_transactions(_read_transactions(tx_path), attributes, **kwargs)
-
-
-def completejourney_transactions(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """84.51 Complete Journey as (transactions in the generic schema, demographics).
-
-    Households are customers; source = shelf-stable departments (``CJ_SOURCE_DEPARTMENTS``),
-    target = fresh food (``CJ_TARGET_DEPARTMENTS``); other departments (fuel, misc, ...) are left
-    out. ``amount`` is ``sales_value``.
-    """
-    path = Path(path)
-    tx = pd.read_parquet(
-        path / "transactions.parquet",
-        columns=["household_id", "product_id", "sales_value", "transaction_timestamp"],
-    )
-    products = pd.read_parquet(path / "products.parquet", columns=["product_id", "department"])
-    tx = tx.merge(products, on="product_id", how="left")
-    domain = np.select(
-        [
-            tx["department"].isin(CJ_SOURCE_DEPARTMENTS),
-            tx["department"].isin(CJ_TARGET_DEPARTMENTS),
-        ],
-        ["source", "target"],
-        "",
-    )
-    frame = pd.DataFrame(
-        {
-            "customer_id": tx["household_id"].to_numpy(),
-            "timestamp": tx["transaction_timestamp"].to_numpy(),
-            "amount": tx["sales_value"].to_numpy(float),
-            "domain": domain,
-        }
-    )[domain != ""]
-    demo = pd.read_parquet(path / "demographics.parquet")
-    demo = demo.rename(columns={"household_id": "customer_id"})[["customer_id", *CJ_DEMOGRAPHICS]]
-    return frame.reset_index(drop=True), demo
-
-
-def load_completejourney(path: Path, **kwargs) -> CrossDomainData:
-    """``--data completejourney[:PATH]``: 30-day windows, 6 history windows, next-window label."""
-    tx, demo = completejourney_transactions(path)
-    return from_transactions(tx, demo, **kwargs)

@@ -27,13 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from dmeta import metrics
 from dmeta.data.frames import DataError
 from dmeta.data.spec import parse_data_spec
+from dmeta.datasets import LOADERS as SOURCES
+from dmeta.datasets import _csv, cdnow, completejourney, transactions
 from dmeta.ltv import baselines as B
 from dmeta.ltv import data as ltv_data
-from dmeta.ltv.cdnow import load_cdnow
 from dmeta.ltv.config import CDLtvSConfig, ModelConfig, TrainConfig, Windows
 from dmeta.ltv.train import CDLtvSFit, fit_stage1, fit_stage2
 from dmeta.train.harness import Cell, hp_rows, tune
@@ -46,11 +48,6 @@ CROSS_DOMAIN = ("PTUPCDR", "DASL", "CDLtvS")
 ABLATIONS = ("CDLtvS w/o L_AP", "CDLtvS w/o L_AT", "CDLtvS w/o L_ExMN")
 SINGLE_DOMAIN_DATA = ("cdnow",)
 METRICS = {"nmae": metrics.nmae, "nrmse": metrics.nrmse, "gini": metrics.normalized_gini}
-LOADERS = {
-    "completejourney": ltv_data.load_completejourney,
-    "transactions": ltv_data.load_transactions,
-    "cdnow": load_cdnow,
-}
 
 Predictor = Callable[[ltv_data.CrossDomainData], np.ndarray]
 Splits = tuple[ltv_data.CrossDomainData, ltv_data.CrossDomainData, ltv_data.CrossDomainData]
@@ -72,18 +69,89 @@ def load_data(spec: str, cfg: CDLtvSConfig, seed: int = 0) -> tuple[str, ltv_dat
         return "synthetic", ltv_data.make_synthetic(
             d.n_customers, d.n_periods, d.horizon, seed=seed
         )
-    if parsed.name not in LOADERS:
-        raise DataError(f"--data {spec!r}: cdltvs reads synthetic, {', '.join(LOADERS)}")
+    if parsed.name not in ADAPTERS:
+        raise DataError(f"--data {spec!r}: cdltvs reads synthetic, {', '.join(ADAPTERS)}")
     windows: Windows = cfg.data.cdnow if parsed.name == "cdnow" else cfg.data.transactions
-    try:
-        data = LOADERS[parsed.name](parsed.path, **windows.loader_kwargs())
-    except ValueError as err:
-        raise DataError(str(err)) from err
+    data = ADAPTERS[parsed.name](SOURCES[parsed.name](parsed.path), **windows.loader_kwargs())
     customers = np.unique(data.customer)
     if windows.max_customers is not None and len(customers) > windows.max_customers:
         keep = np.random.default_rng(seed).choice(customers, windows.max_customers, replace=False)
         data = data.take(np.isin(data.customer, keep))
     return parsed.name, data
+
+
+def _check_windows(src, build: Callable[[], ltv_data.CrossDomainData]) -> ltv_data.CrossDomainData:
+    try:
+        return build()
+    except ValueError as err:  # too few windows for the history, horizon and anchors
+        raise DataError(f"{src.path}: {err}") from err
+
+
+def from_transactions(src: transactions.Transactions, **kwargs) -> ltv_data.CrossDomainData:
+    """Generic purchases -> samples (windows as ``ltv_data.from_transactions``)."""
+    tx = src.tx.assign(customer_id=_csv.natural_ids(src.tx["customer_id"]))
+    attributes = src.attributes
+    if attributes is not None:
+        attributes = attributes.assign(customer_id=_csv.natural_ids(attributes["customer_id"]))
+    return _check_windows(src, lambda: ltv_data.from_transactions(tx, attributes, **kwargs))
+
+
+def from_completejourney(
+    src: completejourney.CompleteJourney, **kwargs
+) -> ltv_data.CrossDomainData:
+    """Households as customers; source = shelf-stable departments, target = fresh food
+    (``ltv_data.CJ_*``); other departments (fuel, misc, ...) are left out; amount =
+    ``sales_value``; demographics as portraits. 30-day windows by default."""
+    tx = src.transactions.merge(src.products[["product_id", "department"]], on="product_id",
+                                how="left")  # fmt: skip
+    domain = np.select(
+        [tx["department"].isin(ltv_data.CJ_SOURCE_DEPARTMENTS),
+         tx["department"].isin(ltv_data.CJ_TARGET_DEPARTMENTS)],
+        ["source", "target"], "",
+    )  # fmt: skip
+    frame = pd.DataFrame({
+        "customer_id": _csv.natural_ids(tx["household_id"]),
+        "timestamp": tx["timestamp"].to_numpy(),
+        "amount": tx["sales_value"].to_numpy(float),
+        "domain": domain,
+    })[domain != ""].reset_index(drop=True)  # fmt: skip
+    demo = src.demographics.rename(columns={"household_id": "customer_id"})
+    demo = demo[["customer_id", *ltv_data.CJ_DEMOGRAPHICS]]
+    demo = demo.assign(customer_id=_csv.natural_ids(demo["customer_id"]))
+    return _check_windows(src, lambda: ltv_data.from_transactions(frame, demo, **kwargs))
+
+
+def from_cdnow(
+    src: cdnow.CDNOW,
+    *,
+    period_days: int = 7,
+    n_periods: int = 39,
+    horizon: int = 39,
+    n_anchors: int = 1,
+) -> ltv_data.CrossDomainData:
+    """Single-domain samples, purchases in the target domain (the source domain all zeros).
+
+    Defaults give the classic BG/NBD split on CDNOW (Fader, Hardie & Lee 2005): weeks from
+    1997-01-01, history = the 39 calibration weeks, label = spend in the 39 holdout weeks,
+    one sample per customer. Customers without spend in the history are dropped (logged; in
+    CDNOW the 70 whose 1997-Q1 purchases are all $0).
+    """
+    tx = src.purchases.assign(customer_id=_csv.natural_ids(src.purchases["customer_id"]))
+    data = _check_windows(src, lambda: ltv_data.from_transactions(
+        tx.assign(domain="target"), period_days=period_days, n_periods=n_periods,
+        horizon=horizon, n_anchors=n_anchors,
+    ))  # fmt: skip
+    dropped = tx["customer_id"].nunique() - len(np.unique(data.customer))
+    if dropped:
+        logger.info("%d customers without spend in the history windows dropped", dropped)
+    return data
+
+
+ADAPTERS = {
+    "completejourney": from_completejourney,
+    "transactions": from_transactions,
+    "cdnow": from_cdnow,
+}
 
 
 def table_of(method: str) -> str:

@@ -23,9 +23,9 @@ import optax
 import pandas as pd
 
 from dmeta import metrics
-from dmeta.data.frames import DataError
-from dmeta.data.loaders import DemandData, load_groceries, load_synthetic, load_table, load_walmart
+from dmeta.data.frames import DataError, LongFrame, validate_long
 from dmeta.data.spec import parse_data_spec
+from dmeta.data.synthetic import make_demand
 from dmeta.data.tasks import (
     TaskPool,
     build_task_pool,
@@ -35,6 +35,7 @@ from dmeta.data.tasks import (
     unscale,
 )
 from dmeta.data.windows import make_windows, n_records, season_length, to_panel
+from dmeta.datasets import LOADERS, groceries, table, walmart
 from dmeta.graph.cooccurrence import cooccurrence_graph, edge_graph
 from dmeta.graph.deepwalk import deepwalk
 from dmeta.meta.steps import with_sampler
@@ -64,6 +65,25 @@ META = {
 METHODS = (*CLASSICAL, *NEURAL, "Fine-tune", *META)
 NEEDS_GRAPH = ("RMLDP", "RMLDP-d")
 GRAPH_KEY = 10_000  # one DeepWalk run per dataset, shared by every seed and method
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DemandData:
+    """A dataset ready for the RMLDP protocol.
+
+    Attributes:
+      name: dataset name used in results.
+      frame: the validated long frame.
+      groups: unique_id -> category group (the columns of Tables 2-3).
+      baskets: ``basket_id, unique_id`` rows, or None.
+      edges: ``src, dst, weight`` rows, or None.
+    """
+
+    name: str
+    frame: LongFrame
+    groups: pd.Series
+    baskets: pd.DataFrame | None = None
+    edges: pd.DataFrame | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -129,14 +149,86 @@ def load_data(spec: str, cfg: RMLDPConfig) -> DemandData:
     if parsed.name == "synthetic":
         data = load_synthetic(**synthetic_kwargs(cfg))
     elif parsed.name == "walmart":
-        data = load_walmart(parsed.path)
+        data = from_walmart(LOADERS["walmart"](parsed.path))
     elif parsed.name == "groceries":
-        data = load_groceries(parsed.path)
+        data = from_groceries(LOADERS["groceries"](parsed.path))
     elif parsed.name == "table":
-        data = load_table(parsed.path, baskets=cfg.data.baskets, edges=cfg.data.edges)
+        data = from_table(
+            LOADERS["table"](parsed.path, baskets=cfg.data.baskets, edges=cfg.data.edges)
+        )
     else:
         raise DataError(f"--data {spec!r}: rmldp reads synthetic, walmart, groceries or table:PATH")
     return subsample(data, cfg.data.max_segments)
+
+
+def from_walmart(src: walmart.Walmart) -> DemandData:
+    """Store x department weekly sales with the holiday flag and the store-week features;
+    groups are the store types A/B/C; no baskets, so no knowledge graph."""
+    if src.features is None:
+        raise DataError(f"{src.features_path}: not found (RMLDP reads the store-week features)")
+    feats = src.features[["store", "date", *walmart.FEATURES]]
+    merged = src.train.merge(feats, on=["store", "date"], how="left")
+    missing = merged[list(walmart.FEATURES)].isna()
+    if missing.any().any():
+        row = int(np.flatnonzero(missing.any(axis=1).to_numpy())[0])
+        col = missing.columns[missing.iloc[row].to_numpy()][0]
+        raise DataError(
+            f"{src.features_path}: column {col!r} has no value for store {merged['store'].iloc[row]} "
+            f"week {merged['date'].iloc[row].date()} (needed by {src.train_path} line "
+            f"{merged['_line'].iloc[row]})"
+        )
+    long = pd.DataFrame({
+        "unique_id": merged["store"] + "_" + merged["dept"],
+        "ds": merged["date"],
+        "y": merged["weekly_sales"],
+        "holiday": merged["holiday"].astype(np.float64),
+        **{col.lower(): merged[col].to_numpy() for col in walmart.FEATURES},
+    })  # fmt: skip
+    frame = validate_long(long, source=str(src.train_path), freq="W-FRI",
+                          lines=merged["_line"].to_numpy())  # fmt: skip
+    store_type = dict(zip(src.stores["store"], src.stores["type"], strict=True))
+    ids = frame.frame["unique_id"].drop_duplicates()
+    groups = [f"type{store_type.get(i.split('_')[0], '?')}" for i in ids]
+    return DemandData("walmart", frame, pd.Series(groups, index=ids.to_numpy()))
+
+
+def from_groceries(src: groceries.Groceries) -> DemandData:
+    """Item categories' daily demand (items bought per day) with the day's number of baskets
+    as the feature; (member, date) baskets give the co-occurrence knowledge graph."""
+    rows = src.purchases
+    basket = rows["member"] + "@" + rows["date"].dt.strftime("%Y-%m-%d")
+    counts = (
+        pd.DataFrame({"unique_id": rows["item"], "ds": rows["date"]})
+        .groupby(["unique_id", "ds"]).size().rename("y").reset_index()
+    )  # fmt: skip
+    n_baskets = basket.groupby(rows["date"]).nunique()
+    counts["baskets"] = counts["ds"].map(n_baskets).astype(np.float64)
+    # Days inside a category's span without a purchase are zero demand (validate_long logs
+    # the fill); their 'baskets' feature is forward-filled, so we set the true value after.
+    frame = validate_long(counts.astype({"y": np.float64}), source=str(src.path), freq="D")
+    calendar = pd.date_range(rows["date"].min(), rows["date"].max(), freq="D")
+    frame.frame["baskets"] = (
+        frame.frame["ds"].map(n_baskets.reindex(calendar, fill_value=0)).astype(np.float64)
+    )
+    baskets = pd.DataFrame({"basket_id": basket, "unique_id": rows["item"]})
+    ids = frame.frame["unique_id"].drop_duplicates().to_numpy()
+    return DemandData("groceries", frame, pd.Series("all", index=ids), baskets=baskets)
+
+
+def from_table(src: table.Table) -> DemandData:
+    """Any long table; a constant ``category`` column per series gives the groups."""
+    frame = table.long_frame(src)
+    ids = frame.frame["unique_id"].drop_duplicates().to_numpy()
+    groups = pd.Series("all", index=ids) if src.groups is None else src.groups.astype(str)
+    return DemandData(src.path.stem, frame, groups.reindex(ids).fillna("all"),
+                      baskets=src.baskets, edges=src.edges)  # fmt: skip
+
+
+def load_synthetic(*, seed: int = 0, **kwargs) -> DemandData:
+    """``make_demand`` with its categories as groups and its baskets."""
+    demand = make_demand(seed=seed, **kwargs)
+    groups = demand.segments.set_index("unique_id")["category"]
+    return DemandData("synthetic", validate_long(demand.frame), groups, baskets=demand.baskets)
 
 
 def subsample(data: DemandData, max_segments: int | None, seed: int = 0) -> DemandData:

@@ -18,16 +18,11 @@ import pandas as pd
 
 from dmeta.data.frames import DataError
 from dmeta.data.spec import parse_data_spec
+from dmeta.datasets import LOADERS, _csv, completejourney
+from dmeta.datasets.itemlog import ItemLog, checked
 from dmeta.sales_cnn import baselines
 from dmeta.sales_cnn.config import SalesCNNConfig, for_daily
 from dmeta.sales_cnn.frames import SalesPanel, split_ends
-from dmeta.sales_cnn.loaders import (
-    load_cainiao,
-    load_completejourney,
-    load_frat,
-    panel_from_long,
-    synthetic_panel,
-)
 from dmeta.sales_cnn.pipeline import (
     METHODS,
     NETWORKS,
@@ -36,6 +31,7 @@ from dmeta.sales_cnn.pipeline import (
     prepare,
     region_mse,
 )
+from dmeta.sales_cnn.synthetic import synthetic_panel
 from dmeta.train.harness import Cell, hp_rows, tune
 
 NAME = "sales_cnn"
@@ -47,30 +43,90 @@ SWEEPS = {  # sweep name -> (config field of its values, axis label)
 log = logging.getLogger(__name__)
 
 
+CJ_INDICATORS = ("quantity", "sales_value", "retail_disc", "coupon_disc", "baskets", "households")
+
+
 def load_panel(spec: str) -> tuple[str, SalesPanel, bool]:
     """(dataset name, panel, daily) for a ``--data`` spec."""
     data = parse_data_spec(spec)
     if data.name == "synthetic":
         return data.name, synthetic_panel(0, n_regions=5, n_items=30, n_periods=130)[0], False
-    loaders = {"frat": (load_frat, False), "cainiao": (load_cainiao, True)}
-    loaders["completejourney"] = (load_completejourney, True)
-    if data.name in loaders:
-        load, daily = loaders[data.name]
-        return data.name, load(data.path), daily
-    if data.name == "itemlog":
-        frame = pd.read_csv(data.path / "log.csv")
-        indicators = [c for c in frame.columns if c not in ("item_id", "region_id", "ds")]
-        attributes = pd.read_csv(data.path / "attributes.csv")
-        panel = panel_from_long(
-            frame,
-            attributes,
-            indicators=indicators,
-            target=indicators[0],
-            freq="D",
-            source=str(data.path / "log.csv"),
-        )
-        return data.name, panel, True
+    if data.name == "completejourney":
+        return data.name, from_completejourney(LOADERS[data.name](data.path)), True
+    if data.name in ("frat", "cainiao", "itemlog"):
+        src = LOADERS[data.name](data.path)
+        return data.name, from_itemlog(src), src.freq == "D"
     raise DataError(f"--data {spec!r}: unknown dataset {data.name!r} for {NAME}")
+
+
+def from_itemlog(src: ItemLog) -> SalesPanel:
+    """Dense panel of a checked item-region log; periods without a record are zeros
+    (logged). Items are in id order (numeric for integer ids), regions in text order."""
+    log, indicators = src.log, list(src.indicators)
+    items = _csv.id_order(log["item_id"])
+    regions = np.sort(log["region_id"].astype(str).unique())
+    dates = pd.date_range(log["ds"].min(), log["ds"].max(), freq=src.freq)
+    t = dates.get_indexer(log["ds"])
+    _csv.check(log, src.path, "ds", t < 0, f"is off the {src.freq!r} calendar")
+    r = np.searchsorted(regions, log["region_id"].astype(str).to_numpy())
+    i = pd.Index(items).get_indexer(log["item_id"])
+    x = np.zeros((len(regions), len(items), len(dates), len(indicators)), np.float32)
+    x[r, i, t] = log[indicators].to_numpy(np.float32)
+    missing = x.shape[0] * x.shape[1] * x.shape[2] - len(log)
+    if missing:
+        log_warning = f"{missing} (region, item, period) cells without a record filled with 0"
+        _csv.repair(src.path, log_warning)
+    attrs = src.attributes.set_index("item_id").loc[items]
+    return SalesPanel(
+        x=x,
+        brand=pd.factorize(attrs["brand"])[0].astype(np.int32),
+        category=pd.factorize(attrs["category"])[0].astype(np.int32),
+        target=indicators.index(src.target),
+        regions=tuple(regions),
+        items=tuple(str(v) for v in items),
+        indicators=tuple(indicators),
+        dates=dates.to_numpy(),
+    )
+
+
+def from_completejourney(
+    src: completejourney.CompleteJourney, *, n_items: int = 50, n_regions: int = 5
+) -> SalesPanel:
+    """Product x store x day: the ``n_regions`` stores and then the ``n_items`` products
+    (with a product record) selling most units there; indicators: quantity, sales value,
+    retail and coupon discounts, baskets, households. Brand = ``manufacturer_id``,
+    category = ``product_category``."""
+    ids = ("household_id", "store_id", "basket_id", "product_id")
+    tx = src.transactions.assign(**{c: _csv.natural_ids(src.transactions[c]) for c in ids})
+    products = src.products.assign(product_id=_csv.natural_ids(src.products["product_id"]))
+    known = tx["product_id"].isin(products["product_id"])
+    if not known.all():
+        _csv.repair(src.path, f"{int((~known).sum())} rows whose product_id has no product "
+                              "record dropped")  # fmt: skip
+    tx = tx[known]
+    stores = tx.groupby("store_id")["quantity"].sum().nlargest(n_regions).index
+    tx = tx[tx["store_id"].isin(stores)]
+    top = tx.groupby("product_id")["quantity"].sum().nlargest(n_items).index
+    tx = tx[tx["product_id"].isin(top)].assign(ds=tx["timestamp"].dt.floor("D"))
+    log = (
+        tx.groupby(["product_id", "store_id", "ds"])
+        .agg(
+            quantity=("quantity", "sum"),
+            sales_value=("sales_value", "sum"),
+            retail_disc=("retail_disc", "sum"),
+            coupon_disc=("coupon_disc", "sum"),
+            baskets=("basket_id", "nunique"),
+            households=("household_id", "nunique"),
+            _line=("_line", "min"),
+        )  # fmt: skip
+        .reset_index()
+        .rename(columns={"product_id": "item_id", "store_id": "region_id"})
+    )
+    attributes = products[["product_id", "manufacturer_id", "product_category"]].set_axis(
+        ["item_id", "brand", "category"], axis=1
+    )
+    return from_itemlog(checked(log, attributes, indicators=CJ_INDICATORS, target="quantity",
+                                freq="D", source=src.path))  # fmt: skip
 
 
 def top_regions(panel: SalesPanel, n: int) -> SalesPanel:

@@ -24,6 +24,7 @@ from dmeta import metrics
 from dmeta.config import replace_path
 from dmeta.data.frames import DataError
 from dmeta.data.spec import parse_data_spec
+from dmeta.datasets import LOADERS, _csv, favorita, rossmann, table, walmart
 from dmeta.report.stmp import FORECASTS
 from dmeta.stmp import baselines as B
 from dmeta.stmp import data as D
@@ -61,16 +62,13 @@ TUNED = {  # method -> {config path: the ``tuning`` field of the alternatives}
 def load_panel(spec: str, cfg: DataConfig) -> tuple[str, D.STMPData]:
     """``--data`` spec -> (dataset name, panel), cut to ``cfg.max_regions`` regions."""
     parsed = parse_data_spec(spec)
+    adapters = {"favorita": from_favorita, "walmart": from_walmart, "table": from_table}
     if parsed.name == "synthetic":
         data = D.make_synthetic(n_regions=cfg.synthetic_regions, n_days=cfg.synthetic_days)
-    elif parsed.name == "favorita":
-        data = D.load_favorita(parsed.path)
-    elif parsed.name == "walmart":
-        data = D.load_walmart(parsed.path)
     elif parsed.name == "rossmann":  # 1,115 stores: the first 100 unless max_regions
-        data = D.load_rossmann(parsed.path, max_stores=cfg.max_regions or 100)
-    elif parsed.name == "table":
-        data = D.load_table(parsed.path)
+        data = from_rossmann(LOADERS["rossmann"](parsed.path), max_stores=cfg.max_regions or 100)
+    elif parsed.name in adapters:
+        data = adapters[parsed.name](LOADERS[parsed.name](parsed.path))
     else:
         raise DataError(
             f"--data {spec!r}: STMP reads synthetic, favorita, walmart, rossmann, table"
@@ -82,6 +80,201 @@ def load_panel(spec: str, cfg: DataConfig) -> tuple[str, D.STMPData]:
             date_type=data.date_type[keep], attrs=data.attrs[keep], regions=data.regions[keep],
         )  # fmt: skip
     return parsed.name, data
+
+
+# ----------------------------------------------------------------------------- adapters
+
+WALMART_HOLIDAYS = {2: "super_bowl", 9: "labor_day", 11: "thanksgiving", 12: "christmas"}
+ROSSMANN_FESTIVALS = ("public_holiday", "easter", "christmas", "promo")
+
+
+def _one_hot(frame: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, tuple[str, ...]]:
+    parts = [pd.get_dummies(frame[c].astype(str), prefix=c, dtype=np.float32) for c in columns]
+    onehot = pd.concat(parts, axis=1)
+    return onehot.to_numpy(np.float32), tuple(onehot.columns)
+
+
+def _by_id(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """``frame`` sorted by its ids (numerically when they are integers)."""
+    rank = pd.Index(_csv.id_order(frame[column])).get_indexer(frame[column])
+    return frame.iloc[np.argsort(rank, kind="stable")].reset_index(drop=True)
+
+
+def _standardized(v: np.ndarray) -> np.ndarray:
+    return (v - v.mean()) / (v.std() + 1e-9)
+
+
+def _dense(rows: pd.DataFrame, source, column: str, regions: list, freq: str = "D"):
+    """Rows ``id, ds, y, _line`` -> dense y f64[R, D], observed bool[R, D], dates at freq
+    (``column``: the file's date column, named in messages)."""
+    named = rows.rename(columns={"ds": column})
+    dup = rows.duplicated(["id", "ds"]).to_numpy()
+    _csv.check(named, source, column, dup, "repeats a (region, date)",
+               rows["id"].astype(str) + " " + rows["ds"].astype(str))  # fmt: skip
+    dates = pd.date_range(rows["ds"].min(), rows["ds"].max(), freq=freq)
+    t = dates.get_indexer(rows["ds"])
+    _csv.check(named, source, column, t < 0, f"is off the {freq} calendar")
+    y = np.zeros((len(regions), len(dates)))
+    observed = np.zeros_like(y, dtype=bool)
+    r = pd.Index(regions).get_indexer(rows["id"])
+    y[r, t] = rows["y"].to_numpy()
+    observed[r, t] = True
+    return y, observed, dates
+
+
+def from_favorita(src: favorita.Favorita) -> D.STMPData:
+    """Stores as regions, daily transactions as target, holidays as date types.
+
+    National holidays apply to every store, regional ones to the stores of that state,
+    local ones to the stores of that city; transferred holidays and ``Work Day`` rows are
+    regular days. Days without a transactions row are unobserved.
+    """
+    stores = _by_id(src.stores, "store_nbr")
+    attrs, attr_names = _one_hot(stores, ["city", "state", "type", "cluster"])
+    tx = src.transactions
+    rows = pd.DataFrame({"id": tx["store_nbr"], "ds": tx["date"], "y": tx["transactions"],
+                         "_line": tx["_line"]})  # fmt: skip
+    y, observed, dates = _dense(rows, src.transactions_path, "date", list(stores["store_nbr"]))
+    priority = {name: i for i, name in enumerate(favorita.KINDS)}
+    best = np.full(y.shape, len(favorita.KINDS))  # lower is higher priority
+    city, state = stores["city"].to_numpy(), stores["state"].to_numpy()
+    for row in src.holidays.itertuples(index=False):
+        t = dates.get_indexer([row.date])[0]
+        if not isinstance(row.kind, str) or t < 0:  # not a festival
+            continue
+        if row.locale == "National":
+            where = np.ones(len(stores), bool)
+        else:
+            where = (state if row.locale == "Regional" else city) == row.locale_name
+        best[where, t] = np.minimum(best[where, t], priority[row.kind])
+    festival = best < len(favorita.KINDS)
+    date_type = np.where(festival, best + len(D.REGULAR_DAILY), D.regular_types(dates)[None, :])
+    return D.STMPData(
+        y=y, observed=observed, date_type=date_type.astype(np.int32), attrs=attrs, dates=dates,
+        regions=tuple(f"store{s}" for s in stores["store_nbr"]),
+        type_names=D.REGULAR_DAILY + favorita.KINDS, attr_names=attr_names,
+    )  # fmt: skip
+
+
+def from_walmart(src: walmart.Walmart) -> D.STMPData:
+    """Stores as regions, weekly sales summed over departments, holiday weeks named by month
+    (Super Bowl, Labor Day, Thanksgiving, Christmas); the regular type is "week". Negative
+    department rows (returns) are kept; a negative store-week total raises."""
+    stores = _by_id(src.stores, "store")
+    onehot, names = _one_hot(stores.rename(columns={"type": "Type"}), ["Type"])
+    attrs = np.c_[onehot, _standardized(np.log(stores["size"].to_numpy() + 1.0))]
+    weekly = src.train.groupby(["store", "date"], as_index=False).agg(
+        y=("weekly_sales", "sum"), holiday=("holiday", "max"), _line=("_line", "min")
+    )
+    _csv.check(weekly, src.train_path, "Weekly_Sales", (weekly["y"] < 0).to_numpy(),
+               "sums to a negative store-week total for store", weekly["store"])  # fmt: skip
+    rows = weekly.rename(columns={"store": "id", "date": "ds"})
+    y, observed, dates = _dense(rows, src.train_path, "Date", list(stores["store"]), freq="W-FRI")
+    names_by_month = ("week",) + tuple(WALMART_HOLIDAYS.values())
+    date_type = np.zeros(len(dates), np.int32)
+    for day in weekly.loc[weekly["holiday"].astype(bool), "date"].unique():
+        month = pd.Timestamp(day).month
+        if month not in WALMART_HOLIDAYS:
+            raise DataError(
+                f"{src.train_path}: column 'IsHoliday' marks {day} (month {month}), "
+                "not a known holiday"
+            )
+        date_type[dates.get_loc(day)] = names_by_month.index(WALMART_HOLIDAYS[month])
+    return D.STMPData(
+        y=y, observed=observed, date_type=np.broadcast_to(date_type, y.shape).copy(),
+        attrs=attrs.astype(np.float32), dates=dates,
+        regions=tuple(f"store{s}" for s in stores["store"]), type_names=names_by_month,
+        attr_names=names + ("log_size",), n_regular=1, period=4,
+    )  # fmt: skip
+
+
+def from_rossmann(src: rossmann.Rossmann, *, max_stores: int | None = None) -> D.STMPData:
+    """Stores as regions (the first ``max_stores``), daily sales; closed days unobserved;
+    state holidays a/b/c are public holiday / Easter / Christmas, promo days a date type
+    too (holidays win over promo)."""
+    df = src.days
+    if max_stores is not None:
+        df = df[df["store"].isin(_csv.id_order(df["store"])[:max_stores])].reset_index(drop=True)
+    stores = _by_id(df.drop_duplicates("store"), "store")
+    keep = df["open"].to_numpy()
+    rows = pd.DataFrame({"id": df["store"], "ds": df["date"], "y": df["sales"],
+                         "_line": df["_line"]})[keep]  # fmt: skip
+    y, observed, dates = _dense(rows, src.path, "Date", list(stores["store"]))
+    holiday = df["state_holiday"]
+    kind = np.select(
+        [holiday == "a", holiday == "b", holiday == "c", df["promo"].to_numpy()],
+        [2, 3, 4, 5], default=-1,
+    )  # fmt: skip
+    date_type = np.broadcast_to(D.regular_types(dates), y.shape).copy()
+    r = pd.Index(stores["store"]).get_indexer(df["store"])
+    t = dates.get_indexer(df["date"])
+    fest = kind >= 0
+    date_type[r[fest], t[fest]] = kind[fest]
+    columns = {"store_type": "StoreType", "assortment": "Assortment", "promo2": "Promo2"}
+    onehot, names = _one_hot(stores.rename(columns=columns), list(columns.values()))
+    dist = np.log1p(stores["competition_distance"].to_numpy(float))
+    return D.STMPData(
+        y=y, observed=observed, date_type=date_type.astype(np.int32),
+        attrs=np.c_[onehot, _standardized(dist)].astype(np.float32), dates=dates,
+        regions=tuple(f"store{s}" for s in stores["store"]),
+        type_names=D.REGULAR_DAILY + ROSSMANN_FESTIVALS,
+        attr_names=names + ("log_competition_distance",),
+    )  # fmt: skip
+
+
+def from_table(src: table.Table) -> D.STMPData:
+    """A daily panel from a long table: one row per observed region-day; ``regions.csv``
+    attributes (numeric standardized, others one-hot); ``calendar.csv`` date types (an
+    empty ``unique_id``: all regions); other days are weekday / weekend."""
+    series = src.series
+    regions = src.regions
+    if regions is None:
+        regions = pd.DataFrame({"unique_id": _csv.id_order(series["unique_id"])})
+    parts, names = [], []
+    for col in regions.columns.drop("unique_id"):
+        values = pd.to_numeric(regions[col], errors="coerce")
+        if values.notna().all():
+            parts.append(_standardized(values.to_numpy(float))[:, None])
+            names.append(col)
+        else:
+            onehot, more = _one_hot(regions, [col])
+            parts.append(onehot)
+            names.extend(more)
+    attrs = np.concatenate(parts, axis=1) if parts else np.zeros((len(regions), 0))
+    unknown = ~series["unique_id"].isin(regions["unique_id"]).to_numpy()
+    _csv.check(series, src.path, "unique_id", unknown, "is not in regions.csv")
+    _csv.check(series, src.path, "y", (series["y"] < 0).to_numpy(), "is negative")
+    rows = series.rename(columns={"unique_id": "id"})
+    y, observed, dates = _dense(rows, src.path, "ds", list(regions["unique_id"]))
+    date_type, type_names = _calendar_types(src, dates, regions, y.shape)
+    return D.STMPData(
+        y=y, observed=observed, date_type=date_type.astype(np.int32),
+        attrs=attrs.astype(np.float32), dates=dates, regions=tuple(regions["unique_id"]),
+        type_names=type_names, attr_names=tuple(names),
+    )  # fmt: skip
+
+
+def _calendar_types(src: table.Table, dates, regions: pd.DataFrame, shape):
+    date_type = np.broadcast_to(D.regular_types(dates), shape).copy()
+    cal = src.calendar
+    if cal is None:
+        return date_type, D.REGULAR_DAILY
+    cal_src = src.path.parent / "calendar.csv"
+    festivals = tuple(sorted(cal["date_type"].unique()))
+    reserved = cal["date_type"].isin(D.REGULAR_DAILY).to_numpy()
+    _csv.check(cal, cal_src, "date_type", reserved, "uses a reserved name")
+    type_names = D.REGULAR_DAILY + festivals
+    r = pd.Index(regions["unique_id"]).get_indexer(cal["unique_id"])
+    specific = (cal["unique_id"] != "").to_numpy()
+    _csv.check(cal, cal_src, "unique_id", specific & (r < 0), "is not in regions.csv")
+    t = dates.get_indexer(cal["ds"])
+    kind = np.array([type_names.index(k) for k in cal["date_type"]], np.int64)
+    for i in np.flatnonzero(t >= 0):
+        if specific[i]:
+            date_type[r[i], t[i]] = kind[i]
+        else:
+            date_type[:, t[i]] = kind[i]
+    return date_type, type_names
 
 
 def cells(cfg: STMPConfig, methods: tuple[str, ...], seeds: int) -> list[Cell]:

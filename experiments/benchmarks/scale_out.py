@@ -99,15 +99,16 @@ def run_pandas(path: Path, work: Path, n: int, emit) -> None:
     import pandas as pd
 
     from dmeta import outofcore
-    from dmeta.c2m.data import _finish, _map_behavior, _numeric
+    from dmeta.c2m.data import event_log
+    from dmeta.datasets import events as ev
 
     start = time.perf_counter()
     raw = pd.read_parquet(path).astype(str)  # ids read as strings, as the CSV loaders do
     raw = raw.rename(columns={"behavior": "type"}).assign(_line=np.arange(len(raw)) + 1)
     mapping = {"pv": "view", "cart": "cart", "fav": "fav", "buy": "buy"}
-    raw = _map_behavior(raw, path, "type", mapping)
-    raw = _numeric(raw, path, ("user_id", "item_id", "category_id", "timestamp"))
-    events = _finish([raw], path)
+    raw = ev.behaviors(raw, path, "type", mapping)
+    raw = ev.seconds(ev.ids(raw, path), path, "timestamp", unix=True)
+    events = event_log(ev.Events(ev.finish([raw], path), None, path)).events
     del raw
     emit("load_s", time.perf_counter() - start, "s")
     _, _, seqs = outofcore.pandas_sequences(events, max_len=MAX_LEN, max_items=MAX_ITEMS)

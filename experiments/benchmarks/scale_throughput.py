@@ -119,7 +119,7 @@ def child_c2m(n_users: int, quick: bool, emit) -> None:
 def child_frames(n_pairs: int, quick: bool, emit) -> None:
     """One frame-building size: build_frames for ``n_pairs`` item-region pairs."""
     from dmeta.sales_cnn.frames import build_frames
-    from dmeta.sales_cnn.loaders import synthetic_panel
+    from dmeta.sales_cnn.synthetic import synthetic_panel
 
     regions = 5
     length = 8 if quick else 26
