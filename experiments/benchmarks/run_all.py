@@ -396,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "## GPU, JAX and PyTorch both on the GPU",
             "",
-            f"[{GPU_TABLE.relative_to(args.out.parent).as_posix()}]"
-            f"({GPU_TABLE.relative_to(args.out.parent).as_posix()}), written by "
+            f"[{GPU_TABLE.relative_to(ROOT).as_posix()}]"
+            f"({Path(os.path.relpath(GPU_TABLE, args.out.resolve().parent)).as_posix()}), written by "
             "`experiments/benchmarks/gpu_table.py` on a GPU machine (its own command, device and "
             "versions at its top).",
         ]
