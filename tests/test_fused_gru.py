@@ -53,7 +53,7 @@ def test_gradients_match_scan_and_second_order_f64():
         gs = jax.grad(seq_loss(apply_scan), argnums=(0, 1, 2))(params, x, h0)
         gf = jax.grad(seq_loss(apply_fused), argnums=(0, 1, 2))(params, x, h0)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), gs, gf)
-        check_grads(seq_loss(apply_fused), (params, x, h0), order=2, modes=["rev"])
+        check_grads(jax.jit(seq_loss(apply_fused)), (params, x, h0), order=2, modes=["rev"])
 
 
 def test_maml_meta_gradient_matches_scan_f64():
@@ -81,6 +81,7 @@ def test_maml_meta_gradient_matches_scan_f64():
                 functools.partial(split_loss, apply), steps=2, step_size=0.3
             )
             fn = lambda th, tl=task_loss, t=task: tl({"theta": th}, t, jax.random.key(0))[0]
+            fn = jax.jit(fn)
             grads[impl] = jax.grad(fn)(theta)
             if impl == "fused":
                 check_grads(fn, (theta,), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
