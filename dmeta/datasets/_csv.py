@@ -316,17 +316,17 @@ def dates(
                                 "holds numbers, not dates", list(col[:1])))  # fmt: skip
     else:
         raw = _text_column(frame, column)
-        parsed = _parse(frame, source, column, _drop_offset(frame, source, column, raw),
+        parsed = _parse(frame, source, column, drop_offset(frame, source, column, raw),
                         date_format)  # fmt: skip
     check(frame, source, column, parsed.isna().to_numpy(),
           f"is not a date{f' in the format {date_format!r}' if date_format else ''}", raw)  # fmt: skip
     parsed = pd.Series(parsed.to_numpy(), index=frame.index, name=column)
-    if max_gap_days is not None:
-        check_gap(frame, source, column, parsed, max_gap_days)
+    check_gap(frame, source, column, parsed, max_gap_days)
     return parsed
 
 
-def _drop_offset(frame, source, column: str, raw: pd.Series) -> pd.Series:
+def drop_offset(frame, source, column: str, raw: pd.Series) -> pd.Series:
+    """``raw`` without its timezone offset when all rows share one (logged); mixed raise."""
     offset = raw.str.extract(_OFFSET, expand=False)
     has = offset.notna().to_numpy()
     if not has.any():
@@ -376,10 +376,10 @@ def _day_month_format(frame, source, column: str, raw: pd.Series) -> str | None:
     )
 
 
-def check_gap(frame, source, column: str, ds: pd.Series, max_gap_days: float) -> None:
+def check_gap(frame, source, column: str, ds: pd.Series, max_gap_days: float | None) -> None:
     """Raises when consecutive distinct dates are more than ``max_gap_days`` apart."""
     days = np.unique(ds.to_numpy())
-    if len(days) < 2:
+    if max_gap_days is None or len(days) < 2:
         return
     gaps = np.diff(days) / np.timedelta64(1, "D")
     k = int(np.argmax(gaps))

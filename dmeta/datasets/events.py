@@ -54,8 +54,16 @@ def behaviors(frame: pd.DataFrame, source, column: str, mapping: dict) -> pd.Dat
                           f"a behaviour outside {sorted(mapping)}")  # fmt: skip
 
 
-def seconds(frame: pd.DataFrame, source, column: str, *, unix: bool) -> pd.DataFrame:
-    """``timestamp`` (i64 seconds) from unix seconds or date-times; bad rows dropped (logged)."""
+def seconds(
+    frame: pd.DataFrame,
+    source,
+    column: str,
+    *,
+    unix: bool,
+    max_gap_days: float | None = _csv.MAX_GAP_DAYS,
+) -> pd.DataFrame:
+    """``timestamp`` (i64 seconds) from unix seconds or date-times; bad rows dropped (logged),
+    mixed timezone offsets and a gap longer than ``max_gap_days`` raise."""
     raw = frame[column].str.strip()
     if unix:
         value = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
@@ -63,20 +71,15 @@ def seconds(frame: pd.DataFrame, source, column: str, *, unix: bool) -> pd.DataF
             bad = ~np.isfinite(value) | (value != np.floor(value)) | (np.abs(value) > 2**62)
         frame = _csv.drop_rows(frame.assign(timestamp=value), source, column, bad,
                                "a missing or non-integer time")  # fmt: skip
-        return frame.assign(timestamp=frame["timestamp"].astype(np.int64))
-    kept = frame.assign(_raw=raw)
-    offset = raw.str.extract(r"\s*([+-]\d{2}:?\d{2}|Z)$", expand=False)
-    if offset.notna().any():
-        kinds = offset.dropna().unique()
-        if len(kinds) > 1 or offset.isna().any():
-            i = int(np.flatnonzero((offset != kinds[0]).to_numpy())[0])
-            raise DataError(_csv.located(source, column, [frame["_line"].iloc[i]],
-                                         "mixes timezone offsets", [raw.iloc[i]]))  # fmt: skip
-        _csv.repair(source, f"column {column!r}: dropped the timezone offset {kinds[0]}")
-        kept = kept.assign(_raw=raw.str.replace(r"\s*([+-]\d{2}:?\d{2}|Z)$", "", regex=True))
+        frame = frame.assign(timestamp=frame["timestamp"].astype(np.int64))
+        _csv.check_gap(frame, source, column, pd.to_datetime(frame["timestamp"], unit="s"),
+                       max_gap_days)  # fmt: skip
+        return frame
+    kept = frame.assign(_raw=_csv.drop_offset(frame, source, column, raw))
     time = pd.to_datetime(kept["_raw"], errors="coerce", format="ISO8601")
     kept = _csv.drop_rows(kept.assign(timestamp=time), source, column, time.isna().to_numpy(),
                           "an unparsable time")  # fmt: skip
+    _csv.check_gap(kept, source, column, kept["timestamp"], max_gap_days)
     stamp = kept["timestamp"].astype("datetime64[s]").astype(np.int64)
     return kept.drop(columns="_raw").assign(timestamp=stamp)
 
