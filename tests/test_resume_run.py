@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-EXPERIMENT = "sales_cnn"  # the quickest smoke run with several cells
+EXPERIMENT = "sales_cnn"  # a quick smoke run with several cells
+OPTIONS = ["--methods", "Naive,ARIMA,CNN,CNN+WD", "--set", "protocol.sweeps=false"]
 
 
 def _command(out: Path) -> list[str]:
