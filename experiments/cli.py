@@ -4,6 +4,7 @@
                          [--methods A,B] [--data-parallel] [--set PATH=VALUE ...] [--fresh]
     dmeta config EXPERIMENT [--smoke] [--size paper]    every field as PATH = VALUE
     dmeta report DIR [--check]                          results.md and READMEs from results.csv
+    dmeta validate --data SPEC                          load and check a dataset, print a summary
     dmeta demo [--smoke] [--out runs/demo]
 
 A multi-process run starts the same command once per process with ``--coordinator HOST:PORT
@@ -31,7 +32,7 @@ from pathlib import Path
 from types import ModuleType
 
 import experiments
-from dmeta import distributed, report
+from dmeta import datasets, distributed, report
 from dmeta.config import ConfigError, format_config, override
 from dmeta.data.frames import DataError
 from dmeta.train.harness import RunError
@@ -117,6 +118,8 @@ def build_parser(registry: dict[str, ModuleType]) -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run every pipeline on embedded synthetic data")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     demo.add_argument("--smoke", action="store_true", help="smallest sizes (seconds per pipeline)")
+    val = sub.add_parser("validate", help="load and check a dataset without running anything")
+    val.add_argument("--data", required=True, help="NAME:PATH or NAME (see `dmeta run X --help`)")
     rep = sub.add_parser("report", help="regenerate results.md and README tables from results.csv")
     rep.add_argument("dir", type=Path, help="a run folder or a folder of runs")
     rep.add_argument(
@@ -167,6 +170,9 @@ def dispatch(registry: dict[str, ModuleType], args: argparse.Namespace, argv: li
     """Carries out the parsed command."""
     if args.command == "demo":
         print(f"wrote {run_demo(registry, args.out, args.smoke)}")
+        return 0
+    if args.command == "validate":
+        print(datasets.validate(args.data))
         return 0
     if args.command == "report":
         changed = report.regenerate(args.dir, check=args.check)

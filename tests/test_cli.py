@@ -76,8 +76,8 @@ def test_config_command_and_set(capsys):
 )
 def test_user_errors_are_one_line(argv, message, capsys, tmp_path):
     assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and message in err and "\n" not in err
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after any log lines
+    assert err.startswith("error: ") and message in err
     assert not (tmp_path / "out" / "config.json").exists()  # nothing written before validation
 
 
@@ -115,3 +115,14 @@ def test_demo_smoke_writes_report(tmp_path):
         assert f"_{name}:" in report
     for png in tmp_path.rglob("*.png"):
         assert png.stat().st_size > 1000
+
+
+def test_validate_prints_a_summary_or_a_located_error(tmp_path, capsys):
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text("unique_id,ds,y\n007,2020-01-01,1\n7,2020-01-01,2\n007,2020-01-02,3\n")
+    bad.write_text("unique_id,ds,y\n007,2020-01-01,1\n7,2020-01-02,x\n")
+    assert cli.main(["validate", "--data", f"table:{good}"]) == 0
+    assert "2 unique_id" in capsys.readouterr().out  # '007' and '7' stay two series
+    assert cli.main(["validate", "--data", f"table:{bad}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"error: {bad}: column 'y', line 3: is not a number (values 'x')"
