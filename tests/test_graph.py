@@ -97,3 +97,26 @@ def test_sample_cdf_matches_probabilities_and_skips_zero_mass():
     per_row = np.stack([np.asarray(sample_cdf(jax.random.key(i), rows)) for i in range(400)])
     assert set(per_row[:, 0]) == {1}
     assert set(per_row[:, 1]) == {0, 2}
+
+
+def test_user_edge_list_keeps_unweighted_edges_and_drops_unknown_segments(caplog):
+    from dmeta.config import ConfigError, override
+    from dmeta.rmldp.config import get_config
+    from dmeta.rmldp.protocol import DemandData, graph_weights, runnable
+
+    ids = np.array(["a", "b", "c", "d"])
+    edges = pd.DataFrame({"src": ["a", "b", "x"], "dst": ["b", "c", "a"]})  # no weight column
+    data = DemandData("toy", frame=None, groups=pd.Series(dtype=str), edges=edges)
+    cfg = get_config(smoke=True)
+    with caplog.at_level("WARNING"):
+        w = graph_weights(data, ids, cfg)
+    assert (w > 0).sum() // 2 == 2  # weight 1 each, not cut by the basket count threshold
+    assert "dropped 1 edges of unknown segments" in caplog.text
+
+    prep = type("Prep", (), {"weights": w, "data": data})()
+    assert runnable(("MAML", "RMLDP"), prep) == ("MAML", "RMLDP")
+    strict = override(cfg, ["graph.edge_threshold=5"])
+    prep.weights = graph_weights(data, ids, strict)
+    with pytest.raises(ConfigError, match=r"\['RMLDP'\] need a knowledge graph"):
+        runnable(("MAML", "RMLDP"), prep)
+    assert runnable(("MAML",), prep) == ("MAML",)

@@ -91,7 +91,12 @@ def cooccurrence_graph(
 
 
 def edge_graph(
-    edges: pd.DataFrame, ids: np.ndarray, *, threshold: float = 0.0, source: str = "<edges>"
+    edges: pd.DataFrame,
+    ids: np.ndarray,
+    *,
+    threshold: float = 0.0,
+    source: str = "<edges>",
+    unknown: str = "error",
 ) -> np.ndarray:
     """Weights from a user edge list ``src, dst[, weight]`` (undirected; repeats add up).
 
@@ -100,11 +105,20 @@ def edge_graph(
       ids: [I] segment ids (node order).
       threshold: links with a smaller total weight are dropped.
       source: name used in error messages.
+      unknown: ``"error"`` raises on segments not in ``ids``; ``"drop"`` drops those edges
+        (logged; e.g. segments outside a ``max_segments`` subset).
 
     Returns:
       f32[I, I] symmetric weights, zero diagonal.
     """
     _require(edges, ("src", "dst"), source)
+    lines = np.arange(len(edges)) + LINE_OFFSET  # of the file, before any edge is dropped
+    if unknown == "drop":
+        names = set(np.asarray(ids).astype(str))
+        known = edges["src"].astype(str).isin(names) & edges["dst"].astype(str).isin(names)
+        if not known.all():
+            logger.warning("%s: dropped %d edges of unknown segments", source, int((~known).sum()))
+        edges, lines = edges[known], lines[known.to_numpy()]
     edges = edges.reset_index(drop=True)
     src = _codes(edges["src"], ids, "src", source)
     dst = _codes(edges["dst"], ids, "dst", source)
@@ -112,9 +126,7 @@ def edge_graph(
         weight = pd.to_numeric(edges["weight"], errors="coerce").to_numpy(np.float64)
         bad = np.flatnonzero(~np.isfinite(weight) | (weight < 0))
         if len(bad):
-            shown = ", ".join(
-                f"line {i + LINE_OFFSET} ({edges['weight'].iloc[i]!r})" for i in bad[:5]
-            )
+            shown = ", ".join(f"line {lines[i]} ({edges['weight'].iloc[i]!r})" for i in bad[:5])
             raise DataError(f"{source}: column 'weight' must be a number >= 0 at {shown}")
     else:
         weight = np.ones(len(edges))

@@ -160,6 +160,18 @@ def _figures(results: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def _graph_warning(counts: dict[str, int]) -> str:
+    """A warning when most segments have no link in the knowledge graph ("" otherwise)."""
+    isolated = counts.get("segments without a link", 0)
+    if isolated <= counts["segments"] / 2:
+        return ""
+    return (
+        f"**Warning: the knowledge graph is nearly empty**: {isolated} of {counts['segments']} "
+        f"segments have no link ({counts.get('graph links', 0)} links); the graph variants "
+        "learn little from it.\n"
+    )
+
+
 def render(run_dir: Path, results: pd.DataFrame) -> str:
     """The ``results.md`` of an RMLDP run folder."""
     rows = main_rows(results)
@@ -175,6 +187,7 @@ def render(run_dir: Path, results: pd.DataFrame) -> str:
         parts.append(
             "Segments: " + ", ".join(f"{r.role} {r.segments}" for r in counts.itertuples()) + ".\n"
         )
+        parts.append(_graph_warning(dict(zip(counts["role"], counts["segments"]))))
     parts += [_robust(results), _per_group(rows, "mape"), _per_group(rows, "mse")]
     parts.append(_tuning(results))
     parts += [_tests(results), _figures(results)]

@@ -82,9 +82,11 @@ class DeepWalkConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GraphConfig:
-    """``threshold``: least co-occurrence count of a link; ``deepwalk``: the embedding."""
+    """``threshold``: least basket co-occurrence count of a link; ``edge_threshold``: least
+    weight of a link of a user edge list (0: every given edge); ``deepwalk``: the embedding."""
 
     threshold: float = 2.0
+    edge_threshold: float = 0.0
     deepwalk: DeepWalkConfig = DeepWalkConfig()
 
 

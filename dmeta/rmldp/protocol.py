@@ -23,6 +23,7 @@ import optax
 import pandas as pd
 
 from dmeta import metrics
+from dmeta.config import ConfigError
 from dmeta.data.frames import DataError, LongFrame, validate_long
 from dmeta.data.spec import parse_data_spec
 from dmeta.data.synthetic import make_demand
@@ -263,13 +264,7 @@ def prepare(data: DemandData, cfg: RMLDPConfig, *, seq_len: int) -> Prepared:
     limits = dict(max_support=p.max_support, max_query=p.max_query)
     target = eval_tasks(pool, roles.test, **limits)
     groups = data.groups.reindex(panel.ids).fillna("all").to_numpy()
-    weights = None
-    if data.baskets is not None:
-        weights = cooccurrence_graph(
-            data.baskets, panel.ids, threshold=cfg.graph.threshold, unknown="drop"
-        )
-    elif data.edges is not None:
-        weights = edge_graph(data.edges, panel.ids, threshold=cfg.graph.threshold)
+    weights = graph_weights(data, panel.ids, cfg)
     counts = {
         "segments": len(panel.ids),
         "meta-train": len(roles.train),
@@ -278,6 +273,9 @@ def prepare(data: DemandData, cfg: RMLDPConfig, *, seq_len: int) -> Prepared:
         "meta-test": len(roles.test),
         "meta-test with support+query": int(target.segment.shape[0]),
     }
+    if weights is not None:
+        counts["graph links"] = int((weights > 0).sum() // 2)
+        counts["segments without a link"] = int((~(weights > 0).any(1)).sum())
     return Prepared(
         data,
         seq_len,
@@ -306,9 +304,43 @@ def context(data: DemandData, cfg: RMLDPConfig, *, seq_len: int) -> Context:
     return Context(prep, cfg, (emb - emb.mean(0)) / (emb.std(0) + 1e-6))
 
 
+def graph_weights(data: DemandData, ids: np.ndarray, cfg: RMLDPConfig) -> np.ndarray | None:
+    """f32[I, I] knowledge graph from the data's baskets (co-occurrence counts below
+    ``graph.threshold`` dropped) or edge list (weights below ``graph.edge_threshold``
+    dropped; 0 keeps every given edge); None without either. A graph in which most
+    segments have no link is logged as a warning (the report repeats it)."""
+    if data.baskets is not None:
+        source = cfg.data.baskets or f"{data.name} baskets"
+        weights = cooccurrence_graph(
+            data.baskets, ids, threshold=cfg.graph.threshold, unknown="drop", source=source
+        )
+    elif data.edges is not None:
+        source = cfg.data.edges or f"{data.name} edges"
+        weights = edge_graph(
+            data.edges, ids, threshold=cfg.graph.edge_threshold, unknown="drop", source=source
+        )
+    else:
+        return None
+    isolated = int((~(weights > 0).any(1)).sum())
+    if isolated > len(ids) / 2:
+        logger.warning("knowledge graph: %d of %d segments have no link", isolated, len(ids))
+    return weights
+
+
 def runnable(methods: tuple[str, ...], prep: Prepared) -> tuple[str, ...]:
-    """``methods`` without the graph variants when the data have no baskets or edges."""
+    """``methods`` without the graph variants when the data have no baskets or edges.
+
+    Raises:
+      ConfigError: a graph variant is asked for and the given baskets / edges leave no link.
+    """
     if prep.weights is not None:
+        wanted = [m for m in methods if m in NEEDS_GRAPH]
+        if wanted and not (prep.weights > 0).any():
+            raise ConfigError(
+                f"{prep.data.name}: {wanted} need a knowledge graph, but the baskets / edges "
+                "give no link (lower graph.threshold or graph.edge_threshold, or leave "
+                "them out of --methods)"
+            )
         return methods
     skipped = [m for m in methods if m in NEEDS_GRAPH]
     if skipped:
