@@ -6,6 +6,7 @@ READMEs can parse them with ``parse_report``.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import platform
@@ -133,3 +134,116 @@ def machine() -> str:
     except OSError:
         pass
     return f"{model} ({os.cpu_count()} cores), {platform.system()} {platform.machine()}"
+
+
+def add_peer_args(parser: argparse.ArgumentParser, *, checked: str, rtol: str) -> None:
+    """Adds the options every benchmark against PyTorch takes last.
+
+    Args:
+      parser: the benchmark's parser.
+      checked: what of a contender is checked against dmeta's (for ``--keep-going``'s help).
+      rtol: the option of the check's tolerance, e.g. ``"--grad-rtol"`` (default 1e-4).
+    """
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help=f"a contender that fails (or whose {checked} disagrees) is reported and dropped",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument(rtol, type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="also write the report here")
+
+
+STEPS_TO = 200  # time_to_200: warm-up (build, compile, first step) + 199 steady-state steps
+
+
+def torch_versions(torch: ModuleType) -> str:
+    """The ``versions:`` line of a benchmark against PyTorch."""
+    return (
+        f"versions: jax {jax.__version__}, torch {torch.__version__}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+
+
+def torch_precision(torch: ModuleType) -> str:
+    """The ``precision:`` line (TF32 settings of torch on CUDA, JAX's matmul precision)."""
+    return (
+        "precision: torch matmul allow_tf32="
+        f"{torch.backends.cuda.matmul.allow_tf32}, cudnn allow_tf32="
+        f"{torch.backends.cudnn.allow_tf32}; jax default_matmul_precision="
+        f"{getattr(jax.config, 'jax_default_matmul_precision', '?')}"
+    )
+
+
+class Contenders:
+    """The timed contenders of a benchmark: zero-argument steps, each with its warm-up time.
+
+    Args:
+      emit: the report each ``{name}{suffix}_warmup_s`` (and ``{name}_error``) line goes to.
+      keep_going: a contender whose build fails is reported as ``{name}_error: ...`` and
+        dropped instead of ending the run.
+      suffix: appended to a contender's name in its warm-up line (e.g. ``"_cpu"``).
+    """
+
+    def __init__(self, emit: Report, *, keep_going: bool, suffix: str = ""):
+        self.emit, self.keep_going, self.suffix = emit, keep_going, suffix
+        self.steps: dict[str, Callable[[], object]] = {}
+        self.warmups: dict[str, float] = {}
+        self.medians: dict[str, float] = {}
+
+    def attempt(self, name: str, fn: Callable[[], object]) -> object:
+        """``fn()``; with ``keep_going`` a failure is reported as ``name_error: ...``."""
+        if not self.keep_going:
+            return fn()
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - reported, the rest of the table goes on
+            first = str(err).splitlines()[0][:300] if str(err) else ""
+            self.emit(f"{name}_error: {type(err).__name__}: {first}")
+            return None
+
+    def add(self, name: str, build: Callable[[], Callable[[], object]], *, first_step=False):
+        """Times ``build()`` (and its first step with ``first_step``) as ``name``'s warm-up.
+
+        ``build`` returns the contender's zero-argument step, which must block until done;
+        without ``first_step`` it must already have taken the first step. Run under
+        ``attempt``: returns the step, or None where it failed with ``keep_going``.
+        """
+
+        def warm_up():
+            start = time.perf_counter()
+            step = build()
+            if first_step:
+                step()
+            self.warmups[name] = time.perf_counter() - start
+            self.steps[name] = step
+            self.emit(f"{name}{self.suffix}_warmup_s", self.warmups[name], "s")
+            return step
+
+        return self.attempt(name, warm_up)
+
+    def time(self, repeats: int) -> dict[str, float]:
+        """Median seconds per step of every contender (``interleaved_medians``), kept."""
+        self.medians = interleaved_medians(self.steps, repeats)
+        return self.medians
+
+    def time_to(self, steps: int = STEPS_TO) -> dict[str, float]:
+        """Each timed contender's seconds to ``steps`` steps: warm-up + ``steps - 1`` medians."""
+        return {n: self.warmups[n] + (steps - 1) * s for n, s in self.medians.items()}
+
+    def emit_vs_best_torch(self, ours: list[str], peers: list[str], *, speedup_first: bool):
+        """Emits ``speedup_vs_best_torch`` (the best of ``ours``' steps/s over the best of
+        ``peers``') and ``time_to_200_vs_best_torch`` (the best peer's time to 200 steps over
+        the best of ours'), in that order with ``speedup_first``, else the other way round."""
+        lines = [
+            ("speedup_vs_best_torch", vs_best_peer(self.medians, ours, peers)),
+            (f"time_to_{STEPS_TO}_vs_best_torch", vs_best_peer(self.time_to(), ours, peers)),
+        ]
+        for name, value in lines if speedup_first else lines[::-1]:
+            self.emit(name, value)
+
+
+def vs_best_peer(seconds: dict[str, float], ours: list[str], peers: list[str]) -> float:
+    """The best (least) of ``peers``' seconds over the best of ``ours``' (above 1: ahead)."""
+    return min(seconds[n] for n in peers) / min(seconds[n] for n in ours)

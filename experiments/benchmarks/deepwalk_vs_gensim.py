@@ -67,7 +67,8 @@ def community_scores(emb: np.ndarray, labels: np.ndarray) -> tuple[float, float]
     return float(accuracy), float(silhouette(z, labels))
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of ``main``; ``--quick`` replaces the graph and training sizes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--communities", type=int, default=4)
     parser.add_argument("--size", type=int, default=250, help="nodes per community")
@@ -87,27 +88,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shape, for tests")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
-    gensim = require("gensim")
-    from gensim.models import Word2Vec
-
     if args.quick:
         args.size, args.p_in, args.p_out = 20, 0.4, 0.01
         args.walks_per_node, args.walk_length, args.dim, args.window = 5, 10, 8, 2
         args.epochs, args.batch_size = 2, 128
-    repeats = args.repeats or (1 if args.quick else 3)
-    emit = Report()
+    return args
 
-    weights, labels = planted_partition(
-        args.communities, args.size, args.p_in, args.p_out, seed=args.seed
-    )
-    n_nodes = weights.shape[0]
-    n_walks = n_nodes * args.walks_per_node
-    n_pairs = 2 * n_walks * sum(args.walk_length - d for d in range(1, args.window + 1))
-    steps = math.ceil(args.epochs * n_pairs / args.batch_size)
+
+def emit_header(emit: Report, args, gensim, links: int, n_pairs: int, steps: int, repeats: int):
+    """The report's first lines: command, graph and training sizes, versions, load."""
     emit("command: " + " ".join(["python", *sys.argv]))
     emit(
         f"graph: {args.communities} communities x {args.size} nodes, p_in={args.p_in}, "
-        f"p_out={args.p_out}, {int(weights.sum()) // 2} links; walks: {args.walks_per_node} per "
+        f"p_out={args.p_out}, {links} links; walks: {args.walks_per_node} per "
         f"node, length {args.walk_length}; skip-gram: dim={args.dim}, window={args.window}, "
         f"negative={args.negative}, epochs={args.epochs} ({n_pairs} pairs each; dmeta "
         f"{steps} Adam steps x {args.batch_size}, lr {args.learning_rate}); gensim "
@@ -119,17 +112,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     emit("load_avg_start", load_average())
 
-    k_walk, k_train = jax.random.split(jax.random.key(args.seed))
+
+def timed_walks(emit: Report, args, key, weights: np.ndarray) -> jax.Array:
+    """The random walks i32[I * walks_per_node, walk_length], timed after a warm-up call."""
     walk = functools.partial(
         random_walks, walks_per_node=args.walks_per_node, walk_length=args.walk_length
     )
     w_dev = jnp.asarray(weights)
-    jax.block_until_ready(walk(k_walk, w_dev))
+    jax.block_until_ready(walk(key, w_dev))
     start = time.perf_counter()
-    walks = jax.block_until_ready(walk(k_walk, w_dev))
+    walks = jax.block_until_ready(walk(key, w_dev))
     emit("walks_s", time.perf_counter() - start, "s")
-    sentences = [[str(node) for node in row] for row in np.asarray(walks).tolist()]
+    return walks
 
+
+def compiled_skipgram(emit: Report, args, key, walks, n_nodes: int, steps: int):
+    """dmeta's skip-gram training, jitted and compiled (the compile timed)."""
     train = jax.jit(
         functools.partial(
             train_skipgram,
@@ -143,32 +141,57 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     start = time.perf_counter()
-    compiled = train.lower(k_train, walks).compile()
+    compiled = train.lower(key, walks).compile()
     emit("dmeta_compile_s", time.perf_counter() - start, "s")
+    return compiled
 
+
+def gensim_fit(args, sentences: list[list[str]]):
+    """gensim's skip-gram with negative sampling on the same walks and settings."""
+    from gensim.models import Word2Vec
+
+    return Word2Vec(
+        sentences,
+        vector_size=args.dim,
+        window=args.window,
+        min_count=1,
+        sample=0,
+        sg=1,
+        hs=0,
+        negative=args.negative,
+        ns_exponent=0.75,
+        epochs=args.epochs,
+        workers=args.workers,
+        seed=args.seed,
+        shrink_windows=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Times dmeta's and gensim's DeepWalk on one graph, scores both, prints the report."""
+    args = parse_args(argv)
+    gensim = require("gensim")
+    repeats = args.repeats or (1 if args.quick else 3)
+    emit = Report()
+    weights, labels = planted_partition(
+        args.communities, args.size, args.p_in, args.p_out, seed=args.seed
+    )
+    n_nodes = weights.shape[0]
+    n_walks = n_nodes * args.walks_per_node
+    n_pairs = 2 * n_walks * sum(args.walk_length - d for d in range(1, args.window + 1))
+    steps = math.ceil(args.epochs * n_pairs / args.batch_size)
+    emit_header(emit, args, gensim, int(weights.sum()) // 2, n_pairs, steps, repeats)
+
+    k_walk, k_train = jax.random.split(jax.random.key(args.seed))
+    walks = timed_walks(emit, args, k_walk, weights)
+    sentences = [[str(node) for node in row] for row in np.asarray(walks).tolist()]
+    compiled = compiled_skipgram(emit, args, k_train, walks, n_nodes, steps)
     last = {}  # each contender's latest fit, scored below
-
-    def dmeta_fit():
-        last["dmeta"] = jax.block_until_ready(compiled(k_train, walks))
-
-    def gensim_fit():
-        last["gensim"] = Word2Vec(
-            sentences,
-            vector_size=args.dim,
-            window=args.window,
-            min_count=1,
-            sample=0,
-            sg=1,
-            hs=0,
-            negative=args.negative,
-            ns_exponent=0.75,
-            epochs=args.epochs,
-            workers=args.workers,
-            seed=args.seed,
-            shrink_windows=False,
-        )
-
-    medians = interleaved_medians({"dmeta": dmeta_fit, "gensim": gensim_fit}, repeats, warmup=0)
+    fits = {
+        "dmeta": lambda: last.update(dmeta=jax.block_until_ready(compiled(k_train, walks))),
+        "gensim": lambda: last.update(gensim=gensim_fit(args, sentences)),
+    }
+    medians = interleaved_medians(fits, repeats, warmup=0)
     emit("dmeta_train_s", medians["dmeta"], "s")
     emit("gensim_train_s", medians["gensim"], "s")
     emb, losses = last["dmeta"]

@@ -197,7 +197,8 @@ def summary(r: Run) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of ``main``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the Markdown table")
     parser.add_argument("--budget", type=float, default=400, help="seconds for all runs")
@@ -206,23 +207,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peers")
     parser.add_argument("--maml-variants", default=MAML_VARIANTS, help="dmeta variants")
     parser.add_argument("--threads", type=int, default=4, help="torch threads in the benchmarks")
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    deadline = started + args.budget
-    date = datetime.datetime.now(datetime.UTC)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    stem = args.out.stem
+    return parser.parse_args(argv)
+
+
+def subprocess_env(device: str) -> dict:
+    """The environment of the benchmark subprocesses (this checkout on ``PYTHONPATH``)."""
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         PYTHONUNBUFFERED="1",
         XLA_PYTHON_CLIENT_PREALLOCATE="false",  # JAX and torch share the GPU's memory
     )
-    if args.device == "cpu":
+    if device == "cpu":
         env["JAX_PLATFORMS"] = "cpu"
-    info = probe(env)
-    print(f"[gpu_table] {json.dumps(info)}", flush=True)
+    return env
 
+
+def plan_runs(args: argparse.Namespace) -> list[Run]:
+    """The three benchmark runs (MAML at 32 tasks, Sales CNN, MAML at 128 tasks)."""
     common = ["--device", args.device, "--keep-going", "--threads", str(args.threads)]
     common += ["--quick"] if args.quick else []
     compile_flag = ["--no-compile"] if args.no_compile else []
@@ -256,27 +258,31 @@ def main(argv: list[str] | None = None) -> int:
             cap=400,
         ),
     ]
-    for r in runs:
-        if args.quick:  # a check of the script on a shared CPU: only the overall budget
+    if args.quick:  # a check of the script on a shared CPU: only the overall budget
+        for r in runs:
             r.cap = args.budget
-        if r.name == "maml_T128" and not args.no_compile:
-            # the compiled peer only when its compile (as at 32 tasks, plus half) fits the time left
-            measured = parse_report(runs[0].text).get("torch_second_order_func_compile_warmup_s")
-            left = deadline - time.monotonic()
-            need = 1.5 * (measured[0] if measured else 120) + 90
-            if left < need:
-                r.args.append("--no-compile")
-                r.note = (
-                    f"torch.compile peer skipped: {left:.0f} s left, its compile needs ~{need:.0f}"
-                )
-        run(r, deadline=deadline, out_dir=args.out.parent, stem=stem, env=env)
+    return runs
 
-    lines = [
+
+def drop_compile_if_late(r: Run, first: Run, deadline: float) -> None:
+    """Adds ``--no-compile`` to ``r`` unless the compiled peer's compile (as measured in
+    ``first``, plus half) fits the time left before ``deadline``."""
+    measured = parse_report(first.text).get("torch_second_order_func_compile_warmup_s")
+    left = deadline - time.monotonic()
+    need = 1.5 * (measured[0] if measured else 120) + 90
+    if left < need:
+        r.args.append("--no-compile")
+        r.note = f"torch.compile peer skipped: {left:.0f} s left, its compile needs ~{need:.0f}"
+
+
+def header(args, argv, info: dict, date: datetime.datetime, seconds: float) -> list[str]:
+    """The table's title, command, date, devices, versions and notes, and its head."""
+    return [
         "# GPU benchmarks: dmeta (JAX) against PyTorch on one GPU",
         "",
         f"- command: `PYTHONPATH=. python3 experiments/benchmarks/gpu_table.py "
         f"{' '.join(sys.argv[1:] if argv is None else argv)}`",
-        f"- date: {date:%Y-%m-%d %H:%M} UTC; wall time {time.monotonic() - started:.0f} s",
+        f"- date: {date:%Y-%m-%d %H:%M} UTC; wall time {seconds:.0f} s",
         f"- torch device: {info.get('torch_device', '?')} (torch {info.get('torch', '?')}, "
         f"CUDA {info.get('torch_cuda', '?')}, cuDNN {info.get('cudnn', '?')}; torch on "
         f"`{args.device}`)",
@@ -297,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         "| time-to-200 vs best torch | check |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+
+def body(runs: list[Run]) -> list[str]:
+    """The table's rows, the ratios and each run's raw output (stderr too where it failed)."""
+    lines = []
     for r in runs:
         lines += rows(r)
     lines += ["", "## Ratios", "", *(summary(r) for r in runs), "", "## Raw outputs"]
@@ -306,6 +317,25 @@ def main(argv: list[str] | None = None) -> int:
         if r.status != "ok" and r.stderr.strip():
             lines += ["", "stderr (last 40 lines):", "", "```"]
             lines += [*r.stderr.strip().splitlines()[-40:], "```"]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmarks within the budget and writes the table; 1 if any run failed."""
+    args = parse_args(argv)
+    started = time.monotonic()
+    deadline = started + args.budget
+    date = datetime.datetime.now(datetime.UTC)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    env = subprocess_env(args.device)
+    info = probe(env)
+    print(f"[gpu_table] {json.dumps(info)}", flush=True)
+    runs = plan_runs(args)
+    for r in runs:
+        if r.name == "maml_T128" and not args.no_compile:
+            drop_compile_if_late(r, runs[0], deadline)
+        run(r, deadline=deadline, out_dir=args.out.parent, stem=args.out.stem, env=env)
+    lines = header(args, argv, info, date, time.monotonic() - started) + body(runs)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[: lines.index("## Raw outputs")]), flush=True)
     return 0 if all(r.status == "ok" for r in runs) else 1

@@ -32,9 +32,7 @@ import argparse
 import dataclasses
 import functools
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -51,13 +49,17 @@ from dmeta.nn.functional import split_params
 from dmeta.train.state import init_train_state
 from dmeta.types import Array, Params, Split, TaskBatch
 from experiments.benchmarks.common import (
+    STEPS_TO,
+    Contenders,
     Report,
+    add_peer_args,
     compiled_flops,
-    interleaved_medians,
     load_average,
     machine,
     matmul_gflops,
     require,
+    torch_precision,
+    torch_versions,
 )
 
 STEP_SIZE = 1e-2
@@ -270,7 +272,6 @@ def max_rel_diff(a: Params, b: Params) -> float:
 
 
 TORCH_PEERS = ("loop", "cell_loop", "func", "func_compile")
-STEPS_TO = 200  # time_to_200: warm-up (build, compile, first step) + 199 steady-state steps
 
 
 def variant_named(name: str) -> Variant:
@@ -302,7 +303,16 @@ def max_abs_diff(a: Params, b: Params) -> float:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def metrics_rel_diff(metrics: dict[str, Array], reference: dict[str, Array]) -> float:
+    """Largest ``|metric / reference - 1|`` over the grad norm, query and support losses."""
+    return max(
+        abs(float(metrics[k]) / float(reference[k]) - 1.0)
+        for k in ("grad_norm", "query_loss", "support_loss")
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of ``main``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=None, help="tasks per meta-batch (T)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per contender")
@@ -331,24 +341,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-flops", action="store_true", help="skip the FLOP count and matmul-rate share"
     )
-    parser.add_argument(
-        "--keep-going",
-        action="store_true",
-        help="a contender that fails (or whose meta-gradient disagrees) is reported and dropped",
-    )
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--grad-rtol", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="also write the report here")
-    args = parser.parse_args(argv)
-    torch = require("torch")
-    from experiments.benchmarks import _torch_mpfn as tm
+    add_peer_args(parser, checked="meta-gradient", rtol="--grad-rtol")
+    return parser.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one run measures: the shape, timed repeats, torch peers and dmeta variants."""
+
+    shape: Shape
+    repeats: int
+    peers: list[str]
+    second_order: tuple[Variant, ...]
+    first_order: tuple[Variant, ...]
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """The ``Plan`` of the parsed command line; exits on an unknown peer or variant."""
     shape = QUICK if args.quick else Shape()
     if args.tasks is not None:
         shape = dataclasses.replace(shape, tasks=args.tasks)
-    repeats = args.repeats or (2 if args.quick else 7)
     peers = [
         p for p in args.peers.split(",") if p and not (args.no_compile and p == "func_compile")
     ]
@@ -359,172 +371,192 @@ def main(argv: list[str] | None = None) -> None:
         second_order = tuple(variant_named(n) for n in args.variants.split(","))
     else:
         second_order = QUICK_SECOND_ORDER if args.quick else SECOND_ORDER
-    first_order_variants = (
-        () if args.no_first_order else (QUICK_FIRST_ORDER if args.quick else FIRST_ORDER)
-    )
-    emit = Report()
+    first_order = () if args.no_first_order else (QUICK_FIRST_ORDER if args.quick else FIRST_ORDER)
+    repeats = args.repeats or (2 if args.quick else 7)
+    return Plan(shape, repeats, peers, second_order, first_order)
 
+
+def emit_header(emit: Report, args: argparse.Namespace, torch, plan: Plan) -> None:
+    """The report's first lines: command, shape, devices, versions, precision, load."""
+    shape = plan.shape
     emit("command: " + " ".join(["python", *sys.argv]))
     emit(
         f"shape: T={shape.tasks} tasks, {shape.support}+{shape.query} samples, S={shape.seq}, "
-        f"F={shape.features}, H={shape.hidden}, 1 inner step, adam; repeats={repeats}"
+        f"F={shape.features}, H={shape.hidden}, 1 inner step, adam; repeats={plan.repeats}"
     )
     tdevice = torch.cuda.get_device_name(0) if args.device == "cuda" else machine()
     emit(
         f"devices: torch {args.device} ({tdevice}); jax {[str(d) for d in jax.devices()]} "
         f"({jax.devices()[0].device_kind})"
     )
-    emit(
-        f"versions: jax {jax.__version__}, torch {torch.__version__}, "
-        f"torch threads {torch.get_num_threads()}"
-    )
+    emit(torch_versions(torch))
     if args.device == "cuda":
-        emit(
-            "precision: torch matmul allow_tf32="
-            f"{torch.backends.cuda.matmul.allow_tf32}, cudnn allow_tf32="
-            f"{torch.backends.cudnn.allow_tf32}; jax default_matmul_precision="
-            f"{getattr(jax.config, 'jax_default_matmul_precision', '?')} (variants _prec_highest: full f32)"
-        )
+        emit(torch_precision(torch) + " (variants _prec_highest: full f32)")
     emit("load_avg_start", load_average())
 
-    def attempt(name: str, fn: Callable):
-        """``fn()``; with ``--keep-going`` a failure is reported as ``name_error: ...``."""
-        if not args.keep_going:
-            return fn()
-        try:
-            return fn()
-        except Exception as err:  # noqa: BLE001 - reported, the rest of the table goes on
-            emit(
-                f"{name}_error: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
-            )
-            return None
 
-    apply, theta = split_params(MPFN(shape.features, shape.hidden, rngs=nnx.Rngs(args.seed)))
-    batch = make_batch(shape, args.seed + 1)
-    tbatch = tm.batch_to_torch(batch, args.device)
+class Bench:
+    """The inputs every contender shares (weights, batch, the engine's meta-gradient) and the
+    contenders built from them.
 
-    grads = dmeta_meta_grads(apply, theta, batch)
-    first_order_grads = dmeta_meta_grads(apply, theta, batch, first_order=True)
-    emit("meta_grad_second_vs_first_order_rel_diff", max_rel_diff(first_order_grads, grads))
+    Args:
+      args: the parsed command line.
+      shape: the benchmark shape.
+      emit: the report.
+      tm: the ``_torch_mpfn`` module (the PyTorch peers).
+    """
 
-    contenders: dict[str, Callable] = {}
-    runners: dict[str, Runner] = {}
-    warmups: dict[str, float] = {}
-    grad_diffs: list[float] = []
-
-    def add_dmeta(name: str, variant: Variant, first_order: bool) -> None:
-        start = time.perf_counter()
-        runner = Runner(
-            loss_for(variant.gru, engine_apply(variant.gru, shape, args.seed)),
-            variant,
-            theta,
-            batch,
-            first_order=first_order,
+    def __init__(self, args: argparse.Namespace, shape: Shape, emit: Report, tm):
+        self.args, self.shape, self.emit, self.tm = args, shape, emit, tm
+        self.apply, self.theta = split_params(
+            MPFN(shape.features, shape.hidden, rngs=nnx.Rngs(args.seed))
         )
-        warmups[name] = time.perf_counter() - start
-        runners[name] = contenders[name] = runner
-        emit(f"{name}_warmup_s", warmups[name], "s")
+        self.batch = make_batch(shape, args.seed + 1)
+        self.tbatch = tm.batch_to_torch(self.batch, args.device)
+        self.grads = dmeta_meta_grads(self.apply, self.theta, self.batch)
+        first_order = dmeta_meta_grads(self.apply, self.theta, self.batch, first_order=True)
+        emit("meta_grad_second_vs_first_order_rel_diff", max_rel_diff(first_order, self.grads))
+        self.contenders = Contenders(emit, keep_going=args.keep_going)
+        self.runners: dict[str, Runner] = {}
+        self.grad_diffs: list[float] = []
 
-    def add_torch(name: str, kind: str, first_order: bool) -> None:
-        start = time.perf_counter()
+    def add_dmeta(self, name: str, variant: Variant, first_order: bool) -> None:
+        """Builds, compiles and warms up the dmeta contender ``name``."""
+
+        def build() -> Runner:
+            apply = engine_apply(variant.gru, self.shape, self.args.seed)
+            loss_fn = loss_for(variant.gru, apply)
+            return Runner(loss_fn, variant, self.theta, self.batch, first_order=first_order)
+
+        runner = self.contenders.add(name, build)
+        if runner is not None:
+            self.runners[name] = runner
+
+    def add_torch(self, name: str, kind: str, first_order: bool) -> None:
+        """Builds and warms up the torch peer ``name``; a second-order one's first
+        meta-gradient is checked against the engine's first."""
+        self.contenders.add(name, functools.partial(self._torch_step, name, kind, first_order))
+
+    def _torch_step(self, name: str, kind: str, first_order: bool) -> Callable:
+        tm, shape, tbatch = self.tm, self.shape, self.tbatch
         model = tm.from_dmeta(
-            theta, shape.features, shape.hidden, cell=kind != "loop", device=args.device
+            self.theta, shape.features, shape.hidden, cell=kind != "loop", device=self.args.device
         )
         step = tm.make_peer_step(
             kind, model, step_size=STEP_SIZE, learning_rate=LEARNING_RATE, first_order=first_order
         )
-        if not first_order:  # the first step's meta-gradient, checked against the engine's
-            tgrads = tm.grads_to_dmeta(theta, step.grads(tbatch))
-            step.update(tbatch)
-            rel, absolute = max_rel_diff(tgrads, grads), max_abs_diff(tgrads, grads)
-            emit(f"meta_grad_max_rel_diff_{kind}", rel)
-            emit(f"meta_grad_max_abs_diff_{kind}", absolute)
-            grad_diffs.append(rel)
-            if not rel <= args.grad_rtol:
-                raise ValueError(f"{name}: meta-gradient differs from dmeta's by {rel:.3g}")
-        else:
+        if first_order:
             step(tbatch)
-        warmups[name] = time.perf_counter() - start
-        contenders[name] = functools.partial(step, tbatch)
-        emit(f"{name}_warmup_s", warmups[name], "s")
+            return functools.partial(step, tbatch)
+        tgrads = tm.grads_to_dmeta(self.theta, step.grads(tbatch))
+        step.update(tbatch)
+        rel, absolute = max_rel_diff(tgrads, self.grads), max_abs_diff(tgrads, self.grads)
+        self.emit(f"meta_grad_max_rel_diff_{kind}", rel)
+        self.emit(f"meta_grad_max_abs_diff_{kind}", absolute)
+        self.grad_diffs.append(rel)
+        if not rel <= self.args.grad_rtol:
+            raise ValueError(f"{name}: meta-gradient differs from dmeta's by {rel:.3g}")
+        return functools.partial(step, tbatch)
 
-    # torch.compile first: its slow compile is out of the way before any timing
-    for kind in sorted(peers, key=lambda k: k != "func_compile"):
-        name = f"torch_second_order_{kind}"
-        attempt(name, functools.partial(add_torch, name, kind, False))
-    if grad_diffs:
-        emit("meta_grad_max_rel_diff", max(grad_diffs))
-    for first_order, variants in ((False, second_order), (True, first_order_variants)):
+
+def build_contenders(bench: Bench, plan: Plan) -> None:
+    """Adds every contender of ``plan`` to ``bench``, torch.compile first (its slow compile
+    is out of the way before any timing), and reports how the dmeta variants agree."""
+    for kind in sorted(plan.peers, key=lambda k: k != "func_compile"):
+        bench.add_torch(f"torch_second_order_{kind}", kind, False)
+    if bench.grad_diffs:
+        bench.emit("meta_grad_max_rel_diff", max(bench.grad_diffs))
+    for first_order, variants in ((False, plan.second_order), (True, plan.first_order)):
         order = "first_order" if first_order else "second_order"
         for v in variants:
-            name = f"dmeta_{order}_{v.name}"
-            attempt(name, functools.partial(add_dmeta, name, v, first_order))
-        if first_order and variants and "loop" in peers:
-            name = "torch_first_order_loop"
-            attempt(name, functools.partial(add_torch, name, "loop", True))
-
-    second = [n for n in runners if n.startswith("dmeta_second_order")]
+            bench.add_dmeta(f"dmeta_{order}_{v.name}", v, first_order)
+        if first_order and variants and "loop" in plan.peers:
+            bench.add_torch("torch_first_order_loop", "loop", True)
+    second = [n for n in bench.runners if n.startswith("dmeta_second_order")]
     if second:
-        reference = runners[second[0]].first_metrics
-        emit(
+        reference = bench.runners[second[0]].first_metrics
+        bench.emit(
             "variants_metrics_max_rel_diff",
-            max(
-                abs(float(runners[n].first_metrics[k]) / float(reference[k]) - 1.0)
-                for n in second
-                for k in ("grad_norm", "query_loss", "support_loss")
-            ),
+            max(metrics_rel_diff(bench.runners[n].first_metrics, reference) for n in second),
         )
 
-    medians = interleaved_medians(contenders, repeats)
-    time_to = {n: warmups[n] + (STEPS_TO - 1) * s for n, s in medians.items()}
+
+def best(prefix: str, seconds: dict[str, float]) -> tuple[str | None, float]:
+    """The contender named ``prefix...`` with the least ``seconds`` and those seconds."""
+    names = [n for n in seconds if n.startswith(prefix)]
+    if not names:
+        return None, float("nan")
+    name = min(names, key=seconds.get)
+    return name, seconds[name]
+
+
+def emit_flops(emit: Report, bench: Bench, best_so: str, best_torch: str | None) -> None:
+    """FLOPs of the best dmeta variant's step and its (and the best peer's) matmul-rate share."""
+    medians = bench.contenders.medians
+    # the best variant's computation with every scan step unrolled, so that XLA counts them all
+    runner = bench.runners[best_so]
+    unrolled = dataclasses.replace(runner.variant, gru="unrollfull", strategy="vmap")
+    flops = compiled_flops(
+        make_step(loss_for(unrolled.gru, bench.apply), unrolled, first_order=False),
+        runner.state,
+        bench.batch,
+        jax.random.key(1),
+    )
+    peak = matmul_gflops()
+    t_so = medians[best_so]
+    emit("flops_per_second_order_step", flops / 1e9, "GFLOP")
+    emit("dmeta_second_order_gflops", flops / t_so / 1e9, "GFLOP/s")
+    emit("matmul_f32_gflops", peak, "GFLOP/s")
+    emit("dmeta_share_of_matmul", 100 * flops / t_so / 1e9 / peak, "%")
+    if best_torch:
+        emit("best_torch_share_of_matmul", 100 * flops / medians[best_torch] / 1e9 / peak, "%")
+
+
+def emit_results(emit: Report, bench: Bench, args: argparse.Namespace) -> None:
+    """Rates, times to 200 steps, the best contenders, FLOPs and speedups (the last lines)."""
+    contenders = bench.contenders
+    medians, time_to = contenders.medians, contenders.time_to()
     for name, seconds in medians.items():
         emit(name, 1.0 / seconds, "steps/s")
     for name in medians:
         emit(f"{name}_time_to_{STEPS_TO}_s", time_to[name], "s")
-
-    def best(prefix, by=medians):
-        names = [n for n in medians if n.startswith(prefix)]
-        if not names:
-            return None, float("nan")
-        name = min(names, key=by.get)
-        return name, by[name]
-
-    best_so, t_so = best("dmeta_second_order")
-    best_fo, t_fo = best("dmeta_first_order")
-    best_torch, t_torch = best("torch_second_order")
+    best_so, t_so = best("dmeta_second_order", medians)
+    best_fo, t_fo = best("dmeta_first_order", medians)
+    best_torch, _ = best("torch_second_order", medians)
     if best_so:
         emit("best_dmeta_second_order", best_so.removeprefix("dmeta_second_order_"))
     if best_torch:
         emit("best_torch_second_order", best_torch.removeprefix("torch_second_order_"))
     if best_fo and "torch_first_order_loop" in medians:
         emit("speedup_first_order_vs_torch_loop", medians["torch_first_order_loop"] / t_fo)
-
     if best_so and not args.no_flops:
-        # the best variant's computation with every scan step unrolled, so that XLA counts them all
-        unrolled = dataclasses.replace(runners[best_so].variant, gru="unrollfull", strategy="vmap")
-        flops = compiled_flops(
-            make_step(loss_for(unrolled.gru, apply), unrolled, first_order=False),
-            runners[best_so].state,
-            batch,
-            jax.random.key(1),
-        )
-        peak = matmul_gflops()
-        emit("flops_per_second_order_step", flops / 1e9, "GFLOP")
-        emit("dmeta_second_order_gflops", flops / t_so / 1e9, "GFLOP/s")
-        emit("matmul_f32_gflops", peak, "GFLOP/s")
-        emit("dmeta_share_of_matmul", 100 * flops / t_so / 1e9 / peak, "%")
-        if best_torch:
-            emit("best_torch_share_of_matmul", 100 * flops / t_torch / 1e9 / peak, "%")
+        emit_flops(emit, bench, best_so, best_torch)
     emit("load_avg_end", load_average())
-    if best_so:
-        for kind in ("cell_loop", "loop"):
-            if f"torch_second_order_{kind}" in medians:
-                emit(f"speedup_vs_torch_{kind}", medians[f"torch_second_order_{kind}"] / t_so)
-        if best_torch:
-            _, t200_so = best("dmeta_second_order", time_to)
-            _, t200_torch = best("torch_second_order", time_to)
-            emit("speedup_vs_best_torch", t_torch / t_so)
-            emit(f"time_to_{STEPS_TO}_vs_best_torch", t200_torch / t200_so)
+    if not best_so:
+        return
+    for kind in ("cell_loop", "loop"):
+        if f"torch_second_order_{kind}" in medians:
+            emit(f"speedup_vs_torch_{kind}", medians[f"torch_second_order_{kind}"] / t_so)
+    if best_torch:
+        ours = [n for n in medians if n.startswith("dmeta_second_order")]
+        peers = [n for n in medians if n.startswith("torch_second_order")]
+        contenders.emit_vs_best_torch(ours, peers, speedup_first=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs the benchmark: builds and checks every contender, times them, prints the report."""
+    args = parse_args(argv)
+    torch = require("torch")
+    from experiments.benchmarks import _torch_mpfn as tm
+
+    torch.set_num_threads(args.threads)
+    plan = make_plan(args)
+    emit = Report()
+    emit_header(emit, args, torch, plan)
+    bench = Bench(args, plan.shape, emit, tm)
+    build_contenders(bench, plan)
+    bench.contenders.time(plan.repeats)
+    emit_results(emit, bench, args)
     emit.save(args.out)
 
 

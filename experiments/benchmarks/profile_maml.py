@@ -57,6 +57,7 @@ from experiments.benchmarks.maml_throughput import (
     Variant,
     loss_for,
     make_batch,
+    metrics_rel_diff,
 )
 
 
@@ -96,7 +97,8 @@ class MetaStep:
         return jax.block_until_ready(metrics)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of ``main``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shape, for tests")
     parser.add_argument("--repeats", type=int, default=5)
@@ -106,14 +108,11 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated meta-step variants to time",
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
-    args = parser.parse_args(argv)
-    shape = QUICK if args.quick else Shape()
-    emit = Report()
+    return parser.parse_args(argv)
 
-    emit("command: " + " ".join(["python", *sys.argv]))
-    emit(f"shape: {shape}")
-    emit(f"machine: {machine()}; jax {jax.__version__}")
-    emit("load_avg_start", load_average())
+
+def emit_matmul_rates(emit: Report, shape: Shape, args: argparse.Namespace) -> None:
+    """Square matmul GFLOP/s and the GRU's matmuls, weights shared or per task."""
     t, n, h = shape.tasks, shape.support, shape.hidden
     key = jax.random.key(0)
     states = jax.random.normal(key, (t, n, h))
@@ -128,9 +127,11 @@ def main(argv: list[str] | None = None) -> None:
         f"GFLOP/s ({t} x [{n}, {h}] @ [{h}, {3 * h}])",
     )
 
-    apply, theta = split_params(MPFN(shape.features, shape.hidden, rngs=nnx.Rngs(0)))
-    batch = make_batch(shape, 0)
+
+def emit_forward_vs_meta(emit: Report, apply, theta, batch, repeats: int) -> None:
+    """Seconds of the forward pass, first- and second-order meta-steps, and their ratios."""
     loss_fn = functools.partial(split_loss, apply)
+    key = jax.random.key(0)
 
     def forward(theta, batch):
         task_loss = lambda p, task, key: (loss_fn(p["theta"], task.query), {})  # noqa: E731
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         "first_order": Runner(loss_fn, Variant(), theta, batch, first_order=True),
         "second_order": Runner(loss_fn, Variant(), theta, batch, first_order=False),
     }
-    seconds = interleaved_medians(runners, args.repeats)
+    seconds = interleaved_medians(runners, repeats)
     forward_flops = compiled_flops(forward_unrolled, theta, batch)
     for name, value in seconds.items():
         emit(f"{name}_s", value, "s")
@@ -154,7 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     emit("second_order_over_forward", seconds["second_order"] / seconds["forward"])
     emit("second_order_over_first_order", seconds["second_order"] / seconds["first_order"])
 
-    # every GRU implementation's meta-step, interleaved; FLOPs of the unrolled scan step
+
+def emit_meta_steps(emit: Report, shape: Shape, apply, batch, args: argparse.Namespace) -> None:
+    """Every GRU implementation's meta-step, interleaved: agreement, rate, matmul share
+    (FLOPs of the unrolled scan step) and speedup over ``scan``."""
     chosen = args.variants.split(",")
     steps = {
         name: MetaStep(shape, batch, impl, opts)
@@ -163,11 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     reference = next(iter(steps.values())).first_metrics
     for name, step in steps.items():
-        diff = max(
-            abs(float(step.first_metrics[k]) / float(reference[k]) - 1.0)
-            for k in ("grad_norm", "query_loss", "support_loss")
-        )
-        emit(f"meta_step_{name}_metrics_rel_diff", diff)
+        emit(f"meta_step_{name}_metrics_rel_diff", metrics_rel_diff(step.first_metrics, reference))
+    unrolled = loss_for("unrollfull", apply)
     step_flops = compiled_flops(
         jax.jit(
             make_meta_train_step(make_maml_task_loss(unrolled, step_size=1e-2), optax.adam(1e-3))
@@ -186,6 +187,22 @@ def main(argv: list[str] | None = None) -> None:
     if "scan" in step_seconds:
         for name, value in step_seconds.items():
             emit(f"meta_step_{name}_speedup_vs_scan", step_seconds["scan"] / value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Profiles the MAML meta-step at the benchmark shape and prints the report."""
+    args = parse_args(argv)
+    shape = QUICK if args.quick else Shape()
+    emit = Report()
+    emit("command: " + " ".join(["python", *sys.argv]))
+    emit(f"shape: {shape}")
+    emit(f"machine: {machine()}; jax {jax.__version__}")
+    emit("load_avg_start", load_average())
+    emit_matmul_rates(emit, shape, args)
+    apply, theta = split_params(MPFN(shape.features, shape.hidden, rngs=nnx.Rngs(0)))
+    batch = make_batch(shape, 0)
+    emit_forward_vs_meta(emit, apply, theta, batch, args.repeats)
+    emit_meta_steps(emit, shape, apply, batch, args)
     emit("load_avg_end", load_average())
     emit.save(args.out)
 

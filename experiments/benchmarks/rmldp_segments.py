@@ -202,7 +202,8 @@ def markdown_table(rows: list[Row]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of ``main``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="sizes 2, 4 and smoke shapes (tests)")
     parser.add_argument("--sizes", type=str, default=None, help="comma-separated segment counts")
@@ -225,23 +226,44 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
-    args = parser.parse_args(argv)
-    cfg = get_config(smoke=args.quick, size="paper")
-    n_features = QUICK_FEATURES if args.quick else FEATURES
+    return parser.parse_args(argv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one run measures: config, feature count, sizes, modes and timed repeats."""
+
+    cfg: RMLDPConfig
+    n_features: int
+    sizes: tuple[int, ...]
+    modes: tuple[str, ...]
+    repeats: int
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """The ``Plan`` of the parsed command line."""
     sizes = QUICK_SIZES if args.quick else SIZES
     if args.sizes:
         sizes = tuple(sorted(int(s) for s in args.sizes.split(",")))
-    repeats = args.repeats or (2 if args.quick else 3)
-    modes = tuple(m for m in MODES if m in args.modes.split(","))
-    emit = Report()
+    return Plan(
+        cfg=get_config(smoke=args.quick, size="paper"),
+        n_features=QUICK_FEATURES if args.quick else FEATURES,
+        sizes=sizes,
+        modes=tuple(m for m in MODES if m in args.modes.split(",")),
+        repeats=args.repeats or (2 if args.quick else 3),
+    )
 
+
+def emit_header(emit: Report, args: argparse.Namespace, plan: Plan) -> None:
+    """The report's first lines: command, shape, machine, versions, memory notes, load."""
+    cfg, meta = plan.cfg, plan.cfg.tuning.meta
     emit("command: " + " ".join(["python", *sys.argv]))
     emit(
-        f"shape: S={cfg.protocol.seq_len}, F={n_features}, H={cfg.model.hidden}, encoder H={cfg.model.encoder_hidden}, "
+        f"shape: S={cfg.protocol.seq_len}, F={plan.n_features}, H={cfg.model.hidden}, encoder H={cfg.model.encoder_hidden}, "
         f"q_d={cfg.model.q_d_dim}, q_g={cfg.model.q_g_dim}, u_g={cfg.model.graph_dim}, "
-        f"{cfg.train.n_support}+{cfg.train.n_query} samples, {cfg.tuning.meta.inner_steps[0]} inner step(s) of "
-        f"alpha={cfg.tuning.meta.inner_lr[0]:g}, lambda={cfg.train.lam}, adam beta={cfg.tuning.meta.meta_lr[0]:g}, second order; "
-        f"sizes={list(sizes)}, repeats={repeats}, max_seconds={args.max_seconds:g}, "
+        f"{cfg.train.n_support}+{cfg.train.n_query} samples, {meta.inner_steps[0]} inner step(s) of "
+        f"alpha={meta.inner_lr[0]:g}, lambda={cfg.train.lam}, adam beta={meta.meta_lr[0]:g}, second order; "
+        f"sizes={list(plan.sizes)}, repeats={plan.repeats}, max_seconds={args.max_seconds:g}, "
         f"max_mib={args.max_mib or 'auto'}"
     )
     emit(f"machine: {machine()}; jax devices: {[str(d) for d in jax.devices()]}")
@@ -255,77 +277,114 @@ def main(argv: list[str] | None = None) -> None:
     )
     emit("load_avg_start", load_average())
 
-    graph_emb = jax.random.normal(jax.random.key(args.seed + 3), (max(sizes), cfg.model.graph_dim))
-    counter = CompileCounter()
-    rows: list[Row] = []
-    skipped: list[str] = []
-    active = list(modes)
-    previous: dict[str, Row] = {}
 
-    def skip(mode: str, size: int, reason: str) -> None:
-        active.remove(mode)
-        skipped.append(f"{mode} sizes {[s for s in sizes if s >= size]} ({reason})")
+class Sweep:
+    """The sweep over meta-batch sizes: the modes still measured, the skipped, the rows.
 
-    for size in sizes:
-        max_mib = args.max_mib or memory_budget_mib()
-        for mode in list(active):
-            last = previous.get(mode)
+    Args:
+      args: the parsed command line.
+      plan: what to measure.
+      emit: the report.
+    """
+
+    def __init__(self, args: argparse.Namespace, plan: Plan, emit: Report):
+        self.args, self.plan, self.emit = args, plan, emit
+        self.graph_emb = jax.random.normal(
+            jax.random.key(args.seed + 3), (max(plan.sizes), plan.cfg.model.graph_dim)
+        )
+        self.counter = CompileCounter()
+        self.rows: list[Row] = []
+        self.skipped: list[str] = []
+        self.active = list(plan.modes)
+        self.previous: dict[str, Row] = {}
+
+    def run(self) -> None:
+        """Measures every size in turn until no mode is left."""
+        for size in self.plan.sizes:
+            max_mib = self.args.max_mib or memory_budget_mib()
+            self.skip_predicted(size, max_mib)
+            runners = self.compile(size, max_mib)
+            if not runners:
+                break
+            self.measure(size, runners)
+            del runners  # free this size's buffers before the next one compiles
+
+    def skip(self, mode: str, size: int, reason: str) -> None:
+        """Drops ``mode`` from this size on, with ``reason``."""
+        self.active.remove(mode)
+        self.skipped.append(f"{mode} sizes {[s for s in self.plan.sizes if s >= size]} ({reason})")
+
+    def skip_predicted(self, size: int, max_mib: float) -> None:
+        """Skips the modes whose time or memory, extrapolated from the last size, is too much."""
+        for mode in list(self.active):
+            last = self.previous.get(mode)
             if last is None:
                 continue
             seconds = last.seconds * size / last.segments
             mib = last.xla_mib * size / last.segments
-            if seconds > args.max_seconds:
-                skip(mode, size, f"predicted {seconds:.3g} s per step > --max-seconds")
+            if seconds > self.args.max_seconds:
+                self.skip(mode, size, f"predicted {seconds:.3g} s per step > --max-seconds")
             elif mib > max_mib:
-                skip(mode, size, f"predicted {mib:.4g} MiB > budget {max_mib:.4g} MiB")
+                self.skip(mode, size, f"predicted {mib:.4g} MiB > budget {max_mib:.4g} MiB")
+
+    def compile(self, size: int, max_mib: float) -> dict[str, Runner]:
+        """The compiled step of every active mode at ``size`` that fits the memory budget."""
         runners = {}
-        for mode in list(active):
-            runner = Runner(cfg, n_features, graph_emb, size, mode, counter, seed=args.seed)
+        for mode in list(self.active):
+            runner = Runner(
+                self.plan.cfg,
+                self.plan.n_features,
+                self.graph_emb,
+                size,
+                mode,
+                self.counter,
+                seed=self.args.seed,
+            )
             if runner.xla_mib > max_mib:
-                skip(mode, size, f"compiled {runner.xla_mib:.4g} MiB > budget {max_mib:.4g} MiB")
+                self.skip(
+                    mode, size, f"compiled {runner.xla_mib:.4g} MiB > budget {max_mib:.4g} MiB"
+                )
             else:
                 runners[mode] = runner
-        if not runners:
-            break
-        before = counter.count
+        return runners
+
+    def measure(self, size: int, runners: dict[str, Runner]) -> None:
+        """Times the modes of ``size`` interleaved, checks the compile counts, emits the rates
+        and each mode's first loss against ``map``'s."""
+        emit, before = self.emit, self.counter.count
         first = {mode: runner() for mode, runner in runners.items()}
-        medians = interleaved_medians(runners, repeats, warmup=0)
-        late_compiles = counter.count - before
+        medians = interleaved_medians(runners, self.plan.repeats, warmup=0)
+        late_compiles = self.counter.count - before
         peak = device_peak_mib()
-        for mode, runner in runners.items():
-            if runner.traces != 1 or runner.compiles != 1 or late_compiles:
+        for mode, r in runners.items():
+            if r.traces != 1 or r.compiles != 1 or late_compiles:
                 raise SystemExit(
-                    f"{mode} at {size} segments: {runner.traces} traces, {runner.compiles} "
+                    f"{mode} at {size} segments: {r.traces} traces, {r.compiles} "
                     f"compilations, {late_compiles} more while running (expected 1, 1, 0)"
                 )
             row = Row(
-                size,
-                mode,
-                medians[mode],
-                runner.compile_seconds,
-                runner.traces,
-                runner.compiles,
-                runner.xla_mib,
-                peak,
+                size, mode, medians[mode], r.compile_seconds, r.traces, r.compiles, r.xla_mib, peak
             )
-            rows.append(row)
-            previous[mode] = row
+            self.rows.append(row)
+            self.previous[mode] = row
             emit(f"{mode}_T{size}_segments_per_s", size / row.seconds, "segments/s")
             emit(f"{mode}_T{size}_ms_per_segment", row.per_segment_ms, "ms")
         for mode in sorted(first.keys() - {"map"}):
             if "map" in first:
                 a, b = float(first[mode]["loss"]), float(first["map"]["loss"])
                 emit(f"T{size}_{mode}_vs_map_loss_rel_diff", abs(a / b - 1.0))
-        del runners, first
 
+
+def emit_summary(emit: Report, sweep: Sweep) -> None:
+    """The Markdown table, the skipped sizes, and each mode's per-segment cost ratio (last)."""
     emit("")
-    for line in markdown_table(rows):
+    for line in markdown_table(sweep.rows):
         emit(line)
     emit("")
-    emit("skipped: " + ("; ".join(skipped) if skipped else "none"))
+    emit("skipped: " + ("; ".join(sweep.skipped) if sweep.skipped else "none"))
     emit("load_avg_end", load_average())
-    for mode in modes:
-        measured = [r for r in rows if r.mode == mode]
+    for mode in sweep.plan.modes:
+        measured = [r for r in sweep.rows if r.mode == mode]
         if len(measured) >= 2:
             small, large = measured[0], measured[-1]
             emit(
@@ -333,6 +392,17 @@ def main(argv: list[str] | None = None) -> None:
                 large.per_segment_ms / small.per_segment_ms,
                 "(ms per segment, largest over smallest batch; < 1: falls as the batch grows)",
             )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs the sweep over meta-batch sizes and prints the report."""
+    args = parse_args(argv)
+    plan = make_plan(args)
+    emit = Report()
+    emit_header(emit, args, plan)
+    sweep = Sweep(args, plan, emit)
+    sweep.run()
+    emit_summary(emit, sweep)
     emit.save(args.out)
 
 

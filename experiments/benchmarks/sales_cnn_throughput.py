@@ -29,8 +29,6 @@ import argparse
 import dataclasses
 import functools
 import sys
-import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -42,11 +40,16 @@ from dmeta.sales_cnn.model import PAPER_ORDERS, SalesCNN
 from dmeta.sales_cnn.train import Samples, apply_model, make_train_step, split_model
 from dmeta.train.state import init_train_state
 from experiments.benchmarks.common import (
+    STEPS_TO,
+    Contenders,
     Report,
+    add_peer_args,
     interleaved_medians,
     load_average,
     machine,
     require,
+    torch_precision,
+    torch_versions,
 )
 
 LEARNING_RATE = 2e-3  # Adamax default (Keras and torch)
@@ -113,10 +116,8 @@ class DmetaRunner:
         return jax.block_until_ready(loss)
 
 
-STEPS_TO = 200  # time_to_200: warm-up (build, compile, first step) + 199 steady-state steps
-
-
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of ``main``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shape, for tests")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per contender")
@@ -127,27 +128,12 @@ def main(argv: list[str] | None = None) -> None:
         help="cpu: JAX and torch on the CPU; cuda: torch on CUDA, JAX on its default device",
     )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
-    parser.add_argument(
-        "--keep-going",
-        action="store_true",
-        help="a contender that fails (or whose output disagrees) is reported and dropped",
-    )
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--forward-rtol", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="also write the report here")
-    args = parser.parse_args(argv)
-    torch = require("torch")
-    from experiments.benchmarks import _torch_sales_cnn as tc
+    add_peer_args(parser, checked="output", rtol="--forward-rtol")
+    return parser.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    shape = QUICK if args.quick else Shape()
-    repeats = args.repeats or (2 if args.quick else 10)
-    on_gpu = args.device == "cuda"
-    dev = "gpu" if on_gpu else "cpu"  # the suffix of every rate's name
-    emit = Report()
 
+def emit_header(emit: Report, torch, shape: Shape, repeats: int, on_gpu: bool) -> None:
+    """The report's first lines: command, shape, machine, devices, precision, versions, load."""
     emit("command: " + " ".join(["python", *sys.argv]))
     emit(
         f"shape: B={shape.batch}, 4 matrices x D={shape.indicators} x T={shape.length}, "
@@ -160,31 +146,55 @@ def main(argv: list[str] | None = None) -> None:
             f"devices: torch cuda ({torch.cuda.get_device_name(0)}); "
             f"jax {jax.devices()[0].device_kind}"
         )
-        emit(
-            "precision: torch matmul allow_tf32="
-            f"{torch.backends.cuda.matmul.allow_tf32}, cudnn allow_tf32="
-            f"{torch.backends.cudnn.allow_tf32}; jax default_matmul_precision="
-            f"{getattr(jax.config, 'jax_default_matmul_precision', '?')}"
-        )
-    emit(
-        f"versions: jax {jax.__version__}, torch {torch.__version__}, "
-        f"torch threads {torch.get_num_threads()}"
-    )
+        emit(torch_precision(torch))
+    emit(torch_versions(torch))
     emit("load_avg_start", load_average())
 
-    def attempt(name: str, fn):
-        """``fn()``; with ``--keep-going`` a failure is reported as ``name_error: ...``."""
-        if not args.keep_going:
-            return fn()
-        try:
-            return fn()
-        except Exception as err:  # reported; the other contenders go on
-            first = str(err).splitlines()[0][:300] if str(err) else ""
-            emit(f"{name}_error: {type(err).__name__}: {first}")
-            return None
 
-    def torch_model():
-        return tc.TorchSalesCNN(
+class Bench:
+    """The shared weights and sample pool, the checked torch model, and the contenders.
+
+    Building it emits the parameter counts and the eval-mode forward check; it exits if the
+    counts differ and raises if the forward outputs do.
+
+    Args:
+      args: the parsed command line.
+      shape: the benchmark shape.
+      emit: the report.
+      torch: the ``torch`` module.
+      tc: the ``_torch_sales_cnn`` module (the PyTorch peer).
+    """
+
+    def __init__(self, args: argparse.Namespace, shape: Shape, emit: Report, torch, tc):
+        self.args, self.shape, self.emit, self.torch, self.tc = args, shape, emit, torch, tc
+        self.graphdef, self.params = split_model(shape.build(args.seed))
+        self.tmodel = tc.from_dmeta(self.params, self.torch_model()).to(args.device)
+        n_dmeta = sum(p.size for p in jax.tree.leaves(self.params))
+        n_torch = sum(p.numel() for p in self.tmodel.parameters())
+        emit("dmeta_params", n_dmeta)
+        emit("torch_params", n_torch)
+        if n_dmeta != n_torch:
+            raise SystemExit(f"parameter counts differ: dmeta {n_dmeta}, torch {n_torch}")
+        cpu = jax.devices("cpu")[0]
+        self.device = jax.devices()[0] if args.device == "cuda" else cpu
+        self.data = jax.device_put(make_samples(shape, args.seed + 1), self.device)
+        x = self.data.x[: shape.batch]
+        forward = jax.jit(functools.partial(apply_model, self.graphdef))
+        with jax.default_matmul_precision("highest"):
+            self.ours = np.asarray(forward(jax.device_put(self.params, self.device), x))
+        self.tx = torch.from_numpy(np.array(x)).to(args.device)
+        self.check("", self.tmodel)
+        self.tdata = [
+            torch.from_numpy(np.array(a)).to(args.device)
+            for a in (self.data.x, self.data.y, self.data.w)
+        ]
+        dev = "gpu" if args.device == "cuda" else "cpu"  # the suffix of every rate's name
+        self.contenders = Contenders(emit, keep_going=args.keep_going, suffix=f"_{dev}")
+
+    def torch_model(self):
+        """A fresh PyTorch network at the benchmark shape."""
+        shape = self.shape
+        return self.tc.TorchSalesCNN(
             shape.indicators,
             shape.length,
             n_inputs=4,
@@ -194,121 +204,124 @@ def main(argv: list[str] | None = None) -> None:
             rate=shape.rate,
         )
 
-    graphdef, params = split_model(shape.build(args.seed))
-    tmodel = tc.from_dmeta(params, torch_model()).to(args.device)
-    n_dmeta = sum(p.size for p in jax.tree.leaves(params))
-    n_torch = sum(p.numel() for p in tmodel.parameters())
-    emit("dmeta_params", n_dmeta)
-    emit("torch_params", n_torch)
-    if n_dmeta != n_torch:
-        raise SystemExit(f"parameter counts differ: dmeta {n_dmeta}, torch {n_torch}")
-
-    cpu = jax.devices("cpu")[0]
-    device = jax.devices()[0] if on_gpu else cpu
-    data = jax.device_put(make_samples(shape, args.seed + 1), device)
-    x = data.x[: shape.batch]
-    forward = jax.jit(functools.partial(apply_model, graphdef))
-    with jax.default_matmul_precision("highest"):
-        ours = np.asarray(forward(jax.device_put(params, device), x))
-    tx = torch.from_numpy(np.array(x)).to(args.device)
-
-    def check(name: str, model) -> None:
+    def check(self, name: str, model) -> None:
         """``model``'s eval-mode forward against dmeta's, full f32 (no TF32 on a GPU)."""
+        torch = self.torch
         model.eval()
         with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            theirs = model(tx).cpu().numpy()
-        diff = float(np.max(np.abs(ours - theirs)) / max(np.max(np.abs(theirs)), 1e-30))
-        emit(f"{name}forward_max_rel_diff", diff)
-        if not diff <= args.forward_rtol:
+            theirs = model(self.tx).cpu().numpy()
+        diff = float(np.max(np.abs(self.ours - theirs)) / max(np.max(np.abs(theirs)), 1e-30))
+        self.emit(f"{name}forward_max_rel_diff", diff)
+        if not diff <= self.args.forward_rtol:
             raise ValueError(f"dmeta and torch forward outputs differ by {diff:.3g}")
 
-    check("", tmodel)
+    def torch_peer(self, model, *, compile: bool):
+        """The PyTorch train step of ``model`` (under torch.compile with ``compile``)."""
+        optimizer = self.torch.optim.Adamax(model.parameters(), lr=LEARNING_RATE)
+        step = self.tc.make_train_step(
+            model, optimizer, batch_size=self.shape.batch, compile=compile
+        )
+        return functools.partial(step, *self.tdata, self.shape.pool)
 
-    tdata = [torch.from_numpy(np.array(a)).to(args.device) for a in (data.x, data.y, data.w)]
-    contenders, warmups = {}, {}
+    def compiled_peer(self):
+        """The torch.compile peer, its eval-mode output checked first (not timed)."""
+        model = self.tc.from_dmeta(self.params, self.torch_model()).to(self.args.device)
+        self.check("torch_compile_", self.torch.compile(model))  # an inference compile
+        return self.torch_peer(model, compile=True)
 
-    def add(name: str, build) -> None:
-        start = time.perf_counter()
-        contender = build()
-        contender()  # the first step: compiles
-        warmups[name] = time.perf_counter() - start
-        contenders[name] = contender
-        emit(f"{name}_{dev}_warmup_s", warmups[name], "s")
+    def dmeta_runner(self, graphdef) -> DmetaRunner:
+        """The library's train step of ``graphdef`` on the shared weights and pool."""
+        params = jax.device_put(self.params, self.device)
+        return DmetaRunner(
+            graphdef, params, self.data, batch_size=self.shape.batch, seed=self.args.seed
+        )
 
-    def torch_peer(model, *, compile):
-        optimizer = torch.optim.Adamax(model.parameters(), lr=LEARNING_RATE)
-        step = tc.make_train_step(model, optimizer, batch_size=shape.batch, compile=compile)
-        return functools.partial(step, *tdata, shape.pool)
 
-    def compiled_peer():
-        model = tc.from_dmeta(params, torch_model()).to(args.device)
-        check("torch_compile_", torch.compile(model))  # an inference compile, not timed
-        return torch_peer(model, compile=True)
+def build_contenders(bench: Bench) -> None:
+    """Adds the torch peers (compiled first, before any timing), dmeta and dmeta bf16."""
+    add, shape, seed = bench.contenders.add, bench.shape, bench.args.seed
+    if not bench.args.no_compile:
+        add("torch_compile", bench.compiled_peer, first_step=True)
+    add("torch", lambda: bench.torch_peer(bench.tmodel, compile=False), first_step=True)
+    graphdef_bf16 = nnx.graphdef(dataclasses.replace(shape, dtype=jnp.bfloat16).build(seed))
+    for name, g in (("dmeta", bench.graphdef), ("dmeta_bf16", graphdef_bf16)):
+        with jax.default_device(bench.device):
+            add(name, functools.partial(bench.dmeta_runner, g), first_step=True)
 
-    if not args.no_compile:  # compile first, before any timing
-        attempt("torch_compile", lambda: add("torch_compile", compiled_peer))
-    attempt("torch", lambda: add("torch", lambda: torch_peer(tmodel, compile=False)))
-    graphdef_bf16 = nnx.graphdef(dataclasses.replace(shape, dtype=jnp.bfloat16).build(args.seed))
-    for name, g in (("dmeta", graphdef), ("dmeta_bf16", graphdef_bf16)):
-        with jax.default_device(device):
-            attempt(
-                name,
-                lambda g=g, name=name: add(
-                    name,
-                    lambda: DmetaRunner(
-                        g,
-                        jax.device_put(params, device),
-                        data,
-                        batch_size=shape.batch,
-                        seed=args.seed,
-                    ),
-                ),
-            )
-    medians = interleaved_medians(contenders, repeats)
-    rates = {name: shape.batch / seconds for name, seconds in medians.items()}
+
+def emit_rates(emit: Report, bench: Bench) -> dict[str, float]:
+    """Samples/s, samples/min, steps/s and time to 200 steps of each contender; its rates."""
+    contenders, suffix = bench.contenders, bench.contenders.suffix
+    medians, time_to = contenders.medians, contenders.time_to()
+    rates = {name: bench.shape.batch / seconds for name, seconds in medians.items()}
     for name in ("dmeta", "torch", "torch_compile", "dmeta_bf16"):
         if name in rates:
-            emit(f"{name}_{dev}_samples_per_s", rates[name], "samples/s")
-            emit(f"{name}_{dev}_samples_per_min", 60 * rates[name], "samples/min")
-            emit(f"{name}_{dev}_steps_per_s", 1 / medians[name], "steps/s")
-            emit(
-                f"{name}_{dev}_time_to_{STEPS_TO}_s",
-                warmups[name] + (STEPS_TO - 1) * medians[name],
-                "s",
-            )
+            emit(f"{name}{suffix}_samples_per_s", rates[name], "samples/s")
+            emit(f"{name}{suffix}_samples_per_min", 60 * rates[name], "samples/min")
+            emit(f"{name}{suffix}_steps_per_s", 1 / medians[name], "steps/s")
+            emit(f"{name}{suffix}_time_to_{STEPS_TO}_s", time_to[name], "s")
     emit(
         "paper_k2200_samples_per_min",
         PAPER_SAMPLES_PER_MIN,
         "samples/min (Keras + Theano on an NVIDIA K2200, reported by the paper, not measured)",
     )
-    accelerator = jax.devices()[0]
-    if accelerator.platform != "cpu" and not on_gpu:
-        gpu = DmetaRunner(
-            graphdef,
-            params,
-            make_samples(shape, args.seed + 1),
-            batch_size=shape.batch,
-            seed=args.seed,
-        )
-        seconds = interleaved_medians({"gpu": gpu}, repeats)["gpu"]
-        emit(f"dmeta_{accelerator.platform}_samples_per_s", shape.batch / seconds, "samples/s")
-        emit(
-            f"dmeta_{accelerator.platform}_samples_per_min",
-            60 * shape.batch / seconds,
-            f"samples/min ({accelerator.device_kind})",
-        )
-    emit("load_avg_end", load_average())
+    return rates
+
+
+def emit_accelerator(emit: Report, bench: Bench, repeats: int) -> None:
+    """dmeta's rate on JAX's accelerator, where torch ran on the CPU but JAX has one."""
+    accelerator, shape, seed = jax.devices()[0], bench.shape, bench.args.seed
+    if accelerator.platform == "cpu" or bench.args.device == "cuda":
+        return
+    gpu = DmetaRunner(
+        bench.graphdef,
+        bench.params,
+        make_samples(shape, seed + 1),
+        batch_size=shape.batch,
+        seed=seed,
+    )
+    seconds = interleaved_medians({"gpu": gpu}, repeats)["gpu"]
+    emit(f"dmeta_{accelerator.platform}_samples_per_s", shape.batch / seconds, "samples/s")
+    emit(
+        f"dmeta_{accelerator.platform}_samples_per_min",
+        60 * shape.batch / seconds,
+        f"samples/min ({accelerator.device_kind})",
+    )
+
+
+def emit_speedups(emit: Report, bench: Bench, rates: dict[str, float]) -> None:
+    """dmeta against the eager and the best torch peer (the last lines)."""
     peers = [n for n in ("torch", "torch_compile") if n in rates]
-    if "dmeta" in rates and peers:
-        best = max(peers, key=rates.get)
-        if "torch" in rates:
-            emit("speedup_vs_torch", rates["dmeta"] / rates["torch"])
-        if "dmeta_bf16" in rates:
-            emit("speedup_bf16_vs_best_torch", rates["dmeta_bf16"] / rates[best])
-        emit("best_torch", best)
-        time_to = {n: warmups[n] + (STEPS_TO - 1) * medians[n] for n in medians}
-        emit(f"time_to_{STEPS_TO}_vs_best_torch", min(time_to[n] for n in peers) / time_to["dmeta"])
-        emit("speedup_vs_best_torch", rates["dmeta"] / rates[best])
+    if "dmeta" not in rates or not peers:
+        return
+    best = max(peers, key=rates.get)
+    if "torch" in rates:
+        emit("speedup_vs_torch", rates["dmeta"] / rates["torch"])
+    if "dmeta_bf16" in rates:
+        emit("speedup_bf16_vs_best_torch", rates["dmeta_bf16"] / rates[best])
+    emit("best_torch", best)
+    bench.contenders.emit_vs_best_torch(["dmeta"], peers, speedup_first=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs the benchmark: builds and checks every contender, times them, prints the report."""
+    args = parse_args(argv)
+    torch = require("torch")
+    from experiments.benchmarks import _torch_sales_cnn as tc
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    shape = QUICK if args.quick else Shape()
+    repeats = args.repeats or (2 if args.quick else 10)
+    emit = Report()
+    emit_header(emit, torch, shape, repeats, on_gpu=args.device == "cuda")
+    bench = Bench(args, shape, emit, torch, tc)
+    build_contenders(bench)
+    bench.contenders.time(repeats)
+    rates = emit_rates(emit, bench)
+    emit_accelerator(emit, bench, repeats)
+    emit("load_avg_end", load_average())
+    emit_speedups(emit, bench, rates)
     emit.save(args.out)
 
 
