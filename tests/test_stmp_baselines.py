@@ -65,3 +65,14 @@ def test_lstm_trains_through_the_loop(prep):
     rows, _ = np.nonzero(prep.test)
     pred = B.lstm_forecast(prep, window_len=14, hidden=4, n_steps=3, batch=8)
     assert pred.shape == rows.shape and np.isfinite(pred).all()
+
+
+def test_a_region_with_no_training_demand_does_not_turn_the_panel_to_nan(caplog):
+    data = D.make_synthetic(n_regions=3, n_days=200, n_festivals=2, seed=2)
+    y = data.y.copy()
+    y[1, :150] = 0.0  # region 1 sells nothing before the cutoff
+    with caplog.at_level("WARNING"):
+        prep = D.prepare(dataclasses.replace(data, y=y), cutoff=150, window=14)
+    assert "no positive training demand" in caplog.text and data.regions[1] in caplog.text
+    assert np.isfinite(prep.scale).all() and np.isfinite(np.asarray(prep.arrays.ys)).all()
+    assert np.isfinite(B.arima_forecast(prep)).all()

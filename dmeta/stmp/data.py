@@ -290,7 +290,7 @@ def prepare(
     test = valid & ((t >= cutoff) & (t < test_end))[None, :]
     if one_festival_week:
         train = one_week_of_festivals(data, train)
-    scale = np.array([data.y[r, train[r]].mean() for r in range(len(data.regions))])
+    scale = region_scale(data, train)
     arrays = Arrays(
         ys=jnp.asarray(np.where(data.observed, data.y / scale[:, None], 0.0), jnp.float32),
         obs=jnp.asarray(data.observed, jnp.float32),
@@ -301,6 +301,25 @@ def prepare(
     )
     index = build_index(train, data.date_type, data.n_types)
     return Prepared(data, arrays, scale, train, test, index)
+
+
+def region_scale(data: STMPData, train: np.ndarray) -> np.ndarray:
+    """f64[R] training mean of each region; a region whose training demand is all zero (or
+    has no training day) gets the smallest positive scale of the others (logged), so no
+    region divides by zero."""
+    scale = np.array(
+        [data.y[r, train[r]].mean() if train[r].any() else 0.0 for r in range(len(data.regions))]
+    )
+    bad = ~(np.isfinite(scale) & (scale > 0))
+    if bad.any():
+        floor = scale[~bad].min() if (~bad).any() else 1.0
+        logger.warning(
+            "regions %s have no positive training demand; scaled by %.4g instead of their mean",
+            [data.regions[r] for r in np.flatnonzero(bad)],
+            floor,
+        )
+        scale = np.where(bad, floor, scale)
+    return scale
 
 
 def window(arrays: Arrays, r: Array, t: Array, length: int) -> Array:
