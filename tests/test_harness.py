@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -74,3 +75,16 @@ def test_tune_picks_the_lowest_finite_validation_score():
             experiment="t", dataset="d", method="m", seed=0, group="all", metric="hp:lr", value=3.0
         )
     ]
+
+
+def test_tune_scores_a_diverging_point_as_lost():
+    from dmeta.train.loop import NonFiniteError, check_finite
+
+    def evaluate(point):
+        check_finite(np.array([1.0, np.inf if point["lr"] > 0.5 else 1.0]), "toy")  # lr 1 diverges
+        return point["lr"] + 1.0
+
+    tuned = harness.tune({"lr": [1.0, 0.0]}, evaluate)
+    assert tuned.best == {"lr": 0.0} and np.isnan(tuned.trials[0][1])
+    with pytest.raises(NonFiniteError, match=r"toy: the loss is not finite from row 1, step 3"):
+        check_finite(np.array([[1.0] * 4, [1.0, 1.0, 1.0, np.nan]]), "toy")

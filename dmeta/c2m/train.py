@@ -29,6 +29,7 @@ from dmeta.c2m.losses import clustering_loss, preference_loss, reconstruction_lo
 from dmeta.cluster.kmeans import kmeans, outlier_weights, sq_distances
 from dmeta.nn.functional import split_params
 from dmeta.parallel import data_mesh, jit_step
+from dmeta.train.loop import check_finite
 from dmeta.types import Params
 
 
@@ -131,7 +132,7 @@ def train_epochs(
     batch_size = min(batch_size, n)
     n_batches = -(-n // batch_size)
     history = []
-    for _ in range(epochs):
+    for epoch in range(epochs):
         targets = {}
         if before_epoch is not None:
             params, targets = before_epoch(params)
@@ -145,6 +146,7 @@ def train_epochs(
             params, opt_state, metrics = step(params, opt_state, batch, consts)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / n_batches
+        check_finite(sums, f"epoch {epoch}")
         history.append(sums)
     return params, history
 

@@ -40,6 +40,7 @@ from dmeta.ltv.losses import (
 )
 from dmeta.nn.functional import split_params
 from dmeta.parallel import data_mesh, jit_step
+from dmeta.train.loop import check_finite
 from dmeta.train.state import TrainState, init_train_state
 from dmeta.types import Array, Params
 
@@ -187,9 +188,9 @@ def fit(
             state, metrics = step(state, _rows(train, perm[sl], weight[sl]), lam)
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(value) / n_batches
+        check_finite(sums, f"{label}: epoch {epoch}")
         val_mae = float(np.mean(np.abs(predict(predict_fn, state.params, val) - val[label])))
-        if not np.isfinite(val_mae):
-            raise FloatingPointError(f"validation MAE is {val_mae} at epoch {epoch}")
+        check_finite({"val_mae": val_mae}, f"{label}: epoch {epoch}")
         history.append({"epoch": epoch, "val_mae": val_mae, **sums})
         if val_mae < best:
             best, best_epoch, best_params = val_mae, epoch, state.params

@@ -29,6 +29,7 @@ from dmeta.meta.maml import adapt_tasks
 from dmeta.models.mpfn import MPFN, masked_mse
 from dmeta.nn.functional import split_params
 from dmeta.nn.rnn import GRU
+from dmeta.train.loop import check_finite
 from dmeta.types import Array, Key, Params, Split, TaskBatch
 
 CLASSICAL = ("linear", "svr", "rf", "xgb")
@@ -254,9 +255,11 @@ def train_global(
       (params, losses f32[n_steps]).
     """
     optimizer = optax.adam(learning_rate)
-    return _train_pooled(
+    params, losses = _train_pooled(
         apply, params, samples, key, n_steps=n_steps, batch_size=batch_size, optimizer=optimizer
     )
+    check_finite(losses, "global model training")
+    return params, losses
 
 
 @functools.partial(jax.jit, static_argnames=("apply", "steps"))

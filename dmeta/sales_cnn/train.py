@@ -27,6 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from dmeta.parallel import batch_sharded, constrain_batch, data_mesh, jit_step
+from dmeta.train.loop import check_finite
 from dmeta.train.state import TrainState, init_train_state
 from dmeta.types import Array, Key, Params
 
@@ -208,7 +209,9 @@ def fit(
       (params, losses f32[n_steps]).
     """
     program = _program(graphdef, learning_rate, batch_size, n_steps, shard, regions=False)
-    return program(params, data, key)
+    params, losses = program(params, data, key)
+    check_finite(losses, "Sales CNN training")
+    return params, losses
 
 
 def fit_regions(
@@ -237,7 +240,9 @@ def fit_regions(
       (params ``[R, ...]``, losses f32[R, n_steps]).
     """
     program = _program(graphdef, learning_rate, batch_size, n_steps, shard, regions=True)
-    return program(params, data, key)
+    params, losses = program(params, data, key)
+    check_finite(losses, "Sales CNN per-region training (row = region)")
+    return params, losses
 
 
 def broadcast_params(params: Params, n: int) -> Params:

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from dmeta import distributed
+from dmeta.train.loop import NonFiniteError
 from dmeta.train.results import COLUMNS, validate_results
 
 logger = logging.getLogger(__name__)
@@ -192,7 +193,8 @@ def tune(
 ) -> Tuned:
     """Scores each grid point with ``evaluate`` (validation metric, lower is better).
 
-    Non-finite scores lose to every finite one; ties keep the earlier point. A single
+    Non-finite scores lose to every finite one (a point whose training stops with
+    ``NonFiniteError`` scores NaN, logged); ties keep the earlier point. A single
     point (``trials=1`` or a one-point grid) is returned unscored (score NaN) unless
     ``score_single`` (for an ``evaluate`` that also fits what the caller reuses).
     """
@@ -201,7 +203,11 @@ def tune(
         return Tuned(best=points[0], score=float("nan"), trials=[(points[0], float("nan"))])
     scored = []
     for point in points:
-        score = float(evaluate(point))
+        try:
+            score = float(evaluate(point))
+        except NonFiniteError as err:
+            logger.warning("tune %s diverged: %s", point, err)
+            score = float("nan")
         scored.append((point, score))
         logger.info("tune %s -> %.6g", point, score)
     finite = [(p, s) for p, s in scored if np.isfinite(s)] or scored

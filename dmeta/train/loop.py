@@ -66,6 +66,25 @@ class NonFiniteError(FloatingPointError):
     """A train metric became NaN or infinite (one line naming the run and the steps)."""
 
 
+def check_finite(values: Mapping[str, Any] | Array | np.ndarray, where: str) -> None:
+    """Stops a run that trains on NaN: raises ``NonFiniteError`` naming ``where`` and the
+    first non-finite entry of a loss curve (f[..., n_steps], e.g. what a ``lax.scan``
+    training loop returns) or of a dict of metrics (e.g. an epoch's sums)."""
+    if isinstance(values, Mapping):
+        bad = {k: float(np.max(v)) for k, v in values.items() if not np.all(np.isfinite(v))}
+        if bad:
+            raise NonFiniteError(f"{where}: metrics {bad} are not finite")
+        return
+    curve = np.asarray(values)
+    bad = np.argwhere(~np.isfinite(curve))
+    if len(bad):
+        at = ", ".join(f"{name} {i}" for name, i in zip(("row", "step")[-curve.ndim :], bad[0]))
+        raise NonFiniteError(
+            f"{where}: the loss is not finite from {at} on ({len(bad)} of {curve.size} entries); "
+            "lower the learning rate or check the inputs' scale"
+        )
+
+
 def _check_args(eval_every, ckpt_every, patience, eval_fn) -> None:
     if eval_every < 1 or (ckpt_every is not None and ckpt_every < 1):
         raise ValueError(
