@@ -96,21 +96,7 @@ def make_demand(
     if min_records > n_steps:
         raise ValueError(f"min_records={min_records} exceeds n_steps={n_steps}")
     dates = pd.date_range("2020-01-05", periods=n_steps, freq="D" if freq == "D" else "W-SUN")
-
-    clusters = {
-        "amplitude": rng.uniform(0.3, 0.9, n_clusters),
-        "phase": rng.permutation(np.linspace(0, 2 * np.pi, n_clusters, endpoint=False)),
-        "weekly": rng.normal(0, 0.25, (1 if shared_weekly else n_clusters, 7)),
-        "ar": rng.uniform(0.3, 0.95, n_clusters),
-        "beta": np.stack(
-            [
-                rng.uniform(-1.5, -0.3, n_clusters),
-                rng.uniform(0.1, 0.8, n_clusters),
-                rng.uniform(-0.2, 0.8, n_clusters),
-            ],
-            1,
-        ),
-    }
+    clusters = _cluster_params(rng, n_clusters, shared_weekly)
     cluster = np.arange(n_segments) % n_clusters
     rng.shuffle(cluster)
     level = np.exp(rng.normal(2.5, 0.7, n_segments))
@@ -124,43 +110,18 @@ def make_demand(
     )
     weekly = clusters["weekly"][:, dates.day_of_week] if freq == "D" else 0.0
     seasonal = (yearly + weekly)[cluster]  # [I, L]
-
-    noise = rng.normal(0, 0.15, (n_segments, n_steps))
-    local = np.zeros((n_segments, n_steps))
-    rho = clusters["ar"][cluster]
-    for step in range(1, n_steps):
-        local[:, step] = rho * local[:, step - 1] + noise[:, step]
-
-    price = 1 + np.cumsum(rng.normal(0, 0.02, (n_segments, n_steps)), 1)
-    price = np.clip(price, 0.5, 1.5)
-    promo = (rng.random((n_segments, n_steps)) < 0.08).astype(float)
-    holiday = np.broadcast_to(_holidays(dates), (n_segments, n_steps)).astype(float)
+    local = _ar_noise(rng, clusters["ar"][cluster], n_steps)
+    price, promo, holiday = _features(rng, dates, n_segments)
     feats = np.stack([np.log(price), promo, holiday], -1)  # [I, L, 3]
     effect = np.einsum("ilf,if->il", feats, clusters["beta"][cluster])
-    own = np.random.default_rng([seed, 1])  # leaves the main stream as it was without carryover
-    levels = np.linspace(-1, 1, n_clusters) if carryover_levels is None else carryover_levels
-    if len(levels) != n_clusters:
-        raise ValueError(f"carryover_levels has {len(levels)} values for {n_clusters} clusters")
-    gamma = own.permutation(carryover * np.asarray(levels, float))[cluster]
-    gamma = gamma + own.normal(0, 0.1 * carryover, n_segments)
+    gamma = _carryover(seed, carryover, carryover_levels, cluster, n_clusters)
     effect += gamma[:, None] * _lagged_sum(promo, *CARRYOVER_LAGS)
     mean = level[:, None] * np.exp(seasonal + local + effect)
     y = rng.poisson(mean).astype(float)
 
-    start = n_steps - n_records
-    keep = t[None, :] >= start[:, None]
-    seg_idx, step_idx = np.nonzero(keep)
     ids = np.array([f"seg{i:03d}" for i in range(n_segments)])
-    frame = pd.DataFrame(
-        {
-            "unique_id": ids[seg_idx],
-            "ds": dates[step_idx],
-            "y": y[seg_idx, step_idx],
-            "price": price[seg_idx, step_idx],
-            "promo": promo[seg_idx, step_idx],
-            "holiday": holiday[seg_idx, step_idx],
-        }
-    )
+    keep = t[None, :] >= (n_steps - n_records)[:, None]
+    frame = _long_frame(ids, dates, keep, y=y, price=price, promo=promo, holiday=holiday)
     segments = pd.DataFrame(
         {
             "unique_id": ids,
@@ -175,6 +136,67 @@ def make_demand(
         clusters, cluster=cluster, level=level, n_records=n_records, season=season, carryover=gamma
     )
     return SyntheticDemand(frame, segments, baskets, truth)
+
+
+def _cluster_params(rng: np.random.Generator, n_clusters: int, shared_weekly: bool) -> dict:
+    """Per-cluster yearly amplitude / phase, weekly profile(s), AR coefficient and feature
+    effects ``beta`` f[C, 3] (log price, promotion, holiday)."""
+    return {
+        "amplitude": rng.uniform(0.3, 0.9, n_clusters),
+        "phase": rng.permutation(np.linspace(0, 2 * np.pi, n_clusters, endpoint=False)),
+        "weekly": rng.normal(0, 0.25, (1 if shared_weekly else n_clusters, 7)),
+        "ar": rng.uniform(0.3, 0.95, n_clusters),
+        "beta": np.stack(
+            [
+                rng.uniform(-1.5, -0.3, n_clusters),
+                rng.uniform(0.1, 0.8, n_clusters),
+                rng.uniform(-0.2, 0.8, n_clusters),
+            ],
+            1,
+        ),
+    }
+
+
+def _ar_noise(rng: np.random.Generator, rho: np.ndarray, n_steps: int) -> np.ndarray:
+    """f[I, L] AR(1) noise with per-segment coefficients ``rho`` f[I], innovations N(0, 0.15)."""
+    noise = rng.normal(0, 0.15, (len(rho), n_steps))
+    local = np.zeros((len(rho), n_steps))
+    for step in range(1, n_steps):
+        local[:, step] = rho * local[:, step - 1] + noise[:, step]
+    return local
+
+
+def _features(rng: np.random.Generator, dates: pd.DatetimeIndex, n_segments: int):
+    """Price (a clipped random walk), promotion flags (8% of days) and holidays, each f[I, L]."""
+    shape = (n_segments, len(dates))
+    price = np.clip(1 + np.cumsum(rng.normal(0, 0.02, shape), 1), 0.5, 1.5)
+    promo = (rng.random(shape) < 0.08).astype(float)
+    holiday = np.broadcast_to(_holidays(dates), shape).astype(float)
+    return price, promo, holiday
+
+
+def _carryover(seed, carryover: float, levels, cluster: np.ndarray, n_clusters: int) -> np.ndarray:
+    """f[I] delayed promotion response: the cluster's level (shuffled) times ``carryover``,
+    plus N(0, 0.1 * carryover) per segment, from its own stream (``[seed, 1]``) so the main
+    stream is the same with and without it."""
+    own = np.random.default_rng([seed, 1])
+    levels = np.linspace(-1, 1, n_clusters) if levels is None else levels
+    if len(levels) != n_clusters:
+        raise ValueError(f"carryover_levels has {len(levels)} values for {n_clusters} clusters")
+    gamma = own.permutation(carryover * np.asarray(levels, float))[cluster]
+    return gamma + own.normal(0, 0.1 * carryover, len(cluster))
+
+
+def _long_frame(ids, dates, keep: np.ndarray, **columns: np.ndarray) -> pd.DataFrame:
+    """Long format ``unique_id, ds, *columns`` of the (segment, step) cells where ``keep``."""
+    seg_idx, step_idx = np.nonzero(keep)
+    return pd.DataFrame(
+        {
+            "unique_id": ids[seg_idx],
+            "ds": dates[step_idx],
+            **{name: value[seg_idx, step_idx] for name, value in columns.items()},
+        }
+    )
 
 
 def _lagged_sum(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
