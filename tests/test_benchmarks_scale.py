@@ -8,6 +8,10 @@ from _bench import run_quick
 
 from experiments.benchmarks.common import parse_report
 
+# Whole benchmark scripts at quick size: `make test-slow` (not in `make test`, which stays
+# under 10 minutes on 2 cores).
+pytestmark = pytest.mark.slow
+
 
 def test_rmldp_segments_quick(tmp_path):
     text, report = run_quick("rmldp_segments.py", tmp_path, "--repeats", "1")
