@@ -22,7 +22,6 @@ import pandas as pd
 
 from dmeta.c2m.config import C2MConfig, get_config
 from dmeta.c2m.protocol import METHODS, C2MRun, cells, prepare
-from dmeta.config import flatten
 from dmeta.report import c2m as c2m_report
 from dmeta.report import read_results
 from dmeta.train.harness import finish, open_run, run_cells
@@ -42,8 +41,7 @@ def run(
 ) -> pd.DataFrame:
     """Tables 1-3 analogs, sweeps and the case study on ``data``; writes the run folder."""
     prep = prepare(data, cfg)
-    config = flatten(cfg) | {"data": data, "seeds": seeds, "methods": list(methods)}
-    out = open_run(out, command=command, config=config, fresh=fresh)
+    out = open_run(out, cfg, data=data, seeds=seeds, methods=methods, command=command, fresh=fresh)
     protocol = C2MRun(prep, cfg, out)
     results = run_cells(out, cells(cfg, methods, seeds), protocol.run_cell)
     return finish(out, results)

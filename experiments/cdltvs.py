@@ -12,7 +12,6 @@ the classic CDNOW split; cross-domain methods and P > 0 do not apply and the res
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -44,8 +43,7 @@ def run(
     ``results.md``, figures and Figure 7's scatter file)."""
     name, dataset = load_data(data, cfg)
     logger.info("%s: %d samples, %d customers", name, dataset.n, len(set(dataset.customer)))
-    config = dict(dataclasses.asdict(cfg), data_spec=data)
-    out = open_run(out, command=command, config=config, fresh=fresh)
+    out = open_run(out, cfg, data=data, seeds=seeds, methods=methods, command=command, fresh=fresh)
     protocol = Protocol(dataset, cfg, name, out)
     results = run_cells(out, protocol.cells(methods, seeds), protocol.run_cell)
     return finish(out, results)

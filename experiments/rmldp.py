@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from dmeta.config import flatten
 from dmeta.report.tables import markdown_table
 from dmeta.rmldp.config import RMLDPConfig, get_config
 from dmeta.rmldp.protocol import (
@@ -65,9 +64,7 @@ def run(
     dataset = load_data(data, cfg)
     main = context(dataset, cfg, seq_len=cfg.protocol.seq_len)
     methods = runnable(methods, main.prep)
-    out = open_run(
-        out, command=command, config=dict(flatten(cfg), data=data, seeds=seeds), fresh=fresh
-    )
+    out = open_run(out, cfg, data=data, seeds=seeds, methods=methods, command=command, fresh=fresh)
     if fresh:
         (out / REPRESENTATIONS).unlink(missing_ok=True)
     write_protocol(out, main)

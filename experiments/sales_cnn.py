@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from dmeta.config import flatten
 from dmeta.report import read_results
 from dmeta.report import sales_cnn as sales_report
 from dmeta.sales_cnn.config import SalesCNNConfig, get_config
@@ -59,8 +58,7 @@ def run(
 def _run(cfg, dataset, panel, *, out, seeds, methods, fresh, command, data) -> pd.DataFrame:
     """``run`` on a loaded panel (its config already resolved for the data)."""
     panel = top_regions(panel, cfg.data.n_regions)
-    config = flatten(cfg) | {"data": data, "seeds": seeds, "methods": list(methods)}
-    out = open_run(out, command=command, config=config, fresh=fresh)
+    out = open_run(out, cfg, data=data, seeds=seeds, methods=methods, command=command, fresh=fresh)
     protocol = SalesRun(dataset, panel, cfg)
     return finish(out, run_cells(out, cells(cfg, methods, seeds), protocol.run_cell))
 

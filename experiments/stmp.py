@@ -9,7 +9,6 @@ of it (``protocol.one_week``).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -36,7 +35,9 @@ def run(
 ) -> pd.DataFrame:
     """Runs the protocol; writes results.csv/md, command.txt, config.json, the festival plot."""
     dataset, panel = P.load_panel(data, cfg.data)
-    out = harness.open_run(out, command=command, config=dataclasses.asdict(cfg), fresh=fresh)
+    out = harness.open_run(
+        out, cfg, data=data, seeds=seeds, methods=methods, command=command, fresh=fresh
+    )
     results = harness.run_cells(
         out,
         P.cells(cfg, methods, seeds),

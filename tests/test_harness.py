@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,6 +11,18 @@ import pytest
 
 from dmeta.train import harness
 from dmeta.train.harness import Cell, RunError
+
+
+@dataclasses.dataclass(frozen=True)
+class Toy:
+    k: int = 1
+    j: int = 2
+
+
+def _open(path, cfg=Toy(), *, data="synthetic", seeds=2, fresh=False):
+    return harness.open_run(
+        path, cfg, data=data, seeds=seeds, methods=("a",), command="x", fresh=fresh
+    )
 
 
 def _rows(cell: Cell, value: float) -> list[dict]:
@@ -25,27 +38,30 @@ def test_cells_resume_to_the_same_results(tmp_path):
         calls.append(cell)
         return _rows(cell, float(len(cell.method) + cell.seed))
 
-    harness.open_run(tmp_path, command="x", config={"k": 1}, fresh=False)
+    _open(tmp_path)
     full = harness.run_cells(tmp_path, cells, run_cell)
     assert len(calls) == 4 and len(full) == 4
     (tmp_path / "cells" / f"{cells[2].key}.csv").unlink()  # as if killed before this cell
     calls.clear()
-    harness.open_run(tmp_path, command="x", config={"k": 1}, fresh=False)
+    _open(tmp_path)
     resumed = harness.run_cells(tmp_path, cells, run_cell)
     assert calls == [cells[2]]
     pd.testing.assert_frame_equal(resumed, full)
-    harness.open_run(tmp_path, command="x", config={"k": 1}, fresh=True)
+    _open(tmp_path, fresh=True)
     calls.clear()
     harness.run_cells(tmp_path, cells, run_cell)
     assert len(calls) == 4
 
 
 def test_foreign_config_is_refused(tmp_path):
-    harness.open_run(tmp_path, command="x", config={"k": 1, "j": 2}, fresh=False)
+    _open(tmp_path)
     harness.run_cells(tmp_path, [Cell("a", 0)], lambda c: _rows(c, 1.0))
     with pytest.raises(RunError, match="k differ.*--fresh"):
-        harness.open_run(tmp_path, command="x", config={"k": 2, "j": 2}, fresh=False)
+        _open(tmp_path, Toy(k=2))
+    with pytest.raises(RunError, match="data differ"):
+        _open(tmp_path, data="table:other.csv")
     assert json.loads((tmp_path / "config.json").read_text())["k"] == 1
+    _open(tmp_path, seeds=5)  # more seeds: new cells, the finished ones kept
 
 
 def test_finish_writes_csv_and_report(tmp_path):

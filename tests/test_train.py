@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -21,8 +22,9 @@ import pytest
 import scipy.stats
 from _resume_worker import make_problem
 
+from dmeta import report
 from dmeta.report import tables
-from dmeta.train import results
+from dmeta.train import harness, results
 from dmeta.train.checkpoint import Checkpointer, load_config
 from dmeta.train.logs import MetricsLog, scalar_metrics
 from dmeta.train.loop import fit
@@ -47,16 +49,31 @@ def _results_frame(seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(results.COLUMNS))
 
 
-def test_write_run_header(tmp_path):
-    results.write_run_header(tmp_path / "run", "dmeta run x --smoke", {"lr": 0.1, "p": tmp_path})
+def test_open_run_writes_command_and_config(tmp_path):
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        lr: float = 0.1
+        p: str = "x"
+
+    harness.open_run(
+        tmp_path / "run", Cfg(p=str(tmp_path)), data="synthetic", seeds=1, methods=("m",),
+        command="dmeta run x --smoke", fresh=False,
+    )  # fmt: skip
     assert (tmp_path / "run" / "command.txt").read_text() == "dmeta run x --smoke\n"
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config == {"lr": 0.1, "p": str(tmp_path)}
+    assert config == {
+        "lr": 0.1,
+        "p": str(tmp_path),
+        "data": "synthetic",
+        "seeds": 1,
+        "methods": ["m"],
+    }
 
 
-def test_write_results_files_and_summary(tmp_path):
+def test_finish_writes_results_and_summary(tmp_path):
     df = _results_frame()
-    summary = results.write_results(df, tmp_path, title="T", extra_md="extra *text*")
+    harness.finish(tmp_path, df)
+    summary = results.summarize(results.validate_results(df))
     back = pd.read_csv(tmp_path / "results.csv")
     assert list(back.columns) == list(results.COLUMNS)
     np.testing.assert_allclose(back["value"], df["value"])
@@ -72,7 +89,8 @@ def test_write_results_files_and_summary(tmp_path):
     np.testing.assert_allclose(row["mean"], cell.mean())
     np.testing.assert_allclose(row["std"], cell.std(ddof=1))
     assert row["n"].item() == 5
-    md = (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.md").read_text() == report.generic(df, "exp on d1, d2")
+    md = report.generic(df, "T")
     lines = md.splitlines()
     assert lines[0] == "# T"
     assert "## exp" in lines
@@ -87,16 +105,16 @@ def test_write_results_files_and_summary(tmp_path):
     ]
     assert f"{cell.mean():.4g} ± {cell.std(ddof=1):.2g}" in md
     assert "g\\|1" in md  # pipes in cells are escaped
-    assert md.rstrip().endswith("extra *text*")
     table = [line for line in lines if line.startswith("|")]
     assert len(table) == 2 + 2 * 2 * 2  # header, rule, (dataset, group, method) rows
     assert len({len(line) for line in table}) == 1  # aligned columns
 
 
-def test_write_results_single_seed_and_nonfinite(tmp_path, caplog):
+def test_summary_single_seed_and_nonfinite(tmp_path, caplog):
     df = _results_frame().query("seed == 0").reset_index(drop=True)
     df.loc[3, "value"] = np.nan
-    summary = results.write_results(df, tmp_path)
+    harness.finish(tmp_path, df)
+    summary = results.summarize(results.validate_results(df))
     assert "non-finite" in caplog.text
     assert summary["std"].isna().all()
     assert summary["n"].sum() == len(df) - 1
@@ -104,21 +122,21 @@ def test_write_results_single_seed_and_nonfinite(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("column", results.COLUMNS)
-def test_write_results_missing_column(tmp_path, column):
+def test_finish_refuses_a_missing_column(tmp_path, column):
     with pytest.raises(ValueError, match=f"'{column}'"):
-        results.write_results(_results_frame().drop(columns=column), tmp_path)
+        harness.finish(tmp_path, _results_frame().drop(columns=column))
     assert not (tmp_path / "results.csv").exists()
 
 
-def test_write_results_bad_value_and_duplicates(tmp_path):
+def test_finish_refuses_bad_values_and_duplicates(tmp_path):
     df = _results_frame()
     df["value"] = df["value"].astype(object)
     df.loc[7, "value"] = "oops"
     with pytest.raises(ValueError, match="'value' row 7"):
-        results.write_results(df, tmp_path)
+        harness.finish(tmp_path, df)
     df = _results_frame()
     with pytest.raises(ValueError, match=r"rows \[0, 80\] repeat"):
-        results.write_results(pd.concat([df, df.iloc[:1]]), tmp_path)
+        harness.finish(tmp_path, pd.concat([df, df.iloc[:1]]))
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from types import ModuleType
 import pandas as pd
 
 from dmeta.report.tables import summary_markdown
-from dmeta.train import results as schema  # module import: dmeta.train.results imports our tables
+from dmeta.train.results import summarize, validate_results
 
 LINK = re.compile(r"\]\((?!https?:|/|#)([^)\s]+)\)")
 BLOCK = re.compile(r"(<!-- report: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /report -->)", re.S)
@@ -36,7 +36,7 @@ def read_results(run_dir: str | os.PathLike) -> pd.DataFrame:
     path = Path(run_dir) / "results.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no results.csv (is {run_dir} a run folder?)")
-    return schema.validate_results(pd.read_csv(path, dtype={"group": str, "dataset": str}))
+    return validate_results(pd.read_csv(path, dtype={"group": str, "dataset": str}))
 
 
 def _renderer(experiment: str) -> ModuleType | None:
@@ -51,7 +51,7 @@ def _renderer(experiment: str) -> ModuleType | None:
 def generic(results: pd.DataFrame, title: str) -> str:
     """Title and one summary table (mean ± std over seeds) per experiment."""
     parts = [f"# {title}\n"]
-    for experiment, part in schema.summarize(results).groupby("experiment", sort=False):
+    for experiment, part in summarize(results).groupby("experiment", sort=False):
         parts.append(f"## {experiment}\n\n{summary_markdown(part)}")
     return "\n".join(parts)
 

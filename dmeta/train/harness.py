@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from dmeta import distributed
+from dmeta.config import flatten
 from dmeta.train.loop import NonFiniteError
 from dmeta.train.results import COLUMNS, validate_results
 
@@ -78,19 +79,29 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def open_run(
-    out: str | os.PathLike, *, command: str, config: Mapping[str, Any], fresh: bool
+    out: str | os.PathLike,
+    cfg: Any,
+    *,
+    data: str,
+    seeds: int,
+    methods: Sequence[str],
+    command: str,
+    fresh: bool,
 ) -> Path:
     """Prepares ``out`` for a run: call it after the data is validated and loaded.
 
-    Writes ``command.txt`` and ``config.json`` (atomically). Keeps finished cells when the
-    saved config equals ``config``; ``fresh`` removes them and the run's outputs first.
+    Writes ``command.txt`` and ``config.json`` (every config leaf by dotted path, plus
+    ``data``, ``seeds`` and ``methods``), atomically. Keeps finished cells when the saved
+    config and data spec equal these (cells are keyed by method and seed, so a rerun may ask
+    for more of either); ``fresh`` removes the cells and the run's outputs first.
 
     Raises:
-      RunError: ``out`` holds cells of a run with another config (the differing fields
-        are named) and ``fresh`` is False.
+      RunError: ``out`` holds cells of a run with another config or data (the differing
+        fields are named) and ``fresh`` is False.
     """
     out = Path(out)
-    config = json.loads(json.dumps(dict(config), default=str))
+    record = {**flatten(cfg), "data": data, "seeds": seeds, "methods": list(methods)}
+    record = json.loads(json.dumps(record, default=str))
     saved_path = out / "config.json"
     if fresh and distributed.is_main_process():
         shutil.rmtree(out / CELLS, ignore_errors=True)
@@ -98,14 +109,15 @@ def open_run(
             (out / name).unlink(missing_ok=True)
     elif (out / CELLS).exists() and saved_path.exists():
         saved = json.loads(saved_path.read_text())
-        differ = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        keys = (set(saved) | set(record)) - {"seeds", "methods"}
+        differ = sorted(k for k in keys if saved.get(k) != record.get(k))
         if differ:
             raise RunError(
                 f"{out}: holds cells of a run with another config ({', '.join(differ[:5])} "
                 "differ); rerun with --fresh or another --out"
             )
     write_atomic(out / "command.txt", command.rstrip("\n") + "\n")
-    write_atomic(saved_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_atomic(saved_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return out
 
 
