@@ -56,27 +56,33 @@ def generic(results: pd.DataFrame, title: str) -> str:
     return "\n".join(parts)
 
 
-def render(run_dir: str | os.PathLike) -> str:
-    """The ``results.md`` text of a run folder, from its CSV files alone."""
-    results = read_results(run_dir)
-    experiment = str(results["experiment"].iloc[0]) if len(results) else "results"
+def _experiment(results: pd.DataFrame) -> str:
+    return str(results["experiment"].iloc[0]) if len(results) else "results"
+
+
+def _render(run_dir: Path, results: pd.DataFrame) -> str:
+    experiment = _experiment(results)
     module = _renderer(experiment)
     if module is None:
         datasets = ", ".join(dict.fromkeys(results["dataset"].astype(str)))
         return generic(results, f"{experiment} on {datasets}")
-    return module.render(Path(run_dir), results)
+    return module.render(run_dir, results)
+
+
+def render(run_dir: str | os.PathLike) -> str:
+    """The ``results.md`` text of a run folder, from its CSV files alone."""
+    return _render(Path(run_dir), read_results(run_dir))
 
 
 def write(run_dir: str | os.PathLike, *, plots: bool = True) -> Path:
     """Writes ``run_dir/results.md`` (and the experiment's plots unless ``plots=False``)."""
     run_dir = Path(run_dir)
-    text = render(run_dir)
     results = read_results(run_dir)
-    module = _renderer(str(results["experiment"].iloc[0])) if len(results) else None
+    module = _renderer(_experiment(results))
     if plots and module is not None and hasattr(module, "plots"):
         module.plots(run_dir, results)
     path = run_dir / "results.md"
-    path.write_text(text)
+    path.write_text(_render(run_dir, results))
     return path
 
 
@@ -104,11 +110,9 @@ def regenerate(root: str | os.PathLike, *, check: bool = False) -> list[str]:
     changed = []
     for csv in sorted(root.rglob("results.csv")):
         md = csv.parent / "results.md"
-        text = render(csv.parent)
         if not check:
-            write(csv.parent)
-            changed.append(str(md))
-        elif not md.exists() or md.read_text() != text:
+            changed.append(str(write(csv.parent)))
+        elif not md.exists() or md.read_text() != render(csv.parent):
             changed.append(str(md))
     for readme in sorted(root.rglob("README.md")):
         if not BLOCK.search(readme.read_text()):
