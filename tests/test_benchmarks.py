@@ -42,7 +42,7 @@ def test_maml_throughput_quick(tmp_path):
     assert "torch_second_order_func_compile" not in report
     for name in (
         "dmeta_second_order_engine_vmap",
-        "dmeta_second_order_fused1_map_shared_support",
+        "dmeta_second_order_fused1_map",
         "torch_second_order_loop",
         "torch_second_order_cell_loop",
         "torch_second_order_func",
