@@ -180,7 +180,10 @@ class Miner:
 
 
 def silhouette(seg: train.Segmentation, cfg: C2MConfig) -> float:
-    """SC of a segmentation in its own space (sampled above ``silhouette_sample`` users)."""
+    """SC of a segmentation in its own space (sampled above ``silhouette_sample`` users);
+    NaN for a segmentation that collapsed to one segment (a tuning point that then loses)."""
+    if len(np.unique(seg.labels)) < 2:
+        return float("nan")
     limit = cfg.protocol.silhouette_sample
     sample = limit if len(seg.labels) > limit else None
     return float(metrics.silhouette(seg.latent, seg.labels, sample_size=sample))

@@ -48,6 +48,8 @@ ONE_WEEK_METHODS = ("STMP", *BASELINES)
 _STMP_GRID = {"train.lr": "stmp_lr", "train.beta": "stmp_beta"}
 TUNED = {  # method -> {config path: the ``tuning`` field of the alternatives}
     **{method: _STMP_GRID for method in ABLATIONS},
+    # deterministic latents have no KL term, so beta does nothing there: its grid is lr alone
+    "STMP-deterministic": {"train.lr": "stmp_lr"},
     "HistAvg": {},
     "ARIMA": {"baselines.arima_lags": "arima_lags"},
     "XGBoost": {
