@@ -1,4 +1,4 @@
-"""The outer training loop: steps, periodic evaluation, early stopping, logs, resumable checkpoints.
+"""The one training loop: steps, periodic evaluation, early stopping, logs, resumable checkpoints.
 
 A run is a pure function of its ``TrainState`` (sampling is folded into the step with
 ``dmeta.meta.steps.with_sampler``, so ``state.key`` carries the sampler), which makes
@@ -6,14 +6,25 @@ resuming exact: a run killed at any point and restarted with the same ``ckpt_dir
 ends with bit-identical parameters, best state and log rows. Both typed keys
 (``jax.random.key``) and raw ``uint32[2]`` keys (``jax.random.PRNGKey``) are
 checkpointed as they are.
+
+A call of the step function may apply several updates (``steps_per_call``):
+:func:`scan_steps` runs a chunk of steps as one ``lax.scan`` and :func:`epoch_step` one
+epoch of shuffled minibatches, so per-step, scanned and epoch-wise training all get the
+same evaluation, early stopping, progress and resume. Inside :func:`checkpoints` (the
+method harness opens one per cell) every ``fit`` checkpoints and logs its curve without
+being told where, so an interrupted cell resumes inside its training.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -21,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from dmeta import distributed
 from dmeta.train.checkpoint import Checkpointer
 from dmeta.train.logs import MetricsLog, Row, scalar_metrics
 from dmeta.train.state import TrainState
@@ -38,8 +50,8 @@ class FitResult:
 
     Attributes:
       state: the state after the last step run.
-      best_state: the state with the lowest ``val_loss`` seen (the last state when
-        ``eval_fn`` gives no ``val_loss``).
+      best_state: the state with the lowest monitored metric seen (the last state when
+        ``eval_fn`` does not return it).
       best_step: its step.
       history: the log rows (``step``, mean train metrics since the previous row,
         eval metrics), including rows restored from ``log_path`` on resume.
@@ -85,18 +97,41 @@ def check_finite(values: Mapping[str, Any] | Array | np.ndarray, where: str) -> 
         )
 
 
-def _check_args(eval_every, ckpt_every, patience, eval_fn) -> None:
-    if eval_every < 1 or (ckpt_every is not None and ckpt_every < 1):
+@dataclasses.dataclass(frozen=True)
+class _Stopping:
+    """Early stopping: the monitored eval metric, the patience (evaluations), the first step
+    at which stopping is allowed."""
+
+    monitor: str
+    patience: int | None
+    min_steps: int
+
+
+def _check_args(n_steps, eval_every, ckpt_every, steps_per_call, stop: _Stopping, eval_fn):
+    if eval_every < 1 or (ckpt_every is not None and ckpt_every < 1) or steps_per_call < 1:
         raise ValueError(
-            f"need eval_every >= 1 and ckpt_every >= 1, got {eval_every}, {ckpt_every}"
+            "need eval_every, ckpt_every and steps_per_call >= 1, got "
+            f"{eval_every}, {ckpt_every}, {steps_per_call}"
         )
-    if patience is not None and (patience < 1 or eval_fn is None):
-        raise ValueError(f"patience={patience} needs patience >= 1 and an eval_fn")
+    uneven = {
+        name: value
+        for name, value in (
+            ("n_steps", n_steps),
+            ("eval_every", eval_every),
+            ("ckpt_every", ckpt_every),
+        )  # fmt: skip
+        if value is not None and value % steps_per_call
+    }
+    if uneven:
+        raise ValueError(f"{uneven} must be multiples of steps_per_call={steps_per_call}")
+    if stop.patience is not None and (stop.patience < 1 or eval_fn is None):
+        raise ValueError(f"patience={stop.patience} needs patience >= 1 and an eval_fn")
 
 
 def _initial_tree(step_fn: StepFn, state: TrainState) -> dict[str, Any]:
     """What a checkpoint holds: states, running metric sums, early-stopping counters."""
-    metric_shapes = jax.eval_shape(step_fn, state)[1]
+    shapes = getattr(step_fn, "metric_shapes", None)
+    metric_shapes = shapes(state) if shapes is not None else jax.eval_shape(step_fn, state)[1]
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), dict(metric_shapes))
     return {
         "state": state,
@@ -111,31 +146,34 @@ def _initial_tree(step_fn: StepFn, state: TrainState) -> dict[str, Any]:
     }
 
 
-def _train_row(acc: dict[str, Any], step: int, desc: str) -> Row:
-    """The mean train metrics since the last row; raises ``NonFiniteError`` on NaN / inf."""
+def _train_row(acc: dict[str, Any], step: int, span: int, desc: str) -> Row:
+    """The mean train metrics of the ``span`` steps up to ``step``; raises
+    ``NonFiniteError`` on NaN / inf."""
     count = int(acc["count"])
     row = {"step": step, **scalar_metrics(jax.tree.map(lambda s: s / count, acc["sum"]))}
     bad = {k: v for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
         raise NonFiniteError(
-            f"{desc}: train metrics {bad} are not finite in steps {step - count + 1}-{step}; "
+            f"{desc}: train metrics {bad} are not finite in steps {step - span + 1}-{step}; "
             "lower the learning rate or check the inputs' scale"
         )
     return row
 
 
-def _early_stop(es: dict[str, Any], row: Row, step: int, patience: int | None) -> bool:
+def _early_stop(es: dict[str, Any], row: Row, step: int, stop: _Stopping) -> bool:
     """Updates the counters ``es`` from ``row``; True when ``row`` is the best so far."""
-    if VAL_KEY not in row:
-        if patience is not None:
-            raise ValueError(f"patience needs eval_fn to return {VAL_KEY!r}, got {row}")
+    if stop.monitor not in row:
+        if stop.patience is not None:
+            raise ValueError(f"patience needs eval_fn to return {stop.monitor!r}, got {row}")
         return False
-    improved = row[VAL_KEY] < es["best_val"]
+    improved = row[stop.monitor] < es["best_val"]
     if improved:
-        es.update(best_val=row[VAL_KEY], best_step=step, bad_evals=0)
+        es.update(best_val=row[stop.monitor], best_step=step, bad_evals=0)
     else:
         es["bad_evals"] += 1
-    es["stopped"] = patience is not None and es["bad_evals"] >= patience
+    es["stopped"] = (
+        stop.patience is not None and es["bad_evals"] >= stop.patience and step >= stop.min_steps
+    )
     return improved
 
 
@@ -159,12 +197,12 @@ class _Run:
         history = list(log.restart(step)) if log is not None else []
         return cls(tree["state"], tree["best_state"], tree["acc"], es, step, history, log, ckpt)
 
-    def log_row(self, eval_fn: EvalFn | None, patience: int | None, desc: str) -> Row:
+    def log_row(self, eval_fn: EvalFn | None, stop: _Stopping, span: int, desc: str) -> Row:
         """Logs a row (train means, evaluation), updates early stopping and the best state."""
-        row = _train_row(self.acc, self.step, desc)
+        row = _train_row(self.acc, self.step, span, desc)
         self.acc = jax.tree.map(jnp.zeros_like, self.acc)
         row.update(scalar_metrics(eval_fn(self.state)) if eval_fn is not None else {})
-        if _early_stop(self.es, row, self.step, patience):
+        if _early_stop(self.es, row, self.step, stop):
             self.best_state = _copy(self.state)
         self.history.append(row)
         if self.log is not None:
@@ -180,6 +218,56 @@ class _Run:
             self.ckpt.save(self.step, saved)
 
 
+@dataclasses.dataclass
+class _Scope:
+    """Where the fits of a ``checkpoints`` block write, and how many have started."""
+
+    ckpt_root: Path
+    curve_root: Path | None
+    ckpt_every: int | None
+    count: int = 0
+
+
+_SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("fit_scope", default=None)
+
+
+@contextlib.contextmanager
+def checkpoints(
+    ckpt_root: str | os.PathLike,
+    *,
+    curves: str | os.PathLike | None = None,
+    every: int | None = None,
+) -> Iterator[None]:
+    """Within the block, every ``fit`` given no ``ckpt_dir`` checkpoints itself.
+
+    The i-th fit of the block (from 0) saves to ``ckpt_root/<iii>-<desc>`` when it ends
+    and, with ``every``, every ``every`` steps (rounded up to its ``steps_per_call``);
+    with ``curves`` its log rows go to ``curves/<iii>-<desc>.csv`` / ``.jsonl`` unless it
+    has a ``log_path``. Run again, a block whose fits start in the same order restores the
+    fits that ended (running no step) and resumes the interrupted one.
+    """
+    scope = _Scope(Path(ckpt_root), None if curves is None else Path(curves), every)
+    token = _SCOPE.set(scope)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+def _scoped(desc: str, ckpt_dir, ckpt_every, log_path, steps_per_call: int):
+    """``(ckpt_dir, ckpt_every, log_path)`` of a ``fit`` inside a ``checkpoints`` block."""
+    scope = _SCOPE.get()
+    if scope is None or ckpt_dir is not None:
+        return ckpt_dir, ckpt_every, log_path
+    name = f"{scope.count:03d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', desc)}"
+    scope.count += 1
+    if log_path is None and scope.curve_root is not None and distributed.is_main_process():
+        log_path = scope.curve_root / f"{name}.csv"
+    if ckpt_every is None and scope.ckpt_every is not None:
+        ckpt_every = -(-scope.ckpt_every // steps_per_call) * steps_per_call
+    return scope.ckpt_root / name, ckpt_every, log_path
+
+
 def fit(
     step_fn: StepFn,
     state: TrainState,
@@ -188,6 +276,9 @@ def fit(
     eval_fn: EvalFn | None = None,
     eval_every: int = 100,
     patience: int | None = None,
+    monitor: str = VAL_KEY,
+    min_steps: int = 0,
+    steps_per_call: int = 1,
     ckpt_dir: str | os.PathLike | None = None,
     ckpt_every: int | None = None,
     log_path: str | os.PathLike | None = None,
@@ -199,40 +290,53 @@ def fit(
     Every ``eval_every`` steps and at the last step a row is logged: ``step``, the mean
     of each train metric over the steps since the previous row (a NaN or infinite mean
     stops the run with ``NonFiniteError`` naming the steps), and ``eval_fn(state)``. A
-    ``val_loss`` lower than the best so far records ``best_state``; after ``patience``
-    evaluations in a row without improvement (NaN never improves) the run stops.
+    ``monitor`` value lower than the best so far records ``best_state``; after
+    ``patience`` evaluations in a row without improvement (NaN never improves), and not
+    before step ``min_steps``, the run stops.
 
     With ``ckpt_dir``, a checkpoint of the state, best state, early-stopping counters and
     the running train-metric sums is saved every ``ckpt_every`` steps and when the run
     ends (only then when ``ckpt_every`` is None); if ``ckpt_dir`` already holds one, the
     run restores the latest and continues from it, and ``log_path`` is truncated to that
     step. Nothing is saved on an exception: a crashed run resumes from its last periodic
-    checkpoint and redoes the steps since.
+    checkpoint and redoes the steps since. Inside a :func:`checkpoints` block both
+    default to the block's folders.
 
     Args:
       step_fn: ``step_fn(state) -> (state, metrics)`` of scalar metrics, usually
-        ``jax.jit(with_sampler(train_step, sample_fn))``; it may donate ``state``.
+        ``jax.jit(with_sampler(train_step, sample_fn))``; it may donate ``state``. It
+        applies ``steps_per_call`` updates (``state.step`` grows by as much) and returns
+        their mean metrics (:func:`scan_steps`, :func:`epoch_step`). ``fit`` learns the
+        metrics' structure from ``jax.eval_shape(step_fn, state)``, or from
+        ``step_fn.metric_shapes(state)`` when the step cannot be traced.
       state: the initial state; on resume only its structure, shapes and dtypes are used.
-      n_steps: total number of steps (the final ``state.step``), not steps to add.
-      eval_fn: ``eval_fn(state) -> {"val_loss": ..., ...}`` of scalars.
-      eval_every: steps between log rows and evaluations.
-      patience: stop after this many evaluations without a lower ``val_loss``; needs
-        ``eval_fn`` returning ``val_loss``. None: never stop early.
+      n_steps: total number of updates (the final ``state.step``), not updates to add.
+      eval_fn: ``eval_fn(state) -> {monitor: ..., ...}`` of scalars.
+      eval_every: updates between log rows and evaluations.
+      patience: stop after this many evaluations without a lower ``monitor``; needs
+        ``eval_fn`` returning it. None: never stop early.
+      monitor: the eval metric that early stopping and ``best_state`` follow (lower wins).
+      min_steps: no early stop before this many updates (e.g. a loss-weight schedule's
+        last change).
+      steps_per_call: updates per call of ``step_fn``; ``n_steps``, ``eval_every`` and
+        ``ckpt_every`` must be multiples of it.
       ckpt_dir: checkpoint folder (resumed from when it holds a checkpoint).
-      ckpt_every: steps between checkpoints.
+      ckpt_every: updates between checkpoints.
       log_path: writes rows to ``log_path`` with suffixes ``.csv`` and ``.jsonl``.
-      desc: progress bar label (and the run's name in errors).
+      desc: progress bar label (and the run's name in errors and checkpoint folders).
       progress: show a tqdm progress bar (with the time left).
 
     Returns:
       ``FitResult``.
 
     Raises:
-      ValueError: bad ``eval_every`` / ``ckpt_every`` / ``patience``, or ``patience``
-        without a ``val_loss`` from ``eval_fn``.
+      ValueError: bad ``eval_every`` / ``ckpt_every`` / ``patience`` / ``steps_per_call``,
+        or ``patience`` without ``monitor`` from ``eval_fn``.
       NonFiniteError: a train metric's mean is NaN or infinite.
     """
-    _check_args(eval_every, ckpt_every, patience, eval_fn)
+    ckpt_dir, ckpt_every, log_path = _scoped(desc, ckpt_dir, ckpt_every, log_path, steps_per_call)
+    stop = _Stopping(monitor, patience, min_steps)
+    _check_args(n_steps, eval_every, ckpt_every, steps_per_call, stop, eval_fn)
     tree = _initial_tree(step_fn, state)
     ckpt = Checkpointer(ckpt_dir) if ckpt_dir is not None else None
     bar = None
@@ -248,10 +352,11 @@ def fit(
         while run.step < n_steps and not run.es["stopped"]:
             run.state, metrics = step_fn(run.state)
             run.acc = _accumulate(run.acc, metrics)
-            run.step += 1
-            bar.update(1)
+            run.step += steps_per_call
+            bar.update(steps_per_call)
             if run.step % eval_every == 0 or run.step == n_steps:
-                row = run.log_row(eval_fn, patience, desc)
+                span = int(run.acc["count"]) * steps_per_call
+                row = run.log_row(eval_fn, stop, span, desc)
                 bar.set_postfix({k: v for k, v in row.items() if k != "step"}, refresh=False)
             if (ckpt_every is not None and run.step % ckpt_every == 0) or run.step == n_steps:
                 run.save()
@@ -261,6 +366,122 @@ def fit(
             bar.close()
         if ckpt is not None:
             ckpt.close()
-    if math.isinf(run.es["best_val"]):  # no val_loss seen: the last state is the best
+    if math.isinf(run.es["best_val"]):  # no monitored value seen: the last state is the best
         run.best_state, run.es["best_step"] = run.state, run.step
     return FitResult(run.state, run.best_state, int(run.es["best_step"]), run.history)
+
+
+def scan_steps(step_fn: Callable[..., tuple[TrainState, Mapping[str, Array]]], length: int):
+    """``length`` steps as one ``lax.scan``: ``chunk(state, *args) -> (state, mean metrics)``.
+
+    Jit the result and hand ``fit`` a closure over the ``args`` (data as arguments, not
+    constants) with ``steps_per_call=length``; the states and metrics equal ``length``
+    calls of ``step_fn(state, *args)`` one after the other.
+    """
+
+    def chunk(state: TrainState, *args: Any):
+        state, metrics = jax.lax.scan(lambda s, _: step_fn(s, *args), state, None, length=length)
+        return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+    return chunk
+
+
+Batch = dict[str, Any]
+BatchStep = Callable[[TrainState, Batch, Any], tuple[TrainState, Mapping[str, Array]]]
+
+
+@dataclasses.dataclass
+class EpochStep:
+    """One epoch of shuffled fixed-size minibatches as a ``fit`` step (:func:`epoch_step`).
+
+    Attributes:
+      steps: updates per epoch (``steps_per_call`` of ``fit``).
+    """
+
+    batch_step: BatchStep
+    data: Mapping[str, np.ndarray]
+    batch_size: int
+    consts: Callable[[int], Any]
+    before_epoch: Callable[[TrainState], tuple[TrainState, Mapping[str, np.ndarray]]] | None
+    pad_weight: str | None
+    steps: int
+    _prepared: tuple[int, TrainState, Mapping[str, np.ndarray]] | None = None
+
+    def _arrays(self, state: TrainState) -> tuple[TrainState, dict[str, np.ndarray]]:
+        if self.before_epoch is None:
+            return state, dict(self.data)
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared[0] == id(state):
+            _, state, targets = prepared
+        else:
+            state, targets = self.before_epoch(state)
+        return state, {**self.data, **targets}
+
+    def _batch(self, arrays, idx: np.ndarray, real: np.ndarray) -> Batch:
+        batch = {k: v[idx] for k, v in arrays.items()}
+        if self.pad_weight is not None:
+            batch[self.pad_weight] = batch[self.pad_weight] * real
+        return batch
+
+    def metric_shapes(self, state: TrainState) -> Mapping[str, jax.ShapeDtypeStruct]:
+        """The metrics' structure, traced on one batch (``before_epoch`` runs once here and
+        its targets serve the next epoch of this ``state``)."""
+        arrays = self._arrays(state)[1]
+        if self.before_epoch is not None:
+            self._prepared = (
+                id(state),
+                state,
+                {k: arrays[k] for k in arrays if k not in self.data},
+            )
+        idx = np.arange(self.batch_size)
+        batch = self._batch(arrays, idx, np.ones(self.batch_size, np.float32))
+        return jax.eval_shape(lambda s, b: self.batch_step(s, b, self.consts(0))[1], state, batch)
+
+    def __call__(self, state: TrainState) -> tuple[TrainState, Mapping[str, Array]]:
+        epoch = int(state.step) // self.steps
+        state, arrays = self._arrays(state)
+        n, bs = len(next(iter(self.data.values()))), self.batch_size
+        key, sub = jax.random.split(state.key)
+        order = np.asarray(jax.random.permutation(sub, n))[np.arange(self.steps * bs) % n]
+        real = (np.arange(self.steps * bs) < n).astype(np.float32)
+        state, consts, sums = dataclasses.replace(state, key=key), self.consts(epoch), None
+        for b in range(self.steps):
+            rows = slice(b * bs, (b + 1) * bs)
+            state, metrics = self.batch_step(
+                state, self._batch(arrays, order[rows], real[rows]), consts
+            )
+            sums = dict(metrics) if sums is None else jax.tree.map(jnp.add, sums, dict(metrics))
+        return state, jax.tree.map(lambda s: s / self.steps, sums)
+
+
+def epoch_step(
+    batch_step: BatchStep,
+    data: Mapping[str, np.ndarray],
+    *,
+    batch_size: int,
+    consts: Callable[[int], Any] = lambda epoch: None,
+    before_epoch: Callable[[TrainState], tuple[TrainState, Mapping[str, np.ndarray]]] | None = None,
+    pad_weight: str | None = None,
+) -> EpochStep:
+    """One epoch of shuffled minibatches of per-row host arrays as a ``fit`` step.
+
+    Each call splits ``state.key`` to draw a permutation of the N rows and runs
+    ``batch_step(state, batch, consts(epoch))`` on ``ceil(N / B)`` batches of
+    ``B = min(batch_size, N)`` rows (the last one filled up from the start of the
+    permutation); its metrics are the means over the batches. ``batch_step`` adds one to
+    ``state.step`` per batch, so ``epoch = state.step // steps``. Train with
+    ``fit(step, state, n_steps=epochs * step.steps, steps_per_call=step.steps,
+    eval_every=step.steps)``.
+
+    Args:
+      batch_step: one update (jitted by the caller, e.g. ``dmeta.parallel.jit_step``).
+      data: per-row host arrays, leading axis N.
+      batch_size: rows per batch.
+      consts: epoch -> the step's traced constants (e.g. a loss-weight schedule).
+      before_epoch: ``state -> (state, per-row arrays)`` recomputed from the model before
+        each epoch and added to ``data`` (e.g. pseudo-labels, outlier weights).
+      pad_weight: a key of ``data`` set to 0 on the filling rows, so they do not count.
+    """
+    n = len(next(iter(data.values())))
+    bs = min(batch_size, n)
+    return EpochStep(batch_step, data, bs, consts, before_epoch, pad_weight, -(-n // bs))
