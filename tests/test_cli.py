@@ -107,6 +107,7 @@ def test_named_spec_resolves_to_shared_folder():
     assert parse_data_spec("walmart").path == data_root() / "walmart_recruiting"
 
 
+@pytest.mark.slow  # CI runs the whole `make demo` itself (.ci/run)
 def test_demo_smoke_writes_report(tmp_path):
     assert cli.main(["demo", "--smoke", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -51,6 +52,50 @@ def test_cells_resume_to_the_same_results(tmp_path):
     calls.clear()
     harness.run_cells(tmp_path, cells, run_cell)
     assert len(calls) == 4
+
+
+def test_a_killed_cell_resumes_inside_its_training(tmp_path):
+    """The harness checkpoints every fit of a cell: a cell interrupted in its second fit
+    restores the first without a step and continues the second from its last checkpoint;
+    the cell's checkpoints go when it is written, its curves stay, --fresh removes both."""
+    from _resume_worker import make_problem
+
+    from dmeta.train import loop
+
+    step_fn, state, eval_fn = make_problem()
+    steps_run, crash = [], {"after": 16 + 13}  # at step 13 of the second fit
+
+    def counted(s):
+        if not isinstance(s.step, jax.core.Tracer):
+            steps_run.append(int(s.step))
+            if len(steps_run) > crash["after"]:
+                raise KeyboardInterrupt
+        return step_fn(s)
+
+    def run_cell(cell):
+        losses = []
+        for name in ("first", "second"):
+            res = loop.fit(counted, state, n_steps=16, eval_fn=eval_fn, eval_every=4,
+                           ckpt_every=4, desc=name, progress=False)  # fmt: skip
+            losses.append(res.history[-1]["val_loss"])
+        return _rows(cell, sum(losses))
+
+    cell = Cell("m", 0)
+    _open(tmp_path, seeds=1)
+    with pytest.raises(KeyboardInterrupt):
+        harness.run_cells(tmp_path, [cell], run_cell)
+    assert steps_run[-1] == 13 and len(steps_run) == 16 + 14
+    steps_run.clear()
+    crash["after"] = np.inf
+    resumed = harness.run_cells(tmp_path, [cell], run_cell)
+    assert steps_run == [12, 13, 14, 15]  # nothing of the first fit, the second from 12
+    assert not (tmp_path / "ckpt" / cell.key).exists()
+    curves = sorted(p.name for p in (tmp_path / "curves" / cell.key).glob("*.csv"))
+    assert curves == ["000-first.csv", "001-second.csv"]
+    whole = harness.run_cells(tmp_path / "whole", [cell], run_cell)
+    pd.testing.assert_frame_equal(resumed, whole)
+    _open(tmp_path, seeds=1, fresh=True)
+    assert not (tmp_path / "curves").exists() and not (tmp_path / "cells").exists()
 
 
 def test_foreign_config_is_refused(tmp_path):

@@ -4,7 +4,11 @@ A run folder holds the run's ``command.txt`` and ``config.json`` and one CSV per
 cell under ``cells/`` (long results schema, written atomically). ``run_cells`` skips the
 cells already written, so a run killed at any point and started again with the same
 command finishes with the same ``results.csv`` as an uninterrupted one; ``fresh=True``
-(``--fresh``) starts over. A folder holding another config's cells is refused.
+(``--fresh``) starts over. A folder holding another config's cells is refused. While a
+cell runs, every training loop in it (``dmeta.train.loop.fit``) checkpoints under
+``ckpt/<cell>/`` (removed when the cell is written), so a killed cell resumes inside its
+training, and logs its curve to ``curves/<cell>/<i>-<name>.csv`` (kept: the evidence
+that training converged).
 
 ``tune`` gives every method of a table the same procedure: the same number of grid
 points (a seeded random subset when a grid is larger than ``trials``), each scored on
@@ -31,12 +35,15 @@ import pandas as pd
 
 from dmeta import distributed
 from dmeta.config import flatten
+from dmeta.train import loop
 from dmeta.train.loop import NonFiniteError
 from dmeta.train.results import COLUMNS, validate_results
 
 logger = logging.getLogger(__name__)
 
 CELLS = "cells"
+CKPT = "ckpt"
+CURVES = "curves"
 RUN_FILES = ("command.txt", "config.json", "results.csv", "results.md")
 
 
@@ -104,7 +111,8 @@ def open_run(
     record = json.loads(json.dumps(record, default=str))
     saved_path = out / "config.json"
     if fresh and distributed.is_main_process():
-        shutil.rmtree(out / CELLS, ignore_errors=True)
+        for folder in (CELLS, CKPT, CURVES):
+            shutil.rmtree(out / folder, ignore_errors=True)
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
     elif (out / CELLS).exists() and saved_path.exists():
@@ -145,9 +153,13 @@ def run_cells(
             frames.append(pd.read_csv(path, dtype={"group": str, "dataset": str}))
             logger.info("[%d/%d] %s: done earlier, kept", i + 1, len(cells), cell.key)
             continue
-        rows = run_cell(cell)
+        ckpt = Path(out) / CKPT / cell.key
+        with loop.checkpoints(ckpt, curves=Path(out) / CURVES / cell.key):
+            rows = run_cell(cell)
         frame = validate_results(pd.DataFrame(rows, columns=list(COLUMNS)))
         write_atomic(path, frame.to_csv(index=False))
+        if distributed.is_main_process():
+            shutil.rmtree(ckpt, ignore_errors=True)
         frames.append(frame)
         ran += 1
         left = len(cells) - i - 1
