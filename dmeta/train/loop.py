@@ -283,7 +283,7 @@ def fit(
     ckpt_every: int | None = None,
     log_path: str | os.PathLike | None = None,
     desc: str = "train",
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> FitResult:
     """Runs ``step_fn`` until ``state.step == n_steps`` or early stopping.
 
@@ -324,7 +324,8 @@ def fit(
       ckpt_every: updates between checkpoints.
       log_path: writes rows to ``log_path`` with suffixes ``.csv`` and ``.jsonl``.
       desc: progress bar label (and the run's name in errors and checkpoint folders).
-      progress: show a tqdm progress bar (with the time left).
+      progress: show a tqdm progress bar with the time left (None: only on a terminal;
+        the bar goes when the fit ends, its rows stay in the log).
 
     Returns:
       ``FitResult``.
@@ -347,7 +348,12 @@ def fit(
             tree["best_state"] = _copy(state)
         run = _Run.start(tree, ckpt, MetricsLog(log_path) if log_path is not None else None)
         bar = tqdm(
-            total=n_steps, initial=run.step, desc=desc, disable=not progress, dynamic_ncols=True
+            total=n_steps,
+            initial=run.step,
+            desc=desc,
+            disable=None if progress is None else not progress,
+            leave=False,
+            dynamic_ncols=True,
         )
         while run.step < n_steps and not run.es["stopped"]:
             run.state, metrics = step_fn(run.state)
