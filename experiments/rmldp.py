@@ -64,9 +64,8 @@ def run(
     dataset = load_data(data, cfg)
     main = context(dataset, cfg, seq_len=cfg.protocol.seq_len)
     methods = runnable(methods, main.prep)
-    out = open_run(out, cfg, data=data, seeds=seeds, methods=methods, command=command, fresh=fresh)
-    if fresh:
-        (out / REPRESENTATIONS).unlink(missing_ok=True)
+    out = open_run(out, cfg, data=data, seeds=seeds, methods=methods, command=command,
+                   fresh=fresh, outputs=(REPRESENTATIONS,))  # fmt: skip
     write_protocol(out, main)
     full = full_variant(methods)
 

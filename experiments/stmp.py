@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from dmeta.config import override
+from dmeta.report.stmp import FORECASTS
 from dmeta.report.tables import markdown_table
 from dmeta.stmp import protocol as P
 from dmeta.stmp.config import STMPConfig, get_config
@@ -35,9 +36,8 @@ def run(
 ) -> pd.DataFrame:
     """Runs the protocol; writes results.csv/md, command.txt, config.json, the festival plot."""
     dataset, panel = P.load_panel(data, cfg.data)
-    out = harness.open_run(
-        out, cfg, data=data, seeds=seeds, methods=methods, command=command, fresh=fresh
-    )
+    out = harness.open_run(out, cfg, data=data, seeds=seeds, methods=methods, command=command,
+                           fresh=fresh, outputs=(FORECASTS,))  # fmt: skip
     results = harness.run_cells(
         out,
         P.cells(cfg, methods, seeds),

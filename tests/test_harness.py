@@ -98,6 +98,17 @@ def test_a_killed_cell_resumes_inside_its_training(tmp_path):
     assert not (tmp_path / "curves").exists() and not (tmp_path / "cells").exists()
 
 
+def test_fresh_removes_the_experiments_own_outputs(tmp_path):
+    _open(tmp_path)
+    (tmp_path / "forecasts").mkdir()
+    (tmp_path / "forecasts" / "a.csv").write_text("x")
+    (tmp_path / "reps.csv").write_text("x")
+    (tmp_path / "mine.txt").write_text("x")  # not the run's: kept
+    harness.open_run(tmp_path, Toy(), data="synthetic", seeds=2, methods=("a",), command="x",
+                     fresh=True, outputs=("forecasts", "reps.csv"))  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["command.txt", "config.json", "mine.txt"]
+
+
 def test_foreign_config_is_refused(tmp_path):
     _open(tmp_path)
     harness.run_cells(tmp_path, [Cell("a", 0)], lambda c: _rows(c, 1.0))

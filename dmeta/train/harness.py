@@ -94,13 +94,16 @@ def open_run(
     methods: Sequence[str],
     command: str,
     fresh: bool,
+    outputs: Sequence[str] = (),
 ) -> Path:
     """Prepares ``out`` for a run: call it after the data is validated and loaded.
 
     Writes ``command.txt`` and ``config.json`` (every config leaf by dotted path, plus
     ``data``, ``seeds`` and ``methods``), atomically. Keeps finished cells when the saved
     config and data spec equal these (cells are keyed by method and seed, so a rerun may ask
-    for more of either); ``fresh`` removes the cells and the run's outputs first.
+    for more of either); ``fresh`` removes the cells, checkpoints, curves and the run's
+    outputs first: the harness's files and ``outputs``, the files and folders (relative to
+    ``out``) that the experiment itself writes there.
 
     Raises:
       RunError: ``out`` holds cells of a run with another config or data (the differing
@@ -113,8 +116,12 @@ def open_run(
     if fresh and distributed.is_main_process():
         for folder in (CELLS, CKPT, CURVES):
             shutil.rmtree(out / folder, ignore_errors=True)
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+        for name in (*RUN_FILES, *outputs):
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     elif (out / CELLS).exists() and saved_path.exists():
         saved = json.loads(saved_path.read_text())
         keys = (set(saved) | set(record)) - {"seeds", "methods"}
