@@ -81,6 +81,7 @@ def load_panel(spec: str, cfg: DataConfig) -> tuple[str, D.STMPData]:
             data, y=data.y[keep], observed=data.observed[keep],
             date_type=data.date_type[keep], attrs=data.attrs[keep], regions=data.regions[keep],
         )  # fmt: skip
+    logger.info("%s: %d regions x %d days", parsed.name, *data.y.shape)
     return parsed.name, data
 
 

@@ -153,6 +153,14 @@ def run_cells(
       The concatenated rows of all cells (finished earlier or now).
     """
     folder = Path(out) / CELLS
+    done = sum((folder / f"{cell.key}.csv").exists() for cell in cells)
+    methods = len({c.method for c in cells})
+    logger.info(
+        "%s: %d cells (%d methods x %d seeds x %d settings), %d done earlier, %d to run; "
+        "the time left is logged after each",
+        out, len(cells), methods, len({c.seed for c in cells}),
+        len({c.setting for c in cells}), done, len(cells) - done,
+    )  # fmt: skip
     frames, start, ran = [], time.perf_counter(), 0
     for i, cell in enumerate(cells):
         path = folder / f"{cell.key}.csv"
