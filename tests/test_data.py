@@ -51,6 +51,13 @@ def test_nan_and_inf_name_file_column_and_line(tmp_path):
         read_table(write_csv(tmp_path, df))
 
 
+def test_in_memory_frame_outside_float32_names_the_column_and_line():
+    df = long_frame()
+    df.loc[7, "price"] = 1e39
+    with pytest.raises(DataError, match=r"<DataFrame>: column 'price' is outside the float32 .*9"):
+        validate_long(df)
+
+
 def test_non_numeric_and_bad_dates(tmp_path):
     df = long_frame().astype({"y": object})
     df.loc[2, "y"] = "ten"

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 REQUIRED = ("unique_id", "ds", "y")
 LINE_OFFSET = 2  # header is line 1, first data row is line 2
 MAX_SHOWN = 5
+F32_MAX = float(np.finfo(np.float32).max)
 WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
 
 
@@ -167,7 +168,8 @@ def _fmt_lines(lines: np.ndarray, values: list[str] | None = None) -> str:
 
 
 def _numeric(col: pd.Series, name: str, source: str, line: np.ndarray) -> np.ndarray:
-    """Column as finite float64, or DataError naming the non-numeric / NaN / inf lines."""
+    """Column as finite float64 within the float32 range, or DataError naming the
+    non-numeric / NaN / inf / out-of-range lines."""
     if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
         num = col
     else:
@@ -179,6 +181,12 @@ def _numeric(col: pd.Series, name: str, source: str, line: np.ndarray) -> np.nda
     bad = ~np.isfinite(arr)
     if bad.any():
         raise DataError(f"{source}: column {name!r} has NaN/inf at {_lines(bad, col, line)}")
+    bad = np.abs(arr) > F32_MAX  # models train in float32: such a value becomes inf
+    if bad.any():
+        raise DataError(
+            f"{source}: column {name!r} is outside the float32 range (|x| > {F32_MAX:.4g}) "
+            f"at {_lines(bad, col, line)}"
+        )
     return arr
 
 

@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmeta.data.frames import DataError
+from dmeta.data.frames import F32_MAX, DataError
 
 logger = logging.getLogger("dmeta.datasets")
 
-F32_MAX = float(np.finfo(np.float32).max)
 MAX_GAP_DAYS = 366  # a longer calendar gap is refused unless max_gap_days allows it
 MAX_SHOWN = 5
 PARQUET = (".parquet", ".pq")
