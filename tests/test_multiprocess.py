@@ -3,73 +3,33 @@
 ``tests/_multiprocess_worker.py`` runs data-parallel MAML meta-train steps on a tiny MPFN; each
 of the 2 processes feeds only its half of every meta-batch (``dmeta.distributed.global_batch``)
 and the run checkpoints on process 0 and restores on both half-way. The reference is the same
-script as one process with 4 devices. All three processes run at once.
+script as one process with 4 devices. All three processes run at once. The launcher and the
+trainer are ``experiments/benchmarks/multiprocess_throughput.py``'s (``_multiprocess.py``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dmeta import distributed
+from experiments.benchmarks._multiprocess import finish, launch_group
 
-ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("_multiprocess_worker.py")
 RTOL, ATOL = 1e-5, 1e-6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def launch(out: Path, devices: int, *extra: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    env.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_DISABLE_MOST_OPTIMIZATIONS="1",  # compile time dominates; all runs alike
-    )
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), str(out), *extra],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(proc: subprocess.Popen) -> dict:
-    try:
-        stdout, stderr = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"worker timed out:\n{stderr[-3000:]}")
-    assert proc.returncode == 0, stderr[-4000:]
-    return json.loads(stdout.strip().splitlines()[-1])
+FAST_COMPILE = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}  # compile time dominates; all runs alike
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     single, multi = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("multi")
-    coordinator = f"localhost:{free_port()}"
-    procs = [launch(single, 4)] + [
-        launch(
-            multi, 2, "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i)
-        )
-        for i in range(2)
-    ]
-    lines = [finish(p) for p in procs]
+    workers = launch_group(WORKER, [str(single)], 1, 4, FAST_COMPILE)
+    workers += launch_group(WORKER, [str(multi)], 2, 2, FAST_COMPILE)
+    lines = finish(workers, timeout=300)
     return {
         "single": lines[0],
         "multi": lines[1:],
