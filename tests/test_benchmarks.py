@@ -151,6 +151,25 @@ def test_gpu_table_quick_on_cpu(tmp_path):
     assert "speedup_vs_best_torch" in text and "## Raw outputs" in text
 
 
+@pytest.mark.slow
+def test_multiprocess_throughput_quick(tmp_path):
+    """1 process x 1 device, 1 x 2 and 2 processes x 1 at the tiny shape: same losses, rates."""
+    text, report = run_quick("multiprocess_throughput.py", tmp_path, "--repeats", "1")
+    names = ("1proc_1dev", "1proc_2dev", "2proc_1dev")
+    last = [line.partition(":")[0] for line in text.splitlines()[-4:]]
+    assert last == [f"steps_per_s_{n}" for n in names] + ["speedup_2proc_vs_1proc"]
+    assert report["loss_check_steps"][0] == 2
+    assert report["loss_max_rel_diff"][0] <= report["loss_rtol"][0] == 1e-4
+    for name in names:
+        value, unit = report[f"steps_per_s_{name}"]
+        assert value > 0 and unit == "steps/s", name
+        assert report[f"{name}_warmup_s"][0] > 0, name
+    assert report["config_2proc_1dev"][1].endswith("2 tasks fed per process")
+    assert report["speedup_2proc_vs_1proc"][0] == pytest.approx(
+        report["steps_per_s_2proc_1dev"][0] / report["steps_per_s_1proc_1dev"][0], rel=1e-2
+    )
+
+
 def test_kmeans_vs_sklearn_quick(tmp_path):
     text, report = run_quick("kmeans_vs_sklearn.py", tmp_path)
     assert text.splitlines()[-1].startswith("speedup_vs_sklearn: ")

@@ -168,6 +168,17 @@ def _scale(report: Report, text: str, gpu: bool) -> Row:
     return Row(dmeta, "", None, note)
 
 
+def _multiprocess(report: Report, text: str, gpu: bool) -> Row:
+    """No peer: 2 processes x 1 CPU device against 1 process x 1 device, same meta-batch."""
+    two, one = report["steps_per_s_2proc_1dev"][0], report["steps_per_s_1proc_1dev"][0]
+    note = (
+        f"1 process x 2 devices {report['steps_per_s_1proc_2dev'][0]:.3g} steps/s; "
+        f"meta-loss rel. diff {report['loss_max_rel_diff'][0]:.1e}"
+    )
+    ratio = report["speedup_2proc_vs_1proc"][0]
+    return Row(f"{two:.3g} steps/s (2 processes)", f"{one:.3g} steps/s", ratio, note)
+
+
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
     """A benchmark script and how to read its report.
@@ -246,6 +257,13 @@ BENCHMARKS = (
         "memory_inner_steps", "dmeta without remat (no peer)", "memory saved", _memory, detail=True
     ),
     Benchmark("scale_throughput", "(no peer)", "", _scale, detail=True),
+    Benchmark(
+        "multiprocess_throughput",
+        "dmeta, 1 process x 1 CPU device (no peer)",
+        "2 processes over 1 process",
+        _multiprocess,
+        uses_jax=False,  # its processes run on the CPU whatever JAX sees
+    ),
 )
 
 
