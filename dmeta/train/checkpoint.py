@@ -22,6 +22,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dmeta import distributed
+
 PyTree = Any
 
 CONFIG_FILE = "config.json"
@@ -47,6 +49,30 @@ def _abstract(leaf: Any) -> Any:
     # orbax handles 0-d ndarrays but not numpy scalar types such as np.float64(1.0).
     return ocp.utils.to_shape_dtype_struct(
         np.asarray(leaf) if isinstance(leaf, np.generic) else leaf
+    )
+
+
+def _multi_process() -> bool:
+    return jax.process_count() > 1
+
+
+def _is_key(leaf: Any) -> bool:
+    return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _host_tree(tree: PyTree) -> PyTree:
+    """Numpy copies, keys as their key data: in a multi-process run orbax writes numpy
+    arrays from process 0 but cannot write process-local ``jax.Array``s."""
+    return jax.tree.map(
+        lambda x: distributed.to_host(jax.random.key_data(x) if _is_key(x) else x), tree
+    )
+
+
+def _rewrap_key(target: Any, restored: Any) -> Any:
+    return (
+        jax.random.wrap_key_data(restored, impl=jax.random.key_impl(target))
+        if _is_key(target)
+        else restored
     )
 
 
@@ -96,6 +122,8 @@ class Checkpointer:
         """
         if step in self._manager.all_steps():
             return False
+        if _multi_process():
+            tree = _host_tree(tree)
         return self._manager.save(int(step), args=ocp.args.StandardSave(tree))
 
     def restore(self, target: PyTree, step: int | None = None) -> PyTree:
@@ -112,6 +140,9 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None or step not in self._manager.all_steps():
             raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}")
+        if _multi_process():
+            tree = self._manager.restore(step, args=ocp.args.StandardRestore(_host_tree(target)))
+            return jax.tree.map(_rewrap_key, target, tree)
         abstract = jax.tree.map(_abstract, target)
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
