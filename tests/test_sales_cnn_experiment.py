@@ -33,6 +33,30 @@ def test_prepare_split_and_weights():
     assert region_mse(data, data.test_y).tolist() == [0.0, 0.0]
 
 
+def test_prepare_holds_out_the_last_training_ends_for_validation():
+    panel, _ = synthetic_panel(1, n_regions=2, n_items=5, n_periods=40)
+    opts = dict(length=8, horizon=2, n_test=3, train_periods=10)
+    full, held = prepare(panel, **opts), prepare(panel, **opts, n_val=2)
+    assert full.val is None
+    n, n_val = np.asarray(held.train.n), np.asarray(held.val.n)
+    np.testing.assert_array_equal(n + n_val, np.asarray(full.train.n))
+    ends = np.unique(full.train_ends[0, : int(full.train.n[0])])
+    for r in range(2):
+        assert set(held.train_ends[r, : n[r]]) == set(ends[:-2])  # not trained on
+        assert set(held.val_ends[r, : n_val[r]]) == set(ends[-2:])
+        # the validation rows are the held-out rows: same items, ends and targets
+        rows = np.isin(full.train_ends[r, : int(full.train.n[r])], ends[-2:])
+        np.testing.assert_allclose(held.scaler.inverse_y(held.val.y[r, : n_val[r]]),
+                                   full.train_y[r, : int(full.train.n[r])][rows], rtol=1e-5)  # fmt: skip
+    w = np.asarray(weighted(held, 0.1, val=True).w)
+    np.testing.assert_allclose(
+        w[0, : n_val[0]], np.exp(0.1 * (held.val_ends[0, : n_val[0]] + 2 - held.sp))
+    )
+    np.testing.assert_array_equal(held.test_y, full.test_y)
+    with pytest.raises(ValueError, match="n_val=10"):
+        prepare(panel, **opts, n_val=10)
+
+
 def test_baseline_features_and_forecasts():
     frames = np.arange(2 * 1 * 1 * 10, dtype=np.float32).reshape(2, 1, 1, 10)
     feats = fe_features(frames)

@@ -1,4 +1,7 @@
-"""Sales CNN: wide convolution, pooling, shapes, weight decay, vmapped transfer, training."""
+"""Sales CNN: wide convolution, pooling, shapes, weight decay, vmapped transfer, training,
+early stopping."""
+
+import dataclasses
 
 import chex
 import jax
@@ -7,6 +10,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from dmeta.sales_cnn import train
 from dmeta.sales_cnn.frames import build_frames
 from dmeta.sales_cnn.model import SalesCNN, conv_relu_pool, max_pool, output_length, wide_conv
 from dmeta.sales_cnn.synthetic import synthetic_panel
@@ -22,6 +26,7 @@ from dmeta.sales_cnn.train import (
     split_model,
     stack_params,
     stack_samples,
+    validation_loss,
     weighted_mse,
 )
 from dmeta.train.state import init_train_state
@@ -107,31 +112,39 @@ def test_vmapped_transfer_equals_loop_over_regions():
     regions = _tiny_data()
     graphdef, params = split_model(SalesCNN(5, 8, maps=3, hidden=8, rngs=nnx.Rngs(0)))
     stacked = stack_samples(regions)
-    opts = dict(learning_rate=1e-2, batch_size=16, n_steps=5)
+    opts = dict(learning_rate=1e-2, batch_size=16, n_steps=5, eval_every=1)
     key = jax.random.key(3)
-    got, losses = fit_regions(graphdef, broadcast_params(params, 2), stacked, key, **opts)
-    assert losses.shape == (2, 5)
+    res = fit_regions(graphdef, broadcast_params(params, 2), stacked, key, **opts)
+    got = res.state.params
+    assert [row["step"] for row in res.history] == [1, 2, 3, 4, 5]
     keys = jax.random.split(key, 2)
     # the loop runs each region's padded slice: one compile, and padding must be ignored
-    want = stack_params(
-        [
-            fit(graphdef, params, jax.tree.map(lambda a: a[r], stacked), keys[r], **opts)[0]
-            for r in range(2)
-        ]
-    )
-    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-5)
+    runs = [fit(graphdef, params, jax.tree.map(lambda a: a[r], stacked), keys[r], **opts)
+            for r in range(2)]  # fmt: skip
+    chex.assert_trees_all_close(got, stack_params([r.state.params for r in runs]), rtol=1e-4,
+                                atol=1e-5)  # fmt: skip
+    # the train loss of a row is the mean over regions
+    want = np.mean([[row["loss"] for row in r.history] for r in runs], axis=0)
+    np.testing.assert_allclose([row["loss"] for row in res.history], want, rtol=1e-4)
     # the regions really diverge from the shared start
     assert not np.allclose(got["dense"]["kernel"][0], got["dense"]["kernel"][1])
 
 
-def test_loss_decreases_and_step_traces_once():
+def test_loss_decreases_chunks_are_exact_and_learning_rates_share_a_program():
     data = _tiny_data(1)[0]
     graphdef, params = split_model(SalesCNN(5, 8, maps=4, hidden=16, rngs=nnx.Rngs(1)))
-    _, losses = fit(
-        graphdef, params, data, jax.random.key(0), learning_rate=3e-3, batch_size=32, n_steps=100
-    )
-    losses = np.asarray(losses)
-    assert losses[-20:].mean() < 0.7 * losses[:20].mean()
+    opts = dict(learning_rate=3e-3, batch_size=32, n_steps=100)
+    res = fit(graphdef, params, data, jax.random.key(0), eval_every=20, **opts)
+    losses = [row["loss"] for row in res.history]  # means over 20 steps
+    assert len(losses) == 5 and losses[-1] < 0.7 * losses[0]
+    # chunks of 1 step (gcd(100, 7)) or of all 100 compute exactly the same run
+    for every in (7, 100):
+        other = fit(graphdef, params, data, jax.random.key(0), eval_every=every, **opts)
+        chex.assert_trees_all_equal(other.state.params, res.state.params)
+    # the learning rate lives in the optimizer state: another rate reuses the program
+    program, built = train._program(graphdef, 32, 20, False, False), train._program.cache_info()
+    fit(graphdef, params, data, jax.random.key(0), **dict(opts, learning_rate=1e-2), eval_every=20)
+    assert train._program.cache_info().misses == built.misses and program._cache_size() == 1
 
     optimizer = optax.adamax(1e-3)
     step = jax.jit(chex.assert_max_traces(make_train_step(graphdef, optimizer, batch_size=8), n=1))
@@ -139,6 +152,48 @@ def test_loss_decreases_and_step_traces_once():
     for _ in range(3):
         state, loss = step(state, data)
     assert int(state.step) == 3 and np.isfinite(float(loss))
+
+
+def _negated(samples: Samples) -> Samples:
+    """Validation samples whose targets are the negated training ones: the better a model
+    fits the training data, the worse its validation loss."""
+    return dataclasses.replace(samples, y=-samples.y)
+
+
+def test_early_stopping_returns_the_best_state():
+    data = _tiny_data(1)[0]
+    graphdef, params = split_model(SalesCNN(5, 8, maps=4, hidden=16, rngs=nnx.Rngs(1)))
+    opts = dict(learning_rate=1e-2, batch_size=32, eval_every=5)
+    key = jax.random.key(0)
+    res = fit(graphdef, params, data, key, n_steps=200, val=_negated(data), patience=2, **opts)
+    vals = [row["val_loss"] for row in res.history]
+    assert int(res.state.step) < 200 and res.best_step < int(res.state.step)  # stopped early
+    assert res.best_step == res.history[int(np.argmin(vals))]["step"]
+    replay = fit(graphdef, params, data, key, n_steps=res.best_step, **opts)
+    chex.assert_trees_all_equal(res.best_state.params, replay.state.params)
+
+
+def test_regions_early_stop_on_the_mean_validation_loss():
+    stacked = stack_samples(_tiny_data())
+    graphdef, params = split_model(SalesCNN(5, 8, maps=3, hidden=8, rngs=nnx.Rngs(0)))
+    start, key, val = broadcast_params(params, 2), jax.random.key(3), _negated(stacked)
+    opts = dict(learning_rate=1e-2, batch_size=16, eval_every=5)
+    res = fit_regions(graphdef, start, stacked, key, n_steps=200, val=val, patience=2, **opts)
+    assert int(res.state.step) < 200 and 0 < res.best_step < int(res.state.step)
+    best = res.history[[row["step"] for row in res.history].index(res.best_step)]
+    per_region = [
+        float(
+            validation_loss(
+                graphdef,
+                jax.tree.map(lambda a: a[r], res.best_state.params),
+                jax.tree.map(lambda a: a[r], val),
+            )
+        )  # fmt: skip
+        for r in range(2)
+    ]
+    np.testing.assert_allclose(best["val_loss"], np.mean(per_region), rtol=1e-5)
+    replay = fit_regions(graphdef, start, stacked, key, n_steps=res.best_step, **opts)
+    chex.assert_trees_all_equal(res.best_state.params, replay.state.params)
 
 
 def test_bf16_compute_keeps_float32_params_and_trains_like_float32():
@@ -150,21 +205,15 @@ def test_bf16_compute_keeps_float32_params_and_trains_like_float32():
         assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
         out = apply_model(graphdef, params, data.x[:16])
         assert out.dtype == jnp.float32
-        fitted, losses = fit(
-            graphdef,
-            params,
-            data,
-            jax.random.key(0),
-            learning_rate=3e-3,
-            batch_size=32,
-            n_steps=100,
-        )
-        runs[dtype] = (out, np.asarray(losses), apply_model(graphdef, fitted, data.x))
+        res = fit(graphdef, params, data, jax.random.key(0), learning_rate=3e-3, batch_size=32,
+                  n_steps=100, eval_every=20)  # fmt: skip
+        losses = [row["loss"] for row in res.history]  # means over 20 steps
+        runs[dtype] = (out, losses, apply_model(graphdef, res.state.params, data.x))
     out32, _, pred32 = runs[jnp.float32]
     out16, loss16, pred16 = runs[jnp.bfloat16]
     # same initial function to bf16 precision (8 mantissa bits)
     np.testing.assert_allclose(out16, out32, rtol=0.05, atol=0.02 * float(jnp.abs(out32).max()))
-    assert loss16[-20:].mean() < 0.7 * loss16[:20].mean()  # it learns
+    assert loss16[-1] < 0.7 * loss16[0]  # it learns
     # and ends where float32 ends: final training MSE within 10%
     mse = {k: float(jnp.mean((p - data.y) ** 2)) for k, p in (("f32", pred32), ("bf16", pred16))}
     assert abs(mse["bf16"] - mse["f32"]) < 0.1 * mse["f32"], mse

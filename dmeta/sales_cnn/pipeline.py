@@ -49,6 +49,9 @@ class Prepared:
       train_ends: i32[R, N] frame end point of each training sample.
       train_raw: f32[R, N, 4, D, T] unscaled frames (for FE+GBRT).
       train_y: f32[R, N] raw targets.
+      val: Samples [R, V, 4, D, T] z-scored validation frames (the last ``n_val``
+        training end points, held out for early stopping; ``w`` ones), or None;
+        val_ends: i32[R, V] their end points, or None.
       test_x: f32[R, Q, 4, D, T] z-scored test frames; test_raw the unscaled ones.
       test_y: f32[R, Q] raw targets; test_n: i32[R] real test rows per region.
       series: f32[R, I_max, L] sales of each region's kept items (ARIMA, naive);
@@ -62,6 +65,8 @@ class Prepared:
     train_ends: np.ndarray
     train_raw: np.ndarray
     train_y: np.ndarray
+    val: Samples | None
+    val_ends: np.ndarray | None
     test_x: np.ndarray
     test_raw: np.ndarray
     test_y: np.ndarray
@@ -81,6 +86,30 @@ def _pad_stack(arrays: list[np.ndarray]) -> np.ndarray:
     )
 
 
+def _rows(frames: np.ndarray, y: np.ndarray, items: list[np.ndarray], ends: np.ndarray):
+    """Region-stacked rows of the kept items at ``ends``, item-major.
+
+    Args:
+      frames: f32[R, I, E, 4, D, T]; y: f32[R, I, E]; items: kept item indices per region.
+
+    Returns:
+      (frames f32[R, N, 4, D, T], y f32[R, N], ends i32[R, N], n i32[R]), zero-padded.
+    """
+    d, t = frames.shape[-2:]
+    return (
+        _pad_stack([frames[r, i].reshape(-1, 4, d, t) for r, i in enumerate(items)]),
+        _pad_stack([y[r, i].reshape(-1) for r, i in enumerate(items)]),
+        _pad_stack([np.tile(ends, len(i)) for i in items]),
+        np.array([len(i) * len(ends) for i in items], np.int32),
+    )
+
+
+def _samples(scaler: Scaler, raw: np.ndarray, y: np.ndarray, n: np.ndarray) -> Samples:
+    """z-scored ``Samples`` with unit weights."""
+    w = jnp.ones(y.shape, jnp.float32)
+    return Samples(scaler.x(jnp.asarray(raw)), scaler.y(jnp.asarray(y)), w, jnp.asarray(n))
+
+
 def prepare(
     panel: SalesPanel,
     *,
@@ -88,8 +117,9 @@ def prepare(
     horizon: int,
     n_test: int = 1,
     train_periods: int | None = None,
+    n_val: int = 0,
 ) -> Prepared:
-    """Train/test Data Frames per region.
+    """Train/validation/test Data Frames per region.
 
     Args:
       panel: the sales panel.
@@ -97,46 +127,44 @@ def prepare(
       n_test: number of last end points used as test frames (paper: 1).
       train_periods: keep training end points within this many periods before the
         test interval (paper: about one year); None keeps all.
+      n_val: the last ``n_val`` of those end points are held out as validation frames
+        (early stopping), neither trained on nor in the z-score statistics; 0: none.
     """
     split = split_ends(len(panel.dates), length=length, horizon=horizon, n_test=n_test)
-    train_ends = split.train
+    ends = split.train
     if train_periods is not None:
-        train_ends = train_ends[train_ends >= split.sp - horizon - train_periods]
+        ends = ends[ends >= split.sp - horizon - train_periods]
+    if not 0 <= n_val < len(ends):
+        raise ValueError(f"n_val={n_val} leaves no training end point of {len(ends)}")
+    train_ends, val_ends = ends[: len(ends) - n_val], ends[len(ends) - n_val :]
     args = (panel.x, panel.brand, panel.category)
     opts = dict(length=length, horizon=horizon, target=panel.target)
-    frames, y = (np.asarray(a) for a in build_frames(*args, jnp.asarray(train_ends), **opts))
+    frames, y = (np.asarray(a) for a in build_frames(*args, jnp.asarray(ends), **opts))
     test_frames, test_y = (
         np.asarray(a) for a in build_frames(*args, jnp.asarray(split.test), **opts)
     )
-    first = int(train_ends[0]) - length + 1
+    first = int(ends[0]) - length + 1
     active = panel.sales[:, :, first : split.sp].sum(-1) > 0  # [R, I]
-    scaler = fit_scaler(frames[active], y[active])
-    n_ends, n_tests = len(train_ends), len(split.test)
-    per_region = [np.flatnonzero(active[r]) for r in range(len(panel.regions))]
-    d, t = frames.shape[-2:]
-    raw = _pad_stack([frames[r, items].reshape(-1, 4, d, t) for r, items in enumerate(per_region)])
-    ys = _pad_stack([y[r, items].reshape(-1) for r, items in enumerate(per_region)])
-    ends = _pad_stack([np.tile(train_ends, len(items)) for items in per_region])
-    test_raw = _pad_stack(
-        [test_frames[r, items].reshape(-1, 4, d, t) for r, items in enumerate(per_region)]
+    n_train = len(train_ends)
+    scaler = fit_scaler(frames[:, :, :n_train][active], y[:, :, :n_train][active])
+    items = [np.flatnonzero(active[r]) for r in range(len(panel.regions))]
+    raw, ys, train_ends, n = _rows(frames[:, :, :n_train], y[:, :, :n_train], items, train_ends)
+    val_raw, val_y, val_ends, val_n = _rows(
+        frames[:, :, n_train:], y[:, :, n_train:], items, val_ends
     )
-    n = np.array([len(items) * n_ends for items in per_region], np.int32)
-    train = Samples(
-        x=scaler.x(jnp.asarray(raw)),
-        y=scaler.y(jnp.asarray(ys)),
-        w=jnp.ones(ys.shape, jnp.float32),
-        n=jnp.asarray(n),
-    )
+    test_raw, test_y, _, test_n = _rows(test_frames, test_y, items, split.test)
     return Prepared(
-        train=train,
-        train_ends=ends,
+        train=_samples(scaler, raw, ys, n),
+        train_ends=train_ends,
         train_raw=raw,
         train_y=ys,
+        val=_samples(scaler, val_raw, val_y, val_n) if n_val else None,
+        val_ends=val_ends if n_val else None,
         test_x=np.asarray(scaler.x(jnp.asarray(test_raw))),
         test_raw=test_raw,
-        test_y=_pad_stack([test_y[r, items].reshape(-1) for r, items in enumerate(per_region)]),
-        test_n=np.array([len(items) * n_tests for items in per_region], np.int32),
-        series=_pad_stack([panel.sales[r, items] for r, items in enumerate(per_region)]),
+        test_y=test_y,
+        test_n=test_n,
+        series=_pad_stack([panel.sales[r, i] for r, i in enumerate(items)]),
         test_ends=split.test,
         scaler=scaler,
         sp=split.sp,
@@ -145,10 +173,12 @@ def prepare(
     )
 
 
-def weighted(data: Prepared, beta: float) -> Samples:
-    """Training samples with the weights of eq. 18 (``beta = 0``: all ones)."""
-    w = sample_weights(data.train_ends, sp=data.sp, horizon=data.horizon, beta=beta)
-    return dataclasses.replace(data.train, w=w)
+def weighted(data: Prepared, beta: float, *, val: bool = False) -> Samples:
+    """Training samples (``val``: the validation ones) with the weights of eq. 18
+    (``beta = 0``: all ones)."""
+    samples, ends = (data.val, data.val_ends) if val else (data.train, data.train_ends)
+    w = sample_weights(ends, sp=data.sp, horizon=data.horizon, beta=beta)
+    return dataclasses.replace(samples, w=w)
 
 
 def pooled(samples: Samples) -> Samples:
@@ -184,6 +214,8 @@ def forecast_network(
     epochs: float = 10.0,
     finetune_epochs: float = 10.0,
     beta: float = 0.02,
+    eval_every: int = 50,
+    patience: int | None = 5,
     shard: bool = False,
 ) -> np.ndarray:
     """Trains one network and returns its test forecasts f32[R, Q] (raw sales units).
@@ -192,9 +224,12 @@ def forecast_network(
     initialisation, all regions in one vmapped program for ``epochs``;
     Single-CNN trains one model on the pooled samples; CNN+WD+TL pretrains on the
     pooled weighted samples for ``epochs`` and fine-tunes per region (vmapped) for
-    ``finetune_epochs``. ``shard=True`` runs on all visible devices
-    (``dmeta.sales_cnn.train``: pooled minibatches split, regions split in the
-    per-region programs; the batch size and R must divide by the device count).
+    ``finetune_epochs``. With validation frames (``data.val``) every stage logs its
+    validation loss (weighted like its training loss) every ``eval_every`` steps, stops
+    after ``patience`` evaluations without improvement (None: never) and keeps its best
+    state. ``shard=True`` runs on all visible devices (``dmeta.sales_cnn.train``: pooled
+    minibatches split, regions split in the per-region programs; the batch size and R
+    must divide by the device count).
 
     Args:
       model: ``SalesCNN`` keyword arguments (``orders, maps, hidden, rate, dtype``).
@@ -203,7 +238,9 @@ def forecast_network(
     """
     n_regions, _, _, d, t = data.train.x.shape
     k_fit, k_tune = method_keys(seed, position)
-    opts = dict(learning_rate=learning_rate, batch_size=batch_size, shard=shard)
+    early = patience if data.val is not None else None
+    opts = dict(learning_rate=learning_rate, batch_size=batch_size, eval_every=eval_every)
+    opts |= dict(patience=early, shard=shard)
     region_opts = dict(opts, shard=shard and n_regions % jax.device_count() == 0)
     if shard and not region_opts["shard"]:
         log.warning(
@@ -217,6 +254,14 @@ def forecast_network(
     def cnn(s):
         return SalesCNN(d, t, **model, rngs=nnx.Rngs(s))
 
+    def sets(b):  # training and validation samples weighted with beta b
+        return weighted(data, b), weighted(data, b, val=True) if data.val is not None else None
+
+    def per_region(graphdef, params, b, key, n_steps, stage):
+        train, val = sets(b)
+        kw = dict(region_opts, n_steps=n_steps, val=val, desc=f"{method} {stage}")
+        return fit_regions(graphdef, params, train, key, **kw).best_state.params
+
     def predict(graphdef, params_r):
         test_x = jnp.asarray(data.test_x)
         return np.asarray(data.scaler.inverse_y(predict_regions(graphdef, params_r, test_x)))
@@ -227,24 +272,20 @@ def forecast_network(
             make = lambda s: SalesDNN(4 * d * t, **dnn, rate=model["rate"], rngs=nnx.Rngs(s))  # noqa: E731
         models = [split_model(make(seed * 1000 + r)) for r in range(n_regions)]
         graphdef, params = models[0][0], stack_params([p for _, p in models])
-        samples = weighted(data, beta if method == "CNN+WD" else 0.0)
-        params, _ = fit_regions(
-            graphdef, params, samples, k_fit, n_steps=region_steps, **region_opts
-        )
-        return predict(graphdef, params)
+        b = beta if method == "CNN+WD" else 0.0
+        return predict(graphdef, per_region(graphdef, params, b, k_fit, region_steps, "regions"))
     if method not in ("CNN+WD+TL", "Single-CNN"):
         raise ValueError(f"unknown network method {method!r}; one of {NETWORKS}")
     transfer = method == "CNN+WD+TL"
     graphdef, params = split_model(cnn(seed * 1000 + 999))
-    samples = weighted(data, beta if transfer else 0.0)
+    train, val = sets(beta if transfer else 0.0)
     pooled_steps = _steps(epochs, int(np.sum(data.train.n)), batch_size)
-    params, _ = fit(graphdef, params, pooled(samples), k_fit, n_steps=pooled_steps, **opts)
-    params = broadcast_params(params, n_regions)
+    kw = dict(opts, n_steps=pooled_steps, val=None if val is None else pooled(val))
+    res = fit(graphdef, params, pooled(train), k_fit, desc=f"{method} pooled", **kw)
+    params = broadcast_params(res.best_state.params, n_regions)
     if transfer:
         tune_steps = _steps(finetune_epochs, int(np.max(data.train.n)), batch_size)
-        params, _ = fit_regions(
-            graphdef, params, samples, k_tune, n_steps=tune_steps, **region_opts
-        )
+        params = per_region(graphdef, params, beta, k_tune, tune_steps, "transfer")
     return predict(graphdef, params)
 
 

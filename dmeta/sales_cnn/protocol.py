@@ -194,6 +194,7 @@ class SalesRun:
                 horizon=horizon,
                 n_test=d.n_test,
                 train_periods=d.train_periods,
+                n_val=d.n_val,
             )
             if not validation:
                 data = self._prepared[memo]

@@ -3,8 +3,11 @@
 * Sample weight decay (section 4.1): ``weight = exp(beta * (ep + k - sp))`` (eq. 18)
   and the weighted squared error (eq. 19, divided by the batch weight sum).
 * Transfer learning (section 4.2): pretrain one model on the samples of all
-  regions, then continue training one copy per region. The per-region stage is
-  one ``jax.vmap``-ed, jitted program over region-stacked parameters and data.
+  regions, then continue training one copy per region. The per-region stage runs
+  ``jax.vmap``-ed, jitted programs over region-stacked parameters and data.
+* Both train through ``dmeta.train.loop.fit`` in jitted ``lax.scan`` chunks of steps,
+  with the learning rate in the optimizer state; given validation samples they log
+  and early-stop on the validation loss and return the best state.
 * ``shard=True`` (``dmeta.parallel``) runs either on all visible devices: ``fit``
   splits each minibatch, ``fit_regions`` the regions.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +30,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from dmeta.parallel import batch_sharded, constrain_batch, data_mesh, jit_step
-from dmeta.train.loop import check_finite
+from dmeta.parallel import batch_sharded, constrain_batch, data_mesh, jit_step, replicated
+from dmeta.train import loop
+from dmeta.train.loop import FitResult, scan_steps
 from dmeta.train.state import TrainState, init_train_state
 from dmeta.types import Array, Key, Params
 
@@ -165,28 +170,101 @@ def make_train_step(
     return step
 
 
-def _fit(graphdef, params, data, key, learning_rate, batch_size, n_steps, mesh=None):
-    optimizer = optax.adamax(learning_rate)
-    step = make_train_step(graphdef, optimizer, batch_size=batch_size, mesh=mesh)
-    state = init_train_state(params, optimizer, key)
-    state, losses = jax.lax.scan(lambda s, _: step(s, data), state, None, length=n_steps)
-    return state.params, losses
+def _optimizer(learning_rate: float) -> optax.GradientTransformation:
+    """Adamax with the learning rate in its state (``optax.inject_hyperparams``)."""
+    return optax.inject_hyperparams(optax.adamax)(learning_rate=learning_rate)
+
+
+def _with_metrics(step):
+    """``step(state, data) -> (state, loss)`` as ``-> (state, {"loss": loss})``."""
+
+    def metric_step(state: TrainState, data: Samples):
+        state, loss = step(state, data)
+        return state, {"loss": loss}
+
+    return metric_step
 
 
 @functools.lru_cache(maxsize=64)
-def _program(graphdef, learning_rate, batch_size, n_steps, shard: bool, regions: bool):
-    """The jitted ``(params, data, key) -> (params, losses)`` of ``fit`` / ``fit_regions``."""
+def _program(graphdef, batch_size: int, length: int, shard: bool, regions: bool):
+    """The jitted chunk of ``length`` steps (one ``lax.scan``) of ``fit`` / ``fit_regions``.
+
+    ``fit``: ``(state, data) -> (state, {"loss"})``. ``fit_regions``: ``((params, opt_state,
+    keys), step, data) -> (the same three, {"loss"})``, the per-region leaves stacked
+    ``[R, ...]`` (split over the devices with ``shard``), the step count shared and the loss
+    averaged over regions. The learning rate is read from the optimizer state, so one
+    program serves every learning rate.
+    """
     mesh = data_mesh() if shard else None
-    opts = dict(learning_rate=learning_rate, batch_size=batch_size, n_steps=n_steps)
     if not regions:
-        return jit_step(functools.partial(_fit, graphdef, **opts, mesh=mesh), mesh)
+        step = make_train_step(graphdef, _optimizer(0.0), batch_size=batch_size, mesh=mesh)
+        return jit_step(scan_steps(_with_metrics(step), length), mesh)
+    step = make_train_step(graphdef, _optimizer(0.0), batch_size=batch_size)
+    axes = TrainState(params=0, opt_state=0, step=None, key=0)
+    chunk = jax.vmap(scan_steps(_with_metrics(step), length), in_axes=(axes, 0), out_axes=(axes, 0))
 
-    def run(params, data, key):
-        keys = jax.random.split(key, data.n.shape[0])
-        return jax.vmap(functools.partial(_fit, graphdef, **opts))(params, data, keys)
+    def run(regional, step, data):
+        state, metrics = chunk(TrainState(*regional[:2], step, regional[2]), data)
+        regional = (state.params, state.opt_state, state.key)
+        return regional, state.step, {"loss": jnp.mean(metrics["loss"])}
 
-    out = None if mesh is None else batch_sharded(mesh)
-    return jit_step(run, mesh, batch_argnums=(0, 1), out_shardings=out)
+    out = None if mesh is None else (batch_sharded(mesh), replicated(mesh), replicated(mesh))
+    return jit_step(run, mesh, batch_argnums=(0, 2), out_shardings=out)
+
+
+def _val_mse(graphdef: nnx.GraphDef, params: Params, val: Samples) -> Array:
+    real = jnp.arange(val.y.shape[-1]) < val.n
+    return weighted_mse(apply_model(graphdef, params, val.x), val.y, val.w * real)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "regions"))
+def validation_loss(
+    graphdef: nnx.GraphDef, params: Params, val: Samples, *, regions: bool = False
+) -> Array:
+    """Weighted MSE (eq. 19) over the real rows of ``val``, without dropout: f32[].
+
+    With ``regions``: params ``[R, ...]`` and ``val`` ``[R, V, ...]``; the mean over the
+    regions of each region's own.
+    """
+    if regions:
+        return jnp.mean(jax.vmap(functools.partial(_val_mse, graphdef))(params, val))
+    return _val_mse(graphdef, params, val)
+
+
+def _train(
+    graphdef, state, data, val, *, regions, batch_size, n_steps, eval_every, patience, shard, desc
+) -> FitResult:
+    """``loop.fit`` over jitted chunks of ``gcd(n_steps, eval_every)`` steps."""
+    every = min(eval_every, n_steps)
+    length = math.gcd(n_steps, every)
+    program = _program(graphdef, batch_size, length, shard, regions)
+
+    def step_fn(s: TrainState):
+        if not regions:
+            return program(s, data)
+        (params, opt_state, keys), step, metrics = program(
+            (s.params, s.opt_state, s.key), s.step, data
+        )
+        return TrainState(params, opt_state, step, keys), metrics
+
+    # the metrics' structure without tracing the program (whose argument placement needs
+    # concrete arrays when the mesh spans several processes)
+    step_fn.metric_shapes = lambda s: {"loss": jax.ShapeDtypeStruct((), jnp.float32)}
+
+    def eval_fn(s: TrainState):
+        return {"val_loss": validation_loss(graphdef, s.params, val, regions=regions)}
+
+    return loop.fit(
+        step_fn,
+        state,
+        n_steps=n_steps,
+        eval_fn=None if val is None else eval_fn,
+        eval_every=every,
+        patience=patience,
+        steps_per_call=length,
+        desc=desc,
+        progress=False,
+    )
 
 
 def fit(
@@ -198,20 +276,37 @@ def fit(
     learning_rate: float,
     batch_size: int,
     n_steps: int,
+    val: Samples | None = None,
+    eval_every: int = 50,
+    patience: int | None = None,
     shard: bool = False,
-) -> tuple[Params, Array]:
+    desc: str = "Sales CNN",
+) -> FitResult:
     """``n_steps`` Adamax steps from ``params`` on ``data`` (a fresh optimizer state).
 
-    One jitted program per (graphdef, hyper-parameters, shard). ``shard=True`` splits
-    each minibatch over all visible devices (``make_train_step``), parameters replicated.
+    ``dmeta.train.loop.fit`` over jitted chunks of ``gcd(n_steps, eval_every)`` steps (one
+    ``lax.scan`` each; one compiled program per graphdef, batch size, chunk and ``shard``,
+    whatever the learning rate). ``shard=True`` splits each minibatch over all visible
+    devices (``make_train_step``), parameters replicated.
+
+    Args:
+      val: validation ``Samples`` [V, ...]; their weighted MSE (``validation_loss``) is
+        logged as ``val_loss`` every ``eval_every`` steps and picks the best state.
+      eval_every: steps between log rows (mean train ``loss``, ``val_loss``).
+      patience: stop after this many evaluations without a lower ``val_loss`` (needs
+        ``val``); None: run all ``n_steps``.
+      desc: the fit's name (checkpoint folder, curve, errors).
 
     Returns:
-      (params, losses f32[n_steps]).
+      ``FitResult``: ``best_state.params`` are the parameters of the lowest ``val_loss``
+      (the last ones without ``val``); ``history`` the log rows.
+
+    Raises:
+      NonFiniteError: the mean training loss of an interval is NaN or infinite.
     """
-    program = _program(graphdef, learning_rate, batch_size, n_steps, shard, regions=False)
-    params, losses = program(params, data, key)
-    check_finite(losses, "Sales CNN training")
-    return params, losses
+    state = init_train_state(params, _optimizer(learning_rate), key)
+    opts = dict(batch_size=batch_size, n_steps=n_steps, eval_every=eval_every, patience=patience)
+    return _train(graphdef, state, data, val, regions=False, shard=shard, desc=desc, **opts)
 
 
 def fit_regions(
@@ -223,26 +318,35 @@ def fit_regions(
     learning_rate: float,
     batch_size: int,
     n_steps: int,
+    val: Samples | None = None,
+    eval_every: int = 50,
+    patience: int | None = None,
     shard: bool = False,
-) -> tuple[Params, Array]:
-    """``fit`` for every region at once: one vmapped program.
+    desc: str = "Sales CNN regions",
+) -> FitResult:
+    """``fit`` for every region at once: each chunk of steps is one vmapped program.
 
     Args:
       params: parameters stacked ``[R, ...]`` (per-region inits, or copies of a
         pretrained model for transfer).
       data: ``Samples`` stacked ``[R, N, ...]`` (``n: i32[R]``).
       key: one key, split into one per region.
-      shard: split the regions (parameters, data, results) over all visible devices;
-        R must divide by the device count. Regions are independent, so the devices
-        never communicate.
+      val: validation ``Samples`` stacked ``[R, V, ...]``; ``val_loss`` is the mean over
+        regions of their validation losses, and early stopping and the best state (taken
+        for all regions at the same step) follow it.
+      shard: split the regions (parameters, optimizer states, keys, data) over all
+        visible devices; R must divide by the device count. Regions are independent, so
+        the devices never communicate.
 
     Returns:
-      (params ``[R, ...]``, losses f32[R, n_steps]).
+      ``FitResult`` with states stacked ``[R, ...]`` (a shared ``step``); the train
+      ``loss`` of a row is the mean over regions.
     """
-    program = _program(graphdef, learning_rate, batch_size, n_steps, shard, regions=True)
-    params, losses = program(params, data, key)
-    check_finite(losses, "Sales CNN per-region training (row = region)")
-    return params, losses
+    optimizer = _optimizer(learning_rate)
+    keys = jax.random.split(key, data.n.shape[0])
+    state = TrainState(params, jax.vmap(optimizer.init)(params), jnp.zeros((), jnp.int32), keys)
+    opts = dict(batch_size=batch_size, n_steps=n_steps, eval_every=eval_every, patience=patience)
+    return _train(graphdef, state, data, val, regions=True, shard=shard, desc=desc, **opts)
 
 
 def broadcast_params(params: Params, n: int) -> Params:
