@@ -1,5 +1,8 @@
 """Algorithm 1 and the baselines recover planted segments on a tiny synthetic log."""
 
+import dataclasses
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ from sklearn.metrics import adjusted_rand_score
 from dmeta.c2m import baselines, train
 from dmeta.c2m.sequences import BEHAVIOR_VOCAB, build_sequences, build_vocabulary
 from dmeta.c2m.synthetic import synthetic_c2m
+from dmeta.train import loop
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +58,52 @@ def test_joint_training_recovers_segments(pretrained):
     )
     assert adjusted_rand_score(truth, seg.labels) >= 0.9
     assert 0.8 < seg.weights.mean() < 1.0  # some outliers, most users kept
-    assert set(seg.history[-1]) == {"loss", "reconstruction", "clustering", "preference"}
+    assert set(seg.history[-1]) == {"step", "loss", "reconstruction", "clustering", "preference"}
+    assert [row["step"] for row in seg.history] == [3, 6]  # one row per epoch of 3 batches
+
+
+def test_learning_rates_share_one_compiled_step(pretrained):
+    """The rate lives in the optimizer state: a tuning grid of rates traces the step once,
+    and a diverging rate stops the fit with NonFiniteError (a NaN tuning score)."""
+    ae, params, x, mask, *_ = pretrained
+    traces = []
+
+    def apply(p, x, m):
+        traces.append(1)
+        return ae.apply(p, x, m)
+
+    counted = dataclasses.replace(ae, apply=apply)
+    fit = functools.partial(
+        train.pretrain, counted, params, x[:32], mask[:32], epochs=2, batch_size=32,
+        key=jax.random.key(5),
+    )  # fmt: skip
+    _, slow = fit(learning_rate=1e-4)
+    traced = len(traces)
+    _, fast = fit(learning_rate=1e-2)
+    assert len(traces) == traced > 0
+    assert fast[-1]["reconstruction"] != slow[-1]["reconstruction"]  # each its own rate
+    with pytest.raises(loop.NonFiniteError, match="c2m pretrain lr=nan"):
+        fit(learning_rate=float("nan"))
+    assert len(traces) == traced
+
+
+def test_resumed_cell_with_fits_in_another_order_restores_only_equal_fits(pretrained, tmp_path):
+    """A cell's fits are checkpointed by order and name; a cell resumed in a fresh process
+    first reruns the seed's memoized fits (pretraining, tuning), which shifts the order, so a
+    name must tell the fits of a cell apart (here two learning rates of DEC)."""
+    ae, params, x, mask, *_ = pretrained
+    dec = functools.partial(
+        baselines.dec_segmentation, ae, params, x, mask, n_segments=3, epochs=1,
+        batch_size=32, key=jax.random.key(6),
+    )  # fmt: skip
+    with loop.checkpoints(tmp_path):  # the cell run after others: no pretraining in it
+        dec(learning_rate=1e-3)
+        dec(learning_rate=3e-2)
+    with loop.checkpoints(tmp_path):  # the same cell resumed first: pretraining comes first
+        train.pretrain(ae, params, x[:32], mask[:32], epochs=1, batch_size=32,
+                       learning_rate=1e-3, key=jax.random.key(7))  # fmt: skip
+        got = dec(learning_rate=1e-3)
+    np.testing.assert_array_equal(got.latent, dec(learning_rate=1e-3).latent)
 
 
 def test_bag_of_categories_recovers(pretrained):

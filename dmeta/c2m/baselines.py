@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ import optax
 from dmeta.c2m.losses import reconstruction_loss
 from dmeta.c2m.train import Autoencoder, Segmentation, encode_all, train_epochs
 from dmeta.cluster.kmeans import kmeans, sq_distances
+from dmeta.train.state import TrainState
 from dmeta.types import Params
 
 
@@ -68,9 +70,10 @@ def dec_segmentation(
     init = kmeans(k_init, encode_all(ae, params, x, mask), n_segments)
     state = {"ae": params, "centroids": init.centroids}
 
-    def target(state):
-        z = encode_all(ae, state["ae"], x, mask)
-        return state, {"target": np.asarray(dec_target(student_t(z, state["centroids"])))}
+    def target(state: TrainState, epoch: int):
+        z = encode_all(ae, state.params["ae"], x, mask)
+        q = student_t(z, state.params["centroids"])
+        return state, {"target": np.asarray(dec_target(q))}
 
     state, history = train_epochs(
         state,
@@ -80,6 +83,7 @@ def dec_segmentation(
         batch_size=batch_size,
         learning_rate=learning_rate,
         key=key,
+        desc="dec",
         before_epoch=target,
     )
     z = encode_all(ae, state["ae"], x, mask)
@@ -95,12 +99,13 @@ def deepcluster_segmentation(
     latent_dim = ae.encode(params, x[:1], mask[:1]).shape[-1]
     state = {"ae": params, "head": jnp.zeros((latent_dim, n_segments))}
 
-    keys = iter(jax.random.split(key, epochs + 2))
+    keys = jax.random.split(key, epochs + 2)  # shuffling, each epoch's k-means, the last
 
-    def pseudo(state):
-        z = encode_all(ae, state["ae"], x, mask)
-        fresh = dict(state, head=jnp.zeros_like(state["head"]))  # new classifier each epoch
-        return fresh, {"pseudo": np.asarray(kmeans(next(keys), z, n_segments).labels)}
+    def pseudo(state: TrainState, epoch: int):
+        z = encode_all(ae, state.params["ae"], x, mask)
+        head = jnp.zeros_like(state.params["head"])  # a new classifier each epoch
+        fresh = dataclasses.replace(state, params=dict(state.params, head=head))
+        return fresh, {"pseudo": np.asarray(kmeans(keys[1 + epoch], z, n_segments).labels)}
 
     state, history = train_epochs(
         state,
@@ -109,11 +114,12 @@ def deepcluster_segmentation(
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
-        key=next(keys),
+        key=keys[0],
+        desc="deepcluster",
         before_epoch=pseudo,
     )
     z = encode_all(ae, state["ae"], x, mask)
-    res = kmeans(next(keys), z, n_segments)
+    res = kmeans(keys[-1], z, n_segments)
     return Segmentation(np.asarray(res.labels), z, np.ones(len(z), np.float32), history)
 
 

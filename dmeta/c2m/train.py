@@ -1,10 +1,12 @@
 """Deep customer segmentation (C2M Algorithm 1): pretraining and Ours' joint training.
 
-Every deep method (the baselines of ``dmeta.c2m.baselines`` included) trains through one
-minibatch loop, ``train_epochs``: a jitted ``(params, opt_state, batch) -> (params,
-opt_state, metrics)`` step over fixed-size batches of users, with per-epoch targets
-(outlier weights, DEC's target distribution, DeepCluster's pseudo-labels) recomputed from the
-latents of all users before each epoch.
+Every deep method (the baselines of ``dmeta.c2m.baselines`` included) trains through
+``train_epochs``: ``dmeta.train.loop.fit`` over epochs (``loop.epoch_step``) of a jitted
+``(state, batch, consts) -> (state, metrics)`` Adam step on fixed-size batches of users, with
+per-epoch targets (outlier weights, DEC's target distribution, DeepCluster's pseudo-labels)
+recomputed from the latents of all users before each epoch. The step is compiled once per
+loss (the learning rate lives in the optimizer state), and C2M trains a fixed number of
+epochs (no validation early stopping), one log row per epoch.
 
 * ``pretrain``: reconstruction only (Algorithm 1, step 1).
 * ``joint_segmentation``: reconstruction + alpha * clustering (eq. 6) + beta * preference (eq. 7),
@@ -29,19 +31,21 @@ from dmeta.c2m.losses import clustering_loss, preference_loss, reconstruction_lo
 from dmeta.cluster.kmeans import kmeans, outlier_weights, sq_distances
 from dmeta.nn.functional import split_params
 from dmeta.parallel import data_mesh, jit_step
-from dmeta.train.loop import check_finite
+from dmeta.train.logs import Row
+from dmeta.train.loop import epoch_step, fit
+from dmeta.train.state import TrainState, init_train_state
 from dmeta.types import Params
 
 
 @dataclasses.dataclass(frozen=True)
 class Segmentation:
     """labels: i32[U]; latent: f[U, Z] (the space the labels were found in); weights: f[U]
-    (0 for outliers); history: per-epoch mean losses."""
+    (0 for outliers); history: per-epoch rows (``step`` and mean losses) of the training."""
 
     labels: np.ndarray
     latent: np.ndarray
     weights: np.ndarray
-    history: list[dict[str, float]]
+    history: list[Row]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -92,18 +96,30 @@ def encode_all(ae: Autoencoder, params: Params, x, mask, batch_size: int = 256) 
     return np.asarray(jnp.concatenate(out))
 
 
+def _optimizer(learning_rate: float) -> optax.GradientTransformation:
+    """Adam with the learning rate in its state (``optax.inject_hyperparams``); the betas and
+    eps stay Python constants, as in ``optax.adam`` (injected as f32 arrays, ``1 - b2``
+    would be rounded differently and the moments would no longer match bit for bit)."""
+    return optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps", "eps_root"))(
+        learning_rate=learning_rate
+    )
+
+
 @functools.cache
-def _adam_step(loss_fn: Callable, learning_rate: float, shard: bool = False) -> Callable:
-    """Jitted ``step(params, opt_state, batch, consts)``, one per loss, learning rate and
-    ``shard`` (split the batch over all visible devices, the rest replicated)."""
-    optimizer = optax.adam(learning_rate)
+def _train_step(loss_fn: Callable, shard: bool = False) -> Callable:
+    """Jitted ``step(state, batch, consts) -> (state, metrics)``, one per loss and ``shard``
+    (split the batch over all visible devices, the rest replicated). The learning rate is
+    read from ``state.opt_state``, so fits at other rates reuse the compiled step."""
+    optimizer = _optimizer(0.0)  # its update takes the rate from the state
 
-    def step(params, opt_state, batch, consts):
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, consts)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, metrics
+    def step(state: TrainState, batch, consts):
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, metrics), grads = grad_fn(state.params, batch, consts)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, state.step + 1, state.key), metrics
 
-    return jit_step(step, data_mesh() if shard else None, batch_argnums=(2,))
+    return jit_step(step, data_mesh() if shard else None, batch_argnums=(1,))
 
 
 def train_epochs(
@@ -115,40 +131,55 @@ def train_epochs(
     batch_size: int,
     learning_rate: float,
     key: jax.Array,
+    desc: str,
     consts: dict | None = None,
-    before_epoch: Callable[[Params], tuple[Params, dict[str, np.ndarray]]] | None = None,
+    before_epoch: Callable[[TrainState, int], tuple[TrainState, dict[str, np.ndarray]]]
+    | None = None,
     shard: bool = False,
-) -> tuple[Params, list[dict[str, float]]]:
-    """Minibatch Adam over users. ``loss_fn(params, batch, consts) -> (loss, metrics)``;
-    ``data`` holds per-user arrays (leading axis U); ``consts`` are traced hyper-parameters;
-    ``before_epoch(params) -> (params, targets)`` may reset parameters and adds per-user
-    targets. ``shard=True`` splits each batch over all visible devices (``dmeta.parallel``;
-    the batch size, or U if smaller, must divide by the device count)."""
-    step = _adam_step(loss_fn, learning_rate, shard)
-    opt_state = optax.adam(learning_rate).init(params)
-    consts = {} if consts is None else consts
+) -> tuple[Params, list[Row]]:
+    """Minibatch Adam over users with ``dmeta.train.loop.fit``, one log row per epoch.
 
+    Args:
+      params: the trained pytree.
+      loss_fn: ``loss_fn(params, batch, consts) -> (loss, metrics)``.
+      data: per-user arrays (leading axis U).
+      key: shuffles the users (split once per epoch, ``loop.epoch_step``).
+      desc: names the fit (checkpoint folder, curve, errors); the learning rate, batch
+        size and U are appended, so the fits of one cell have distinct names.
+      consts: traced hyper-parameters.
+      before_epoch: ``(state, epoch) -> (state, targets)`` before each epoch: may reset
+        parameters and adds per-user targets (f[U, ...]).
+      shard: split each batch over all visible devices (``dmeta.parallel``; the batch
+        size, or U if smaller, must divide by the device count).
+
+    Returns:
+      The trained params and ``fit``'s rows (``step``, per-epoch mean metrics).
+
+    Raises:
+      NonFiniteError: an epoch's mean metric is NaN or infinite.
+    """
     n = len(data["x"])
-    batch_size = min(batch_size, n)
-    n_batches = -(-n // batch_size)
-    history = []
-    for epoch in range(epochs):
-        targets = {}
-        if before_epoch is not None:
-            params, targets = before_epoch(params)
-        arrays = dict(data, **targets)
-        key, sub = jax.random.split(key)
-        order = np.asarray(jax.random.permutation(sub, n))
-        order = order[np.arange(n_batches * batch_size) % n].reshape(n_batches, batch_size)
-        sums: dict[str, float] = {}
-        for idx in order:
-            batch = {k: v[idx] for k, v in arrays.items()}
-            params, opt_state, metrics = step(params, opt_state, batch, consts)
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / n_batches
-        check_finite(sums, f"epoch {epoch}")
-        history.append(sums)
-    return params, history
+
+    def prepare(state: TrainState):
+        return before_epoch(state, int(state.step) // step.steps)
+
+    step = epoch_step(
+        _train_step(loss_fn, shard),
+        data,
+        batch_size=batch_size,
+        consts=lambda epoch: {} if consts is None else consts,
+        before_epoch=None if before_epoch is None else prepare,
+    )
+    result = fit(
+        step,
+        init_train_state(params, _optimizer(learning_rate), key),
+        n_steps=epochs * step.steps,
+        steps_per_call=step.steps,
+        eval_every=step.steps,
+        desc=f"{desc} lr={learning_rate:g} batch={batch_size} users={n}",
+        progress=False,
+    )
+    return result.state.params, result.history
 
 
 @functools.cache
@@ -185,7 +216,7 @@ def pretrain(
     learning_rate,
     key,
     shard: bool = False,
-) -> tuple[Params, list]:
+) -> tuple[Params, list[Row]]:
     """Algorithm 1, step 1: reconstruction only, from ``params`` (e.g. ``ae.params``).
 
     ``shard=True`` splits each batch of users over all visible devices (``train_epochs``).
@@ -198,6 +229,7 @@ def pretrain(
         batch_size=batch_size,
         learning_rate=learning_rate,
         key=key,
+        desc="c2m pretrain",
         shard=shard,
     )
 
@@ -235,9 +267,10 @@ def joint_segmentation(
         "behavior_weights": jnp.asarray(behavior_weights, jnp.float32),
     }
 
-    def weights(state):
-        z = encode_all(ae, state["ae"], x, mask)
-        return state, {"weights": np.asarray(outlier_weights(z, state["centroids"], outlier_z))}
+    def weights(state: TrainState, epoch: int):
+        z = encode_all(ae, state.params["ae"], x, mask)
+        w = outlier_weights(z, state.params["centroids"], outlier_z)
+        return state, {"weights": np.asarray(w)}
 
     state, history = train_epochs(
         state,
@@ -247,6 +280,7 @@ def joint_segmentation(
         batch_size=batch_size,
         learning_rate=learning_rate,
         key=key,
+        desc=f"c2m joint alpha={alpha:g} beta={beta:g} outlier_z={outlier_z}",
         consts=consts,
         before_epoch=weights,
         shard=shard,
