@@ -222,9 +222,9 @@ def check_cdltvs(mesh, spy) -> dict:
     _, params = split_params(_model(arch, 2, 0))
 
     def run(loss_fn, shard):
-        res = fit(loss_fn, fns.predict, params, train, val, label="t_y", batch_size=16,
-                  max_epochs=1, drop_epoch=1, shard=shard)  # fmt: skip
-        return res.params, np.array([res.history[0]["loss"]])
+        res = fit(loss_fn, fns.predict, params, train, val, label="t_y", desc="cdltvs stage2",
+                  batch_size=16, max_epochs=1, drop_epoch=1, shard=shard)  # fmt: skip
+        return res.best_state.params, np.array([res.history[0]["loss"]])
 
     def spied(p, batch, lambdas):
         return fns.stage2(p, spy.record(batch), lambdas)

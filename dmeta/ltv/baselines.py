@@ -410,10 +410,12 @@ def neural_baseline(
     scale_s = float(max(train.s_y.mean(), 1e-6))
     scale_t = float(max(train.t_y.mean(), 1e-6))
     tr, va = model_batch(train, scale_s, scale_t), model_batch(val, scale_s, scale_t)
-    res = fit(loss_fn, predict_fn, params, tr, va, label="t_y", seed=seed, **fit_kwargs)
+    desc = f"{name} hidden={hidden}"
+    res = fit(loss_fn, predict_fn, params, tr, va, label="t_y", desc=desc, seed=seed, **fit_kwargs)
+    best = res.best_state.params
 
     def predict_ltv(data: CrossDomainData) -> np.ndarray:
-        pred = predict(predict_fn, res.params, model_batch(data, scale_s, scale_t))
+        pred = predict(predict_fn, best, model_batch(data, scale_s, scale_t))
         return (pred * scale_t).astype(np.float32)
 
     return predict_ltv

@@ -1,4 +1,5 @@
-"""Two-stage CDLtvS training (sections 4.2.3, 4.3.2, 5.1.4) and a shared epoch loop.
+"""Two-stage CDLtvS training (sections 4.2.3, 4.3.2, 5.1.4) and the fit it shares with the
+neural baselines.
 
 Stage 1 trains one LtvS per domain with ``L_LTV + lambda_1 L_EC + lambda_2 L_EO`` (eq. 12);
 stage 2 starts the source and target LtvS of CDLtvS from them and trains everything with
@@ -6,12 +7,13 @@ stage 2 starts the source and target LtvS of CDLtvS from them and trains everyth
 their value after ``drop_epoch`` epochs. Labels are divided by their training mean (NMAE and
 the other reported metrics are scale-free); predictions come back in the original units.
 
-:func:`fit` is an epoch loop of its own rather than :func:`dmeta.train.loop.fit`, which would
-change the numbers: it draws a fresh numpy permutation of the customers each epoch (the last
-batch padded with weight 0), feeds the lambda schedule to the step as an argument, and stops
-only after ``drop_epoch`` (patience counted in epochs after the drop), where ``loop.fit``
-samples inside the step from ``state.key`` and stops after ``patience`` evaluations from the
-start.
+:func:`fit` trains through :func:`dmeta.train.loop.fit` (progress, early stopping, resumable
+checkpoints): one call of its step is an epoch of shuffled fixed-size batches
+(:func:`dmeta.train.loop.epoch_step`, the permutation drawn from ``state.key``, the last batch
+filled up with weight-0 rows) with that epoch's lambdas as the step's constants, and it stops
+on the validation MAE with the patience counted in epochs, never before the epoch of the drop
+has been trained. The learning rate lives in the Adam state, so one compiled step serves every
+learning rate of a tuning grid.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from dmeta.ltv.losses import (
 )
 from dmeta.nn.functional import split_params
 from dmeta.parallel import data_mesh, jit_step
+from dmeta.train import loop
 from dmeta.train.loop import check_finite
 from dmeta.train.state import TrainState, init_train_state
 from dmeta.types import Array, Params
@@ -62,12 +65,6 @@ def model_batch(data: CrossDomainData, scale_s: float, scale_t: float) -> dict[s
     arrays["t_y"] = arrays["t_y"] / np.float32(scale_t)
     arrays["weight"] = np.ones(data.n, np.float32)
     return arrays
-
-
-def _rows(arrays: dict[str, np.ndarray], idx: np.ndarray, weight: np.ndarray) -> Batch:
-    out = {k: v[idx] for k, v in arrays.items()}
-    out["weight"] = out["weight"] * weight
-    return out
 
 
 def make_train_step(
@@ -99,7 +96,7 @@ def predict(
     out = []
     for start in range(0, n, chunk):
         idx = np.arange(start, start + chunk) % n
-        out.append(np.asarray(fn(params, _rows(arrays, idx, np.ones(chunk, np.float32)))))
+        out.append(np.asarray(fn(params, {k: v[idx] for k, v in arrays.items()})))
     return np.concatenate(out)[:n]
 
 
@@ -109,22 +106,26 @@ def _jit(fn: Callable) -> Callable:
     return jax.jit(fn)
 
 
+def adam(lr: float) -> optax.GradientTransformation:
+    """Adam with the learning rate in its state (``optax.inject_hyperparams``): a step jitted
+    once applies whatever learning rate the state it is given holds."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=lr)
+
+
 @functools.lru_cache(maxsize=256)
-def _jitted_step(
-    loss_fn: LossFn, lr: float, step_wrapper: Callable | None, shard: bool
-) -> Callable:
-    step = make_train_step(loss_fn, optax.adam(lr))
+def _jitted_step(loss_fn: LossFn, step_wrapper: Callable | None, shard: bool) -> Callable:
+    """One jitted step per loss, wrapper and layout (not per learning rate: see :func:`adam`)."""
+    step = make_train_step(loss_fn, adam(0.0))  # the rate comes from ``state.opt_state``
     step = step_wrapper(step) if step_wrapper else step
     return jit_step(step, data_mesh() if shard else None, batch_argnums=(1,))
 
 
-@dataclasses.dataclass(frozen=True)
-class FitResult:
-    """Best parameters by validation MAE, the epoch they come from, and per-epoch history."""
-
-    params: Params
-    best_epoch: int
-    history: list[dict[str, float]]
+def lambda_schedule(
+    lambdas: tuple[float, ...], drop_epoch: int, drop_factor: float
+) -> Callable[[int], Array]:
+    """``epoch -> f32[4]``: ``lambdas`` before ``drop_epoch``, ``drop_factor`` times them after."""
+    base = np.asarray(lambdas, np.float32)
+    return lambda epoch: jnp.asarray(base * (1.0 if epoch < drop_epoch else drop_factor))
 
 
 def fit(
@@ -135,6 +136,7 @@ def fit(
     val: dict[str, np.ndarray],
     *,
     label: str,
+    desc: str,
     lr: float = 1e-3,
     batch_size: int = 256,
     max_epochs: int = 50,
@@ -145,11 +147,13 @@ def fit(
     seed: int = 0,
     step_wrapper: Callable[[Callable], Callable] | None = None,
     shard: bool = False,
-) -> FitResult:
-    """Adam on shuffled fixed-size batches (the last one padded with weight 0) with early
-    stopping on the validation MAE of ``val[label]`` (patience in epochs). Stopping waits for
-    the lambda drop, so the prediction loss always gets its turn (the best epoch may still
-    come before it).
+) -> loop.FitResult:
+    """Adam on epochs of shuffled fixed-size batches (:func:`dmeta.train.loop.epoch_step`)
+    through :func:`dmeta.train.loop.fit`, early-stopped on the validation MAE of
+    ``val[label]`` (``val_mae``). Stopping waits until the epoch of the lambda drop has been
+    trained, so the prediction loss always gets its turn (the best epoch may still come
+    before it): after epoch ``e`` (from 0) the run stops when the best epoch is at least
+    ``patience`` epochs back and ``e >= drop_epoch``.
 
     Args:
       loss_fn: ``(params, batch, lambdas) -> (loss, metrics)``.
@@ -157,6 +161,8 @@ def fit(
       params: initial parameters.
       train, val: model batches (:func:`model_batch`).
       label: key of the label early stopping compares with.
+      desc: the fit's name (its checkpoint folder and curve inside the method harness), to
+        which `` lr=<lr>`` is appended so the points of a learning-rate grid stay apart.
       lr: Adam learning rate.
       batch_size: samples per step.
       max_epochs: epoch limit.
@@ -164,40 +170,49 @@ def fit(
       lambdas: loss factors handed to ``loss_fn`` before the drop.
       drop_epoch: epochs after which the lambdas are multiplied by ``drop_factor``.
       drop_factor: the factor.
-      seed: shuffling seed.
+      seed: seeds ``state.key``, which draws each epoch's permutation.
       step_wrapper: applied to the step before ``jax.jit`` (e.g. ``chex.assert_max_traces``).
       shard: split each batch over all visible devices, parameters replicated
         (``dmeta.parallel``); ``batch_size`` (or the training size, if smaller) must divide
         by the device count.
+
+    Returns:
+      :class:`dmeta.train.loop.FitResult`; ``best_state.params`` are the parameters of the
+      best epoch, ``history`` has one row per epoch (``step``, mean train metrics,
+      ``val_mae``).
     """
-    step = _jitted_step(loss_fn, lr, step_wrapper, shard)
-    state = init_train_state(params, optax.adam(lr), jax.random.key(seed))
-    rng = np.random.default_rng(seed)
-    n = len(train["weight"])
-    bs = min(batch_size, n)
-    n_batches = -(-n // bs)
-    best, best_epoch, best_params, history = np.inf, -1, params, []
-    base = np.asarray(lambdas, np.float32)
-    for epoch in range(max_epochs):
-        lam = jnp.asarray(base * (1.0 if epoch < drop_epoch else drop_factor))
-        perm = rng.permutation(n_batches * bs) % n
-        weight = (np.arange(n_batches * bs) < n).astype(np.float32)
-        sums: dict[str, float] = {}
-        for b in range(n_batches):
-            sl = slice(b * bs, (b + 1) * bs)
-            state, metrics = step(state, _rows(train, perm[sl], weight[sl]), lam)
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + float(value) / n_batches
-        check_finite(sums, f"{label}: epoch {epoch}")
-        val_mae = float(np.mean(np.abs(predict(predict_fn, state.params, val) - val[label])))
-        check_finite({"val_mae": val_mae}, f"{label}: epoch {epoch}")
-        history.append({"epoch": epoch, "val_mae": val_mae, **sums})
-        if val_mae < best:
-            best, best_epoch, best_params = val_mae, epoch, state.params
-        elif epoch - best_epoch >= patience and epoch >= drop_epoch:
-            break
-    log.info("%s: best epoch %d of %d, val MAE %.4f", label, best_epoch, len(history), best)
-    return FitResult(best_params, best_epoch, history)
+    desc = f"{desc} lr={lr:g}"
+    step = loop.epoch_step(
+        _jitted_step(loss_fn, step_wrapper, shard),
+        train,
+        batch_size=batch_size,
+        consts=lambda_schedule(lambdas, drop_epoch, drop_factor),
+        pad_weight="weight",
+    )
+
+    def eval_fn(state) -> dict[str, float]:
+        mae = float(np.mean(np.abs(predict(predict_fn, state.params, val) - val[label])))
+        check_finite({"val_mae": mae}, f"{desc}: step {int(state.step)}")
+        return {"val_mae": mae}
+
+    res = loop.fit(
+        step,
+        init_train_state(params, adam(lr), jax.random.key(seed)),
+        n_steps=max_epochs * step.steps,
+        eval_fn=eval_fn,
+        eval_every=step.steps,
+        patience=patience,
+        monitor="val_mae",
+        min_steps=(drop_epoch + 1) * step.steps,
+        steps_per_call=step.steps,
+        desc=desc,
+        progress=False,
+    )
+    # no rows when a finished fit is restored without its curve
+    best = min((row["val_mae"] for row in res.history), default=np.nan)
+    epoch = res.best_step // step.steps - 1
+    log.info("%s: best epoch %d of %d, val MAE %.4f", desc, epoch, len(res.history), best)
+    return res
 
 
 def stage1_loss(apply: Callable, *, domain: str, k: int) -> LossFn:
@@ -290,7 +305,8 @@ class CDLtvSFit:
       params: CDLtvS parameters (after stage 1 only ``source`` / ``target`` are trained).
       stage2_done: whether ``params`` went through stage 2.
       scale_s, scale_t: label scales (training means).
-      histories: per-stage fit histories.
+      histories: per-stage fit histories (:func:`fit`).
+      name: the fits' ``desc`` prefix, ``cdltvs hidden=<h>``.
     """
 
     fns: CDLtvSFns
@@ -299,6 +315,7 @@ class CDLtvSFit:
     scale_s: float
     scale_t: float
     histories: dict[str, list[dict[str, float]]]
+    name: str
 
     def _run(self, data: CrossDomainData, fn: PredictFn, params: Params) -> np.ndarray:
         return predict(fn, params, model_batch(data, self.scale_s, self.scale_t))
@@ -364,7 +381,7 @@ def fit_stage1(
     scale_t = float(max(train.t_y.mean(), 1e-6))
     tr, va = model_batch(train, scale_s, scale_t), model_batch(val, scale_s, scale_t)
     lam = tuple(lambdas) if exmn_loss else (0.0, 0.0, *lambdas[2:])
-    histories = {}
+    histories, fit_name = {}, f"cdltvs hidden={hidden}"
     for i, (domain, name) in enumerate((("s", "source"), ("t", "target"))):
         if domain not in domains:
             continue
@@ -375,13 +392,14 @@ def fit_stage1(
             tr,
             va,
             label=f"{domain}_y",
+            desc=f"{fit_name} stage1 {name}",
             lambdas=lam,
             seed=seed + 1 + i,
             **fit_kwargs,
         )
-        params = {**params, name: res.params}
+        params = {**params, name: res.best_state.params}
         histories[f"stage1_{name}"] = res.history
-    return CDLtvSFit(fns, params, False, scale_s, scale_t, histories)
+    return CDLtvSFit(fns, params, False, scale_s, scale_t, histories, fit_name)
 
 
 def fit_stage2(
@@ -404,13 +422,14 @@ def fit_stage2(
         tr,
         va,
         label="t_y",
+        desc=f"{stage1.name} stage2",
         lambdas=lambdas,
         seed=seed + 3,
         **fit_kwargs,
     )
     return dataclasses.replace(
         stage1,
-        params=res.params,
+        params=res.best_state.params,
         stage2_done=True,
         histories={**stage1.histories, "stage2": res.history},
     )
