@@ -1,5 +1,8 @@
 """RMLDP baselines: flattened windows, classical regressors, global neural models, fine-tune."""
 
+import dataclasses
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,12 +10,14 @@ import pytest
 
 from dmeta.rmldp.baselines import (
     CLASSICAL,
+    _train_pooled,
     build_neural,
     finetune_predict,
     fit_classical,
     flatten_split,
     pooled_samples,
     predict_classical,
+    query_mse,
     train_global,
 )
 from dmeta.types import Split, TaskBatch
@@ -56,10 +61,32 @@ def test_neural_global_models_train(name):
     assert apply(params, split.x_local, split.x_season).shape == (T, N)
     samples = pooled_samples(split)
     assert samples.y.shape == (T * (N - 1),)
-    _, losses = train_global(
-        apply, params, samples, jax.random.key(2), n_steps=150, batch_size=8, learning_rate=1e-2
-    )
-    assert float(jnp.mean(losses[-20:])) < 0.5 * float(jnp.mean(losses[:20]))
+    res = train_global(apply, params, samples, jax.random.key(2), n_steps=150, batch_size=8,
+                       learning_rate=1e-2, eval_every=25)  # fmt: skip
+    losses = [row["loss"] for row in res.history]  # means over 25 steps
+    assert len(losses) == 6 and losses[-1] < 0.5 * losses[0]
+
+
+def test_global_model_early_stops_on_validation_and_compiles_once():
+    apply, params = build_neural("gru_mpfn", F, 8, seq_len=S, key=jax.random.key(0))
+    split = make_split(jax.random.key(1))
+    samples = pooled_samples(split)
+    # validation targets are the negated training ones: the better the fit, the worse
+    val = TaskBatch(split, dataclasses.replace(split, y=-split.y), jnp.arange(T))
+    opts = dict(batch_size=8, learning_rate=1e-2, eval_every=5)
+    key = jax.random.key(2)
+    res = train_global(apply, params, samples, key, n_steps=300, val=val, patience=2, **opts)
+    vals = [row["val_loss"] for row in res.history]
+    assert int(res.state.step) < 300 and res.best_step < int(res.state.step)  # stopped early
+    assert res.best_step == res.history[int(np.argmin(vals))]["step"]
+    np.testing.assert_allclose(float(query_mse(apply, res.best_state.params, val)), min(vals),
+                               rtol=1e-6)  # fmt: skip
+    # the best state is the run's state at best_step; another learning rate reuses the program
+    chunk, built = _train_pooled(apply, 8, 5), _train_pooled.cache_info()
+    replay = train_global(apply, params, samples, key, n_steps=res.best_step, **opts)
+    chex.assert_trees_all_equal(res.best_state.params, replay.state.params)
+    train_global(apply, params, samples, key, n_steps=10, **dict(opts, learning_rate=1e-3))
+    assert _train_pooled.cache_info().misses == built.misses and chunk._cache_size() == 1
 
 
 def test_finetune_adapts_per_target():

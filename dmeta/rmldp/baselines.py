@@ -4,7 +4,8 @@
   flattened local and seasonal windows ``[x_season, x_local]`` (2 * S * F inputs),
   trained on every sample of the source segments plus the target support sets.
 - Global neural models trained on the same pooled samples: GRU+MPFN (``MPFN``),
-  Dipole+MPFN (attention over each branch's GRU states) and LSTNet.
+  Dipole+MPFN (attention over each branch's GRU states) and LSTNet, through
+  ``dmeta.train.loop.fit`` with early stopping on the meta-validation query MSE.
 - Fine-tune: the GRU+MPFN parameters adapted per target segment by SGD on its
   support set (``dmeta.meta.maml.adapt_tasks``; ``dmeta.rmldp.protocol`` tunes the number
   of steps and the step size on the meta-validation segments). MAML and Meta-SGD are the
@@ -16,6 +17,7 @@ Every neural model is ``apply(params, x_local, x_season) -> f32[...]``.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import jax
@@ -24,12 +26,14 @@ import numpy as np
 import optax
 from flax import nnx
 
+from dmeta import metrics
 from dmeta.baselines.classical import gbm_regressor
 from dmeta.meta.maml import adapt_tasks
-from dmeta.models.mpfn import MPFN, masked_mse
+from dmeta.models.mpfn import MPFN, masked_mse, split_loss
 from dmeta.nn.functional import split_params
 from dmeta.nn.rnn import GRU
-from dmeta.train.loop import check_finite
+from dmeta.train.loop import FitResult, fit, scan_steps
+from dmeta.train.state import TrainState, init_train_state
 from dmeta.types import Array, Key, Params, Split, TaskBatch
 
 CLASSICAL = ("linear", "svr", "rf", "xgb")
@@ -213,21 +217,36 @@ def pooled_samples(split: Split) -> Split:
     return jax.tree.map(lambda a: jnp.asarray(np.asarray(a).reshape(-1, *a.shape[2:])[keep]), split)
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "n_steps", "batch_size", "optimizer"))
-def _train_pooled(apply, params, samples: Split, key, *, n_steps, batch_size, optimizer):
-    def loss(p, batch: Split):
-        return masked_mse(apply(p, batch.x_local, batch.x_season), batch.y, batch.mask)
+def _optimizer(learning_rate: float) -> optax.GradientTransformation:
+    """Adam with the learning rate in its state (``optax.inject_hyperparams``)."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
 
-    def step(carry, k):
-        p, opt_state = carry
-        idx = jax.random.randint(k, (batch_size,), 0, samples.y.shape[0])
-        value, grads = jax.value_and_grad(loss)(p, jax.tree.map(lambda a: a[idx], samples))
-        updates, opt_state = optimizer.update(grads, opt_state, p)
-        return (optax.apply_updates(p, updates), opt_state), value
 
-    init = (params, optimizer.init(params))
-    (params, _), losses = jax.lax.scan(step, init, jax.random.split(key, n_steps))
-    return params, losses
+@functools.lru_cache(maxsize=32)
+def _train_pooled(apply: Callable, batch_size: int, length: int):
+    """Jitted ``length`` Adam steps (one ``lax.scan``) on random minibatches of pooled
+    samples: ``(state, samples) -> (state, {"loss"})``. One per model function, batch size
+    and chunk: the learning rate is read from the optimizer state."""
+    optimizer = _optimizer(0.0)  # its update takes the rate from the state
+
+    def step(state: TrainState, samples: Split):
+        key, k_batch = jax.random.split(state.key)
+        idx = jax.random.randint(k_batch, (batch_size,), 0, samples.y.shape[0])
+        batch = jax.tree.map(lambda a: a[idx], samples)
+        loss_fn = lambda p: split_loss(apply, p, batch)  # noqa: E731
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, state.step + 1, key), {"loss": loss}
+
+    return jax.jit(scan_steps(step, length))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def query_mse(apply: Callable, params: Params, tasks: TaskBatch) -> Array:
+    """MSE of the unadapted model over the real query samples of ``tasks`` [T, N_q]: f32[]."""
+    pred = apply(params, tasks.query.x_local, tasks.query.x_season)
+    return metrics.mse(tasks.query.y, pred, tasks.query.mask)
 
 
 def train_global(
@@ -239,27 +258,57 @@ def train_global(
     n_steps: int,
     batch_size: int = 128,
     learning_rate: float = 1e-3,
-) -> tuple[Params, Array]:
+    val: TaskBatch | None = None,
+    eval_every: int = 100,
+    patience: int | None = None,
+    desc: str = "global model",
+) -> FitResult:
     """One global model on pooled samples (source segments + target supports).
+
+    ``dmeta.train.loop.fit`` over jitted chunks of ``gcd(n_steps, eval_every)`` Adam steps;
+    each step draws ``batch_size`` samples with a key split from ``state.key``.
 
     Args:
       apply: ``apply(params, x_local, x_season) -> f32[...]``.
       params: initial parameters.
       samples: flat ``Split`` [M, ...] from ``pooled_samples``.
       key: PRNG key for the minibatches.
-      n_steps: Adam steps (one ``lax.scan``).
+      n_steps: Adam steps.
       batch_size: samples per step.
-      learning_rate: Adam learning rate.
+      learning_rate: Adam learning rate (in the optimizer state: one compiled program
+        serves every rate).
+      val: validation tasks; their query MSE (``query_mse``) is logged as ``val_loss``
+        every ``eval_every`` steps and picks the best state.
+      eval_every: steps between log rows (mean train ``loss``, ``val_loss``).
+      patience: stop after this many evaluations without a lower ``val_loss`` (needs
+        ``val``); None: run all ``n_steps``.
+      desc: the fit's name (checkpoint folder, curve, errors).
 
     Returns:
-      (params, losses f32[n_steps]).
+      ``FitResult``: ``best_state.params`` of the lowest ``val_loss`` (the last ones
+      without ``val``), ``history`` the log rows.
+
+    Raises:
+      NonFiniteError: the mean training loss of an interval is NaN or infinite.
     """
-    optimizer = optax.adam(learning_rate)
-    params, losses = _train_pooled(
-        apply, params, samples, key, n_steps=n_steps, batch_size=batch_size, optimizer=optimizer
+    every = min(eval_every, n_steps)
+    length = math.gcd(n_steps, every)
+    chunk = _train_pooled(apply, batch_size, length)
+
+    def eval_fn(state: TrainState):
+        return {"val_loss": query_mse(apply, state.params, val)}
+
+    return fit(
+        lambda state: chunk(state, samples),
+        init_train_state(params, _optimizer(learning_rate), key),
+        n_steps=n_steps,
+        eval_fn=None if val is None else eval_fn,
+        eval_every=every,
+        patience=patience,
+        steps_per_call=length,
+        desc=desc,
+        progress=False,
     )
-    check_finite(losses, "global model training")
-    return params, losses
 
 
 @functools.partial(jax.jit, static_argnames=("apply", "steps"))

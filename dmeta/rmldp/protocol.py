@@ -122,7 +122,8 @@ class Prepared:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Context:
     """What every cell of one setting shares: the prepared data, the graph embedding
-    u_g f32[I, D] and a cache of compiled meta-learners (one per variant and grid point)."""
+    u_g f32[I, D] and a cache of compiled meta-learners (one per variant and grid point)
+    and of the global neural models' functions (one per architecture)."""
 
     prep: Prepared
     cfg: RMLDPConfig
@@ -474,22 +475,30 @@ def fit_classical(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
 
 
 def fit_neural(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
-    """A global neural model on the pooled samples (Fine-tune: its GRU+MPFN)."""
-    prep = ctx.prep
+    """A global neural model on the pooled samples (Fine-tune: its GRU+MPFN), early-stopped
+    on the meta-validation query MSE like the META variants (``train.eval_every`` /
+    ``train.patience``), with the parameters of its best evaluation."""
+    prep, t = ctx.prep, ctx.cfg.train
     k_init, k_train = jax.random.split(method_key(name, seed))
     apply, params = fb.build_neural(
         NEURAL[name], prep.pool.values.shape[-1], ctx.cfg.model.hidden, seq_len=prep.seq_len,
         key=k_init,
     )  # fmt: skip
+    # one apply per architecture (its graphdef holds no values), so the jitted training and
+    # prediction compile once for every seed and grid point of this setting
+    apply = ctx.runners.setdefault(("neural", name), apply)
     samples = jax.tree.map(
         lambda *a: jnp.concatenate(a),
         *(fb.pooled_samples(s) for s in (prep.source.support, prep.source.query)),
         fb.pooled_samples(prep.target.support),
     )
-    params, _ = fb.train_global(
-        apply, params, samples, k_train, n_steps=hp["train_steps"],
-        batch_size=ctx.cfg.baselines.global_batch, learning_rate=hp["learning_rate"],
+    steps, lr = hp["train_steps"], hp["learning_rate"]
+    result = fb.train_global(
+        apply, params, samples, k_train, n_steps=steps, batch_size=ctx.cfg.baselines.global_batch,
+        learning_rate=lr, val=prep.val_tasks, eval_every=t.eval_every, patience=t.patience,
+        desc=f"{name} lr={lr:g} steps={steps}",
     )  # fmt: skip
+    params = result.best_state.params
     pred = functools.partial(fb.finetune_predict, apply, params, steps=0, step_size=0.0)
     return Fitted(np.asarray(pred(prep.val_tasks)), np.asarray(pred(prep.target)), (apply, params))
 
