@@ -1,9 +1,11 @@
-"""CDLtvS two-stage training at smoke size: single trace per step, finite predictions."""
+"""CDLtvS two-stage training at smoke size: single trace per step (over epochs, the lambda
+drop and learning rates), finite predictions, early stopping after the drop, learning."""
 
 import functools
 
 import chex
 import numpy as np
+import pytest
 
 from dmeta.ltv.data import apply_sparsity, make_synthetic, split_customers
 from dmeta.ltv.train import fit_stage1, fit_stage2
@@ -12,9 +14,14 @@ ARCH = dict(hidden=8, align=4, k=4, tcn_levels=2)
 FIT = dict(batch_size=32, max_epochs=3, patience=2, drop_epoch=1)
 
 
-def test_two_stage_fit_traces_each_step_once_and_predicts():
+@pytest.fixture(scope="module")
+def splits():
     d = apply_sparsity(make_synthetic(120, n_periods=6, horizon=2, seed=0), 0.5, seed=0)
-    train, val, test = split_customers(d, seed=0)
+    return split_customers(d, seed=0)
+
+
+def test_two_stage_fit_traces_each_step_once_and_predicts(splits):
+    train, val, test = splits
     chex.clear_trace_counter()
     # chex counts traces per wrapping call site: stage 1 wraps two steps (one per domain)
     # there, so two traces in all means each was traced exactly once over all its epochs.
@@ -32,3 +39,26 @@ def test_two_stage_fit_traces_each_step_once_and_predicts():
     assert expert2.shape == (test.n,)
     for key in ("ltv", "ap", "at"):
         assert np.isfinite(fit.histories["stage2"][0][key])
+
+
+def test_learning_rates_share_one_compiled_step_and_stopping_waits_for_the_drop(splits):
+    """A tuning over learning rates traces the step once; with lr = 0 nothing improves after
+    epoch 0, so the run stops after epoch max(patience, drop_epoch), as the old epoch loop
+    did; lr = 1e-2 beats the untrained model."""
+    train, val, _ = splits
+    chex.clear_trace_counter()
+    once = functools.partial(chex.assert_max_traces, n=1)
+
+    def stage1(lr, patience, drop_epoch, max_epochs=8):
+        return fit_stage1(train, val, seed=0, domains=("t",), step_wrapper=once, lr=lr,
+                          patience=patience, drop_epoch=drop_epoch, max_epochs=max_epochs,
+                          batch_size=32, **ARCH)  # fmt: skip
+
+    frozen = stage1(0.0, patience=1, drop_epoch=3)
+    assert len(frozen.histories["stage1_target"]) == 4  # stopped after epoch 3 (the drop)
+    assert len(stage1(0.0, patience=4, drop_epoch=1).histories["stage1_target"]) == 5
+    untrained = fit_stage1(train, val, seed=0, domains=(), **ARCH).params["target"]
+    chex.assert_trees_all_equal(frozen.params["target"], untrained)
+    trained = stage1(1e-2, patience=2, drop_epoch=2)
+    best = min(row["val_mae"] for row in trained.histories["stage1_target"])
+    assert best < 0.85 * frozen.histories["stage1_target"][0]["val_mae"]  # fails if not learnt
