@@ -90,8 +90,8 @@ def test_a_killed_cell_resumes_inside_its_training(tmp_path):
     resumed = harness.run_cells(tmp_path, [cell], run_cell)
     assert steps_run == [12, 13, 14, 15]  # nothing of the first fit, the second from 12
     assert not (tmp_path / "ckpt" / cell.key).exists()
-    curves = sorted(p.name for p in (tmp_path / "curves" / cell.key).glob("*.csv"))
-    assert curves == ["000-first.csv", "001-second.csv"]
+    curves = sorted(p.name[:10] for p in (tmp_path / "curves" / cell.key).glob("*.csv"))
+    assert curves == ["000-first-", "001-second"]
     whole = harness.run_cells(tmp_path / "whole", [cell], run_cell)
     pd.testing.assert_frame_equal(resumed, whole)
     _open(tmp_path, seeds=1, fresh=True)

@@ -148,8 +148,34 @@ def test_checkpoints_block_resumes_inside_the_cell(tmp_path):
         _same(a.state, b.state)
         assert a.history == b.history
     names = sorted(p.name for p in (tmp_path / "curves").glob("*.csv"))
-    assert names == ["000-seed_0.csv", "001-seed_1.csv"]
+    assert [n[:11] for n in names] == ["000-seed_0-", "001-seed_1-"]  # + the fingerprint
     for name in names:
         assert (tmp_path / "curves" / name).read_text() == (
             tmp_path / "ref_curves" / name
         ).read_text()
+    swapped = []  # another fit in the first fit's place: started afresh, not restored
+    with loop.checkpoints(tmp_path / "ckpt", curves=tmp_path / "curves"):
+        step = _epochs(data)
+
+        def spy(state):
+            swapped.append(int(state.step))
+            return step(state)
+
+        spy.metric_shapes = step.metric_shapes
+        fit(spy, _state(seed=5), n_steps=step.steps, steps_per_call=step.steps,
+            eval_every=step.steps, desc="seed 0", progress=False)  # fmt: skip
+    assert swapped[-1] == 0
+
+
+def test_short_fits_in_a_block_save_nothing_long_ones_do(tmp_path):
+    """Without its own ckpt_every a fit in a block saves by the clock: a fit shorter than
+    min_seconds writes no checkpoint (redoing it is cheaper), its curve is still kept."""
+    step_fn, state, eval_fn = make_problem()
+    common = dict(n_steps=8, eval_fn=eval_fn, eval_every=4, desc="short", progress=False)
+    with loop.checkpoints(tmp_path / "ckpt", curves=tmp_path / "curves"):
+        fit(step_fn, state, **common)
+    assert not (tmp_path / "ckpt").exists() and len(list((tmp_path / "curves").glob("*.csv"))) == 1
+    with loop.checkpoints(tmp_path / "ckpt", min_seconds=0.0, every_seconds=0.0):
+        fit(step_fn, state, **common)
+    (folder,) = (tmp_path / "ckpt").iterdir()
+    assert sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())[-1] == 8

@@ -20,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import hashlib
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -188,10 +190,10 @@ class _Run:
     step: int
     history: list[Row]
     log: MetricsLog | None
-    ckpt: Checkpointer | None
+    ckpt: _Saver | None
 
     @classmethod
-    def start(cls, tree: dict[str, Any], ckpt, log: MetricsLog | None) -> _Run:
+    def start(cls, tree: dict[str, Any], ckpt: _Saver | None, log: MetricsLog | None) -> _Run:
         es = {k: np.asarray(v).item() for k, v in tree["early_stop"].items()}
         step = int(tree["state"].step)
         history = list(log.restart(step)) if log is not None else []
@@ -209,8 +211,9 @@ class _Run:
             self.log.append(row)
         return row
 
-    def save(self) -> None:
-        if self.ckpt is not None:
+    def save(self, *, end: bool = False) -> None:
+        """Saves a checkpoint when ``ckpt`` says one is due (``end``: the fit is over)."""
+        if self.ckpt is not None and self.ckpt.due(self.step, end=end):
             early_stop = {k: np.asarray(v) for k, v in self.es.items()}
             saved = dict(
                 state=self.state, best_state=self.best_state, acc=self.acc, early_stop=early_stop
@@ -219,12 +222,54 @@ class _Run:
 
 
 @dataclasses.dataclass
+class _Saver:
+    """When and where one ``fit`` saves: every ``every`` steps and at the end, or (a fit
+    checkpointed by a ``checkpoints`` block that asked for no ``ckpt_every``) by the clock:
+    every ``every_seconds`` and at the end when the fit took ``min_seconds`` or more, so that
+    short fits, cheaper to redo than to save, write nothing."""
+
+    directory: Path
+    every: int | None = None
+    min_seconds: float | None = None
+    every_seconds: float | None = None
+    _ckpt: Checkpointer | None = None
+    _started: float = dataclasses.field(default_factory=time.monotonic)
+    _saved: float = dataclasses.field(default_factory=time.monotonic)
+
+    def restore(self, tree: dict[str, Any]) -> dict[str, Any] | None:
+        """The latest checkpoint in the structure of ``tree``, or None when there is none."""
+        if not self.directory.exists():
+            return None
+        self._ckpt = Checkpointer(self.directory)
+        return self._ckpt.restore(tree) if self._ckpt.latest_step() is not None else None
+
+    def due(self, step: int, *, end: bool) -> bool:
+        if self.min_seconds is None:
+            return end or (self.every is not None and step % self.every == 0)
+        now = time.monotonic()
+        if end:
+            return now - self._started >= self.min_seconds
+        return now - self._saved >= self.every_seconds
+
+    def save(self, step: int, tree: dict[str, Any]) -> None:
+        if self._ckpt is None:
+            self._ckpt = Checkpointer(self.directory)
+        self._ckpt.save(step, tree)
+        self._saved = time.monotonic()
+
+    def close(self) -> None:
+        if self._ckpt is not None:
+            self._ckpt.close()
+
+
+@dataclasses.dataclass
 class _Scope:
     """Where the fits of a ``checkpoints`` block write, and how many have started."""
 
     ckpt_root: Path
     curve_root: Path | None
-    ckpt_every: int | None
+    min_seconds: float
+    every_seconds: float
     count: int = 0
 
 
@@ -236,17 +281,22 @@ def checkpoints(
     ckpt_root: str | os.PathLike,
     *,
     curves: str | os.PathLike | None = None,
-    every: int | None = None,
+    min_seconds: float = 20.0,
+    every_seconds: float = 300.0,
 ) -> Iterator[None]:
     """Within the block, every ``fit`` given no ``ckpt_dir`` checkpoints itself.
 
-    The i-th fit of the block (from 0) saves to ``ckpt_root/<iii>-<desc>`` when it ends
-    and, with ``every``, every ``every`` steps (rounded up to its ``steps_per_call``);
-    with ``curves`` its log rows go to ``curves/<iii>-<desc>.csv`` / ``.jsonl`` unless it
-    has a ``log_path``. Run again, a block whose fits start in the same order restores the
-    fits that ended (running no step) and resumes the interrupted one.
+    The i-th fit of the block (from 0) saves to ``ckpt_root/<iii>-<desc>-<fingerprint>``:
+    every ``every_seconds`` and when it ends if it ran ``min_seconds`` or more (with its own
+    ``ckpt_every``: every that many steps and at the end); with ``curves`` its log rows go
+    to ``curves/<same name>.csv`` / ``.jsonl`` unless it has a ``log_path``. Run again, a
+    block whose fits start in the same order restores the fits that ended (running no step)
+    and resumes the interrupted one from its last checkpoint; the fingerprint (initial
+    state, n_steps, steps_per_call) keeps a fit from restoring a checkpoint of another fit
+    that took its place.
     """
-    scope = _Scope(Path(ckpt_root), None if curves is None else Path(curves), every)
+    scope = _Scope(Path(ckpt_root), None if curves is None else Path(curves), min_seconds,
+                   every_seconds)  # fmt: skip
     token = _SCOPE.set(scope)
     try:
         yield
@@ -254,18 +304,34 @@ def checkpoints(
         _SCOPE.reset(token)
 
 
-def _scoped(desc: str, ckpt_dir, ckpt_every, log_path, steps_per_call: int):
-    """``(ckpt_dir, ckpt_every, log_path)`` of a ``fit`` inside a ``checkpoints`` block."""
+def _fingerprint(state: TrainState, *numbers: int) -> str:
+    """8 hex digits of a hash of the initial state's values (learning rates that live in the
+    optimizer state included) and ``numbers``."""
+    digest = hashlib.sha1(repr(numbers).encode())
+    for leaf in jax.tree.leaves(state):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        digest.update(np.ascontiguousarray(distributed.to_host(leaf)).tobytes())
+    return digest.hexdigest()[:8]
+
+
+def _saver(desc: str, state: TrainState, ckpt_dir, ckpt_every, log_path, sizes: tuple[int, int]):
+    """``(saver or None, log_path)`` of a ``fit``: its own ``ckpt_dir``, or inside a
+    ``checkpoints`` block a folder named by its place in the block, its ``desc`` and a
+    fingerprint of its initial state and ``sizes`` (n_steps, steps_per_call)."""
     scope = _SCOPE.get()
-    if scope is None or ckpt_dir is not None:
-        return ckpt_dir, ckpt_every, log_path
-    name = f"{scope.count:03d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', desc)}"
+    if ckpt_dir is not None or scope is None:
+        saver = None if ckpt_dir is None else _Saver(Path(ckpt_dir), ckpt_every)
+        return saver, log_path
+    slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", desc)
+    name = f"{scope.count:03d}-{slug}-{_fingerprint(state, *sizes)}"
     scope.count += 1
     if log_path is None and scope.curve_root is not None and distributed.is_main_process():
         log_path = scope.curve_root / f"{name}.csv"
-    if ckpt_every is None and scope.ckpt_every is not None:
-        ckpt_every = -(-scope.ckpt_every // steps_per_call) * steps_per_call
-    return scope.ckpt_root / name, ckpt_every, log_path
+    if ckpt_every is not None:
+        return _Saver(scope.ckpt_root / name, ckpt_every), log_path
+    clock = dict(min_seconds=scope.min_seconds, every_seconds=scope.every_seconds)
+    return _Saver(scope.ckpt_root / name, **clock), log_path
 
 
 def fit(
@@ -335,18 +401,18 @@ def fit(
         or ``patience`` without ``monitor`` from ``eval_fn``.
       NonFiniteError: a train metric's mean is NaN or infinite.
     """
-    ckpt_dir, ckpt_every, log_path = _scoped(desc, ckpt_dir, ckpt_every, log_path, steps_per_call)
     stop = _Stopping(monitor, patience, min_steps)
     _check_args(n_steps, eval_every, ckpt_every, steps_per_call, stop, eval_fn)
+    saver, log_path = _saver(desc, state, ckpt_dir, ckpt_every, log_path, (n_steps, steps_per_call))
     tree = _initial_tree(step_fn, state)
-    ckpt = Checkpointer(ckpt_dir) if ckpt_dir is not None else None
     bar = None
     try:
-        if ckpt is not None and ckpt.latest_step() is not None:
-            tree = ckpt.restore(tree)
+        restored = saver.restore(tree) if saver is not None else None
+        if restored is not None:
+            tree = restored
         else:
             tree["best_state"] = _copy(state)
-        run = _Run.start(tree, ckpt, MetricsLog(log_path) if log_path is not None else None)
+        run = _Run.start(tree, saver, MetricsLog(log_path) if log_path is not None else None)
         bar = tqdm(
             total=n_steps,
             initial=run.step,
@@ -364,14 +430,14 @@ def fit(
                 span = int(run.acc["count"]) * steps_per_call
                 row = run.log_row(eval_fn, stop, span, desc)
                 bar.set_postfix({k: v for k, v in row.items() if k != "step"}, refresh=False)
-            if (ckpt_every is not None and run.step % ckpt_every == 0) or run.step == n_steps:
+            if run.step < n_steps and not run.es["stopped"]:
                 run.save()
-        run.save()  # also at an early stop; a no-op when this step is saved already
+        run.save(end=True)  # also at an early stop; a no-op when this step is saved already
     finally:
         if bar is not None:
             bar.close()
-        if ckpt is not None:
-            ckpt.close()
+        if saver is not None:
+            saver.close()
     if math.isinf(run.es["best_val"]):  # no monitored value seen: the last state is the best
         run.best_state, run.es["best_step"] = run.state, run.step
     return FitResult(run.state, run.best_state, int(run.es["best_step"]), run.history)
