@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA = "data"
@@ -63,15 +64,35 @@ def check_divisible(tree: Any, mesh: Mesh, leading_axis: int = 0) -> None:
             )
 
 
+def _place_leaf(x: Any, sharding: NamedSharding) -> jax.Array:
+    if isinstance(x, jax.core.Tracer):  # traced (e.g. jax.eval_shape of the step)
+        return jax.lax.with_sharding_constraint(x, sharding)
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return jax.device_put(x, sharding)  # already global: reshard
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _place_leaf(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def place(tree: Any, sharding: NamedSharding) -> Any:
+    """``jax.device_put(tree, sharding)``, also when the mesh spans several processes: then
+    every process passes the same whole value and puts the parts its own devices hold."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: _place_leaf(x, sharding), tree)
+
+
 def shard_batch(tree: Any, mesh: Mesh, leading_axis: int = 0) -> Any:
-    """``device_put`` with axis ``leading_axis`` of every leaf split over ``"data"``."""
+    """``place`` with axis ``leading_axis`` of every leaf split over ``"data"``."""
     check_divisible(tree, mesh, leading_axis)
-    return jax.device_put(tree, batch_sharded(mesh, leading_axis))
+    return place(tree, batch_sharded(mesh, leading_axis))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """``device_put`` of a full copy of every leaf on every device of ``mesh``."""
-    return jax.device_put(tree, replicated(mesh))
+    """``place`` of a full copy of every leaf on every device of ``mesh``."""
+    return place(tree, replicated(mesh))
 
 
 def constrain_batch(tree: Any, mesh: Mesh, leading_axis: int = 0) -> Any:
@@ -128,7 +149,7 @@ def data_parallel(
             )
         for i in batch_argnums:
             check_divisible(args[i], mesh, leading_axis)
-        args = jax.device_put(args, shardings(len(args)))
+        args = tuple(place(a, sh) for a, sh in zip(args, shardings(len(args)), strict=True))
         return compiled[len(args)](*args)
 
     fn.__wrapped__ = step

@@ -81,3 +81,28 @@ def test_initialize_without_a_cluster_is_one_process(monkeypatch):
     info = distributed.initialize()
     assert (info.process_index, info.process_count, info.is_main) == (0, 1, True)
     assert distributed.is_main_process()
+
+
+@pytest.mark.slow  # three smoke runs of STMP: about 2 minutes on 2 cores
+def test_dmeta_run_on_two_processes_equals_one_process_with_two_devices(tmp_path):
+    """End to end: ``dmeta run --data-parallel`` on 2 processes x 1 device (checkpoints,
+    results written once) gives the results of 1 process x 2 devices."""
+    import pandas as pd
+
+    cli = Path(__file__).resolve().parents[1] / "experiments" / "cli.py"
+    args = ["run", "stmp", "--smoke", "--seeds", "1", "--methods", "STMP", "--data-parallel"]
+    env = {"PYTHONPATH": str(cli.parents[1])}
+    workers = launch_group(cli, [*args, "--out", str(tmp_path / "one")], 1, 2, env)
+    workers += launch_group(cli, [*args, "--out", str(tmp_path / "two")], 2, 1, env)
+    for w in workers:
+        if w.proc.wait(timeout=600) != 0:
+            pytest.fail(w.output()[1][-3000:])
+
+    def scores(name):
+        df = pd.read_csv(tmp_path / name / "results.csv")
+        return df[df.metric != "seconds"].reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(scores("two"), scores("one"), rtol=1e-5)
+    assert not (tmp_path / "two" / "ckpt").exists() or not any(
+        (tmp_path / "two" / "ckpt").iterdir()
+    )
