@@ -177,7 +177,6 @@ def train_epochs(
         steps_per_call=step.steps,
         eval_every=step.steps,
         desc=f"{desc} lr={learning_rate:g} batch={batch_size} users={n}",
-        progress=False,
     )
     return result.state.params, result.history
 

@@ -206,7 +206,6 @@ def fit(
         min_steps=(drop_epoch + 1) * step.steps,
         steps_per_call=step.steps,
         desc=desc,
-        progress=False,
     )
     # no rows when a finished fit is restored without its curve
     best = min((row["val_mae"] for row in res.history), default=np.nan)

@@ -307,7 +307,6 @@ def train_global(
         patience=patience,
         steps_per_call=length,
         desc=desc,
-        progress=False,
     )
 
 

@@ -426,7 +426,6 @@ def train_meta(runner: MetaRunner, ctx: Context, key: jax.Array):
         eval_fn=eval_fn,
         eval_every=t.eval_every,
         patience=t.patience,
-        progress=False,
     )
     return result.best_state.params
 

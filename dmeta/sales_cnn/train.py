@@ -263,7 +263,6 @@ def _train(
         patience=patience,
         steps_per_call=length,
         desc=desc,
-        progress=False,
     )
 
 

@@ -176,7 +176,6 @@ def lstm_forecast(
         n_steps=n_steps,
         eval_every=n_steps,
         desc="lstm",
-        progress=False,
     ).state
     test_rows, test_cols = (jnp.asarray(a) for a in np.nonzero(prep.test))
     return np.asarray(jax.jit(apply)(state.params, prep.arrays, test_rows, test_cols))
@@ -230,7 +229,6 @@ def maml_forecast(
         n_steps=n_steps,
         eval_every=n_steps,
         desc="maml",
-        progress=False,
     ).state
     return _maml_test(prep, graphdef, state.params, jax.random.key(seed + 1),
                       n_support=n_support, inner_steps=inner_steps, inner_lr=inner_lr)  # fmt: skip

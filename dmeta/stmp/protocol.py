@@ -317,7 +317,7 @@ def fit_stmp(prep: D.Prepared, cfg: STMPConfig, seed: int, *, amortized=True, ju
     train = dataclasses.asdict(cfg.train)
     shard = train.pop("data_parallel")
     params, _ = T.fit(graphdef, params, prep, key=jax.random.key(seed), shard=shard, mode=mode,
-                      progress=True, **train)  # fmt: skip
+                      **train)  # fmt: skip
     return T.predict(graphdef, params, prep, key=jax.random.key(seed + 1000),
                      n_context=cfg.protocol.eval_context)  # fmt: skip
 

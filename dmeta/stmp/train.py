@@ -317,7 +317,7 @@ def fit(
     lr: float = 3e-3,
     log_every: int = 0,
     shard: bool = False,
-    progress: bool = False,
+    progress: bool | None = None,
     **step_kwargs,
 ) -> tuple[Params, list[dict[str, float]]]:
     """Trains STMP for ``n_steps`` (Adam, cosine decay) with ``dmeta.train.loop.fit``.
