@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from dmeta import report
@@ -54,3 +55,24 @@ def test_rmldp_report_shows_the_median_and_the_segments_that_dominate():
     table, dominant = rmldp.robust(segments)
     assert table.loc[0, "mape_median"] == 0.3 and table.loc[0, "mape_mean"] > 1e5
     assert dominant[["method", "metric", "segment"]].values.tolist() == [["M", "mape", "3"]]
+
+
+def test_convergence_section_from_saved_curves(tmp_path):
+    from dmeta.report import convergence
+
+    flat = tmp_path / "curves" / "main__CNN_WD__seed0"
+    rising = tmp_path / "curves" / "main__DNN__seed0"
+    for folder in (flat, rising):
+        folder.mkdir(parents=True)
+    steps = np.arange(1, 13)
+    pd.DataFrame({"step": steps, "loss": 1 / steps, "val_loss": 1 + 1 / steps**3}).to_csv(
+        flat / "000-cnn-ab12.csv", index=False
+    )
+    pd.DataFrame({"step": steps, "loss": 1 / steps}).to_csv(rising / "000-dnn.csv", index=False)
+    table = convergence.fits(tmp_path, ["CNN+WD", "DNN"]).set_index("method")
+    assert table.loc["CNN+WD", "metric"] == "val_loss" and table.loc["CNN+WD", "converged"]
+    assert table.loc["DNN", "metric"] == "loss" and not table.loc["DNN", "converged"]
+    np.testing.assert_allclose(table.loc["DNN", "gain"], (1 / 9 - 1 / 12) / (1 / 9))
+    text = convergence.section(tmp_path, ["CNN+WD", "DNN"])
+    assert "| CNN+WD" in text and "1/1" in text and "0/1" in text
+    assert convergence.section(tmp_path / "none") == ""

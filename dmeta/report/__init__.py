@@ -24,6 +24,7 @@ from types import ModuleType
 
 import pandas as pd
 
+from dmeta.report import convergence
 from dmeta.report.tables import summary_markdown
 from dmeta.train.results import summarize, validate_results
 
@@ -65,8 +66,11 @@ def _render(run_dir: Path, results: pd.DataFrame) -> str:
     module = _renderer(experiment)
     if module is None:
         datasets = ", ".join(dict.fromkeys(results["dataset"].astype(str)))
-        return generic(results, f"{experiment} on {datasets}")
-    return module.render(run_dir, results)
+        text = generic(results, f"{experiment} on {datasets}")
+    else:
+        text = module.render(run_dir, results)
+    curves = convergence.section(run_dir, results["method"].unique())
+    return f"{text.rstrip()}\n\n{curves}" if curves else text
 
 
 def render(run_dir: str | os.PathLike) -> str:

@@ -1,0 +1,91 @@
+"""Did the trained methods converge? A table from the fit curves a run saved.
+
+The harness saves every fit's log rows as ``curves/<cell>/<fit>.csv`` (``dmeta.train.loop``).
+A fit counts as converged when its monitored curve (the first ``val*`` column, else the train
+``loss``) improved by less than ``FLAT`` of its value over the last quarter of its rows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dmeta.report.tables import markdown_table
+from dmeta.train.harness import Cell
+
+FLAT = 0.02
+MIN_ROWS = 4
+
+
+def _monitored(curve: pd.DataFrame) -> str | None:
+    names = [c for c in curve.columns if c.startswith("val")] or [
+        c for c in ("loss",) if c in curve.columns
+    ]
+    return names[0] if names else None
+
+
+def last_quarter_gain(values: np.ndarray) -> float:
+    """Relative improvement (drop) of ``values`` over their last quarter: ``(first - min) /
+    |first|`` of the last ``ceil(n / 4)`` values (NaN with fewer than ``MIN_ROWS`` values)."""
+    values = np.asarray(values, np.float64)
+    if len(values) < MIN_ROWS:
+        return float("nan")
+    quarter = -(-len(values) // 4)
+    tail = values[-quarter - 1 :]  # the quarter and the value it starts from
+    return float((tail[0] - np.min(tail)) / max(abs(tail[0]), 1e-12))
+
+
+def fits(run_dir: str | os.PathLike, methods: Iterable[str] = ()) -> pd.DataFrame:
+    """One row per saved curve: ``method, cell, fit, metric, rows, gain, converged``
+    (``methods``: the run's method names, to undo the cell folders' file-name spelling)."""
+    names = {Cell(m, 0).key.split("__")[1]: m for m in methods}
+    rows = []
+    for path in sorted(Path(run_dir).glob("curves/*/*.csv")):
+        curve = pd.read_csv(path)
+        metric = _monitored(curve)
+        if metric is None:
+            continue
+        gain = last_quarter_gain(curve[metric].dropna().to_numpy())
+        parts = path.parent.name.split("__")
+        rows.append({
+            "method": names.get(parts[1], parts[1]) if len(parts) == 3 else path.parent.name,
+            "cell": path.parent.name,
+            "fit": path.stem,
+            "metric": metric,
+            "rows": len(curve),
+            "gain": gain,
+            "converged": bool(np.isfinite(gain) and gain < FLAT),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def section(run_dir: str | os.PathLike, methods: Iterable[str] = ()) -> str:
+    """A Markdown section per method (fits, converged share, worst last-quarter gain), or ""
+    when the run saved no curves."""
+    table = fits(run_dir, methods)
+    if table.empty:
+        return ""
+    per_method = table.groupby("method", sort=False).agg(
+        fits=("fit", "size"),
+        converged=("converged", "sum"),
+        worst_gain=("gain", "max"),
+        rows=("rows", "median"),
+    )
+    shown = pd.DataFrame({
+        "method": per_method.index,
+        "fits": per_method["fits"].to_numpy(),
+        "converged": [f"{c}/{n}" for c, n in zip(per_method["converged"], per_method["fits"])],
+        "worst last-quarter gain": per_method["worst_gain"].to_numpy(),
+        "median rows": per_method["rows"].to_numpy(),
+    })  # fmt: skip
+    return (
+        "## Convergence\n\n"
+        f"From the saved curves (`curves/<cell>/<fit>.csv`): a fit has converged when its "
+        f"validation metric (train loss where it has none) improved by less than {FLAT:.0%} over "
+        f"the last quarter of its logged rows; fits with fewer than {MIN_ROWS} rows count as not "
+        "converged.\n\n" + markdown_table(shown, floatfmt=".3g")
+    )
