@@ -22,9 +22,14 @@ def test_prepare_split_and_weights():
         ends = data.train_ends[r, : n[r]]
         assert len(np.unique(ends)) == 10
         assert (ends + 2 < data.sp).all()  # no training target reaches the test interval
+    assert data.period_days == 7.0  # weekly dates; beta is per day (eq. 18)
     w = np.asarray(weighted(data, 0.1).w)
     np.testing.assert_allclose(
-        w[0, : n[0]], np.exp(0.1 * (data.train_ends[0, : n[0]] + 2 - data.sp))
+        w[0, : n[0]], np.exp(0.1 * 7 * (data.train_ends[0, : n[0]] + 2 - data.sp)), rtol=1e-6
+    )
+    daily = prepare(panel, length=8, horizon=2, n_test=3, train_periods=10, period_days=1)
+    np.testing.assert_allclose(
+        np.asarray(weighted(daily, 0.1).w)[0, : n[0]], w[0, : n[0]] ** (1 / 7), rtol=1e-5
     )
     assert int(pooled(data.train).n) == n.sum()
     # the test targets are the totals of the next k periods of the sales series
@@ -50,7 +55,7 @@ def test_prepare_holds_out_the_last_training_ends_for_validation():
                                    full.train_y[r, : int(full.train.n[r])][rows], rtol=1e-5)  # fmt: skip
     w = np.asarray(weighted(held, 0.1, val=True).w)
     np.testing.assert_allclose(
-        w[0, : n_val[0]], np.exp(0.1 * (held.val_ends[0, : n_val[0]] + 2 - held.sp))
+        w[0, : n_val[0]], np.exp(0.7 * (held.val_ends[0, : n_val[0]] + 2 - held.sp)), rtol=1e-6
     )
     np.testing.assert_array_equal(held.test_y, full.test_y)
     with pytest.raises(ValueError, match="n_val=10"):

@@ -64,6 +64,7 @@ def test_split_ends_no_overlap():
 def test_synthetic_ground_truth():
     panel, expected = synthetic_panel(0, n_regions=2, n_items=8, n_periods=60)
     assert panel.x.shape == (2, 8, 60, 5)
+    assert panel.period_days == 7.0  # weekly periods (eq. 18's beta is per day)
     assert expected.shape == (2, 8, 60)
     sales = panel.sales
     # Poisson noise around the planted mean: relative error of the sums is small

@@ -35,6 +35,7 @@ def _shared(folder):
 def test_frat_shared():
     panel = load_frat(_shared("dunnhumby_breakfast_at_the_frat"))
     assert panel.x.shape == (77, 55, 156, 9)
+    assert panel.period_days == 7.0
     assert panel.indicators[panel.target] == "units"
     assert panel.sales.sum() == pytest.approx(10_293_354, rel=1e-6)
     assert panel.category.max() + 1 == 4

@@ -81,6 +81,9 @@ def test_model_shapes_distinct_banks_per_matrix():
 def test_sample_weights_and_weighted_mse():
     w = np.asarray(sample_weights(np.array([10, 19]), sp=22, horizon=2, beta=0.02))
     np.testing.assert_allclose(w, np.exp(0.02 * np.array([-10.0, -1.0])), rtol=1e-6)
+    # beta is per day: on weekly periods 0.02 / day is 0.14 / week
+    weekly = sample_weights(np.array([10, 19]), sp=22, horizon=2, beta=0.02, period_days=7)
+    np.testing.assert_allclose(weekly, np.exp(0.14 * np.array([-10.0, -1.0])), rtol=1e-6)
     loss = weighted_mse(jnp.array([1.0, 2.0]), jnp.array([0.0, 0.0]), jnp.array([1.0, 3.0]))
     np.testing.assert_allclose(float(loss), (1.0 + 3.0 * 4.0) / 4.0, rtol=1e-6)
 

@@ -35,7 +35,8 @@ class SalesPanel:
       category: i32[I] category index of each item (0..C-1).
       target: index into the D indicators of the sales indicator.
       regions, items, indicators: names along R, I and D.
-      dates: datetime64[L] period start (or label) dates.
+      dates: datetime64[L] period start (or label) dates, evenly spaced (their step is
+        the panel's time unit, ``period_days``).
     """
 
     x: np.ndarray
@@ -64,6 +65,14 @@ class SalesPanel:
             raise ValueError("SalesPanel.x holds NaN or inf values")
         if not 0 <= self.target < d:
             raise ValueError(f"SalesPanel.target={self.target} outside 0..{d - 1}")
+
+    @property
+    def period_days(self) -> float:
+        """Days per period: the median step between ``dates`` (1.0 for a single date)."""
+        if len(self.dates) < 2:
+            return 1.0
+        step = np.median(np.diff(np.asarray(self.dates, "datetime64[s]")).astype(np.float64))
+        return float(step) / 86400.0
 
     @property
     def sales(self) -> np.ndarray:

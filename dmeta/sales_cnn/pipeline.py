@@ -57,7 +57,8 @@ class Prepared:
       series: f32[R, I_max, L] sales of each region's kept items (ARIMA, naive);
         test row ``q`` is item ``q // E_test`` at end ``test_ends[q % E_test]``.
       test_ends: i32[E_test] test frame end points.
-      scaler: the z-score statistics; sp, horizon: for the weights (eq. 18).
+      scaler: the z-score statistics; sp, horizon, period_days (days per period): for
+        the weights (eq. 18, beta per day).
       regions: region names.
     """
 
@@ -76,6 +77,7 @@ class Prepared:
     scaler: Scaler
     sp: int
     horizon: int
+    period_days: float
     regions: tuple[str, ...]
 
 
@@ -118,6 +120,7 @@ def prepare(
     n_test: int = 1,
     train_periods: int | None = None,
     n_val: int = 0,
+    period_days: float | None = None,
 ) -> Prepared:
     """Train/validation/test Data Frames per region.
 
@@ -129,6 +132,8 @@ def prepare(
         test interval (paper: about one year); None keeps all.
       n_val: the last ``n_val`` of those end points are held out as validation frames
         (early stopping), neither trained on nor in the z-score statistics; 0: none.
+      period_days: days per panel period (eq. 18's exponent is in days); None: the
+        panel's date step (``SalesPanel.period_days``).
     """
     split = split_ends(len(panel.dates), length=length, horizon=horizon, n_test=n_test)
     ends = split.train
@@ -169,15 +174,18 @@ def prepare(
         scaler=scaler,
         sp=split.sp,
         horizon=horizon,
+        period_days=panel.period_days if period_days is None else period_days,
         regions=panel.regions,
     )
 
 
 def weighted(data: Prepared, beta: float, *, val: bool = False) -> Samples:
-    """Training samples (``val``: the validation ones) with the weights of eq. 18
-    (``beta = 0``: all ones)."""
+    """Training samples (``val``: the validation ones) with the weights of eq. 18, ``beta``
+    per day (``beta = 0``: all ones)."""
     samples, ends = (data.val, data.val_ends) if val else (data.train, data.train_ends)
-    w = sample_weights(ends, sp=data.sp, horizon=data.horizon, beta=beta)
+    w = sample_weights(
+        ends, sp=data.sp, horizon=data.horizon, beta=beta, period_days=data.period_days
+    )
     return dataclasses.replace(samples, w=w)
 
 

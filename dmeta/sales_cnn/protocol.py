@@ -38,7 +38,7 @@ NAME = "sales_cnn"
 SWEEPS = {  # sweep name -> (config field of its values, axis label)
     "horizon": ("sweep_horizons", "target interval length k (periods)"),
     "length": ("sweep_lengths", "Data Frame length T (periods)"),
-    "beta": ("sweep_betas", "weight decay beta (per period)"),
+    "beta": ("sweep_betas", "weight decay beta (per day)"),
 }
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,7 @@ class SalesRun:
                 n_test=d.n_test,
                 train_periods=d.train_periods,
                 n_val=d.n_val,
+                period_days=d.period_days,
             )
             if not validation:
                 data = self._prepared[memo]

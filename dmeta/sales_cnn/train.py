@@ -1,7 +1,8 @@
 """Training the sales CNN: z-scoring, sample weight decay, Adamax, per-region transfer.
 
-* Sample weight decay (section 4.1): ``weight = exp(beta * (ep + k - sp))`` (eq. 18)
-  and the weighted squared error (eq. 19, divided by the batch weight sum).
+* Sample weight decay (section 4.1): ``weight = exp(beta * (ep + k - sp))`` (eq. 18) with
+  ``beta`` per day and the exponent in days (``period_days`` per period: 0.02 per day is
+  0.14 per week), and the weighted squared error (eq. 19, divided by the batch weight sum).
 * Transfer learning (section 4.2): pretrain one model on the samples of all
   regions, then continue training one copy per region. The per-region stage runs
   ``jax.vmap``-ed, jitted programs over region-stacked parameters and data.
@@ -102,9 +103,16 @@ def fit_scaler(frames: Array, y: Array) -> Scaler:
     )
 
 
-def sample_weights(ends: Array, *, sp: int, horizon: int, beta: float) -> Array:
-    """Eq. 18: ``exp(beta * (ep + k - sp))`` for frame end points ``ends`` (any shape)."""
-    return jnp.exp(beta * (jnp.asarray(ends, jnp.float32) + horizon - sp))
+def sample_weights(
+    ends: Array, *, sp: int, horizon: int, beta: float, period_days: float = 1.0
+) -> Array:
+    """Eq. 18: ``exp(beta * days(ep + k - sp))`` for frame end points ``ends`` (any shape).
+
+    ``ends``, ``sp`` and ``horizon`` count periods of ``period_days`` days; ``beta`` is per
+    day, as in the paper (its 0.02 on daily data).
+    """
+    gap = jnp.asarray(ends, jnp.float32) + horizon - sp  # periods, <= 0
+    return jnp.exp(beta * period_days * gap)
 
 
 def weighted_mse(pred: Array, y: Array, w: Array) -> Array:
