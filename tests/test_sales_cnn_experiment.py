@@ -8,7 +8,15 @@ from dmeta.config import override
 from dmeta.report import render
 from dmeta.report.sales_cnn import plots
 from dmeta.sales_cnn.baselines import arima_forecast, fe_features, persistence_forecast
-from dmeta.sales_cnn.pipeline import METHODS, pooled, prepare, region_mse, weighted
+from dmeta.sales_cnn.pipeline import (
+    METHODS,
+    NETWORKS,
+    pooled,
+    prepare,
+    region_mse,
+    step_budgets,
+    weighted,
+)
 from dmeta.sales_cnn.synthetic import synthetic_panel
 
 
@@ -60,6 +68,20 @@ def test_prepare_holds_out_the_last_training_ends_for_validation():
     np.testing.assert_array_equal(held.test_y, full.test_y)
     with pytest.raises(ValueError, match="n_val=10"):
         prepare(panel, **opts, n_val=10)
+
+
+def test_matched_schedule_gives_every_network_the_transfer_budget():
+    n = np.array([300, 500, 400])  # samples per region; pooled 1200
+    opts = dict(epochs=2.0, finetune_epochs=1.0, batch_size=100, eval_every=5)
+    paper = {m: step_budgets(m, n, schedule="paper", **opts) for m in NETWORKS}
+    # pooled: 2 * 1200 / 100 = 24 -> 25; per region: 2 * 500 / 100 = 10; fine-tune 5
+    assert paper == {"DNN": (10,), "CNN": (10,), "CNN+WD": (10,), "CNN+WD+TL": (25, 5),
+                     "Single-CNN": (25,)}  # fmt: skip
+    matched = {m: step_budgets(m, n, schedule="matched", **opts) for m in NETWORKS}
+    assert {sum(b) for b in matched.values()} == {30}
+    assert matched["CNN+WD+TL"] == paper["CNN+WD+TL"]
+    with pytest.raises(ValueError, match="schedule"):
+        step_budgets("CNN", n, schedule="equal", **opts)
 
 
 def test_baseline_features_and_forecasts():

@@ -76,13 +76,20 @@ class DNNConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Adamax over minibatches, sample weight decay (eq. 18), transfer; every stage early-stops
-    on the validation frames (``data.n_val``) and keeps its best state."""
+    on the validation frames (``data.n_val``) and keeps its best state.
+
+    ``schedule="matched"`` (the main table) gives every network CNN+WD+TL's step budget
+    (``epochs`` over the pooled samples + ``finetune_epochs`` over a region's), so transfer
+    is not confounded with training length; ``"paper"`` keeps the paper's epochs per stage
+    (CNN, CNN+WD, DNN: ``epochs`` over a region's samples; Single-CNN: over the pooled).
+    """
 
     learning_rate: float = 2e-3  # Adamax default
     batch_size: int = 128
     epochs: float = 10.0  # pretraining / per-region training
     finetune_epochs: float = 10.0  # transfer stage
     beta: float = 0.02  # weight decay per DAY (eq. 18; CNN+WD, CNN+WD+TL): 0.14 per week
+    schedule: Literal["matched", "paper"] = "matched"  # steps per network (step_budgets)
     eval_every: int = 20  # steps between validation losses (and jitted chunks' length bound)
     patience: int | None = 5  # evaluations without a lower validation loss before stopping
     data_parallel: bool = False  # minibatches (pooled) and regions over all visible devices

@@ -196,8 +196,48 @@ def pooled(samples: Samples) -> Samples:
     return Samples(x=take(samples.x), y=take(samples.y), w=take(samples.w), n=jnp.asarray(n.sum()))
 
 
-def _steps(epochs: float, n: int, batch_size: int) -> int:
-    return max(1, math.ceil(epochs * n / batch_size))
+def step_budgets(
+    method: str,
+    n: np.ndarray,
+    *,
+    epochs: float,
+    finetune_epochs: float,
+    batch_size: int,
+    eval_every: int,
+    schedule: str = "matched",
+) -> tuple[int, ...]:
+    """Optimizer steps of each training stage of a network (the most it runs; early
+    stopping may end a stage sooner).
+
+    ``"paper"`` (section 4.5): ``epochs`` over a region's samples (CNN, CNN+WD, DNN), over
+    the pooled samples (Single-CNN; CNN+WD+TL's pretraining) and ``finetune_epochs`` over
+    a region's (CNN+WD+TL's fine-tuning), so CNN+WD+TL trains longest. ``"matched"``:
+    every network gets CNN+WD+TL's two stages' total, so a region's model takes the same
+    number of steps whichever network it is. Each stage is rounded up to whole
+    ``eval_every`` intervals.
+
+    Args:
+      n: i32[R] training samples per region.
+
+    Returns:
+      (pretraining, fine-tuning) steps for CNN+WD+TL, one stage's steps for the others.
+    """
+    if schedule not in ("matched", "paper"):
+        raise ValueError(f"schedule={schedule!r}; use 'matched' or 'paper'")
+    if method not in NETWORKS:
+        raise ValueError(f"unknown network method {method!r}; one of {NETWORKS}")
+
+    def steps(n_epochs, n_samples):
+        batches = max(1, math.ceil(n_epochs * n_samples / batch_size))
+        return math.ceil(batches / eval_every) * eval_every
+
+    pooled = steps(epochs, int(np.sum(n)))
+    transfer = steps(finetune_epochs, int(np.max(n)))
+    if method == "CNN+WD+TL":
+        return pooled, transfer
+    if schedule == "matched":
+        return (pooled + transfer,)
+    return (pooled,) if method == "Single-CNN" else (steps(epochs, int(np.max(n))),)
 
 
 def method_keys(seed: int, position: int) -> tuple[jax.Array, jax.Array]:
@@ -224,15 +264,17 @@ def forecast_network(
     beta: float = 0.02,
     eval_every: int = 50,
     patience: int | None = 5,
+    schedule: str = "matched",
     shard: bool = False,
 ) -> np.ndarray:
     """Trains one network and returns its test forecasts f32[R, Q] (raw sales units).
 
     Per-region methods (CNN, CNN+WD, DNN) train one model per region from its own
-    initialisation, all regions in one vmapped program for ``epochs``;
-    Single-CNN trains one model on the pooled samples; CNN+WD+TL pretrains on the
-    pooled weighted samples for ``epochs`` and fine-tunes per region (vmapped) for
-    ``finetune_epochs``. With validation frames (``data.val``) every stage logs its
+    initialisation, all regions in one vmapped program; Single-CNN trains one model on the
+    pooled samples; CNN+WD+TL pretrains on the pooled weighted samples and fine-tunes per
+    region (vmapped). ``schedule`` sets their step budgets (``step_budgets``: ``"matched"``
+    gives every network CNN+WD+TL's total, ``"paper"`` the paper's epochs per stage). With
+    validation frames (``data.val``) every stage logs its
     validation loss (weighted like its training loss) every ``eval_every`` steps, stops
     after ``patience`` evaluations without improvement (None: never) and keeps its best
     state. ``shard=True`` runs on all visible devices (``dmeta.sales_cnn.train``: pooled
@@ -257,7 +299,15 @@ def forecast_network(
             n_regions,
             jax.device_count(),
         )
-    region_steps = _steps(epochs, int(np.max(data.train.n)), batch_size)
+    budgets = step_budgets(
+        method,
+        np.asarray(data.train.n),
+        epochs=epochs,
+        finetune_epochs=finetune_epochs,
+        batch_size=batch_size,
+        eval_every=eval_every,
+        schedule=schedule,
+    )
 
     def cnn(s):
         return SalesCNN(d, t, **model, rngs=nnx.Rngs(s))
@@ -281,19 +331,15 @@ def forecast_network(
         models = [split_model(make(seed * 1000 + r)) for r in range(n_regions)]
         graphdef, params = models[0][0], stack_params([p for _, p in models])
         b = beta if method == "CNN+WD" else 0.0
-        return predict(graphdef, per_region(graphdef, params, b, k_fit, region_steps, "regions"))
-    if method not in ("CNN+WD+TL", "Single-CNN"):
-        raise ValueError(f"unknown network method {method!r}; one of {NETWORKS}")
+        return predict(graphdef, per_region(graphdef, params, b, k_fit, budgets[0], "regions"))
     transfer = method == "CNN+WD+TL"
     graphdef, params = split_model(cnn(seed * 1000 + 999))
     train, val = sets(beta if transfer else 0.0)
-    pooled_steps = _steps(epochs, int(np.sum(data.train.n)), batch_size)
-    kw = dict(opts, n_steps=pooled_steps, val=None if val is None else pooled(val))
+    kw = dict(opts, n_steps=budgets[0], val=None if val is None else pooled(val))
     res = fit(graphdef, params, pooled(train), k_fit, desc=f"{method} pooled", **kw)
     params = broadcast_params(res.best_state.params, n_regions)
     if transfer:
-        tune_steps = _steps(finetune_epochs, int(np.max(data.train.n)), batch_size)
-        params = per_region(graphdef, params, beta, k_tune, tune_steps, "transfer")
+        params = per_region(graphdef, params, beta, k_tune, budgets[1], "transfer")
     return predict(graphdef, params)
 
 
