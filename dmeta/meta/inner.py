@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import optax
 
 from dmeta.types import Array, Params
 
@@ -19,6 +21,12 @@ def sgd_step(params: Params, grads: Params, step_size: float | Array | Params) -
     return jax.tree.map(lambda p, g, a: p - a * g, params, grads, step_size)
 
 
+def clip_by_global_norm(grads: Params, max_norm: float | Array) -> Params:
+    """``grads`` scaled down to global norm ``max_norm`` when it is larger."""
+    norm = optax.tree.norm(grads)
+    return jax.tree.map(lambda g: g * jnp.minimum(1.0, max_norm / (norm + 1e-12)), grads)
+
+
 def adapt(
     loss_fn: LossFn,
     params: Params,
@@ -28,6 +36,7 @@ def adapt(
     step_size: float | Array | Params = 1e-2,
     first_order: bool = False,
     remat: bool = False,
+    max_grad_norm: float | Array | None = None,
 ) -> Params:
     """Adapts ``params`` to one task by ``steps`` gradient steps on its support data (eq. 6 / 8).
 
@@ -45,6 +54,7 @@ def adapt(
         not grow with ``steps`` (recomputes each step's activations in the backward pass);
         without it the steps are unrolled, fastest for a few steps
         (``experiments/benchmarks/memory_inner_steps.py`` measures both).
+      max_grad_norm: clip each inner gradient to this global norm (None: no clipping).
 
     Returns:
       The adapted parameters theta_i, same structure as ``params``.
@@ -59,6 +69,7 @@ def adapt(
         step_size=step_size,
         first_order=first_order,
         remat=remat,
+        max_grad_norm=max_grad_norm,
     )
     return adapted
 
@@ -72,6 +83,7 @@ def adapt_with_support_loss(
     step_size: float | Array | Params = 1e-2,
     first_order: bool = False,
     remat: bool = False,
+    max_grad_norm: float | Array | None = None,
 ) -> tuple[Params, Array]:
     """``adapt`` that also returns the support loss of ``params`` (before adaptation).
 
@@ -87,6 +99,8 @@ def adapt_with_support_loss(
 
     def step(p):
         loss, grads = jax.value_and_grad(loss_fn)(p, support)
+        if max_grad_norm is not None:
+            grads = clip_by_global_norm(grads, max_grad_norm)
         if first_order:
             grads = jax.lax.stop_gradient(grads)
         return sgd_step(p, grads, step_size), loss

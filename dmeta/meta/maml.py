@@ -35,6 +35,7 @@ def make_maml_task_loss(
     first_order: bool = False,
     remat: bool = False,
     init_fn: Callable[[Params, TaskBatch, Key], tuple[Params, dict[str, Array]]] | None = None,
+    max_grad_norm: float | Array | None = None,
 ) -> Callable[[Params, TaskBatch, Key], tuple[Array, dict[str, Array]]]:
     """Builds ``task_loss(meta_params, task, key) -> (query loss, aux)`` for one task.
 
@@ -47,6 +48,7 @@ def make_maml_task_loss(
       init_fn: optional ``init_fn(meta_params, task, key) -> (theta_0i, aux)`` giving a
         task-specific initialization (RMLDP's modulated theta_0i) and extra loss terms;
         any aux entry named ``"extra_loss"`` is added to the objective.
+      max_grad_norm: clip each inner gradient to this global norm (None: no clipping).
 
     Returns:
       The task loss; aux holds ``query_loss`` and ``support_loss`` (before adaptation).
@@ -65,6 +67,7 @@ def make_maml_task_loss(
             step_size=inner_step_size(meta_params, step_size),
             first_order=first_order,
             remat=remat,
+            max_grad_norm=max_grad_norm,
         )
         query_loss = loss_fn(adapted, task.query)
         aux = dict(aux, query_loss=query_loss, support_loss=support_loss)
@@ -82,8 +85,10 @@ def adapt_tasks(
     step_size: float = 1e-2,
     init_fn: Callable[[Params, TaskBatch, Key], tuple[Params, dict[str, Array]]] | None = None,
     key: Key | None = None,
+    max_grad_norm: float | Array | None = None,
 ) -> Params:
-    """Meta-testing (eq. 8): adapted parameters for every task, leaves f32[T, ...]."""
+    """Meta-testing (eq. 8): adapted parameters for every task, leaves f32[T, ...]
+    (``max_grad_norm`` clips each inner gradient as in ``make_maml_task_loss``)."""
     key = jax.random.key(0) if key is None else key
     keys = jax.random.split(key, jax.tree.leaves(tasks)[0].shape[0])
 
@@ -96,6 +101,7 @@ def adapt_tasks(
             steps=steps,
             step_size=inner_step_size(meta_params, step_size),
             first_order=True,
+            max_grad_norm=max_grad_norm,
         )
 
     return jax.vmap(one)(tasks, keys)
