@@ -70,10 +70,12 @@ def run(
     full = full_variant(methods)
 
     @functools.cache
+    def at(seq_len: int) -> Context:
+        return main if seq_len == cfg.protocol.seq_len else context(dataset, cfg, seq_len=seq_len)
+
     def setting(name: str) -> Context:
-        if name == "main":
-            return main
-        return context(dataset, cfg, seq_len=int(name.removeprefix("seq_len=")))
+        # the sweep point at the main |T_c| shares the main context (and its fitted models)
+        return main if name == "main" else at(int(name.removeprefix("seq_len=")))
 
     def one(cell: Cell) -> list[dict]:
         represent = cell.setting == "main" and cell.seed == 0 and cell.method == full

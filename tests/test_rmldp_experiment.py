@@ -9,7 +9,7 @@ import pytest
 from dmeta.config import override
 from dmeta.data.synthetic import make_demand
 from dmeta.rmldp import protocol
-from dmeta.rmldp.config import get_config
+from dmeta.rmldp.config import MetaGrid, get_config
 from experiments import rmldp, rmldp_posthoc
 
 METHODS = ("Linear Regression", "MAML", "RMLDP")
@@ -105,9 +105,10 @@ def test_data_parallel_remat_and_strategy_settings_match_the_plain_run(tmp_path)
     pd.testing.assert_series_equal(mape[0], mape[2], rtol=1e-4)
 
 
-def smoke_context(finetune_grid):
+def smoke_context(finetune_grid=None, trials=None, **grids):
     cfg = get_config(smoke=True)
-    tuning = dataclasses.replace(cfg.tuning, trials=None, finetune=finetune_grid)
+    finetune_grid = finetune_grid or cfg.tuning.finetune
+    tuning = dataclasses.replace(cfg.tuning, trials=trials, finetune=finetune_grid, **grids)
     cfg = dataclasses.replace(cfg, tuning=tuning)
     data = protocol.load_data("synthetic", cfg)
     return protocol.context(data, cfg, seq_len=cfg.protocol.seq_len)
@@ -128,3 +129,27 @@ def test_finetune_starts_from_the_same_seeds_gru_mpfn_model():
     _, finetuned = protocol.tuned("Fine-tune", ctx, seed=3)
     _, base = protocol.tuned("GRU+MPFN", ctx, seed=3)
     np.testing.assert_allclose(finetuned.target, base.target, rtol=1e-5, atol=1e-6)
+
+
+def test_meta_tuning_keeps_the_argmin_of_validation_mape_and_compiles_once():
+    grid = MetaGrid(inner_steps=(1,), inner_lr=(1e-2, 3e-2, 1e-1), meta_lr=(1e-3, 3e-3))
+    ctx = smoke_context(trials=3, meta=grid)
+    result, fitted = protocol.tuned("MAML", ctx, seed=0)
+    points, scores = zip(*result.trials)
+    assert len(points) == 3 and len(set(scores)) == 3  # distinct points, distinct scores
+    assert result.best == points[int(np.argmin(scores))] and result.score == min(scores)
+    assert protocol.val_mape(ctx, fitted.val) == result.score  # the kept fit is the chosen one
+    (runner,) = (r for k, r in ctx.runners.items() if k[0] == "meta")
+    assert runner.step._cache_size() == 1  # one program for every alpha and beta of the grid
+
+
+def test_finetune_tunes_only_its_adaptation_on_the_memoized_base(monkeypatch):
+    ctx = smoke_context(trials=2)
+    calls = []
+    fit_neural = protocol.fit_neural
+    monkeypatch.setattr(protocol, "fit_neural", lambda *a: calls.append(a[3]) or fit_neural(*a))
+    base, _ = protocol.tuned("GRU+MPFN", ctx, seed=0)
+    result, _ = protocol.tuned("Fine-tune", ctx, seed=0)
+    assert len(calls) == 2 and len(result.trials) == 2  # trials points each, base not refitted
+    assert {k: result.best[k] for k in base.best} == base.best
+    assert {"adapt_steps", "adapt_step_size"} == {k for p, _ in result.trials for k in p}

@@ -6,8 +6,11 @@ Tuning: every method of the main table gets the same procedure (``dmeta.train.ha
 ``tuning.trials`` points of its grid in ``tuning`` (the first value of each grid field is
 the setting used when ``trials = 1``, the default), each scored by the meta-validation
 MAPE (the reported metric), the lowest kept and written as ``hp:<name>`` rows.
-``--set tuning.trials=N`` gives every method N points (a seeded subset of larger grids).
-``tuning.trials=12`` gives Fine-tune the whole 3 x 4 budget grid it searched before #16.
+``--set tuning.trials=N`` gives every method N points (a seeded subset of larger grids):
+META variants tune inner steps, alpha and beta; global neural models the Adam rate and
+steps (early-stopped on the meta-validation MSE); Fine-tune only its adaptation budget,
+on the GRU+MPFN model that GRU+MPFN's own tuning chose for the same seed (so it gets the
+same N points, not N for its base plus N of its own).
 """
 
 from __future__ import annotations
@@ -140,7 +143,8 @@ class NeuralGrid:
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneGrid:
-    """Fine-tune: SGD steps and step size on each target's support set."""
+    """Fine-tune: SGD steps and step size on each target's support set (its base model is
+    GRU+MPFN's tuned one)."""
 
     adapt_steps: tuple[int, ...] = (3, 1, 10)
     adapt_step_size: tuple[float, ...] = (3e-2, 1e-3, 3e-3, 1e-2)

@@ -19,7 +19,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pandas as pd
 
 from dmeta import metrics
@@ -122,13 +121,17 @@ class Prepared:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Context:
     """What every cell of one setting shares: the prepared data, the graph embedding
-    u_g f32[I, D] and a cache of compiled meta-learners (one per variant and grid point)
-    and of the global neural models' functions (one per architecture)."""
+    u_g f32[I, D], a cache of compiled meta-learners (one per variant and number of inner
+    steps: the step sizes are arguments) and of the global neural models' functions (one
+    per architecture), and ``memo``, each (method, seed)'s tuning result and chosen fit
+    (``tuned``), so Fine-tune's base model and a sweep cell at the main |T_c| reuse the
+    models their own cells trained."""
 
     prep: Prepared
     cfg: RMLDPConfig
     graph_emb: jax.Array
     runners: dict = dataclasses.field(default_factory=dict)
+    memo: dict = dataclasses.field(default_factory=dict)
 
 
 def synthetic_kwargs(cfg: RMLDPConfig) -> dict:
@@ -356,42 +359,40 @@ def full_variant(methods: tuple[str, ...]) -> str:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class MetaRunner:
-    """A META variant with its jitted Algorithm 1 step and evaluation, reused across seeds.
+    """A META variant with a given number of inner steps: its jitted Algorithm 1 step and
+    evaluation, reused across seeds and step sizes.
 
     Attributes:
+      name: the variant.
+      inner_steps: inner SGD steps (static: the unrolled loop).
       model: the variant's static structure.
-      init: ``init(key) -> Theta``.
-      step: jitted ``step(state) -> (state, metrics)`` (sampling folded in).
-      test: ``test(Theta, tasks) -> f32[T, N_q]`` (eq. 8).
-      optimizer: the outer optimizer (beta).
+      init: ``init(key, inner_lr) -> Theta`` (Meta-SGD starts its step sizes at inner_lr).
+      step: jitted ``step(state, inner_lr) -> (state, metrics)`` (sampling folded in; the
+        outer Adam rate beta lives in the optimizer state).
+      test: ``test(Theta, tasks, inner_lr) -> f32[T, N_q]`` (eq. 8).
     """
 
+    name: str
+    inner_steps: int
     model: object
     init: Callable
     step: Callable
     test: Callable
-    optimizer: optax.GradientTransformation
 
 
-def meta_runner(name: str, ctx: Context, hp: dict) -> MetaRunner:
-    """The ``MetaRunner`` of variant ``name`` with ``hp`` (inner_steps, inner_lr, meta_lr)."""
+def meta_runner(name: str, ctx: Context, inner_steps: int) -> MetaRunner:
+    """The ``MetaRunner`` of variant ``name`` with ``inner_steps`` inner steps: one compiled
+    step for every inner step size alpha and meta learning rate beta of a tuning grid."""
     prep, t = ctx.prep, ctx.cfg.train
-    inner = dict(steps=hp["inner_steps"], step_size=hp["inner_lr"])
     init = functools.partial(
         init_rmldp,
         n_features=prep.pool.values.shape[-1],
         seq_len=prep.seq_len,
-        step_size=hp["inner_lr"],
         **dataclasses.asdict(ctx.cfg.model),
         **META[name],
     )
     model, _ = init(jax.random.key(0))
-    optimizer = optax.adam(hp["meta_lr"])
     mesh = data_mesh() if t.data_parallel else None
-    train_step = make_train_step(
-        model, ctx.graph_emb, optimizer, lam=t.lam, mesh=mesh, remat=t.remat,
-        strategy=t.strategy, **inner,
-    )  # fmt: skip
     sample = functools.partial(
         sample_tasks,
         pool=prep.pool,
@@ -400,32 +401,45 @@ def meta_runner(name: str, ctx: Context, hp: dict) -> MetaRunner:
         n_support=t.n_support,
         n_query=t.n_query,
     )
-    test = functools.partial(meta_test, model, graph_emb=ctx.graph_emb, **inner)
+
+    def step(state, inner_lr):
+        train_step = make_train_step(
+            model, ctx.graph_emb, fb.adam(0.0), lam=t.lam, mesh=mesh, remat=t.remat,
+            strategy=t.strategy, steps=inner_steps, step_size=inner_lr,
+        )  # fmt: skip
+        return with_sampler(train_step, sample)(state)
+
+    test = functools.partial(meta_test, model, graph_emb=ctx.graph_emb, steps=inner_steps)
     return MetaRunner(
+        name,
+        inner_steps,
         model,
-        lambda key: init(key)[1],
-        jit_step(with_sampler(train_step, sample), mesh),
-        lambda theta, tasks: test(theta, tasks=tasks),
-        optimizer,
+        lambda key, inner_lr: init(key, step_size=inner_lr)[1],
+        jit_step(step, mesh),
+        lambda theta, tasks, inner_lr: test(theta, tasks=tasks, step_size=inner_lr),
     )
 
 
-def train_meta(runner: MetaRunner, ctx: Context, key: jax.Array):
+def train_meta(runner: MetaRunner, ctx: Context, key: jax.Array, hp: dict):
     """Algorithm 1 with early stopping on the meta-validation MSE; returns the best Theta."""
     k_init, k_state = jax.random.split(key)
     val, t = ctx.prep.val_tasks, ctx.cfg.train
+    inner_lr = jnp.float32(hp["inner_lr"])
 
     def eval_fn(state):
-        pred = runner.test(state.params, val)
+        pred = runner.test(state.params, val, inner_lr)
         return {"val_loss": float(metrics.mse(val.query.y, pred, val.query.mask))}
 
+    state = init_train_state(runner.init(k_init, hp["inner_lr"]), fb.adam(hp["meta_lr"]), k_state)
     result = fit(
-        runner.step,
-        init_train_state(runner.init(k_init), runner.optimizer, k_state),
+        lambda state: runner.step(state, inner_lr),
+        state,
         n_steps=t.meta_steps,
         eval_fn=eval_fn,
         eval_every=t.eval_every,
         patience=t.patience,
+        desc=f"{runner.name} steps={runner.inner_steps} alpha={hp['inner_lr']:g} "
+        f"beta={hp['meta_lr']:g}",
     )
     return result.best_state.params
 
@@ -504,12 +518,15 @@ def fit_neural(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
 
 def fit_meta(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
     """A META variant meta-trained (Algorithm 1) and adapted to each task (eq. 8)."""
-    key = (name, ctx.prep.seq_len, tuple(hp.items()))
+    key = ("meta", name, hp["inner_steps"])
     if key not in ctx.runners:
-        ctx.runners[key] = meta_runner(name, ctx, hp)
+        ctx.runners[key] = meta_runner(name, ctx, hp["inner_steps"])
     runner = ctx.runners[key]
-    theta = train_meta(runner, ctx, method_key(name, seed))
-    val, target = (np.asarray(runner.test(theta, t)) for t in (ctx.prep.val_tasks, ctx.prep.target))
+    theta = train_meta(runner, ctx, method_key(name, seed), hp)
+    val, target = (
+        np.asarray(runner.test(theta, tasks, hp["inner_lr"]))
+        for tasks in (ctx.prep.val_tasks, ctx.prep.target)
+    )
     return Fitted(val, target, (runner.model, theta))
 
 
@@ -520,9 +537,17 @@ def val_mape(ctx: Context, pred: np.ndarray) -> float:
 
 
 def tuned(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
-    """Method ``name`` tuned on meta-validation MAPE over ``tuning.trials`` grid points."""
-    if name == "Fine-tune":
-        return tuned_finetune(ctx, seed)
+    """Method ``name`` tuned on meta-validation MAPE over ``tuning.trials`` grid points;
+    memoized per (method, seed) in ``ctx.memo``."""
+    if (name, seed) not in ctx.memo:
+        tune_one = tuned_finetune if name == "Fine-tune" else tuned_fit
+        ctx.memo[name, seed] = tune_one(name, ctx, seed)
+    return ctx.memo[name, seed]
+
+
+def tuned_fit(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
+    """A classical, global neural or META method fitted at each of ``tuning.trials`` points
+    of its grid; the point of lowest meta-validation MAPE and its fit."""
     fitter = fit_meta if name in META else fit_neural if name in NEURAL else fit_classical
     fits = {}
 
@@ -534,9 +559,11 @@ def tuned(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
     return result, fits[tuple(result.best.items())]
 
 
-def tuned_finetune(ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
-    """Fine-tune (paper 6.1): the tuned GRU+MPFN of this seed, adapted by SGD on each
-    target's support set with the tuned budget (``tuning.finetune``)."""
+def tuned_finetune(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
+    """Fine-tune (paper 6.1): this seed's GRU+MPFN as its own tuning chose it (memoized,
+    not retrained), adapted by SGD on each target's support set. Only the adaptation
+    (``tuning.finetune``: steps x step size) is tuned, on ``tuning.trials`` points like
+    every method; the base model's chosen values are reported with it."""
     base, fitted = tuned("GRU+MPFN", ctx, seed)
     apply, params = fitted.model
     preds = {}
@@ -549,9 +576,7 @@ def tuned_finetune(ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
         preds[tuple(point.items())] = (np.asarray(adapt(ctx.prep.val_tasks)), adapt)
         return val_mape(ctx, preds[tuple(point.items())][0])
 
-    result = tune(
-        grid("Fine-tune", ctx.cfg), evaluate, trials=ctx.cfg.tuning.trials, score_single=True
-    )
+    result = tune(grid(name, ctx.cfg), evaluate, trials=ctx.cfg.tuning.trials, score_single=True)
     val, adapt = preds[tuple(result.best.items())]
     best = dataclasses.replace(result, best={**base.best, **result.best})
     return best, Fitted(val, np.asarray(adapt(ctx.prep.target)), fitted.model)
