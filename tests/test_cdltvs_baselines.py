@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from dmeta import metrics
 from dmeta.ltv import baselines as B
 from dmeta.ltv.data import apply_sparsity, make_synthetic, split_customers
 
@@ -76,3 +77,40 @@ def test_neural_baselines_predict(splits, name):
     )
     pred = predict(test)
     assert pred.shape == (test.n,) and np.isfinite(pred).all() and (pred >= 0).all()
+
+
+@pytest.fixture(scope="module")
+def ptupcdr_case():
+    """PTUPCDR fitted at P = 50% on a source-driven synthetic target, and its data."""
+    d = apply_sparsity(make_synthetic(300, n_periods=6, horizon=2, seed=0), 0.5, seed=0)
+    train, val, test = split_customers(d, seed=0)
+    fit = dict(seed=0, hidden=8, meta_dim=8, max_epochs=4, drop_epoch=0, patience=4, lr=1e-2)
+    return train, val, test, fit, B.ptupcdr(train, val, batch_size=64, **fit)
+
+
+def test_ptupcdr_learns_sparse_customers_from_the_source(ptupcdr_case):
+    train, _, test, _, predict = ptupcdr_case
+    na = test.sparse
+    naive = metrics.nmae(test.t_y[na], np.full(na.sum(), np.median(train.t_y)))
+    assert metrics.nmae(test.t_y[na], predict(test)[na]) < 0.8 * naive  # fails if not learnt
+
+
+def test_ptupcdr_reads_no_target_input_and_trains_on_c_a_labels_only(ptupcdr_case):
+    """The bridged prediction ignores every target-domain input (history, availability,
+    portrait, the sparse flag), and C_na training labels never reach the fit."""
+    train, val, test, fit, predict = ptupcdr_case
+    noise = np.random.default_rng(1)
+    other = dataclasses.replace(
+        test,
+        t_series=noise.gamma(1.0, 5.0, test.t_series.shape).astype(np.float32),
+        t_observed=np.ones_like(test.t_observed),
+        t_cat=np.zeros_like(test.t_cat),
+        t_num=test.t_num + 3.0,
+        sparse=~test.sparse,
+    )
+    np.testing.assert_array_equal(predict(other), predict(test))
+    t_y = np.where(train.sparse, 1e3, train.t_y).astype(np.float32)
+    refit = B.ptupcdr(dataclasses.replace(train, t_y=t_y), val, batch_size=64, **fit)
+    np.testing.assert_array_equal(refit(test), predict(test))
+    with pytest.raises(ValueError, match="C_a"):
+        B.ptupcdr(train.take(train.sparse), val, **fit)

@@ -291,27 +291,57 @@ def ziln_mean(logits: jax.Array) -> jax.Array:
 
 
 class PTUPCDR(nnx.Module):
-    """PTUPCDR-style personalized bridge (Zhu et al. 2022) adapted to LTV: a meta network maps
-    the customer's source characteristic (its source series encoding) to a personal bridge
-    matrix that transfers the source representation; an MLP predicts from [bridged, target]."""
+    """PTUPCDR (Zhu et al., WSDM 2022) with the LTV encoders: a source model and a target
+    model (DeepFM + TCN and a linear LTV head each, pre-trained in their own domain) and a
+    meta network that gives every customer a personal bridge.
 
-    def __init__(self, hidden, *, s_cat_sizes, s_num, t_cat_sizes, t_num, rngs, bridge=16, **_):
-        self.bridge = bridge
+    The meta network's characteristic encoder attends over the customer's source
+    interactions: the frozen source TCN's encodings of the history periods with a source
+    purchase (all periods when there is none), weights ``softmax(w2 relu(W1 x))``; its
+    decoder (``h -> meta_dim -> h*h``, ReLU) turns the pooled vector into the bridge
+    ``W_u: f32[h, h]``. The prediction is the frozen target head on ``e^s W_u``, where ``e^s``
+    is the frozen source model's customer embedding: no target-domain input is read, so
+    every customer is treated as a cold-start one (as in the paper, where the test users
+    have no target interactions).
+
+    Methods: ``source_ltv`` / ``target_ltv`` are the pre-training models, ``__call__`` the
+    bridged prediction (gradients reach the meta network only).
+    """
+
+    def __init__(self, hidden, *, s_cat_sizes, s_num, t_cat_sizes, t_num, rngs, meta_dim=50, **_):
         self.src = _DomainEncoder(s_cat_sizes, s_num, hidden, rngs=rngs)
         self.tgt = _DomainEncoder(t_cat_sizes, t_num, hidden, rngs=rngs)
-        self.down = nnx.Linear(hidden, bridge, rngs=rngs)
-        self.meta1 = nnx.Linear(hidden, hidden, rngs=rngs)
-        self.meta2 = nnx.Linear(hidden, bridge * bridge, rngs=rngs)
-        self.mlp1 = nnx.Linear(bridge + hidden, hidden, rngs=rngs)
-        self.mlp2 = nnx.Linear(hidden, 1, bias_init=nnx.initializers.ones, rngs=rngs)
+        self.src_head = nnx.Linear(hidden, 1, bias_init=nnx.initializers.ones, rngs=rngs)
+        self.tgt_head = nnx.Linear(hidden, 1, bias_init=nnx.initializers.ones, rngs=rngs)
+        self.event1 = nnx.Linear(hidden, hidden, rngs=rngs)
+        self.event2 = nnx.Linear(hidden, 1, use_bias=False, rngs=rngs)
+        self.dec1 = nnx.Linear(hidden, meta_dim, rngs=rngs)
+        self.dec2 = nnx.Linear(meta_dim, hidden * hidden, rngs=rngs)
+
+    def source_ltv(self, b):
+        """f32[N] source-domain LTV of the source model (its pre-training)."""
+        return output_relu(self.src_head(self.src(b, "s")))[..., 0]
+
+    def target_ltv(self, b):
+        """f32[N] target-domain LTV of the target model (pre-trained on C_a customers)."""
+        return output_relu(self.tgt_head(self.tgt(b, "t")))[..., 0]
+
+    def bridge(self, b):
+        """The frozen source embedding f32[N, h] and the personal bridge f32[N, h, h]."""
+        e_s, seq = jax.lax.stop_gradient(self.src(b, "s", sequence=True))
+        active = (b["s_series"] > 0) & (b["s_observed"] > 0)  # [N, L]
+        active = active | ~active.any(-1, keepdims=True)
+        logits = self.event2(nnx.relu(self.event1(seq)))[..., 0]
+        att = jax.nn.softmax(jnp.where(active, logits, -jnp.inf), axis=-1)
+        w = self.dec2(nnx.relu(self.dec1(jnp.einsum("nl,nlh->nh", att, seq))))
+        return e_s, w.reshape(w.shape[:-1] + (e_s.shape[-1], e_s.shape[-1]))
 
     def __call__(self, b):
-        e_s, seq = self.src(b, "s", sequence=True)
-        w = self.meta2(nnx.relu(self.meta1(seq.mean(-2))))
-        w = w.reshape(w.shape[:-1] + (self.bridge, self.bridge))
-        e_m = jnp.einsum("nij,nj->ni", w, self.down(e_s))
-        h = nnx.relu(self.mlp1(jnp.concatenate([e_m, self.tgt(b, "t")], -1)))
-        return output_relu(self.mlp2(h))[..., 0]
+        e_s, w = self.bridge(b)
+        u = jnp.einsum("nh,nhk->nk", e_s, w)
+        kernel = jax.lax.stop_gradient(self.tgt_head.kernel[...])
+        bias = jax.lax.stop_gradient(self.tgt_head.bias[...])
+        return output_relu(u @ kernel + bias)[..., 0]
 
 
 class DASL(nnx.Module):
@@ -342,7 +372,7 @@ class DASL(nnx.Module):
         return output_relu(jnp.concatenate([y_t, y_s], -1))
 
 
-NEURAL = {"lstm": SeriesLSTM, "tcn": SeriesTCN, "ziln": ZILN, "ptupcdr": PTUPCDR, "dasl": DASL}
+NEURAL = {"lstm": SeriesLSTM, "tcn": SeriesTCN, "ziln": ZILN, "dasl": DASL}
 
 
 @functools.lru_cache(maxsize=64)
@@ -421,5 +451,79 @@ def neural_baseline(
     return predict_ltv
 
 
+PTUPCDR_STAGES = (  # (name, method of PTUPCDR, label, customers trained on, validated on)
+    ("source", "source_ltv", "s_y", "all", "all"),
+    ("target", "target_ltv", "t_y", "C_a", "C_a"),
+    ("meta", "__call__", "t_y", "C_a", "all"),
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _ptupcdr_fns(arch: tuple, meta_dim: int) -> list[tuple[Callable, Callable]]:
+    """(loss_fn, predict_fn) of each of :data:`PTUPCDR_STAGES` for ``arch`` (built once)."""
+    hidden, s_cat, s_num, t_cat, t_num = arch
+    model = PTUPCDR(hidden, s_cat_sizes=s_cat, s_num=s_num, t_cat_sizes=t_cat, t_num=t_num,
+                    meta_dim=meta_dim, rngs=nnx.Rngs(0))  # fmt: skip
+    fns = []
+    for _, method, label, _, _ in PTUPCDR_STAGES:
+        apply, _ = split_params(model, method)
+
+        def loss_fn(p, b, lam, apply=apply, label=label):
+            loss = ltv_loss(b[label], apply(p, b), b["weight"])
+            return loss, {"loss": loss}
+
+        fns.append((loss_fn, apply))
+    return fns
+
+
+def ptupcdr(
+    train: CrossDomainData,
+    val: CrossDomainData,
+    *,
+    seed: int = 0,
+    hidden: int = 128,
+    meta_dim: int = 50,
+    **fit_kwargs,
+) -> Predictor:
+    """Trains :class:`PTUPCDR` in the paper's three steps, each with Adam and early stopping
+    on its validation MAE (:func:`dmeta.ltv.train.fit`): the source model on every training
+    customer's source LTV; the target model on the C_a customers (overlapping users with
+    target behaviour); the meta network on the C_a customers' target LTV through the frozen
+    models, early-stopped on every validation customer (the bridged prediction reads no
+    target input, so C_na and C_a customers are alike to it). ``fit_kwargs`` as in
+    :func:`neural_baseline`.
+
+    Raises:
+      ValueError: no training customer has target history.
+    """
+    paired = train.take(~train.sparse)
+    if paired.n == 0:
+        raise ValueError("PTUPCDR needs training customers with target history (C_a)")
+    arch = (hidden, train.s_cat_sizes, train.s_num.shape[1], train.t_cat_sizes,
+            train.t_num.shape[1])  # fmt: skip
+    model = PTUPCDR(hidden, s_cat_sizes=arch[1], s_num=arch[2], t_cat_sizes=arch[3],
+                    t_num=arch[4], meta_dim=meta_dim, rngs=nnx.Rngs(seed))  # fmt: skip
+    _, params = split_params(model)
+    scale_s = float(max(train.s_y.mean(), 1e-6))
+    scale_t = float(max(paired.t_y.mean(), 1e-6))
+    val_paired = val.take(~val.sparse) if (~val.sparse).any() else val
+    customers = {"all": (train, val), "C_a": (paired, val_paired)}
+    fns = _ptupcdr_fns(arch, meta_dim)
+    for i, (stage, _, label, on_train, on_val) in enumerate(PTUPCDR_STAGES):
+        loss_fn, predict_fn = fns[i]
+        tr = model_batch(customers[on_train][0], scale_s, scale_t)
+        va = model_batch(customers[on_val][1], scale_s, scale_t)
+        desc = f"ptupcdr hidden={hidden} meta={meta_dim} {stage}"
+        res = fit(loss_fn, predict_fn, params, tr, va, label=label, desc=desc, seed=seed + i,
+                  **fit_kwargs)  # fmt: skip
+        params = res.best_state.params
+
+    def predict_ltv(data: CrossDomainData) -> np.ndarray:
+        pred = predict(predict_fn, params, model_batch(data, scale_s, scale_t))
+        return (pred * scale_t).astype(np.float32)
+
+    return predict_ltv
+
+
 CLASSICAL = {"ARIMA": arima, "BG/NBD+GG": bgnbd_gamma_gamma, "XGBoost-2stage": two_stage_xgboost}
-NEURAL_NAMES = {"LSTM": "lstm", "TCN": "tcn", "ZILN": "ziln", "PTUPCDR": "ptupcdr", "DASL": "dasl"}
+NEURAL_NAMES = {"LSTM": "lstm", "TCN": "tcn", "ZILN": "ziln", "DASL": "dasl"}

@@ -143,20 +143,23 @@ class ProtocolConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BaselinesConfig:
-    """Two-stage XGBoost (:func:`dmeta.ltv.baselines.two_stage_xgboost`); the neural
-    baselines take ``model.hidden`` and ``train``.
+    """Two-stage XGBoost (:func:`dmeta.ltv.baselines.two_stage_xgboost`) and PTUPCDR's bridge
+    (:func:`dmeta.ltv.baselines.ptupcdr`); the neural baselines take ``model.hidden`` and
+    ``train``.
 
     Attributes:
       xgb_estimators: trees of each stage.
       xgb_max_depth: tree depth.
       xgb_learning_rate: shrinkage.
       xgb_early_stopping: rounds without validation improvement before stopping.
+      ptupcdr_meta_dim: hidden size of PTUPCDR's bridge decoder (its code's default).
     """
 
     xgb_estimators: int = 300
     xgb_max_depth: int = 4
     xgb_learning_rate: float = 0.05
     xgb_early_stopping: int = 20
+    ptupcdr_meta_dim: int = 50
 
 
 @dataclasses.dataclass(frozen=True)

@@ -318,10 +318,12 @@ class Protocol:
         if method in B.CLASSICAL:
             return B.CLASSICAL[method](train, val, seed=seed, **point)
         model, train_cfg = self._hp(point)
+        fit_kwargs = dict(seed=seed, hidden=model.hidden, **train_cfg.fit_kwargs())
+        if method == "PTUPCDR":
+            meta_dim = self.cfg.baselines.ptupcdr_meta_dim
+            return B.ptupcdr(train, val, meta_dim=meta_dim, **fit_kwargs)
         if method in B.NEURAL_NAMES:
-            fit_kwargs = train_cfg.fit_kwargs()
-            name = B.NEURAL_NAMES[method]
-            return B.neural_baseline(name, train, val, seed=seed, hidden=model.hidden, **fit_kwargs)
+            return B.neural_baseline(B.NEURAL_NAMES[method], train, val, **fit_kwargs)
         if method == "LtvS":
             return _first(self._stage1(p, seed, model, train_cfg).predict_ltvs)
         return self._cdltvs(p, seed, model, train_cfg)
