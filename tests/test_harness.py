@@ -84,6 +84,7 @@ def test_a_killed_cell_resumes_inside_its_training(tmp_path):
     _open(tmp_path, seeds=1)
     with pytest.raises(KeyboardInterrupt):
         harness.run_cells(tmp_path, [cell], run_cell)
+    (tmp_path / "curves" / cell.key / "009-gone-12345678.csv").write_text("step\n")
     assert steps_run[-1] == 13 and len(steps_run) == 16 + 14
     steps_run.clear()
     crash["after"] = np.inf
@@ -91,7 +92,7 @@ def test_a_killed_cell_resumes_inside_its_training(tmp_path):
     assert steps_run == [12, 13, 14, 15]  # nothing of the first fit, the second from 12
     assert not (tmp_path / "ckpt" / cell.key).exists()
     curves = sorted(p.name[:10] for p in (tmp_path / "curves" / cell.key).glob("*.csv"))
-    assert curves == ["000-first-", "001-second"]
+    assert curves == ["000-first-", "001-second"]  # a stale curve of the first try is gone
     whole = harness.run_cells(tmp_path / "whole", [cell], run_cell)
     pd.testing.assert_frame_equal(resumed, whole)
     _open(tmp_path, seeds=1, fresh=True)

@@ -168,13 +168,15 @@ def run_cells(
             frames.append(pd.read_csv(path, dtype={"group": str, "dataset": str}))
             logger.info("[%d/%d] %s: done earlier, kept", i + 1, len(cells), cell.key)
             continue
-        ckpt = Path(out) / CKPT / cell.key
-        with loop.checkpoints(ckpt, curves=Path(out) / CURVES / cell.key):
+        ckpt, curves = Path(out) / CKPT / cell.key, Path(out) / CURVES / cell.key
+        with loop.checkpoints(ckpt, curves=curves) as fits:
             rows = run_cell(cell)
         frame = validate_results(pd.DataFrame(rows, columns=list(COLUMNS)))
         write_atomic(path, frame.to_csv(index=False))
         if distributed.is_main_process():
             shutil.rmtree(ckpt, ignore_errors=True)
+            for stale in (p for p in curves.glob("*") if p.stem not in fits.names):
+                stale.unlink()  # a curve of an earlier, interrupted try of this cell
         frames.append(frame)
         ran += 1
         left = len(cells) - i - 1

@@ -271,6 +271,7 @@ class _Scope:
     min_seconds: float
     every_seconds: float
     count: int = 0
+    names: list[str] = dataclasses.field(default_factory=list)
 
 
 _SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("fit_scope", default=None)
@@ -283,8 +284,9 @@ def checkpoints(
     curves: str | os.PathLike | None = None,
     min_seconds: float = 20.0,
     every_seconds: float = 300.0,
-) -> Iterator[None]:
-    """Within the block, every ``fit`` given no ``ckpt_dir`` checkpoints itself.
+) -> Iterator[_Scope]:
+    """Within the block, every ``fit`` given no ``ckpt_dir`` checkpoints itself; yields the
+    block's record, whose ``names`` lists the folder / curve names of its fits in order.
 
     The i-th fit of the block (from 0) saves to ``ckpt_root/<iii>-<desc>-<fingerprint>``:
     every ``every_seconds`` and when it ends if it ran ``min_seconds`` or more (with its own
@@ -299,7 +301,7 @@ def checkpoints(
                    every_seconds)  # fmt: skip
     token = _SCOPE.set(scope)
     try:
-        yield
+        yield scope
     finally:
         _SCOPE.reset(token)
 
@@ -326,6 +328,7 @@ def _saver(desc: str, state: TrainState, ckpt_dir, ckpt_every, log_path, sizes: 
     slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", desc)
     name = f"{scope.count:03d}-{slug}-{_fingerprint(state, *sizes)}"
     scope.count += 1
+    scope.names.append(name)
     if log_path is None and scope.curve_root is not None and distributed.is_main_process():
         log_path = scope.curve_root / f"{name}.csv"
     if ckpt_every is not None:
