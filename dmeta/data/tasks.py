@@ -1,5 +1,9 @@
 """Meta-learning tasks from MPFN windows: segment splits, support-only scaling, a seeded sampler.
 
+Meta-training tasks (``sample_tasks``) are cut at a random time of a random training
+segment and, by default, built like the meta-test tasks (``eval_tasks``): the most recent
+samples before the cut as support, the first ones after the gap as query.
+
 A segment's samples are ordered by time. Its **support** samples come before a
 cut and its **query** samples after it, with a gap so that no support target
 interval ends after the first query prediction time (no leakage): a support
@@ -213,17 +217,28 @@ def _pick(key: Key, lo: Array, hi: Array, width: int, k: int) -> tuple[Array, Ar
 
 
 def sample_tasks(
-    key: Key, pool: TaskPool, segments: Array, *, n_tasks: int, n_support: int, n_query: int
+    key: Key,
+    pool: TaskPool,
+    segments: Array,
+    *,
+    n_tasks: int,
+    n_support: int,
+    n_query: int,
+    sampler: str = "recent",
 ) -> TaskBatch:
     """Samples a meta-batch: segments, a random time cut each, support before, query after.
 
-    Pure JAX (jit-able with ``n_tasks``, ``n_support``, ``n_query`` static).
+    Pure JAX (jit-able with ``n_tasks``, ``n_support``, ``n_query``, ``sampler`` static).
 
     Args:
       key: PRNG key.
       pool: the task pool.
       segments: i32[K] candidate segments (e.g. ``SegmentSplit.train``).
       n_tasks, n_support, n_query: T and the support / query sizes.
+      sampler: ``"recent"`` builds each task as ``eval_tasks`` builds a meta-test task
+        (RMLDP section 6.1): the ``n_support`` most recent samples before the cut and the
+        first ``n_query`` after the gap; ``"random"`` draws ``n_support`` samples anywhere
+        before the cut and ``n_query`` anywhere after the gap.
 
     Returns:
       ``TaskBatch`` with support [T, n_support, ...] and query [T, n_query, ...]; samples
@@ -241,8 +256,17 @@ def sample_tasks(
     query_start = (t_c < (support_end + pool.gap)[:, None]).sum(1)
     width = t_c.shape[1]
     has_task = usable > 0
-    s_idx, s_ok = _pick(k_sup, jnp.zeros_like(cut), jnp.where(has_task, cut, 0), width, n_support)
-    q_idx, q_ok = _pick(k_qry, query_start, jnp.where(has_task, n, 0), width, n_query)
+    if sampler == "recent":
+        s_idx = cut[:, None] - n_support + jnp.arange(n_support)
+        q_idx = query_start[:, None] + jnp.arange(n_query)
+        s_ok = (s_idx >= 0) & has_task[:, None]
+        q_ok = (q_idx < n[:, None]) & has_task[:, None]
+    elif sampler == "random":
+        s_hi = jnp.where(has_task, cut, 0)
+        s_idx, s_ok = _pick(k_sup, jnp.zeros_like(cut), s_hi, width, n_support)
+        q_idx, q_ok = _pick(k_qry, query_start, jnp.where(has_task, n, 0), width, n_query)
+    else:
+        raise ValueError(f"sampler={sampler!r}; use 'recent' or 'random'")
     return TaskBatch(_split(pool, seg, s_idx, s_ok), _split(pool, seg, q_idx, q_ok), seg)
 
 

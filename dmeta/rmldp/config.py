@@ -98,7 +98,10 @@ class TrainConfig:
     """Algorithm 1 (the inner loop and beta are tuned, see ``MetaGrid``): ``lam`` lambda,
     ``n_tasks`` segments per meta-batch, ``n_support`` / ``n_query`` samples per task,
     ``meta_steps`` outer steps, ``eval_every`` / ``patience`` (early stopping on the
-    meta-validation MSE). Scale: ``data_parallel`` splits a meta-batch's segments over all
+    meta-validation MSE), ``task_sampler`` (``"recent"``: each meta-training task is cut at
+    a random time and built like a meta-test task, section 6.1: the ``n_support`` most
+    recent samples as support, the next ``n_query`` after the gap as query; ``"random"``:
+    random samples before and after the cut, the sampler before #19). Scale: ``data_parallel`` splits a meta-batch's segments over all
     visible devices (``n_tasks`` must divide by their count), ``remat`` checkpoints each
     inner step, ``strategy`` batches the segments (``"vmap"``, ``"map"`` or
     ``"map_remat"``, whose memory stays flat as the meta-batch grows)."""
@@ -110,6 +113,7 @@ class TrainConfig:
     meta_steps: int = 2000
     eval_every: int = 100
     patience: int | None = 5
+    task_sampler: Literal["recent", "random"] = "recent"
     data_parallel: bool = False
     remat: bool = False
     strategy: Literal["vmap", "map", "map_remat"] = "vmap"

@@ -400,6 +400,7 @@ def meta_runner(name: str, ctx: Context, inner_steps: int) -> MetaRunner:
         n_tasks=t.n_tasks,
         n_support=t.n_support,
         n_query=t.n_query,
+        sampler=t.task_sampler,
     )
 
     def step(state, inner_lr):

@@ -1,0 +1,65 @@
+"""RMLDP meta-training tasks: the "recent" sampler builds tasks the way meta-test tasks are built."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from dmeta.data.frames import validate_long
+from dmeta.data.synthetic import make_demand
+from dmeta.data.tasks import build_task_pool, eval_tasks, sample_tasks, split_segments
+from dmeta.data.windows import make_windows, n_records, to_panel
+
+N_SUPPORT, N_QUERY = 8, 4
+
+
+@pytest.fixture(scope="module")
+def timed_pool():
+    """A pool whose targets are the sample times, so a batch shows which samples it drew."""
+    data = make_demand(n_segments=12, n_clusters=2, n_steps=300, seed=1)
+    panel = to_panel(validate_long(data.frame))
+    pool = build_task_pool(make_windows(panel, seq_len=6, horizon_gap=2, horizon_len=3, season=365))
+    return dataclasses.replace(pool, y=pool.t_c.astype(np.float32)), split_segments(
+        n_records(panel)
+    )
+
+
+def drawn(split, row):
+    return np.asarray(split.y[row])[np.asarray(split.mask[row]) > 0].astype(int)
+
+
+def test_recent_tasks_are_the_window_before_the_cut_and_the_next_after_the_gap(timed_pool):
+    pool, split = timed_pool
+    sample = jax.jit(sample_tasks, static_argnames=("n_tasks", "n_support", "n_query", "sampler"))
+    batch = sample(jax.random.key(0), pool, split.train, n_tasks=16, n_support=N_SUPPORT,
+                   n_query=N_QUERY, sampler="recent")  # fmt: skip
+    for row, seg in enumerate(np.asarray(batch.segment)):
+        t_c = np.asarray(pool.t_c[seg])[: int(pool.n[seg])]
+        sup, qry = drawn(batch.support, row), drawn(batch.query, row)
+        cut = int(np.searchsorted(t_c, sup[-1])) + 1
+        q0 = int(np.searchsorted(t_c, sup[-1] + pool.gap))  # first sample after the gap
+        np.testing.assert_array_equal(sup, t_c[max(cut - N_SUPPORT, 0) : cut])
+        np.testing.assert_array_equal(qry, t_c[q0 : q0 + N_QUERY])
+        # eval_tasks builds the same task when the segment's meta-test cut is this one
+        moved = dataclasses.replace(
+            pool, cut=pool.cut.at[seg].set(cut), query_start=pool.query_start.at[seg].set(q0)
+        )
+        ref = eval_tasks(moved, np.array([seg]), max_support=N_SUPPORT, max_query=N_QUERY)
+        np.testing.assert_array_equal(sup, drawn(ref.support, 0))
+        np.testing.assert_array_equal(qry, drawn(ref.query, 0))
+
+
+def test_random_sampler_is_kept_and_draws_other_samples(timed_pool):
+    pool, split = timed_pool
+    kw = dict(n_tasks=16, n_support=N_SUPPORT, n_query=N_QUERY)
+    key = jax.random.key(1)
+    recent = sample_tasks(key, pool, split.train, **kw, sampler="recent")
+    rand = sample_tasks(key, pool, split.train, **kw, sampler="random")
+    np.testing.assert_array_equal(recent.segment, rand.segment)  # same segments and cuts
+    gaps = [np.diff(drawn(rand.support, r)).max(initial=1) for r in range(16)]
+    assert max(gaps) > 1  # random support samples are not one contiguous window
+    for r in range(16):
+        assert drawn(rand.support, r).max() + pool.gap <= drawn(rand.query, r).min()
+    with pytest.raises(ValueError, match="sampler"):
+        sample_tasks(key, pool, split.train, **kw, sampler="latest")
