@@ -1,5 +1,7 @@
 """Sales CNN pipeline pieces, baselines and the experiment's smoke run end to end."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +10,9 @@ from dmeta.config import override
 from dmeta.report import render
 from dmeta.report.sales_cnn import plots
 from dmeta.sales_cnn.baselines import arima_forecast, fe_features, persistence_forecast
+from dmeta.sales_cnn.config import get_config
+from dmeta.sales_cnn.frames import build_frames
+from dmeta.sales_cnn.model import PAPER_ORDERS
 from dmeta.sales_cnn.pipeline import (
     METHODS,
     NETWORKS,
@@ -17,6 +22,7 @@ from dmeta.sales_cnn.pipeline import (
     step_budgets,
     weighted,
 )
+from dmeta.sales_cnn.protocol import resolve, top_items
 from dmeta.sales_cnn.synthetic import synthetic_panel
 
 
@@ -84,6 +90,34 @@ def test_matched_schedule_gives_every_network_the_transfer_budget():
         step_budgets("CNN", n, schedule="equal", **opts)
 
 
+def test_weekly_panels_run_week_scale_sizes_and_orders_daily_ones_the_papers():
+    cfg = get_config(size="paper")
+    assert (cfg.model.maps, cfg.model.hidden, cfg.dnn.hidden) == (128, 1024, 1024)
+    assert (cfg.train.epochs, cfg.train.finetune_epochs) == (10.0, 10.0)
+    weekly, _ = synthetic_panel(0, n_regions=2, n_items=4, n_periods=30)
+    days = np.datetime64("2017-01-01") + np.arange(30).astype("timedelta64[D]")
+    daily = dataclasses.replace(weekly, dates=days)
+    d, w = resolve(cfg, daily), resolve(cfg, weekly)
+    assert (d.data.length, d.data.horizon, d.model.kwargs()["orders"]) == (84, 7, PAPER_ORDERS)
+    assert (w.data.length, w.data.horizon, w.model.kwargs()["orders"]) == (26, 1, ((4, 4), (3, 3)))
+    assert w.protocol.sweep_lengths == (13, 26, 52) and w.train.beta == d.train.beta == 0.02
+    assert resolve(override(cfg, ["data.period_days=1"]), weekly).data.length == 84
+
+
+def test_top_items_keeps_the_best_sellers_and_renumbers_their_groups():
+    panel, _ = synthetic_panel(0, n_regions=2, n_items=12, n_periods=20)
+    kept = top_items(panel, 4)
+    best = np.argsort(-panel.sales.sum((0, 2)))[:4]
+    assert kept.items == tuple(panel.items[i] for i in np.sort(best))
+    np.testing.assert_array_equal(kept.x, panel.x[:, np.sort(best)])
+    assert sorted(set(kept.brand)) == list(range(len(set(panel.brand[best]))))
+    frames, _ = build_frames(kept.x, kept.brand, kept.category, np.array([9]), length=4,
+                             horizon=1, target=0)  # fmt: skip
+    same_brand = kept.brand == kept.brand[0]
+    np.testing.assert_allclose(frames[0, 0, 0, 1], frames[0, same_brand, 0, 0].sum(0), rtol=1e-6)
+    assert top_items(panel, None) is panel
+
+
 def test_baseline_features_and_forecasts():
     frames = np.arange(2 * 1 * 1 * 10, dtype=np.float32).reshape(2, 1, 1, 10)
     feats = fe_features(frames)
@@ -114,7 +148,7 @@ def test_arima_is_statsmodels_autoreg():
 def smoke_run(tmp_path_factory):
     from experiments import sales_cnn
 
-    cfg = override(sales_cnn.get_config(smoke=True), ["protocol.sweep_lengths=13"])
+    cfg = override(sales_cnn.get_config(smoke=True), ["weekly.sweep_lengths=13"])
     out = tmp_path_factory.mktemp("sales_cnn")
     kw = dict(data="synthetic", seeds=1, methods=sales_cnn.METHODS, command="test")
     return sales_cnn, cfg, out, kw, sales_cnn.run(cfg, out=out, fresh=True, **kw)

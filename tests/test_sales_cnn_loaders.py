@@ -21,10 +21,6 @@ def load_cainiao(path):
     return from_itemlog(cainiao.load(path))
 
 
-def load_completejourney(path, **kwargs):
-    return from_completejourney(completejourney.load(path), **kwargs)
-
-
 def _shared(folder):
     path = data_root() / folder
     if not path.exists():
@@ -86,10 +82,16 @@ def test_cainiao_malformed_rows(tmp_path):
 
 
 def test_completejourney_shared():
-    panel = load_completejourney(_shared("cj8451_completejourney"), n_items=6, n_regions=2)
-    assert panel.x.shape[:2] == (2, 6) and panel.x.shape[3] == 6
-    assert panel.x.shape[2] >= 365
-    assert (panel.x[..., 4] >= 1).sum() > 0  # baskets
+    src = completejourney.load(_shared("cj8451_completejourney"))
+    panel = from_completejourney(src, n_items=6, n_regions=2)
+    assert panel.x.shape == (2, 6, 365, 6) and panel.period_days == 1.0
+    assert str(panel.dates[-1])[:10] == "2017-12-31"  # the partial 2018-01-01 is cut
+    # the stores with the most baskets, the products with the most baskets in them
+    assert set(panel.regions) == {"367", "381"}
+    departments = src.products.set_index("product_id").loc[list(panel.items), "department"]
+    assert not departments.isin(["FUEL", "MISCELLANEOUS"]).any()
+    baskets = panel.x[..., 4].sum((0, 2))
+    assert baskets.min() > 100 and panel.sales.max() < 100  # units, not gallons
 
 
 def _log():

@@ -1,10 +1,15 @@
 """Sales CNN (Zhao & Wang) experiment config; paper defaults (section 4.4) unless noted.
 
-Sections: ``data`` (frames and the train / validation / test split, in panel periods:
-weeks for frat and synthetic, days for cainiao and completejourney, whose sizes ``daily``
-replaces), ``model`` (the CNN, ``SalesCNN(d, t, **asdict(cfg.model))``), ``dnn`` (the DNN
-baseline), ``train`` (Adamax, early stopping), ``baselines`` (ARIMA, FE+GBRT),
+Sections: ``data`` (frames and the train / validation / test split in panel periods, with
+the paper's daily sizes, and the regions and items kept), ``weekly`` (the week-scale sizes
+and orders that replace the daily ones on weekly panels: frat, synthetic), ``model`` (the
+CNN, ``SalesCNN(d, t, **cfg.model.kwargs())``), ``dnn`` (the DNN baseline), ``train``
+(Adamax, weight decay, step budgets, early stopping), ``baselines`` (ARIMA, FE+GBRT),
 ``protocol`` (sweeps) and ``tuning``.
+
+Sizes: ``size="paper"`` is the paper's network (K = 128 maps, n = 1024, DNN 1024 wide,
+10 + 10 epochs); ``size="cpu"`` (the CLI default) narrows the networks (K = 32, n = 256,
+DNN 256) for the 2-core machine; ``smoke`` is seconds.
 
 Equal tuning: every Table 1 method gets ``tuning.trials`` points of its grid (the first
 point is today's setting, so ``trials = 1`` runs the defaults alone at no extra cost),
@@ -25,26 +30,37 @@ from dmeta.sales_cnn.model import PAPER_ORDERS
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Frames and the train/test split."""
+    """Frames and the train/test split in panel periods (the paper's daily sizes), and the
+    panel's regions and items."""
 
-    length: int = 26  # frame length T (paper: 84 days)
-    horizon: int = 1  # target interval k (paper: 7 days = one week)
-    n_test: int = 1  # last end points used as test frames (paper: 1)
-    n_val: int = 1  # last training end points held out for early stopping (0: none)
-    train_periods: int | None = 52  # training end points within ~1 year before the test
+    length: int = 84  # frame length T (paper: 84 days)
+    horizon: int = 7  # target interval k (paper: 7 days)
+    n_test: int = 1  # test end points per region (paper: 1, the last one)
+    n_val: int = 7  # last training end points held out for early stopping (0: none)
+    train_periods: int | None = 365  # training end points this close to the test (~1 year)
     n_regions: int = 5  # regions kept (largest by sales; paper: 5)
+    n_items: int | None = 100  # items kept (most sold there; completejourney: most baskets)
     period_days: float | None = None  # days per period for eq. 18 (None: the dates' step)
 
 
 @dataclasses.dataclass(frozen=True)
-class DailyConfig:
-    """The paper's own sizes, used instead of ``data`` / ``protocol`` ones on daily data."""
+class WeeklyConfig:
+    """Week-scale sizes used instead of the daily ones on weekly panels (``enabled``).
+
+    The paper's orders (7,7), (4,4), (3,3) pool a week, a month and a season of days; on
+    weekly periods the first pools 7 weeks and a 26-week frame keeps 2 positions, so weekly
+    panels use the month and season orders in weeks, (4,4) and (3,3).
+    """
 
     enabled: bool = True
-    length: int = 84
-    horizon: int = 7
-    sweep_horizons: tuple[int, ...] = (1, 7, 14, 28)
-    sweep_lengths: tuple[int, ...] = (28, 56, 84, 112)
+    length: int = 26  # frame length T in weeks
+    horizon: int = 1  # target interval k: one week (the paper's 7 days)
+    n_val: int = 1
+    train_periods: int | None = 52
+    filters: tuple[int, ...] = (4, 3)  # filter size m per order, in weeks
+    pools: tuple[int, ...] = (4, 3)  # pooling length k per order
+    sweep_horizons: tuple[int, ...] = (1, 2, 4, 8)
+    sweep_lengths: tuple[int, ...] = (13, 26, 52)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +106,8 @@ class TrainConfig:
     finetune_epochs: float = 10.0  # transfer stage
     beta: float = 0.02  # weight decay per DAY (eq. 18; CNN+WD, CNN+WD+TL): 0.14 per week
     schedule: Literal["matched", "paper"] = "matched"  # steps per network (step_budgets)
-    eval_every: int = 20  # steps between validation losses (and jitted chunks' length bound)
-    patience: int | None = 5  # evaluations without a lower validation loss before stopping
+    eval_every: int = 50  # steps between validation losses (and jitted chunks' length bound)
+    patience: int | None = 10  # evaluations without a lower validation loss before stopping
     data_parallel: bool = False  # minibatches (pooled) and regions over all visible devices
 
 
@@ -111,10 +127,10 @@ class ProtocolConfig:
     """Figures 5-7: CNN+WD+TL across k, T and beta."""
 
     sweeps: bool = True
-    sweep_horizons: tuple[int, ...] = (1, 2, 4, 8)
-    sweep_lengths: tuple[int, ...] = (13, 26, 52)
-    sweep_betas: tuple[float, ...] = (0.0, 0.005, 0.02, 0.05)  # per day
-    sweep_seeds: int = 2  # seeds per sweep point
+    sweep_horizons: tuple[int, ...] = (1, 7, 14, 28)  # days (paper Figure 5)
+    sweep_lengths: tuple[int, ...] = (28, 56, 84, 112)  # days (paper Figure 6)
+    sweep_betas: tuple[float, ...] = (0.0, 0.005, 0.02, 0.05)  # per day (paper Figure 7)
+    sweep_seeds: int = 3  # seeds per sweep point
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +153,7 @@ class SalesCNNConfig:
     """The whole Sales CNN experiment."""
 
     data: DataConfig = DataConfig()
-    daily: DailyConfig = DailyConfig()
+    weekly: WeeklyConfig = WeeklyConfig()
     model: ModelConfig = ModelConfig()
     dnn: DNNConfig = DNNConfig()
     train: TrainConfig = TrainConfig()
@@ -146,33 +162,50 @@ class SalesCNNConfig:
     tuning: TuningConfig = TuningConfig()
 
 
-def for_daily(cfg: SalesCNNConfig) -> SalesCNNConfig:
-    """``cfg`` with the ``daily`` sizes in place (when ``daily.enabled``)."""
-    d = cfg.daily
-    if not d.enabled:
+def for_weekly(cfg: SalesCNNConfig) -> SalesCNNConfig:
+    """``cfg`` with the ``weekly`` sizes and orders in place (when ``weekly.enabled``)."""
+    w = cfg.weekly
+    if not w.enabled:
         return cfg
-    return dataclasses.replace(
+    r = dataclasses.replace
+    return r(
         cfg,
-        data=dataclasses.replace(cfg.data, length=d.length, horizon=d.horizon),
-        protocol=dataclasses.replace(
-            cfg.protocol, sweep_horizons=d.sweep_horizons, sweep_lengths=d.sweep_lengths
-        ),
+        data=r(
+            cfg.data,
+            length=w.length,
+            horizon=w.horizon,
+            n_val=w.n_val,
+            train_periods=w.train_periods,
+        ),  # fmt: skip
+        model=r(cfg.model, filters=w.filters, pools=w.pools),
+        protocol=r(cfg.protocol, sweep_horizons=w.sweep_horizons, sweep_lengths=w.sweep_lengths),
     )
 
 
 def get_config(*, smoke: bool = False, size: str = "cpu") -> SalesCNNConfig:
-    """The paper-size config (``size`` cpu and paper alike), or a tiny one with ``smoke``."""
-    del size  # the defaults are the paper's; the results README lists the reduced runs
+    """``size="paper"``: the paper's network; ``"cpu"``: narrower networks for a 2-core
+    machine; ``smoke``: seconds (on top of the CPU size)."""
+    if size not in ("paper", "cpu"):
+        raise ValueError(f"size={size!r}; use 'paper' or 'cpu'")
+    cfg = SalesCNNConfig()
+    if size == "cpu" or smoke:
+        cfg = dataclasses.replace(
+            cfg, model=ModelConfig(maps=32, hidden=256), dnn=DNNConfig(hidden=256)
+        )
     if not smoke:
-        return SalesCNNConfig()
+        return cfg
     return SalesCNNConfig(
-        data=DataConfig(length=13, horizon=1, n_test=2, n_val=2, train_periods=20, n_regions=2),
-        daily=DailyConfig(enabled=False),
+        data=DataConfig(
+            length=28, horizon=7, n_test=2, n_val=2, train_periods=60, n_regions=2, n_items=30
+        ),  # fmt: skip
+        weekly=WeeklyConfig(
+            length=13, n_val=2, train_periods=20, sweep_horizons=(1, 2), sweep_lengths=(8, 13)
+        ),  # fmt: skip
         model=ModelConfig(maps=4, hidden=16),
         dnn=DNNConfig(hidden=16, layers=2),
         train=TrainConfig(epochs=2.0, finetune_epochs=2.0, eval_every=3, patience=2),
         baselines=BaselinesConfig(gbrt_estimators=20),
         protocol=ProtocolConfig(
-            sweep_horizons=(1, 2), sweep_lengths=(8, 13), sweep_betas=(0.0, 0.02), sweep_seeds=1
+            sweep_horizons=(1, 7), sweep_lengths=(28, 56), sweep_betas=(0.0, 0.02), sweep_seeds=1
         ),
     )

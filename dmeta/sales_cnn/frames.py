@@ -86,6 +86,20 @@ class SalesPanel:
             self, x=self.x[keep], regions=tuple(self.regions[k] for k in keep)
         )
 
+    def select_items(self, keep: np.ndarray) -> SalesPanel:
+        """The panel restricted to item indices ``keep`` (i32[I']); brand and category
+        indices renumbered 0.. over the kept items (their aggregates cover these only)."""
+        keep = np.asarray(keep)
+        brand = np.unique(self.brand[keep], return_inverse=True)[1].astype(np.int32)
+        category = np.unique(self.category[keep], return_inverse=True)[1].astype(np.int32)
+        return dataclasses.replace(
+            self,
+            x=self.x[:, keep],
+            brand=brand,
+            category=category,
+            items=tuple(self.items[k] for k in keep),
+        )
+
 
 def indicator_matrices(x: Array, brand: Array, category: Array) -> Array:
     """Item, brand, category and region indicator series (eq. 2, 3, 5), stacked.

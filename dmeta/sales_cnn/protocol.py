@@ -21,7 +21,7 @@ from dmeta.data.spec import parse_data_spec
 from dmeta.datasets import LOADERS, _csv, completejourney
 from dmeta.datasets.itemlog import ItemLog, checked
 from dmeta.sales_cnn import baselines
-from dmeta.sales_cnn.config import SalesCNNConfig, for_daily
+from dmeta.sales_cnn.config import SalesCNNConfig, for_weekly
 from dmeta.sales_cnn.frames import SalesPanel, split_ends
 from dmeta.sales_cnn.pipeline import (
     METHODS,
@@ -44,18 +44,22 @@ log = logging.getLogger(__name__)
 
 
 CJ_INDICATORS = ("quantity", "sales_value", "retail_disc", "coupon_disc", "baskets", "households")
+CJ_EXCLUDED_DEPARTMENTS = ("FUEL", "MISCELLANEOUS")  # quantity in gallons / kiosk counts
 
 
-def load_panel(spec: str) -> tuple[str, SalesPanel, bool]:
-    """(dataset name, panel, daily) for a ``--data`` spec."""
+def load_panel(
+    spec: str, *, n_items: int | None = None, n_regions: int = 5
+) -> tuple[str, SalesPanel]:
+    """(dataset name, panel) for a ``--data`` spec; ``n_items`` / ``n_regions`` choose
+    Complete Journey's products and stores (``from_completejourney``)."""
     data = parse_data_spec(spec)
     if data.name == "synthetic":
-        return data.name, synthetic_panel(0, n_regions=5, n_items=30, n_periods=130)[0], False
+        return data.name, synthetic_panel(0, n_regions=5, n_items=30, n_periods=130)[0]
     if data.name == "completejourney":
-        return data.name, from_completejourney(LOADERS[data.name](data.path)), True
-    if data.name in ("frat", "cainiao", "itemlog"):
         src = LOADERS[data.name](data.path)
-        return data.name, from_itemlog(src), src.freq == "D"
+        return data.name, from_completejourney(src, n_items=n_items, n_regions=n_regions)
+    if data.name in ("frat", "cainiao", "itemlog"):
+        return data.name, from_itemlog(LOADERS[data.name](data.path))
     raise DataError(f"--data {spec!r}: unknown dataset {data.name!r} for {NAME}")
 
 
@@ -89,13 +93,31 @@ def from_itemlog(src: ItemLog) -> SalesPanel:
     )
 
 
+def _cj_selection(tx: pd.DataFrame, n_items: int | None, n_regions: int) -> pd.DataFrame:
+    """Complete Journey rows of the ``n_regions`` stores with the most baskets and, in
+    them, the ``n_items`` products with the most baskets (None: all), up to the last full
+    day (a last day with under half the median day's baskets is cut: the data end in the
+    first hours of 2018-01-01). ``tx`` has ``department`` and ``ds`` (the day)."""
+    days = tx.groupby("ds")["basket_id"].nunique()
+    while len(days) > 1 and days.iloc[-1] < 0.5 * days.median():
+        days = days.iloc[:-1]
+    tx = tx[tx["ds"] <= days.index[-1]]
+    tx = tx[~tx["department"].isin(CJ_EXCLUDED_DEPARTMENTS)]
+    stores = tx.groupby("store_id")["basket_id"].nunique().nlargest(n_regions).index
+    tx = tx[tx["store_id"].isin(stores)]
+    if n_items is not None:
+        top = tx.groupby("product_id")["basket_id"].nunique().nlargest(n_items).index
+        tx = tx[tx["product_id"].isin(top)]
+    return tx
+
+
 def from_completejourney(
-    src: completejourney.CompleteJourney, *, n_items: int = 50, n_regions: int = 5
+    src: completejourney.CompleteJourney, *, n_items: int | None = 100, n_regions: int = 5
 ) -> SalesPanel:
-    """Product x store x day: the ``n_regions`` stores and then the ``n_items`` products
-    (with a product record) selling most units there; indicators: quantity, sales value,
-    retail and coupon discounts, baskets, households. Brand = ``manufacturer_id``,
-    category = ``product_category``."""
+    """Product x store x day (``_cj_selection``: the stores and then the products with the
+    most baskets, fuel and kiosk departments left out); indicators: quantity (the target),
+    sales value, retail and coupon discounts, baskets, households. Brand =
+    ``manufacturer_id``, category = ``product_category``."""
     ids = ("household_id", "store_id", "basket_id", "product_id")
     tx = src.transactions.assign(**{c: _csv.natural_ids(src.transactions[c]) for c in ids})
     products = src.products.assign(product_id=_csv.natural_ids(src.products["product_id"]))
@@ -103,11 +125,9 @@ def from_completejourney(
     if not known.all():
         _csv.repair(src.path, f"{int((~known).sum())} rows whose product_id has no product "
                               "record dropped")  # fmt: skip
-    tx = tx[known]
-    stores = tx.groupby("store_id")["quantity"].sum().nlargest(n_regions).index
-    tx = tx[tx["store_id"].isin(stores)]
-    top = tx.groupby("product_id")["quantity"].sum().nlargest(n_items).index
-    tx = tx[tx["product_id"].isin(top)].assign(ds=tx["timestamp"].dt.floor("D"))
+    tx = tx[known].assign(ds=tx["timestamp"].dt.floor("D"))
+    tx = tx.merge(products[["product_id", "department"]], on="product_id", how="left")
+    tx = _cj_selection(tx, n_items, n_regions)
     log = (
         tx.groupby(["product_id", "store_id", "ds"])
         .agg(
@@ -134,9 +154,19 @@ def top_regions(panel: SalesPanel, n: int) -> SalesPanel:
     return panel.select_regions(np.argsort(-panel.sales.sum((1, 2)), kind="stable")[:n])
 
 
-def resolve(cfg: SalesCNNConfig, daily: bool) -> SalesCNNConfig:
-    """The config a dataset runs with (``daily`` sizes on daily data)."""
-    return for_daily(cfg) if daily else cfg
+def top_items(panel: SalesPanel, n: int | None) -> SalesPanel:
+    """The ``n`` items with the largest total sales over the panel's regions, in panel
+    order (None or ``n >= I``: the panel as it is)."""
+    if n is None or n >= len(panel.items):
+        return panel
+    return panel.select_items(np.sort(np.argsort(-panel.sales.sum((0, 2)), kind="stable")[:n]))
+
+
+def resolve(cfg: SalesCNNConfig, panel: SalesPanel) -> SalesCNNConfig:
+    """The config a panel runs with: the ``weekly`` sizes and orders when its periods
+    (``data.period_days``, else the panel's date step) are weeks, the daily ones else."""
+    days = panel.period_days if cfg.data.period_days is None else cfg.data.period_days
+    return for_weekly(cfg) if round(days) == 7 else cfg
 
 
 def cells(cfg: SalesCNNConfig, methods: tuple[str, ...], seeds: int) -> list[Cell]:
