@@ -8,6 +8,7 @@ import pytest
 
 from dmeta.config import override
 from dmeta.data.synthetic import make_demand
+from dmeta.data.windows import to_panel
 from dmeta.rmldp import protocol
 from dmeta.rmldp.config import MetaGrid, get_config
 from experiments import rmldp, rmldp_posthoc
@@ -153,3 +154,24 @@ def test_finetune_tunes_only_its_adaptation_on_the_memoized_base(monkeypatch):
     assert len(calls) == 2 and len(result.trials) == 2  # trials points each, base not refitted
     assert {k: result.best[k] for k in base.best} == base.best
     assert {"adapt_steps", "adapt_step_size"} == {k for p, _ in result.trials for k in p}
+
+
+def test_graph_holds_no_basket_from_a_target_query_period():
+    cfg = get_config(smoke=True)
+    data = protocol.load_synthetic(**protocol.synthetic_kwargs(cfg))
+    prep = protocol.prepare(data, cfg, seq_len=cfg.protocol.seq_len)
+    dates = to_panel(data.frame).dates
+    evaluated = np.concatenate([prep.val_tasks.segment, prep.target.segment])
+    cutoff = protocol.first_query_date(prep.pool, dates, evaluated)
+    first = np.asarray(prep.pool.t_c)[evaluated, np.asarray(prep.pool.query_start)[evaluated]]
+    assert cutoff == dates[first.min()]
+    # an unlinked pair bought together twice: on the cutoff day (a target's query period)
+    # the graph must not see it, a day earlier it must
+    a, b = np.argwhere((prep.weights == 0) & ~np.eye(len(prep.ids), dtype=bool))[0]
+    for day, linked in ((cutoff, False), (cutoff - pd.Timedelta(days=1), True)):
+        pair = pd.DataFrame({"basket_id": [-1, -1, -2, -2], "unique_id": prep.ids[[a, b, a, b]]})
+        days = [dates[0]] * len(data.baskets) + [day] * 4
+        baskets = pd.concat([data.baskets, pair]).assign(date=days)
+        dated = dataclasses.replace(data, baskets=baskets)
+        weights = protocol.graph_weights(dated, prep.ids, cfg, before=cutoff)
+        assert (weights[a, b] > 0) == linked

@@ -75,7 +75,7 @@ class DemandData:
       name: dataset name used in results.
       frame: the validated long frame.
       groups: unique_id -> category group (the columns of Tables 2-3).
-      baskets: ``basket_id, unique_id`` rows, or None.
+      baskets: ``basket_id, unique_id`` rows (and ``date`` when known), or None.
       edges: ``src, dst, weight`` rows, or None.
     """
 
@@ -215,7 +215,7 @@ def from_groceries(src: groceries.Groceries) -> DemandData:
     frame.frame["baskets"] = (
         frame.frame["ds"].map(n_baskets.reindex(calendar, fill_value=0)).astype(np.float64)
     )
-    baskets = pd.DataFrame({"basket_id": basket, "unique_id": rows["item"]})
+    baskets = pd.DataFrame({"basket_id": basket, "unique_id": rows["item"], "date": rows["date"]})
     ids = frame.frame["unique_id"].drop_duplicates().to_numpy()
     return DemandData("groceries", frame, pd.Series("all", index=ids), baskets=baskets)
 
@@ -268,7 +268,10 @@ def prepare(data: DemandData, cfg: RMLDPConfig, *, seq_len: int) -> Prepared:
     limits = dict(max_support=p.max_support, max_query=p.max_query)
     target = eval_tasks(pool, roles.test, **limits)
     groups = data.groups.reindex(panel.ids).fillna("all").to_numpy()
-    weights = graph_weights(data, panel.ids, cfg)
+    evaluated = np.concatenate([roles.val, roles.test])
+    weights = graph_weights(
+        data, panel.ids, cfg, before=first_query_date(pool, panel.dates, evaluated)
+    )
     counts = {
         "segments": len(panel.ids),
         "meta-train": len(roles.train),
@@ -308,16 +311,47 @@ def context(data: DemandData, cfg: RMLDPConfig, *, seq_len: int) -> Context:
     return Context(prep, cfg, (emb - emb.mean(0)) / (emb.std(0) + 1e-6))
 
 
-def graph_weights(data: DemandData, ids: np.ndarray, cfg: RMLDPConfig) -> np.ndarray | None:
-    """f32[I, I] knowledge graph from the data's baskets (co-occurrence counts below
-    ``graph.threshold`` dropped) or edge list (weights below ``graph.edge_threshold``
-    dropped; 0 keeps every given edge); None without either. A graph in which most
-    segments have no link is logged as a warning (the report repeats it)."""
+def first_query_date(pool: TaskPool, dates: pd.DatetimeIndex, segments: np.ndarray) -> pd.Timestamp:
+    """Calendar date of the earliest first query sample (its prediction time t_c) of
+    ``segments`` that have a task (the meta-validation and meta-test segments)."""
+    cut, q0 = np.asarray(pool.cut), np.asarray(pool.query_start)
+    segments = segments[cut[segments] > 0]
+    return dates[int(np.asarray(pool.t_c)[segments, q0[segments]].min())]
+
+
+def baskets_before(baskets: pd.DataFrame, before: pd.Timestamp | None, source: str):
+    """The baskets dated strictly before ``before`` (all without a ``date`` column or a
+    date), so the graph holds no purchase from a target's query period."""
+    if before is None or "date" not in baskets.columns:
+        logger.info("%s: no basket dates, the graph uses every basket", source)
+        return baskets
+    dates = pd.to_datetime(baskets["date"], errors="coerce")
+    if dates.isna().any():
+        row = int(np.flatnonzero(dates.isna().to_numpy())[0])
+        raise DataError(
+            f"{source}: basket row {row + 1} has no valid date ({baskets['date'].iloc[row]!r})"
+        )
+    kept = baskets[(dates < before).to_numpy()]
+    logger.info("%s: graph from the %d of %d basket rows before %s (the first target query)",
+                source, len(kept), len(baskets), before.date())  # fmt: skip
+    return kept
+
+
+def graph_weights(
+    data: DemandData, ids: np.ndarray, cfg: RMLDPConfig, *, before: pd.Timestamp | None = None
+) -> np.ndarray | None:
+    """f32[I, I] knowledge graph from the data's baskets (dated ones strictly before
+    ``before``, the earliest query time of a meta-validation or meta-test segment;
+    co-occurrence counts below ``graph.threshold`` dropped) or edge list (weights below
+    ``graph.edge_threshold`` dropped; 0 keeps every given edge); None without either. A
+    graph in which most segments have no link is logged as a warning (the report repeats
+    it)."""
     if data.baskets is not None:
         source = cfg.data.baskets or f"{data.name} baskets"
         weights = cooccurrence_graph(
-            data.baskets, ids, threshold=cfg.graph.threshold, unknown="drop", source=source
-        )
+            baskets_before(data.baskets, before, source), ids, threshold=cfg.graph.threshold,
+            unknown="drop", source=source,
+        )  # fmt: skip
     elif data.edges is not None:
         source = cfg.data.edges or f"{data.name} edges"
         weights = edge_graph(
