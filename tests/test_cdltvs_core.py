@@ -187,6 +187,24 @@ def test_from_transactions_windows_and_labels():
     assert d.t_y[0] == 7.0 and d.s_y[0] == 0.0
 
 
+def test_each_domain_portrait_comes_from_its_own_history_window():
+    tx = _tiny_transactions().assign(
+        category=["A", "B", "C", "A", "B", "A"], discount=[0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    )
+    d = ltv_data.from_transactions(tx, period_days=10, n_periods=2, horizon=1, n_anchors=1)
+    # history windows 2, 3: target day 25 (3.0, category C, discount 1), source day 31 (4.0, A)
+    assert d.s_cat_sizes == d.t_cat_sizes == (1, 4) and d.history_portrait == (1, 3)
+    np.testing.assert_array_equal(d.s_cat[0], [0, 1])
+    np.testing.assert_array_equal(d.t_cat[0], [0, 3])
+    np.testing.assert_allclose(d.s_num[0], [0, 0, np.log(2), np.log(5), 0.0], rtol=1e-6)
+    np.testing.assert_allclose(d.t_num[0], [0, 0, np.log(2), np.log(4), 0.25], rtol=1e-6)
+    s = ltv_data.apply_sparsity(d, 1.0, seed=0)  # no target history: no target profile
+    np.testing.assert_array_equal(s.t_cat[0], [0, 0])
+    np.testing.assert_array_equal(s.t_num[0], [0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(s.s_num, d.s_num)
+    np.testing.assert_array_equal(s.s_cat, d.s_cat)
+
+
 def test_from_transactions_rejects_bad_domain(tmp_path):
     tx = _tiny_transactions()
     tx.loc[2, "domain"] = "other"
@@ -202,7 +220,12 @@ def test_completejourney_builder():
     d = protocol.from_completejourney(completejourney.load(path))
     assert d.s_series.shape[1] == 6 and d.n > 5000
     assert 0.05 < (d.t_y == 0).mean() < 0.6
-    assert d.t_cat.shape[1] == len(ltv_data.CJ_DEMOGRAPHICS)
+    assert d.t_cat.shape[1] == len(ltv_data.CJ_DEMOGRAPHICS) + 1  # + main department
+    main_s, main_t = d.s_cat[:, -1], d.t_cat[:, -1]
+    assert len(np.unique(main_s[main_s > 0])) <= len(ltv_data.CJ_SOURCE_DEPARTMENTS)
+    assert len(np.unique(main_t[main_t > 0])) > len(ltv_data.CJ_SOURCE_DEPARTMENTS)
+    assert not np.isin(main_t[main_t > 0], main_s[main_s > 0]).any()  # disjoint departments
+    assert (d.s_num[:, -3:] != d.t_num[:, -3:]).any(1).mean() > 0.9
 
 
 def test_metrics_by_hand():

@@ -6,17 +6,20 @@ anchor date). Per domain ``x`` in ``("s", "t")``:
 - ``x_series: f32[N, L]`` consumption per period over the history window,
 - ``x_observed: f32[N, L]`` 1 where the period's history is available, 0 where it was removed,
 - ``x_cat: i32[N, Cx]`` categorical portrait features (codes below ``x_cat_sizes``),
-- ``x_num: f32[N, Mx]`` numeric portrait features (standardized),
+- ``x_num: f32[N, Mx]`` numeric portrait features,
 - ``x_y: f32[N]`` the cumulative value over the next ``horizon`` periods (the LTV label).
 
 ``sparse: bool[N]`` marks C_na (target history removed) and ``customer: i64[N]`` the customer
-of each sample (splits are by customer).
+of each sample (splits are by customer). The last ``history_portrait = (categorical, numeric)``
+portrait columns of each domain summarize that domain's own history window (built by
+:func:`from_transactions`); removing a customer's target history clears them too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -71,6 +74,7 @@ class CrossDomainData:
     s_cat_sizes: tuple[int, ...]
     t_cat_sizes: tuple[int, ...]
     horizon: int
+    history_portrait: tuple[int, int] = (0, 0)
 
     def __post_init__(self):
         n = self.customer.shape[0]
@@ -99,8 +103,10 @@ class CrossDomainData:
 def apply_sparsity(data: CrossDomainData, p: float, seed: int) -> CrossDomainData:
     """Removes the target-domain history of a share ``p`` of the customers (C_na).
 
-    Only ``t_series`` (set to 0) and ``t_observed`` (set to 0) of the chosen customers change,
-    plus ``sparse``; labels, portraits and the source domain are untouched.
+    Only ``t_series`` and ``t_observed`` (set to 0) of the chosen customers change, their
+    target portrait columns summarizing the history (``history_portrait``: set to 0, the
+    value of a customer without purchases), and ``sparse``; labels, the other portrait
+    columns and the source domain are untouched.
 
     Args:
       data: samples; all samples of a chosen customer become sparse.
@@ -114,10 +120,16 @@ def apply_sparsity(data: CrossDomainData, p: float, seed: int) -> CrossDomainDat
     chosen = rng.choice(customers, size=int(round(p * len(customers))), replace=False)
     sparse = np.isin(data.customer, chosen)
     keep = (~sparse)[:, None].astype(np.float32)
+    t_cat, t_num = data.t_cat.copy(), data.t_num.copy()
+    n_cat, n_num = data.history_portrait
+    t_cat[sparse, t_cat.shape[1] - n_cat :] = 0
+    t_num[sparse, t_num.shape[1] - n_num :] = 0.0
     return dataclasses.replace(
         data,
         t_series=data.t_series * keep,
         t_observed=data.t_observed * keep,
+        t_cat=t_cat,
+        t_num=t_num,
         sparse=sparse,
     )
 
@@ -220,9 +232,14 @@ def from_transactions(
     the ``n_periods`` windows before the anchor and the sum of the ``horizon`` windows after it.
     Samples with no purchase in either domain's history are dropped.
 
+    Each domain's portrait is built from that domain's own purchases in the sample's history
+    window (:func:`_profiles`), after the customer attributes and two numbers shared by both
+    domains (anchor position, has a known attribute).
+
     Args:
       tx: transactions; negative amounts (returns) are kept and net out within a window.
-      attributes: optional ``customer_id`` + categorical columns, used as the portrait of both
+        Optional columns: ``category`` (text) and ``discount`` (>= 0, in amount units).
+      attributes: optional ``customer_id`` + categorical columns, in the portrait of both
         domains; customers without a row get the category "unknown" (logged).
       period_days: window length in days.
       n_periods: L history windows.
@@ -235,41 +252,84 @@ def from_transactions(
     n_win = int(period.max()) + 1
     if (period == n_win - 1).mean() < 0.5 * (period == n_win - 2).mean():
         n_win -= 1  # a last, clearly partial window is dropped
-    grid = np.zeros((2, len(customers), n_win))
-    dom = (tx["domain"].astype(str).to_numpy() == "target").astype(int)
-    ok = period < n_win
-    np.add.at(grid, (dom[ok], cust_idx[ok], period[ok]), tx["amount"].to_numpy(float)[ok])
-    grid = np.maximum(grid, 0.0)
     anchors = range(n_win - horizon - n_anchors + 1, n_win - horizon + 1)
     if min(anchors) < n_periods:
         raise ValueError(f"{n_win} windows cannot hold {n_periods} + {horizon} + {n_anchors - 1}")
-    hist = np.concatenate([grid[:, :, a - n_periods : a] for a in anchors], axis=1)
+    ok = period < n_win
+    index = ((tx["domain"].astype(str).to_numpy() == "target").astype(int)[ok], cust_idx[ok],
+             period[ok])  # fmt: skip
+
+    def windows(values: np.ndarray, *extra: int) -> np.ndarray:
+        """f64[2, customers, windows, *extra] sums of ``values`` (index extended by extra)."""
+        grid = np.zeros((2, len(customers), n_win, *extra))
+        np.add.at(grid, index + tuple(v[ok] for v in values[1:]), values[0][ok])
+        return grid
+
+    def history(grid: np.ndarray) -> np.ndarray:
+        """[2, customers, windows, ...] -> [2, samples, n_periods, ...] (anchor-major)."""
+        return np.concatenate([grid[:, :, a - n_periods : a] for a in anchors], axis=1)
+
+    grid = np.maximum(windows((tx["amount"].to_numpy(float),)), 0.0)
+    hist = history(grid)
     fut = np.concatenate([grid[:, :, a : a + horizon].sum(-1) for a in anchors], axis=1)
     anchor_pos = np.repeat(np.arange(len(anchors)), len(customers)).astype(np.float32)
     cust = np.tile(np.arange(len(customers)), len(anchors))
     keep = hist.sum((0, 2)) > 0
     cat, sizes = _attribute_codes(customers, attributes)
-    num = np.stack([anchor_pos / max(len(anchors) - 1, 1), np.zeros_like(anchor_pos)], 1)
-    num[:, 1] = (cat[cust] != 0).any(1)  # has a known attribute
+    num = np.stack([anchor_pos / max(len(anchors) - 1, 1), (cat[cust] != 0).any(1)], 1)
+    p_cat, p_num, p_sizes = _profiles(tx, hist, windows, history)
     ones = np.ones(hist.shape[1:], np.float32)
     data = CrossDomainData(
         s_series=hist[0].astype(np.float32),
         s_observed=ones,
-        s_cat=cat[cust],
-        s_num=num.astype(np.float32),
+        s_cat=np.concatenate([cat[cust], p_cat[0]], 1),
+        s_num=np.concatenate([num, p_num[0]], 1).astype(np.float32),
         s_y=fut[0].astype(np.float32),
         t_series=hist[1].astype(np.float32),
         t_observed=ones.copy(),
-        t_cat=cat[cust],
-        t_num=num.astype(np.float32),
+        t_cat=np.concatenate([cat[cust], p_cat[1]], 1),
+        t_num=np.concatenate([num, p_num[1]], 1).astype(np.float32),
         t_y=fut[1].astype(np.float32),
         sparse=np.zeros(len(cust), bool),
         customer=customers[cust],
-        s_cat_sizes=sizes,
-        t_cat_sizes=sizes,
+        s_cat_sizes=sizes + p_sizes,
+        t_cat_sizes=sizes + p_sizes,
         horizon=horizon,
+        history_portrait=(p_cat.shape[-1], p_num.shape[-1]),
     )
     return data.take(keep)
+
+
+def _profiles(
+    tx: pd.DataFrame, hist: np.ndarray, windows: Callable, history: Callable
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Each domain's own portrait over each sample's history window.
+
+    Numbers: ``log1p`` of the purchases (rows), ``log1p`` of the spend per purchase and, when
+    ``tx`` has ``discount``, the discount share ``discount / (spend + discount)``. Category,
+    when ``tx`` has ``category``: the one with the most spend (code 0: no purchase). All are 0
+    for a window without purchases in the domain.
+
+    Args:
+      tx: the transactions of :func:`from_transactions`.
+      hist: f64[2, S, L] the samples' clipped spend per window.
+      windows, history: :func:`from_transactions`'s window sums and history slices.
+
+    Returns:
+      i32[2, S, Cp] codes, f64[2, S, Mp] numbers and the Cp category sizes.
+    """
+    spend = hist.sum(-1)
+    items = history(windows((np.ones(len(tx)),))).sum(-1)
+    num = [np.log1p(items), np.log1p(spend / np.maximum(items, 1.0))]
+    if "discount" in tx.columns:
+        disc = history(windows((tx["discount"].to_numpy(float),))).sum(-1)
+        num.append(disc / np.maximum(spend + disc, 1e-9))
+    if "category" not in tx.columns:
+        return np.zeros(spend.shape + (0,), np.int32), np.stack(num, -1), ()
+    levels, codes = np.unique(tx["category"].astype(str).to_numpy(), return_inverse=True)
+    by_cat = history(windows((tx["amount"].to_numpy(float), codes), len(levels))).sum(2)
+    main = np.where(by_cat.max(-1) > 0, by_cat.argmax(-1) + 1, 0).astype(np.int32)
+    return main[..., None], np.stack(num, -1), (len(levels) + 1,)
 
 
 def _attribute_codes(

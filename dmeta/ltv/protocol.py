@@ -101,7 +101,9 @@ def from_completejourney(
 ) -> ltv_data.CrossDomainData:
     """Households as customers; source = shelf-stable departments, target = fresh food
     (``ltv_data.CJ_*``); other departments (fuel, misc, ...) are left out; amount =
-    ``sales_value``; demographics as portraits. 30-day windows by default."""
+    ``sales_value``. Portraits: the demographics (both domains) and each domain's own
+    purchases in the history window (main department, items, spend per item, discount share
+    of retail + coupon discounts). 30-day windows by default."""
     tx = src.transactions.merge(src.products[["product_id", "department"]], on="product_id",
                                 how="left")  # fmt: skip
     domain = np.select(
@@ -114,6 +116,8 @@ def from_completejourney(
         "timestamp": tx["timestamp"].to_numpy(),
         "amount": tx["sales_value"].to_numpy(float),
         "domain": domain,
+        "category": tx["department"].to_numpy(object),
+        "discount": (tx["retail_disc"] + tx["coupon_disc"]).to_numpy(float),
     })[domain != ""].reset_index(drop=True)  # fmt: skip
     demo = src.demographics.rename(columns={"household_id": "customer_id"})
     demo = demo[["customer_id", *ltv_data.CJ_DEMOGRAPHICS]]
