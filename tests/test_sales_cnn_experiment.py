@@ -8,7 +8,7 @@ import pytest
 
 from dmeta.config import override
 from dmeta.report import render
-from dmeta.report.sales_cnn import plots
+from dmeta.report.sales_cnn import claims_markdown, plots
 from dmeta.sales_cnn.baselines import arima_forecast, fe_features, persistence_forecast
 from dmeta.sales_cnn.config import get_config
 from dmeta.sales_cnn.frames import build_frames
@@ -188,6 +188,25 @@ def test_sweep_plots(tmp_path):
     assert all(
         (tmp_path / f"sweep_{n}.png").stat().st_size > 1000 for n in ("horizon", "length", "beta")
     )
+
+
+def test_claims_are_paired_over_regions_and_seeds():
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(3):
+        for region, scale in (("a", 1.0), ("b", 10.0), ("c", 100.0)):
+            base = scale * (1 + 0.1 * rng.random())
+            for method, factor in (("CNN", 1.0), ("DNN", 1.2), ("CNN+WD", 1.3)):
+                rows.append(("sales_cnn", "x", method, region, seed, "mse", base * factor))
+            rows.append(("sales_cnn", "x", "CNN", "average", seed, "mse", 0.0))  # not a unit
+    df = pd.DataFrame(
+        rows, columns=["experiment", "dataset", "method", "group", "seed", "metric", "value"]
+    )
+    text = claims_markdown(df)
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines()[4:]}
+    assert set(lines) == {"CNN < DNN", "CNN+WD < CNN"}  # the claims with both methods
+    assert "| 9 " in lines["CNN < DNN"] and "holds" in lines["CNN < DNN"]
+    assert "reversed" in lines["CNN+WD < CNN"]
 
 
 def test_equal_tuning_picks_on_validation(tmp_path):

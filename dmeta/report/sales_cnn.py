@@ -1,5 +1,6 @@
 """Sales CNN run report: summaries per experiment, the Table 1 layout (methods x regions),
-the tuned hyperparameters and the sweep plots (Figures 5-7)."""
+the tuned hyperparameters, paired tests of the paper's orderings and the sweep plots
+(Figures 5-7)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmeta.report.tables import markdown_table, summary_markdown
+from dmeta.report.tables import markdown_table, significance_table, summary_markdown
 from dmeta.sales_cnn.pipeline import METHODS
 from dmeta.sales_cnn.protocol import NAME, SWEEPS
 from dmeta.train.results import summarize
@@ -41,6 +42,54 @@ def table1_markdown(df: pd.DataFrame) -> str:
     return text
 
 
+# the paper's Table 1 orderings, (better, worse): section 5.3
+CLAIMS = (
+    ("FE+GBRT", "ARIMA"),
+    ("CNN", "DNN"),
+    ("CNN+WD", "CNN"),
+    ("CNN+WD+TL", "CNN+WD"),
+    ("CNN+WD+TL", "Single-CNN"),
+)
+ALPHA = 0.05
+
+
+def _verdict(diff: float, p: float) -> str:
+    if not np.isfinite(p) or p >= ALPHA:
+        return "not significant"
+    return "holds" if diff < 0 else "reversed"
+
+
+def claims_markdown(df: pd.DataFrame) -> str:
+    """The paper's orderings (``CLAIMS``) tested on the test MSE, paired over (region,
+    seed) units: mean MSE of each, paired t-test and Wilcoxon p-values, and whether the
+    ordering holds (lower MSE, t-test p < 0.05), is reversed or is not significant."""
+    part = df[(df["experiment"] == NAME) & (df["metric"] == "mse") & (df["group"] != "average")]
+    part = part.assign(unit=part["group"].astype(str) + "/" + part["seed"].astype(str))
+    rows = []
+    for better, worse in CLAIMS:
+        if not {better, worse} <= set(part["method"]):
+            continue
+        tests = {
+            t: significance_table(part, better, worse, "mse", by=(), test=t, pair_on="unit")
+            for t in ("ttest", "wilcoxon")
+        }
+        t = tests["ttest"].iloc[0]
+        rows.append({
+            "paper: better < worse": f"{better} < {worse}",
+            "mse better": f"{t['mean_a']:.4g}",
+            "mse worse": f"{t['mean_b']:.4g}",
+            "p (t-test)": f"{t['p_value']:.3g}",
+            "p (Wilcoxon)": f"{tests['wilcoxon'].iloc[0]['p_value']:.3g}",
+            "pairs": int(t["n"]),
+            "verdict": _verdict(t["diff"], t["p_value"]),
+        })  # fmt: skip
+    if not rows:
+        return ""
+    return "### The paper's orderings: test MSE paired over (region, seed)\n\n" + markdown_table(
+        pd.DataFrame(rows)
+    )
+
+
 def sweep_images(results: pd.DataFrame, prefix: str = "") -> str:
     """Markdown image links of the sweep plots that ``plots`` writes for ``results``."""
     names = [
@@ -59,7 +108,7 @@ def render(run_dir: Path, results: pd.DataFrame) -> str:
     scores = results[~results["metric"].str.startswith("hp:")]
     for experiment, part in summarize(scores).groupby("experiment", sort=False):
         parts.append(f"## {experiment}\n\n{summary_markdown(part)}")
-    parts += [table1_markdown(results), sweep_images(results)]
+    parts += [table1_markdown(results), claims_markdown(results), sweep_images(results)]
     return "\n".join(p.rstrip() + "\n" for p in parts if p.strip())
 
 
