@@ -84,8 +84,10 @@ def test_gradients_reach_every_part(switches, parts):
         assert "gru_season" not in mp["theta"]
 
 
-def test_reconstruction_loss_trains():
-    model, mp = init_rmldp(jax.random.key(5), **SIZES)
+@pytest.mark.parametrize("decoder", ["mpfn", "linear"])
+def test_reconstruction_loss_trains(decoder):
+    model, mp = init_rmldp(jax.random.key(5), **SIZES, decoder=decoder)
+    assert ("grus" in mp["encoder"]["dec"]) == (decoder == "mpfn")  # eq. 10's MPFN decoder
     tasks = random_tasks(jax.random.key(6))
     support = jax.tree.map(lambda a: a[0], tasks.support)
     opt = optax.adam(3e-2)

@@ -64,13 +64,16 @@ class ProtocolConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Table 1 sizes, ``init_rmldp(**asdict(model))``: ``hidden`` GRU size,
-    ``encoder_hidden`` MPFN_s GRU size, ``q_d_dim``, ``q_g_dim``, ``graph_dim`` (DeepWalk)."""
+    ``encoder_hidden`` MPFN_s (and MPFN_s_dec) GRU size, ``q_d_dim``, ``q_g_dim``,
+    ``graph_dim`` (DeepWalk); ``decoder`` MPFN_s_dec of eq. 10 (``"mpfn"``, the paper's;
+    ``"linear"``, one linear layer, the ablation RMLDP-lindec)."""
 
     hidden: int = 128
     encoder_hidden: int = 128
     q_d_dim: int = 32
     q_g_dim: int = 16
     graph_dim: int = 16
+    decoder: Literal["mpfn", "linear"] = "mpfn"
 
 
 @dataclasses.dataclass(frozen=True)

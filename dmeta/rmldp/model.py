@@ -31,7 +31,7 @@ from dmeta.meta.steps import make_meta_train_step
 from dmeta.models.mpfn import MPFN, split_loss
 from dmeta.nn.functional import split_params
 from dmeta.parallel import constrain_batch
-from dmeta.rmldp.segment_encoder import SegmentEncoder
+from dmeta.rmldp.segment_encoder import Decoder, SegmentEncoder
 from dmeta.types import Array, Key, Params, Split, TaskBatch
 
 
@@ -111,6 +111,7 @@ def init_rmldp(
     q_g_dim: int = 16,
     graph_dim: int = 16,
     encoder_hidden: int | None = None,
+    decoder: Decoder = "mpfn",
     use_data: bool = True,
     use_graph: bool = True,
     use_local: bool = True,
@@ -128,6 +129,7 @@ def init_rmldp(
       q_d_dim, q_g_dim: sizes of q_d and q_g (32 and 16 in Table 1).
       graph_dim: size of the DeepWalk embeddings u_g.
       encoder_hidden: MPFN_s GRU size (default ``hidden``).
+      decoder: MPFN_s_dec of eq. 10, ``"mpfn"`` (the paper's) or ``"linear"`` (ablation).
       use_data, use_graph, use_local, use_season: ablation switches (module docstring).
       meta_sgd: learn per-parameter inner step sizes, initialized at ``step_size``.
       step_size: alpha (only used to initialize Meta-SGD's step sizes).
@@ -154,6 +156,7 @@ def init_rmldp(
             seq_len,
             encoder_hidden or hidden,
             q_d_dim,
+            decoder=decoder,
             rngs=nnx.Rngs(k_enc),
         )
         encode, meta_params["encoder"] = split_params(enc)

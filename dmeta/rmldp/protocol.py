@@ -52,7 +52,9 @@ logger = logging.getLogger(__name__)
 
 CLASSICAL = {"Linear Regression": "linear", "SVR": "svr", "Random Forest": "rf", "XGBoost": "xgb"}
 NEURAL = {"GRU+MPFN": "gru_mpfn", "Dipole+MPFN": "dipole_mpfn", "LSTNet": "lstnet"}
-# RMLDP variants and the meta-learning baselines: init_rmldp switches.
+# RMLDP variants and the meta-learning baselines: init_rmldp switches over the config's
+# ``model`` fields. The section 6.2.2 ablations drop a part; RMLDP-lindec decodes eq. 10
+# with one linear layer instead of the paper's MPFN.
 META = {
     "MAML": dict(use_data=False, use_graph=False),
     "Meta-SGD": dict(use_data=False, use_graph=False, meta_sgd=True),
@@ -61,6 +63,7 @@ META = {
     "RMLDP-g": dict(use_graph=False),
     "RMLDP-szn": dict(use_season=False),
     "RMLDP-local": dict(use_local=False),
+    "RMLDP-lindec": dict(decoder="linear"),
 }
 METHODS = (*CLASSICAL, *NEURAL, "Fine-tune", *META)
 NEEDS_GRAPH = ("RMLDP", "RMLDP-d")
@@ -422,8 +425,7 @@ def meta_runner(name: str, ctx: Context, inner_steps: int) -> MetaRunner:
         init_rmldp,
         n_features=prep.pool.values.shape[-1],
         seq_len=prep.seq_len,
-        **dataclasses.asdict(ctx.cfg.model),
-        **META[name],
+        **{**dataclasses.asdict(ctx.cfg.model), **META[name]},
     )
     model, _ = init(jax.random.key(0))
     mesh = data_mesh() if t.data_parallel else None
