@@ -22,7 +22,7 @@ from dmeta.sales_cnn.pipeline import (
     step_budgets,
     weighted,
 )
-from dmeta.sales_cnn.protocol import resolve, top_items
+from dmeta.sales_cnn.protocol import SalesRun, resolve, top_items
 from dmeta.sales_cnn.synthetic import synthetic_panel
 
 
@@ -116,6 +116,21 @@ def test_top_items_keeps_the_best_sellers_and_renumbers_their_groups():
     same_brand = kept.brand == kept.brand[0]
     np.testing.assert_allclose(frames[0, 0, 0, 1], frames[0, same_brand, 0, 0].sum(0), rtol=1e-6)
     assert top_items(panel, None) is panel
+
+
+def test_run_keeps_two_prepared_sets_and_recomputes_evicted_ones_alike():
+    panel, _ = synthetic_panel(0, n_regions=2, n_items=5, n_periods=40)
+    run = SalesRun("synthetic", panel, resolve(get_config(smoke=True), panel))
+    first = run.prepared(8, 1)
+    naive = run.forecast(first, "Naive", 0, {})
+    run.prepared(8, 2), run.prepared(13, 1)
+    assert list(run._prepared) == [(8, 2, False), (13, 1, False)]
+    again = run.prepared(8, 1)
+    assert again is not first
+    np.testing.assert_array_equal(np.asarray(again.train.x), np.asarray(first.train.x))
+    np.testing.assert_array_equal(run.forecast(again, "Naive", 0, {}), naive)
+    # keyed by the set, not the object: another size never gets this one's forecasts
+    assert not np.array_equal(run.forecast(run.prepared(8, 2), "Naive", 0, {}), naive)
 
 
 def test_baseline_features_and_forecasts():

@@ -3,9 +3,10 @@
 Table 1: test MSE per region (and averaged) of ARIMA, FE+GBRT, DNN, CNN, CNN+WD,
 CNN+WD+TL, Single-CNN and a naive last-interval reference. Sweeps of CNN+WD+TL: MSE of the
 average sales per period vs target interval length (Figure 5), MSE vs frame length
-(Figure 6) and vs beta (Figure 7). ``SalesRun.run_cell`` computes one ``Cell``; prepared
-frames and the seed-independent baselines are kept in memory between cells and
-recomputed deterministically when a resumed run needs them.
+(Figure 6) and vs beta (Figure 7). ``SalesRun.run_cell`` computes one ``Cell``; the
+last ``KEEP_PREPARED`` prepared frame sets (GBs each on daily data) and the seed-independent
+baselines are kept in memory between cells and recomputed deterministically when a later
+or resumed cell needs them.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ SWEEPS = {  # sweep name -> (config field of its values, axis label)
     "length": ("sweep_lengths", "Data Frame length T (periods)"),
     "beta": ("sweep_betas", "weight decay beta (per day)"),
 }
+KEEP_PREPARED = 2  # prepared frame sets kept in memory (a size's test and validation sets)
 log = logging.getLogger(__name__)
 
 
@@ -211,7 +213,11 @@ class SalesRun:
         """Frames for (T, k); ``validation``: the panel cut before the test interval, so its
         test end points are the last ``n_test`` before it (used for tuning)."""
         memo = (length, horizon, validation)
-        if memo not in self._prepared:
+        if memo in self._prepared:
+            self._prepared[memo] = self._prepared.pop(memo)  # most recently used last
+        else:
+            while len(self._prepared) >= KEEP_PREPARED:
+                del self._prepared[next(iter(self._prepared))]
             d, panel = self.cfg.data, self.panel
             if validation:
                 sp = split_ends(
@@ -255,7 +261,8 @@ class SalesRun:
         gbrt |= dict(max_depth=b.gbrt_max_depth, learning_rate=b.gbrt_learning_rate) | hp
         if method == "FE+GBRT":
             return baselines.forecast_baseline(data, method, seed=seed, gbrt=gbrt)
-        memo = (id(data), method, tuple(sorted(hp.items())))  # ARIMA and Naive: seed-free
+        size = (data.sp, data.horizon, data.test_x.shape[-1])  # which prepared set
+        memo = (size, method, tuple(sorted(hp.items())))  # ARIMA and Naive: seed-free
         if memo not in self._fixed:
             lags = hp.get("arima_lags", b.arima_lags)
             self._fixed[memo] = baselines.forecast_baseline(data, method, seed=0, arima_lags=lags)
