@@ -30,15 +30,18 @@ def unflatten_like(flat: Array, theta: Params) -> Params:
     return jax.tree.unflatten(treedef, [c.reshape(leaf.shape) for c, leaf in zip(chunks, leaves)])
 
 
-def init_modulator(key: Key, q_dim: int, theta: Params, *, scale: float = 1e-2) -> Params:
+def init_modulator(
+    key: Key, q_dim: int, theta: Params, *, scale: float = 1e-2, bias: float = 3.0
+) -> Params:
     """Parameters ``{"w": f32[q_dim, P], "b": f32[P]}`` of M for an initialization like ``theta``.
 
-    ``b`` starts at a large positive value so that sigmoid(b) is close to 1 and
-    training starts from plain MAML; ``w`` starts small.
+    ``b`` starts at ``bias``: 3 gives sigmoid(3) = 0.95, so training starts close to plain
+    MAML (theta_0i = 0.95 theta_0); 0, a plain linear layer's bias (the paper gives none),
+    starts at theta_0i = 0.5 theta_0. ``w`` starts small (``scale``).
     """
     n_params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(theta))
     w = scale * jax.random.normal(key, (q_dim, n_params)) / math.sqrt(q_dim)
-    return {"w": w, "b": jnp.full((n_params,), 3.0, jnp.float32)}
+    return {"w": w, "b": jnp.full((n_params,), bias, jnp.float32)}
 
 
 def modulator(m_params: Params, q: Array, theta: Params) -> Params:
