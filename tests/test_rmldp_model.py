@@ -61,6 +61,16 @@ def test_unit_modulation_reproduces_maml_exactly():
     assert float(jnp.min(aux["rec_loss"])) > 0
 
 
+@pytest.mark.parametrize("bias, start", [(3.0, 0.9526), (0.0, 0.5)])
+def test_modulator_bias_sets_the_initial_customization(bias, start):
+    model, mp = init_rmldp(jax.random.key(0), **SIZES, modulator_bias=bias)
+    task = jax.tree.map(lambda a: a[0], random_tasks(jax.random.key(1)))
+    theta_0i, _ = model.init_fn(GRAPH, 0.0)(mp, task, jax.random.key(2))
+    for a, b in zip(jax.tree.leaves(theta_0i), jax.tree.leaves(mp["theta"])):
+        big = np.abs(np.asarray(b)) > 1e-3
+        np.testing.assert_allclose(np.asarray(a)[big] / np.asarray(b)[big], start, atol=0.01)
+
+
 @pytest.mark.parametrize(
     "switches, parts",
     [

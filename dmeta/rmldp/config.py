@@ -66,7 +66,10 @@ class ModelConfig:
     """Table 1 sizes, ``init_rmldp(**asdict(model))``: ``hidden`` GRU size,
     ``encoder_hidden`` MPFN_s (and MPFN_s_dec) GRU size, ``q_d_dim``, ``q_g_dim``,
     ``graph_dim`` (DeepWalk); ``decoder`` MPFN_s_dec of eq. 10 (``"mpfn"``, the paper's;
-    ``"linear"``, one linear layer, the ablation RMLDP-lindec)."""
+    ``"linear"``, one linear layer, the ablation RMLDP-lindec); ``modulator_bias`` the initial
+    b_m of eq. 11: 3 starts every theta_0i at sigmoid(3) theta_0 = 0.95 theta_0, close to
+    MAML (not in the paper, which gives no initialization); 0, a plain linear layer's
+    bias, is the ablation RMLDP-bias0."""
 
     hidden: int = 128
     encoder_hidden: int = 128
@@ -74,6 +77,7 @@ class ModelConfig:
     q_g_dim: int = 16
     graph_dim: int = 16
     decoder: Literal["mpfn", "linear"] = "mpfn"
+    modulator_bias: float = 3.0
 
 
 @dataclasses.dataclass(frozen=True)

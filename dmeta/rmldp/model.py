@@ -112,6 +112,7 @@ def init_rmldp(
     graph_dim: int = 16,
     encoder_hidden: int | None = None,
     decoder: Decoder = "mpfn",
+    modulator_bias: float = 3.0,
     use_data: bool = True,
     use_graph: bool = True,
     use_local: bool = True,
@@ -130,6 +131,7 @@ def init_rmldp(
       graph_dim: size of the DeepWalk embeddings u_g.
       encoder_hidden: MPFN_s GRU size (default ``hidden``).
       decoder: MPFN_s_dec of eq. 10, ``"mpfn"`` (the paper's) or ``"linear"`` (ablation).
+      modulator_bias: initial b_m of eq. 11 (``dmeta.meta.modulation.init_modulator``).
       use_data, use_graph, use_local, use_season: ablation switches (module docstring).
       meta_sgd: learn per-parameter inner step sizes, initialized at ``step_size``.
       step_size: alpha (only used to initialize Meta-SGD's step sizes).
@@ -168,7 +170,8 @@ def init_rmldp(
     if use_data or use_graph:
         # init_modulator's bias is weakly typed; a strong f32 keeps jitted steps from retracing.
         meta_params["modulator"] = jax.tree.map(
-            lambda a: a.astype(jnp.float32), init_modulator(k_mod, q_dim, theta)
+            lambda a: a.astype(jnp.float32),
+            init_modulator(k_mod, q_dim, theta, bias=modulator_bias),
         )
     return RMLDP(apply, encode, use_data, use_graph), meta_params
 

@@ -54,7 +54,8 @@ CLASSICAL = {"Linear Regression": "linear", "SVR": "svr", "Random Forest": "rf",
 NEURAL = {"GRU+MPFN": "gru_mpfn", "Dipole+MPFN": "dipole_mpfn", "LSTNet": "lstnet"}
 # RMLDP variants and the meta-learning baselines: init_rmldp switches over the config's
 # ``model`` fields. The section 6.2.2 ablations drop a part; RMLDP-lindec decodes eq. 10
-# with one linear layer instead of the paper's MPFN.
+# with one linear layer instead of the paper's MPFN; RMLDP-bias0 starts the modulator's
+# bias at 0 (a plain layer's; theta_0i = 0.5 theta_0) instead of 3 (0.95 theta_0).
 META = {
     "MAML": dict(use_data=False, use_graph=False),
     "Meta-SGD": dict(use_data=False, use_graph=False, meta_sgd=True),
@@ -64,6 +65,7 @@ META = {
     "RMLDP-szn": dict(use_season=False),
     "RMLDP-local": dict(use_local=False),
     "RMLDP-lindec": dict(decoder="linear"),
+    "RMLDP-bias0": dict(modulator_bias=0.0),
 }
 METHODS = (*CLASSICAL, *NEURAL, "Fine-tune", *META)
 NEEDS_GRAPH = ("RMLDP", "RMLDP-d")
