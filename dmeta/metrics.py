@@ -93,6 +93,18 @@ def mape(
     return value
 
 
+def smape(y: Array, y_pred: Array, mask: Array | None = None) -> Array:
+    """Symmetric MAPE ``mean(2 |y_pred - y| / (|y| + |y_pred|))`` as a fraction in [0, 2].
+
+    Zero targets are kept (unlike ``mape``): a zero target scores 2 unless the prediction
+    is 0 too, which scores 0.
+    """
+    y, y_pred = jnp.asarray(y), jnp.asarray(y_pred)
+    denom = jnp.abs(y) + jnp.abs(y_pred)
+    ratio = 2.0 * jnp.abs(y_pred - y) / jnp.where(denom > 0, denom, 1.0)
+    return _wmean(ratio, _weights(y, mask))
+
+
 def _gini_raw(y: Array, order_by: Array, valid: Array) -> Array:
     """ZILN raw Gini ``2 * mean(cumulative share of y) - 1``, order_by descending.
 

@@ -69,6 +69,13 @@ def test_mape_excludes_zero_targets():
     assert np.isnan(metrics.mape(np.zeros(3), np.ones(3)))
 
 
+def test_smape_keeps_zero_targets():
+    y = np.array([0.0, 2.0, 0.0, 4.0], np.float32)
+    p = np.array([1.0, 1.0, 0.0, 4.0], np.float32)
+    _close(metrics.smape(y, p), np.mean([2.0, 2.0 / 3.0, 0.0, 0.0]))
+    _close(metrics.smape(y, p, np.array([0, 1, 1, 0], np.float32)), np.mean([2.0 / 3.0, 0.0]))
+
+
 def _gini_reference(y, pred):
     """ZILN: raw Gini ``2 * mean(cumsum share) - 1`` ordered by ``pred``, normalized."""
 
