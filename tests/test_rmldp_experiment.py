@@ -37,7 +37,8 @@ def run_dir(tmp_path_factory):
 def test_smoke_run_writes_results_test_and_plots(run_dir):
     out, df = run_dir
     assert set(df["method"]) == set(METHODS)
-    assert set(df["seed"]) == {0, 1} and {"mape", "mse", "seconds"} <= set(df["metric"])
+    assert set(df["seed"]) == {0, 1}
+    assert {"mape", "wape", "smape", "mse", "seconds"} <= set(df["metric"])
     assert {"all", "cat0", "cat1", "seq_len=8/all"} <= set(df["group"])
     assert df[(df["metric"] == "mape") & (df["group"] == "all")]["value"].notna().all()
     assert {"hp:inner_lr", "hp:meta_lr", "hp:inner_steps", "silhouette"} <= set(df["metric"])
@@ -47,6 +48,7 @@ def test_smoke_run_writes_results_test_and_plots(run_dir):
     assert (out / "rmldp_sweep.png").stat().st_size > 0
     md = (out / "results.md").read_text()
     assert "RMLDP vs MAML, paired t-test" in md and "p_two_sided" in md
+    assert "## WAPE per group" in md and "## SMAPE per group" in md and "smape_median" in md
     main = df[(df["method"] == "RMLDP") & (df["seed"] == 0) & (df["metric"] == "mape")]
     values = main.set_index("group")["value"]
     assert values["seq_len=8/all"] == values["all"]  # the sweep cell recomputes the main one
@@ -175,3 +177,23 @@ def test_graph_holds_no_basket_from_a_target_query_period():
         dated = dataclasses.replace(data, baskets=baskets)
         weights = protocol.graph_weights(dated, prep.ids, cfg, before=cutoff)
         assert (weights[a, b] > 0) == linked
+
+
+def test_segment_errors_are_mape_wape_smape_and_mse_on_raw_demand():
+    cfg = get_config(smoke=True)
+    prep = protocol.prepare(protocol.load_data("synthetic", cfg), cfg, seq_len=cfg.protocol.seq_len)
+    tasks = prep.target
+    pred = np.asarray(tasks.query.y) * 1.3 - 0.1
+    pred[0] = -1.0  # clipped at 0
+    errors = protocol.segment_errors(prep, tasks, pred)
+    scale = np.asarray(prep.pool.scale)[np.asarray(tasks.segment)] * prep.pool.horizon_len
+    y, yhat = np.asarray(tasks.query.y) * scale[:, None], np.maximum(pred, 0) * scale[:, None]
+    for t in range(len(scale)):
+        keep = np.asarray(tasks.query.mask[t]) > 0
+        e, a = np.abs(yhat[t] - y[t])[keep], np.abs(y[t])[keep]
+        nz = a > 1e-8
+        want = dict(mape=np.mean(e[nz] / a[nz]) if nz.any() else np.nan, wape=e.sum() / a.sum(),
+                    smape=np.mean(2 * e / np.maximum(a + yhat[t][keep], 1e-30)), mse=np.mean(e**2))  # fmt: skip
+        for name, value in want.items():
+            np.testing.assert_allclose(errors[name][t], value, rtol=2e-5, err_msg=name)
+    assert errors["smape"][0] == pytest.approx(2.0)  # a zero forecast of non-zero demand

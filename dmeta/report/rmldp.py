@@ -1,6 +1,7 @@
 """RMLDP run report: tables and figures from a run folder's CSV files.
 
-Reads ``results.csv`` (group means, per-segment scores as groups ``seg:<id>``, |T_c| sweep
+Reads ``results.csv`` (group means and per-segment scores as groups ``seg:<id>`` of MAPE,
+WAPE, sMAPE and MSE (runs before issue #19 have MAPE and MSE only), |T_c| sweep
 rows as groups ``seq_len=<n>/<group>``, ``hp:<name>`` choices, the ``silhouette`` of the
 segment representations), ``protocol.csv`` (segments per role) and, for the map,
 ``representations.csv``.
@@ -21,6 +22,7 @@ from dmeta.train.results import summarize
 
 logger = logging.getLogger(__name__)
 
+METRICS = ("mape", "wape", "smape", "mse")
 SWEEP = re.compile(r"^seq_len=(?P<seq_len>\d+)/(?P<group>.+)$")
 MAP_FILE = "rmldp_segment_map.png"
 SWEEP_FILE = "rmldp_sweep.png"
@@ -35,13 +37,18 @@ def main_rows(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def per_segment(results: pd.DataFrame) -> pd.DataFrame:
-    """Per target segment scores: ``segment, method, seed, mape, mse``."""
+    """Per target segment scores: ``segment, method, seed`` and the ``METRICS`` the run has."""
     rows = results[results["group"].astype(str).str.startswith("seg:")]
     wide = rows.pivot_table(
         index=["group", "method", "seed"], columns="metric", values="value", dropna=False
     ).reset_index()
     wide["segment"] = wide.pop("group").str.removeprefix("seg:")
-    return wide[["segment", "method", "seed", "mape", "mse"]]
+    return wide[["segment", "method", "seed", *present(wide)]]
+
+
+def present(frame: pd.DataFrame) -> list[str]:
+    """The ``METRICS`` among ``frame``'s columns, in table order."""
+    return [m for m in METRICS if m in frame.columns]
 
 
 def paired_test(segments: pd.DataFrame, a: str, b: str) -> dict:
@@ -103,14 +110,15 @@ def robust(segments: pd.DataFrame, share: float = 0.5) -> tuple[pd.DataFrame, pd
         this share of the sum over segments.
 
     Returns:
-      ``(table, dominant)``: per method the mean and median of seed-averaged MAPE / MSE over
-      segments; and ``method, metric, segment, share`` for every dominating segment.
+      ``(table, dominant)``: per method the mean and median of each seed-averaged metric
+      over segments; and ``method, metric, segment, share`` for every dominating segment.
     """
-    per = segments.groupby(["method", "segment"], sort=False)[["mape", "mse"]].mean()
+    names = present(segments)
+    per = segments.groupby(["method", "segment"], sort=False)[names].mean()
     table = per.groupby("method", sort=False).agg(["mean", "median"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
     dominant = []
-    for metric in ("mape", "mse"):
+    for metric in names:
         shares = per[metric] / per[metric].groupby("method").transform("sum")
         for (method, segment), value in shares[shares > share].items():
             dominant.append(dict(method=method, metric=metric, segment=segment, share=value))
@@ -188,7 +196,7 @@ def render(run_dir: Path, results: pd.DataFrame) -> str:
             "Segments: " + ", ".join(f"{r.role} {r.segments}" for r in counts.itertuples()) + ".\n"
         )
         parts.append(_graph_warning(dict(zip(counts["role"], counts["segments"]))))
-    parts += [_robust(results), _per_group(rows, "mape"), _per_group(rows, "mse")]
+    parts += [_robust(results), *(_per_group(rows, m) for m in METRICS)]
     parts.append(_tuning(results))
     parts += [_tests(results), _figures(results)]
     return "\n".join(p for p in parts if p)

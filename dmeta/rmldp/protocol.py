@@ -3,9 +3,10 @@
 Segments sorted by records, the top 70% meta-train, the rest alternate into
 meta-validation (early stopping, tuning) and meta-testing (the target segments, each with
 its support samples before a time cut and query samples after it). Every method predicts
-the target segments' query samples; MAPE (zero targets excluded) and MSE on raw demand,
-per target segment, averaged per category group. Every method's hyperparameters are tuned
-the same way (``dmeta.train.harness.tune``, meta-validation MAPE; see ``dmeta.rmldp.config``).
+the target segments' query samples; MAPE (zero targets excluded), WAPE, sMAPE and MSE on
+raw demand, per target segment, averaged per category group. Every method's
+hyperparameters are tuned the same way (``dmeta.train.harness.tune``, meta-validation
+MAPE; see ``dmeta.rmldp.config``).
 """
 
 from __future__ import annotations
@@ -571,7 +572,7 @@ def fit_meta(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
 
 def val_mape(ctx: Context, pred: np.ndarray) -> float:
     """Mean meta-validation MAPE of query predictions (inf when no segment has one)."""
-    mape, _ = segment_errors(ctx.prep, ctx.prep.val_tasks, pred)
+    mape = segment_errors(ctx.prep, ctx.prep.val_tasks, pred)["mape"]
     return float(np.nanmean(mape)) if np.isfinite(mape).any() else np.inf
 
 
@@ -621,21 +622,26 @@ def tuned_finetune(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
     return best, Fitted(val, np.asarray(adapt(ctx.prep.target)), fitted.model)
 
 
-def segment_errors(prep: Prepared, tasks: TaskBatch, pred) -> tuple[np.ndarray, np.ndarray]:
-    """Per-segment MAPE f64[T] and MSE f64[T] of query predictions [T, N_q] on raw demand
-    (predictions clipped at 0; MAPE is NaN where every query target is 0)."""
+# Errors of every table on raw demand, per target segment: MAPE (the paper's; zero targets
+# left out), WAPE = sum|e| / sum|y| and sMAPE (zero targets kept), MSE.
+ERRORS = {"mape": metrics.mape, "wape": metrics.nmae, "smape": metrics.smape, "mse": metrics.mse}
+
+
+def segment_errors(prep: Prepared, tasks: TaskBatch, pred) -> dict[str, np.ndarray]:
+    """Per-segment errors f64[T] (``ERRORS`` by name) of query predictions [T, N_q] on raw
+    demand (predictions clipped at 0; MAPE and WAPE are NaN where every query target is 0)."""
     seg = tasks.segment
     y = unscale(prep.pool, seg, tasks.query.y)
     yhat = unscale(prep.pool, seg, jnp.maximum(jnp.asarray(pred), 0.0))
-    errors = jax.vmap(lambda *a: (metrics.mape(*a), metrics.mse(*a)))(y, yhat, tasks.query.mask)
-    return tuple(np.asarray(e, np.float64) for e in errors)
+    errors = jax.vmap(lambda *a: {k: f(*a) for k, f in ERRORS.items()})(y, yhat, tasks.query.mask)
+    values = {k: np.asarray(v, np.float64) for k, v in errors.items()}
+    return {k: np.where(np.isfinite(v), v, np.nan) for k, v in values.items()}
 
 
 def segment_scores(prep: Prepared, pred: np.ndarray) -> pd.DataFrame:
-    """Per target segment: ``segment, group, mape, mse`` on raw demand."""
-    mape, mse = segment_errors(prep, prep.target, pred)
-    return pd.DataFrame({"segment": targets(prep)["segment"], "group": prep.groups, "mape": mape,
-                         "mse": mse})  # fmt: skip
+    """Per target segment: ``segment, group`` and the ``ERRORS`` on raw demand."""
+    errors = segment_errors(prep, prep.target, pred)
+    return pd.DataFrame({"segment": targets(prep)["segment"], "group": prep.groups, **errors})
 
 
 def targets(prep: Prepared) -> pd.DataFrame:
@@ -645,18 +651,18 @@ def targets(prep: Prepared) -> pd.DataFrame:
 
 
 def score_rows(scores: pd.DataFrame, **keys) -> list[dict]:
-    """Long rows: mean per group and over all target segments (NaN MAPE left out), then
-    each target segment's own (group ``seg:<id>``)."""
+    """Long rows of the ``ERRORS``: mean per group and over all target segments (NaN MAPE
+    and WAPE left out), then each target segment's own (group ``seg:<id>``)."""
     rows = []
     parts = [("all", scores)] + list(scores.groupby("group", sort=True))
     if scores["group"].nunique() == 1:
         parts = parts[:1]
     for group, part in parts:
-        for metric in ("mape", "mse"):
+        for metric in ERRORS:
             value = part[metric].dropna().mean()
             rows.append(dict(keys, group=str(group), metric=metric, value=float(value)))
     for row in scores.itertuples(index=False):
-        for metric in ("mape", "mse"):
+        for metric in ERRORS:
             value = float(getattr(row, metric))
             rows.append(dict(keys, group=f"seg:{row.segment}", metric=metric, value=value))
     return rows
