@@ -6,7 +6,7 @@ import pytest
 
 from dmeta.config import override
 from dmeta.ltv.data import apply_sparsity, make_synthetic
-from dmeta.ltv.protocol import grid, score
+from dmeta.ltv.protocol import grid, score, usage_rows
 from experiments import cdltvs
 
 METHODS = ("ARIMA", "BG/NBD+GG", "LtvS", "CDLtvS")
@@ -52,8 +52,14 @@ def test_run_smoke_writes_results_and_figures(smoke_run):
     assert set(table["method"]) == {"ARIMA", "BG/NBD+GG", "LtvS", "CDLtvS", "k=2", "k=4"}
     assert {"P=0%/all", "P=50%/all", "P=50%/C_na", "P=50%/C_a"} <= set(table["group"])
     assert "P=0%/C_na" not in set(table["group"])  # no sparse customers at P = 0
-    hp = df[df["metric"] == "hp:lr"]
-    assert set(hp["method"]) == {"LtvS", "CDLtvS"} and (hp["value"] == 1e-3).all()
+    hp = df[df["metric"] == "hp:lr"]  # the k sweep is tuned like CDLtvS
+    assert set(hp["method"]) == {"LtvS", "CDLtvS", "k=2", "k=4"} and (hp["value"] == 1e-3).all()
+    share = df[df["metric"].str.startswith("expert_share_")]
+    assert set(share["method"]) == set(hp["method"])
+    total = share.assign(d=share["metric"].str[-2]).groupby(["method", "group", "d"])["value"]
+    np.testing.assert_allclose(total.sum(), 1.0, rtol=1e-6)  # every test sample has an expert
+    assert set(share[share["method"] == "LtvS"]["metric"].str[-2]) == {"t"}
+    assert len(share[(share["method"] == "k=2") & (share["group"] == "P=0%/all")]) == 4
     for name in (
         "results.csv",
         "results.md",
@@ -66,7 +72,7 @@ def test_run_smoke_writes_results_and_figures(smoke_run):
     ):
         assert (out / name).exists(), name
     md = (out / "results.md").read_text()
-    assert "Table 1 analog" in md and "Chosen hyperparameters" in md
+    assert "Table 1 analog" in md and "Chosen hyperparameters" in md and "Expert usage" in md
     assert pd.read_csv(out / "results.csv")["value"].notna().all()
     with np.load(out / "scatter_P=0_seed0.npz") as z:
         assert {"y", "ltvs", "ltvs_expert", "cd", "cd_expert"} == set(z.files)
@@ -85,9 +91,21 @@ def test_score_groups_by_sparsity():
     assert got[("P=50%/C_na", "nmae")] == 0.0 and np.isclose(got[("P=50%/all", "gini")], 1.0)
 
 
+def test_usage_rows_share_and_entropy():
+    rows = {r["metric"]: r["value"] for r in usage_rows({"t": np.array([0, 0, 1, 1])}, 4, "g")}
+    assert rows == pytest.approx({"expert_share_t0": 0.5, "expert_share_t1": 0.5,
+                                  "expert_share_t2": 0.0, "expert_share_t3": 0.0,
+                                  "expert_entropy_t": 0.5})  # fmt: skip
+    collapsed = usage_rows({"s": np.zeros(5, int)}, 2, "g")
+    assert {r["metric"]: r["value"] for r in collapsed}["expert_entropy_s"] == 0.0
+
+
 def test_tuning_grids_start_at_the_configured_values():
     cfg = override(cdltvs.get_config(), ["tuning.lr=0.001,0.01", "train.lr=0.002"])
     assert grid(cfg, "CDLtvS") == {"lr": (0.002, 0.001, 0.01), "hidden": (32, 16, 64)}
+    assert grid(cfg, "CDLtvS w/o L_AT") == grid(cfg, "CDLtvS")  # ablations: the same budget
+    assert grid(cfg, "k=8") == grid(cfg, "CDLtvS")
+    assert grid(override(cfg, ["tuning.hidden=12,64"]), "k=8")["hidden"] == (32, 64)
     assert grid(cfg, "XGBoost-2stage") == {
         "max_depth": (4, 3, 6),
         "learning_rate": (0.05, 0.02, 0.1),

@@ -29,14 +29,14 @@ def test_two_stage_fit_traces_each_step_once_and_predicts(splits):
     stage1 = fit_stage1(train, val, seed=0, step_wrapper=once_per_domain, **ARCH, **FIT)
     assert set(stage1.histories) == {"stage1_source", "stage1_target"}
     assert len(stage1.histories["stage1_target"]) >= 2  # lambda drop did not retrace
-    pred, expert = stage1.predict_ltvs(test)
+    pred, experts = stage1.predict_ltvs(test)
     assert pred.shape == (test.n,) and np.isfinite(pred).all() and (pred >= 0).all()
-    assert expert.min() >= 0 and expert.max() < 4
+    assert set(experts) == {"t"} and experts["t"].min() >= 0 and experts["t"].max() < 4
     once = functools.partial(chex.assert_max_traces, n=1)
     fit = fit_stage2(stage1, train, val, seed=0, step_wrapper=once, **FIT)
-    pred2, expert2 = fit.predict(test)
+    pred2, experts2 = fit.predict(test)
     assert pred2.shape == (test.n,) and np.isfinite(pred2).all()
-    assert expert2.shape == (test.n,)
+    assert set(experts2) == {"s", "t"} and experts2["s"].shape == experts2["t"].shape == (test.n,)
     for key in ("ltv", "ap", "at"):
         assert np.isfinite(fit.histories["stage2"][0][key])
 

@@ -3,12 +3,13 @@
 A share P of customers loses its target-domain history (C_na) in train, validation and
 test; customers are split 7:2:1; every method predicts the target-domain LTV of the test
 customers; NMAE, NRMSE and normalized Gini overall and for C_na / C_a. One cell is one
-(P, method, seed): ``setting`` is the P label (``P=50%``). Table 1 methods are tuned on the
-validation customers (:func:`grid`); the Figure 5 ablations and the Figure 6 expert sweep
-(``k=<k>``, seeds ``0..sweep_seeds-1``) vary CDLtvS at its configured values; every row has
-``experiment = "cdltvs"`` and :func:`table_of` tells the three tables apart by method.
-Figure 5's reference is Table 1's CDLtvS (tuned, so at the configured values when
-``tuning.trials = 1``).
+(P, method, seed): ``setting`` is the P label (``P=50%``). Every method is tuned on the
+validation customers (:func:`grid`, ``tuning.trials`` points): the Table 1 methods, and with
+the same procedure and budget the Figure 5 ablations and the Figure 6 expert sweep (``k=<k>``,
+seeds ``0..sweep_seeds-1``), which vary CDLtvS; every row has ``experiment = "cdltvs"`` and
+:func:`table_of` tells the three tables apart by method. Figure 5's reference is Table 1's
+CDLtvS. The methods with an Expert Mask Network (:func:`routed`) also log the share of the
+test samples each expert gets (:func:`usage_rows`).
 
 Stage 1 (LtvS per domain) is shared by LtvS, CDLtvS and the w/o L_AP / w/o L_AT ablations:
 :class:`Protocol` keeps the fits of the current (P, seed) in memory, and a cell that finds
@@ -50,6 +51,8 @@ SINGLE_DOMAIN_DATA = ("cdnow",)
 METRICS = {"nmae": metrics.nmae, "nrmse": metrics.nrmse, "gini": metrics.normalized_gini}
 
 Predictor = Callable[[ltv_data.CrossDomainData], np.ndarray]
+# data -> (f32[N] LTV, {domain: i32[N] experts}), no experts for the baselines
+Routed = Callable[[ltv_data.CrossDomainData], tuple[np.ndarray, dict[str, np.ndarray]]]
 Splits = tuple[ltv_data.CrossDomainData, ltv_data.CrossDomainData, ltv_data.CrossDomainData]
 
 
@@ -183,8 +186,19 @@ def score(test: ltv_data.CrossDomainData, pred: np.ndarray, label: str) -> list[
     return rows
 
 
+def routed(method: str) -> bool:
+    """Whether ``method`` runs the Expert Mask Network (LtvS, CDLtvS, ablations, ``k=<k>``)."""
+    return method in ("LtvS", "CDLtvS", *ABLATIONS) or method.startswith("k=")
+
+
+def experts_of(cfg: CDLtvSConfig, method: str) -> int:
+    """k of a :func:`routed` method (``k=<k>``, else ``model.k``)."""
+    return int(method.removeprefix("k=")) if method.startswith("k=") else cfg.model.k
+
+
 def grid(cfg: CDLtvSConfig, method: str) -> dict[str, tuple]:
-    """The tuning grid of a Table 1 method: configured value first, then ``cfg.tuning``'s."""
+    """The tuning grid of a method: configured value first, then ``cfg.tuning``'s (hidden
+    sizes that k experts do not divide are left out for :func:`routed` methods)."""
     t = cfg.tuning
     if method in ("ARIMA", "BG/NBD+GG"):
         return {}
@@ -195,8 +209,27 @@ def grid(cfg: CDLtvSConfig, method: str) -> dict[str, tuple]:
             "learning_rate": (b.xgb_learning_rate, *t.xgb_learning_rate),
         }
     else:
-        values = {"lr": (cfg.train.lr, *t.lr), "hidden": (cfg.model.hidden, *t.hidden)}
+        hidden = (cfg.model.hidden, *t.hidden)
+        if routed(method):
+            hidden = tuple(h for h in hidden if h % experts_of(cfg, method) == 0)
+        values = {"lr": (cfg.train.lr, *t.lr), "hidden": hidden}
     return {name: tuple(dict.fromkeys(v)) for name, v in values.items()}
+
+
+def usage_rows(experts: dict[str, np.ndarray], k: int, group: str) -> list[dict]:
+    """Routing of the test samples: ``expert_share_<d><j>``, the share routed to expert j of
+    domain d (``s`` / ``t``), and for k > 1 ``expert_entropy_<d>``, the entropy of those
+    shares over log k (1: uniform, 0: every sample on one expert, a collapsed router)."""
+    rows = []
+    for domain, expert in sorted(experts.items()):
+        share = np.bincount(expert, minlength=k) / len(expert)
+        rows += [{"group": group, "metric": f"expert_share_{domain}{j}", "value": float(v)}
+                 for j, v in enumerate(share)]  # fmt: skip
+        if k > 1:
+            used = share[share > 0]
+            entropy = float(-(used * np.log(used)).sum() / np.log(k))
+            rows.append({"group": group, "metric": f"expert_entropy_{domain}", "value": entropy})
+    return rows
 
 
 def save_scatter(path: Path, **arrays: np.ndarray) -> None:
@@ -257,91 +290,77 @@ class Protocol:
         return cells
 
     def run_cell(self, cell: Cell) -> list[dict]:
-        """The long-schema rows of one cell (scores, ``seconds``, chosen hyperparameters)."""
+        """The long-schema rows of one cell (scores, ``seconds``, chosen hyperparameters and,
+        for :func:`routed` methods, expert usage)."""
         start, self._borrowed = time.perf_counter(), 0.0
         p = self.settings()[cell.setting]
         test = self._split(p, cell.seed)[2]
-        hp: list[dict] = []
-        if cell.method in METHODS:
-            pred, hp = self._tuned(cell, p)
-        elif cell.method in ABLATIONS:
-            pred = self._ablation(cell.method, p, cell.seed)(test)
-        else:
-            k = int(cell.method.removeprefix("k="))
-            model = dataclasses.replace(self.cfg.model, k=k)
-            pred = self._cdltvs(p, cell.seed, model, self.cfg.train)(test)
+        pred, extra = self._tuned(cell, p)
         seconds = time.perf_counter() - start + self._borrowed
         rows = score(test, pred, cell.setting)
         rows.append({"group": f"{cell.setting}/all", "metric": "seconds", "value": seconds})
         keys = dict(experiment="cdltvs", dataset=self.dataset, method=cell.method, seed=cell.seed)
-        return [dict(r, **keys) for r in rows] + hp
+        return [dict(r, **keys) for r in rows + extra]
 
     def _tuned(self, cell: Cell, p: float) -> tuple[np.ndarray, list[dict]]:
-        """Tunes a Table 1 method on validation NMAE; its test prediction and ``hp:<name>`` rows."""
+        """Tunes a method on validation NMAE; its test prediction and extra rows (``hp:<name>``
+        and, for :func:`routed` methods, :func:`usage_rows`)."""
         _, val, test = self._split(p, cell.seed)
-        fitted: dict[tuple, Predictor] = {}
+        fitted: dict[tuple, Routed] = {}
 
         def evaluate(point: dict[str, Any]) -> float:
             fitted[tuple(point.items())] = self._fit(cell.method, p, cell.seed, point)
-            return float(metrics.nmae(val.t_y, fitted[tuple(point.items())](val)))
+            return float(metrics.nmae(val.t_y, fitted[tuple(point.items())](val)[0]))
 
         tuned = tune(
             grid(self.cfg, cell.method), evaluate, trials=self.cfg.tuning.trials, score_single=True
         )
-        pred = fitted[tuple(tuned.best.items())](test)
-        keys = dict(experiment="cdltvs", dataset=self.dataset, method=cell.method, seed=cell.seed)
-        if cell.seed == 0 and p == next(iter(self.settings().values())):
-            self._scatter(cell, p, tuned.best, test)
-        return pred, hp_rows(tuned.best, **keys, group=f"{cell.setting}/all")
+        pred, experts = fitted[tuple(tuned.best.items())](test)
+        group = f"{cell.setting}/all"
+        rows = hp_rows(tuned.best, group=group)
+        if experts:
+            rows += usage_rows(experts, experts_of(self.cfg, cell.method), group)
+        first = cell.seed == 0 and p == next(iter(self.settings().values()))
+        if first and cell.method in ("LtvS", "CDLtvS"):
+            key = "ltvs" if cell.method == "LtvS" else "cd"
+            name = f"scatter_{cell.setting.replace('%', '')}_seed{cell.seed}.npz"
+            save_scatter(self.out / name, y=test.t_y, **{key: pred, f"{key}_expert": experts["t"]})
+        return pred, rows
 
-    def _scatter(self, cell: Cell, p: float, best: dict, test) -> None:
-        """Figure 7's predictions and experts of LtvS / CDLtvS on the test customers."""
-        if cell.method not in ("LtvS", "CDLtvS"):
-            return
-        model, train = self._hp(best)
-        if cell.method == "LtvS":
-            pred, expert = self._stage1(p, cell.seed, model, train).predict_ltvs(test)
-            arrays = dict(ltvs=pred, ltvs_expert=expert)
-        else:
-            pred, expert = self._stage2(p, cell.seed, model, train).predict(test)
-            arrays = dict(cd=pred, cd_expert=expert)
-        name = f"scatter_{cell.setting.replace('%', '')}_seed{cell.seed}.npz"
-        save_scatter(self.out / name, y=test.t_y, **arrays)
-
-    def _hp(self, point: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
-        model = dataclasses.replace(self.cfg.model, hidden=point["hidden"])
-        return model, dataclasses.replace(self.cfg.train, lr=point["lr"])
-
-    def _fit(self, method: str, p: float, seed: int, point: dict[str, Any]) -> Predictor:
+    def _fit(self, method: str, p: float, seed: int, point: dict[str, Any]) -> Routed:
         """Method ``method`` at grid point ``point``, fitted on the (P, seed) split."""
         train, val, _ = self._split(p, seed)
+        if routed(method):
+            return self._ours(method, p, seed, point)
         if method == "XGBoost-2stage":
             b = self.cfg.baselines
             fixed = dict(n_estimators=b.xgb_estimators, early_stopping=b.xgb_early_stopping)
-            return B.two_stage_xgboost(train, val, seed=seed, **fixed, **point)
+            return _unrouted(B.two_stage_xgboost(train, val, seed=seed, **fixed, **point))
         if method in B.CLASSICAL:
-            return B.CLASSICAL[method](train, val, seed=seed, **point)
-        model, train_cfg = self._hp(point)
+            return _unrouted(B.CLASSICAL[method](train, val, seed=seed, **point))
+        model = dataclasses.replace(self.cfg.model, hidden=point["hidden"])
+        train_cfg = dataclasses.replace(self.cfg.train, lr=point["lr"])
         fit_kwargs = dict(seed=seed, hidden=model.hidden, **train_cfg.fit_kwargs())
         if method == "PTUPCDR":
             meta_dim = self.cfg.baselines.ptupcdr_meta_dim
-            return B.ptupcdr(train, val, meta_dim=meta_dim, **fit_kwargs)
-        if method in B.NEURAL_NAMES:
-            return B.neural_baseline(B.NEURAL_NAMES[method], train, val, **fit_kwargs)
+            return _unrouted(B.ptupcdr(train, val, meta_dim=meta_dim, **fit_kwargs))
+        return _unrouted(B.neural_baseline(B.NEURAL_NAMES[method], train, val, **fit_kwargs))
+
+    def _ours(self, method: str, p: float, seed: int, point: dict[str, Any]) -> Routed:
+        """LtvS (stage 1), CDLtvS (stage 2), an ablation or ``k=<k>`` at ``point``."""
+        model = dataclasses.replace(
+            self.cfg.model, hidden=point["hidden"], k=experts_of(self.cfg, method)
+        )
+        train = dataclasses.replace(self.cfg.train, lr=point["lr"])
         if method == "LtvS":
-            return _first(self._stage1(p, seed, model, train_cfg).predict_ltvs)
-        return self._cdltvs(p, seed, model, train_cfg)
-
-    def _ablation(self, method: str, p: float, seed: int) -> Predictor:
-        l1, l2, l3, l4 = self.cfg.model.lambdas
-        lambdas = {"CDLtvS w/o L_AP": (l1, l2, 0.0, l4), "CDLtvS w/o L_AT": (l1, l2, l3, 0.0)}
-        model, train = self.cfg.model, self.cfg.train
-        if method in lambdas:
-            return _first(self._stage2(p, seed, model, train, lambdas=lambdas[method]).predict)
-        return _first(self._stage2(p, seed, model, train, exmn_loss=False).predict)
-
-    def _cdltvs(self, p: float, seed: int, model: ModelConfig, train: TrainConfig) -> Predictor:
-        return _first(self._stage2(p, seed, model, train).predict)
+            return self._stage1(p, seed, model, train).predict_ltvs
+        l1, l2, l3, l4 = model.lambdas
+        variant = {
+            "CDLtvS w/o L_AP": dict(lambdas=(l1, l2, 0.0, l4)),
+            "CDLtvS w/o L_AT": dict(lambdas=(l1, l2, l3, 0.0)),
+            "CDLtvS w/o L_ExMN": dict(exmn_loss=False),
+        }.get(method, {})
+        return self._stage2(p, seed, model, train, **variant).predict
 
     def _split(self, p: float, seed: int) -> Splits:
         """Train / validation / test of sparsity ``p`` and ``seed`` (7:2:1 by customer)."""
@@ -402,6 +421,6 @@ class Protocol:
         return value
 
 
-def _first(predict: Callable[[ltv_data.CrossDomainData], tuple]) -> Predictor:
-    """The LTV part of a CDLtvS ``(LTV, expert)`` prediction."""
-    return lambda data: predict(data)[0]
+def _unrouted(predict: Predictor) -> Routed:
+    """A baseline's predictor as a :data:`Routed` one (no experts)."""
+    return lambda data: (predict(data), {})

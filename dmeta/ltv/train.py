@@ -275,8 +275,13 @@ def cdltvs_fns(arch: tuple, *, k: int, temperature: float, margin: float) -> CDL
         predict_ltvs={d: (lambda p, b, d=d: ltvs_apply(p, b, d).pred) for d in ("s", "t")},
         predict=lambda p, b: apply(p, b).pred,
         expert_ltvs=lambda p, b: ltvs_apply(p, b, "t").expert,
-        expert=lambda p, b: apply(p, b).expert_t,
+        expert=lambda p, b: _experts(apply(p, b)),
     )
+
+
+def _experts(out) -> Array:
+    """i32[N, 2] the source and target experts of a :class:`dmeta.ltv.exmn.CrossOut`."""
+    return jnp.stack([out.expert_s, out.expert_t], -1)
 
 
 def _model(arch: tuple, k: int, seed: int) -> CDLtvS:
@@ -319,18 +324,21 @@ class CDLtvSFit:
     def _run(self, data: CrossDomainData, fn: PredictFn, params: Params) -> np.ndarray:
         return predict(fn, params, model_batch(data, self.scale_s, self.scale_t))
 
-    def predict_ltvs(self, data: CrossDomainData) -> tuple[np.ndarray, np.ndarray]:
-        """Stage-1 target LtvS: (f32[N] LTV in original units, i32[N] expert)."""
+    def predict_ltvs(self, data: CrossDomainData) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Stage-1 target LtvS: f32[N] LTV in original units and ``{"t": i32[N]}`` its
+        experts."""
         p = self.params["target"]
         pred = self._run(data, self.fns.predict_ltvs["t"], p) * self.scale_t
-        return pred, self._run(data, self.fns.expert_ltvs, p).astype(np.int32)
+        return pred, {"t": self._run(data, self.fns.expert_ltvs, p).astype(np.int32)}
 
-    def predict(self, data: CrossDomainData) -> tuple[np.ndarray, np.ndarray]:
-        """Stage-2 CDLtvS: (f32[N] LTV in original units, i32[N] target expert)."""
+    def predict(self, data: CrossDomainData) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Stage-2 CDLtvS: f32[N] LTV in original units and ``{"s": i32[N], "t": i32[N]}`` the
+        experts of its source and target LtvS."""
         if not self.stage2_done:
             raise ValueError("stage 2 has not run: call fit_stage2 first")
         pred = self._run(data, self.fns.predict, self.params) * self.scale_t
-        return pred, self._run(data, self.fns.expert, self.params).astype(np.int32)
+        experts = self._run(data, self.fns.expert, self.params).astype(np.int32)
+        return pred, {"s": experts[:, 0], "t": experts[:, 1]}
 
 
 def fit_stage1(

@@ -23,6 +23,12 @@ from dmeta.report.tables import markdown_table, significance_table, summary_mark
 from dmeta.train.results import summarize  # noqa: E402
 
 FIG4_METHODS = ("CDLtvS", "PTUPCDR", "DASL", "LtvS")
+USAGE_NOTE = (
+    "`t<j>` / `s<j>`: target / source-domain expert j (LtvS has the target one only); "
+    "`entropy`: entropy of the shares over log k (1 uniform, 0 every sample on one expert). "
+    "Top-1 routing gives each sample h/k of the h units, so a collapsed router (entropy "
+    "near 0) leaves the model h/k units for everyone.\n"
+)
 SINGLE_DOMAIN_NOTE = (
     "**Single-domain data ({name}).** There is no source domain, so CDLtvS (stage 2) and the "
     "cross-domain baselines PTUPCDR and DASL are not applicable; neither are the sparsity "
@@ -101,14 +107,40 @@ def render(run_dir: Path, results: pd.DataFrame) -> str:
             "\n## Chosen hyperparameters (validation NMAE, `tuning.trials` grid points)\n",
             summary_markdown(summarize(results[hp])),
         ]
+    usage = results["metric"].str.startswith("expert_")
+    if usage.any():
+        parts += [
+            "\n## Expert usage (share of the test samples per expert, mean over seeds)\n",
+            USAGE_NOTE,
+            usage_markdown(results[usage]),
+        ]
     figs = figures(run_dir, results)
     parts += ["\n" + "\n\n".join(f"![{f}]({f})" for f in figs) + "\n"] if figs else []
     for name in ("table1", "ablation", "experts"):
-        part = table(results[~hp], name)
+        part = table(results[~hp & ~usage], name)
         if len(part) and (name == "table1" or set(part["method"]) != {"CDLtvS"}):
             summary = summary_markdown(summarize(part))
             parts.append(f"## {name} (mean ± std over seeds)\n\n{summary}")
     return "\n".join(parts)
+
+
+def usage_markdown(usage: pd.DataFrame) -> str:
+    """Rows (method, P), columns the target experts ``t<j>``, ``entropy_t``, then the source
+    ones (CDLtvS family), from the ``expert_*`` rows of :func:`dmeta.ltv.protocol.usage_rows`."""
+    usage = usage.assign(
+        P=usage["group"].str.split("/").str[0],
+        column=usage["metric"].str.removeprefix("expert_").str.removeprefix("share_"),
+    )
+    wide = usage.pivot_table(index=["method", "P"], columns="column", values="value")
+    methods = list(dict.fromkeys(usage["method"]))
+    wide = wide.loc[sorted(wide.index, key=lambda mp: (methods.index(mp[0]), _p_value(mp[1])))]
+
+    def column_order(c: str) -> tuple:
+        return (c.endswith("_s") or c.startswith("s"), c.startswith("entropy"), len(c), c)
+
+    wide = wide[sorted(wide.columns, key=column_order)]
+    cells = wide.map(lambda v: "" if np.isnan(v) else f"{v:.3f}")  # no such expert: blank
+    return markdown_table(cells.reset_index())
 
 
 def demo_markdown(results: pd.DataFrame) -> str:
