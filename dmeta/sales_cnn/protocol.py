@@ -205,6 +205,9 @@ class SalesRun:
 
     def __init__(self, dataset: str, panel: SalesPanel, cfg: SalesCNNConfig):
         self.dataset, self.panel, self.cfg = dataset, panel, cfg
+        log.info("%s: regions %s; %d items %s; %d periods of %g days from %s", dataset,
+                 " ".join(panel.regions), len(panel.items), " ".join(panel.items),
+                 len(panel.dates), panel.period_days, str(panel.dates[0])[:10])  # fmt: skip
         self._prepared: dict[tuple, Prepared] = {}
         self._fixed: dict[tuple, np.ndarray] = {}  # seed-independent baselines
         self._tuned: dict[tuple[str, int], dict] = {}
