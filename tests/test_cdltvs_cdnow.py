@@ -175,7 +175,7 @@ def test_cdnow_experiment_smoke_runs_single_domain(tmp_path):
     assert set(df["group"]) == {"P=0%/all", "P=0%/C_a"} and set(df["experiment"]) == {"cdltvs"}
     assert np.isfinite(df["value"]).all()
     md = (out / "results.md").read_text()
-    assert "PTUPCDR and DASL are not applicable" in md
+    assert "PTUPCDR and DASL-style are not applicable" in md
     assert "| LtvS" in md and "| BG/NBD+GG" in md and "### LtvS vs BG/NBD+GG" in md
     assert (out / "fig7_scatter_experts.png").exists()
     assert not (out / "fig4_sparse_vs_nonsparse.png").exists()

@@ -345,9 +345,15 @@ class PTUPCDR(nnx.Module):
 
 
 class DASL(nnx.Module):
-    """DASL-style dual attentive sequential transfer (Li et al. 2021) adapted to LTV: each
-    domain's representation attends over the other domain's step encodings; dual heads predict
-    both domains' LTV (trained jointly: the dual-learning signal); output = target head."""
+    """DASL-style cross-domain model, after DASL (Li et al., KDD 2021), reported as
+    "DASL-style": each domain's representation (DeepFM + TCN) attends over the other
+    domain's per-period encodings, and two heads predict both domains' LTV, trained jointly;
+    the output is the target head.
+
+    Not DASL as published: DASL's dual embedding (user embeddings of the two domains tied by
+    a latent orthogonal mapping trained with dual-learning reconstruction losses) is absent,
+    and its dual attention is queried by the candidate item, which LTV does not have (the
+    domain representation queries here)."""
 
     def __init__(self, hidden, *, s_cat_sizes, s_num, t_cat_sizes, t_num, rngs, **_):
         self.src = _DomainEncoder(s_cat_sizes, s_num, hidden, rngs=rngs)
@@ -526,4 +532,4 @@ def ptupcdr(
 
 
 CLASSICAL = {"ARIMA": arima, "BG/NBD+GG": bgnbd_gamma_gamma, "XGBoost-2stage": two_stage_xgboost}
-NEURAL_NAMES = {"LSTM": "lstm", "TCN": "tcn", "ZILN": "ziln", "DASL": "dasl"}
+NEURAL_NAMES = {"LSTM": "lstm", "TCN": "tcn", "ZILN": "ziln", "DASL-style": "dasl"}

@@ -168,7 +168,7 @@ class TuningConfig:
 
     Attributes:
       trials: grid points per method (1: the configured values alone).
-      lr: after ``train.lr`` (LSTM, TCN, ZILN, PTUPCDR, DASL, LtvS, CDLtvS).
+      lr: after ``train.lr`` (the neural methods, LtvS, CDLtvS and its variants).
       hidden: after ``model.hidden`` (the same methods).
       xgb_max_depth: after ``baselines.xgb_max_depth``.
       xgb_learning_rate: after ``baselines.xgb_learning_rate``.

@@ -43,9 +43,18 @@ from dmeta.train.harness import Cell, hp_rows, tune
 
 logger = logging.getLogger(__name__)
 
-BASELINES = ("ARIMA", "BG/NBD+GG", "XGBoost-2stage", "LSTM", "TCN", "ZILN", "PTUPCDR", "DASL")
+BASELINES = (
+    "ARIMA",
+    "BG/NBD+GG",
+    "XGBoost-2stage",
+    "LSTM",
+    "TCN",
+    "ZILN",
+    "PTUPCDR",
+    "DASL-style",
+)
 METHODS = (*BASELINES, "LtvS", "CDLtvS")
-CROSS_DOMAIN = ("PTUPCDR", "DASL", "CDLtvS")
+CROSS_DOMAIN = ("PTUPCDR", "DASL-style", "CDLtvS")
 ABLATIONS = ("CDLtvS w/o L_AP", "CDLtvS w/o L_AT", "CDLtvS w/o L_ExMN")
 SINGLE_DOMAIN_DATA = ("cdnow",)
 METRICS = {"nmae": metrics.nmae, "nrmse": metrics.nrmse, "gini": metrics.normalized_gini}

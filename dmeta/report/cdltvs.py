@@ -22,7 +22,8 @@ from dmeta.ltv.protocol import BASELINES, METRICS, SINGLE_DOMAIN_DATA, table_of 
 from dmeta.report.tables import markdown_table, significance_table, summary_markdown  # noqa: E402
 from dmeta.train.results import summarize  # noqa: E402
 
-FIG4_METHODS = ("CDLtvS", "PTUPCDR", "DASL", "LtvS")
+FIG4_METHODS = ("CDLtvS", "PTUPCDR", "DASL-style", "LtvS")
+RENAMED = {"DASL": "DASL-style"}  # method names of runs written before the rename
 USAGE_NOTE = (
     "`t<j>` / `s<j>`: target / source-domain expert j (LtvS has the target one only); "
     "`entropy`: entropy of the shares over log k (1 uniform, 0 every sample on one expert). "
@@ -31,7 +32,7 @@ USAGE_NOTE = (
 )
 SINGLE_DOMAIN_NOTE = (
     "**Single-domain data ({name}).** There is no source domain, so CDLtvS (stage 2) and the "
-    "cross-domain baselines PTUPCDR and DASL are not applicable; neither are the sparsity "
+    "cross-domain baselines PTUPCDR and DASL-style are not applicable; neither are the sparsity "
     "levels P > 0 (removing the only history leaves nothing to transfer from), the ablations "
     "and the k sweep (they vary stage 2). LtvS is stage 1 (eq. 12) on the purchases; BG/NBD + "
     "Gamma-Gamma is the classical reference. Split: the windows `data.{name}` of config.json "
@@ -71,12 +72,12 @@ def table1_markdown(df: pd.DataFrame, group: str = "all") -> str:
 
 
 def significance_markdown(df: pd.DataFrame) -> list[str]:
-    """Paired t-tests over seeds on NMAE: CDLtvS vs LtvS, DASL and PTUPCDR (single-domain
+    """Paired t-tests over seeds on NMAE: CDLtvS vs LtvS, DASL-style and PTUPCDR (single-domain
     data: LtvS vs each baseline); none with fewer than 2 seeds."""
     t1 = table(df, "table1")
     methods = list(dict.fromkeys(t1["method"]))
     single = str(df["dataset"].iloc[0]) in SINGLE_DOMAIN_DATA
-    ref, others = ("LtvS", methods) if single else ("CDLtvS", ("LtvS", "DASL", "PTUPCDR"))
+    ref, others = ("LtvS", methods) if single else ("CDLtvS", ("LtvS", "DASL-style", "PTUPCDR"))
     if df["seed"].nunique() < 2 or ref not in methods:
         return []
     parts = []
@@ -92,6 +93,7 @@ def significance_markdown(df: pd.DataFrame) -> list[str]:
 
 def render(run_dir: Path, results: pd.DataFrame) -> str:
     """The ``results.md`` of a CDLtvS run."""
+    results = results.replace({"method": RENAMED})
     name = str(results["dataset"].iloc[0])
     hp = results["metric"].str.startswith("hp:")
     parts = [f"# CDLtvS on {name}\n"]
@@ -174,6 +176,7 @@ def figures(run_dir: Path, results: pd.DataFrame) -> list[str]:
 
 def plots(run_dir: Path, results: pd.DataFrame) -> None:
     """Writes the PNGs of :func:`figures` into ``run_dir``."""
+    results = results.replace({"method": RENAMED})
     d = results[results["metric"].isin(["nmae", "nrmse"])]
     d = d.assign(
         P=d["group"].str.split("/").str[0].map(_p_value), subset=d["group"].str.split("/").str[1]
