@@ -6,7 +6,7 @@ import pytest
 
 from dmeta.config import override
 from dmeta.ltv.data import apply_sparsity, make_synthetic
-from dmeta.ltv.protocol import grid, score, usage_rows
+from dmeta.ltv.protocol import grid, model_at, score, usage_rows
 from experiments import cdltvs
 
 METHODS = ("ARIMA", "BG/NBD+GG", "LtvS", "CDLtvS")
@@ -98,6 +98,16 @@ def test_usage_rows_share_and_entropy():
                                   "expert_entropy_t": 0.5})  # fmt: skip
     collapsed = usage_rows({"s": np.zeros(5, int)}, 2, "g")
     assert {r["metric"]: r["value"] for r in collapsed}["expert_entropy_s"] == 0.0
+
+
+def test_paper_size_and_the_grid_points_model():
+    cfg = cdltvs.get_config(size="paper")
+    assert (cfg.model.hidden, cfg.model.align, cfg.model.k) == (128, 80, 4)
+    assert cfg.data.transactions.max_customers is None and cfg.tuning.hidden == (64, 256)
+    assert grid(cfg, "CDLtvS")["hidden"] == (128, 64, 256)
+    small = model_at(cfg, "k=8", {"hidden": 64, "lr": 1e-3})
+    assert (small.hidden, small.align, small.k) == (64, 40, 8)  # d/h as in the paper
+    assert model_at(cfg, "CDLtvS", {"hidden": 128, "lr": 1e-3}) == cfg.model
 
 
 def test_tuning_grids_start_at_the_configured_values():

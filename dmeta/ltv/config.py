@@ -169,7 +169,7 @@ class TuningConfig:
     Attributes:
       trials: grid points per method (1: the configured values alone).
       lr: after ``train.lr`` (the neural methods, LtvS, CDLtvS and its variants).
-      hidden: after ``model.hidden`` (the same methods).
+      hidden: after ``model.hidden`` (the same methods; CDLtvS scales d with it).
       xgb_max_depth: after ``baselines.xgb_max_depth``.
       xgb_learning_rate: after ``baselines.xgb_learning_rate``.
     """
@@ -196,7 +196,8 @@ class CDLtvSConfig:
 def get_config(*, smoke: bool = False, size: str = "cpu") -> CDLtvSConfig:
     """The run's config.
 
-    ``size="paper"``: h = 128, d = 80 (5.1.4) and every customer of real data; ``"cpu"``:
+    ``size="paper"``: h = 128, d = 80 (5.1.4), every customer of real data (Complete Journey:
+    all 2,469 households) and the tuning's alternative sizes h/2 and 2h (64, 256); ``"cpu"``:
     h = 32, d = 20 (the same d/h ratio) and 1200 customers, so the full protocol fits the
     shared 2-core machine; ``smoke``: seconds end to end.
 
@@ -211,6 +212,7 @@ def get_config(*, smoke: bool = False, size: str = "cpu") -> CDLtvSConfig:
             cfg,
             data=dataclasses.replace(cfg.data, transactions=Windows(max_customers=None)),
             model=dataclasses.replace(cfg.model, hidden=128, align=80),
+            tuning=dataclasses.replace(cfg.tuning, hidden=(64, 256)),
         )
     if not smoke:
         return cfg

@@ -225,6 +225,15 @@ def grid(cfg: CDLtvSConfig, method: str) -> dict[str, tuple]:
     return {name: tuple(dict.fromkeys(v)) for name, v in values.items()}
 
 
+def model_at(cfg: CDLtvSConfig, method: str, point: dict[str, Any]) -> ModelConfig:
+    """The model of a :func:`routed` method at grid point ``point``: its hidden size h, d
+    scaled with it (``model.align * h / model.hidden``, so d < h at every point, the paper's
+    d/h at the configured one) and its k."""
+    c = cfg.model
+    align = max(1, round(c.align * point["hidden"] / c.hidden))
+    return dataclasses.replace(c, hidden=point["hidden"], align=align, k=experts_of(cfg, method))
+
+
 def usage_rows(experts: dict[str, np.ndarray], k: int, group: str) -> list[dict]:
     """Routing of the test samples: ``expert_share_<d><j>``, the share routed to expert j of
     domain d (``s`` / ``t``), and for k > 1 ``expert_entropy_<d>``, the entropy of those
@@ -357,9 +366,7 @@ class Protocol:
 
     def _ours(self, method: str, p: float, seed: int, point: dict[str, Any]) -> Routed:
         """LtvS (stage 1), CDLtvS (stage 2), an ablation or ``k=<k>`` at ``point``."""
-        model = dataclasses.replace(
-            self.cfg.model, hidden=point["hidden"], k=experts_of(self.cfg, method)
-        )
+        model = model_at(self.cfg, method, point)
         train = dataclasses.replace(self.cfg.train, lr=point["lr"])
         if method == "LtvS":
             return self._stage1(p, seed, model, train).predict_ltvs
