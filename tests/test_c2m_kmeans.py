@@ -5,7 +5,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from dmeta.cluster.kmeans import kmeans, kmeans_plusplus, outlier_weights
+from dmeta.cluster.kmeans import farthest_removed, kmeans, kmeans_plusplus, outlier_weights
 
 
 def test_inertia_matches_sklearn_on_blobs():
@@ -43,3 +43,11 @@ def test_outlier_weights_threshold_by_hand():
     c = np.array([[5.0]], np.float32)  # distances 5, 4, 3, 2, 15: mean 5.8, std ~4.66
     np.testing.assert_array_equal(outlier_weights(x, c, 1.0), [1, 1, 1, 1, 0])
     np.testing.assert_array_equal(outlier_weights(x, c, None), [1, 1, 1, 1, 1])
+
+
+def test_farthest_removed_by_hand():
+    x = np.array([[0.0], [1.0], [4.0], [10.0], [13.0], [10.5]], np.float32)
+    c = np.array([[1.0], [10.0]], np.float32)
+    labels = np.array([0, 0, 0, 1, 1, 1])  # distances 1, 0, 3, 0, 3, 0.5: ties by index
+    np.testing.assert_array_equal(farthest_removed(x, c, labels, 2 / 6), [1, 1, 0, 1, 0, 1])
+    np.testing.assert_array_equal(farthest_removed(x, c, labels, 0.0), [1] * 6)

@@ -4,6 +4,7 @@ import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
@@ -60,6 +61,26 @@ def test_joint_training_recovers_segments(pretrained):
     assert 0.8 < seg.weights.mean() < 1.0  # some outliers, most users kept
     assert set(seg.history[-1]) == {"step", "loss", "reconstruction", "clustering", "preference"}
     assert [row["step"] for row in seg.history] == [3, 6]  # one row per epoch of 3 batches
+    latent, labels = seg.assign(x, mask, None)  # other users get their nearest centroid
+    np.testing.assert_array_equal(labels, seg.labels)
+    np.testing.assert_allclose(latent, seg.latent, atol=1e-5)
+
+
+def test_polynomial_decay_in_the_optimizer_state():
+    """With ``decay_end`` the rate falls linearly to ``decay_end`` times the initial one over
+    the fit (Adam's step under a constant gradient is the rate itself); the rate and the
+    decay live in the state, so one compiled update serves every rate and fit length."""
+    opt = train._optimizer(1e-2, 10, 0.1)
+    params = {"w": jnp.zeros(())}
+    state = opt.init(params)
+    update = jax.jit(train._optimizer(0.0, 1, 1.0).update)
+    steps = []
+    for _ in range(12):
+        u, state = update({"w": jnp.ones(())}, state, params)
+        steps.append(-float(u["w"]))
+    want = [1e-2 * (1 - 0.9 * min(t / 10, 1.0)) for t in range(12)]
+    np.testing.assert_allclose(steps, want, rtol=1e-4)
+    assert update._cache_size() == 1
 
 
 def test_learning_rates_share_one_compiled_step(pretrained):
@@ -112,6 +133,17 @@ def test_bag_of_categories_recovers(pretrained):
         seqs.category, mask, cats.size, n_segments=3, key=jax.random.key(4)
     )
     assert adjusted_rand_score(truth, boc.labels) >= 0.9
+    np.testing.assert_array_equal(boc.assign(None, mask, seqs.category)[1], boc.labels)
+
+
+def test_dec_student_t_degrees_of_freedom():
+    z = np.array([[0.0, 0.0], [2.0, 1.0]], np.float32)
+    c = np.array([[0.0, 1.0], [3.0, 0.0]], np.float32)
+    d2 = ((z[:, None] - c[None]) ** 2).sum(-1)
+    for alpha in (1.0, 0.5):
+        q = (1 + d2 / alpha) ** (-(alpha + 1) / 2)
+        want = q / q.sum(1, keepdims=True)
+        np.testing.assert_allclose(baselines.student_t(z, c, alpha), want, rtol=1e-5)
 
 
 def test_dec_target_sharpens():

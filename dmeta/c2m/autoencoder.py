@@ -4,7 +4,9 @@ Encoder: summed embeddings of (behaviour, item, category) + sinusoidal positions
 pre-norm multi-head self-attention blocks (eq. 1-3) with the padding mask, masked mean pooling
 and a linear map to the latent ``z``. Decoder: ``z`` broadcast over positions plus the position
 encoding, the same kind of blocks, and three heads giving logits over behaviour types, items and
-categories. Run it functionally: ``apply, params = dmeta.nn.functional.split_params(model)``.
+categories. Dropout (the paper's 20%) acts on the input embeddings and on every attention and
+MLP output when a ``key`` is given (training); without one the model is deterministic.
+Run it functionally: ``apply, params = dmeta.nn.functional.split_params(model)``.
 """
 
 from __future__ import annotations
@@ -25,10 +27,19 @@ def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
     return pe
 
 
+def dropout(h: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout of ``h`` (any shape); the identity without ``key`` or at rate 0."""
+    if key is None or rate == 0.0:
+        return h
+    keep = jax.random.bernoulli(key, 1.0 - rate, h.shape)
+    return jnp.where(keep, h / (1.0 - rate), 0.0)
+
+
 class Block(nnx.Module):
     """Pre-norm self-attention + MLP block."""
 
-    def __init__(self, d_model: int, n_heads: int, *, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, n_heads: int, *, dropout: float = 0.0, rngs: nnx.Rngs):
+        self.dropout = dropout
         self.norm1 = nnx.LayerNorm(d_model, rngs=rngs)
         self.attn = nnx.MultiHeadAttention(
             num_heads=n_heads, in_features=d_model, decode=False, rngs=rngs
@@ -37,10 +48,12 @@ class Block(nnx.Module):
         self.mlp1 = nnx.Linear(d_model, 2 * d_model, rngs=rngs)
         self.mlp2 = nnx.Linear(2 * d_model, d_model, rngs=rngs)
 
-    def __call__(self, h: jax.Array, mask: jax.Array) -> jax.Array:
-        """``h: f[B, L, d]``, ``mask: bool[B, L]``."""
-        h = h + self.attn(self.norm1(h), mask=nnx.make_attention_mask(mask, mask))
-        return h + self.mlp2(jax.nn.gelu(self.mlp1(self.norm2(h))))
+    def __call__(self, h: jax.Array, mask: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        """``h: f[B, L, d]``, ``mask: bool[B, L]``; ``key``: dropout (training) or None."""
+        k1, k2 = (None, None) if key is None else jax.random.split(key)
+        att = self.attn(self.norm1(h), mask=nnx.make_attention_mask(mask, mask))
+        h = h + dropout(att, self.dropout, k1)
+        return h + dropout(self.mlp2(jax.nn.gelu(self.mlp1(self.norm2(h)))), self.dropout, k2)
 
 
 class BehaviorAutoencoder(nnx.Module):
@@ -56,40 +69,54 @@ class BehaviorAutoencoder(nnx.Module):
         n_heads: int = 4,
         n_layers: int = 2,
         latent_dim: int = 16,
+        dropout: float = 0.0,
         rngs: nnx.Rngs,
     ):
+        self.dropout = dropout
         self.embed = nnx.List(
             [nnx.Embed(n, d_model, rngs=rngs) for n in (n_behaviors, n_items, n_categories)]
         )
-        self.encoder = nnx.List([Block(d_model, n_heads, rngs=rngs) for _ in range(n_layers)])
+        blocks = lambda: nnx.List(
+            [Block(d_model, n_heads, dropout=dropout, rngs=rngs) for _ in range(n_layers)]
+        )
+        self.encoder = blocks()
         self.to_latent = nnx.Linear(d_model, latent_dim, rngs=rngs)
         self.from_latent = nnx.Linear(latent_dim, d_model, rngs=rngs)
-        self.decoder = nnx.List([Block(d_model, n_heads, rngs=rngs) for _ in range(n_layers)])
+        self.decoder = blocks()
         self.norm = nnx.LayerNorm(d_model, rngs=rngs)
         self.heads = nnx.List(
             [nnx.Linear(d_model, n, rngs=rngs) for n in (n_behaviors, n_items, n_categories)]
         )
 
-    def encode(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        """``x: i32[B, L, 3]`` codes, ``mask: bool[B, L]`` -> latent ``f[B, latent_dim]``."""
+    def _blocks(self, blocks, h, mask, key):
+        keys = [None] * (len(blocks) + 1) if key is None else jax.random.split(key, len(blocks) + 1)
+        h = dropout(h, self.dropout, keys[0])
+        for block, k in zip(blocks, keys[1:]):
+            h = block(h, mask, k)
+        return h
+
+    def encode(self, x: jax.Array, mask: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        """``x: i32[B, L, 3]`` codes, ``mask: bool[B, L]`` -> latent ``f[B, latent_dim]``
+        (``key``: dropout)."""
         pe = sinusoidal_positions(x.shape[1], self.from_latent.out_features)
         h = sum(e(x[..., i]) for i, e in enumerate(self.embed)) + pe
-        for block in self.encoder:
-            h = block(h, mask)
+        h = self._blocks(self.encoder, h, mask, key)
         w = mask[..., None].astype(h.dtype)
         pooled = (h * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
         return self.to_latent(pooled)
 
-    def decode(self, z: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Latent ``f[B, Z]`` -> logits over behaviours, items and categories, each ``f[B, L, V]``."""
+    def decode(
+        self, z: jax.Array, mask: jax.Array, key: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Latent ``f[B, Z]`` -> logits over behaviours, items and categories, each
+        ``f[B, L, V]`` (``key``: dropout)."""
         pe = sinusoidal_positions(mask.shape[1], self.from_latent.out_features)
         h = self.from_latent(z)[:, None, :] + pe
-        for block in self.decoder:
-            h = block(h, mask)
-        h = self.norm(h)
+        h = self.norm(self._blocks(self.decoder, h, mask, key))
         return tuple(head(h) for head in self.heads)
 
-    def __call__(self, x: jax.Array, mask: jax.Array):
-        """Returns ``(z, (behaviour, item, category) logits)``."""
-        z = self.encode(x, mask)
-        return z, self.decode(z, mask)
+    def __call__(self, x: jax.Array, mask: jax.Array, key: jax.Array | None = None):
+        """Returns ``(z, (behaviour, item, category) logits)``; ``key``: dropout (training)."""
+        k_enc, k_dec = (None, None) if key is None else jax.random.split(key)
+        z = self.encode(x, mask, k_enc)
+        return z, self.decode(z, mask, k_dec)

@@ -1,11 +1,13 @@
 """C2M's segmentation baselines (Table 1), each from the shared pretrained autoencoder.
 
-* ``dec_segmentation``: DEC (Xie et al., 2016): Student-t soft assignments, KL to the sharpened
-  target, encoder and centroids trained.
+* ``dec_segmentation``: DEC (Xie et al., 2016): Student-t soft assignments (``alpha`` degrees
+  of freedom, 1 in the DEC paper), KL to the sharpened target, encoder and centroids trained.
 * ``deepcluster_segmentation``: DeepCluster-style: k-means pseudo-labels each epoch, a freshly
   initialized linear head, cross-entropy (+ reconstruction to keep the latent informative).
 * ``latent_kmeans_segmentation``: k-means++ on the pretrained latent (AE+KM).
 * ``bag_of_categories_segmentation``: k-means on each user's category shares (BoC-KM).
+
+Each returns a ``dmeta.c2m.train.Segmentation`` with its centroids and its space's ``embed``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import optax
 
 from dmeta.c2m.losses import reconstruction_loss
-from dmeta.c2m.train import Autoencoder, Segmentation, encode_all, train_epochs
+from dmeta.c2m.train import Autoencoder, Segmentation, encode_all, latent_space, train_epochs
 from dmeta.cluster.kmeans import kmeans, sq_distances
 from dmeta.train.state import TrainState
 from dmeta.types import Params
@@ -28,8 +30,9 @@ from dmeta.types import Params
 
 @functools.cache
 def _dec_loss(ae: Autoencoder) -> Callable:
-    def loss_fn(state, batch, consts):
-        q = student_t(ae.encode(state["ae"], batch["x"], batch["mask"]), state["centroids"])
+    def loss_fn(state, batch, consts, key):
+        z = ae.train_encode(state["ae"], batch["x"], batch["mask"], key)
+        q = student_t(z, state["centroids"], consts["alpha"])
         p = batch["target"]
         kl = jnp.sum(p * (jnp.log(jnp.maximum(p, 1e-12)) - jnp.log(q))) / len(p)
         return kl, {"kl": kl}
@@ -39,8 +42,8 @@ def _dec_loss(ae: Autoencoder) -> Callable:
 
 @functools.cache
 def _deepcluster_loss(ae: Autoencoder) -> Callable:
-    def loss_fn(state, batch, consts):
-        z, logits = ae.apply(state["ae"], batch["x"], batch["mask"])
+    def loss_fn(state, batch, consts, key):
+        z, logits = ae.train_apply(state["ae"], batch["x"], batch["mask"], key)
         ce = optax.softmax_cross_entropy_with_integer_labels(
             z @ state["head"], batch["pseudo"]
         ).mean()
@@ -50,9 +53,9 @@ def _deepcluster_loss(ae: Autoencoder) -> Callable:
     return loss_fn
 
 
-def student_t(z: jax.Array, centroids: jax.Array) -> jax.Array:
-    """DEC soft assignment ``q_ij ~ (1 + |z_i - mu_j|^2)^-1``: f[B, K]."""
-    q = 1.0 / (1.0 + sq_distances(z, centroids))
+def student_t(z: jax.Array, centroids: jax.Array, alpha=1.0) -> jax.Array:
+    """DEC soft assignment ``q_ij ~ (1 + |z_i - mu_j|^2 / alpha)^(-(alpha + 1) / 2)``: f[B, K]."""
+    q = (1.0 + sq_distances(z, centroids) / alpha) ** (-(alpha + 1.0) / 2.0)
     return q / q.sum(1, keepdims=True)
 
 
@@ -63,16 +66,28 @@ def dec_target(q: jax.Array) -> jax.Array:
 
 
 def dec_segmentation(
-    ae: Autoencoder, params: Params, x, mask, *, n_segments, epochs, batch_size, learning_rate, key
+    ae: Autoencoder,
+    params: Params,
+    x,
+    mask,
+    *,
+    n_segments,
+    epochs,
+    batch_size,
+    learning_rate,
+    key,
+    alpha: float = 1.0,
+    decay_end: float | None = None,
 ) -> Segmentation:
-    """DEC from pretrained ``params``: KL(P || Q), encoder and centroids trained."""
+    """DEC from pretrained ``params``: KL(P || Q) with ``alpha`` degrees of freedom, encoder
+    and centroids trained (``decay_end``: as in ``train_epochs``)."""
     key, k_init = jax.random.split(key)
     init = kmeans(k_init, encode_all(ae, params, x, mask), n_segments)
     state = {"ae": params, "centroids": init.centroids}
 
     def target(state: TrainState, epoch: int):
         z = encode_all(ae, state.params["ae"], x, mask)
-        q = student_t(z, state.params["centroids"])
+        q = student_t(z, state.params["centroids"], alpha)
         return state, {"target": np.asarray(dec_target(q))}
 
     state, history = train_epochs(
@@ -83,19 +98,34 @@ def dec_segmentation(
         batch_size=batch_size,
         learning_rate=learning_rate,
         key=key,
-        desc="dec",
+        desc=f"dec alpha={alpha:g}",
+        decay_end=decay_end,
+        consts={"alpha": jnp.float32(alpha)},
         before_epoch=target,
     )
-    z = encode_all(ae, state["ae"], x, mask)
-    labels = np.asarray(jnp.argmax(student_t(z, state["centroids"]), axis=1), np.int32)
-    return Segmentation(labels, z, np.ones(len(z), np.float32), history)
+    z, embed = latent_space(ae, state["ae"], x, mask)
+    # q decreases with the distance, so its argmax is the nearest centroid.
+    labels = np.asarray(jnp.argmax(student_t(z, state["centroids"], alpha), axis=1), np.int32)
+    centroids = np.asarray(state["centroids"])
+    return Segmentation(labels, z, np.ones(len(z), np.float32), history, centroids, embed)
 
 
 def deepcluster_segmentation(
-    ae: Autoencoder, params: Params, x, mask, *, n_segments, epochs, batch_size, learning_rate, key
+    ae: Autoencoder,
+    params: Params,
+    x,
+    mask,
+    *,
+    n_segments,
+    epochs,
+    batch_size,
+    learning_rate,
+    key,
+    decay_end: float | None = None,
 ) -> Segmentation:
     """DeepCluster-style: per epoch k-means pseudo-labels on the latents and a new linear head
-    trained with cross-entropy plus reconstruction; final labels by k-means on the latents."""
+    trained with cross-entropy plus reconstruction; final labels by k-means on the latents
+    (``decay_end``: as in ``train_epochs``)."""
     latent_dim = ae.encode(params, x[:1], mask[:1]).shape[-1]
     state = {"ae": params, "head": jnp.zeros((latent_dim, n_segments))}
 
@@ -116,26 +146,29 @@ def deepcluster_segmentation(
         learning_rate=learning_rate,
         key=keys[0],
         desc="deepcluster",
+        decay_end=decay_end,
         before_epoch=pseudo,
     )
-    z = encode_all(ae, state["ae"], x, mask)
-    res = kmeans(keys[-1], z, n_segments)
-    return Segmentation(np.asarray(res.labels), z, np.ones(len(z), np.float32), history)
+    z, embed = latent_space(ae, state["ae"], x, mask)
+    return _kmeans_segmentation(keys[-1], z, embed, n_segments, 4, history)
+
+
+def _kmeans_segmentation(key, z, embed, n_segments: int, n_init: int, history) -> Segmentation:
+    res = kmeans(key, z, n_segments, n_init=n_init)
+    ones = np.ones(len(z), np.float32)
+    return Segmentation(np.asarray(res.labels), z, ones, history, np.asarray(res.centroids), embed)
 
 
 def latent_kmeans_segmentation(
     ae: Autoencoder, params: Params, x, mask, *, n_segments, key, n_init: int = 4
 ) -> Segmentation:
     """k-means++ (best of ``n_init`` restarts) on the pretrained latent, no joint training."""
-    z = encode_all(ae, params, x, mask)
-    res = kmeans(key, z, n_segments, n_init=n_init)
-    return Segmentation(np.asarray(res.labels), z, np.ones(len(z), np.float32), [])
+    z, embed = latent_space(ae, params, x, mask)
+    return _kmeans_segmentation(key, z, embed, n_segments, n_init, [])
 
 
-def bag_of_categories_segmentation(
-    category, mask, n_categories: int, *, n_segments, key, n_init: int = 4
-) -> Segmentation:
-    """k-means (best of ``n_init`` restarts) on each user's category shares.
+def category_shares(category, mask, n_categories: int) -> np.ndarray:
+    """Each user's share of events per category code: f[U, n_categories].
 
     Args:
       category: i32[U, L] category codes; mask: bool[U, L] real events.
@@ -146,6 +179,14 @@ def bag_of_categories_segmentation(
         (np.repeat(np.arange(len(category)), category.shape[1]), category.ravel()),
         mask.ravel(),
     )
-    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
-    res = kmeans(key, shares, n_segments, n_init=n_init)
-    return Segmentation(np.asarray(res.labels), shares, np.ones(len(shares), np.float32), [])
+    return counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
+
+
+def bag_of_categories_segmentation(
+    category, mask, n_categories: int, *, n_segments, key, n_init: int = 4
+) -> Segmentation:
+    """k-means (best of ``n_init`` restarts) on each user's category shares
+    (``category_shares``)."""
+    shares = category_shares(category, mask, n_categories)
+    embed = lambda x, mask, category: category_shares(category, mask, n_categories)
+    return _kmeans_segmentation(key, shares, embed, n_segments, n_init, [])

@@ -5,13 +5,22 @@ Every deep method (the baselines of ``dmeta.c2m.baselines`` included) trains thr
 ``(state, batch, consts) -> (state, metrics)`` Adam step on fixed-size batches of users, with
 per-epoch targets (outlier weights, DEC's target distribution, DeepCluster's pseudo-labels)
 recomputed from the latents of all users before each epoch. The step is compiled once per
-loss (the learning rate lives in the optimizer state), and C2M trains a fixed number of
-epochs (no validation early stopping), one log row per epoch.
+loss (the learning rate lives in the optimizer state, and so does the polynomial decay of
+the paper when ``decay_end`` is set), and C2M trains a fixed number of epochs (no validation
+early stopping), one log row per epoch. With a dropout rate in the model, every training step
+draws its dropout mask from ``fold_in(state.key, state.step)``; encoding for clustering and
+scoring is deterministic.
 
 * ``pretrain``: reconstruction only (Algorithm 1, step 1).
 * ``joint_segmentation``: reconstruction + alpha * clustering (eq. 6) + beta * preference (eq. 7),
   centroids trained with the autoencoder, outlier weights refreshed per epoch (step 2), labels
-  from the nearest centroid (step 3).
+  from the nearest centroid (step 3). With ``normalize`` eq. 6 acts on the latent standardized
+  to unit total variance (batch statistics in the loss, the fit users' for the clustering), so
+  the loss cannot fall by shrinking the latent.
+
+Every segmentation (these and ``dmeta.c2m.baselines``) is fitted on some users and carries
+its centroids and an ``embed`` function, so other users are assigned to their nearest centroid
+in the method's own space (``Segmentation.assign``).
 """
 
 from __future__ import annotations
@@ -39,24 +48,49 @@ from dmeta.types import Params
 
 @dataclasses.dataclass(frozen=True)
 class Segmentation:
-    """labels: i32[U]; latent: f[U, Z] (the space the labels were found in); weights: f[U]
-    (0 for outliers); history: per-epoch rows (``step`` and mean losses) of the training."""
+    """A segmentation of the U users it was fitted on.
+
+    Attributes:
+      labels: i32[U]; latent: f[U, Z] (the space the labels were found in); weights: f[U]
+        (0 for outliers); history: per-epoch rows (``step`` and mean losses) of the training;
+      centroids: f[K, Z] in the latent space (every label is its user's nearest centroid);
+      embed: ``(x i32[N, L, 3], mask bool[N, L], category i32[N, L]) -> f[N, Z]``, the latent
+        space of any users.
+    """
 
     labels: np.ndarray
     latent: np.ndarray
     weights: np.ndarray
     history: list[Row]
+    centroids: np.ndarray
+    embed: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+    def assign(self, x, mask, category) -> tuple[np.ndarray, np.ndarray]:
+        """(latent f[N, Z], nearest-centroid labels i32[N]) of any N users."""
+        z = np.asarray(self.embed(x, mask, category))
+        labels = np.asarray(jnp.argmin(sq_distances(z, self.centroids), axis=1), np.int32)
+        return z, labels
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Autoencoder:
-    """The model's pure functions and its parameters: ``apply(params, x, mask) -> (z, logits)``,
-    ``encode(params, x, mask) -> z``. Hashed by identity: jitted steps are cached per model, so
-    reuse one ``Autoencoder`` (with other ``params``) across seeds and sweeps of one config."""
+    """The model's pure functions and its parameters: ``apply(params, x, mask[, key]) -> (z,
+    logits)``, ``encode(params, x, mask[, key]) -> z`` (``key``: dropout). Hashed by identity:
+    jitted steps are cached per model, so reuse one ``Autoencoder`` (with other ``params``)
+    across seeds and sweeps of one config."""
 
     apply: Callable
     encode: Callable
     params: Params
+    dropout: float = 0.0
+
+    def train_apply(self, params: Params, x, mask, key: jax.Array):
+        """``apply`` with dropout drawn from ``key`` (deterministic at rate 0)."""
+        return self.apply(params, x, mask, key) if self.dropout else self.apply(params, x, mask)
+
+    def train_encode(self, params: Params, x, mask, key: jax.Array):
+        """``encode`` with dropout drawn from ``key`` (deterministic at rate 0)."""
+        return self.encode(params, x, mask, key) if self.dropout else self.encode(params, x, mask)
 
 
 def init_autoencoder(
@@ -69,8 +103,10 @@ def init_autoencoder(
     n_heads: int,
     n_layers: int,
     latent_dim: int,
+    dropout: float = 0.0,
 ) -> Autoencoder:
-    """Builds ``BehaviorAutoencoder`` and splits it once into pure functions."""
+    """Builds ``BehaviorAutoencoder`` (``dropout``: rate while training) and splits it once
+    into pure functions."""
     model = BehaviorAutoencoder(
         n_behaviors=n_behaviors,
         n_items=n_items,
@@ -79,11 +115,12 @@ def init_autoencoder(
         n_heads=n_heads,
         n_layers=n_layers,
         latent_dim=latent_dim,
+        dropout=dropout,
         rngs=nnx.Rngs(key),
     )
     apply, params = split_params(model)
     encode, _ = split_params(model, "encode")
-    return Autoencoder(apply, jax.jit(encode), params)
+    return Autoencoder(apply, jax.jit(encode), params, dropout)
 
 
 def encode_all(ae: Autoencoder, params: Params, x, mask, batch_size: int = 256) -> np.ndarray:
@@ -96,25 +133,49 @@ def encode_all(ae: Autoencoder, params: Params, x, mask, batch_size: int = 256) 
     return np.asarray(jnp.concatenate(out))
 
 
-def _optimizer(learning_rate: float) -> optax.GradientTransformation:
-    """Adam with the learning rate in its state (``optax.inject_hyperparams``); the betas and
-    eps stay Python constants, as in ``optax.adam`` (injected as f32 arrays, ``1 - b2``
-    would be rounded differently and the moments would no longer match bit for bit)."""
-    return optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps", "eps_root"))(
-        learning_rate=learning_rate
+def _adam_decay(
+    learning_rate, decay_steps, end_ratio, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0
+) -> optax.GradientTransformation:
+    """Adam whose rate decays linearly (polynomial decay of power 1, TensorFlow's default)
+    from ``learning_rate`` to ``end_ratio * learning_rate`` over ``decay_steps`` updates."""
+
+    def rate(count):
+        return learning_rate * (1.0 - (1.0 - end_ratio) * jnp.minimum(count / decay_steps, 1.0))
+
+    return optax.chain(
+        optax.scale_by_adam(b1, b2, eps, eps_root), optax.scale_by_learning_rate(rate)
+    )
+
+
+def _optimizer(
+    learning_rate: float, decay_steps: int | None = None, decay_end: float | None = None
+) -> optax.GradientTransformation:
+    """Adam with the learning rate in its state (``optax.inject_hyperparams``); with
+    ``decay_end`` its rate decays to ``decay_end * learning_rate`` over ``decay_steps``
+    (both in the state too). The betas and eps stay Python constants, as in ``optax.adam``
+    (injected as f32 arrays, ``1 - b2`` would be rounded differently and the moments would no
+    longer match bit for bit)."""
+    static = ("b1", "b2", "eps", "eps_root")
+    if decay_end is None:
+        return optax.inject_hyperparams(optax.adam, static_args=static)(learning_rate=learning_rate)
+    return optax.inject_hyperparams(_adam_decay, static_args=static)(
+        learning_rate=learning_rate, decay_steps=decay_steps, end_ratio=decay_end
     )
 
 
 @functools.cache
-def _train_step(loss_fn: Callable, shard: bool = False) -> Callable:
-    """Jitted ``step(state, batch, consts) -> (state, metrics)``, one per loss and ``shard``
-    (split the batch over all visible devices, the rest replicated). The learning rate is
-    read from ``state.opt_state``, so fits at other rates reuse the compiled step."""
-    optimizer = _optimizer(0.0)  # its update takes the rate from the state
+def _train_step(loss_fn: Callable, shard: bool = False, decay: bool = False) -> Callable:
+    """Jitted ``step(state, batch, consts) -> (state, metrics)``, one per loss, ``shard``
+    (split the batch over all visible devices, the rest replicated) and ``decay`` (the
+    learning-rate decay on). The learning rate and its decay are read from
+    ``state.opt_state``, so fits at other rates and lengths reuse the compiled step;
+    ``loss_fn(params, batch, consts, key)`` gets the step's dropout key."""
+    optimizer = _optimizer(0.0, 1, 1.0 if decay else None)  # the rates come from the state
 
     def step(state: TrainState, batch, consts):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, metrics), grads = grad_fn(state.params, batch, consts)
+        key = jax.random.fold_in(state.key, state.step)
+        (_, metrics), grads = grad_fn(state.params, batch, consts, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, opt_state, state.step + 1, state.key), metrics
@@ -132,6 +193,7 @@ def train_epochs(
     learning_rate: float,
     key: jax.Array,
     desc: str,
+    decay_end: float | None = None,
     consts: dict | None = None,
     before_epoch: Callable[[TrainState, int], tuple[TrainState, dict[str, np.ndarray]]]
     | None = None,
@@ -141,11 +203,13 @@ def train_epochs(
 
     Args:
       params: the trained pytree.
-      loss_fn: ``loss_fn(params, batch, consts) -> (loss, metrics)``.
+      loss_fn: ``loss_fn(params, batch, consts, key) -> (loss, metrics)`` (``key``: dropout).
       data: per-user arrays (leading axis U).
-      key: shuffles the users (split once per epoch, ``loop.epoch_step``).
+      key: shuffles the users (split once per epoch, ``loop.epoch_step``) and draws dropout.
       desc: names the fit (checkpoint folder, curve, errors); the learning rate, batch
         size and U are appended, so the fits of one cell have distinct names.
+      decay_end: None (constant rate) or the final rate over the initial one of a linear
+        decay over the whole fit (the paper's polynomial decay).
       consts: traced hyper-parameters.
       before_epoch: ``(state, epoch) -> (state, targets)`` before each epoch: may reset
         parameters and adds per-user targets (f[U, ...]).
@@ -164,38 +228,50 @@ def train_epochs(
         return before_epoch(state, int(state.step) // step.steps)
 
     step = epoch_step(
-        _train_step(loss_fn, shard),
+        _train_step(loss_fn, shard, decay_end is not None),
         data,
         batch_size=batch_size,
         consts=lambda epoch: {} if consts is None else consts,
         before_epoch=None if before_epoch is None else prepare,
     )
+    n_steps = epochs * step.steps
+    decay = "" if decay_end is None else f" decay_end={decay_end:g}"
     result = fit(
         step,
-        init_train_state(params, _optimizer(learning_rate), key),
-        n_steps=epochs * step.steps,
+        init_train_state(params, _optimizer(learning_rate, n_steps, decay_end), key),
+        n_steps=n_steps,
         steps_per_call=step.steps,
         eval_every=step.steps,
-        desc=f"{desc} lr={learning_rate:g} batch={batch_size} users={n}",
+        desc=f"{desc} lr={learning_rate:g}{decay} batch={batch_size} users={n}",
     )
     return result.state.params, result.history
 
 
 @functools.cache
 def _pretrain_loss(ae: Autoencoder) -> Callable:
-    def loss_fn(params, batch, consts):
-        _, logits = ae.apply(params, batch["x"], batch["mask"])
+    def loss_fn(params, batch, consts, key):
+        _, logits = ae.train_apply(params, batch["x"], batch["mask"], key)
         loss = reconstruction_loss(logits, batch["x"], batch["mask"])
         return loss, {"reconstruction": loss}
 
     return loss_fn
 
 
+def standardize(z, mean=None, scale=None):
+    """``(z - mean) / scale``, by default with the mean f[Z] of ``z: f[N, Z]`` and the root
+    of its total variance (mean squared distance to the mean), so the result has total
+    variance 1 (distances shrink or grow together: SC and CH do not change)."""
+    mean = z.mean(0) if mean is None else mean
+    scale = jnp.sqrt(jnp.mean(jnp.sum((z - mean) ** 2, axis=1))) if scale is None else scale
+    return (z - mean) / jnp.maximum(scale, 1e-12)
+
+
 @functools.cache
-def _joint_loss(ae: Autoencoder) -> Callable:
-    def loss_fn(state, batch, consts):
-        z, logits = ae.apply(state["ae"], batch["x"], batch["mask"])
+def _joint_loss(ae: Autoencoder, normalize: bool = False) -> Callable:
+    def loss_fn(state, batch, consts, key):
+        z, logits = ae.train_apply(state["ae"], batch["x"], batch["mask"], key)
         rec = reconstruction_loss(logits, batch["x"], batch["mask"])
+        z = standardize(z) if normalize else z
         clus = clustering_loss(z, state["centroids"], batch["weights"])
         pref = preference_loss(logits, batch["x"], batch["mask"], consts["behavior_weights"])
         loss = rec + consts["alpha"] * clus + consts["beta"] * pref
@@ -214,11 +290,13 @@ def pretrain(
     batch_size,
     learning_rate,
     key,
+    decay_end: float | None = None,
     shard: bool = False,
 ) -> tuple[Params, list[Row]]:
     """Algorithm 1, step 1: reconstruction only, from ``params`` (e.g. ``ae.params``).
 
-    ``shard=True`` splits each batch of users over all visible devices (``train_epochs``).
+    ``decay_end`` and ``shard`` (split each batch of users over all visible devices) as in
+    ``train_epochs``.
     """
     return train_epochs(
         params,
@@ -229,8 +307,22 @@ def pretrain(
         learning_rate=learning_rate,
         key=key,
         desc="c2m pretrain",
+        decay_end=decay_end,
         shard=shard,
     )
+
+
+def latent_space(
+    ae: Autoencoder, params: Params, x, mask, *, normalize: bool = False
+) -> tuple[np.ndarray, Callable]:
+    """The latents f[U, Z] of users ``x`` and the ``Segmentation.embed`` of that space:
+    ``encode_all`` (with ``normalize``, standardized by these users' mean and scale)."""
+    z = encode_all(ae, params, x, mask)
+    if not normalize:
+        return z, lambda x, mask, category: encode_all(ae, params, x, mask)
+    mean, scale = z.mean(0), np.sqrt(np.mean(np.sum((z - z.mean(0)) ** 2, axis=1)))
+    space = lambda z: np.asarray(standardize(z, mean, scale))
+    return space(z), lambda x, mask, category: space(encode_all(ae, params, x, mask))
 
 
 def joint_segmentation(
@@ -248,6 +340,8 @@ def joint_segmentation(
     batch_size: int,
     learning_rate: float,
     key: jax.Array,
+    normalize: bool = False,
+    decay_end: float | None = None,
     shard: bool = False,
 ) -> Segmentation:
     """Algorithm 1, steps 2-3, from pretrained ``params``.
@@ -255,10 +349,12 @@ def joint_segmentation(
     Args:
       behavior_weights: f[J] eq. 7 weight of each behaviour code.
       outlier_z: outlier threshold (``dmeta.cluster.kmeans.outlier_weights``); None keeps all.
-      shard: split each batch of users over all visible devices (``train_epochs``).
+      normalize: eq. 6 on the standardized latent (module docstring).
+      decay_end, shard: as in ``train_epochs``.
     """
     key, k_init = jax.random.split(key)
-    init = kmeans(k_init, encode_all(ae, params, x, mask), n_segments, outlier_z=outlier_z)
+    z0, _ = latent_space(ae, params, x, mask, normalize=normalize)
+    init = kmeans(k_init, z0, n_segments, outlier_z=outlier_z)
     state = {"ae": params, "centroids": init.centroids}
     consts = {
         "alpha": jnp.float32(alpha),
@@ -267,24 +363,27 @@ def joint_segmentation(
     }
 
     def weights(state: TrainState, epoch: int):
-        z = encode_all(ae, state.params["ae"], x, mask)
+        z, _ = latent_space(ae, state.params["ae"], x, mask, normalize=normalize)
         w = outlier_weights(z, state.params["centroids"], outlier_z)
         return state, {"weights": np.asarray(w)}
 
+    norm = " normalized" if normalize else ""
     state, history = train_epochs(
         state,
-        _joint_loss(ae),
+        _joint_loss(ae, normalize),
         {"x": x, "mask": mask},
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
         key=key,
-        desc=f"c2m joint alpha={alpha:g} beta={beta:g} outlier_z={outlier_z}",
+        desc=f"c2m joint alpha={alpha:g} beta={beta:g} outlier_z={outlier_z}{norm}",
+        decay_end=decay_end,
         consts=consts,
         before_epoch=weights,
         shard=shard,
     )
-    z = encode_all(ae, state["ae"], x, mask)
-    labels = np.asarray(jnp.argmin(sq_distances(z, state["centroids"]), axis=1), np.int32)
-    w = np.asarray(outlier_weights(z, state["centroids"], outlier_z))
-    return Segmentation(labels, z, w, history)
+    z, embed = latent_space(ae, state["ae"], x, mask, normalize=normalize)
+    centroids = np.asarray(state["centroids"])
+    labels = np.asarray(jnp.argmin(sq_distances(z, centroids), axis=1), np.int32)
+    w = np.asarray(outlier_weights(z, centroids, outlier_z))
+    return Segmentation(labels, z, w, history, centroids, embed)

@@ -4,7 +4,8 @@ Seeding is greedy k-means++ (D^2 sampling with ``2 + log k`` local trials, as sc
 Lloyd iterations run in ``lax.while_loop``, restarts are ``vmap``-ed and the lowest inertia wins.
 Outlier removal: after the fit, a point is an outlier when its distance to its centroid exceeds
 ``mean + outlier_z * std`` of the distances within its cluster; outliers get weight 0 (eq. 6) and
-the centroids are re-estimated from the inliers.
+the centroids are re-estimated from the inliers. ``farthest_removed`` removes a given share of
+points by their distance to their own centroid instead (for methods without an outlier rule).
 """
 
 from __future__ import annotations
@@ -99,6 +100,18 @@ def outlier_weights(x: jax.Array, centroids: jax.Array, outlier_z: float | None)
     std = jnp.sqrt((onehot.T @ dist**2) / counts - mean**2)
     threshold = (mean + outlier_z * std)[labels]
     return (dist <= threshold + 1e-6).astype(x.dtype)
+
+
+def farthest_removed(
+    x: jax.Array, centroids: jax.Array, labels: jax.Array, share: float
+) -> jax.Array:
+    """bool[N]: False for the ``round(share * N)`` points farthest from their own centroid
+    (``x: f[N, F]``, ``centroids: f[K, F]``, ``labels: i[N]``; ties by index), else True."""
+    x, centroids = jnp.asarray(x), jnp.asarray(centroids)
+    d2 = jnp.sum((x - centroids[jnp.asarray(labels)]) ** 2, axis=1)
+    n_out = int(round(share * x.shape[0]))
+    order = jnp.argsort(-d2, stable=True)
+    return jnp.ones(x.shape[0], bool).at[order[:n_out]].set(False)
 
 
 def kmeans(
