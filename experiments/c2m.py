@@ -4,8 +4,10 @@ Per seed one autoencoder is pretrained and shared by every deep method; each seg
 goes through the same mining stage (``dmeta.c2m.protocol``).
 
 * Table 1: Ours (joint, eq. 6-7) vs DEC, DeepCluster-style (DC), k-means++ on the pretrained
-  latent (AE+KM) and k-means on bag-of-categories (BoC-KM): SC, CH (each in its own space),
-  MPP; on synthetic data also ARI, planted-pattern recall and logit coefficient error.
+  latent (AE+KM) and k-means on bag-of-categories (BoC-KM), each fitted on the fit users and
+  tuned on the held-out validation users: SC, CH (each in its own space, on the fit users, and
+  ``SC_inliers`` / ``CH_inliers`` without Ours' outlier share), MPP (all users); on synthetic
+  data also ARI, planted-pattern recall and logit coefficient error.
 * Figures 2-3: alpha and beta sweeps. Table 2: source behaviours. Table 3: ablations
   (``protocol.extras`` / ``protocol.sweeps``, with Ours among ``--methods``).
 * A case study per segment of Ours (first seed).

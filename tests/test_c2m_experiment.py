@@ -1,7 +1,6 @@
 """The C2M experiment end to end at smoke size: resume, report, tuning."""
 
-import dataclasses
-
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -23,7 +22,11 @@ def smoke_run(tmp_path_factory):
 def test_resume_after_losing_a_cell_is_identical(smoke_run):
     c2m, cfg, out, kw, full = smoke_run
     assert set(full["method"]) == set(c2m.METHODS)
-    assert {"SC", "CH", "MPP", "ARI", "hp:alpha", "hp:n_init"} <= set(full["metric"])
+    metrics = {"SC", "CH", "SC_inliers", "CH_inliers", "MPP", "ARI", "hp:alpha", "hp:outlier_z"}
+    assert metrics <= set(full["metric"])
+    # Every method's SC_inliers leaves out the share of users that Ours removes as outliers.
+    shares = full[full["metric"] == "outlier_share"]["value"]
+    assert len(shares) == len(c2m.METHODS) and shares.nunique() == 1 and shares.iloc[0] > 0
     (out / "cells" / "table1__DEC__seed0.csv").unlink()
     resumed = c2m.run(cfg, out=out, fresh=False, **kw)
     pd.testing.assert_frame_equal(resumed, full)
@@ -38,12 +41,32 @@ def test_report_from_the_run_folder(smoke_run):
     assert (out / "results.md").read_text() == text
 
 
-def test_equal_tuning_scores_every_grid_point(tmp_path):
+def test_tuning_scores_the_validation_users_of_the_reported_fit(monkeypatch):
+    """Each grid point is fitted once on the fit users; its score is -SC of the held-out
+    validation users, and the chosen point's fit is the one reported (no refit)."""
+    from dmeta.c2m import protocol
     from experiments import c2m
 
-    cfg = c2m.get_config(smoke=True)
-    cfg = dataclasses.replace(cfg, tuning=dataclasses.replace(cfg.tuning, trials=2))
-    df = c2m.run(
-        cfg, data="synthetic", out=tmp_path, seeds=1, methods=("BoC-KM",), fresh=True, command=""
-    )
-    assert df.loc[df["metric"] == "hp:n_init", "value"].item() in (4.0, 8.0, 16.0)
+    cfg = override(c2m.get_config(smoke=True), ["tuning.trials=2", "protocol.extras=false"])
+    prep = protocol.prepare("synthetic", cfg)
+    state = protocol.C2MRun(prep, cfg).seed_state(0)
+    assert len(np.intersect1d(state.fit, state.val)) == 0
+    assert len(state.fit) + len(state.val) == len(prep.users) and len(state.val) == 19
+    fits = []
+    monkeypatch.setattr(state, "_fit", lambda *a: fits.append(a[:2]) or _fake(a[2]))
+    best = state.tuned("DC")
+    assert len(fits) == 2 and best in [hp for _, hp in fits]
+    got = state.segment("DC", best)
+    assert len(fits) == 2 and got.labels.shape == (len(prep.users),)
+    assert state.tuned("BoC-KM") == {} and len(fits) == 2  # nothing to tune: unscored
+
+
+def _fake(x):
+    """A segmentation of ``len(x)`` users whose latent is a user's first item code."""
+    from dmeta.c2m.train import Segmentation
+
+    embed = lambda x, mask, category: x[:, :1, 1].astype(np.float32)
+    z = embed(x, None, None)
+    centroids = np.array([[z.min()], [z.max()]], np.float32)
+    labels = np.abs(z - centroids.T).argmin(1).astype(np.int32)
+    return Segmentation(labels, z, np.ones(len(x), np.float32), [], centroids, embed)

@@ -1,7 +1,12 @@
 """The C2M protocol: data preparation, the methods of Tables 1-3 and Figures 2-3, scoring.
 
-Per seed one autoencoder is pretrained (Algorithm 1, step 1) and shared by every deep method;
-each segmentation then goes through the same mining stage (segment PrefixSpan with
+Per seed the users are split into fit and validation users (``validation_split``), one
+autoencoder is pretrained on the fit users (Algorithm 1, step 1) and shared by every deep
+method; every method is fitted on the fit users and assigns all users to its nearest centroid.
+Tuning scores SC on the validation users; SC and CH are reported on the fit users, on all of
+them and on the inliers (``SC_inliers``, ``CH_inliers``: Ours' outliers removed, and for every
+other method the same share of its users farthest from their centroid in its own space). Each
+segmentation of all users then goes through the same mining stage (segment PrefixSpan with
 common-pattern exclusion, per-segment conditional logit and attribute-set search), as in the
 paper's 4.2.1. ``C2MRun.run_cell`` computes one ``Cell`` of the results table; the seed's
 pretrained model and segmentations are recomputed deterministically when a cell needs them
@@ -27,6 +32,7 @@ from dmeta.c2m.config import C2MConfig
 from dmeta.c2m.data import EVENT_SOURCES, EventLog, event_log
 from dmeta.c2m.sequences import BEHAVIOR_VOCAB, build_sequences, build_vocabulary
 from dmeta.c2m.synthetic import SyntheticC2M, synthetic_c2m
+from dmeta.cluster.kmeans import farthest_removed
 from dmeta.data.frames import DataError
 from dmeta.data.spec import parse_data_spec
 from dmeta.datasets import LOADERS
@@ -46,6 +52,7 @@ ABLATIONS = {  # Table 3: changes to Ours' segmentation (Framework 4 changes the
     "Framework 2 (no clustering loss)": {"alpha": 0.0},
     "Framework 3 (no preference loss)": {"beta": 0.0},
     "Framework 4 (common patterns kept)": {},
+    "Raw latent (eq. 6 as written)": {"normalize": False},  # our deviation's ablation
 }
 CASE_STUDY = "case_study.csv"
 log = logging.getLogger(__name__)
@@ -179,33 +186,73 @@ class Miner:
         return kept, sets, mpp
 
 
-def silhouette(seg: train.Segmentation, cfg: C2MConfig) -> float:
-    """SC of a segmentation in its own space (sampled above ``silhouette_sample`` users);
-    NaN for a segmentation that collapsed to one segment (a tuning point that then loses)."""
-    if len(np.unique(seg.labels)) < 2:
+def validation_split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) user indices, sorted: a seeded ``share`` of ``n`` users (at least 2)
+    held out."""
+    n_val = min(max(2, int(round(share * n))), n - 2)
+    val = np.random.default_rng(seed).choice(n, n_val, replace=False)
+    return np.setdiff1d(np.arange(n), val), np.sort(val)
+
+
+def silhouette(latent: np.ndarray, labels: np.ndarray, cfg: C2MConfig) -> float:
+    """SC of ``labels`` in ``latent`` (sampled above ``silhouette_sample`` users); NaN for
+    fewer than two segments (a tuning point that then loses)."""
+    if len(np.unique(labels)) < 2:
         return float("nan")
     limit = cfg.protocol.silhouette_sample
-    sample = limit if len(seg.labels) > limit else None
-    return float(metrics.silhouette(seg.latent, seg.labels, sample_size=sample))
+    sample = limit if len(labels) > limit else None
+    return float(metrics.silhouette(latent, labels, sample_size=sample))
+
+
+@dataclasses.dataclass(frozen=True)
+class Assigned:
+    """A segmentation fitted on the fit users (``seg``) and all U users' ``latent`` f[U, Z]
+    and nearest-centroid ``labels`` i32[U] in its space."""
+
+    seg: train.Segmentation
+    latent: np.ndarray
+    labels: np.ndarray
+
+
+def cluster_metrics(
+    latent: np.ndarray, labels: np.ndarray, inliers: np.ndarray, cfg: C2MConfig
+) -> dict[str, float]:
+    """SC and CH of ``labels`` i[N] in ``latent`` f[N, Z], over all N points and over the
+    ``inliers`` bool[N] (``_inliers``); the share of outliers."""
+    out = {"outlier_share": float(1.0 - inliers.mean())}
+    for suffix, keep in (("", slice(None)), ("_inliers", inliers)):
+        if len(np.unique(labels[keep])) > 1:
+            out["SC" + suffix] = silhouette(latent[keep], labels[keep], cfg)
+            out["CH" + suffix] = float(metrics.calinski_harabasz(latent[keep], labels[keep]))
+    return out
 
 
 def segment_metrics(
-    prep: Prepared, seg: train.Segmentation, miner: Miner, cfg: C2MConfig, **mine_kw
+    prep: Prepared,
+    got: Assigned,
+    fit: np.ndarray,
+    miner: Miner,
+    cfg: C2MConfig,
+    outlier_share: float | None = None,
+    **mine_kw,
 ) -> dict[str, float]:
-    """All metrics of one segmentation (``mine_kw`` go to ``Miner.__call__``)."""
-    out = {}
-    if len(np.unique(seg.labels)) > 1:
-        out["SC"] = silhouette(seg, cfg)
-        out["CH"] = float(metrics.calinski_harabasz(seg.latent, seg.labels))
-    kept, sets, mpp = miner(seg.labels, **mine_kw)
+    """All metrics of one segmentation: SC / CH on the ``fit`` users (i64[F] indices; the
+    outliers are the method's own, or with ``outlier_share`` that share of the users farthest
+    from their centroid), mining and MPP on all users (``mine_kw`` go to ``Miner.__call__``)."""
+    latent, labels = got.latent[fit], got.labels[fit]
+    if outlier_share is None:
+        inliers = got.seg.weights > 0
+    else:
+        inliers = np.asarray(farthest_removed(latent, got.seg.centroids, labels, outlier_share))
+    out = cluster_metrics(latent, labels, inliers, cfg)
+    kept, sets, mpp = miner(got.labels, **mine_kw)
     out["MPP"] = mpp
     out["unique_patterns"] = float(np.mean([len(p) for p in kept]))
-    out["outlier_share"] = float(1.0 - seg.weights.mean())
     truth = prep.truth
     if truth is not None:
         planted = truth.segment[prep.users]
-        out["ARI"] = float(adjusted_rand_score(planted, seg.labels))
-        match = _matching(planted, seg.labels)
+        out["ARI"] = float(adjusted_rand_score(planted, got.labels))
+        match = _matching(planted, got.labels)
         found = [
             p in kept[match[s]] for s, ps in enumerate(truth.patterns) if s in match for p in ps
         ]
@@ -263,16 +310,24 @@ def _sweep(cfg: C2MConfig) -> dict[str, float]:
 
 
 def grid(cfg: C2MConfig, method: str) -> dict[str, tuple]:
-    """The tuning grid of a Table 1 method (its first point is the configured setting)."""
+    """The tuning grid of a Table 1 method (its first point is the configured setting; the
+    k-means baselines have none: one point)."""
     t, s, tr = cfg.tuning, cfg.segmentation, cfg.train
     if method == "Ours":
-        return {"alpha": (s.alpha, *t.ours_alpha), "beta": (s.beta, *t.ours_beta)}
-    if method in ("DEC", "DC"):
         return {
+            "alpha": (s.alpha, *t.ours_alpha),
+            "beta": (s.beta, *t.ours_beta),
+            "outlier_z": (s.outlier_z, *t.ours_outlier_z),
+        }
+    if method in ("DEC", "DC"):
+        deep = {
             "learning_rate": (tr.learning_rate, *t.deep_learning_rate),
             "batch_size": (tr.batch_size, *t.deep_batch_size),
         }
-    return {"n_init": (t.kmeans_restarts, *t.kmeans_n_init)}
+        if method == "DEC":
+            deep["alpha"] = (1.0, *t.dec_alpha)
+        return deep
+    return {}
 
 
 class C2MRun:
@@ -312,11 +367,14 @@ class C2MRun:
         keys |= dict(group=cell.setting, seed=cell.seed)
         if cell.setting == "table1":
             best = state.tuned(cell.method)
-            seg = state.segment(cell.method, best)
+            got = state.segment(cell.method, best)
             if cell.method == "Ours" and cell.seed == 0 and self.out is not None:
-                frame = case_study(seg.labels, state.miner)
+                frame = case_study(got.labels, state.miner)
                 write_atomic(self.out / CASE_STUDY, frame.to_csv(index=False))
-            values = segment_metrics(self.prep, seg, state.miner, self.cfg)
+            share = None if cell.method == "Ours" else state.ours_outlier_share()
+            values = segment_metrics(
+                self.prep, got, state.fit, state.miner, self.cfg, outlier_share=share
+            )
             return _rows(keys, values) + hp_rows(best, **keys)
         return _rows(keys, state.extra(cell))
 
@@ -326,17 +384,19 @@ def _rows(keys: dict, values: dict[str, float]) -> list[dict]:
 
 
 class SeedState:
-    """One seed: pretrained autoencoder, miner, tuning results and segmentations (memoized)."""
+    """One seed: user split, pretrained autoencoder, miner, tuning results and segmentations
+    (memoized)."""
 
     def __init__(self, run: C2MRun, seed: int):
         cfg, prep = run.cfg, run.prep
         self.run, self.seed = run, seed
+        self.fit, self.val = validation_split(len(prep.users), cfg.tuning.val_share, seed)
         self.keys = jax.random.split(jax.random.key(seed), 16)
         params0 = train.init_autoencoder(self.keys[0], **run._model_kw()).params
         self.params, _ = train.pretrain(
-            run.ae, params0, prep.x, prep.mask, epochs=cfg.train.pretrain_epochs,
-            key=self.keys[1], batch_size=cfg.train.batch_size,
-            learning_rate=cfg.train.learning_rate, shard=cfg.train.data_parallel,
+            run.ae, params0, prep.x[self.fit], prep.mask[self.fit],
+            epochs=cfg.train.pretrain_epochs, key=self.keys[1], shard=cfg.train.data_parallel,
+            **self._optim(),
         )  # fmt: skip
         attributes = prep.attributes
         if attributes is None:  # the paper's fallback: sigmoid of item embeddings
@@ -349,47 +409,53 @@ class SeedState:
                 seed=seed,
             )
         self.miner = Miner(prep, attributes, cfg, seed)
-        self._segmentations: dict[tuple, train.Segmentation] = {}
+        self._segmentations: dict[tuple, Assigned] = {}
         self._tuned: dict[str, dict] = {}
 
+    def _optim(self) -> dict:
+        tr = self.run.cfg.train
+        return dict(
+            batch_size=tr.batch_size, learning_rate=tr.learning_rate, decay_end=tr.decay_end
+        )
+
     def tuned(self, method: str) -> dict:
-        """The method's grid point of lowest validation score (-SC on a seeded share of
-        users); the first point without scoring when ``tuning.trials`` gives one point."""
+        """The method's grid point of lowest validation score (-SC of the validation users);
+        the first point without scoring when ``tuning.trials`` gives one point."""
         if method not in self._tuned:
             t, points = self.run.cfg.tuning, grid(self.run.cfg, method)
-            rng = np.random.default_rng(self.seed)
-            n = len(self.run.prep.users)
-            users = np.sort(rng.choice(n, max(2, int(t.val_share * n)), replace=False))
 
             def score(hp: dict) -> float:
-                return -silhouette(self.segment(method, hp, users), self.run.cfg)
+                got = self.segment(method, hp)
+                return -silhouette(got.latent[self.val], got.labels[self.val], self.run.cfg)
 
             self._tuned[method] = tune(points, score, trials=t.trials, seed=self.seed).best
         return self._tuned[method]
 
-    def segment(self, method: str, hp: dict, users: np.ndarray | None = None):
-        """The method's segmentation with hyperparameters ``hp``: of all users (memoized), or
-        of ``users`` (i64[V] indices) for tuning."""
+    def ours_outlier_share(self) -> float:
+        """The share of fit users that tuned Ours removes as outliers (the other methods'
+        ``SC_inliers`` remove as many)."""
+        return float(1.0 - self.segment("Ours", self.tuned("Ours")).seg.weights.mean())
+
+    def segment(self, method: str, hp: dict) -> Assigned:
+        """The method with hyperparameters ``hp`` fitted on the fit users, all users assigned
+        (memoized)."""
         memo = (method, tuple(sorted(hp.items())))
-        if users is None and memo in self._segmentations:
-            return self._segmentations[memo]
-        prep = self.run.prep
-        pick = slice(None) if users is None else users
-        seg = self._fit(method, hp, prep.x[pick], prep.mask[pick], prep.category[pick])
-        if users is None:
-            self._segmentations[memo] = seg
-        return seg
+        if memo not in self._segmentations:
+            prep, fit = self.run.prep, self.fit
+            seg = self._fit(method, hp, prep.x[fit], prep.mask[fit], prep.category[fit])
+            self._segmentations[memo] = Assigned(seg, *seg.assign(prep.x, prep.mask, prep.category))
+        return self._segmentations[memo]
 
     def _fit(self, method: str, hp: dict, x, mask, category) -> train.Segmentation:
         run, cfg = self.run, self.run.cfg
-        fit = dict(batch_size=cfg.train.batch_size, learning_rate=cfg.train.learning_rate)
+        s, optim = cfg.segmentation, self._optim()
         if method == "Ours":
-            s = cfg.segmentation
             return train.joint_segmentation(
                 run.ae, self.params, x, mask, n_segments=run.n_segments,
                 behavior_weights=run.w_b, epochs=cfg.train.joint_epochs, key=self.keys[2],
                 shard=cfg.train.data_parallel,
-                **fit | dict(alpha=s.alpha, beta=s.beta, outlier_z=s.outlier_z) | hp,
+                **optim | dict(alpha=s.alpha, beta=s.beta, outlier_z=s.outlier_z,
+                               normalize=s.normalize) | hp,
             )  # fmt: skip
         # The baselines' keys follow Ours' in the order of METHODS.
         common = dict(n_segments=run.n_segments, key=self.keys[2 + METHODS.index(method)])
@@ -400,14 +466,15 @@ class SeedState:
                 else baselines.deepcluster_segmentation
             )
             return make(
-                run.ae, self.params, x, mask, epochs=cfg.train.joint_epochs, **common, **fit | hp
-            )
+                run.ae, self.params, x, mask, epochs=cfg.train.joint_epochs, **common,
+                **optim | hp,
+            )  # fmt: skip
         if method == "AE+KM":
             return baselines.latent_kmeans_segmentation(
-                run.ae, self.params, x, mask, **common, **hp
+                run.ae, self.params, x, mask, **common, n_init=s.kmeans_n_init, **hp
             )
         return baselines.bag_of_categories_segmentation(
-            category, mask, run.prep.n_categories, **common, **hp
+            category, mask, run.prep.n_categories, **common, n_init=s.kmeans_n_init, **hp
         )
 
     def extra(self, cell: Cell) -> dict[str, float]:
@@ -416,13 +483,14 @@ class SeedState:
         ours = self.tuned("Ours")
         if cell.setting == "table2":
             behaviors, attr = SOURCES[cell.method]
-            seg = self.segment("Ours", ours)
-            got = segment_metrics(prep, seg, miner, cfg, behaviors=behaviors, attribute_source=attr)
-            return {"MPP": got["MPP"]}
+            *_, mpp = miner(
+                self.segment("Ours", ours).labels, behaviors=behaviors, attribute_source=attr
+            )
+            return {"MPP": mpp}
         if cell.setting == "table3":
-            seg = self.segment("Ours", ours | ABLATIONS[cell.method])
+            got = self.segment("Ours", ours | ABLATIONS[cell.method])
             keep = cell.method.startswith("Framework 4")
-            return segment_metrics(prep, seg, miner, cfg, exclude_common=not keep)
+            return segment_metrics(prep, got, self.fit, miner, cfg, exclude_common=not keep)
         which, label = cell.method.split("=")
-        seg = self.segment("Ours", ours | {which: _sweep(cfg)[label]})
-        return segment_metrics(prep, seg, miner, cfg)
+        got = self.segment("Ours", ours | {which: _sweep(cfg)[label]})
+        return segment_metrics(prep, got, self.fit, miner, cfg)

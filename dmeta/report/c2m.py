@@ -40,7 +40,7 @@ def tables_markdown(df: pd.DataFrame) -> str:
         parts.append(f"### {title} ({n} seeds)\n\n{markdown_table(table)}")
     t1 = scores[scores["group"] == "table1"]
     if t1["seed"].nunique() >= 2:
-        for metric in ("SC", "CH", "MPP", "ARI"):
+        for metric in ("SC", "CH", "SC_inliers", "CH_inliers", "MPP", "ARI"):
             sub = t1[(t1["metric"] == metric) & t1["method"].isin(BASELINES)]
             if sub.empty:
                 continue
@@ -55,7 +55,8 @@ def tables_markdown(df: pd.DataFrame) -> str:
         table = hp.pivot_table(index=["method", "seed"], columns="metric", values="value")
         text = table.map(lambda v: "" if pd.isna(v) else f"{v:.4g}").reset_index()
         parts.append(
-            "### Chosen hyperparameters (per seed, by validation SC)\n\n" + markdown_table(text)
+            "### Chosen hyperparameters (per seed, by the validation users' SC)\n\n"
+            + markdown_table(text)
         )
     return "\n\n".join(parts)
 
