@@ -1,10 +1,11 @@
 """Out-of-core preprocessing of event logs with Polars (lazy scans, streaming engine).
 
-The raw log is never held in memory: it is scanned (CSV or Parquet, every column read as a
-string), validated, and streamed once into ``n_buckets`` Parquet buckets by a hash of the user
-(``partition_events``). Each bucket holds whole users, so everything per user (exact-duplicate
-removal, the time order, the last L events) is done one bucket at a time with memory bounded by
-the largest bucket, not by the log:
+The raw log is never held in memory: each file is read once by the streaming engine, which
+validates it and writes its valid events into ``n_buckets`` Parquet buckets by a hash of the
+user and its invalid rows into a small rejects file for the report (``partition_events``).
+Each bucket holds whole users, so everything per user (exact-duplicate removal, the time
+order, the last L events) is done one bucket at a time with memory bounded by the largest
+bucket, not by the log:
 
     info = partition_events("logs/", work / "buckets", fmt="userbehavior", n_buckets=64)
     vocab = build_vocabularies(info, max_items=50_000)          # one pass, small tables
@@ -12,11 +13,16 @@ the largest bucket, not by the log:
     panel_shards(info, work / "panels", n_shards=8)             # panel-00000.parquet ...
 
 or ``preprocess(path, out, engine="auto")``, which picks pandas (the loaders of
-``dmeta.c2m.data`` and ``dmeta.c2m.sequences.build_sequences``) for small inputs and this
+``dmeta.datasets`` and ``dmeta.c2m.sequences.build_sequences``) for small inputs and this
 path for large ones, writing the same shards either way.
 
+Ids are text in both engines, stripped of surrounding blanks and otherwise kept as written:
+``007`` and ``7`` are two users (items, segments), ``a-1`` and ``1.5`` are ids like any other,
+and vocabulary ties and user order follow the text (a Parquet number column becomes its
+text). The time stays integer seconds.
+
 Outputs:
-- sequence shards: ``user_id`` (i64, sorted within a shard), ``length`` and the list columns
+- sequence shards: ``user_id`` (str, sorted within a shard), ``length`` and the list columns
   ``behavior``, ``item``, ``category`` (i32 codes of ``BEHAVIOR_VOCAB`` and the item /
   category vocabularies, chronological, at most L); ``read_sequences`` pads them into a
   ``BehaviorSequences`` identical to ``build_sequences`` on the in-memory log.
@@ -26,10 +32,10 @@ Outputs:
   are split over shards in sorted order (``dmeta.distributed.process_shard``), so process p of
   P reads shards p, p + P, ... or the block ``process_shard(n_shards)``.
 
-Validation follows ``dmeta.c2m.data``: rows with a missing / non-numeric id or time or an
-unknown behaviour are dropped and logged with the file, the column and the first offending
-lines (rows for Parquet); a file with no valid row raises ``ValueError``; exact duplicate
-events are dropped. Ties in time keep file order (files sorted by name, then line).
+Validation follows ``dmeta.datasets.events``: rows with an empty id, a missing or non-integer
+time or an unknown behaviour are dropped and logged with the file, the column and the first
+offending lines (rows for Parquet); a file with no valid row raises ``ValueError``; exact
+duplicate events are dropped. Ties in time keep file order (files sorted by name, then line).
 
 Engine choice (measured with ``experiments/benchmarks/scale_out.py``'s generator, 2 cores,
 shared machine): building the last-100 sequences of 10^7 events took Polars 5.4 s of CPU at
@@ -54,7 +60,7 @@ from dmeta.c2m.sequences import BEHAVIOR_VOCAB, OOV, PAD, BehaviorSequences, Voc
 
 log = logging.getLogger(__name__)
 
-ID_COLUMNS = ("user_id", "item_id", "category_id", "timestamp")
+ID_COLUMNS = ("user_id", "item_id", "category_id")
 #: input formats: (file glob in a folder, header?, source behaviour column, behaviour mapping)
 FORMATS = {
     "events": ("events*", True, "behavior", {b: b for b in BEHAVIORS}),
@@ -70,6 +76,7 @@ HEADERLESS_NAMES = ("user_id", "item_id", "category_id", "type", "timestamp")
 AUTO_THRESHOLD_BYTES = 256 * 2**20
 _ROW_SHIFT = 40  # global row ordinal = file index << 40 | line: ties keep file order
 SECONDS_PER_DAY = 86_400
+_WORK_COMPRESSION = "lz4"  # bucket files: 11% less CPU than zstd in the split pass
 
 
 # ---------------------------------------------------------------- scanning and validation
@@ -89,12 +96,12 @@ def input_files(path: str | Path, fmt: str = "events") -> list[Path]:
     return files
 
 
-def _scan_strings(file: Path, fmt: str) -> tuple[pl.LazyFrame, str]:
-    """Every column as a string plus ``_line`` (1-based CSV line, or Parquet row); the unit."""
+def _scan(file: Path, fmt: str) -> tuple[pl.LazyFrame, str]:
+    """The columns (CSV: strings; Parquet: as stored) plus ``_line`` (1-based CSV line, or
+    Parquet row); the unit."""
     _, header, _, _ = FORMATS[fmt]
     if file.suffix == ".parquet":
-        lf = pl.scan_parquet(file)
-        lf = lf.with_columns(pl.all().cast(pl.String)).with_row_index("_line", offset=1)
+        lf = pl.scan_parquet(file).with_row_index("_line", offset=1)
         if not header:
             lf = lf.rename(dict(zip(lf.collect_schema().names()[1:], HEADERLESS_NAMES)))
         return lf, "rows"
@@ -110,77 +117,60 @@ def _scan_strings(file: Path, fmt: str) -> tuple[pl.LazyFrame, str]:
     return lf, "lines"
 
 
+def _text_id(column: str, dtype: pl.DataType) -> pl.Expr:
+    """The stripped id text, null when empty (as ``dmeta.datasets.events.ids``); a number
+    column (Parquet) as its text, which has nothing to strip."""
+    if dtype != pl.String:
+        return pl.col(column).cast(pl.String)
+    text = pl.col(column).str.strip_chars()
+    return pl.when(text != "").then(text)
+
+
+def _seconds(column: str, dtype: pl.DataType) -> pl.Expr:
+    """Integer seconds, null where missing or not an integer (as ``events.seconds``)."""
+    if dtype.is_integer():
+        return pl.col(column).cast(pl.Int64, strict=False)
+    value = pl.col(column)
+    if not dtype.is_float():
+        value = value.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+    integer = value.is_finite() & (value == value.floor()) & (value.abs() <= 2.0**62)
+    return pl.when(integer).then(value).cast(pl.Int64)
+
+
+def _mapped(column: str, mapping: dict[str, str]) -> pl.Expr:
+    """``mapping`` of the stripped text, null outside it (as ``events.behaviors``).
+
+    A chain of ``when`` rather than ``replace_strict``, which the streaming engine runs in
+    memory: on 3 * 10^7 events it alone held the whole log (4 GB).
+    """
+    code = pl.col(column).cast(pl.String).str.strip_chars()
+    return pl.coalesce(*(pl.when(code == k).then(pl.lit(v)) for k, v in mapping.items()))
+
+
+def _checks(fmt: str) -> list[tuple[str, pl.Expr, str]]:
+    """(source column, invalid-row expression on ``_typed``'s columns, reason) per check."""
+    source, mapping = FORMATS[fmt][2], FORMATS[fmt][3]
+    checks = [(source, pl.col("_behavior").is_null(), f"a behaviour outside {sorted(mapping)}")]
+    checks += [(c, pl.col(f"_{c}").is_null(), "a missing id") for c in ID_COLUMNS]
+    return checks + [("timestamp", pl.col("_timestamp").is_null(), "a missing or non-integer time")]
+
+
 def _typed(lf: pl.LazyFrame, fmt: str) -> pl.LazyFrame:
-    """Adds the parsed columns (null where invalid) next to the raw strings."""
+    """Adds the parsed columns (null where invalid) next to the raw ones."""
     _, _, source, mapping = FORMATS[fmt]
-    parsed = [
-        pl.col(c).str.strip_chars().cast(pl.Int64, strict=False).alias(f"_{c}") for c in ID_COLUMNS
-    ]
-    behavior = pl.col(source).replace_strict(mapping, default=None, return_dtype=pl.String)
-    return lf.with_columns(*parsed, behavior.alias("_behavior"))
+    schema = lf.collect_schema()
+    return lf.with_columns(
+        *(_text_id(c, schema[c]).alias(f"_{c}") for c in ID_COLUMNS),
+        _mapped(source, mapping).alias("_behavior"),
+        _seconds("timestamp", schema["timestamp"]).alias("_timestamp"),
+    )
 
 
 def _check_columns(lf: pl.LazyFrame, file: Path, fmt: str) -> None:
     names = lf.collect_schema().names()
-    needed = [c for c in (*ID_COLUMNS, FORMATS[fmt][2]) if c not in names]
+    needed = [c for c in (*ID_COLUMNS, FORMATS[fmt][2], "timestamp") if c not in names]
     if needed:
         raise ValueError(f"{file}: missing columns {needed}")
-
-
-def validate_file(file: Path, fmt: str = "events") -> int:
-    """Logs every dropped row class (file, column, first lines); returns the valid-row count.
-
-    Raises ``ValueError`` naming the file when the file is malformed or no row is valid.
-    """
-    lf, unit = _scan_strings(file, fmt)
-    _check_columns(lf, file, fmt)
-    source = FORMATS[fmt][2]
-    checks = [
-        (source, pl.col("_behavior").is_null(), f"a behaviour outside {sorted(FORMATS[fmt][3])}")
-    ]
-    checks += [(c, pl.col(f"_{c}").is_null(), "a missing or non-numeric value") for c in ID_COLUMNS]
-    exprs = [pl.len().alias("n")]
-    valid = pl.lit(True)
-    for i, (_, bad, _) in enumerate(checks):
-        exprs += [
-            bad.sum().alias(f"bad{i}"),
-            pl.col("_line").filter(bad).head(5).implode().alias(f"lines{i}"),
-        ]
-        valid = valid & ~bad
-    exprs.append(valid.sum().alias("valid"))
-    try:
-        stats = _typed(lf, fmt).select(exprs).collect(engine="streaming").row(0, named=True)
-    except (pl.exceptions.ComputeError, pl.exceptions.SchemaError) as err:
-        raise ValueError(f"{file}: malformed input ({err})") from err
-    for i, (column, _, why) in enumerate(checks):
-        if stats[f"bad{i}"]:
-            log.warning(
-                "%s: dropped %d rows with %s in column %r (%s %s...)",
-                file, stats[f"bad{i}"], why, column, unit, list(stats[f"lines{i}"]),
-            )  # fmt: skip
-    if stats["valid"] == 0:
-        raise ValueError(f"{file}: no valid events")
-    return int(stats["valid"])
-
-
-def scan_valid(files: list[Path], fmt: str = "events") -> pl.LazyFrame:
-    """Lazy canonical events of all files (invalid rows dropped) plus the ordinal ``_row``."""
-    parts = []
-    for index, file in enumerate(files):
-        lf, _ = _scan_strings(file, fmt)
-        lf = _typed(lf, fmt)
-        valid = pl.all_horizontal(pl.col(f"_{c}").is_not_null() for c in (*ID_COLUMNS, "behavior"))
-        parts.append(
-            lf.filter(valid).select(
-                *(pl.col(f"_{c}").alias(c) for c in ("user_id", "item_id", "category_id")),
-                pl.col("_behavior").alias("behavior"),
-                pl.col("_timestamp").alias("timestamp"),
-                (pl.lit(index << _ROW_SHIFT, pl.Int64) + pl.col("_line").cast(pl.Int64)).alias(
-                    "_row"
-                ),
-            )
-        )
-    return pl.concat(parts, how="vertical")
 
 
 # ---------------------------------------------------------------- buckets of whole users
@@ -188,47 +178,105 @@ def scan_valid(files: list[Path], fmt: str = "events") -> pl.LazyFrame:
 
 @dataclasses.dataclass(frozen=True)
 class Buckets:
-    """Validated events split by user into ``n`` Parquet buckets under ``root``."""
+    """Validated events split by user into ``n`` buckets under ``root``.
+
+    Bucket ``k`` is the Parquet files ``root/file=I/bucket=K/*.parquet`` (one folder per
+    input file ``I``) until ``clean_bucket`` replaces it by ``root/clean-K.parquet``.
+    """
 
     root: Path
     n: int
     n_events: int
 
     def scan(self, k: int) -> pl.LazyFrame:
-        folder = self.root / f"bucket={k}"
-        if not folder.exists():
-            return pl.LazyFrame(schema=_CANONICAL)
-        return pl.scan_parquet(folder / "*.parquet")
+        files = sorted(self.root.glob(f"file=*/bucket={k}/*.parquet"))
+        return pl.scan_parquet(files) if files else pl.LazyFrame(schema=_CANONICAL)
 
 
 _CANONICAL = {
-    "user_id": pl.Int64,
-    "item_id": pl.Int64,
-    "category_id": pl.Int64,
+    "user_id": pl.String,
+    "item_id": pl.String,
+    "category_id": pl.String,
     "behavior": pl.String,
     "timestamp": pl.Int64,
     "_row": pl.Int64,
 }
 
 
+def _split_file(file: Path, index: int, fmt: str, root: Path, n_buckets: int) -> int:
+    """One streaming pass over ``file``: its valid events into ``root/file=index/bucket=K``,
+    its invalid rows' lines and failed checks into ``root/rejects-index.parquet``; logs each
+    dropped row class (column, reason, first lines) and returns the valid-row count.
+
+    Raises ``ValueError`` naming the file when it is malformed or has no valid row.
+    """
+    lf, unit = _scan(file, fmt)
+    _check_columns(lf, file, fmt)
+    typed = _typed(lf, fmt)
+    checks = _checks(fmt)
+    bad = [expr.alias(f"bad{i}") for i, (_, expr, _) in enumerate(checks)]
+    valid = typed.filter(~pl.any_horizontal(*bad)).select(
+        *(pl.col(f"_{c}").alias(c) for c in COLUMNS),
+        (pl.lit(index << _ROW_SHIFT, pl.Int64) + pl.col("_line").cast(pl.Int64)).alias("_row"),
+        (pl.col("_user_id").hash(seed=0) % n_buckets).cast(pl.Int32).alias("bucket"),
+    )
+    rejects = root / f"rejects-{index:05d}.parquet"
+    sinks = [
+        valid.sink_parquet(
+            pl.PartitionBy(root / f"file={index}", key="bucket", include_key=False),
+            mkdir=True, lazy=True, compression=_WORK_COMPRESSION,
+        ),
+        typed.filter(pl.any_horizontal(*bad)).select("_line", *bad).sink_parquet(
+            rejects, lazy=True
+        ),
+    ]  # fmt: skip
+    try:  # one scan of the file feeds both sinks and the count (common subplan)
+        *_, total = pl.collect_all([*sinks, typed.select(pl.len())], engine="streaming")
+    except (pl.exceptions.ComputeError, pl.exceptions.SchemaError) as err:
+        raise ValueError(f"{file}: malformed input ({err})") from err
+    rejected = pl.scan_parquet(rejects)
+    counts = rejected.select(pl.col(f"bad{i}").sum() for i in range(len(checks))).collect()
+    for i, (column, _, why) in enumerate(checks):
+        if counts.item(0, i):
+            lines = rejected.filter(f"bad{i}").select("_line").head(5).collect()
+            log.warning(
+                "%s: dropped %d rows with %s in column %r (%s %s...)",
+                file, counts.item(0, i), why, column, unit, lines["_line"].to_list(),
+            )  # fmt: skip
+    n_valid = total.item() - rejected.select(pl.len()).collect().item()
+    if n_valid == 0:
+        raise ValueError(f"{file}: no valid events")
+    return n_valid
+
+
 def partition_events(
     path: str | Path, out: str | Path, *, fmt: str = "events", n_buckets: int = 32
 ) -> Buckets:
-    """Validates every file and streams the valid events into ``n_buckets`` user buckets.
+    """Validates every file and streams its valid events into ``n_buckets`` user buckets.
 
-    One streaming pass per file for the validation report, one over all files for the
-    buckets (``out/bucket=K/*.parquet``); ``out`` is replaced.
+    One streaming pass per file writes both the buckets and the validation report; ``out``
+    is replaced.
     """
-    files = input_files(path, fmt)
-    n_events = sum(validate_file(f, fmt) for f in files)
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    bucket = (pl.col("user_id").hash(seed=0) % n_buckets).cast(pl.Int32).alias("bucket")
-    scan_valid(files, fmt).with_columns(bucket).sink_parquet(
-        pl.PartitionBy(out, key="bucket", include_key=False), engine="streaming", mkdir=True
-    )
+    files = input_files(path, fmt)
+    n_events = sum(_split_file(f, i, fmt, out, n_buckets) for i, f in enumerate(files))
     return Buckets(out, n_buckets, n_events)
+
+
+def _first_copies(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` (sorted by user, time, file order) less the later copies of exact duplicates.
+
+    Copies share (user, time), so only the rows in runs of equal (user, time) are hashed.
+    """
+    tie = (pl.col("user_id") == pl.col("user_id").shift()) & (
+        pl.col("timestamp") == pl.col("timestamp").shift()
+    )
+    df = df.with_columns(tie.fill_null(False).alias("_tie")).with_row_index("_i")
+    runs = df.filter(pl.col("_tie") | pl.col("_tie").shift(-1, fill_value=False))
+    later = runs.filter(~pl.struct(COLUMNS).is_first_distinct())["_i"]
+    return df.filter(~pl.col("_i").is_in(later.implode())).drop("_i", "_tie")
 
 
 def clean_bucket(buckets: Buckets, k: int) -> pl.DataFrame:
@@ -239,14 +287,10 @@ def clean_bucket(buckets: Buckets, k: int) -> pl.DataFrame:
     path = buckets.root / f"clean-{k:05d}.parquet"
     if path.exists():
         return pl.read_parquet(path)
-    df = (
-        buckets.scan(k)
-        .sort("user_id", "timestamp", "_row")
-        .unique(subset=list(COLUMNS), keep="first", maintain_order=True)
-        .collect()
-    )
-    df.write_parquet(path)
-    shutil.rmtree(buckets.root / f"bucket={k}", ignore_errors=True)
+    df = _first_copies(buckets.scan(k).collect().sort("user_id", "timestamp", "_row"))
+    df.write_parquet(path, compression=_WORK_COMPRESSION)
+    for folder in buckets.root.glob(f"file=*/bucket={k}"):
+        shutil.rmtree(folder)
     return df
 
 
@@ -297,7 +341,7 @@ def build_vocabularies(
 
 def _codes(column: str, vocab: Vocabulary) -> pl.Expr:
     """``vocab.encode`` as an expression: 2 + rank for known ids, OOV otherwise."""
-    ids = pl.Series(vocab.ids, dtype=pl.Int64)
+    ids = pl.Series(vocab.ids, dtype=pl.String)
     codes = pl.Series(np.arange(2, len(vocab.ids) + 2, dtype=np.int32))
     return pl.col(column).replace_strict(ids, codes, default=OOV, return_dtype=pl.Int32)
 
@@ -513,18 +557,20 @@ def preprocess(
 
 
 def load_pandas(path: str | Path, fmt: str = "events") -> pd.DataFrame:
-    """The canonical event frame by the in-memory loaders (``dmeta.datasets``), less the rows
-    whose ids are not integers (logged), which this engine's int64 ids cannot hold."""
-    from dmeta.c2m.data import event_log
+    """The canonical event frame by the in-memory loaders (``dmeta.datasets``), ids as text."""
     from dmeta.datasets import LOADERS
 
-    src = LOADERS[fmt](Path(path))
-    ids = ["user_id", "item_id", "category_id"]
-    integer = src.events[ids].apply(lambda c: c.str.fullmatch(r"-?\d{1,18}")).all(axis=1)
-    if not integer.all():
-        log.warning("%s: dropped %d events with non-integer ids", path, int((~integer).sum()))
-    events = src.events[integer.to_numpy()].astype({c: np.int64 for c in ids})
-    return event_log(dataclasses.replace(src, events=events)).events
+    return by_user_and_time(LOADERS[fmt](Path(path)).events)
+
+
+def by_user_and_time(events: pd.DataFrame) -> pd.DataFrame:
+    """Loaded events (text ids) sorted by user and time, ties in file order.
+
+    Not ``dmeta.c2m.data.event_log``, whose natural ids make integers of an id column whose
+    ids are all canonical integers: those sort (users, vocabulary ties) apart from the text
+    ids of the out-of-core path.
+    """
+    return events.sort_values(["user_id", "timestamp"], kind="stable", ignore_index=True)
 
 
 def pandas_sequences(events: pd.DataFrame, *, max_len: int, max_items: int | None = None):
@@ -594,7 +640,7 @@ class SequenceSource:
 
 
 _SEQ_SCHEMA = {
-    "user_id": pl.Int64,
+    "user_id": pl.String,
     "behavior": pl.List(pl.Int32),
     "item": pl.List(pl.Int32),
     "category": pl.List(pl.Int32),

@@ -20,7 +20,7 @@ def log_dir(tmp_path_factory):
     events = events.log.events.sample(frac=1.0, random_state=0).reset_index(drop=True)
     events["timestamp"] = events["timestamp"] // 3600 * 3600  # many ties within a user
     events = events.astype(str)
-    events.loc[3, "user_id"] = "u3"  # non-numeric id
+    events.loc[3, "user_id"] = "  "  # blank id
     events.loc[5, "behavior"] = "teleport"
     events.loc[7, "timestamp"] = ""
     half = len(events) // 2
@@ -59,6 +59,42 @@ def test_sequences_and_panels_equal_the_pandas_path(log_dir, tmp_path, n_buckets
     assert (panel.groupby("unique_id")["ds"].diff().dropna() == pd.Timedelta(days=1)).all()
 
 
+def test_ids_are_text_in_both_engines(tmp_path):
+    """Ids are stripped text end to end: 007 and 7 are two users, items and segments, and
+    a-1 and 1.5 are kept, the same by both engines."""
+    rows = [
+        ("007", "007", "7", "view", 100),
+        ("007", "7", "7", "buy", 200),
+        (" 7", "a-1", "007", "buy", 100),
+        ("7", "1.5", "1.5", "buy", 86_500),
+        ("7", "007", "007", "buy", 90_000),
+        ("a-1", "7", "a-1", "buy", 86_500),
+        ("1.5", "007 ", "7", "buy", 90_000),
+        ("1.5", "7", "7", "buy", 190_000),
+    ]
+    columns = ["user_id", "item_id", "category_id", "behavior", "timestamp"]
+    pd.DataFrame(rows, columns=columns).to_csv(tmp_path / "events.csv", index=False)
+    out = {
+        engine: outofcore.preprocess(
+            tmp_path / "events.csv", tmp_path / engine, engine=engine, max_len=3, n_buckets=2
+        )
+        for engine in ("pandas", "polars")
+    }
+    want, got = out["pandas"], out["polars"]
+    assert (got.n_events, got.n_users) == (want.n_events, want.n_users) == (8, 4)
+    np.testing.assert_array_equal(got.items.ids, want.items.ids)
+    assert sorted(got.items.ids) == ["007", "1.5", "7", "a-1"]
+    np.testing.assert_array_equal(got.categories.ids, want.categories.ids)
+    a = outofcore.read_sequences(want.sequences, 3)
+    b = outofcore.read_sequences(got.sequences, 3)
+    assert a.users.tolist() == b.users.tolist() == ["007", "1.5", "7", "a-1"]
+    for name in ("behavior", "item", "category", "mask"):
+        np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
+    panel = outofcore.read_panel(got.panels)
+    pd.testing.assert_frame_equal(panel, outofcore.read_panel(want.panels), check_dtype=False)
+    assert sorted(panel["unique_id"].unique()) == ["007", "1.5", "7", "a-1"]
+
+
 def test_validation_names_file_column_and_line(log_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="dmeta.outofcore"):
         buckets = outofcore.partition_events(log_dir, log_dir.parent / "buckets_v", n_buckets=2)
@@ -76,7 +112,7 @@ def test_validation_names_file_column_and_line(log_dir, caplog):
 
 def test_a_file_without_valid_rows_raises(tmp_path):
     (tmp_path / "events.csv").write_text(
-        "user_id,item_id,category_id,behavior,timestamp\nx,1,2,view,3\n"
+        "user_id,item_id,category_id,behavior,timestamp\n ,1,2,view,3\n"
     )
     with pytest.raises(ValueError, match=r"events.csv: no valid events"):
         outofcore.partition_events(tmp_path / "events.csv", tmp_path / "b")
@@ -93,6 +129,15 @@ def test_parquet_input_and_engine_choice(log_dir, tmp_path):
     assert got.n_events == want.n_events
     a, b = (outofcore.read_sequences(p.sequences, 8) for p in (got, want))
     np.testing.assert_array_equal(a.item, b.item)
+    # numbers in Parquet (ids and time) read as their text and as seconds
+    ids = {c: np.int64 for c in ("user_id", "item_id", "category_id")}
+    outofcore.load_pandas(log_dir).astype(ids).to_parquet(tmp_path / "numbers.parquet")
+    numbers = outofcore.preprocess(
+        tmp_path / "numbers.parquet", tmp_path / "num", engine="polars", max_len=8, n_buckets=2
+    )
+    c = outofcore.read_sequences(numbers.sequences, 8)
+    assert numbers.n_events == want.n_events and c.users.tolist() == b.users.tolist()
+    np.testing.assert_array_equal(c.item, b.item)
     assert outofcore.choose_engine(log_dir) == "pandas"  # small
     assert outofcore.choose_engine(log_dir, "polars") == "polars"
     with pytest.raises(ValueError, match="engine"):
@@ -128,11 +173,11 @@ def test_grain_reader_resumes_to_the_same_batches(log_dir, tmp_path):
     # the rows are the user's padded sequences, and the two processes read disjoint users
     row = {u: i for i, u in enumerate(full.users)}
     batch = want[0]
-    i = row[int(batch["user_id"][0])]
+    i = row[str(batch["user_id"][0])]
     np.testing.assert_array_equal(batch["features"][0], full.features()[i])
     np.testing.assert_array_equal(batch["mask"][0], full.mask[i])
     users = [
-        {int(u) for b in (next(r) for _ in range(20)) for u in b["user_id"]}
+        {str(u) for b in (next(r) for _ in range(20)) for u in b["user_id"]}
         for r in (reader(0), reader(1))
     ]
     assert not users[0] & users[1]
