@@ -1,16 +1,22 @@
 """Scaling out preprocessing: 10^6..10^8 events to C2M sequences and RMLDP panels, Polars vs pandas.
 
 A synthetic UserBehavior-like log (10-50 events per user, zipf items over 10^6, 1000
-categories, 90 days; typed Parquet columns, which the readers take as strings) is written once
-per size under ``--data`` (default ``/tmp/dmeta_scale_out``, never the repository). Per size
-and path, a subprocess preprocesses it to the last-100 behaviour sequences of every user and
-the per-category daily panel of purchases, and reports its wall time and peak resident memory:
+categories, 90 days; typed Parquet columns: the ids become text, the time stays an integer) is
+written once per size under ``--data`` (default ``/tmp/dmeta_scale_out``, never the
+repository). Per size and path, a subprocess preprocesses it to the last-100 behaviour
+sequences of every user and the per-category daily panel of purchases, and reports each
+stage's time (``<stage>_s``) and the peak resident memory up to its end
+(``<stage>_peak_rss_gb``), its wall time and its peak resident memory:
 
-- ``polars``: ``dmeta.outofcore`` (validation, user buckets, vocabularies, sequence and panel
-  Parquet shards; buckets of about 1.5M events);
-- ``pandas``: the current path, the loader's validation of ``dmeta.c2m.data`` on the whole
-  log in memory, ``build_vocabulary`` / ``build_sequences`` and the panel through
+- ``polars``: ``dmeta.outofcore`` (one streaming pass validating and splitting the log into
+  user buckets of about 1.5M events, then per bucket: vocabularies, sequence and panel
+  Parquet shards);
+- ``pandas``: the in-memory path, the checks of ``dmeta.datasets.events`` on the whole log
+  (ids as text), ``build_vocabulary`` / ``build_sequences`` and the panel through
   ``validate_long``; skipped where its estimated peak exceeds ``--pandas-max-gb``.
+
+The last lines give the largest polars size's peak and throughput, and the ratio of the
+smallest polars size's throughput to it (linear scaling: about 1).
 
     .venv/bin/python experiments/benchmarks/scale_out.py \
         --out experiments/results/benchmarks/scale_out.txt
@@ -74,20 +80,36 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def stage_timer(emit):
+    """``done(name)`` emits the seconds since the previous call as ``name_s`` and the peak
+    resident memory so far as ``name_peak_rss_gb``."""
+    last = [time.perf_counter()]
+
+    def done(name: str) -> None:
+        now = time.perf_counter()
+        emit(f"{name}_s", now - last[0], "s")
+        emit(f"{name}_peak_rss_gb", peak_rss_gb(), "GB")
+        last[0] = now
+
+    return done
+
+
 def run_polars(path: Path, work: Path, n: int, emit) -> None:
     from dmeta import outofcore
 
     n_buckets = max(4, round(n / EVENTS_PER_BUCKET))
     start = time.perf_counter()
+    done = stage_timer(emit)
     buckets = outofcore.partition_events(
         path, work / "buckets", fmt="userbehavior", n_buckets=n_buckets
     )
-    emit("partition_s", time.perf_counter() - start, "s")
+    done("partition")
     vocab = outofcore.build_vocabularies(buckets, max_items=MAX_ITEMS)
-    emit("vocab_s", time.perf_counter() - start, "s")
+    done("vocab")
     seqs = outofcore.sequence_shards(buckets, vocab, work / "sequences", max_len=MAX_LEN)
-    emit("sequences_s", time.perf_counter() - start, "s")
+    done("sequences")
     panels = outofcore.panel_shards(buckets, work / "panels", n_shards=4)
+    done("panels")
     emit("wall_s", time.perf_counter() - start, "s")
     emit("buckets", n_buckets)
     emit("users", vocab.n_users)
@@ -99,21 +121,22 @@ def run_pandas(path: Path, work: Path, n: int, emit) -> None:
     import pandas as pd
 
     from dmeta import outofcore
-    from dmeta.c2m.data import event_log
     from dmeta.datasets import events as ev
 
     start = time.perf_counter()
+    done = stage_timer(emit)
     raw = pd.read_parquet(path).astype(str)  # ids read as strings, as the CSV loaders do
     raw = raw.rename(columns={"behavior": "type"}).assign(_line=np.arange(len(raw)) + 1)
     mapping = {"pv": "view", "cart": "cart", "fav": "fav", "buy": "buy"}
     raw = ev.behaviors(raw, path, "type", mapping)
     raw = ev.seconds(ev.ids(raw, path), path, "timestamp", unix=True)
-    events = event_log(ev.Events(ev.finish([raw], path), None, path)).events
+    events = outofcore.by_user_and_time(ev.finish([raw], path))
     del raw
-    emit("load_s", time.perf_counter() - start, "s")
+    done("load")
     _, _, seqs = outofcore.pandas_sequences(events, max_len=MAX_LEN, max_items=MAX_ITEMS)
-    emit("sequences_s", time.perf_counter() - start, "s")
+    done("sequences")
     panel = outofcore.pandas_daily_panel(events)
+    done("panels")
     emit("wall_s", time.perf_counter() - start, "s")
     emit("users", len(seqs.users))
     emit("panel_rows", len(panel))
@@ -192,6 +215,11 @@ def main(argv: list[str] | None = None) -> None:
         tag = f"{big:.0e}".replace("+0", "").replace("+", "")
         emit(f"peak_rss_{tag}_events_gb", rss)
         emit(f"events_per_second_{tag}", big / wall)
+        small = min(n for _, n in results if _ == "polars")
+        emit(
+            "throughput_ratio_smallest_to_largest",
+            small / results[("polars", small)][0] / (big / wall),
+        )
     emit.save(args.out)
 
 
