@@ -1,7 +1,8 @@
 """84.51 Complete Journey: two years of purchases of 2,469 households (parquet files).
 
 Files: ``transactions.parquet``, ``products.parquet``, ``demographics.parquet``. Read by
-CDLtvS (households' spend by department domain) and Sales CNN (product x store x day).
+CDLtvS (households' spend by department domain), Sales CNN (product x store x day) and C2M
+(households' purchases, with brand and package size as item attributes).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from dmeta.datasets import _csv
 TX_IDS = ("household_id", "store_id", "basket_id", "product_id")
 TX_NUMBERS = ("quantity", "sales_value", "retail_disc", "coupon_disc")
 PRODUCT_TEXT = ("department", "product_category")
+PRODUCT_OPTIONAL = ("brand", "product_type", "package_size")  # kept when the file has them
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CompleteJourney:
     """transactions: TX_IDS, TX_NUMBERS, timestamp, _line; products: product_id,
-    manufacturer_id, department, product_category (NaN where empty); demographics:
-    household_id + text columns."""
+    manufacturer_id, department, product_category and those of PRODUCT_OPTIONAL present
+    (text, NaN where empty); demographics: household_id + text columns."""
 
     transactions: pd.DataFrame
     products: pd.DataFrame
@@ -47,7 +49,8 @@ def load(path: str | Path, *, max_gap_days: float | None = _csv.MAX_GAP_DAYS) ->
     products = pd.DataFrame({
         "product_id": _csv.ids(raw, src, "product_id"),
         "manufacturer_id": _csv.ids(raw, src, "manufacturer_id"),
-        **{c: raw[c].astype(object).where(raw[c].notna()) for c in PRODUCT_TEXT},
+        **{c: raw[c].astype(object).where(raw[c].notna())
+           for c in (*PRODUCT_TEXT, *PRODUCT_OPTIONAL) if c in raw.columns},
     })  # fmt: skip
     src = folder / "demographics.parquet"
     raw = _csv.read(src, required=("household_id",))
