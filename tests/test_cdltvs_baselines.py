@@ -2,9 +2,11 @@
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 import scipy.stats
 
 from dmeta import metrics
@@ -114,3 +116,28 @@ def test_ptupcdr_reads_no_target_input_and_trains_on_c_a_labels_only(ptupcdr_cas
     np.testing.assert_array_equal(refit(test), predict(test))
     with pytest.raises(ValueError, match="C_a"):
         B.ptupcdr(train.take(train.sparse), val, **fit)
+
+
+def test_prob_sparse_attention_keeps_the_top_u_queries():
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 30, 2, 4)) for i in range(3))
+    scores = np.einsum("nqhd,nkhd->nhqk", q, k) / 2.0
+    full = np.einsum("nhqk,nkhd->nqhd", scipy.special.softmax(scores, -1), v)
+    np.testing.assert_allclose(B.prob_sparse_attention(q, k, v, factor=10), full, atol=1e-5)
+    out = np.asarray(B.prob_sparse_attention(q, k, v, factor=1))  # u = ceil(ln 30) = 4
+    measure = scores.max(-1) - scores.mean(-1)  # [N, H, Lq]
+    top = np.argsort(-measure, -1)[..., :4]
+    for n in range(2):
+        for h in range(2):
+            active = np.isin(np.arange(30), top[n, h])
+            np.testing.assert_allclose(out[n, active, h], full[n, active, h], atol=1e-5)
+            lazy = np.broadcast_to(np.asarray(v)[n, :, h].mean(0), out[n, ~active, h].shape)
+            np.testing.assert_allclose(out[n, ~active, h], lazy, atol=1e-5)
+
+
+def test_informer_learns_the_target_series():
+    d = make_synthetic(300, n_periods=6, horizon=2, seed=0)
+    train, val, test = split_customers(d, seed=0)
+    predict = B.neural_baseline("informer", train, val, seed=0, hidden=8, max_epochs=4,
+                                drop_epoch=0, patience=4, batch_size=64, lr=1e-2)  # fmt: skip
+    naive = metrics.nmae(test.t_y, np.full(test.n, np.median(train.t_y)))
+    assert metrics.nmae(test.t_y, predict(test)) < 0.9 * naive  # fails if not learnt

@@ -247,6 +247,97 @@ class SeriesTCN(nnx.Module):
         ]
 
 
+def prob_sparse_attention(query, key, value, *, factor: int = 5, is_causal: bool = False, **_):
+    """ProbSparse attention (Zhou et al., AAAI 2021) as ``nnx.MultiHeadAttention``'s
+    ``attention_fn``: f32[N, Lq, H, D] queries, f32[N, Lk, H, D] keys / values.
+
+    The ``u = min(Lq, factor * ceil(ln Lq))`` queries with the largest sparsity measurement
+    ``M(q, K) = max_j s_qj - mean_j s_qj`` (``s = q k / sqrt(D)``) attend as usual; the
+    others output the mean of V, or with ``is_causal`` its cumulative sum (as the reference
+    code does). The paper estimates M on ``factor * ln Lk`` sampled keys to save time; here
+    every key is used (the same ranking without the sampling noise). For ``u = Lq`` (``Lq <=
+    12`` at ``factor = 5``) this is full attention.
+    """
+    lq, lk, d = query.shape[1], key.shape[1], query.shape[-1]
+    raw = jnp.einsum("nqhd,nkhd->nhqk", query, key) / np.sqrt(d)
+    causal = jnp.tril(jnp.ones((lq, lk), bool)) if is_causal else jnp.ones((lq, lk), bool)
+    out = jnp.einsum("nhqk,nkhd->nqhd", jax.nn.softmax(jnp.where(causal, raw, -jnp.inf)), value)
+    u = min(lq, factor * int(np.ceil(np.log(lq))))
+    if u == lq:
+        return out
+    measure = raw.max(-1) - raw.mean(-1)  # [N, H, Lq]
+    kth = jax.lax.top_k(measure, u)[0][..., -1:]
+    active = jnp.moveaxis(measure >= kth, 1, 2)[..., None]  # [N, Lq, H, 1]
+    lazy = jnp.cumsum(value, 1) if is_causal else value.mean(1, keepdims=True)
+    return jnp.where(active, out, lazy)
+
+
+def _positions(length: int, hidden: int) -> jax.Array:
+    """f32[length, hidden] sinusoidal position encoding (Vaswani et al. 2017)."""
+    pos = np.arange(length)[:, None] / 10000 ** (np.arange(0, hidden, 2)[None, :] / hidden)
+    enc = np.zeros((length, hidden), np.float32)
+    enc[:, 0::2], enc[:, 1::2] = np.sin(pos), np.cos(pos[:, : hidden // 2])
+    return jnp.asarray(enc)
+
+
+class _InformerLayer(nnx.Module):
+    """Informer's encoder layer (ProbSparse self-attention, feed-forward 4h, post-norm) or,
+    with ``cross``, its decoder layer (masked self-attention, full cross-attention, ...)."""
+
+    def __init__(self, hidden, heads, factor, *, cross, rngs):
+        attn = functools.partial(nnx.MultiHeadAttention, heads, hidden, keep_rngs=False, rngs=rngs)
+        self.self_attn = attn(attention_fn=functools.partial(prob_sparse_attention, factor=factor))
+        self.cross_attn = attn() if cross else None
+        self.ff1 = nnx.Linear(hidden, 4 * hidden, rngs=rngs)
+        self.ff2 = nnx.Linear(4 * hidden, hidden, rngs=rngs)
+        self.norms = nnx.List([nnx.LayerNorm(hidden, rngs=rngs) for _ in range(2 + cross)])
+
+    def __call__(self, x, memory=None):
+        x = self.norms[0](x + self.self_attn(x, is_causal=memory is not None, decode=False))
+        if memory is not None:
+            x = self.norms[1](x + self.cross_attn(x, memory, decode=False))
+        return self.norms[-1](x + self.ff2(jax.nn.gelu(self.ff1(x))))
+
+
+class Informer(nnx.Module):
+    """Informer (Zhou et al., AAAI 2021) on the target series: a token embedding (circular
+    convolution, width 3) plus sinusoidal positions; two ProbSparse encoder layers with a
+    self-attention distilling layer between them (circular convolution, norm, ELU, max-pool
+    width 3 stride 2); a one-layer generative decoder fed the last ``L // 2`` steps and
+    ``horizon`` zero placeholders, whose ``horizon`` outputs (each ReLU'd) sum to the LTV.
+
+    Differences from the paper: no calendar (time-stamp) embedding, as the windows carry no
+    date; LayerNorm instead of BatchNorm in the distilling layer (the fit carries no batch
+    statistics); no dropout, like the other neural baselines here.
+    """
+
+    def __init__(self, hidden, *, horizon, rngs, heads=4, factor=5, **_):
+        self.horizon = horizon
+        conv = dict(kernel_size=(3,), padding="CIRCULAR", rngs=rngs)
+        self.enc_embed, self.dec_embed = nnx.Conv(2, hidden, **conv), nnx.Conv(2, hidden, **conv)
+        layer = functools.partial(_InformerLayer, hidden, heads, factor, rngs=rngs)
+        self.encoder = nnx.List([layer(cross=False), layer(cross=False)])
+        self.distil = nnx.Conv(hidden, hidden, **conv)
+        self.distil_norm = nnx.LayerNorm(hidden, rngs=rngs)
+        self.enc_norm = nnx.LayerNorm(hidden, rngs=rngs)
+        self.decoder = layer(cross=True)
+        self.dec_norm = nnx.LayerNorm(hidden, rngs=rngs)
+        self.out = nnx.Linear(hidden, 1, bias_init=nnx.initializers.ones, rngs=rngs)
+
+    def __call__(self, b):
+        x = series_inputs(b["t_series"], b["t_observed"])  # [N, L, 2]
+        length, hidden = x.shape[1], self.out.in_features
+        h = self.encoder[0](self.enc_embed(x) + _positions(length, hidden))
+        h = jax.nn.elu(self.distil_norm(self.distil(h)))
+        h = nnx.max_pool(h, window_shape=(3,), strides=(2,), padding=((1, 1),))
+        memory = self.enc_norm(self.encoder[1](h))
+        start = x[:, length - max(length // 2, 1) :]
+        dec_in = jnp.concatenate([start, jnp.zeros((x.shape[0], self.horizon, 2))], 1)
+        y = self.dec_embed(dec_in) + _positions(dec_in.shape[1], hidden)
+        y = self.dec_norm(self.decoder(y, memory))[:, -self.horizon :]
+        return output_relu(self.out(y))[..., 0].sum(-1)
+
+
 class _DomainEncoder(nnx.Module):
     """DeepFM(portrait) + TCN(series) of one domain, concatenated and fused to ``hidden``."""
 
@@ -378,17 +469,32 @@ class DASL(nnx.Module):
         return output_relu(jnp.concatenate([y_t, y_s], -1))
 
 
-NEURAL = {"lstm": SeriesLSTM, "tcn": SeriesTCN, "ziln": ZILN, "dasl": DASL}
+NEURAL = {
+    "lstm": SeriesLSTM,
+    "informer": Informer,
+    "tcn": SeriesTCN,
+    "ziln": ZILN,
+    "dasl": DASL,
+}
+
+
+def _arch(train: CrossDomainData, hidden: int) -> tuple:
+    """``(hidden, s_cat_sizes, s_num, t_cat_sizes, t_num, horizon)`` of a baseline on ``train``."""
+    sizes = (train.s_cat_sizes, train.s_num.shape[1], train.t_cat_sizes, train.t_num.shape[1])
+    return (hidden, *sizes, train.horizon)
+
+
+def _build(cls: type[nnx.Module], arch: tuple, seed: int, **kwargs) -> nnx.Module:
+    """Baseline model ``cls`` for :func:`_arch` ``arch`` (``kwargs``: its own settings)."""
+    hidden, s_cat, s_num, t_cat, t_num, horizon = arch
+    return cls(hidden, s_cat_sizes=s_cat, s_num=s_num, t_cat_sizes=t_cat, t_num=t_num,
+               horizon=horizon, rngs=nnx.Rngs(seed), **kwargs)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=64)
 def _neural_fns(name: str, arch: tuple):
     """(apply, loss_fn, predict_fn) of baseline ``name`` for ``arch`` (built once)."""
-    hidden, s_cat, s_num, t_cat, t_num = arch
-    model = NEURAL[name](
-        hidden, s_cat_sizes=s_cat, s_num=s_num, t_cat_sizes=t_cat, t_num=t_num, rngs=nnx.Rngs(0)
-    )
-    apply, _ = split_params(model)
+    apply, _ = split_params(_build(NEURAL[name], arch, 0))
     if name == "ziln":
 
         def loss_fn(p, b, lam):
@@ -426,23 +532,9 @@ def neural_baseline(
     """Trains neural baseline ``name`` (one of :data:`NEURAL`) with Adam and early stopping on
     the validation MAE (:func:`dmeta.ltv.train.fit`; ``fit_kwargs`` are its lr, batch_size,
     max_epochs, patience, drop_epoch, drop_factor, shard)."""
-    arch = (
-        hidden,
-        train.s_cat_sizes,
-        train.s_num.shape[1],
-        train.t_cat_sizes,
-        train.t_num.shape[1],
-    )
+    arch = _arch(train, hidden)
     _, loss_fn, predict_fn = _neural_fns(name, arch)
-    model = NEURAL[name](
-        hidden,
-        s_cat_sizes=arch[1],
-        s_num=arch[2],
-        t_cat_sizes=arch[3],
-        t_num=arch[4],
-        rngs=nnx.Rngs(seed),
-    )
-    _, params = split_params(model)
+    _, params = split_params(_build(NEURAL[name], arch, seed))
     scale_s = float(max(train.s_y.mean(), 1e-6))
     scale_t = float(max(train.t_y.mean(), 1e-6))
     tr, va = model_batch(train, scale_s, scale_t), model_batch(val, scale_s, scale_t)
@@ -467,9 +559,7 @@ PTUPCDR_STAGES = (  # (name, method of PTUPCDR, label, customers trained on, val
 @functools.lru_cache(maxsize=16)
 def _ptupcdr_fns(arch: tuple, meta_dim: int) -> list[tuple[Callable, Callable]]:
     """(loss_fn, predict_fn) of each of :data:`PTUPCDR_STAGES` for ``arch`` (built once)."""
-    hidden, s_cat, s_num, t_cat, t_num = arch
-    model = PTUPCDR(hidden, s_cat_sizes=s_cat, s_num=s_num, t_cat_sizes=t_cat, t_num=t_num,
-                    meta_dim=meta_dim, rngs=nnx.Rngs(0))  # fmt: skip
+    model = _build(PTUPCDR, arch, 0, meta_dim=meta_dim)
     fns = []
     for _, method, label, _, _ in PTUPCDR_STAGES:
         apply, _ = split_params(model, method)
@@ -505,11 +595,8 @@ def ptupcdr(
     paired = train.take(~train.sparse)
     if paired.n == 0:
         raise ValueError("PTUPCDR needs training customers with target history (C_a)")
-    arch = (hidden, train.s_cat_sizes, train.s_num.shape[1], train.t_cat_sizes,
-            train.t_num.shape[1])  # fmt: skip
-    model = PTUPCDR(hidden, s_cat_sizes=arch[1], s_num=arch[2], t_cat_sizes=arch[3],
-                    t_num=arch[4], meta_dim=meta_dim, rngs=nnx.Rngs(seed))  # fmt: skip
-    _, params = split_params(model)
+    arch = _arch(train, hidden)
+    _, params = split_params(_build(PTUPCDR, arch, seed, meta_dim=meta_dim))
     scale_s = float(max(train.s_y.mean(), 1e-6))
     scale_t = float(max(paired.t_y.mean(), 1e-6))
     val_paired = val.take(~val.sparse) if (~val.sparse).any() else val
@@ -532,4 +619,10 @@ def ptupcdr(
 
 
 CLASSICAL = {"ARIMA": arima, "BG/NBD+GG": bgnbd_gamma_gamma, "XGBoost-2stage": two_stage_xgboost}
-NEURAL_NAMES = {"LSTM": "lstm", "TCN": "tcn", "ZILN": "ziln", "DASL-style": "dasl"}
+NEURAL_NAMES = {
+    "LSTM": "lstm",
+    "Informer": "informer",
+    "TCN": "tcn",
+    "ZILN": "ziln",
+    "DASL-style": "dasl",
+}

@@ -48,6 +48,7 @@ BASELINES = (
     "BG/NBD+GG",
     "XGBoost-2stage",
     "LSTM",
+    "Informer",
     "TCN",
     "ZILN",
     "PTUPCDR",
