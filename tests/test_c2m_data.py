@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dmeta.c2m.data import event_log
+from dmeta.c2m.data import SIZE_TIERS, completejourney_log, event_log, package_size_tiers
 from dmeta.c2m.sequences import BEHAVIOR_VOCAB, OOV, build_sequences, build_vocabulary
 from dmeta.data.spec import data_root
 from dmeta.datasets import LOADERS
@@ -112,3 +112,29 @@ def test_vocabulary_and_sequences_keep_last_events():
     )
     assert seqs.mask.tolist() == [[True, True, True], [True, False, False]]
     assert seqs.item[1].tolist() == [OOV, 0, 0]
+
+
+def test_package_size_tiers_by_hand():
+    products = pd.DataFrame({
+        "product_category": ["MILK"] * 4 + ["SOUP"] * 2,
+        "package_size": ["1 GAL", "64 OZ", "32 OZ", "16 OZ", None, "10-6.75 OZ"],
+    })  # fmt: skip
+    # MILK OZ: 16, 32, 64 rank 1/3, 2/3, 1; the one GAL alone; SOUP: one size, one missing.
+    assert package_size_tiers(products).tolist() == [
+        "large", "large", "medium", "small", "unknown", "large",
+    ]  # fmt: skip
+
+
+CJ = data_root() / "cj8451_completejourney"
+
+
+@pytest.mark.skipif(not CJ.exists(), reason=f"shared Complete Journey data missing: {CJ}")
+def test_completejourney_households_as_event_log():
+    log = completejourney_log(LOADERS["completejourney"](CJ))
+    events = log.events
+    assert events["user_id"].nunique() == 2469 and set(events["behavior"]) == {"buy"}
+    assert len(events) == 1_469_307 - 7_045  # lines of unknown products dropped
+    assert (events.groupby("user_id")["timestamp"].diff().dropna() >= 0).all()
+    assert log.attributes.columns.tolist() == ["item_id", "brand", "size"]
+    assert set(log.attributes["brand"]) == {"National", "Private"}
+    assert set(log.attributes["size"]) == set(SIZE_TIERS)

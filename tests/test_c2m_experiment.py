@@ -21,7 +21,9 @@ def smoke_run(tmp_path_factory):
 
 def test_resume_after_losing_a_cell_is_identical(smoke_run):
     c2m, cfg, out, kw, full = smoke_run
-    assert set(full["method"]) == set(c2m.METHODS)
+    assert set(full["method"]) == {*c2m.METHODS, "Random"}
+    random = full[full["method"] == "Random"]
+    assert set(random["metric"]) >= {"MPP", "attribute_sets"} and "SC" not in set(random["metric"])
     metrics = {"SC", "CH", "SC_inliers", "CH_inliers", "MPP", "ARI", "hp:alpha", "hp:outlier_z"}
     assert metrics <= set(full["metric"])
     # Every method's SC_inliers leaves out the share of users that Ours removes as outliers.

@@ -29,6 +29,7 @@ class DataConfig:
 
     max_len: int = 100  # L (paper sweeps 100, 200, 500)
     min_events: int = 20  # users with fewer events are dropped
+    max_events: int | None = None  # each user's last events kept for mining too (None: all)
     item_vocab: int = 1000  # most frequent items kept, the rest share the OOV code
     synthetic_users: int = 600
     synthetic_segments: int = 4
@@ -94,6 +95,7 @@ class SegmentationConfig:
 class MiningConfig:
     """The mining stage shared by every segmentation."""
 
+    pattern_behaviors: tuple[str, ...] = ("view", "cart")  # eq. 8 (purchase-only logs: buy)
     k_ratio: float = 4.0  # eq. 9: min_sup = n_c / k
     max_pattern_length: int = 3
     n_alternatives: int = 5
@@ -109,6 +111,7 @@ class ProtocolConfig:
     """Which parts run, and the scoring."""
 
     extras: bool = True  # Tables 2-3 (source behaviours, ablations) around Ours
+    sources: bool = True  # Table 2 within the extras (needs view and cart events)
     sweeps: bool = True  # Figures 2-3 (alpha and beta sweeps); needs extras
     sweep_values: tuple[float, ...] = (0.0, 0.1, 0.5, 1.0)  # alpha and beta
     silhouette_sample: int = 20_000

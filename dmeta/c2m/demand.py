@@ -116,10 +116,12 @@ def choice_situations(
         ):
             if beh in source:
                 alts = [i for i in dict.fromkeys(reversed(seen.get(cat, []))) if i != item]
-                pool = [i for i in by_cat[cat] if i != item and i not in alts]
                 extra = n_alternatives - 1 - len(alts)
-                if extra > 0 and pool:
-                    alts += rng.choice(pool, min(extra, len(pool)), replace=False).tolist()
+                if extra > 0:
+                    pool = by_cat[cat]
+                    pool = pool[(pool != item) & ~np.isin(pool, alts)]
+                    if len(pool):
+                        alts += rng.choice(pool, min(extra, len(pool)), replace=False).tolist()
                 rows.append([item, *alts[: n_alternatives - 1]])
                 users.append(user)
                 cats.append(cat)

@@ -8,7 +8,8 @@ them and on the inliers (``SC_inliers``, ``CH_inliers``: Ours' outliers removed,
 other method the same share of its users farthest from their centroid in its own space). Each
 segmentation of all users then goes through the same mining stage (segment PrefixSpan with
 common-pattern exclusion, per-segment conditional logit and attribute-set search), as in the
-paper's 4.2.1. ``C2MRun.run_cell`` computes one ``Cell`` of the results table; the seed's
+paper's 4.2.1. A uniformly random segmentation (``RANDOM``) goes through it too: the MPP any
+segmentation gets, to tell whether MPP separates the methods on a dataset. ``C2MRun.run_cell`` computes one ``Cell`` of the results table; the seed's
 pretrained model and segmentations are recomputed deterministically when a cell needs them
 (and kept in memory for the next cell of the same seed), so cells are independent and a
 resumed run gives the same rows.
@@ -29,7 +30,7 @@ from sklearn.metrics import adjusted_rand_score
 from dmeta import metrics
 from dmeta.c2m import baselines, demand, train
 from dmeta.c2m.config import C2MConfig
-from dmeta.c2m.data import EVENT_SOURCES, EventLog, event_log
+from dmeta.c2m.data import EVENT_SOURCES, EventLog, from_source
 from dmeta.c2m.sequences import BEHAVIOR_VOCAB, build_sequences, build_vocabulary
 from dmeta.c2m.synthetic import SyntheticC2M, synthetic_c2m
 from dmeta.cluster.kmeans import farthest_removed
@@ -41,6 +42,7 @@ from dmeta.train.harness import Cell, hp_rows, tune, write_atomic
 NAME = "c2m"
 METHODS = ("Ours", "DEC", "DC", "AE+KM", "BoC-KM")  # Table 1
 BASELINES = METHODS[1:]
+RANDOM = "Random"  # Table 1 reference: uniformly random segments, mining metrics only
 SOURCES = {  # Table 2: (category-mining behaviours, attribute-mining behaviour)
     "view+cart / buy": (("view", "cart"), "buy"),
     "view / buy": (("view",), "buy"),
@@ -94,7 +96,7 @@ def load(spec: str, cfg: C2MConfig) -> tuple[str, EventLog, SyntheticC2M | None]
         return "synthetic", truth.log, truth
     if data.name not in EVENT_SOURCES:
         raise DataError(f"--data {spec!r}: c2m reads {['synthetic', *EVENT_SOURCES]}")
-    return data.name, event_log(LOADERS[data.name](data.path)), None
+    return data.name, from_source(data.name, LOADERS[data.name](data.path)), None
 
 
 def prepare(spec: str, cfg: C2MConfig) -> Prepared:
@@ -103,6 +105,8 @@ def prepare(spec: str, cfg: C2MConfig) -> Prepared:
     events = event_log.events
     counts = events.groupby("user_id").size()
     events = events[events["user_id"].isin(counts.index[counts >= cfg.data.min_events])]
+    if cfg.data.max_events is not None:  # events are sorted by user and time
+        events = events.groupby("user_id", sort=False).tail(cfg.data.max_events)
     items = build_vocabulary(events["item_id"].to_numpy(), max_size=cfg.data.item_vocab)
     cats = build_vocabulary(events["category_id"].to_numpy())
     seqs = build_sequences(events, max_len=cfg.data.max_len, items=items, categories=cats)
@@ -153,12 +157,14 @@ class Miner:
         self,
         labels: np.ndarray,
         *,
-        behaviors: tuple[str, ...] = ("view", "cart"),
+        behaviors: tuple[str, ...] | None = None,
         attribute_source: str = "buy",
         exclude_common: bool = True,
     ):
-        """Returns (patterns, attribute sets, MPP) for user ``labels`` (i32[U], prep.users)."""
+        """Returns (patterns, attribute sets, MPP) for user ``labels`` (i32[U], prep.users);
+        ``behaviors`` default to ``mining.pattern_behaviors``."""
         m, prep = self.cfg.mining, self.prep
+        behaviors = m.pattern_behaviors if behaviors is None else behaviors
         n_seg = int(labels.max()) + 1
         patterns = demand.segment_patterns(
             prep.events,
@@ -244,15 +250,23 @@ def segment_metrics(
         inliers = got.seg.weights > 0
     else:
         inliers = np.asarray(farthest_removed(latent, got.seg.centroids, labels, outlier_share))
-    out = cluster_metrics(latent, labels, inliers, cfg)
-    kept, sets, mpp = miner(got.labels, **mine_kw)
-    out["MPP"] = mpp
-    out["unique_patterns"] = float(np.mean([len(p) for p in kept]))
+    return cluster_metrics(latent, labels, inliers, cfg) | mining_metrics(
+        prep, got.labels, miner, **mine_kw
+    )
+
+
+def mining_metrics(prep: Prepared, labels: np.ndarray, miner: Miner, **mine_kw) -> dict:
+    """MPP, unique patterns per segment and the number of distinct segment attribute sets
+    (MPP depends on the segmentation only through them) of ``labels`` i32[U] (all users);
+    on synthetic data also ARI and the recovery of the planted patterns and coefficients."""
+    kept, sets, mpp = miner(labels, **mine_kw)
+    out = {"MPP": mpp, "unique_patterns": float(np.mean([len(p) for p in kept]))}
+    out["attribute_sets"] = float(len({b for b in sets.best if b is not None}))
     truth = prep.truth
     if truth is not None:
         planted = truth.segment[prep.users]
-        out["ARI"] = float(adjusted_rand_score(planted, got.labels))
-        match = _matching(planted, got.labels)
+        out["ARI"] = float(adjusted_rand_score(planted, labels))
+        match = _matching(planted, labels)
         found = [
             p in kept[match[s]] for s, ps in enumerate(truth.patterns) if s in match for p in ps
         ]
@@ -288,13 +302,16 @@ def case_study(labels: np.ndarray, miner: Miner, top: int = 5) -> pd.DataFrame:
 
 
 def cells(cfg: C2MConfig, methods: tuple[str, ...], seeds: int) -> list[Cell]:
-    """Seed by seed: the chosen Table 1 methods, then (with Ours) Tables 2-3 and sweeps."""
+    """Seed by seed: the chosen Table 1 methods and the random reference, then (with Ours)
+    Tables 2-3 and sweeps."""
     out = []
     for seed in range(seeds):
         out += [Cell(m, seed, "table1") for m in METHODS if m in methods]
+        out.append(Cell(RANDOM, seed, "table1"))
         if "Ours" not in methods or not cfg.protocol.extras:
             continue
-        out += [Cell(name, seed, "table2") for name in SOURCES]
+        if cfg.protocol.sources:
+            out += [Cell(name, seed, "table2") for name in SOURCES]
         out += [Cell(name, seed, "table3") for name in ABLATIONS]
         if cfg.protocol.sweeps:
             for which in ("alpha", "beta"):
@@ -365,6 +382,10 @@ class C2MRun:
         state = self.seed_state(cell.seed)
         keys = dict(experiment=NAME, dataset=self.prep.dataset, method=cell.method)
         keys |= dict(group=cell.setting, seed=cell.seed)
+        if cell.method == RANDOM:
+            rng = np.random.default_rng(cell.seed)
+            labels = rng.integers(0, self.n_segments, len(self.prep.users)).astype(np.int32)
+            return _rows(keys, mining_metrics(self.prep, labels, state.miner))
         if cell.setting == "table1":
             best = state.tuned(cell.method)
             got = state.segment(cell.method, best)
