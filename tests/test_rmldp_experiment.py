@@ -197,3 +197,39 @@ def test_segment_errors_are_mape_wape_smape_and_mse_on_raw_demand():
         for name, value in want.items():
             np.testing.assert_allclose(errors[name][t], value, rtol=2e-5, err_msg=name)
     assert errors["smape"][0] == pytest.approx(2.0)  # a zero forecast of non-zero demand
+
+
+@pytest.fixture(scope="module")
+def learns_ctx():
+    cfg = override(
+        get_config(smoke=True),
+        ["data.n_segments=80", "protocol.train_frac=0.5", "train.meta_steps=200",
+         "train.eval_every=50"],
+    )  # fmt: skip
+    return protocol.context(protocol.load_data("synthetic", cfg), cfg, seq_len=cfg.protocol.seq_len)
+
+
+@pytest.mark.parametrize("method", ["MAML", "RMLDP"])
+def test_meta_learners_beat_the_naive_forecast(learns_ctx, method):
+    """200 meta-steps (beta 1e-2, one inner step of 3e-2) on the synthetic generator (80
+    segments, smoke-size model): the MAPE over the 40 meta-validation and meta-test
+    segments is at most 0.8 of the naive forecast's (measured: about 0.5 vs 0.78 for both
+    models and model seeds 0 and 1) and the sMAPE is lower (0.41-0.43 vs 0.50). Untrained,
+    both models fail (MAPE 0.72-0.74, sMAPE 1.2: the sMAPE check stops a model that wins
+    on MAPE by predicting too little). On 60 segments the same models only tie the naive
+    MAPE (0.69-0.86 vs 0.78)."""
+    ctx = learns_ctx
+
+    def errors(fitted):
+        parts = [
+            protocol.segment_errors(ctx.prep, tasks, pred)
+            for tasks, pred in ((ctx.prep.val_tasks, fitted.val), (ctx.prep.target, fitted.target))
+        ]
+        return {k: np.nanmean(np.concatenate([p[k] for p in parts])) for k in ("mape", "smape")}
+
+    naive = errors(protocol.tuned("Naive", ctx, seed=0)[1])
+    model = errors(
+        protocol.fit_meta(method, ctx, 0, dict(inner_steps=1, inner_lr=3e-2, meta_lr=1e-2))
+    )
+    assert model["mape"] <= 0.8 * naive["mape"], (model, naive)
+    assert model["smape"] < naive["smape"], (model, naive)

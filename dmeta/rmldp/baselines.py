@@ -6,6 +6,9 @@
 - Global neural models trained on the same pooled samples: GRU+MPFN (``MPFN``),
   Dipole+MPFN (attention over each branch's GRU states) and LSTNet, through
   ``dmeta.train.loop.fit`` with early stopping on the meta-validation query MSE.
+- Naive: the mean demand of the last T_f steps as the next T_f steps' mean (for T_f = 7
+  on daily data, the seasonal naive of the weekly season); no training, the floor a
+  trained model must clear.
 - Fine-tune: the GRU+MPFN parameters adapted per target segment by SGD on its
   support set (``dmeta.meta.maml.adapt_tasks``; ``dmeta.rmldp.protocol`` tunes the number
   of steps and the step size on the meta-validation segments). MAML and Meta-SGD are the
@@ -123,6 +126,13 @@ def predict_classical(model, query: Split) -> np.ndarray:
         axis=1,
     )
     return model.predict(xq).reshape(t, n).astype(np.float32)
+
+
+def naive_predict(split: Split, horizon_len: int) -> Array:
+    """Naive forecast f32[..., N] of a split's targets in the pool's scaled units: the mean
+    scaled demand of the last ``horizon_len`` steps of each local window (targets are the
+    next T_f steps' demand over T_f * scale, so this predicts the last T_f steps again)."""
+    return jnp.mean(split.x_local[..., -horizon_len:, 0], axis=-1)
 
 
 class DipoleMPFN(nnx.Module):

@@ -68,7 +68,7 @@ META = {
     "RMLDP-lindec": dict(decoder="linear"),
     "RMLDP-bias0": dict(modulator_bias=0.0),
 }
-METHODS = (*CLASSICAL, *NEURAL, "Fine-tune", *META)
+METHODS = (*CLASSICAL, *NEURAL, "Fine-tune", *META, "Naive")
 NEEDS_GRAPH = ("RMLDP", "RMLDP-d")
 GRAPH_KEY = 10_000  # one DeepWalk run per dataset, shared by every seed and method
 
@@ -527,6 +527,16 @@ def fit_classical(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
     )
 
 
+def fit_naive(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
+    """The naive forecast (``baselines.naive_predict``): nothing to fit or tune."""
+    del name, seed, hp
+    pred = [
+        np.asarray(fb.naive_predict(t.query, ctx.prep.pool.horizon_len))
+        for t in (ctx.prep.val_tasks, ctx.prep.target)
+    ]
+    return Fitted(*pred, None)
+
+
 def fit_neural(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
     """A global neural model on the pooled samples (Fine-tune: its GRU+MPFN), early-stopped
     on the meta-validation query MSE like the META variants (``train.eval_every`` /
@@ -586,9 +596,11 @@ def tuned(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
 
 
 def tuned_fit(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
-    """A classical, global neural or META method fitted at each of ``tuning.trials`` points
-    of its grid; the point of lowest meta-validation MAPE and its fit."""
-    fitter = fit_meta if name in META else fit_neural if name in NEURAL else fit_classical
+    """A classical, global neural or META method (or Naive, with no grid) fitted at each of
+    ``tuning.trials`` points of its grid; the point of lowest meta-validation MAPE and its
+    fit."""
+    fitters = {**dict.fromkeys(META, fit_meta), **dict.fromkeys(NEURAL, fit_neural)}
+    fitter = {**fitters, "Naive": fit_naive}.get(name, fit_classical)
     fits = {}
 
     def evaluate(point: dict) -> float:
