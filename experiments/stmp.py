@@ -48,7 +48,7 @@ def run(
 
 def demo(out: Path, *, smoke: bool) -> str:
     """Synthetic panel; STMP vs the same-date-type average and XGBoost."""
-    sizes = [] if smoke else ["data.synthetic_regions=12", "baselines.lstm_steps=200"]
+    sizes = [] if smoke else ["data.synthetic_regions=12", "train.n_steps=1000"]
     cfg = override(get_config(smoke=smoke), [*sizes, "protocol.one_week=false"])
     results = run(cfg, data="synthetic", out=Path(out), seeds=1, methods=DEMO_METHODS,
                   fresh=True, command="dmeta demo")  # fmt: skip

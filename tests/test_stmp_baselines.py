@@ -54,11 +54,13 @@ def test_arima_recovers_a_planted_autoregression():
                                rtol=1e-3)  # fmt: skip
 
 
-def test_maml_adapts_per_cell(prep):
+def test_maml_adapts_per_cell_with_its_inner_gradient_clipped(prep):
     rows, _ = np.nonzero(prep.test)
-    pred = B.maml_forecast(prep, window_len=14, hidden=8, n_steps=3, n_tasks=2, n_query=4,
-                           n_support=4)  # fmt: skip
-    assert pred.shape == rows.shape and np.isfinite(pred).all()
+    sizes = B.MAMLSizes(n_tasks=2, n_query=4, n_support=4)
+    kw = dict(window_len=14, hidden=8, n_steps=3, sizes=sizes, inner_lr=5.0)
+    clipped = B.maml_forecast(prep, inner_clip=0.1, **kw)
+    assert clipped.shape == rows.shape and np.isfinite(clipped).all()
+    assert not np.allclose(clipped, B.maml_forecast(prep, inner_clip=None, **kw))
 
 
 def test_lstm_trains_through_the_loop(prep):

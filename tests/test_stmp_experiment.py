@@ -67,7 +67,13 @@ def test_tuning_scores_grid_points_on_the_validation_period(cfg):
     val, test = P.split(data, cfg, "full", True), P.split(data, cfg, "full", False)
     assert not (val.test & test.test).any() and not (val.train & test.test).any()
     assert np.flatnonzero(val.test.any(0)).max() < np.flatnonzero(test.test.any(0)).min()
+    for prep in (val, test):  # early stopping on the days right before the scored period
+        days = np.flatnonzero(prep.val.any(0))
+        assert days.size == cfg.protocol.val_days and not (prep.val & prep.train).any()
+        assert days.max() + 1 == np.flatnonzero(prep.test.any(0)).min()
+        assert np.flatnonzero(prep.train.any(0)).max() < days.min()
     assert P.choose(cell, data, cfg) == {"baselines.arima_lags": 14}
+    assert set(P.TUNED["STMP"]) == {"train.lr", "train.beta", "train.n_context", "model.hidden"}
 
 
 def test_one_week_setting_skips_the_ablations():

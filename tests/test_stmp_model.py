@@ -1,5 +1,7 @@
 """STMP model and training pieces: set encoder, KL, jump-LSTM, views, tasks, traces."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -19,7 +21,7 @@ WINDOW = 14
 @pytest.fixture(scope="module")
 def prep():
     data = D.make_synthetic(n_regions=4, n_days=240, n_festivals=2, seed=1)
-    return D.prepare(data, cutoff=180, window=WINDOW)
+    return D.prepare(data, cutoff=180, window=WINDOW, val_days=20)
 
 
 def build(prep, **kw):
@@ -79,13 +81,74 @@ def test_synthetic_uplift_follows_attributes():
     assert np.abs(resid).max() < 1e-5  # log uplift is linear in the attributes
 
 
-def test_prepare_and_one_week(prep):
-    assert not prep.train[:, 180:].any() and not prep.test[:, :180].any()
-    np.testing.assert_allclose([prep.data.y[r, prep.train[r]].mean() for r in range(4)], prep.scale)
+def test_prepare_val_and_one_week(prep):
+    assert not prep.train[:, 160:].any() and not prep.test[:, :180].any()
+    np.testing.assert_array_equal(np.flatnonzero(prep.val.any(0)), np.arange(160, 180))
+    assert not (prep.train & prep.val).any() and prep.val.all(0)[160:180].all()
+    np.testing.assert_allclose([prep.data.y[r, prep.known[r]].mean() for r in range(4)], prep.scale)
+    calendar = prep.data.is_festival[:, WINDOW:180]
+    np.testing.assert_allclose(float(prep.index.festival_share), calendar.mean(), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(prep.known_index.region_count), prep.known.sum(1))
     one = D.one_week_of_festivals(prep.data, prep.train)
     fest_days = np.flatnonzero((one & prep.data.is_festival).any(0))
     assert fest_days.size and fest_days.max() - fest_days.min() < 7
     assert (one & ~prep.data.is_festival).sum() == (prep.train & ~prep.data.is_festival).sum()
+    kw = dict(cutoff=180, window=WINDOW, val_days=150)  # day 39, a festival, in val
+    assert (D.prepare(prep.data, **kw).val & prep.data.is_festival).any()
+    week = D.prepare(prep.data, **kw, one_festival_week=True)
+    assert not (week.val & week.data.is_festival).any()
+    np.testing.assert_array_equal(week.train, D.one_week_of_festivals(prep.data, week.train))
+    assert float(week.index.festival_share) == float(prep.index.festival_share)
+
+
+def test_matched_query_weights_give_festivals_the_calendar_share(prep):
+    index = dataclasses.replace(prep.index, festival_share=jnp.float32(0.1))
+    d = jnp.array([0, 2, 1, 3, 2])  # types 2 and 3 are festivals
+    mask = jnp.array([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1], [0, 0, 0]], jnp.float32)
+    w = np.asarray(T.query_weights(index, d, mask, "matched"))
+    fest = np.array([0, 1, 0, 1, 1], bool)[:, None] & (np.asarray(mask) > 0)
+    np.testing.assert_allclose(w.sum(), 5.0, rtol=1e-6)
+    np.testing.assert_allclose(w[fest].sum() / w.sum(), 0.1, rtol=1e-6)
+    assert np.ptp(w[fest]) < 1e-6 and np.ptp(w[~fest & (np.asarray(mask) > 0)]) < 1e-6
+    assert (w[np.asarray(mask) == 0] == 0).all()
+    regular_only = np.asarray(T.query_weights(index, d * 0, mask, "matched"))
+    np.testing.assert_allclose(regular_only.sum(), 5.0, rtol=1e-6)
+    per_task = np.asarray(T.query_weights(index, d, mask, "task"))
+    np.testing.assert_allclose(per_task.sum(1), [1, 1, 1, 1, 0], rtol=1e-6)
+
+
+def test_objectives():
+    y = jnp.array([1.0, 2.0])
+    mean = jnp.array([[1.5, 2.0], [0.5, 1.0]])  # [S=2, Q=2]
+    log_sigma = jnp.log(jnp.array([[1.0, 2.0], [0.5, 1.0]]))
+    mse = T.query_loss(y, mean, log_sigma, "mse", 0.1)
+    np.testing.assert_allclose(mse, [0.25, 0.5], rtol=1e-6)
+
+    def nll(sig):  # -log mean_s N(y; mean_s, sig_s^2)
+        dens = np.exp(-0.5 * ((y - mean) / sig) ** 2) / (sig * np.sqrt(2 * np.pi))
+        return -np.log(dens.mean(0))
+
+    learned = T.query_loss(y, mean, log_sigma, "learned_sigma", 0.1)
+    np.testing.assert_allclose(learned, nll(np.exp(np.asarray(log_sigma))), rtol=1e-5)
+    fixed = T.query_loss(y, mean, log_sigma, "fixed_sigma", 0.3)
+    np.testing.assert_allclose(fixed, nll(np.full((2, 2), 0.3)), rtol=1e-5)
+    with pytest.raises(ValueError, match="objective"):
+        T.query_loss(y, mean, log_sigma, "mae", 0.1)
+
+
+def test_fit_early_stops_on_val_keeps_the_best_and_compiles_once_over_rates(prep):
+    graphdef, params = build(prep)
+    sizes = dict(n_tasks=2, n_query=2, n_context=4, n_samples=1)
+    kw = dict(key=jax.random.key(0), n_steps=40, log_every=5, patience=2, eval_context=4)
+    frozen, hist = T.fit(graphdef, params, prep, lr=0.0, **kw, **sizes)
+    assert [row["step"] for row in hist] == [5, 10, 15]  # nothing improves after the first
+    assert len({row["val_mse"] for row in hist}) == 1
+    chex.assert_trees_all_equal(frozen, params)
+    moved, hist = T.fit(graphdef, params, prep, lr=1e-2, **kw, **sizes)
+    best = min(range(len(hist)), key=lambda i: hist[i]["val_mse"])
+    assert hist[-1]["step"] == 40 or len(hist) - 1 - best == 2  # budget or patience
+    step = T._compiled_step(graphdef, 40, tuple(sorted(sizes.items())), False)
+    assert step._cache_size() == 1  # the learning rate lives in the optimizer state
 
 
 def test_sample_tasks_draws_cells_and_masks_query_dates(prep):
@@ -135,7 +198,7 @@ def test_views_alternate_and_route_gradients(prep):
     assert min(grad_norms(T.JOINT)) > 0
 
 
-def test_train_step_traces_once_and_learns(prep):
+def test_train_step_traces_once_and_alternates_views(prep):
     graphdef, params = build(prep)
     opt = optax.adam(3e-3)
     step = T.make_train_step(graphdef, opt, switch_every=2, n_tasks=4, n_query=4,
@@ -157,8 +220,8 @@ def test_new_region_adapts_by_forward_pass(prep):
     assert z_r.shape == (4, prep.data.n_types, 4) and z_d.shape == (prep.data.n_types, 4)
     # a "new" region 0: different history and attributes, same parameters
     arrays = prep.arrays
-    new = D.Arrays(arrays.ys.at[0].mul(3.0), arrays.obs, arrays.fest, arrays.dtype, arrays.dow,
-                   arrays.attrs.at[0].set(-arrays.attrs[0]))  # fmt: skip
+    new = dataclasses.replace(arrays, ys=arrays.ys.at[0].mul(3.0),
+                              attrs=arrays.attrs.at[0].set(-arrays.attrs[0]))  # fmt: skip
     z_new, z_d_new = T.posteriors(graphdef, params, new, prep.index, key=jax.random.key(0),
                                   n_context=16)  # fmt: skip
     assert not np.allclose(z_new[0], z_r[0])

@@ -3,13 +3,15 @@ LSTM and first-order MAML.
 
 Each takes a ``dmeta.stmp.data.Prepared`` panel and returns scaled one-step-ahead
 predictions f32[N] for the test targets in ``np.nonzero(prep.test)`` order. The AR fit
-and the gradient-boosting regressor are the shared ones of ``dmeta.baselines.classical``;
-the LSTM and MAML train through ``dmeta.train.loop.fit``.
+and the gradient-boosting regressor are the shared ones of ``dmeta.baselines.classical``
+and fit on every target before the cutoff (``prep.known``); the LSTM and MAML train on
+``prep.train`` like STMP, early-stopped on ``prep.val`` (``stmp_train.early_stopped``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -25,14 +27,13 @@ from dmeta.nn.rnn import LSTM
 from dmeta.stmp import model as stmp_model
 from dmeta.stmp import train as stmp_train
 from dmeta.stmp.data import Arrays, Prepared, window
-from dmeta.stmp.model import MLP
-from dmeta.train import loop
+from dmeta.stmp.model import MLP, N_MONTHS
 from dmeta.train.state import TrainState, init_train_state
 from dmeta.types import Array, Params, TaskBatch
 
 
 def historical_average(prep: Prepared) -> np.ndarray:
-    """Mean scaled target of the same (region, date type) cell in training.
+    """Mean scaled target of the same (region, date type) cell before the cutoff.
 
     Falls back to the date type's mean over all regions, then to 1 (the region mean).
     """
@@ -41,7 +42,7 @@ def historical_average(prep: Prepared) -> np.ndarray:
     dtype = prep.data.date_type
     sums = np.zeros((n_regions, n_types))
     counts = np.zeros((n_regions, n_types))
-    rows, cols = np.nonzero(prep.train)
+    rows, cols = np.nonzero(prep.known)
     np.add.at(sums, (rows, dtype[rows, cols]), ys[rows, cols])
     np.add.at(counts, (rows, dtype[rows, cols]), 1.0)
     type_mean = np.where(counts.sum(0) > 0, sums.sum(0) / np.maximum(counts.sum(0), 1), 1.0)
@@ -80,7 +81,7 @@ def xgboost_forecast(
     learning_rate: float = 0.05,
 ) -> np.ndarray:
     """Gradient-boosted trees (``classical.gbm_regressor``) on lag and calendar features."""
-    train_rows, train_cols = np.nonzero(prep.train)
+    train_rows, train_cols = np.nonzero(prep.known)
     test_rows, test_cols = np.nonzero(prep.test)
     model = gbm_regressor(
         seed=seed,
@@ -97,7 +98,7 @@ def xgboost_forecast(
 def arima_forecast(prep: Prepared, *, lags: int = 14) -> np.ndarray:
     """Per-region ARIMA(lags, 0, 0) with intercept, fitted by conditional least squares.
 
-    Fitted on the region's training targets (lags from the scaled series; unobserved
+    Fitted on the region's targets before the cutoff (lags from the scaled series; unobserved
     days enter as 0 with their observed flag, an explicit regressor), then applied
     one step ahead to the test days. Deterministic (no seed). Least squares instead of
     statsmodels' SARIMAX maximum likelihood: the latter took minutes per store on the
@@ -106,7 +107,7 @@ def arima_forecast(prep: Prepared, *, lags: int = 14) -> np.ndarray:
     ys, obs = np.asarray(prep.arrays.ys, np.float64), np.asarray(prep.arrays.obs, np.float64)
     preds = np.zeros(ys.shape, np.float32)
     for r in range(ys.shape[0]):
-        train, test = np.flatnonzero(prep.train[r]), np.flatnonzero(prep.test[r])
+        train, test = np.flatnonzero(prep.known[r]), np.flatnonzero(prep.test[r])
         if test.size == 0:
             continue
 
@@ -125,12 +126,45 @@ class LSTMForecaster(nnx.Module):
     def __init__(self, n_types: int, n_attrs: int, hidden: int, *, rngs: nnx.Rngs):
         self.n_types = n_types
         self.lstm = LSTM(3, hidden, rngs=rngs)
-        self.mlp = MLP((hidden + n_types + 7 + n_attrs, hidden, 1), rngs=rngs)
+        self.mlp = MLP((hidden + n_types + 7 + N_MONTHS + n_attrs, hidden, 1), rngs=rngs)
 
-    def __call__(self, x, dtype, dow, attrs):
-        """x: f32[N, L, 3], dtype/dow: i32[N], attrs: f32[N, A] -> f32[N]."""
-        feats = [self.lstm(x), jax.nn.one_hot(dtype, self.n_types), jax.nn.one_hot(dow, 7), attrs]
+    def __call__(self, x, dtype, dow, month, attrs):
+        """x: f32[N, L, 3], dtype/dow/month: i32[N], attrs: f32[N, A] -> f32[N]."""
+        feats = [self.lstm(x), jax.nn.one_hot(dtype, self.n_types), jax.nn.one_hot(dow, 7),
+                 jax.nn.one_hot(month, N_MONTHS), attrs]  # fmt: skip
         return self.mlp(jnp.concatenate(feats, -1))[..., 0]
+
+
+def _lstm_apply(graphdef, window_len: int, params, arrays: Arrays, r: Array, t: Array) -> Array:
+    """Scaled predictions f32[N] of targets (r, t) i32[N]."""
+    x = jax.vmap(lambda ri, ti: window(arrays, ri, ti, window_len))(r, t)
+    model = nnx.merge(graphdef, params)
+    return model(x, arrays.dtype[r, t], arrays.dow[t], arrays.month[t], arrays.attrs[r])
+
+
+_lstm_predict = jax.jit(_lstm_apply, static_argnums=(0, 1))
+
+
+@functools.lru_cache(maxsize=8)
+def _lstm_step(graphdef, window_len: int, batch: int, n_steps: int):
+    """Jitted ``step(state, arrays, rows, cols)``: MSE on ``batch`` random training targets."""
+    opt = stmp_train.adam(0.0, n_steps)  # the learning rate comes from the state
+
+    @jax.jit
+    def step(state: TrainState, arrays, rows, cols):  # panel as arguments, not constants
+        key, sub = jax.random.split(state.key)
+        i = jax.random.randint(sub, (batch,), 0, rows.shape[0])
+        r, t = rows[i], cols[i]
+        loss, grads = jax.value_and_grad(
+            lambda p: jnp.mean(
+                jnp.square(_lstm_apply(graphdef, window_len, p, arrays, r, t) - arrays.ys[r, t])
+            )
+        )(state.params)
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, state.step + 1, key), {"loss": loss}
+
+    return step
 
 
 def lstm_forecast(
@@ -140,45 +174,67 @@ def lstm_forecast(
     window_len: int = 28,
     hidden: int = 32,
     n_steps: int = 1500,
+    eval_every: int = 0,
+    patience: int | None = None,
     batch: int = 256,
     lr: float = 3e-3,
 ) -> np.ndarray:
-    """A global LSTM trained with MSE on ``batch`` random training targets per Adam step.
-
-    The state's key holds the ``n_steps`` step keys, split from ``key(seed)`` up front.
-    """
+    """A global LSTM trained with MSE on ``batch`` random training targets per Adam step
+    (``stmp_train.adam``), early-stopped on ``prep.val`` like STMP."""
     model = LSTMForecaster(prep.data.n_types, prep.data.attrs.shape[1], hidden,
                            rngs=nnx.Rngs(seed))  # fmt: skip
     graphdef, params = nnx.split(model, nnx.Param)
     rows, cols = (jnp.asarray(a) for a in np.nonzero(prep.train))
+    step = _lstm_step(graphdef, window_len, batch, n_steps)
+    result = stmp_train.early_stopped(
+        lambda s: step(s, prep.arrays, rows, cols),
+        init_train_state(params, stmp_train.adam(lr, n_steps), jax.random.key(seed)),
+        prep,
+        lambda p, r, t: _lstm_predict(graphdef, window_len, p, prep.arrays, r, t),
+        n_steps=n_steps,
+        eval_every=eval_every,
+        patience=patience,
+        desc=f"lstm hidden={hidden} lr={lr:g}",
+    )
+    test_rows, test_cols = (jnp.asarray(a) for a in np.nonzero(prep.test))
+    params = result.best_state.params
+    return np.asarray(_lstm_predict(graphdef, window_len, params, prep.arrays, test_rows,
+                                    test_cols))  # fmt: skip
 
-    def apply(params, arrays, r, t):
-        x = jax.vmap(lambda ri, ti: window(arrays, ri, ti, window_len))(r, t)
-        return nnx.merge(graphdef, params)(x, arrays.dtype[r, t], arrays.dow[t], arrays.attrs[r])
 
-    opt = optax.adam(optax.cosine_decay_schedule(lr, n_steps))
+@dataclasses.dataclass(frozen=True)
+class MAMLSizes:
+    """MAML's static sizes: tasks per step, queries and support days per task, inner steps."""
+
+    n_tasks: int = 16
+    n_query: int = 16
+    n_support: int = 16
+    inner_steps: int = 1
+
+
+@functools.lru_cache(maxsize=8)
+def _maml_step(graphdef, sizes: MAMLSizes, n_steps: int):
+    """Jitted ``step(state, arrays, index, inner_lr, inner_clip)``: one FOMAML update on
+    (region, date type) tasks (the learning rates and the clip are traced)."""
+    opt = stmp_train.adam(0.0, n_steps)  # the learning rate comes from the state
 
     @jax.jit
-    def step(state: TrainState, arrays, rows, cols):  # panel as arguments, not constants
-        i = jax.random.randint(state.key[state.step], (batch,), 0, rows.shape[0])
-        r, t = rows[i], cols[i]
-        loss, grads = jax.value_and_grad(
-            lambda p: jnp.mean(jnp.square(apply(p, arrays, r, t) - arrays.ys[r, t]))
-        )(state.params)
-        updates, opt_state = opt.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, state.step + 1, state.key), {"loss": loss}
+    def step(state, arrays, index, inner_lr, inner_clip):  # panel as arguments, not constants
+        task_loss = make_maml_task_loss(_cell_mse(graphdef, arrays), steps=sizes.inner_steps,
+                                        step_size=inner_lr, first_order=True,
+                                        max_grad_norm=inner_clip)  # fmt: skip
+        update = make_meta_train_step(task_loss, opt)
+        key, k_batch, k_step = jax.random.split(state.key, 3)
+        t = stmp_train.sample_tasks(k_batch, index, jnp.int32(stmp_train.JOINT),
+                                    n_tasks=sizes.n_tasks, n_query=sizes.n_query,
+                                    n_context=2 * sizes.n_support, n_days=arrays.ys.shape[1],
+                                    weighting="task")  # fmt: skip
+        n = sizes.n_support
+        support = (t.region, t.region_ctx[:, :n], t.region_ctx_mask[:, :n])
+        batch = TaskBatch(support=support, query=(t.region, t.days, t.mask), segment=t.region)
+        return update(dataclasses.replace(state, key=key), batch, k_step)
 
-    state = init_train_state(params, opt, jax.random.split(jax.random.key(seed), n_steps))
-    state = loop.fit(
-        lambda s: step(s, prep.arrays, rows, cols),
-        state,
-        n_steps=n_steps,
-        eval_every=n_steps,
-        desc="lstm",
-    ).state
-    test_rows, test_cols = (jnp.asarray(a) for a in np.nonzero(prep.test))
-    return np.asarray(jax.jit(apply)(state.params, prep.arrays, test_rows, test_cols))
+    return step
 
 
 def maml_forecast(
@@ -188,50 +244,51 @@ def maml_forecast(
     window_len: int = 28,
     hidden: int = 32,
     n_steps: int = 300,
-    n_tasks: int = 16,
-    n_query: int = 16,
-    n_support: int = 16,
-    inner_steps: int = 1,
+    eval_every: int = 0,
+    patience: int | None = None,
+    sizes: MAMLSizes = MAMLSizes(),
     inner_lr: float = 0.05,
+    inner_clip: float | None = 1.0,
     lr: float = 3e-3,
 ) -> np.ndarray:
     """First-order MAML on the STMP backbone (latents fixed at zero), one task per cell.
 
     Tasks are (region, date type) cells as for STMP; the support set is up to
-    ``n_support`` training days of the cell (query dates excluded), the inner loop
-    ``inner_steps`` SGD steps on their MSE. At test time every cell adapts on its
-    training days and predicts its test days.
+    ``sizes.n_support`` training days of the cell (query dates excluded), the inner loop
+    ``sizes.inner_steps`` SGD steps on their MSE, each gradient clipped to global norm
+    ``inner_clip``. Early-stopped on ``prep.val`` (supports from ``prep.train``); at test
+    time every cell adapts on days known before the cutoff and predicts its test days.
     """
     graphdef, theta = stmp_model.build(
         window=window_len, period=prep.data.period, n_types=prep.data.n_types,
         n_attrs=prep.data.attrs.shape[1], n_regions=len(prep.data.regions), latent=1,
         hidden=hidden, seed=seed,
     )  # fmt: skip
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
-    n_days = prep.arrays.ys.shape[1]
+    step = _maml_step(graphdef, sizes, n_steps)
+    inner = dict(inner_lr=jnp.float32(inner_lr),
+                 inner_clip=jnp.float32(jnp.inf if inner_clip is None else inner_clip))  # fmt: skip
+    key = jax.random.key(seed + 1)
 
-    @jax.jit
-    def step(state, arrays, index):  # panel as arguments, not constants
-        task_loss = make_maml_task_loss(_cell_mse(graphdef, arrays), steps=inner_steps,
-                                        step_size=inner_lr, first_order=True)  # fmt: skip
-        update = make_meta_train_step(task_loss, opt)
-        key, k_batch, k_step = jax.random.split(state.key, 3)
-        t = stmp_train.sample_tasks(k_batch, index, jnp.int32(stmp_train.JOINT), n_tasks=n_tasks,
-                                    n_query=n_query, n_context=2 * n_support, n_days=n_days)  # fmt: skip
-        support = (t.region, t.region_ctx[:, :n_support], t.region_ctx_mask[:, :n_support])
-        batch = TaskBatch(support=support, query=(t.region, t.days, t.mask), segment=t.region)
-        return update(dataclasses.replace(state, key=key), batch, k_step)
+    def predict(meta_params, index, rows, cols):
+        layout = _cell_layout(prep, np.asarray(rows), np.asarray(cols))
+        return _maml_predict(
+            graphdef, meta_params, prep.arrays, index, layout, key,
+            n_support=sizes.n_support, steps=sizes.inner_steps, **inner,
+        )  # fmt: skip
 
-    state = init_train_state(init_meta_params(theta), opt, jax.random.key(seed))
-    state = loop.fit(
-        lambda s: step(s, prep.arrays, prep.index),
-        state,
+    result = stmp_train.early_stopped(
+        lambda s: step(s, prep.arrays, prep.index, *inner.values()),
+        init_train_state(
+            init_meta_params(theta), stmp_train.adam(lr, n_steps), jax.random.key(seed)
+        ),
+        prep,
+        lambda p, rows, cols: predict(p, prep.index, rows, cols),
         n_steps=n_steps,
-        eval_every=n_steps,
-        desc="maml",
-    ).state
-    return _maml_test(prep, graphdef, state.params, jax.random.key(seed + 1),
-                      n_support=n_support, inner_steps=inner_steps, inner_lr=inner_lr)  # fmt: skip
+        eval_every=eval_every,
+        patience=patience,
+        desc=f"maml hidden={hidden} lr={lr:g} inner_lr={inner_lr:g}",
+    )
+    return predict(result.best_state.params, prep.known_index, *np.nonzero(prep.test))
 
 
 def _zero_latent_mean(graphdef: nnx.GraphDef, params: Params, arrays: Arrays, r, days) -> Array:
@@ -252,35 +309,57 @@ def _cell_mse(graphdef: nnx.GraphDef, arrays: Arrays) -> Callable:
     return loss_fn
 
 
-def _maml_test(prep, graphdef, meta_params, key, *, n_support, inner_steps, inner_lr):
-    """Adapts one task per (region, date type) cell with test targets on ``n_support`` of its
-    training days and predicts its test days: f32[N] in ``np.nonzero(prep.test)`` order."""
-    rows, cols = np.nonzero(prep.test)
+@dataclasses.dataclass(frozen=True)
+class CellLayout:
+    """Targets (rows, cols) grouped by (region, date type) cell.
+
+    Attributes:
+      cell_r, cell_d: i32[C] each cell's region and date type.
+      days: i32[C, M] each cell's target days, padded.
+      inverse, slot: i64[N] each target's cell and place in it.
+    """
+
+    cell_r: np.ndarray
+    cell_d: np.ndarray
+    days: np.ndarray
+    inverse: np.ndarray
+    slot: np.ndarray
+
+
+def _cell_layout(prep: Prepared, rows: np.ndarray, cols: np.ndarray) -> CellLayout:
+    """The cells of the targets (rows, cols) i[N] and their days."""
     types = prep.data.date_type[rows, cols]
     cells, inverse = np.unique(rows * prep.data.n_types + types, return_inverse=True)
     width = int(np.bincount(inverse).max())
-    days = np.zeros((cells.size, width), np.int32)  # each cell's test days, padded to [C, M]
+    days = np.zeros((cells.size, width), np.int32)
     slot = np.zeros(rows.size, np.int64)
     for c in range(cells.size):
         members = np.flatnonzero(inverse == c)
         days[c, : members.size] = cols[members]
         slot[members] = np.arange(members.size)
-    cell_r = jnp.asarray(cells // prep.data.n_types)
-    cell_d = jnp.asarray(cells % prep.data.n_types)
-    sup_days, sup_mask = stmp_train.region_context_days(
-        key, prep.index, cell_r, cell_d, 2 * n_support
-    )
+    n_types = prep.data.n_types
+    return CellLayout(cells // n_types, cells % n_types, days, inverse, slot)
+
+
+def _maml_predict(graphdef, meta_params, arrays: Arrays, index, layout: CellLayout, key, *,
+                  n_support: int, steps: int, inner_lr, inner_clip) -> np.ndarray:  # fmt: skip
+    """Adapts one task per cell of ``layout`` on ``n_support`` of its days in ``index`` and
+    predicts its target days: f32[N] in the layout's target order."""
+    cell_r, cell_d = jnp.asarray(layout.cell_r), jnp.asarray(layout.cell_d)
+    sup_days, sup_mask = stmp_train.region_context_days(key, index, cell_r, cell_d, 2 * n_support)
     support = (cell_r, sup_days[:, :n_support], sup_mask[:, :n_support])
     tasks = TaskBatch(support=support, query=support, segment=cell_r)
+    out = _adapted_predictions(graphdef, steps, meta_params, tasks, jnp.asarray(layout.days),
+                               arrays, inner_lr, inner_clip)  # fmt: skip
+    return np.asarray(out)[layout.inverse, layout.slot]
 
-    @jax.jit
-    def test_predictions(meta_params, tasks, days, arrays):
-        adapted = adapt_tasks(_cell_mse(graphdef, arrays), meta_params, tasks,
-                              steps=inner_steps, step_size=inner_lr)  # fmt: skip
-        return jax.lax.map(
-            lambda a: _zero_latent_mean(graphdef, a[0], arrays, a[1], a[2]),
-            (adapted, tasks.segment, days), batch_size=8,
-        )  # fmt: skip
 
-    out = np.asarray(test_predictions(meta_params, tasks, jnp.asarray(days), prep.arrays))
-    return out[inverse, slot]
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _adapted_predictions(graphdef, steps, meta_params, tasks, days, arrays, inner_lr, inner_clip):
+    """Scaled predictions f32[C, M] of each task's ``days`` after its inner loop."""
+    adapted = adapt_tasks(_cell_mse(graphdef, arrays), meta_params, tasks, steps=steps,
+                          step_size=inner_lr, max_grad_norm=inner_clip)  # fmt: skip
+    return jax.lax.map(
+        lambda a: _zero_latent_mean(graphdef, a[0], arrays, a[1], a[2]),
+        (adapted, tasks.segment, days), batch_size=8,
+    )  # fmt: skip

@@ -9,6 +9,10 @@ today's setting) followed by the alternatives in ``tuning``, ``tuning.trials`` p
 are scored by MSE on the validation period (the ``protocol.test_days`` before the test
 period) and the lowest wins. ``trials = 1`` (the default) runs the config's values without
 any validation fit; ``--set tuning.trials=N`` gives every method N points.
+
+Equal budget: STMP, its ablations, the LSTM and MAML all train for at most
+``train.n_steps`` steps and early-stop on the MSE of the last ``protocol.val_days`` before
+their cutoff (``train.eval_every``, ``train.patience``), keeping their best state.
 """
 
 from __future__ import annotations
@@ -39,36 +43,54 @@ class ModelConfig:
       window: L input days (a multiple of the jump period).
       latent: latent size Z.
       hidden: hidden size H.
+      calendar: the target day's date type and month enter the fusion (as the baselines
+        get them); False: its day of week only (the date type only through z_d).
     """
 
     window: int = 28
     latent: int = 16
     hidden: int = 32
+    calendar: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """STMP's outer loop (``dmeta.stmp.train.fit``).
+    """The neural methods' outer loop (``dmeta.stmp.train.fit``; ``n_steps``, ``eval_every``
+    and ``patience`` also for the LSTM and MAML).
 
     Attributes:
-      n_steps: Adam steps (cosine decay of ``lr``).
+      n_steps: Adam steps at most (cosine decay of ``lr`` over them).
+      eval_every: steps between validation scores (early stopping).
+      patience: validation scores without improvement before stopping.
       lr: learning rate.
       n_tasks: (region, date type) tasks per step.
       n_query: query targets per task.
       n_context: context points per set.
       n_samples: latent samples averaged in the ML-PIP likelihood.
       beta: KL weight.
+      objective: learned_sigma (the paper's Gaussian likelihood), fixed_sigma or mse.
+      sigma: the likelihood's scale with objective=fixed_sigma (scaled targets).
+      query_weights: matched (festival and regular queries weighed to the training
+        calendar's mix, the evaluation's) or task (a mean per task, then over tasks).
+      spatial_types: the spatial view draws a region's date types by frequency or
+        uniform (festival cells then train the region encoder as often as regular ones).
       switch_every: steps per view before switching (alternating training).
       data_parallel: split each step's tasks over all visible devices.
     """
 
-    n_steps: int = 300
+    n_steps: int = 5000
+    eval_every: int = 100
+    patience: int = 5
     lr: float = 3e-3
     n_tasks: int = 16
     n_query: int = 16
     n_context: int = 32
     n_samples: int = 4
     beta: float = 1e-2
+    objective: str = "learned_sigma"
+    sigma: float = 0.1
+    query_weights: str = "matched"
+    spatial_types: str = "frequency"
     switch_every: int = 50
     data_parallel: bool = False
 
@@ -80,11 +102,14 @@ class ProtocolConfig:
     Attributes:
       test_days: the last ``test_days`` days (at most a quarter of the panel) are the
         test period; the same number of days before it is the validation period.
+      val_days: the last days before a fit's cutoff (at most an eighth of the panel) that
+        the neural methods early-stop on instead of training on; the others fit on them.
       eval_context: context points per posterior at test time.
       one_week: also run the one-week-of-festival-data robustness setting.
     """
 
     test_days: int = 365
+    val_days: int = 90
     eval_context: int = 64
     one_week: bool = True
 
@@ -97,20 +122,20 @@ class BaselinesConfig:
       xgb_estimators: XGBoost trees.
       xgb_max_depth: XGBoost tree depth.
       xgb_learning_rate: XGBoost shrinkage.
-      lstm_steps: LSTM Adam steps (also MAML's outer steps).
       lstm_lr: LSTM learning rate.
       maml_lr: MAML outer learning rate.
       maml_inner_lr: MAML inner SGD step size.
+      maml_inner_clip: the inner gradient's global norm is clipped to this.
       arima_lags: p of the per-region AR(p).
     """
 
     xgb_estimators: int = 100
     xgb_max_depth: int = 6
     xgb_learning_rate: float = 0.05
-    lstm_steps: int = 300
     lstm_lr: float = 3e-3
     maml_lr: float = 3e-3
     maml_inner_lr: float = 0.05
+    maml_inner_clip: float = 1.0
     arima_lags: int = 14
 
 
@@ -120,7 +145,8 @@ class TuningConfig:
 
     Attributes:
       trials: grid points per method (1: the configured values, no validation fits).
-      stmp_lr, stmp_beta: after ``train.lr`` / ``train.beta`` (STMP and its ablations).
+      stmp_lr, stmp_beta, stmp_n_context, stmp_hidden: after ``train.lr`` / ``train.beta``
+        / ``train.n_context`` / ``model.hidden`` (STMP and its ablations).
       xgb_max_depth, xgb_learning_rate: after ``baselines.xgb_*``.
       lstm_lr, lstm_hidden: after ``baselines.lstm_lr`` / ``model.hidden``.
       maml_lr, maml_inner_lr: after ``baselines.maml_lr`` / ``baselines.maml_inner_lr``.
@@ -130,6 +156,8 @@ class TuningConfig:
     trials: int = 1
     stmp_lr: tuple[float, ...] = (1e-3, 1e-2)
     stmp_beta: tuple[float, ...] = (1e-3, 1e-1)
+    stmp_n_context: tuple[int, ...] = (16, 64)
+    stmp_hidden: tuple[int, ...] = (16, 64)
     xgb_max_depth: tuple[int, ...] = (4, 8)
     xgb_learning_rate: tuple[float, ...] = (0.02, 0.1)
     lstm_lr: tuple[float, ...] = (1e-3, 1e-2)
@@ -168,8 +196,15 @@ def get_config(*, smoke: bool = False, size: str = "cpu") -> STMPConfig:
         data=DataConfig(synthetic_regions=4, synthetic_days=300, max_regions=4),
         model=ModelConfig(window=14, latent=4, hidden=8),
         train=TrainConfig(
-            n_steps=20, n_tasks=4, n_query=4, n_context=8, n_samples=2, switch_every=5
+            n_steps=40,
+            eval_every=10,
+            patience=2,
+            n_tasks=4,
+            n_query=4,
+            n_context=8,
+            n_samples=2,
+            switch_every=5,
         ),
-        protocol=ProtocolConfig(test_days=60, eval_context=8),
-        baselines=BaselinesConfig(xgb_estimators=10, lstm_steps=20),
+        protocol=ProtocolConfig(test_days=60, val_days=30, eval_context=8),
+        baselines=BaselinesConfig(xgb_estimators=10),
     )

@@ -145,6 +145,7 @@ class Arrays:
       fest: f32[R, D] 1 on festival days.
       dtype: i32[R, D] date type.
       dow: i32[D] day of week (0 = Monday).
+      month: i32[D] month (0 = January).
       attrs: f32[R, A] static region attributes.
     """
 
@@ -153,6 +154,7 @@ class Arrays:
     fest: Array
     dtype: Array
     dow: Array
+    month: Array
     attrs: Array
 
 
@@ -168,6 +170,9 @@ class CellIndex:
       region_count: i32[R].
       type_pairs: i32[Dt, P] flattened ``r * D + t`` of each date type (any region).
       type_count: i32[Dt].
+      festival_type: f32[Dt] 1 for festival date types.
+      festival_share: f32[] share of festival targets in the calendar of the training
+        period (the mix that ``train.sample_tasks`` weights queries to).
     """
 
     cell_days: Array
@@ -176,6 +181,8 @@ class CellIndex:
     region_count: Array
     type_pairs: Array
     type_count: Array
+    festival_type: Array
+    festival_share: Array
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -185,18 +192,30 @@ class Prepared:
     Attributes:
       data: the source panel (regions without training data removed).
       arrays: scaled ``Arrays``.
-      scale: f64[R] training mean of each region (``y = ys * scale``).
-      train: bool[R, D] targets usable for training (and context sets).
+      scale: f64[R] mean of each region over ``known`` (``y = ys * scale``).
+      train: bool[R, D] targets the neural methods train on (and draw context sets from).
+      val: bool[R, D] early-stopping targets: the last days before the cutoff, not in
+        ``train`` (empty without ``val_days``).
       test: bool[R, D] targets to evaluate.
       index: ``CellIndex`` over ``train``.
+      known_index: ``CellIndex`` over ``known``, the history that test-time context sets
+        and supports are drawn from.
     """
 
     data: STMPData
     arrays: Arrays
     scale: np.ndarray
     train: np.ndarray
+    val: np.ndarray
     test: np.ndarray
     index: CellIndex
+    known_index: CellIndex
+
+    @property
+    def known(self) -> np.ndarray:
+        """bool[R, D] every target before the cutoff (``train | val``): what the methods
+        without early stopping fit on."""
+        return self.train | self.val
 
 
 def _pad_lists(lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -207,8 +226,12 @@ def _pad_lists(lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return out, counts
 
 
-def build_index(mask: np.ndarray, date_type: np.ndarray, n_types: int) -> CellIndex:
-    """``CellIndex`` of the True entries of ``mask: bool[R, D]``."""
+def build_index(
+    mask: np.ndarray, date_type: np.ndarray, n_types: int, *, n_regular: int = 2,
+    festival_share: float = 0.0,
+) -> CellIndex:  # fmt: skip
+    """``CellIndex`` of the True entries of ``mask: bool[R, D]`` (types from ``n_regular``
+    on are festivals; ``festival_share`` is stored for the query weights)."""
     n_regions, n_days = mask.shape
     cells = [np.flatnonzero(mask[r] & (date_type[r] == d)) for r in range(n_regions)
              for d in range(n_types)]  # fmt: skip
@@ -225,6 +248,8 @@ def build_index(mask: np.ndarray, date_type: np.ndarray, n_types: int) -> CellIn
         region_count=jnp.asarray(region_count),
         type_pairs=jnp.asarray(type_pairs),
         type_count=jnp.asarray(type_count),
+        festival_type=jnp.asarray(np.arange(n_types) >= n_regular, jnp.float32),
+        festival_share=jnp.asarray(festival_share, jnp.float32),
     )
 
 
@@ -235,11 +260,15 @@ def one_week_of_festivals(data: STMPData, mask: np.ndarray) -> np.ndarray:
     (the latest on ties), e.g. a Christmas week: the "one week of festival data" setting.
     """
     fest = (mask & data.is_festival).sum(axis=0)
+    if not fest.any():
+        logger.warning("one festival week: no festival day to keep")
+        return mask
     weekly = np.convolve(fest, np.ones(7), mode="full")[6:]  # weekly[t] = sum fest[t:t+7]
     start = int(len(weekly) - 1 - np.argmax(weekly[::-1]))
     keep = np.zeros(mask.shape[1], bool)
     keep[start : start + 7] = True
-    logger.info("one festival week kept: %s..%s", data.dates[start], data.dates[start + 6])
+    end = min(start + 6, len(data.dates) - 1)
+    logger.info("one festival week kept: %s..%s", data.dates[start], data.dates[end])
     return mask & (~data.is_festival | keep[None, :])
 
 
@@ -249,21 +278,24 @@ def prepare(
     cutoff: int,
     window: int,
     test_end: int | None = None,
+    val_days: int = 0,
     one_festival_week: bool = False,
 ) -> Prepared:
-    """Scales a panel by training means and marks train / test targets.
+    """Scales a panel by each region's mean before the cutoff and marks train / val / test.
 
     A target (r, t) is valid when observed, ``t >= window`` and at least half its
-    input window is observed; training targets have ``t < cutoff``, test targets
-    ``cutoff <= t < test_end``. Regions with fewer than ``window`` training targets
-    are dropped (logged). Unobserved inputs are zeros with an ``obs`` flag of 0.
+    input window is observed; targets before ``cutoff`` are known (the last ``val_days``
+    of them are the early-stopping ``val``, the rest ``train``), test targets are
+    ``cutoff <= t < test_end``. Regions with fewer than ``window`` known targets are
+    dropped (logged). Unobserved inputs are zeros with an ``obs`` flag of 0.
 
     Args:
       data: the panel.
       cutoff: first test day index.
       window: input window length L.
       test_end: end of the test period (default: the last day).
-      one_festival_week: keep festival training targets of one week only.
+      val_days: days before ``cutoff`` held out of ``train`` for early stopping.
+      one_festival_week: keep the festival targets of one week of ``train`` only.
     """
     n_days = data.y.shape[1]
     test_end = n_days if test_end is None else test_end
@@ -272,8 +304,7 @@ def prepare(
     t = np.arange(n_days)
     in_window = cum[:, t] - cum[:, np.maximum(t - window, 0)]
     valid = obs & (t >= window)[None, :] & (in_window >= window / 2)
-    train = valid & (t < cutoff)[None, :]
-    keep = train.sum(axis=1) >= window
+    keep = (valid & (t < cutoff)[None, :]).sum(axis=1) >= window
     if not keep.all():
         dropped = [data.regions[i] for i in np.flatnonzero(~keep)]
         logger.warning("dropped %d region(s) with < %d training days: %s", len(dropped),
@@ -286,29 +317,39 @@ def prepare(
             attrs=data.attrs[keep],
             regions=tuple(np.asarray(data.regions)[keep]),
         )
-        valid, train = valid[keep], train[keep]
+        valid = valid[keep]
+    known = valid & (t < cutoff)[None, :]
+    festival_share = float(data.is_festival[known].mean())  # the calendar's, before one_week
     test = valid & ((t >= cutoff) & (t < test_end))[None, :]
-    if one_festival_week:
-        train = one_week_of_festivals(data, train)
-    scale = region_scale(data, train)
+    val = known & (t >= cutoff - val_days)[None, :]
+    train = known & ~val
+    if one_festival_week:  # the week comes from train; val keeps its regular days only
+        train, val = one_week_of_festivals(data, train), val & ~data.is_festival
+    known = train | val
+    scale = region_scale(data, known)
     arrays = Arrays(
         ys=jnp.asarray(np.where(data.observed, data.y / scale[:, None], 0.0), jnp.float32),
         obs=jnp.asarray(data.observed, jnp.float32),
         fest=jnp.asarray(data.is_festival, jnp.float32),
         dtype=jnp.asarray(data.date_type),
         dow=jnp.asarray(data.dates.day_of_week.to_numpy(), jnp.int32),
+        month=jnp.asarray(data.dates.month.to_numpy() - 1, jnp.int32),
         attrs=jnp.asarray(data.attrs, jnp.float32),
     )
-    index = build_index(train, data.date_type, data.n_types)
-    return Prepared(data, arrays, scale, train, test, index)
+    index, known_index = (
+        build_index(mask, data.date_type, data.n_types, n_regular=data.n_regular,
+                    festival_share=festival_share)
+        for mask in (train, known)
+    )  # fmt: skip
+    return Prepared(data, arrays, scale, train, val, test, index, known_index)
 
 
-def region_scale(data: STMPData, train: np.ndarray) -> np.ndarray:
-    """f64[R] training mean of each region; a region whose training demand is all zero (or
-    has no training day) gets the smallest positive scale of the others (logged), so no
-    region divides by zero."""
+def region_scale(data: STMPData, known: np.ndarray) -> np.ndarray:
+    """f64[R] mean of each region over its ``known`` targets; a region whose known demand is
+    all zero (or has no known day) gets the smallest positive scale of the others (logged),
+    so no region divides by zero."""
     scale = np.array(
-        [data.y[r, train[r]].mean() if train[r].any() else 0.0 for r in range(len(data.regions))]
+        [data.y[r, known[r]].mean() if known[r].any() else 0.0 for r in range(len(data.regions))]
     )
     bad = ~(np.isfinite(scale) & (scale > 0))
     if bad.any():

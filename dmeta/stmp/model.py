@@ -16,6 +16,7 @@ from dmeta.nn.rnn import LSTM
 from dmeta.types import Array, Key, Params
 
 DAY_FEATURES = 3  # scaled y, observed flag, festival flag (see ``data.window``)
+N_MONTHS = 12
 
 
 class MLP(nnx.Module):
@@ -93,6 +94,9 @@ class STMP(nnx.Module):
       jump: use the jump-LSTM (else a plain LSTM over the whole window).
       amortized: amortized Gaussian posteriors (else deterministic embedding tables
         per region and per date type, the "no amortization network" ablation).
+      calendar: the target day's date type and month (one-hot) join its day of week in
+        the fusion input, as the LSTM and XGBoost baselines get them (else the day of
+        week alone; the date type then reaches the head only through z_d).
       rngs: NNX random streams.
     """
 
@@ -108,12 +112,13 @@ class STMP(nnx.Module):
         hidden: int = 32,
         jump: bool = True,
         amortized: bool = True,
+        calendar: bool = True,
         rngs: nnx.Rngs,
     ):
         if jump and window % period:
             raise ValueError(f"window {window} must be a multiple of period {period}")
         self.window, self.period, self.n_types = window, period, n_types
-        self.jump_on, self.amortized = jump, amortized
+        self.jump_on, self.amortized, self.calendar = jump, amortized, calendar
         self.region_encoder = SetEncoder(2 + n_types, n_attrs, hidden, latent, rngs=rngs)
         self.type_encoder = SetEncoder(2 + n_attrs, 0, hidden, latent, rngs=rngs)
         if not amortized:
@@ -130,15 +135,18 @@ class STMP(nnx.Module):
         self.jump = JumpLSTM(DAY_FEATURES, hidden, period, rngs=rngs)
         self.lstm = LSTM(DAY_FEATURES, hidden, rngs=rngs)
         fused_in = 1 + hidden + n_attrs + 7 + (period * hidden if jump else 0)
+        fused_in += N_MONTHS + n_types if calendar else 0
         self.fusion = MLP((fused_in, hidden, hidden), final_relu=True, rngs=rngs)
         self.head = MLP((hidden + 2 * latent, hidden, 2), rngs=rngs)
 
-    def features(self, x: Array, dow: Array, attrs: Array) -> tuple[Array, Array]:
+    def features(
+        self, x: Array, dow: Array, month: Array, date_type: Array, attrs: Array
+    ) -> tuple[Array, Array]:
         """Linear baseline and fused features.
 
         Args:
           x: f32[..., L, 3] input windows (``data.window``).
-          dow: i32[...] day of week of the target.
+          dow, month, date_type: i32[...] day of week, month and date type of the target.
           attrs: f32[..., A] static attributes of the target's region.
 
         Returns:
@@ -147,6 +155,8 @@ class STMP(nnx.Module):
         baseline = self.linear(x[..., 0])[..., 0]
         recent = x if not self.jump_on else x[..., -self.period :, :]
         parts = [baseline[..., None], self.lstm(recent), attrs, jax.nn.one_hot(dow, 7)]
+        if self.calendar:
+            parts += [jax.nn.one_hot(month, N_MONTHS), jax.nn.one_hot(date_type, self.n_types)]
         if self.jump_on:
             parts.append(self.jump(x))
         return baseline, self.fusion(jnp.concatenate(parts, axis=-1))

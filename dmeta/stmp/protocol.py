@@ -45,11 +45,17 @@ ABLATIONS = {
 BASELINES = ("HistAvg", "ARIMA", "XGBoost", "LSTM", "MAML")
 METHODS = (*ABLATIONS, *BASELINES)
 ONE_WEEK_METHODS = ("STMP", *BASELINES)
-_STMP_GRID = {"train.lr": "stmp_lr", "train.beta": "stmp_beta"}
+_STMP_GRID = {
+    "train.lr": "stmp_lr",
+    "train.beta": "stmp_beta",
+    "train.n_context": "stmp_n_context",
+    "model.hidden": "stmp_hidden",
+}
 TUNED = {  # method -> {config path: the ``tuning`` field of the alternatives}
     **{method: _STMP_GRID for method in ABLATIONS},
-    # deterministic latents have no KL term, so beta does nothing there: its grid is lr alone
-    "STMP-deterministic": {"train.lr": "stmp_lr"},
+    # deterministic latents have no KL term and no context sets, so beta and the context
+    # size do nothing there: its grid is the learning rate and the width
+    "STMP-deterministic": {"train.lr": "stmp_lr", "model.hidden": "stmp_hidden"},
     "HistAvg": {},
     "ARIMA": {"baselines.arima_lags": "arima_lags"},
     "XGBoost": {
@@ -293,7 +299,8 @@ def cells(cfg: STMPConfig, methods: tuple[str, ...], seeds: int) -> list[Cell]:
 def split(data: D.STMPData, cfg: STMPConfig, setting: str, validation: bool) -> D.Prepared:
     """Targets of ``setting``: the test period is the last ``test_days`` (at most a quarter
     of the days); with ``validation`` the period of the same length before it is scored
-    instead, and training ends where it starts."""
+    instead, and training ends where it starts. The last ``val_days`` (at most an eighth
+    of the days) before that cutoff are the neural methods' early-stopping targets."""
     n_days = data.y.shape[1]
     horizon = min(cfg.protocol.test_days, n_days // 4)  # weekly panels: the last quarter
     cutoff = n_days - horizon
@@ -302,22 +309,27 @@ def split(data: D.STMPData, cfg: STMPConfig, setting: str, validation: bool) -> 
         cutoff=cutoff - horizon if validation else cutoff,
         test_end=cutoff if validation else None,
         window=cfg.model.window,
+        val_days=min(cfg.protocol.val_days, n_days // 8),
         one_festival_week=setting == "one_week",
     )
 
 
 def fit_stmp(prep: D.Prepared, cfg: STMPConfig, seed: int, *, amortized=True, jump=True,
              mode="alternate") -> np.ndarray:  # fmt: skip
-    """Trains one STMP variant; scaled predictions f32[N] for ``prep.test``."""
+    """Trains one STMP variant (early-stopped on ``prep.val``); scaled predictions f32[N]
+    for ``prep.test``."""
     graphdef, params = M.build(
         **dataclasses.asdict(cfg.model), period=prep.data.period, n_types=prep.data.n_types,
         n_attrs=prep.data.attrs.shape[1], n_regions=len(prep.data.regions), jump=jump,
         amortized=amortized, seed=seed,
     )  # fmt: skip
     train = dataclasses.asdict(cfg.train)
-    shard = train.pop("data_parallel")
+    shard, log_every = train.pop("data_parallel"), train.pop("eval_every")
+    weighting = train.pop("query_weights")
+    desc = f"stmp {mode} jump={jump} amortized={amortized} lr={train['lr']:g}"
     params, _ = T.fit(graphdef, params, prep, key=jax.random.key(seed), shard=shard, mode=mode,
-                      **train)  # fmt: skip
+                      log_every=log_every, weighting=weighting, desc=desc,
+                      eval_context=cfg.protocol.eval_context, **train)  # fmt: skip
     return T.predict(graphdef, params, prep, key=jax.random.key(seed + 1000),
                      n_context=cfg.protocol.eval_context)  # fmt: skip
 
@@ -335,15 +347,16 @@ def forecast(method: str, prep: D.Prepared, cfg: STMPConfig, seed: int) -> np.nd
         return B.xgboost_forecast(prep, seed=seed, lags=window, n_estimators=b.xgb_estimators,
                                   max_depth=b.xgb_max_depth,
                                   learning_rate=b.xgb_learning_rate)  # fmt: skip
+    t = cfg.train
+    budget = dict(n_steps=t.n_steps, eval_every=t.eval_every, patience=t.patience)
     if method == "LSTM":
-        return B.lstm_forecast(prep, seed=seed, window_len=window, hidden=hidden,
-                               n_steps=b.lstm_steps, lr=b.lstm_lr)  # fmt: skip
+        return B.lstm_forecast(prep, seed=seed, window_len=window, hidden=hidden, lr=b.lstm_lr,
+                               **budget)  # fmt: skip
     if method == "MAML":
-        t = cfg.train
-        return B.maml_forecast(prep, seed=seed, window_len=window, hidden=hidden,
-                               n_steps=b.lstm_steps, n_tasks=t.n_tasks, n_query=t.n_query,
-                               n_support=t.n_context // 2, inner_lr=b.maml_inner_lr,
-                               lr=b.maml_lr)  # fmt: skip
+        sizes = B.MAMLSizes(n_tasks=t.n_tasks, n_query=t.n_query, n_support=t.n_context // 2)
+        return B.maml_forecast(prep, seed=seed, window_len=window, hidden=hidden, sizes=sizes,
+                               inner_lr=b.maml_inner_lr, inner_clip=b.maml_inner_clip,
+                               lr=b.maml_lr, **budget)  # fmt: skip
     raise ValueError(f"unknown method {method!r}; known: {list(METHODS)}")
 
 

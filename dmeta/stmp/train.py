@@ -5,6 +5,13 @@ region context set (past days of r, any date type) and a date-type context set (
 days of type d, any region); context points sharing a date with a query target are
 masked out. Views: 0 spatial (z_r sampled with its KL, z_d the stop-gradient
 posterior mean), 1 temporal (the reverse), 2 joint (both sampled).
+
+Objectives (``objective``): the ML-PIP Gaussian likelihood with a learned sigma (the
+paper's form), with a fixed sigma, or the squared error of each latent sample's mean.
+Query weights (``weighting``): "matched" weighs every query of a batch so festival and
+regular queries carry the training calendar's festival share (the evaluation mix), "task"
+averages each task's queries and then the tasks (a one-query festival task weighs as much
+as sixteen regular queries).
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 SPATIAL, TEMPORAL, JOINT = 0, 1, 2
 Mode = Literal["alternate", "joint"]
+Objective = Literal["learned_sigma", "fixed_sigma", "mse"]
+Weighting = Literal["matched", "task"]
+SpatialTypes = Literal["frequency", "uniform"]
 
 
 @jax.tree_util.register_dataclass
@@ -46,6 +56,8 @@ class Task:
       date_type: i32[] date type d.
       days: i32[Q] query target days of cell (r, d).
       mask: f32[Q] 1 for real query targets.
+      weight: f32[Q] each query's weight in the objective (0 on padding; see
+        ``query_weights``), the mean over the batch's tasks of their sums being 1.
       region_ctx: i32[K] context days of region r.
       region_ctx_mask: f32[K].
       type_ctx: i32[K] context (region, day) pairs of type d, flattened ``r * D + t``.
@@ -57,6 +69,7 @@ class Task:
     date_type: Array
     days: Array
     mask: Array
+    weight: Array
     region_ctx: Array
     region_ctx_mask: Array
     type_ctx: Array
@@ -73,15 +86,20 @@ def view_at(step: Array, *, mode: Mode, switch_every: int) -> Array:
     return ((step // switch_every) % 2).astype(jnp.int32)
 
 
-def cell_logits(index: CellIndex, view: Array) -> Array:
+def cell_logits(index: CellIndex, view: Array, spatial_types: SpatialTypes = "frequency") -> Array:
     """Log-probabilities f32[R * Dt] of drawing each cell in ``view``.
 
-    Spatial: regions uniform, date types by frequency within the region. Temporal:
-    date types uniform, regions uniform among those with the type. Joint: the average.
+    Spatial: regions uniform, date types by their frequency within the region
+    ("frequency") or uniform among the region's ("uniform", so festival cells train the
+    region encoder as often as in the temporal view). Temporal: date types uniform,
+    regions uniform among those with the type. Joint: the average.
     """
     count = index.cell_count.astype(jnp.float32)
     present = (count > 0).astype(jnp.float32)
-    spatial = count / jnp.maximum(count.sum(1, keepdims=True), 1.0) / count.shape[0]
+    if spatial_types not in ("frequency", "uniform"):
+        raise ValueError(f"spatial_types must be 'frequency' or 'uniform', got {spatial_types!r}")
+    within = count if spatial_types == "frequency" else present
+    spatial = within / jnp.maximum(within.sum(1, keepdims=True), 1.0) / count.shape[0]
     per_type = present / jnp.maximum(present.sum(0, keepdims=True), 1.0)
     temporal = per_type / jnp.maximum(jnp.sum(present.any(0)), 1.0)
     prob = jnp.select([view == SPATIAL, view == TEMPORAL], [spatial, temporal],
@@ -118,6 +136,26 @@ def region_context_days(
     return days, mask.astype(jnp.float32)
 
 
+def query_weights(index: CellIndex, d: Array, mask: Array, weighting: Weighting) -> Array:
+    """Weights f32[B, Q] of the queries of tasks of date types d i32[B] (mask f32[B, Q]).
+
+    "matched": festival queries share ``index.festival_share`` of the batch's weight
+    (regular ones the rest; a kind absent from the batch leaves all of it to the other),
+    each query of a kind weighing the same. "task": each task's real queries share 1.
+    Either way the weights sum to B over the batch.
+    """
+    if weighting == "task":
+        return mask / jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1.0)
+    if weighting != "matched":
+        raise ValueError(f"weighting must be 'matched' or 'task', got {weighting!r}")
+    fest = index.festival_type[d][:, None] * mask
+    n_fest, n_reg = jnp.sum(fest), jnp.sum(mask - fest)
+    share = jnp.where(n_fest == 0, 0.0, jnp.where(n_reg == 0, 1.0, index.festival_share))
+    per_query = jnp.where(fest > 0, share / jnp.maximum(n_fest, 1.0),
+                          (1.0 - share) / jnp.maximum(n_reg, 1.0))  # fmt: skip
+    return mask.shape[0] * per_query * mask
+
+
 def sample_tasks(
     key: Key,
     index: CellIndex,
@@ -127,11 +165,15 @@ def sample_tasks(
     n_query: int,
     n_context: int,
     n_days: int,
+    weighting: Weighting = "matched",
+    spatial_types: SpatialTypes = "frequency",
 ) -> Task:
-    """Draws a batch of ``n_tasks`` tasks for ``view`` (leaves [B, ...])."""
+    """Draws a batch of ``n_tasks`` tasks for ``view`` (leaves [B, ...]; ``cell_logits``,
+    ``query_weights``)."""
     k_cell, k_q, k_r, k_d = jax.random.split(key, 4)
     n_types = index.cell_count.shape[1]
-    cell = jax.random.categorical(k_cell, cell_logits(index, view), shape=(n_tasks,))
+    logits = cell_logits(index, view, spatial_types)
+    cell = jax.random.categorical(k_cell, logits, shape=(n_tasks,))
     r, d = cell // n_types, cell % n_types
     count = index.cell_count[r, d][:, None]
     pick_q = jax.random.randint(k_q, (n_tasks, n_query), 0, count)
@@ -150,6 +192,7 @@ def sample_tasks(
         date_type=d,
         days=days,
         mask=mask,
+        weight=query_weights(index, d, mask, weighting),
         region_ctx=region_ctx,
         region_ctx_mask=not_query(region_ctx) * region_mask,
         type_ctx=type_ctx,
@@ -181,7 +224,9 @@ def predict_cell(model, arrays: Arrays, r: Array, days: Array, z_r: Array, z_d: 
     """
     x = jax.vmap(lambda t: window(arrays, r, t, model.window))(days)
     attrs = jnp.broadcast_to(arrays.attrs[r], (days.shape[0], arrays.attrs.shape[1]))
-    baseline, fused = model.features(x, arrays.dow[days], attrs)
+    baseline, fused = model.features(
+        x, arrays.dow[days], arrays.month[days], arrays.dtype[r, days], attrs
+    )
     n_samples = z_r.shape[0]
     fused = jnp.broadcast_to(fused, (n_samples,) + fused.shape)
     z_r = jnp.broadcast_to(z_r[:, None], fused.shape[:2] + z_r.shape[-1:])
@@ -190,20 +235,38 @@ def predict_cell(model, arrays: Arrays, r: Array, days: Array, z_r: Array, z_d: 
     return model.generate(baseline, fused, z_r, z_d)
 
 
+def query_loss(y: Array, mean: Array, log_sigma: Array, objective: Objective, sigma: float):
+    """Per-query loss f32[Q] of targets y f32[Q] under latent samples' mean / log sigma f32[S, Q].
+
+    "learned_sigma" / "fixed_sigma": ML-PIP's -log mean_s N(y; mean_s, sigma_s^2) with the
+    head's sigma or the constant ``sigma``; "mse": mean_s (y - mean_s)^2.
+    """
+    if objective == "mse":
+        return jnp.mean(jnp.square(y - mean), axis=0)
+    if objective == "fixed_sigma":
+        log_sigma = jnp.full_like(mean, jnp.log(sigma))
+    elif objective != "learned_sigma":
+        raise ValueError(f"objective must be learned_sigma, fixed_sigma or mse, got {objective!r}")
+    ll = -0.5 * jnp.square((y - mean) / jnp.exp(log_sigma)) - log_sigma - 0.5 * jnp.log(2 * jnp.pi)
+    return -(jax.nn.logsumexp(ll, axis=0) - jnp.log(mean.shape[0]))
+
+
 def make_task_loss(
     graphdef: nnx.GraphDef,
     arrays: Arrays,
     *,
     n_samples: int,
     beta: float,
-    sigma: float | None = None,
+    objective: Objective = "learned_sigma",
+    sigma: float = 0.1,
 ) -> Callable[[Params, Task, Key], tuple[Array, dict[str, Array]]]:
-    """ML-PIP task loss: -log mean_s p(y_q | x_q, z_s) over queries, plus beta * KL.
+    """Task loss: the task's queries' losses (``query_loss``) summed with their weights, plus
+    beta * KL.
 
     The latent of the view's side is sampled (reparameterized) and pays its KL to
-    N(0, I); the other side uses its posterior mean with gradients stopped. With a
-    fixed ``sigma`` the likelihood's scale is not learned (an MSE-like objective that
-    does not let rare festival targets buy a wide sigma instead of a good mean).
+    N(0, I); the other side uses its posterior mean with gradients stopped. A fixed sigma
+    or the squared error keeps rare festival targets from buying a wide sigma instead of
+    a good mean.
     """
 
     def task_loss(params: Params, task: Task, key: Key):
@@ -226,19 +289,11 @@ def make_task_loss(
         z_d, kl_d = latent(k_d, mu_d, lv_d, sample_d)
         mean, log_sigma = predict_cell(model, arrays, r, task.days, z_r, z_d)
         y = arrays.ys[r, task.days]
-        if sigma is not None:
-            log_sigma = jnp.full_like(mean, jnp.log(sigma))
-        ll = (
-            -0.5 * jnp.square((y - mean) / jnp.exp(log_sigma))
-            - log_sigma
-            - 0.5 * jnp.log(2 * jnp.pi)
-        )
-        ll = jax.nn.logsumexp(ll, axis=0) - jnp.log(n_samples)  # [Q] averaged over latents
-        nll = -jnp.sum(ll * task.mask) / jnp.maximum(jnp.sum(task.mask), 1.0)
+        fit = jnp.sum(query_loss(y, mean, log_sigma, objective, sigma) * task.weight)
         kl = kl_r + kl_d
         sq = jnp.square(jnp.mean(mean, axis=0) - y)
         mse = jnp.sum(sq * task.mask) / jnp.maximum(jnp.sum(task.mask), 1.0)
-        return nll + beta * kl, {"nll": nll, "kl": kl, "mse": mse}
+        return fit + beta * kl, {"fit": fit, "kl": kl, "mse": mse}
 
     return task_loss
 
@@ -254,7 +309,10 @@ def make_train_step(
     n_context: int = 32,
     n_samples: int = 4,
     beta: float = 1e-2,
-    sigma: float | None = None,
+    objective: Objective = "learned_sigma",
+    sigma: float = 0.1,
+    weighting: Weighting = "matched",
+    spatial_types: SpatialTypes = "frequency",
     remat: bool = False,
     mesh: Mesh | None = None,
 ) -> Callable[[TrainState, Arrays, CellIndex], tuple[TrainState, dict[str, Array]]]:
@@ -273,21 +331,16 @@ def make_train_step(
     """
 
     def step(state: TrainState, arrays: Arrays, index: CellIndex):
-        task_loss = make_task_loss(graphdef, arrays, n_samples=n_samples, beta=beta, sigma=sigma)
+        task_loss = make_task_loss(graphdef, arrays, n_samples=n_samples, beta=beta,
+                                   objective=objective, sigma=sigma)  # fmt: skip
         if remat:
             task_loss = jax.checkpoint(task_loss)
         update = make_meta_train_step(task_loss, optimizer)
         next_key, k_batch, k_step = jax.random.split(state.key, 3)
         view = view_at(state.step, mode=mode, switch_every=switch_every)
-        batch = sample_tasks(
-            k_batch,
-            index,
-            view,
-            n_tasks=n_tasks,
-            n_query=n_query,
-            n_context=n_context,
-            n_days=arrays.ys.shape[1],
-        )
+        batch = sample_tasks(k_batch, index, view, n_tasks=n_tasks, n_query=n_query,
+                             n_context=n_context, n_days=arrays.ys.shape[1],
+                             weighting=weighting, spatial_types=spatial_types)  # fmt: skip
         if mesh is not None:
             batch = constrain_batch(batch, mesh)
         state = TrainState(state.params, state.opt_state, state.step, next_key)
@@ -297,14 +350,66 @@ def make_train_step(
     return step
 
 
-@functools.lru_cache(maxsize=8)
-def _compiled_step(graphdef, lr: float, n_steps: int, step_items: tuple, shard: bool):
-    optimizer = optax.chain(
-        optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(lr, n_steps))
+def adam(lr: float, n_steps: int) -> optax.GradientTransformation:
+    """Adam at ``lr`` (in its state, ``optax.inject_hyperparams``, the betas and eps kept
+    static as in ``optax.adam``) after clipping the global norm to 1, its steps scaled by a
+    cosine decay to zero over ``n_steps``; a step built with any ``lr`` updates at the rate
+    its state holds, so the fits of a learning-rate grid share one compiled step."""
+    inject = optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps", "eps_root"))
+    return optax.chain(
+        optax.clip_by_global_norm(1.0),
+        inject(learning_rate=lr),
+        optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, n_steps)),
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_step(graphdef, n_steps: int, step_items: tuple, shard: bool):
     mesh = data_mesh() if shard else None
-    step = make_train_step(graphdef, optimizer, mesh=mesh, **dict(step_items))
-    return optimizer, jit_step(step, mesh, donate_argnums=0)
+    step = make_train_step(graphdef, adam(0.0, n_steps), mesh=mesh, **dict(step_items))
+    return jit_step(step, mesh, donate_argnums=0)
+
+
+def early_stopped(
+    step_fn: Callable[[TrainState], tuple[TrainState, dict[str, Array]]],
+    state: TrainState,
+    prep: Prepared,
+    predict: Callable[[Params, Array, Array], Array],
+    *,
+    n_steps: int,
+    eval_every: int,
+    patience: int | None,
+    desc: str,
+    progress: bool | None = None,
+) -> loop.FitResult:
+    """``dmeta.train.loop.fit`` of a neural method, early-stopped on ``prep.val``.
+
+    With validation targets and ``eval_every``, every ``eval_every`` steps scores
+    ``val_mse``, the MSE in original units of ``predict(params, rows i32[N], cols i32[N])``
+    (scaled predictions f32[N] of the targets ``np.nonzero(prep.val)``); the result's
+    best state has the lowest, and ``patience`` scores without improvement stop the fit.
+    Without them it runs ``n_steps`` and logs one row at the end.
+    """
+    rows, cols = np.nonzero(prep.val)
+    y, scale = prep.data.y[rows, cols], prep.scale[rows]
+    at = (jnp.asarray(rows), jnp.asarray(cols))
+
+    def eval_fn(state: TrainState) -> dict[str, float]:
+        pred = np.asarray(predict(state.params, *at)) * scale
+        return {"val_mse": float(np.mean(np.square(pred - y)))}
+
+    scored = bool(eval_every) and rows.size > 0
+    return loop.fit(
+        step_fn,
+        state,
+        n_steps=n_steps,
+        eval_fn=eval_fn if scored else None,
+        eval_every=eval_every or n_steps,
+        patience=patience if scored else None,
+        monitor="val_mse",
+        desc=desc,
+        progress=progress,
+    )
 
 
 def fit(
@@ -316,34 +421,44 @@ def fit(
     n_steps: int,
     lr: float = 3e-3,
     log_every: int = 0,
+    patience: int | None = None,
+    eval_context: int = 64,
     shard: bool = False,
     progress: bool | None = None,
+    desc: str = "stmp",
     **step_kwargs,
 ) -> tuple[Params, list[dict[str, float]]]:
-    """Trains STMP for ``n_steps`` (Adam, cosine decay) with ``dmeta.train.loop.fit``.
+    """Trains STMP for at most ``n_steps`` (``adam``), ``early_stopped`` on ``prep.val``.
 
-    The jitted step is cached per (graphdef, sizes), so seeds reuse one compile.
-    ``shard=True`` splits each step's tasks over all visible devices (parameters and
-    panel replicated; see ``make_train_step``); ``step_kwargs`` go to ``make_train_step``.
+    With validation targets and ``log_every``, every ``log_every`` steps scores
+    ``val_mse`` (``eval_context`` context points from ``prep.index``) and returns the
+    parameters of the lowest; ``patience`` scores without improvement stop the fit. The
+    jitted step is cached per (graphdef, n_steps, step sizes), so seeds and learning rates
+    reuse one compile. ``shard=True`` splits each step's tasks over all visible devices (parameters
+    and panel replicated; see ``make_train_step``); ``step_kwargs`` go to
+    ``make_train_step``.
 
     Returns:
-      The trained params and, with ``log_every``, one row every ``log_every`` steps
-      (``step`` and each metric's mean over those steps).
+      The trained (best) params and the log rows (``step``, each metric's mean over the
+      steps since the previous row, ``val_mse``); one row at the end without ``log_every``.
     """
-    optimizer, step = _compiled_step(
-        graphdef, lr, n_steps, tuple(sorted(step_kwargs.items())), shard
-    )
-    result = loop.fit(
+    step = _compiled_step(graphdef, n_steps, tuple(sorted(step_kwargs.items())), shard)
+    params, key = jax.tree.map(lambda x: x.copy(), (params, key))  # the step donates them
+    val_key = jax.random.fold_in(key, 1)  # the same context sets at every evaluation
+    result = early_stopped(
         lambda state: step(state, prep.arrays, prep.index),
-        init_train_state(params, optimizer, key),
+        init_train_state(params, adam(lr, n_steps), key),
+        prep,
+        lambda params, rows, cols: _predict_at(
+            graphdef, params, prep.arrays, prep.index, rows, cols, val_key, eval_context, 512
+        ),
         n_steps=n_steps,
-        eval_every=log_every or n_steps,
-        desc="stmp",
+        eval_every=log_every,
+        patience=patience,
+        desc=desc,
         progress=progress,
     )
-    for row in result.history if log_every else ():
-        logger.info("stmp %s", row)
-    return result.state.params, result.history if log_every else []
+    return result.best_state.params, result.history
 
 
 def posteriors(
@@ -387,21 +502,11 @@ def predict(
     n_context: int = 64,
     batch_size: int = 512,
 ) -> np.ndarray:
-    """Scaled point predictions f32[N] for the test targets ``np.nonzero(prep.test)``."""
-    rows, cols = np.nonzero(prep.test)
-    return np.asarray(
-        _predict_at(
-            graphdef,
-            params,
-            prep.arrays,
-            prep.index,
-            jnp.asarray(rows),
-            jnp.asarray(cols),
-            key,
-            n_context,
-            batch_size,
-        )  # fmt: skip
-    )
+    """Scaled point predictions f32[N] for the test targets ``np.nonzero(prep.test)``, with
+    context sets drawn from everything known before the test period (``prep.known_index``)."""
+    rows, cols = (jnp.asarray(a) for a in np.nonzero(prep.test))
+    return np.asarray(_predict_at(graphdef, params, prep.arrays, prep.known_index, rows, cols,
+                                  key, n_context, batch_size))  # fmt: skip
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7, 8))
