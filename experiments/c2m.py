@@ -4,15 +4,20 @@ Per seed one autoencoder is pretrained and shared by every deep method; each seg
 goes through the same mining stage (``dmeta.c2m.protocol``).
 
 * Table 1: Ours (joint, eq. 6-7) vs DEC, DeepCluster-style (DC), k-means++ on the pretrained
-  latent (AE+KM) and k-means on bag-of-categories (BoC-KM), each fitted on the fit users and
-  tuned on the held-out validation users: SC, CH (each in its own space, on the fit users, and
-  ``SC_inliers`` / ``CH_inliers`` without Ours' outlier share), MPP (all users); on synthetic
-  data also ARI, planted-pattern recall and logit coefficient error.
+  latent (AE+KM), k-means on bag-of-categories (BoC-KM) and market segmentation trees (MST:
+  logit leaves split on category shares), each fitted on the fit users and tuned on the
+  held-out validation users: SC, CH (each in its own space, on the fit users, and
+  ``SC_inliers`` / ``CH_inliers`` without Ours' outlier share), MPP (all users), and a Random
+  segmentation's MPP as reference; on synthetic data also ARI, planted-pattern recall and
+  logit coefficient error.
 * Figures 2-3: alpha and beta sweeps. Table 2: source behaviours. Table 3: ablations
   (``protocol.extras`` / ``protocol.sweeps``, with Ours among ``--methods``).
 * A case study per segment of Ours (first seed).
 
     dmeta run c2m --data userbehavior --seeds 5 --out experiments/results/c2m/userbehavior
+    dmeta run c2m --data completejourney --seeds 5 --set data.max_events=100 \
+        --set 'mining.pattern_behaviors=[buy]' --set protocol.sources=false \
+        --out experiments/results/c2m/completejourney
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from dmeta.c2m import baselines, train
+from dmeta.c2m import baselines, demand, mst, train
 from dmeta.c2m.sequences import BEHAVIOR_VOCAB, build_sequences, build_vocabulary
 from dmeta.c2m.synthetic import synthetic_c2m
 from dmeta.train import loop
@@ -151,3 +151,22 @@ def test_dec_target_sharpens():
     p = np.asarray(baselines.dec_target(q))
     np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-6)
     assert p[0, 0] > q[0, 0]
+
+
+def test_market_segmentation_tree_splits_by_attribute_preference():
+    """MST grows by the logit likelihood gain of its leaves: on 240 users whose 3 planted
+    segments differ in category block and attribute preference (8 purchases each), its
+    category-share splits recover most of the segments (ARI 0.76; 0 for random splits)."""
+    data = synthetic_c2m(n_users=240, n_segments=3, n_purchases=8, seed=1)
+    events = data.log.events
+    cats = build_vocabulary(events["category_id"].to_numpy())
+    items = build_vocabulary(events["item_id"].to_numpy(), max_size=64)
+    seqs = build_sequences(events, max_len=48, items=items, categories=cats)
+    choices = demand.choice_situations(events, data.log.attributes, n_alternatives=4)
+    shares = baselines.category_shares(seqs.category, seqs.mask, cats.size)
+    row = np.searchsorted(seqs.users, choices.user)
+    embed = baselines.shares_embed(cats.size)
+    seg = mst.mst_segmentation(shares, choices, row, embed, n_segments=3, key=jax.random.key(0))
+    assert adjusted_rand_score(data.segment[seqs.users], seg.labels) > 0.6
+    assert len(seg.history) == 2 and all(h["gain"] > 0 for h in seg.history)
+    np.testing.assert_array_equal(seg.assign(None, seqs.mask, seqs.category)[1], seg.labels)

@@ -6,6 +6,7 @@
   initialized linear head, cross-entropy (+ reconstruction to keep the latent informative).
 * ``latent_kmeans_segmentation``: k-means++ on the pretrained latent (AE+KM).
 * ``bag_of_categories_segmentation``: k-means on each user's category shares (BoC-KM).
+* MST (market segmentation trees) is ``dmeta.c2m.mst``.
 
 Each returns a ``dmeta.c2m.train.Segmentation`` with its centroids and its space's ``embed``.
 """
@@ -182,11 +183,15 @@ def category_shares(category, mask, n_categories: int) -> np.ndarray:
     return counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
 
 
+def shares_embed(n_categories: int) -> Callable:
+    """``Segmentation.embed`` of the category-share space (BoC-KM's and MST's)."""
+    return lambda x, mask, category: category_shares(category, mask, n_categories)
+
+
 def bag_of_categories_segmentation(
     category, mask, n_categories: int, *, n_segments, key, n_init: int = 4
 ) -> Segmentation:
     """k-means (best of ``n_init`` restarts) on each user's category shares
     (``category_shares``)."""
     shares = category_shares(category, mask, n_categories)
-    embed = lambda x, mask, category: category_shares(category, mask, n_categories)
-    return _kmeans_segmentation(key, shares, embed, n_segments, n_init, [])
+    return _kmeans_segmentation(key, shares, shares_embed(n_categories), n_segments, n_init, [])

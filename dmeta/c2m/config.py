@@ -2,19 +2,20 @@
 
 Sections: ``data`` (preprocessing and the synthetic generator), ``model`` (the behaviour
 autoencoder, built with ``init_autoencoder(key, **asdict(cfg.model), ...)``), ``train``
-(minibatch Adam), ``segmentation`` (Ours: eq. 6-7 weights and outlier threshold),
+(minibatch Adam), ``segmentation`` (Ours: eq. 6-7 weights and outlier threshold; the
+baselines' fixed settings),
 ``mining`` (PrefixSpan, logits, derived attributes), ``protocol`` (which tables run) and
 ``tuning``.
 
 Equal tuning: per seed the users are split once (seeded) into validation users (a
 ``tuning.val_share``) and fit users (the rest). Every method, the shared autoencoder's
 pretraining included, is fitted on the fit users only, and the validation users are assigned
-to their nearest centroid in the method's space. Every Table 1 method gets ``tuning.trials``
+to their nearest centroid in the method's space (MST: to their leaf). Every Table 1 method gets ``tuning.trials``
 points of its grid (the first point is the configured setting, so ``trials = 1`` runs the
 defaults alone), each scored by the negative silhouette (SC, the table's first metric) of the
 validation users; the chosen point's fit is the reported one, and SC / CH are reported on the
 fit users (``SC_inliers`` / ``CH_inliers`` without the outliers), the mining and MPP on all
-users. AE+KM and BoC-KM have no hyperparameter to tune (one point). ``--set
+users. AE+KM, BoC-KM and MST have no hyperparameter to tune (one point). ``--set
 tuning.trials=9`` gives every method 9 points (all of a smaller grid).
 """
 
@@ -76,7 +77,7 @@ class BehaviorWeights:
 
 @dataclasses.dataclass(frozen=True)
 class SegmentationConfig:
-    """Ours (Algorithm 1, steps 2-3)."""
+    """Ours (Algorithm 1, steps 2-3) and the baselines' fixed settings."""
 
     n_segments: int = 6  # real data (the paper's case studies name segments 5 and 6)
     alpha: float = 0.5
@@ -88,6 +89,9 @@ class SegmentationConfig:
     # the clustering loss also falls by shrinking the latent (measured; Table 3 ablation).
     normalize: bool = True
     kmeans_n_init: int = 4  # k-means++ restarts of AE+KM and BoC-KM (best inertia)
+    mst_features: int = 10  # MST: split candidates, the categories of largest mean share
+    mst_min_leaf: float = 0.05  # MST: least share of the users in a leaf
+    mst_situations: int = 20_000  # MST: choice situations its likelihoods are fitted on
     behavior_weights: BehaviorWeights = BehaviorWeights()
 
 

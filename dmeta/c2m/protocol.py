@@ -28,7 +28,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
 from dmeta import metrics
-from dmeta.c2m import baselines, demand, train
+from dmeta.c2m import baselines, demand, mst, train
 from dmeta.c2m.config import C2MConfig
 from dmeta.c2m.data import EVENT_SOURCES, EventLog, from_source
 from dmeta.c2m.sequences import BEHAVIOR_VOCAB, build_sequences, build_vocabulary
@@ -40,7 +40,7 @@ from dmeta.datasets import LOADERS
 from dmeta.train.harness import Cell, hp_rows, tune, write_atomic
 
 NAME = "c2m"
-METHODS = ("Ours", "DEC", "DC", "AE+KM", "BoC-KM")  # Table 1
+METHODS = ("Ours", "DEC", "DC", "AE+KM", "BoC-KM", "MST")  # Table 1
 BASELINES = METHODS[1:]
 RANDOM = "Random"  # Table 1 reference: uniformly random segments, mining metrics only
 SOURCES = {  # Table 2: (category-mining behaviours, attribute-mining behaviour)
@@ -494,9 +494,25 @@ class SeedState:
             return baselines.latent_kmeans_segmentation(
                 run.ae, self.params, x, mask, **common, n_init=s.kmeans_n_init, **hp
             )
+        if method == "MST":
+            return self._mst(category, mask, common, hp)
         return baselines.bag_of_categories_segmentation(
             category, mask, run.prep.n_categories, **common, n_init=s.kmeans_n_init, **hp
         )
+
+    def _mst(self, category, mask, common: dict, hp: dict) -> train.Segmentation:
+        """MST on the fit users' category shares and the purchase choice situations."""
+        s, n_cat = self.run.cfg.segmentation, self.run.prep.n_categories
+        fit_users = self.run.prep.users[self.fit]
+        data = self.miner.choices["buy"]
+        row = np.minimum(np.searchsorted(fit_users, data.user), len(fit_users) - 1)
+        row = np.where(fit_users[row] == data.user, row, -1)
+        shares = baselines.category_shares(category, mask, n_cat)
+        return mst.mst_segmentation(
+            shares, data, row, baselines.shares_embed(n_cat), **common,
+            n_features=s.mst_features, min_leaf_share=s.mst_min_leaf,
+            max_situations=s.mst_situations, **hp,
+        )  # fmt: skip
 
     def extra(self, cell: Cell) -> dict[str, float]:
         """Metrics of a Table 2, Table 3 or sweep cell, around Ours' tuned point."""

@@ -53,9 +53,11 @@ class Segmentation:
     Attributes:
       labels: i32[U]; latent: f[U, Z] (the space the labels were found in); weights: f[U]
         (0 for outliers); history: per-epoch rows (``step`` and mean losses) of the training;
-      centroids: f[K, Z] in the latent space (every label is its user's nearest centroid);
+      centroids: f[K, Z] in the latent space (the segments' centres);
       embed: ``(x i32[N, L, 3], mask bool[N, L], category i32[N, L]) -> f[N, Z]``, the latent
-        space of any users.
+        space of any users;
+      predict: latents f[N, Z] -> labels i32[N]; None: the nearest centroid (every method but
+        a tree's).
     """
 
     labels: np.ndarray
@@ -64,10 +66,13 @@ class Segmentation:
     history: list[Row]
     centroids: np.ndarray
     embed: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+    predict: Callable[[np.ndarray], np.ndarray] | None = None
 
     def assign(self, x, mask, category) -> tuple[np.ndarray, np.ndarray]:
-        """(latent f[N, Z], nearest-centroid labels i32[N]) of any N users."""
+        """(latent f[N, Z], labels i32[N]) of any N users."""
         z = np.asarray(self.embed(x, mask, category))
+        if self.predict is not None:
+            return z, np.asarray(self.predict(z), np.int32)
         labels = np.asarray(jnp.argmin(sq_distances(z, self.centroids), axis=1), np.int32)
         return z, labels
 
