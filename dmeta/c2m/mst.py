@@ -8,9 +8,10 @@ mining stage's conditional logit of the purchase choice situations (eq. 12), the
 each user's category shares (BoC-KM's space), and the tree grows best first (the leaf and split
 of largest gain) to ``n_segments`` leaves, each child keeping at least ``min_leaf_share`` of
 the users. Candidate splits are the quartiles of the ``n_features`` categories of largest mean
-share. The paper prunes the tree by cross-validation; here the number of leaves is fixed (every
-Table 1 method gets the same number of segments). The likelihoods are fitted on at most
-``max_situations`` situations drawn once.
+share. The number of leaves is fixed (every Table 1 method gets the same number of segments),
+where the MST paper may size its trees otherwise; its text is not in ``../shared/papers``, so
+the split search here is ours. The likelihoods are fitted on at most ``max_situations``
+situations drawn once.
 """
 
 from __future__ import annotations
