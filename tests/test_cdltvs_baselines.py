@@ -137,7 +137,9 @@ def test_prob_sparse_attention_keeps_the_top_u_queries():
 def test_informer_learns_the_target_series():
     d = make_synthetic(300, n_periods=6, horizon=2, seed=0)
     train, val, test = split_customers(d, seed=0)
-    predict = B.neural_baseline("informer", train, val, seed=0, hidden=8, max_epochs=4,
-                                drop_epoch=0, patience=4, batch_size=64, lr=1e-2)  # fmt: skip
+    # 10 epochs: from the mean it first overshoots below 0 (MAE on a zero-inflated label) and
+    # comes back through the leaky output ReLU
+    predict = B.neural_baseline("informer", train, val, seed=0, hidden=8, max_epochs=10,
+                                drop_epoch=0, patience=10, batch_size=64, lr=1e-2)  # fmt: skip
     naive = metrics.nmae(test.t_y, np.full(test.n, np.median(train.t_y)))
     assert metrics.nmae(test.t_y, predict(test)) < 0.9 * naive  # fails if not learnt

@@ -304,7 +304,7 @@ class Informer(nnx.Module):
     convolution, width 3) plus sinusoidal positions; two ProbSparse encoder layers with a
     self-attention distilling layer between them (circular convolution, norm, ELU, max-pool
     width 3 stride 2); a one-layer generative decoder fed the last ``L // 2`` steps and
-    ``horizon`` zero placeholders, whose ``horizon`` outputs (each ReLU'd) sum to the LTV.
+    ``horizon`` zero placeholders, whose ``horizon`` outputs sum to the LTV (then a ReLU).
 
     Differences from the paper: no calendar (time-stamp) embedding, as the windows carry no
     date; LayerNorm instead of BatchNorm in the distilling layer (the fit carries no batch
@@ -322,7 +322,9 @@ class Informer(nnx.Module):
         self.enc_norm = nnx.LayerNorm(hidden, rngs=rngs)
         self.decoder = layer(cross=True)
         self.dec_norm = nnx.LayerNorm(hidden, rngs=rngs)
-        self.out = nnx.Linear(hidden, 1, bias_init=nnx.initializers.ones, rngs=rngs)
+        # each step starts at 1 / horizon, so the sum starts at the mean (scaled) label
+        self.out = nnx.Linear(hidden, 1, bias_init=nnx.initializers.constant(1 / horizon),
+                              rngs=rngs)  # fmt: skip
 
     def __call__(self, b):
         x = series_inputs(b["t_series"], b["t_observed"])  # [N, L, 2]
@@ -335,7 +337,7 @@ class Informer(nnx.Module):
         dec_in = jnp.concatenate([start, jnp.zeros((x.shape[0], self.horizon, 2))], 1)
         y = self.dec_embed(dec_in) + _positions(dec_in.shape[1], hidden)
         y = self.dec_norm(self.decoder(y, memory))[:, -self.horizon :]
-        return output_relu(self.out(y))[..., 0].sum(-1)
+        return output_relu(self.out(y)[..., 0].sum(-1))
 
 
 class _DomainEncoder(nnx.Module):
