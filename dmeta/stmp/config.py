@@ -68,7 +68,8 @@ class TrainConfig:
       n_context: context points per set.
       n_samples: latent samples averaged in the ML-PIP likelihood.
       beta: KL weight.
-      objective: learned_sigma (the paper's Gaussian likelihood), fixed_sigma or mse.
+      objective: fixed_sigma (the ML-PIP Gaussian likelihood at scale ``sigma``),
+        learned_sigma (its scale from the head) or mse (see ``dmeta.stmp.train``).
       sigma: the likelihood's scale with objective=fixed_sigma (scaled targets).
       query_weights: matched (festival and regular queries weighed to the training
         calendar's mix, the evaluation's) or task (a mean per task, then over tasks).
@@ -87,7 +88,7 @@ class TrainConfig:
     n_context: int = 32
     n_samples: int = 4
     beta: float = 1e-2
-    objective: str = "learned_sigma"
+    objective: str = "fixed_sigma"
     sigma: float = 0.1
     query_weights: str = "matched"
     spatial_types: str = "frequency"
