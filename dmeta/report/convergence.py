@@ -8,6 +8,7 @@ A fit counts as converged when its monitored curve (the first ``val*`` column, e
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def last_quarter_gain(values: np.ndarray) -> float:
 def fits(run_dir: str | os.PathLike, methods: Iterable[str] = ()) -> pd.DataFrame:
     """One row per saved curve: ``method, cell, fit, metric, rows, gain, converged``
     (``methods``: the run's method names, to undo the cell folders' file-name spelling)."""
-    names = {Cell(m, 0).key.split("__")[1]: m for m in methods}
+    slugs = {Cell(m, 0, "").key.removeprefix("__").removesuffix("__seed0"): m for m in methods}
     rows = []
     for path in sorted(Path(run_dir).glob("curves/*/*.csv")):
         curve = pd.read_csv(path)
@@ -50,9 +51,10 @@ def fits(run_dir: str | os.PathLike, methods: Iterable[str] = ()) -> pd.DataFram
         if metric is None:
             continue
         gain = last_quarter_gain(curve[metric].dropna().to_numpy())
-        parts = path.parent.name.split("__")
+        stem = re.sub(r"__seed\d+$", "", path.parent.name)  # <setting>__<method>
+        method = next((m for slug, m in slugs.items() if stem.endswith(f"__{slug}")), stem)
         rows.append({
-            "method": names.get(parts[1], parts[1]) if len(parts) == 3 else path.parent.name,
+            "method": method,
             "cell": path.parent.name,
             "fit": path.stem,
             "metric": metric,
