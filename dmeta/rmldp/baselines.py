@@ -20,7 +20,6 @@ Every neural model is ``apply(params, x_local, x_season) -> f32[...]``.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 
 import jax
@@ -35,7 +34,7 @@ from dmeta.meta.maml import adapt_tasks
 from dmeta.models.mpfn import MPFN, masked_mse, split_loss
 from dmeta.nn.functional import split_params
 from dmeta.nn.rnn import GRU
-from dmeta.train.loop import FitResult, fit, scan_steps
+from dmeta.train.loop import FitResult, chunking, fit, scan_steps
 from dmeta.train.state import TrainState, init_train_state
 from dmeta.types import Array, Key, Params, Split, TaskBatch
 
@@ -305,8 +304,7 @@ def train_global(
     Raises:
       NonFiniteError: the mean training loss of an interval is NaN or infinite.
     """
-    every = min(eval_every, n_steps)
-    length = math.gcd(n_steps, every)
+    every, length = chunking(n_steps, eval_every)
     chunk = _train_pooled(apply, batch_size, length)
 
     def eval_fn(state: TrainState):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -243,8 +242,7 @@ def _train(
     graphdef, state, data, val, *, regions, batch_size, n_steps, eval_every, patience, shard, desc
 ) -> FitResult:
     """``loop.fit`` over jitted chunks of ``gcd(n_steps, eval_every)`` steps."""
-    every = min(eval_every, n_steps)
-    length = math.gcd(n_steps, every)
+    every, length = loop.chunking(n_steps, eval_every)
     program = _program(graphdef, batch_size, length, shard, regions)
 
     def step_fn(s: TrainState):

@@ -446,6 +446,13 @@ def fit(
     return FitResult(run.state, run.best_state, int(run.es["best_step"]), run.history)
 
 
+def chunking(n_steps: int, eval_every: int) -> tuple[int, int]:
+    """``(eval_every, steps_per_call)`` for ``scan_steps`` chunks: the evaluation interval
+    capped at ``n_steps`` and the largest chunk that divides both."""
+    every = min(eval_every, n_steps)
+    return every, math.gcd(n_steps, every)
+
+
 def scan_steps(step_fn: Callable[..., tuple[TrainState, Mapping[str, Array]]], length: int):
     """``length`` steps as one ``lax.scan``: ``chunk(state, *args) -> (state, mean metrics)``.
 
