@@ -67,6 +67,7 @@ def test_maml_throughput_quick(tmp_path):
     assert report["time_to_200_vs_best_torch"][0] > 0
 
 
+@pytest.mark.slow
 def test_maml_throughput_func_compile_tiny(tmp_path):
     """The torch.compile peer at the tiny shape, alone with one dmeta variant (it compiles)."""
     pytest.importorskip("torch")
@@ -120,6 +121,7 @@ def test_sales_cnn_throughput_compile_quick(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_gpu_table_quick_on_cpu(tmp_path):
     """gpu_table.py end to end at tiny shapes with torch on the CPU (the script, not a GPU)."""
     pytest.importorskip("torch")
