@@ -31,9 +31,9 @@ from flax import nnx
 from dmeta import metrics
 from dmeta.baselines.classical import gbm_regressor
 from dmeta.meta.maml import adapt_tasks
-from dmeta.models.mpfn import MPFN, masked_mse, split_loss
+from dmeta.models.mpfn import DEFAULT_GRU_IMPL, MPFN, masked_mse, split_loss
 from dmeta.nn.functional import split_params
-from dmeta.nn.rnn import GRU
+from dmeta.nn.rnn import GRU, GRUImpl
 from dmeta.train.loop import FitResult, chunking, fit, scan_steps
 from dmeta.train.state import TrainState, init_train_state
 from dmeta.types import Array, Key, Params, Split, TaskBatch
@@ -205,11 +205,20 @@ class LSTNet(nnx.Module):
         return self.out(jnp.concatenate([h, hs], axis=-1))[..., 0] + ar
 
 
-def build_neural(name: str, n_features: int, hidden: int, *, seq_len: int, key: Key):
-    """``(apply, params)`` of ``"gru_mpfn"``, ``"dipole_mpfn"`` or ``"lstnet"``."""
+def build_neural(
+    name: str,
+    n_features: int,
+    hidden: int,
+    *,
+    seq_len: int,
+    key: Key,
+    gru_impl: GRUImpl = DEFAULT_GRU_IMPL,
+):
+    """``(apply, params)`` of ``"gru_mpfn"`` (its GRUs ``gru_impl``), ``"dipole_mpfn"`` or
+    ``"lstnet"``."""
     rngs = nnx.Rngs(key)
     if name == "gru_mpfn":
-        return split_params(MPFN(n_features, hidden, rngs=rngs))
+        return split_params(MPFN(n_features, hidden, gru_impl=gru_impl, rngs=rngs))
     if name == "dipole_mpfn":
         return split_params(DipoleMPFN(n_features, hidden, rngs=rngs))
     if name == "lstnet":

@@ -69,7 +69,9 @@ class ModelConfig:
     ``"linear"``, one linear layer, the ablation RMLDP-lindec); ``modulator_bias`` the initial
     b_m of eq. 11: 3 starts every theta_0i at sigmoid(3) theta_0 = 0.95 theta_0, close to
     MAML (not in the paper, which gives no initialization); 0, a plain linear layer's
-    bias, is the ablation RMLDP-bias0."""
+    bias, is the ablation RMLDP-bias0; ``gru_impl`` the GRUs of the adapted MPFN (and of
+    the GRU+MPFN baseline): ``"fused"`` (``dmeta.nn.fused_gru``, the default) or ``"scan"``
+    (autodiff of a ``lax.scan``; same parameters and outputs, the speed baseline)."""
 
     hidden: int = 128
     encoder_hidden: int = 128
@@ -78,6 +80,7 @@ class ModelConfig:
     graph_dim: int = 16
     decoder: Literal["mpfn", "linear"] = "mpfn"
     modulator_bias: float = 3.0
+    gru_impl: Literal["scan", "fused"] = "fused"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,8 +28,9 @@ from jax.sharding import Mesh
 from dmeta.meta.maml import adapt_tasks, init_meta_params, make_maml_task_loss
 from dmeta.meta.modulation import init_modulator, modulate, modulator
 from dmeta.meta.steps import make_meta_train_step
-from dmeta.models.mpfn import MPFN, split_loss
+from dmeta.models.mpfn import DEFAULT_GRU_IMPL, MPFN, split_loss
 from dmeta.nn.functional import split_params
+from dmeta.nn.rnn import GRUImpl
 from dmeta.parallel import constrain_batch
 from dmeta.rmldp.segment_encoder import Decoder, SegmentEncoder
 from dmeta.types import Array, Key, Params, Split, TaskBatch
@@ -113,6 +114,7 @@ def init_rmldp(
     encoder_hidden: int | None = None,
     decoder: Decoder = "mpfn",
     modulator_bias: float = 3.0,
+    gru_impl: GRUImpl = DEFAULT_GRU_IMPL,
     use_data: bool = True,
     use_graph: bool = True,
     use_local: bool = True,
@@ -132,6 +134,7 @@ def init_rmldp(
       encoder_hidden: MPFN_s GRU size (default ``hidden``).
       decoder: MPFN_s_dec of eq. 10, ``"mpfn"`` (the paper's) or ``"linear"`` (ablation).
       modulator_bias: initial b_m of eq. 11 (``dmeta.meta.modulation.init_modulator``).
+      gru_impl: the MPFN's ``dmeta.nn.rnn.GRU`` implementation (``"fused"`` or ``"scan"``).
       use_data, use_graph, use_local, use_season: ablation switches (module docstring).
       meta_sgd: learn per-parameter inner step sizes, initialized at ``step_size``.
       step_size: alpha (only used to initialize Meta-SGD's step sizes).
@@ -146,6 +149,7 @@ def init_rmldp(
             hidden,
             use_local=use_local,
             use_season=use_season,
+            gru_impl=gru_impl,
             rngs=nnx.Rngs(k_mpfn),
         )
     )

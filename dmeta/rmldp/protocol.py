@@ -545,7 +545,7 @@ def fit_neural(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
     k_init, k_train = jax.random.split(method_key(name, seed))
     apply, params = fb.build_neural(
         NEURAL[name], prep.pool.values.shape[-1], ctx.cfg.model.hidden, seq_len=prep.seq_len,
-        key=k_init,
+        key=k_init, gru_impl=ctx.cfg.model.gru_impl,
     )  # fmt: skip
     # one apply per architecture (its graphdef holds no values), so the jitted training and
     # prediction compile once for every seed and grid point of this setting
