@@ -78,3 +78,33 @@ def test_a_region_with_no_training_demand_does_not_turn_the_panel_to_nan(caplog)
     assert "no positive training demand" in caplog.text and data.regions[1] in caplog.text
     assert np.isfinite(prep.scale).all() and np.isfinite(np.asarray(prep.arrays.ys)).all()
     assert np.isfinite(B.arima_forecast(prep)).all()
+
+
+@pytest.mark.parametrize(
+    ("method", "function"),
+    [
+        ("HistAvg", "historical_average"),
+        ("ARIMA", "arima_forecast"),
+        ("XGBoost", "xgboost_forecast"),
+    ],
+)
+def test_classical_baselines_fit_on_the_neural_methods_targets(monkeypatch, method, function):
+    """``protocol.classical_targets = "train"``: a classical baseline fits on the targets the
+    neural methods train on (the early-stopping days stay inputs only); ``"known"``, the
+    former protocol, on every target before the cutoff."""
+    from dmeta.config import replace_path
+    from dmeta.stmp import protocol
+    from dmeta.stmp.config import get_config
+
+    data = D.make_synthetic(n_regions=3, n_days=200, n_festivals=2, seed=2)
+    prep = D.prepare(data, cutoff=150, window=14, val_days=20)
+    assert prep.val.any()
+    seen = []
+    monkeypatch.setattr(B, function, lambda p, **kw: seen.append(p) or np.zeros(3))
+    for targets in ("train", "known"):
+        cfg = replace_path(get_config(smoke=True), "protocol.classical_targets", targets)
+        protocol.forecast(method, prep, cfg, seed=0)
+    fit_train, fit_known = seen
+    np.testing.assert_array_equal(fit_train.known, prep.train)
+    np.testing.assert_array_equal(fit_known.known, prep.train | prep.val)
+    assert fit_train.test is prep.test and fit_train.arrays is prep.arrays

@@ -3,9 +3,11 @@ LSTM and first-order MAML.
 
 Each takes a ``dmeta.stmp.data.Prepared`` panel and returns scaled one-step-ahead
 predictions f32[N] for the test targets in ``np.nonzero(prep.test)`` order. The AR fit
-and the gradient-boosting regressor are the shared ones of ``dmeta.baselines.classical``
-and fit on every target before the cutoff (``prep.known``); the LSTM and MAML train on
-``prep.train`` like STMP, early-stopped on ``prep.val`` (``stmp_train.early_stopped``).
+and the gradient-boosting regressor are the shared ones of ``dmeta.baselines.classical``;
+the classical baselines fit on ``prep.known`` (the protocol passes them a panel whose
+``known`` is the neural methods' ``train``, ``dmeta.stmp.data.fitted_on_train``, unless
+``protocol.classical_targets = "known"``); the LSTM and MAML train on ``prep.train`` like
+STMP, early-stopped on ``prep.val`` (``stmp_train.early_stopped``).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ their cutoff (``train.eval_every``, ``train.patience``), keeping their best stat
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,13 +105,18 @@ class ProtocolConfig:
       test_days: the last ``test_days`` days (at most a quarter of the panel) are the
         test period; the same number of days before it is the validation period.
       val_days: the last days before a fit's cutoff (at most an eighth of the panel) that
-        the neural methods early-stop on instead of training on; the others fit on them.
+        the neural methods early-stop on instead of training on.
+      classical_targets: what HistAvg, ARIMA and XGBoost fit on: ``"train"`` the neural
+        methods' training targets (the ``val_days`` days stay inputs only, as for the neural
+        methods), so every method learns from the same targets; ``"known"`` every target
+        before the cutoff (the runs before issue #20's fairness fix).
       eval_context: context points per posterior at test time.
       one_week: also run the one-week-of-festival-data robustness setting.
     """
 
     test_days: int = 365
     val_days: int = 90
+    classical_targets: Literal["train", "known"] = "train"
     eval_context: int = 64
     one_week: bool = True
 

@@ -218,6 +218,14 @@ class Prepared:
         return self.train | self.val
 
 
+def fitted_on_train(prep: Prepared) -> Prepared:
+    """``prep`` without its early-stopping targets (``known == train``): what a method
+    without early stopping fits on when it is to learn from the neural methods' targets.
+    The ``val`` days stay in the inputs (``arrays``), the scale and the test targets
+    are unchanged."""
+    return dataclasses.replace(prep, val=np.zeros_like(prep.val))
+
+
 def _pad_lists(lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     counts = np.array([len(x) for x in lists], np.int32)
     out = np.zeros((len(lists), max(int(counts.max()), 1)), np.int32)

@@ -339,12 +339,14 @@ def forecast(method: str, prep: D.Prepared, cfg: STMPConfig, seed: int) -> np.nd
     if method in ABLATIONS:
         return fit_stmp(prep, cfg, seed, **ABLATIONS[method])
     b, window, hidden = cfg.baselines, cfg.model.window, cfg.model.hidden
+    # the classical baselines fit on prep.known: the neural methods' targets unless configured
+    fit_on = prep if cfg.protocol.classical_targets == "known" else D.fitted_on_train(prep)
     if method == "HistAvg":
-        return B.historical_average(prep)
+        return B.historical_average(fit_on)
     if method == "ARIMA":
-        return B.arima_forecast(prep, lags=b.arima_lags)
+        return B.arima_forecast(fit_on, lags=b.arima_lags)
     if method == "XGBoost":
-        return B.xgboost_forecast(prep, seed=seed, lags=window, n_estimators=b.xgb_estimators,
+        return B.xgboost_forecast(fit_on, seed=seed, lags=window, n_estimators=b.xgb_estimators,
                                   max_depth=b.xgb_max_depth,
                                   learning_rate=b.xgb_learning_rate)  # fmt: skip
     t = cfg.train
