@@ -229,3 +229,14 @@ def test_run_all_quick_writes_table(tmp_path):
         report = parse_report((tmp_path / "benchmarks" / f"{name}.txt").read_text())
         assert float(cells[5]) == pytest.approx(report[ratio][0], rel=0.01)
     assert "maml_throughput" not in text
+
+
+@pytest.mark.slow
+def test_rmldp_wall_time_quick(tmp_path):
+    """Both GRUs through the whole (smoke) experiment: same results, both timed."""
+    _, report = run_quick("rmldp_wall_time.py", tmp_path, "--work", str(tmp_path / "runs"))
+    assert report["results_max_rel_diff"][0] <= 1e-3
+    assert report["wall_s_scan"][0] > 0 and report["wall_s_fused"][0] > 0
+    assert report["speedup_fused_vs_scan"][0] == pytest.approx(
+        report["wall_s_scan"][0] / report["wall_s_fused"][0], rel=1e-2
+    )

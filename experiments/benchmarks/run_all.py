@@ -382,7 +382,7 @@ def detail_tables(outcomes: list[Outcome]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes, for tests")
     parser.add_argument("--only", default=None, help="comma-separated benchmark names")
@@ -395,40 +395,25 @@ def main(argv: list[str] | None = None) -> int:
         "from their own later run) is read instead of rerun; the table says so",
     )
     args = parser.parse_args(argv)
-    known = {b.name: b for b in BENCHMARKS}
-    names = list(known) if args.only is None else args.only.split(",")
-    unknown = sorted(set(names) - set(known))
+    known = [b.name for b in BENCHMARKS]
+    args.names = known if args.only is None else args.only.split(",")
+    unknown = sorted(set(args.names) - set(known))
     if unknown:
         parser.error(f"unknown benchmarks {unknown}; known: {sorted(known)}")
-    selected, notes = [], []
-    for name in names:
-        if (HERE / f"{name}.py").exists():
-            selected.append(known[name])
-        else:
-            notes.append(f"- `{name}`: skipped, experiments/benchmarks/{name}.py does not exist.")
-    out_dir = args.out.parent / "benchmarks"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = probe_jax_device()
-    start_load, started = load_average(), datetime.datetime.now(datetime.UTC)
-    run = dict(quick=args.quick, out_dir=out_dir, timeout=args.timeout)
-    reuse = set(filter(None, args.reuse.split(",")))
-    cpu = [
-        reused(b, out_dir / f"{b.name}.txt") if b.name in reuse else run_one(b, gpu=False, **run)
-        for b in selected
-    ]
-    on_gpu = device.split()[0] == "gpu"
-    gpu = [run_one(b, gpu=True, **run) for b in selected if b.uses_jax] if on_gpu else []
-    end_load = load_average()
-    given = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python", str(Path(__file__).resolve().relative_to(ROOT)), *given])
-    lines = [
+    args.reuse = set(filter(None, args.reuse.split(",")))
+    return args
+
+
+def header(command: str, started, device: str, loads: tuple, reuse: set[str]) -> list[str]:
+    """The report's title and run facts (command, date, machine, versions, load)."""
+    return [
         "# Side-by-side benchmarks",
         "",
         f"- command: `{command}`",
         f"- date: {started:%Y-%m-%d %H:%M} UTC",
         f"- machine: {machine_with_ram()}; JAX default device: {device}",
         f"- versions: {versions()}",
-        f"- load average (1/5/15 min) before: {start_load}; after: {end_load}",
+        f"- load average (1/5/15 min) before: {loads[0]}; after: {loads[1]}",
         *(
             [
                 f"- not rerun (--reuse): {', '.join(sorted(reuse))}: rows read from their saved "
@@ -439,18 +424,18 @@ def main(argv: list[str] | None = None) -> int:
         ),  # fmt: skip
         "- ratio: dmeta's rate over the peer's, or the peer's time over dmeta's (above 1: dmeta "
         "is faster); each benchmark's full output is linked from its name.",
-        "",
-        "## CPU",
-        "",
-        *table(cpu, args.out, quick=args.quick),
     ]
-    lines += detail_tables(cpu)
+
+
+def gpu_sections(gpu: list, device: str, out: Path, quick: bool) -> list[str]:
+    """The GPU table of this run (if it ran on one) and the link to ``gpu_table.md``."""
+    lines = []
     if gpu:
         lines += [
             "",
             f"## GPU ({device}; dmeta's JAX code on the GPU, peers on the CPU)",
             "",
-            *table(gpu, args.out, quick=args.quick),
+            *table(gpu, out, quick=quick),
         ]
     if GPU_TABLE.exists():
         lines += [
@@ -458,11 +443,45 @@ def main(argv: list[str] | None = None) -> int:
             "## GPU, JAX and PyTorch both on the GPU",
             "",
             f"[{GPU_TABLE.relative_to(ROOT).as_posix()}]"
-            f"({Path(os.path.relpath(GPU_TABLE, args.out.resolve().parent)).as_posix()}), written by "
+            f"({Path(os.path.relpath(GPU_TABLE, out.resolve().parent)).as_posix()}), written by "
             "`experiments/benchmarks/gpu_table.py` on a GPU machine (its own command, device and "
             "versions at its top).",
         ]
-    lines += [
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    known = {b.name: b for b in BENCHMARKS}
+    selected, notes = [], []
+    for name in args.names:
+        if (HERE / f"{name}.py").exists():
+            selected.append(known[name])
+        else:
+            notes.append(f"- `{name}`: skipped, experiments/benchmarks/{name}.py does not exist.")
+    out_dir = args.out.parent / "benchmarks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = probe_jax_device()
+    start_load, started = load_average(), datetime.datetime.now(datetime.UTC)
+    run = dict(quick=args.quick, out_dir=out_dir, timeout=args.timeout)
+    cpu = [
+        reused(b, out_dir / f"{b.name}.txt")
+        if b.name in args.reuse
+        else run_one(b, gpu=False, **run)
+        for b in selected
+    ]
+    on_gpu = device.split()[0] == "gpu"
+    gpu = [run_one(b, gpu=True, **run) for b in selected if b.uses_jax] if on_gpu else []
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python", str(Path(__file__).resolve().relative_to(ROOT)), *given])
+    lines = [
+        *header(command, started, device, (start_load, load_average()), args.reuse),
+        "",
+        "## CPU",
+        "",
+        *table(cpu, args.out, quick=args.quick),
+        *detail_tables(cpu),
+        *gpu_sections(gpu, device, args.out, args.quick),
         "",
         "## Commands (run by the command above, `JAX_PLATFORMS=cpu` for the CPU table)",
         "",
