@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,26 +85,59 @@ def test_initialize_without_a_cluster_is_one_process(monkeypatch):
     assert distributed.is_main_process()
 
 
+CLI = Path(__file__).resolve().parents[1] / "experiments" / "cli.py"
+STMP_RUN = ["run", "stmp", "--smoke", "--methods", "STMP", "--data-parallel"]
+CLI_ENV = {"PYTHONPATH": str(CLI.parents[1])}
+
+
+def wait(workers) -> None:
+    for w in workers:
+        if w.proc.wait(timeout=600) != 0:
+            pytest.fail(w.output()[1][-3000:])
+
+
+def scores(out: Path):
+    """A run's results without the timings."""
+    import pandas as pd
+
+    df = pd.read_csv(out / "results.csv")
+    return df[df.metric != "seconds"].reset_index(drop=True)
+
+
 @pytest.mark.slow  # three smoke runs of STMP: about 2 minutes on 2 cores
 def test_dmeta_run_on_two_processes_equals_one_process_with_two_devices(tmp_path):
     """End to end: ``dmeta run --data-parallel`` on 2 processes x 1 device (checkpoints,
     results written once) gives the results of 1 process x 2 devices."""
     import pandas as pd
 
-    cli = Path(__file__).resolve().parents[1] / "experiments" / "cli.py"
-    args = ["run", "stmp", "--smoke", "--seeds", "1", "--methods", "STMP", "--data-parallel"]
-    env = {"PYTHONPATH": str(cli.parents[1])}
-    workers = launch_group(cli, [*args, "--out", str(tmp_path / "one")], 1, 2, env)
-    workers += launch_group(cli, [*args, "--out", str(tmp_path / "two")], 2, 1, env)
-    for w in workers:
-        if w.proc.wait(timeout=600) != 0:
-            pytest.fail(w.output()[1][-3000:])
-
-    def scores(name):
-        df = pd.read_csv(tmp_path / name / "results.csv")
-        return df[df.metric != "seconds"].reset_index(drop=True)
-
-    pd.testing.assert_frame_equal(scores("two"), scores("one"), rtol=1e-5)
+    args = [*STMP_RUN, "--seeds", "1"]
+    workers = launch_group(CLI, [*args, "--out", str(tmp_path / "one")], 1, 2, CLI_ENV)
+    workers += launch_group(CLI, [*args, "--out", str(tmp_path / "two")], 2, 1, CLI_ENV)
+    wait(workers)
+    pd.testing.assert_frame_equal(scores(tmp_path / "two"), scores(tmp_path / "one"), rtol=1e-5)
     assert not (tmp_path / "two" / "ckpt").exists() or not any(
         (tmp_path / "two" / "ckpt").iterdir()
     )
+
+
+@pytest.mark.slow  # four smoke runs of STMP: about 3 minutes on 2 cores
+def test_killed_two_process_run_resumes_to_the_same_results(tmp_path):
+    """Both processes of a 2-process ``dmeta run`` SIGKILLed after its first cell, started
+    again with the same command: the results of the uninterrupted 1-process x 2-device run."""
+    import pandas as pd
+
+    args = [*STMP_RUN, "--seeds", "2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    wait(launch_group(CLI, [*args, "--out", str(one)], 1, 2, CLI_ENV))
+    n_cells = len(list((one / "cells").glob("*.csv")))
+    killed = launch_group(CLI, [*args, "--out", str(two)], 2, 1, CLI_ENV)
+    deadline = time.monotonic() + 600
+    while not list((two / "cells").glob("*.csv")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for w in killed:
+        w.proc.send_signal(signal.SIGKILL)
+        w.proc.wait()
+    assert 1 <= len(list((two / "cells").glob("*.csv"))) < n_cells
+    assert not (two / "results.csv").exists()
+    wait(launch_group(CLI, [*args, "--out", str(two)], 2, 1, CLI_ENV))
+    pd.testing.assert_frame_equal(scores(two), scores(one), rtol=1e-5)
