@@ -28,6 +28,7 @@ def _command(out: Path) -> list[str]:
         "2",
         "--out",
         str(out),
+        *OPTIONS,
     ]
 
 
