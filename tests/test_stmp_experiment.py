@@ -73,7 +73,8 @@ def test_tuning_scores_grid_points_on_the_validation_period(cfg):
         assert days.max() + 1 == np.flatnonzero(prep.test.any(0)).min()
         assert np.flatnonzero(prep.train.any(0)).max() < days.min()
     assert P.choose(cell, data, cfg) == {"baselines.arima_lags": 14}
-    assert set(P.TUNED["STMP"]) == {"train.lr", "train.beta", "train.n_context", "model.hidden"}
+    stmp_grid = {"train.lr", "train.beta", "train.n_context", "model.hidden", "train.n_tasks"}
+    assert set(P.TUNED["STMP"]) == stmp_grid
 
 
 def test_one_week_setting_skips_the_ablations():

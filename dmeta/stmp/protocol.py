@@ -50,12 +50,17 @@ _STMP_GRID = {
     "train.beta": "stmp_beta",
     "train.n_context": "stmp_n_context",
     "model.hidden": "stmp_hidden",
+    "train.n_tasks": "stmp_n_tasks",
 }
 TUNED = {  # method -> {config path: the ``tuning`` field of the alternatives}
     **{method: _STMP_GRID for method in ABLATIONS},
     # deterministic latents have no KL term and no context sets, so beta and the context
-    # size do nothing there: its grid is the learning rate and the width
-    "STMP-deterministic": {"train.lr": "stmp_lr", "model.hidden": "stmp_hidden"},
+    # size do nothing there: its grid is the learning rate, the width and the meta-batch
+    "STMP-deterministic": {
+        "train.lr": "stmp_lr",
+        "model.hidden": "stmp_hidden",
+        "train.n_tasks": "stmp_n_tasks",
+    },
     "HistAvg": {},
     "ARIMA": {"baselines.arima_lags": "arima_lags"},
     "XGBoost": {
