@@ -30,6 +30,7 @@ from dmeta.stmp import model as stmp_model
 from dmeta.stmp import train as stmp_train
 from dmeta.stmp.data import Arrays, Prepared, window
 from dmeta.stmp.model import MLP, N_MONTHS
+from dmeta.train.averaging import averaged_params
 from dmeta.train.state import TrainState, init_train_state
 from dmeta.types import Array, Params, TaskBatch
 
@@ -180,9 +181,11 @@ def lstm_forecast(
     patience: int | None = None,
     batch: int = 256,
     lr: float = 3e-3,
+    ema: float = 0.0,
 ) -> np.ndarray:
     """A global LSTM trained with MSE on ``batch`` random training targets per Adam step
-    (``stmp_train.adam``), early-stopped on ``prep.val`` like STMP."""
+    (``stmp_train.adam``, iterates averaged with decay ``ema``), early-stopped on
+    ``prep.val`` like STMP."""
     model = LSTMForecaster(prep.data.n_types, prep.data.attrs.shape[1], hidden,
                            rngs=nnx.Rngs(seed))  # fmt: skip
     graphdef, params = nnx.split(model, nnx.Param)
@@ -190,7 +193,7 @@ def lstm_forecast(
     step = _lstm_step(graphdef, window_len, batch, n_steps)
     result = stmp_train.early_stopped(
         lambda s: step(s, prep.arrays, rows, cols),
-        init_train_state(params, stmp_train.adam(lr, n_steps), jax.random.key(seed)),
+        init_train_state(params, stmp_train.adam(lr, n_steps, ema), jax.random.key(seed)),
         prep,
         lambda p, r, t: _lstm_predict(graphdef, window_len, p, prep.arrays, r, t),
         n_steps=n_steps,
@@ -199,7 +202,7 @@ def lstm_forecast(
         desc=f"lstm hidden={hidden} lr={lr:g}",
     )
     test_rows, test_cols = (jnp.asarray(a) for a in np.nonzero(prep.test))
-    params = result.best_state.params
+    params = averaged_params(result.best_state)
     return np.asarray(_lstm_predict(graphdef, window_len, params, prep.arrays, test_rows,
                                     test_cols))  # fmt: skip
 
@@ -252,14 +255,15 @@ def maml_forecast(
     inner_lr: float = 0.05,
     inner_clip: float | None = 1.0,
     lr: float = 3e-3,
+    ema: float = 0.0,
 ) -> np.ndarray:
     """First-order MAML on the STMP backbone (latents fixed at zero), one task per cell.
 
     Tasks are (region, date type) cells as for STMP; the support set is up to
     ``sizes.n_support`` training days of the cell (query dates excluded), the inner loop
     ``sizes.inner_steps`` SGD steps on their MSE, each gradient clipped to global norm
-    ``inner_clip``. Early-stopped on ``prep.val`` (supports from ``prep.train``); at test
-    time every cell adapts on days known before the cutoff and predicts its test days.
+    ``inner_clip``. Iterates averaged with decay ``ema``; early-stopped on ``prep.val``
+    (supports from ``prep.train``); at test time every cell adapts on days known before the cutoff and predicts its test days.
     """
     graphdef, theta = stmp_model.build(
         window=window_len, period=prep.data.period, n_types=prep.data.n_types,
@@ -281,7 +285,7 @@ def maml_forecast(
     result = stmp_train.early_stopped(
         lambda s: step(s, prep.arrays, prep.index, *inner.values()),
         init_train_state(
-            init_meta_params(theta), stmp_train.adam(lr, n_steps), jax.random.key(seed)
+            init_meta_params(theta), stmp_train.adam(lr, n_steps, ema), jax.random.key(seed)
         ),
         prep,
         lambda p, rows, cols: predict(p, prep.index, rows, cols),
@@ -290,7 +294,7 @@ def maml_forecast(
         patience=patience,
         desc=f"maml hidden={hidden} lr={lr:g} inner_lr={inner_lr:g}",
     )
-    return predict(result.best_state.params, prep.known_index, *np.nonzero(prep.test))
+    return predict(averaged_params(result.best_state), prep.known_index, *np.nonzero(prep.test))
 
 
 def _zero_latent_mean(graphdef: nnx.GraphDef, params: Params, arrays: Arrays, r, days) -> Array:

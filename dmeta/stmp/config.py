@@ -68,6 +68,8 @@ class TrainConfig:
         that went on kept improving for another 1000 steps (pilot runs of 2026-11-28,
         validation curves only).
       lr: learning rate.
+      ema: decay of the average of the iterates that is scored and kept
+        (``dmeta.train.averaging``; 0 the iterate itself).
       n_tasks: (region, date type) tasks per step.
       n_query: query targets per task.
       n_context: context points per set.
@@ -88,6 +90,7 @@ class TrainConfig:
     eval_every: int = 100
     patience: int = 10
     lr: float = 3e-3
+    ema: float = 0.0
     n_tasks: int = 16
     n_query: int = 16
     n_context: int = 32

@@ -34,6 +34,7 @@ from dmeta.parallel import constrain_batch, data_mesh, jit_step
 from dmeta.stmp.data import Arrays, CellIndex, Prepared, uplift, window
 from dmeta.stmp.model import bind, gaussian_kl, sample_latent
 from dmeta.train import loop
+from dmeta.train.averaging import averaged_params, param_average
 from dmeta.train.state import TrainState, init_train_state
 from dmeta.types import Array, Key, Params
 
@@ -350,16 +351,19 @@ def make_train_step(
     return step
 
 
-def adam(lr: float, n_steps: int) -> optax.GradientTransformation:
+def adam(lr: float, n_steps: int, ema: float = 0.0) -> optax.GradientTransformation:
     """Adam at ``lr`` (in its state, ``optax.inject_hyperparams``, the betas and eps kept
     static as in ``optax.adam``) after clipping the global norm to 1, its steps scaled by a
-    cosine decay to zero over ``n_steps``; a step built with any ``lr`` updates at the rate
-    its state holds, so the fits of a learning-rate grid share one compiled step."""
+    cosine decay to zero over ``n_steps``, and an average of the iterates with decay ``ema``
+    (``dmeta.train.averaging``; 0: the iterate itself). ``lr`` and ``ema`` live in the
+    state, so a step built with any values updates with the state's, and the fits of a
+    grid share one compiled step."""
     inject = optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps", "eps_root"))
     return optax.chain(
         optax.clip_by_global_norm(1.0),
         inject(learning_rate=lr),
         optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, n_steps)),
+        optax.inject_hyperparams(param_average)(decay=ema),
     )
 
 
@@ -386,8 +390,9 @@ def early_stopped(
 
     With validation targets and ``eval_every``, every ``eval_every`` steps scores
     ``val_mse``, the MSE in original units of ``predict(params, rows i32[N], cols i32[N])``
-    (scaled predictions f32[N] of the targets ``np.nonzero(prep.val)``); the result's
-    best state has the lowest, and ``patience`` scores without improvement stop the fit.
+    (scaled predictions f32[N] of the targets ``np.nonzero(prep.val)``) at the averaged
+    parameters (``dmeta.train.averaging.averaged_params``); the result's best state has
+    the lowest, and ``patience`` scores without improvement stop the fit.
     Without them it runs ``n_steps`` and logs one row at the end.
     """
     rows, cols = np.nonzero(prep.val)
@@ -395,7 +400,7 @@ def early_stopped(
     at = (jnp.asarray(rows), jnp.asarray(cols))
 
     def eval_fn(state: TrainState) -> dict[str, float]:
-        pred = np.asarray(predict(state.params, *at)) * scale
+        pred = np.asarray(predict(averaged_params(state), *at)) * scale
         return {"val_mse": float(np.mean(np.square(pred - y)))}
 
     scored = bool(eval_every) and rows.size > 0
@@ -420,6 +425,7 @@ def fit(
     key: Key,
     n_steps: int,
     lr: float = 3e-3,
+    ema: float = 0.0,
     log_every: int = 0,
     patience: int | None = None,
     eval_context: int = 64,
@@ -434,7 +440,8 @@ def fit(
     ``val_mse`` (``eval_context`` context points from ``prep.index``) and returns the
     parameters of the lowest; ``patience`` scores without improvement stop the fit. The
     jitted step is cached per (graphdef, n_steps, step sizes), so seeds and learning rates
-    reuse one compile. ``shard=True`` splits each step's tasks over all visible devices (parameters
+    reuse one compile. ``ema`` averages the iterates (``adam``): the scores and the
+    returned params are the average's. ``shard=True`` splits each step's tasks over all visible devices (parameters
     and panel replicated; see ``make_train_step``); ``step_kwargs`` go to
     ``make_train_step``.
 
@@ -447,7 +454,7 @@ def fit(
     val_key = jax.random.fold_in(key, 1)  # the same context sets at every evaluation
     result = early_stopped(
         lambda state: step(state, prep.arrays, prep.index),
-        init_train_state(params, adam(lr, n_steps), key),
+        init_train_state(params, adam(lr, n_steps, ema), key),
         prep,
         lambda params, rows, cols: _predict_at(
             graphdef, params, prep.arrays, prep.index, rows, cols, val_key, eval_context, 512
@@ -458,7 +465,7 @@ def fit(
         desc=desc,
         progress=progress,
     )
-    return result.best_state.params, result.history
+    return averaged_params(result.best_state), result.history
 
 
 def posteriors(

@@ -1,0 +1,90 @@
+"""STMP design choices scored on the validation year only (never the test period).
+
+Each variant is a list of ``--set`` overrides of the STMP config; every (variant, seed)
+trains one method on the split that equal tuning scores (``dmeta.stmp.protocol.split``
+with ``validation=True``: training ends a year before the test year, early stopping on
+the ``val_days`` before that cutoff) and is scored on that validation year's regular and
+festival days. Rows go to ``<out>/design.csv`` as they finish (a rerun skips the rows
+already there and resumes a killed fit), each fit's validation curve to ``<out>/curves/``.
+
+    python -m experiments.stmp_design --data favorita --seeds 2 \\
+        --variant base= --variant mse=train.objective=mse \\
+        --variant ema=train.ema=0.99,train.objective=mse --out experiments/results/stmp/design
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dmeta import metrics
+from dmeta.config import override
+from dmeta.stmp import protocol as P
+from dmeta.stmp.config import get_config
+from dmeta.train import loop
+from dmeta.train.harness import write_atomic
+
+COLUMNS = ["variant", "overrides", "method", "seed", "group", "mse", "n"]
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``"name=path=value,path=value"`` -> (name, ["path=value", ...]); ``"name="`` is the
+    config as it is."""
+    name, _, rest = text.partition("=")
+    return name, [a for a in rest.split(",") if a]
+
+
+def score_variant(data, sets: list[str], method: str, seed: int, folder: str, out: Path):
+    """Validation-year MSE rows (regular, festival, all days) of one fit of ``method``; a
+    killed fit resumes from ``out/ckpt/<folder>``, its curve goes to ``out/curves/<folder>``."""
+    cfg = override(get_config(), [*sets, "protocol.one_week=false"])
+    prep = P.split(data, cfg, "full", True)
+    with loop.checkpoints(out / "ckpt" / folder, curves=out / "curves" / folder):
+        pred = P.forecast(method, prep, cfg, seed)
+    y, pred, fest = P.targets(prep, pred)
+    groups = {"regular": ~fest, "festival": fest, "all": np.ones_like(fest)}
+    return [
+        dict(group=g, mse=metrics.mse(y[m], pred[m]), n=int(m.sum())) for g, m in groups.items()
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: ``--data``, ``--variant NAME=SETS`` (repeatable), ``--seeds``, ``--method``, ``--out``."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="favorita", help="an STMP --data spec")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        help="NAME=path=value,path=value (NAME= for the config as it is)",
+    )
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--method", default="STMP", help="an STMP method (ablation or baseline)")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    _, data = P.load_panel(args.data, get_config().data)
+    path = args.out / "design.csv"
+    done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
+    for name, sets in map(parse_variant, args.variant):
+        for seed in range(args.seeds):
+            if ((done.variant == name) & (done.seed == seed) & (done.method == args.method)).any():
+                continue
+            folder = f"{name}__{args.method}__seed{seed}"
+            rows = score_variant(data, sets, args.method, seed, folder, args.out)
+            keys = dict(variant=name, overrides=",".join(sets), method=args.method, seed=seed)
+            done = pd.concat([done, pd.DataFrame([dict(keys, **r) for r in rows])])
+            write_atomic(path, done[COLUMNS].to_csv(index=False))
+            print(name, seed, {r["group"]: round(r["mse"]) for r in rows}, flush=True)
+    summary = done.pivot_table(index=["method", "variant"], columns="group", values="mse")
+    print(summary.round(0).to_string())
+
+
+if __name__ == "__main__":
+    main()
