@@ -48,7 +48,8 @@ def score_variant(data, sets: list[str], method: str, seed: int, folder: str, ou
     y, pred, fest = P.targets(prep, pred)
     groups = {"regular": ~fest, "festival": fest, "all": np.ones_like(fest)}
     return [
-        dict(group=g, mse=metrics.mse(y[m], pred[m]), n=int(m.sum())) for g, m in groups.items()
+        dict(group=g, mse=float(metrics.mse(y[m], pred[m])), n=int(m.sum()))
+        for g, m in groups.items()
     ]
 
 

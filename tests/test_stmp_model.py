@@ -238,3 +238,29 @@ def test_deterministic_ablation_has_no_kl(prep):
                           n_query=4, n_context=8, n_days=prep.arrays.ys.shape[1])  # fmt: skip
     _, aux = loss(params, jax.tree.map(lambda a: a[0], task), jax.random.key(0))
     assert float(aux["kl"]) == 0.0
+
+
+def test_context_path_carries_the_pooled_context_to_the_head(prep):
+    """With ``context_path`` each side gives the head [posterior mean, pooled context]; the
+    pooled part is the encoder's masked mean embedding, and the deterministic ablation has
+    no such path (it has no amortization network)."""
+    graphdef, params = build(prep, context_path=True)
+    z_r, z_d = T.posteriors(graphdef, params, prep.arrays, prep.index, key=jax.random.key(0),
+                            n_context=16)  # fmt: skip
+    assert z_r.shape == (4, prep.data.n_types, 4 + 8) and z_d.shape == (prep.data.n_types, 4 + 8)
+    model = M.bind(graphdef, params)
+    ctx = jnp.asarray(np.random.default_rng(0).normal(size=(6, 2 + prep.data.n_types)), jnp.float32)
+    mask = jnp.array([1, 1, 1, 0, 0, 0], jnp.float32)
+    pooled = model.summary(model.region_encoder, ctx, mask)
+    np.testing.assert_allclose(pooled, model.region_encoder.phi(ctx[:3]).mean(0), rtol=1e-5)
+    loss = T.make_task_loss(graphdef, prep.arrays, n_samples=2, beta=1e-2)
+    task = T.sample_tasks(jax.random.key(1), prep.index, jnp.int32(T.SPATIAL), n_tasks=1,
+                          n_query=4, n_context=8, n_days=prep.arrays.ys.shape[1])  # fmt: skip
+    grads = jax.grad(lambda p: loss(p, jax.tree.map(lambda a: a[0], task), jax.random.key(0))[0])(
+        params
+    )
+    # the spatial view trains the region side, its pooled path included; not the type side
+    assert float(jnp.abs(grads["region_encoder"]["phi"]["layers"][0]["kernel"]).sum()) > 0
+    assert float(jnp.abs(grads["type_encoder"]["phi"]["layers"][0]["kernel"]).sum()) == 0
+    plain = M.bind(*build(prep, context_path=True, amortized=False))
+    assert plain.summary(plain.region_encoder, ctx, mask).shape == (0,)

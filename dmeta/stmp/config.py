@@ -46,12 +46,15 @@ class ModelConfig:
       hidden: hidden size H.
       calendar: the target day's date type and month enter the fusion (as the baselines
         get them); False: its day of week only (the date type only through z_d).
+      context_path: each side's pooled context embedding joins its latent in the head
+        (the deterministic path of neural processes; ``dmeta.stmp.model.STMP``).
     """
 
     window: int = 28
     latent: int = 16
     hidden: int = 32
     calendar: bool = True
+    context_path: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,12 +45,14 @@ class SetEncoder(nnx.Module):
         self.phi = MLP((in_features, hidden, hidden), final_relu=True, rngs=rngs)
         self.rho = MLP((hidden + static + 1, hidden, 2 * latent), rngs=rngs)
 
+    def pool(self, ctx: Array, mask: Array) -> Array:
+        """ctx: f32[K, F], mask: f32[K] -> masked mean of the embedded points f32[H]."""
+        return jnp.sum(self.phi(ctx) * mask[:, None], axis=0) / jnp.maximum(jnp.sum(mask), 1.0)
+
     def __call__(self, ctx: Array, mask: Array, static: Array) -> tuple[Array, Array]:
         """ctx: f32[K, F], mask: f32[K], static: f32[A] -> (mu f32[Z], logvar f32[Z])."""
-        n = jnp.sum(mask)
-        pooled = jnp.sum(self.phi(ctx) * mask[:, None], axis=0) / jnp.maximum(n, 1.0)
-        size = jnp.log1p(n)[None]  # lets the posterior widen for small context sets
-        out = self.rho(jnp.concatenate([pooled, static, size]))
+        size = jnp.log1p(jnp.sum(mask))[None]  # lets the posterior widen for small context sets
+        out = self.rho(jnp.concatenate([self.pool(ctx, mask), static, size]))
         mu, logvar = jnp.split(out, 2)
         return mu, jnp.clip(logvar, -8.0, 4.0)
 
@@ -97,6 +99,10 @@ class STMP(nnx.Module):
       calendar: the target day's date type and month (one-hot) join its day of week in
         the fusion input, as the LSTM and XGBoost baselines get them (else the day of
         week alone; the date type then reaches the head only through z_d).
+      context_path: the deterministic path of neural processes (Kim et al. 2019): each
+        side's pooled context embedding (``SetEncoder.pool``, f32[H]) joins its latent in
+        the head, so what a cell's context shows (a region's uplift on this date type)
+        reaches the prediction without paying KL; only with ``amortized``.
       rngs: NNX random streams.
     """
 
@@ -113,12 +119,14 @@ class STMP(nnx.Module):
         jump: bool = True,
         amortized: bool = True,
         calendar: bool = True,
+        context_path: bool = False,
         rngs: nnx.Rngs,
     ):
         if jump and window % period:
             raise ValueError(f"window {window} must be a multiple of period {period}")
         self.window, self.period, self.n_types = window, period, n_types
         self.jump_on, self.amortized, self.calendar = jump, amortized, calendar
+        self.context_path = context_path and amortized
         self.region_encoder = SetEncoder(2 + n_types, n_attrs, hidden, latent, rngs=rngs)
         self.type_encoder = SetEncoder(2 + n_attrs, 0, hidden, latent, rngs=rngs)
         if not amortized:
@@ -137,7 +145,8 @@ class STMP(nnx.Module):
         fused_in = 1 + hidden + n_attrs + 7 + (period * hidden if jump else 0)
         fused_in += N_MONTHS + n_types if calendar else 0
         self.fusion = MLP((fused_in, hidden, hidden), final_relu=True, rngs=rngs)
-        self.head = MLP((hidden + 2 * latent, hidden, 2), rngs=rngs)
+        side = latent + (hidden if self.context_path else 0)  # what each side gives the head
+        self.head = MLP((hidden + 2 * side, hidden, 2), rngs=rngs)
 
     def features(
         self, x: Array, dow: Array, month: Array, date_type: Array, attrs: Array
@@ -167,7 +176,8 @@ class STMP(nnx.Module):
         """p(y | x, z_r, z_d) = N(baseline * exp(g), sigma^2), [g, log sigma] = head(...).
 
         Args:
-          baseline: f32[...] linear baseline; fused: f32[..., H]; z_r, z_d: f32[..., Z].
+          baseline: f32[...] linear baseline; fused: f32[..., H]; z_r, z_d: f32[..., Z]
+            (f32[..., Z + H] with ``context_path``: the latent, then ``summary``).
 
         Returns:
           mean f32[...] and log sigma f32[...]; the multiplicative form lets the latents
@@ -177,6 +187,12 @@ class STMP(nnx.Module):
         return baseline * jnp.exp(jnp.clip(out[..., 0], -5.0, 5.0)), jnp.clip(
             out[..., 1], -5.0, 3.0
         )
+
+    def summary(self, encoder: SetEncoder, ctx: Array, mask: Array) -> Array:
+        """The deterministic path's pooled context f32[H] (f32[0] without ``context_path``)."""
+        if not self.context_path:
+            return jnp.zeros((0,), ctx.dtype)
+        return encoder.pool(ctx, mask)
 
     def region_posterior(self, ctx, mask, attrs, region):
         """Region context f32[K, 2 + n_types] -> (mu, logvar) f32[Z]; logvar None if deterministic."""

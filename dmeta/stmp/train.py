@@ -278,16 +278,21 @@ def make_task_loss(
         tctx = type_context(arrays, task.type_ctx, period=period)
         mu_r, lv_r = model.region_posterior(rctx, task.region_ctx_mask, arrays.attrs[r], r)
         mu_d, lv_d = model.type_posterior(tctx, task.type_ctx_mask, d)
+        s_r = model.summary(model.region_encoder, rctx, task.region_ctx_mask)
+        s_d = model.summary(model.type_encoder, tctx, task.type_ctx_mask)
         k_r, k_d = jax.random.split(key)
         sample_r, sample_d = task.view != TEMPORAL, task.view != SPATIAL
 
-        def latent(k, mu, lv, on):
+        def side(k, mu, lv, summary, on):  # -> f32[S, Z (+ H)], KL f32[]
             z = jnp.where(on, sample_latent(k, mu, lv, n_samples), jax.lax.stop_gradient(mu))
+            summary = jnp.where(on, summary, jax.lax.stop_gradient(summary))
             kl = jnp.zeros(()) if lv is None else jnp.where(on, gaussian_kl(mu, lv), 0.0)
-            return z, kl
+            return jnp.concatenate(
+                [z, jnp.broadcast_to(summary, (n_samples, summary.size))], -1
+            ), kl
 
-        z_r, kl_r = latent(k_r, mu_r, lv_r, sample_r)
-        z_d, kl_d = latent(k_d, mu_d, lv_d, sample_d)
+        z_r, kl_r = side(k_r, mu_r, lv_r, s_r, sample_r)
+        z_d, kl_d = side(k_d, mu_d, lv_d, s_d, sample_d)
         mean, log_sigma = predict_cell(model, arrays, r, task.days, z_r, z_d)
         y = arrays.ys[r, task.days]
         fit = jnp.sum(query_loss(y, mean, log_sigma, objective, sigma) * task.weight)
@@ -472,7 +477,8 @@ def posteriors(
     graphdef: nnx.GraphDef, params: Params, arrays: Arrays, index: CellIndex, *, key: Key,
     n_context: int,
 ) -> tuple[Array, Array]:  # fmt: skip
-    """Posterior means from context sets drawn from ``index``: z_r f32[R, Dt, Z], z_d f32[Dt, Z].
+    """Posterior means from context sets drawn from ``index``: z_r f32[R, Dt, Z], z_d f32[Dt, Z]
+    (Z + H with the model's ``context_path``: each followed by its pooled context).
 
     ``z_r[r, d]`` is region r's latent for tasks of date type d (its context set is
     stratified by ``region_context_days``). This is all a new region or festival
@@ -490,10 +496,13 @@ def posteriors(
 
     def one_region(r, days, mask):
         ctx = region_context(arrays, r, days, period=model.period, n_types=model.n_types)
-        return model.region_posterior(ctx, mask, arrays.attrs[r], r)[0]
+        mu = model.region_posterior(ctx, mask, arrays.attrs[r], r)[0]
+        return jnp.concatenate([mu, model.summary(model.region_encoder, ctx, mask)])
 
     def one_type(d, pairs, mask):
-        return model.type_posterior(type_context(arrays, pairs, period=model.period), mask, d)[0]
+        ctx = type_context(arrays, pairs, period=model.period)
+        mu = model.type_posterior(ctx, mask, d)[0]
+        return jnp.concatenate([mu, model.summary(model.type_encoder, ctx, mask)])
 
     z_r = jax.vmap(one_region)(cell_r, r_days, r_mask).reshape(n_regions, n_types, -1)
     z_d = jax.vmap(one_type)(types, d_pairs, d_mask)
