@@ -180,6 +180,97 @@ def process_indices(
     return np.arange(n_items)[process_shard(n_items, process_index, process_count)]
 
 
+def allgather(tree: Any) -> Any:
+    """Every process's host values stacked in process order: leaves ``[P, ...]`` (numpy, the
+    same on every process; each process passes leaves of the same shapes)."""
+    return multihost_utils.process_allgather(jax.tree.map(np.asarray, tree))
+
+
+@dataclasses.dataclass(frozen=True)
+class Strata:
+    """Rows (users, segments) in S strata, each read and held by one process only.
+
+    Process p of P holds the strata ``process_shard(S, p, P)`` (S divisible by P), and only
+    their rows, stratum after stratum. The global row order is stratum 0's rows, then
+    stratum 1's, ..., whatever P is. Every epoch (``order``) draws ``B / S`` rows of each
+    stratum into every global batch of B, in stratum order, so process p's part of a batch
+    is its own rows (``global_batch`` puts them on its devices), and one process holding all
+    S strata builds the same global batches as S processes.
+
+    Attributes:
+      sizes: rows of every stratum (of all processes).
+      local: the strata this process holds, in order.
+    """
+
+    sizes: tuple[int, ...]
+    local: range
+
+    @classmethod
+    def of(cls, local_sizes: Sequence[int], n_strata: int) -> Strata:
+        """The strata, from this process's stratum sizes (``len(process_shard(n_strata))`` of
+        them); gathers every process's sizes (a collective: every process calls it)."""
+        n_proc = jax.process_count()
+        if n_strata % n_proc:
+            raise ValueError(f"{n_strata} strata do not split evenly over {n_proc} processes")
+        mine = process_shard(n_strata)
+        if len(local_sizes) != mine.stop - mine.start:
+            raise ValueError(f"got {len(local_sizes)} stratum sizes for strata {mine}")
+        sizes = allgather(np.asarray(local_sizes, np.int64)).reshape(-1)
+        return cls(tuple(int(n) for n in sizes), range(mine.start, mine.stop))
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """i64[S + 1]: where each stratum starts in the global row order (and the total)."""
+        return np.concatenate([[0], np.cumsum(self.sizes)])
+
+    def rows(self) -> np.ndarray:
+        """i64[N]: the global indices of this process's N rows, in its order."""
+        return np.concatenate([np.arange(self.offsets[s], self.offsets[s + 1]) for s in self.local])
+
+    def local_slices(self) -> list[slice]:
+        """Each local stratum's block of this process's rows."""
+        ends = np.cumsum([self.sizes[s] for s in self.local])
+        return [slice(int(e - self.sizes[s]), int(e)) for s, e in zip(self.local, ends)]
+
+    def steps(self, batch_size: int) -> int:
+        """Batches per epoch: enough for every row of the largest stratum to be drawn."""
+        if batch_size % len(self.sizes):
+            raise ValueError(f"batch size {batch_size} does not divide by {len(self.sizes)} strata")
+        per = batch_size // len(self.sizes)
+        return -(-max(self.sizes) // per)
+
+    def local_batch(self, batch_size: int) -> int:
+        """B_local: this process's rows of a global batch of ``batch_size``."""
+        return batch_size // len(self.sizes) * len(self.local)
+
+    def order(self, key: jax.Array, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """One epoch's local batches: this process's rows i64[steps, B_local] (B_local =
+        ``B / S`` per local stratum) and whether each is a first draw f32[steps, B_local].
+
+        Stratum s is permuted by ``fold_in(key, s)``; a stratum smaller than the largest
+        fills its later batches from the start of its permutation (real = 0).
+        """
+        steps, per = self.steps(batch_size), batch_size // len(self.sizes)
+        draws = np.arange(steps * per)
+        rows, real = [], []
+        for s, block in zip(self.local, self.local_slices()):
+            n = self.sizes[s]
+            perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, s), n))
+            rows.append((block.start + perm[draws % n]).reshape(steps, per))
+            real.append((draws < n).astype(np.float32).reshape(steps, per))
+        return np.concatenate(rows, axis=1), np.concatenate(real, axis=1)
+
+    def gather(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+        """Per-row values of every process, in the global order: ``f[U, ...]``, the same on
+        every process, from this process's values per local stratum (``f[n_s, ...]``)."""
+        first = np.asarray(parts[0])
+        padded = np.zeros((len(parts), max(self.sizes), *first.shape[1:]), first.dtype)
+        for block, part in zip(padded, parts, strict=True):
+            block[: len(part)] = part
+        stacked = allgather(padded).reshape(len(self.sizes), *padded.shape[1:])
+        return np.concatenate([stacked[s, :n] for s, n in enumerate(self.sizes)])
+
+
 def global_batch(local: Any, mesh: Mesh, leading_axis: int = 0) -> Any:
     """Global arrays whose axis ``leading_axis`` concatenates every process's ``local`` leaves.
 

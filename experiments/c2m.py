@@ -18,6 +18,12 @@ goes through the same mining stage (``dmeta.c2m.protocol``).
     dmeta run c2m --data completejourney --seeds 5 --set data.max_events=100 \
         --set 'mining.pattern_behaviors=[buy]' --set protocol.sources=false \
         --out experiments/results/c2m/completejourney
+
+On sequence shards (``dmeta.outofcore.preprocess``), Ours alone, each of the processes
+reading only its users (README "Scaling out"):
+
+    dmeta run c2m --data sequences:work/sequences --methods Ours --out runs/c2m_shards \
+        --coordinator HOST:PORT --num-processes 2 --process-id I
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from dmeta.c2m import sharded
 from dmeta.c2m.config import C2MConfig, get_config
 from dmeta.c2m.protocol import METHODS, C2MRun, cells, prepare
+from dmeta.data.spec import parse_data_spec
 from dmeta.report import c2m as c2m_report
 from dmeta.report import read_results
 from dmeta.train.harness import finish, open_run, run_cells
@@ -46,7 +54,15 @@ def run(
     fresh: bool,
     command: str,
 ) -> pd.DataFrame:
-    """Tables 1-3 analogs, sweeps and the case study on ``data``; writes the run folder."""
+    """Tables 1-3 analogs, sweeps and the case study on ``data``; writes the run folder.
+
+    ``data`` ``sequences:DIR`` runs Ours on sequence shards instead, each process reading
+    only its users (``dmeta.c2m.sharded``).
+    """
+    if parse_data_spec(data).name == sharded.SEQUENCES:
+        return sharded.run(
+            cfg, data=data, out=out, seeds=seeds, methods=methods, fresh=fresh, command=command
+        )
     prep = prepare(data, cfg)
     out = open_run(out, cfg, data=data, seeds=seeds, methods=methods, command=command, fresh=fresh)
     protocol = C2MRun(prep, cfg, out)

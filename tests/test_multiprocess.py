@@ -5,6 +5,10 @@ of the 2 processes feeds only its half of every meta-batch (``dmeta.distributed.
 and the run checkpoints on process 0 and restores on both half-way. The reference is the same
 script as one process with 4 devices. All three processes run at once. The launcher and the
 trainer are ``experiments/benchmarks/multiprocess_throughput.py``'s (``_multiprocess.py``).
+
+``tests/_c2m_multiprocess_worker.py`` runs C2M's Ours on 4 sequence shards
+(``dmeta.c2m.sharded``) as 2 processes x 1 device, each reading only its 2 shards, and as
+1 process x 2 devices with the same 2 strata: the same users, segments and losses.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import signal
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -54,6 +59,77 @@ def test_two_processes_equal_one_process_with_four_devices(runs):
         np.testing.assert_allclose(line["losses"], want["losses"], rtol=RTOL, atol=ATOL)
     assert sorted(tuple(line["rows"]) for line in runs["multi"]) == [(0, 4), (4, 8)]
     assert all(line["local_devices"] == 2 for line in runs["multi"])
+
+
+C2M_WORKER = Path(__file__).with_name("_c2m_multiprocess_worker.py")
+
+
+@pytest.fixture(scope="module")
+def c2m_runs(tmp_path_factory) -> dict:
+    """4 sequence shards of a synthetic log; Ours on them as 1 x 2 and 2 x 1 (at once)."""
+    from dmeta import outofcore
+    from dmeta.c2m.synthetic import synthetic_c2m
+
+    root = tmp_path_factory.mktemp("c2m")
+    log = synthetic_c2m(n_users=48, n_segments=3, mean_events=12, n_purchases=2, seed=0).log
+    (root / "log").mkdir()
+    log.events.to_csv(root / "log" / "events.csv", index=False)
+    pre = outofcore.preprocess(
+        root / "log", root / "pre", engine="polars", max_len=16, max_items=32, n_buckets=4
+    )
+    shards = root / "pre" / "sequences"
+    workers = launch_group(C2M_WORKER, [str(shards), str(root / "one"), "--strata", "2"], 1, 2,
+                           FAST_COMPILE)  # fmt: skip
+    workers += launch_group(C2M_WORKER, [str(shards), str(root / "two")], 2, 1, FAST_COMPILE)
+    lines = finish(workers, timeout=300)
+    return {"shards": pre.sequences, "one": lines[0], "two": lines[1:], "root": root}
+
+
+def test_c2m_processes_read_only_their_shards(c2m_runs):
+    from dmeta import outofcore
+
+    one, two = c2m_runs["one"], c2m_runs["two"]
+    assert [line["strata"] for line in two] == [[0], [1]] and one["strata"] == [0, 1]
+    assert [line["process_count"] for line in (one, *two)] == [1, 2, 2]
+    assert one["global_devices"] == two[0]["global_devices"] == 2
+    shards = c2m_runs["shards"]
+    for line, blocks in zip(two, (shards[:2], shards[2:])):
+        read = outofcore.read_sequences(blocks, 16)
+        assert line["users"] == read.users[read.mask.sum(1) >= 4].tolist()
+    mine = [set(line["users"]) for line in two]
+    assert not mine[0] & mine[1]
+    assert two[0]["users"] + two[1]["users"] == one["users"]
+    assert len(one["users"]) == sum(one["sizes"]) > 30
+
+
+def test_c2m_two_processes_equal_one_process_with_two_devices(c2m_runs):
+    import pandas as pd
+
+    one, two = c2m_runs["root"] / "one", c2m_runs["root"] / "two"
+    want = pd.read_csv(one / "segments_seed0.csv", dtype={"user_id": str})
+    got = pd.read_csv(two / "segments_seed0.csv", dtype={"user_id": str})
+    assert want["user_id"].tolist() == c2m_runs["one"]["users"]
+    assert want["segment"].nunique() == 3
+    pd.testing.assert_frame_equal(got, want, rtol=RTOL, atol=ATOL)
+    got, want = scores(two), scores(one)
+    assert {"loss", "reconstruction", "SC", "CH"} <= set(want["metric"])
+    pd.testing.assert_frame_equal(got, want, rtol=RTOL, atol=ATOL)
+
+
+def test_strata_batches_take_each_stratum_s_share_and_gather_inverts():
+    strata = distributed.Strata((3, 5), range(2))
+    assert strata.steps(4) == 3 and strata.local_batch(4) == 4
+    rows, real = strata.order(jax.random.key(0), 4)
+    assert rows.shape == real.shape == (3, 4)
+    assert (rows[:, :2] < 3).all() and (rows[:, 2:] >= 3).all()
+    assert sorted(rows[:, :2].ravel()[:3]) == [0, 1, 2]  # the first draws: a permutation
+    assert sorted(rows[:, 2:].ravel()[:5]) == [3, 4, 5, 6, 7]
+    np.testing.assert_array_equal(real[:, :2].ravel(), [1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(strata.rows(), np.arange(8))
+    parts = [np.arange(3.0), np.arange(10.0, 15.0)]
+    np.testing.assert_array_equal(strata.gather(parts), np.concatenate(parts))
+    with pytest.raises(ValueError, match="divide"):
+        strata.steps(3)
 
 
 def test_only_process_zero_writes(runs):

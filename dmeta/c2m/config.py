@@ -17,6 +17,11 @@ validation users; the chosen point's fit is the reported one, and SC / CH are re
 fit users (``SC_inliers`` / ``CH_inliers`` without the outliers), the mining and MPP on all
 users. AE+KM, BoC-KM and MST have no hyperparameter to tune (one point). ``--set
 tuning.trials=9`` gives every method 9 points (all of a smaller grid).
+
+``--data sequences:DIR`` (the shards of ``dmeta.outofcore.preprocess``) runs Ours alone on
+all users, each process reading only its strata of the shards (``data.strata``,
+``dmeta.c2m.sharded``); ``data.max_len`` must be the preprocessing's L, ``data.min_events``
+counts the (at most L) events kept, the vocabularies are the preprocessing's.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ class DataConfig:
     synthetic_users: int = 600
     synthetic_segments: int = 4
     synthetic_own_block: float = 0.6
+    # --data sequences:DIR (dmeta.c2m.sharded): user strata, contiguous blocks of DIR's sorted
+    # shards, each read by one process only; every batch takes batch_size / strata users of
+    # each. None: one per process (set it to P on one process with P devices to reproduce P
+    # processes). Unused by the other --data sources.
+    strata: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

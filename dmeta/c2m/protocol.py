@@ -347,6 +347,14 @@ def grid(cfg: C2MConfig, method: str) -> dict[str, tuple]:
     return {}
 
 
+def behavior_weights(cfg: C2MConfig) -> np.ndarray:
+    """f32[J]: eq. 7's weight of each behaviour code (1 for padding and OOV)."""
+    weights = dataclasses.asdict(cfg.segmentation.behavior_weights)
+    return np.array(
+        [weights.get(b, 1.0) for b in ["<pad>", "<oov>", *BEHAVIOR_VOCAB.ids]], np.float32
+    )
+
+
 class C2MRun:
     """Computes the cells of one run on one prepared log; writes the case study to ``out``."""
 
@@ -356,10 +364,7 @@ class C2MRun:
         self.n_segments = (
             cfg.data.synthetic_segments if prep.truth is not None else cfg.segmentation.n_segments
         )
-        weights = dataclasses.asdict(cfg.segmentation.behavior_weights)
-        self.w_b = np.array(
-            [weights.get(b, 1.0) for b in ["<pad>", "<oov>", *BEHAVIOR_VOCAB.ids]], np.float32
-        )
+        self.w_b = behavior_weights(cfg)
         self._state: SeedState | None = None
 
     def _model_kw(self) -> dict:

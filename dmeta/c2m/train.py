@@ -35,9 +35,11 @@ import numpy as np
 import optax
 from flax import nnx
 
+from dmeta import distributed
 from dmeta.c2m.autoencoder import BehaviorAutoencoder
 from dmeta.c2m.losses import clustering_loss, preference_loss, reconstruction_loss
 from dmeta.cluster.kmeans import kmeans, outlier_weights, sq_distances
+from dmeta.distributed import Strata
 from dmeta.nn.functional import split_params
 from dmeta.parallel import data_mesh, jit_step
 from dmeta.train.logs import Row
@@ -138,6 +140,18 @@ def encode_all(ae: Autoencoder, params: Params, x, mask, batch_size: int = 256) 
     return np.asarray(jnp.concatenate(out))
 
 
+def encode_users(
+    ae: Autoencoder, params: Params, x, mask, strata: Strata | None = None
+) -> np.ndarray:
+    """Latents f[U, Z] of all U users: ``encode_all`` of ``x`` i32[U, L, 3], or with
+    ``strata`` of every process's users (``x``: this process's N, stratum after stratum),
+    encoded stratum by stratum and gathered, the same on every process (a collective;
+    ``params`` on the host or fully addressable)."""
+    if strata is None:
+        return encode_all(ae, params, x, mask)
+    return strata.gather([encode_all(ae, params, x[b], mask[b]) for b in strata.local_slices()])
+
+
 def _adam_decay(
     learning_rate, decay_steps, end_ratio, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0
 ) -> optax.GradientTransformation:
@@ -203,6 +217,7 @@ def train_epochs(
     before_epoch: Callable[[TrainState, int], tuple[TrainState, dict[str, np.ndarray]]]
     | None = None,
     shard: bool = False,
+    strata: Strata | None = None,
 ) -> tuple[Params, list[Row]]:
     """Minibatch Adam over users with ``dmeta.train.loop.fit``, one log row per epoch.
 
@@ -220,6 +235,10 @@ def train_epochs(
         parameters and adds per-user targets (f[U, ...]).
       shard: split each batch over all visible devices (``dmeta.parallel``; the batch
         size, or U if smaller, must divide by the device count).
+      strata: ``data`` (and ``before_epoch``'s targets) are this process's users of
+        several processes' (``dmeta.distributed.Strata``): stratified global batches of
+        ``batch_size`` over all devices of all processes (``loop.epoch_step``); implies
+        ``shard``.
 
     Returns:
       The trained params and ``fit``'s rows (``step``, per-epoch mean metrics).
@@ -227,7 +246,8 @@ def train_epochs(
     Raises:
       NonFiniteError: an epoch's mean metric is NaN or infinite.
     """
-    n = len(data["x"])
+    n = len(data["x"]) if strata is None else int(sum(strata.sizes))
+    shard = shard or strata is not None
 
     def prepare(state: TrainState):
         return before_epoch(state, int(state.step) // step.steps)
@@ -238,6 +258,8 @@ def train_epochs(
         batch_size=batch_size,
         consts=lambda epoch: {} if consts is None else consts,
         before_epoch=None if before_epoch is None else prepare,
+        strata=strata,
+        mesh=data_mesh() if strata is not None else None,
     )
     n_steps = epochs * step.steps
     decay = "" if decay_end is None else f" decay_end={decay_end:g}"
@@ -297,11 +319,12 @@ def pretrain(
     key,
     decay_end: float | None = None,
     shard: bool = False,
+    strata: Strata | None = None,
 ) -> tuple[Params, list[Row]]:
     """Algorithm 1, step 1: reconstruction only, from ``params`` (e.g. ``ae.params``).
 
-    ``decay_end`` and ``shard`` (split each batch of users over all visible devices) as in
-    ``train_epochs``.
+    ``decay_end``, ``shard`` (split each batch of users over all visible devices) and
+    ``strata`` (``x``, ``mask``: this process's users) as in ``train_epochs``.
     """
     return train_epochs(
         params,
@@ -314,15 +337,25 @@ def pretrain(
         desc="c2m pretrain",
         decay_end=decay_end,
         shard=shard,
+        strata=strata,
     )
 
 
 def latent_space(
-    ae: Autoencoder, params: Params, x, mask, *, normalize: bool = False
+    ae: Autoencoder,
+    params: Params,
+    x,
+    mask,
+    *,
+    normalize: bool = False,
+    strata: Strata | None = None,
 ) -> tuple[np.ndarray, Callable]:
-    """The latents f[U, Z] of users ``x`` and the ``Segmentation.embed`` of that space:
-    ``encode_all`` (with ``normalize``, standardized by these users' mean and scale)."""
-    z = encode_all(ae, params, x, mask)
+    """The latents f[U, Z] of users ``x`` (with ``strata``: of all processes' users,
+    ``encode_users``) and the ``Segmentation.embed`` of that space: ``encode_all`` (with
+    ``normalize``, standardized by these users' mean and scale)."""
+    if strata is not None:  # replicated global arrays -> host, for each process's encoding
+        params = distributed.to_host(params)
+    z = encode_users(ae, params, x, mask, strata)
     if not normalize:
         return z, lambda x, mask, category: encode_all(ae, params, x, mask)
     mean, scale = z.mean(0), np.sqrt(np.mean(np.sum((z - z.mean(0)) ** 2, axis=1)))
@@ -348,6 +381,7 @@ def joint_segmentation(
     normalize: bool = False,
     decay_end: float | None = None,
     shard: bool = False,
+    strata: Strata | None = None,
 ) -> Segmentation:
     """Algorithm 1, steps 2-3, from pretrained ``params``.
 
@@ -356,9 +390,12 @@ def joint_segmentation(
       outlier_z: outlier threshold (``dmeta.cluster.kmeans.outlier_weights``); None keeps all.
       normalize: eq. 6 on the standardized latent (module docstring).
       decay_end, shard: as in ``train_epochs``.
+      strata: ``x``, ``mask`` are this process's users of several processes'
+        (``train_epochs``); k-means++, the outlier weights and the segmentation are computed
+        on every process from the gathered latents of all users, so all processes agree.
     """
     key, k_init = jax.random.split(key)
-    z0, _ = latent_space(ae, params, x, mask, normalize=normalize)
+    z0, _ = latent_space(ae, params, x, mask, normalize=normalize, strata=strata)
     init = kmeans(k_init, z0, n_segments, outlier_z=outlier_z)
     state = {"ae": params, "centroids": init.centroids}
     consts = {
@@ -368,9 +405,10 @@ def joint_segmentation(
     }
 
     def weights(state: TrainState, epoch: int):
-        z, _ = latent_space(ae, state.params["ae"], x, mask, normalize=normalize)
-        w = outlier_weights(z, state.params["centroids"], outlier_z)
-        return state, {"weights": np.asarray(w)}
+        z, _ = latent_space(ae, state.params["ae"], x, mask, normalize=normalize, strata=strata)
+        centroids = distributed.to_host(state.params["centroids"])
+        w = np.asarray(outlier_weights(z, centroids, outlier_z))
+        return state, {"weights": w if strata is None else w[strata.rows()]}
 
     norm = " normalized" if normalize else ""
     state, history = train_epochs(
@@ -386,9 +424,10 @@ def joint_segmentation(
         consts=consts,
         before_epoch=weights,
         shard=shard,
+        strata=strata,
     )
-    z, embed = latent_space(ae, state["ae"], x, mask, normalize=normalize)
-    centroids = np.asarray(state["centroids"])
+    z, embed = latent_space(ae, state["ae"], x, mask, normalize=normalize, strata=strata)
+    centroids = distributed.to_host(state["centroids"])
     labels = np.asarray(jnp.argmin(sq_distances(z, centroids), axis=1), np.int32)
     w = np.asarray(outlier_weights(z, centroids, outlier_z))
     return Segmentation(labels, z, w, history, centroids, embed)

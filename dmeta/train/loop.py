@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from dmeta import distributed
@@ -487,6 +488,8 @@ class EpochStep:
     before_epoch: Callable[[TrainState], tuple[TrainState, Mapping[str, np.ndarray]]] | None
     pad_weight: str | None
     steps: int
+    strata: distributed.Strata | None = None
+    mesh: Mesh | None = None
     _prepared: tuple[int, TrainState, Mapping[str, np.ndarray]] | None = None
 
     def _arrays(self, state: TrainState) -> tuple[TrainState, dict[str, np.ndarray]]:
@@ -503,7 +506,7 @@ class EpochStep:
         batch = {k: v[idx] for k, v in arrays.items()}
         if self.pad_weight is not None:
             batch[self.pad_weight] = batch[self.pad_weight] * real
-        return batch
+        return batch if self.strata is None else distributed.global_batch(batch, self.mesh)
 
     def metric_shapes(self, state: TrainState) -> Mapping[str, jax.ShapeDtypeStruct]:
         """The metrics' structure, traced on one batch (``before_epoch`` runs once here and
@@ -515,23 +518,30 @@ class EpochStep:
                 state,
                 {k: arrays[k] for k in arrays if k not in self.data},
             )
-        idx = np.arange(self.batch_size)
-        batch = self._batch(arrays, idx, np.ones(self.batch_size, np.float32))
+        n = len(next(iter(self.data.values())))
+        width = self.batch_size if self.strata is None else self.strata.local_batch(self.batch_size)
+        batch = self._batch(arrays, np.arange(width) % n, np.ones(width, np.float32))
         return jax.eval_shape(lambda s, b: self.batch_step(s, b, self.consts(0))[1], state, batch)
+
+    def _order(self, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+        """One epoch's rows of ``data`` i64[steps, B_local] and first draws f32[steps, B_local]:
+        a permutation of all rows, or with ``strata`` this process's part of stratified
+        batches (``distributed.Strata.order``)."""
+        if self.strata is not None:
+            return self.strata.order(key, self.batch_size)
+        n, bs = len(next(iter(self.data.values()))), self.batch_size
+        order = np.asarray(jax.random.permutation(key, n))[np.arange(self.steps * bs) % n]
+        real = (np.arange(self.steps * bs) < n).astype(np.float32)
+        return order.reshape(self.steps, bs), real.reshape(self.steps, bs)
 
     def __call__(self, state: TrainState) -> tuple[TrainState, Mapping[str, Array]]:
         epoch = int(state.step) // self.steps
         state, arrays = self._arrays(state)
-        n, bs = len(next(iter(self.data.values()))), self.batch_size
         key, sub = jax.random.split(state.key)
-        order = np.asarray(jax.random.permutation(sub, n))[np.arange(self.steps * bs) % n]
-        real = (np.arange(self.steps * bs) < n).astype(np.float32)
+        order, real = self._order(sub)
         state, consts, sums = dataclasses.replace(state, key=key), self.consts(epoch), None
         for b in range(self.steps):
-            rows = slice(b * bs, (b + 1) * bs)
-            state, metrics = self.batch_step(
-                state, self._batch(arrays, order[rows], real[rows]), consts
-            )
+            state, metrics = self.batch_step(state, self._batch(arrays, order[b], real[b]), consts)
             sums = dict(metrics) if sums is None else jax.tree.map(jnp.add, sums, dict(metrics))
         return state, jax.tree.map(lambda s: s / self.steps, sums)
 
@@ -544,6 +554,8 @@ def epoch_step(
     consts: Callable[[int], Any] = lambda epoch: None,
     before_epoch: Callable[[TrainState], tuple[TrainState, Mapping[str, np.ndarray]]] | None = None,
     pad_weight: str | None = None,
+    strata: distributed.Strata | None = None,
+    mesh: Mesh | None = None,
 ) -> EpochStep:
     """One epoch of shuffled minibatches of per-row host arrays as a ``fit`` step.
 
@@ -563,7 +575,18 @@ def epoch_step(
       before_epoch: ``state -> (state, per-row arrays)`` recomputed from the model before
         each epoch and added to ``data`` (e.g. pseudo-labels, outlier weights).
       pad_weight: a key of ``data`` set to 0 on the filling rows, so they do not count.
+      strata: ``data`` holds this process's strata of rows of several processes: each batch
+        of ``batch_size`` rows takes ``batch_size / S`` of every stratum (``Strata.order``),
+        each process its own, assembled into a global batch over ``mesh``
+        (``distributed.global_batch``); an epoch is ``Strata.steps`` batches. The
+        permutations are drawn as above, one per stratum.
+      mesh: the ``"data"`` mesh of the global batches (with ``strata``).
     """
+    if strata is not None:
+        steps = strata.steps(batch_size)
+        return EpochStep(
+            batch_step, data, batch_size, consts, before_epoch, pad_weight, steps, strata, mesh
+        )
     n = len(next(iter(data.values())))
     bs = min(batch_size, n)
     return EpochStep(batch_step, data, bs, consts, before_epoch, pad_weight, -(-n // bs))
