@@ -20,8 +20,9 @@ def scores():
     data = D.make_synthetic(n_regions=8, n_days=3 * 365, n_festivals=2, seed=0)
     prep = D.prepare(data, cutoff=2 * 365, test_end=2 * 365 + 240, window=14, val_days=60)
     graphdef, params = M.build(window=14, period=7, n_types=data.n_types,
-                               n_attrs=data.attrs.shape[1], n_regions=8, latent=4, hidden=16)  # fmt: skip
-    params, _ = T.fit(graphdef, params, prep, key=jax.random.key(0), n_steps=400, lr=1e-2,
+                               n_attrs=data.attrs.shape[1], n_regions=8, latent=4, hidden=16,
+                               context_path=True)  # fmt: skip
+    params, _ = T.fit(graphdef, params, prep, key=jax.random.key(0), n_steps=400, lr=1e-2, ema=0.99,
                       log_every=100, patience=2, eval_context=16, n_tasks=8, n_query=8,
                       n_context=16, n_samples=2, switch_every=25,
                       objective="fixed_sigma")  # fmt: skip
