@@ -5,7 +5,9 @@ trains one method on the split that equal tuning scores (``dmeta.stmp.protocol.s
 with ``validation=True``: training ends a year before the test year, early stopping on
 the ``val_days`` before that cutoff) and is scored on that validation year's regular and
 festival days. Rows go to ``<out>/design.csv`` as they finish (a rerun skips the rows
-already there and resumes a killed fit), each fit's validation curve to ``<out>/curves/``.
+already there and resumes a killed fit), each fit's validation curve to ``<out>/curves/``,
+the table of means and standard deviations over seeds to ``<out>/design.md`` (rewritten from
+design.csv by every run, so rerunning a finished command only regenerates it).
 
     python -m experiments.stmp_design --data favorita --seeds 2 \\
         --variant base= --variant mse=train.objective=mse \\
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,7 @@ import pandas as pd
 
 from dmeta import metrics
 from dmeta.config import override
+from dmeta.report.tables import markdown_table
 from dmeta.stmp import protocol as P
 from dmeta.stmp.config import get_config
 from dmeta.train import loop
@@ -83,8 +87,24 @@ def main(argv: list[str] | None = None) -> None:
             done = pd.concat([done, pd.DataFrame([dict(keys, **r) for r in rows])])
             write_atomic(path, done[COLUMNS].to_csv(index=False))
             print(name, seed, {r["group"]: round(r["mse"]) for r in rows}, flush=True)
-    summary = done.pivot_table(index=["method", "variant"], columns="group", values="mse")
-    print(summary.round(0).to_string())
+    table = summary(done)
+    write_atomic(args.out / "design.md", markdown_table(table, floatfmt=".0f") + "\n")
+    write_atomic(args.out / "command.txt", " ".join(["python -m experiments.stmp_design",
+                                                     *(argv or sys.argv[1:])]) + "\n")  # fmt: skip
+    print(table.to_string(index=False))
+
+
+def summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of each (method, variant)'s validation-year MSE per day kind."""
+    rows = rows.fillna({"overrides": ""})  # the config as it is (read back as NaN)
+    stats = rows.groupby(["method", "variant", "overrides", "group"], sort=False)["mse"]
+    table = stats.agg(["mean", "std", "count"]).reset_index()
+    wide = table.pivot_table(index=["method", "variant", "overrides"], columns="group",
+                             values=["mean", "std"], sort=False)  # fmt: skip
+    wide.columns = [f"{group} {stat}" for stat, group in wide.columns]
+    order = [f"{g} {s}" for g in ("all", "regular", "festival") for s in ("mean", "std")]
+    seeds = table.groupby(["method", "variant", "overrides"], sort=False)["count"].max()
+    return wide[order].assign(seeds=seeds).reset_index()
 
 
 if __name__ == "__main__":
