@@ -7,7 +7,9 @@ the task / batch axis is split over every device of every process. Each process 
 its share of the input (``process_shard``) and the global batch is assembled without any
 host ever holding it whole (``global_batch``, ``jax.make_array_from_process_local_data``).
 Results and checkpoints are written once, by process 0 (``is_main_process``,
-``write_once``).
+``write_once``). Rows that each process reads itself (users of its sequence shards) are
+``Strata``: stratified epochs of global batches, and per-row values gathered in one global
+order, the same for any number of processes.
 
     from dmeta import distributed
     info = distributed.initialize(args.coordinator, args.num_processes, args.process_id)

@@ -65,24 +65,29 @@ C2M_WORKER = Path(__file__).with_name("_c2m_multiprocess_worker.py")
 
 
 @pytest.fixture(scope="module")
-def c2m_runs(tmp_path_factory) -> dict:
-    """4 sequence shards of a synthetic log; Ours on them as 1 x 2 and 2 x 1 (at once)."""
+def c2m_shards(tmp_path_factory) -> list[Path]:
+    """4 sequence shards (L = 16) of a synthetic log of 48 users."""
     from dmeta import outofcore
     from dmeta.c2m.synthetic import synthetic_c2m
 
-    root = tmp_path_factory.mktemp("c2m")
+    root = tmp_path_factory.mktemp("c2m_log")
     log = synthetic_c2m(n_users=48, n_segments=3, mean_events=12, n_purchases=2, seed=0).log
-    (root / "log").mkdir()
-    log.events.to_csv(root / "log" / "events.csv", index=False)
+    log.events.to_csv(root / "events.csv", index=False)
     pre = outofcore.preprocess(
-        root / "log", root / "pre", engine="polars", max_len=16, max_items=32, n_buckets=4
+        root, root / "pre", engine="polars", max_len=16, max_items=32, n_buckets=4
     )
-    shards = root / "pre" / "sequences"
-    workers = launch_group(C2M_WORKER, [str(shards), str(root / "one"), "--strata", "2"], 1, 2,
+    return pre.sequences
+
+
+@pytest.fixture(scope="module")
+def c2m_runs(tmp_path_factory, c2m_shards) -> dict:
+    """Ours on the shards as 1 x 2 and 2 x 1 (at once)."""
+    root, shards = tmp_path_factory.mktemp("c2m"), str(c2m_shards[0].parent)
+    workers = launch_group(C2M_WORKER, [shards, str(root / "one"), "--strata", "2"], 1, 2,
                            FAST_COMPILE)  # fmt: skip
-    workers += launch_group(C2M_WORKER, [str(shards), str(root / "two")], 2, 1, FAST_COMPILE)
+    workers += launch_group(C2M_WORKER, [shards, str(root / "two")], 2, 1, FAST_COMPILE)
     lines = finish(workers, timeout=300)
-    return {"shards": pre.sequences, "one": lines[0], "two": lines[1:], "root": root}
+    return {"shards": c2m_shards, "one": lines[0], "two": lines[1:], "root": root}
 
 
 def test_c2m_processes_read_only_their_shards(c2m_runs):
@@ -217,3 +222,21 @@ def test_killed_two_process_run_resumes_to_the_same_results(tmp_path):
     assert not (two / "results.csv").exists()
     wait(launch_group(CLI, [*args, "--out", str(two)], 2, 1, CLI_ENV))
     pd.testing.assert_frame_equal(scores(two), scores(one), rtol=1e-5)
+
+
+@pytest.mark.slow  # three smoke runs of C2M's Ours: about 2 minutes on 2 cores
+def test_dmeta_run_c2m_on_shards_two_processes_equal_one_with_two_strata(tmp_path, c2m_shards):
+    """End to end: ``dmeta run c2m --data sequences:DIR`` on 2 processes x 1 device, each
+    reading its 2 of the 4 shards, gives the results and segments of 1 process x 2 devices
+    with ``data.strata=2``."""
+    import pandas as pd
+
+    args = ["run", "c2m", "--smoke", "--methods", "Ours", "--data",
+            f"sequences:{c2m_shards[0].parent}", "--set", "data.max_len=16"]  # fmt: skip
+    one = [*args, "--set", "data.strata=2", "--out", str(tmp_path / "one")]
+    workers = launch_group(CLI, one, 1, 2, CLI_ENV)
+    workers += launch_group(CLI, [*args, "--out", str(tmp_path / "two")], 2, 1, CLI_ENV)
+    wait(workers)
+    pd.testing.assert_frame_equal(scores(tmp_path / "two"), scores(tmp_path / "one"), rtol=1e-5)
+    segments = [pd.read_csv(tmp_path / run / "segments_seed0.csv") for run in ("one", "two")]
+    pd.testing.assert_frame_equal(segments[1], segments[0], rtol=1e-5)
