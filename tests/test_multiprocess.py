@@ -90,6 +90,10 @@ def c2m_runs(tmp_path_factory, c2m_shards) -> dict:
     return {"shards": c2m_shards, "one": lines[0], "two": lines[1:], "root": root}
 
 
+# slow: about a minute of three processes, and one failure (a worker error, its cause not
+# captured) in about 11 runs under a load of ~10; the MAML 2-process test above stays in
+# make test
+@pytest.mark.slow
 def test_c2m_processes_read_only_their_shards(c2m_runs):
     from dmeta import outofcore
 
@@ -107,6 +111,7 @@ def test_c2m_processes_read_only_their_shards(c2m_runs):
     assert len(one["users"]) == sum(one["sizes"]) > 30
 
 
+@pytest.mark.slow
 def test_c2m_two_processes_equal_one_process_with_two_devices(c2m_runs):
     import pandas as pd
 
