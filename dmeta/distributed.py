@@ -188,6 +188,15 @@ def allgather(tree: Any) -> Any:
     return multihost_utils.process_allgather(jax.tree.map(np.asarray, tree))
 
 
+def _local_strata(n_strata: int) -> range:
+    """This process's strata of ``n_strata`` (``process_shard``; S divisible by P)."""
+    n_proc = jax.process_count()
+    if n_strata % n_proc:
+        raise ValueError(f"{n_strata} strata do not split evenly over {n_proc} processes")
+    mine = process_shard(n_strata)
+    return range(mine.start, mine.stop)
+
+
 @dataclasses.dataclass(frozen=True)
 class Strata:
     """Rows (users, segments) in S strata, each read and held by one process only.
@@ -211,14 +220,21 @@ class Strata:
     def of(cls, local_sizes: Sequence[int], n_strata: int) -> Strata:
         """The strata, from this process's stratum sizes (``len(process_shard(n_strata))`` of
         them); gathers every process's sizes (a collective: every process calls it)."""
-        n_proc = jax.process_count()
-        if n_strata % n_proc:
-            raise ValueError(f"{n_strata} strata do not split evenly over {n_proc} processes")
-        mine = process_shard(n_strata)
-        if len(local_sizes) != mine.stop - mine.start:
+        mine = _local_strata(n_strata)
+        if len(local_sizes) != len(mine):
             raise ValueError(f"got {len(local_sizes)} stratum sizes for strata {mine}")
         sizes = allgather(np.asarray(local_sizes, np.int64)).reshape(-1)
-        return cls(tuple(int(n) for n in sizes), range(mine.start, mine.stop))
+        return cls(tuple(int(n) for n in sizes), mine)
+
+    @classmethod
+    def split(cls, n_rows: int, n_strata: int) -> Strata:
+        """``n_rows`` rows that every process lists (e.g. segment indices) as ``n_strata``
+        balanced contiguous strata (stratum s: ``process_shard(n_rows, s, n_strata)``); no
+        collective."""
+        sizes = tuple(
+            len(range(n_rows)[process_shard(n_rows, s, n_strata)]) for s in range(n_strata)
+        )
+        return cls(sizes, _local_strata(n_strata))
 
     @property
     def offsets(self) -> np.ndarray:

@@ -161,3 +161,20 @@ def test_tune_scores_a_diverging_point_as_lost():
     assert tuned.best == {"lr": 0.0} and np.isnan(tuned.trials[0][1])
     with pytest.raises(NonFiniteError, match=r"toy: the loss is not finite from row 1, step 3"):
         check_finite(np.array([[1.0] * 4, [1.0, 1.0, 1.0, np.nan]]), "toy")
+
+
+def test_an_old_run_folder_resumes_after_a_config_field_with_default_none_is_added(tmp_path):
+    """A folder written before ``train.strata`` existed (no such key in its config.json)
+    keeps its cells: a missing field reads as None, the new field's default."""
+    from dmeta.rmldp.config import get_config
+
+    cfg = get_config(smoke=True)
+    _open(tmp_path, cfg)
+    harness.run_cells(tmp_path, [Cell("a", 0)], lambda c: _rows(c, 1.0))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["train.strata"]  # the folder of a run from before the field
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    _open(tmp_path, cfg)
+    assert json.loads((tmp_path / "config.json").read_text())["train.strata"] is None
+    with pytest.raises(RunError, match="train.strata differ"):
+        _open(tmp_path, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, strata=2)))

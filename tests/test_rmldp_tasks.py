@@ -6,9 +6,17 @@ import jax
 import numpy as np
 import pytest
 
+from dmeta import distributed
 from dmeta.data.frames import validate_long
 from dmeta.data.synthetic import make_demand
-from dmeta.data.tasks import build_task_pool, eval_tasks, sample_tasks, split_segments
+from dmeta.data.tasks import (
+    build_task_pool,
+    eval_tasks,
+    pool_rows,
+    sample_strata,
+    sample_tasks,
+    split_segments,
+)
 from dmeta.data.windows import make_windows, n_records, to_panel
 
 N_SUPPORT, N_QUERY = 8, 4
@@ -63,3 +71,28 @@ def test_random_sampler_is_kept_and_draws_other_samples(timed_pool):
         assert drawn(rand.support, r).max() + pool.gap <= drawn(rand.query, r).min()
     with pytest.raises(ValueError, match="sampler"):
         sample_tasks(key, pool, split.train, **kw, sampler="latest")
+
+
+def test_stratified_sampler_draws_each_stratum_s_share_as_its_processes_would(timed_pool):
+    """Strata of the meta-training segments: each gives n_tasks / S tasks of its own segments;
+    one process holding all S strata draws the union (in stratum order) of what S processes,
+    each with the pool of its own stratum only, draw."""
+    pool, split = timed_pool
+    n_strata, n_tasks = 2, 8
+    kw = dict(n_strata=n_strata, n_tasks=n_tasks, n_support=N_SUPPORT, n_query=N_QUERY)
+    strata = distributed.Strata.split(len(split.train), n_strata)
+    blocks = [split.train[b] for b in strata.local_slices()]
+    key = jax.random.key(3)
+    whole = sample_strata(key, pool, dict(enumerate(blocks)), **kw)
+    for s, block in enumerate(blocks):
+        share = np.asarray(whole.segment)[s * n_tasks // n_strata : (s + 1) * n_tasks // n_strata]
+        assert set(share) <= set(block)
+    parts = []
+    for s, block in enumerate(blocks):  # process s: its stratum's pool rows only
+        own = sample_strata(key, pool_rows(pool, block), {s: np.arange(len(block))}, **kw)
+        parts.append(dataclasses.replace(own, segment=block[np.asarray(own.segment)]))
+    union = jax.tree.map(lambda *a: np.concatenate(a), *parts)
+    jax.tree.map(np.testing.assert_array_equal, union, whole)
+    assert len(set(np.asarray(whole.segment))) > 2
+    with pytest.raises(ValueError, match="divide"):
+        sample_strata(key, pool, dict(enumerate(blocks)), **{**kw, "n_tasks": 7})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -268,6 +269,58 @@ def sample_tasks(
     else:
         raise ValueError(f"sampler={sampler!r}; use 'recent' or 'random'")
     return TaskBatch(_split(pool, seg, s_idx, s_ok), _split(pool, seg, q_idx, q_ok), seg)
+
+
+def pool_rows(pool: TaskPool, segments: np.ndarray) -> TaskPool:
+    """The pool of ``segments`` i[K] only: its row k is ``pool``'s row ``segments[k]``."""
+    rows = jnp.asarray(segments)
+    return jax.tree.map(lambda a: a[rows], pool)
+
+
+def sample_strata(
+    key: Key,
+    pool: TaskPool,
+    strata: Mapping[int, Array],
+    *,
+    n_strata: int,
+    n_tasks: int,
+    n_support: int,
+    n_query: int,
+    sampler: str = "recent",
+) -> TaskBatch:
+    """The strata ``strata`` holds of a shard-stratified meta-batch of ``n_tasks`` tasks.
+
+    Each of the ``n_strata`` strata of segments gives ``n_tasks / n_strata`` tasks
+    (``sample_tasks`` with key ``fold_in(key, s)`` on stratum s's segments), so a process
+    holding some strata draws exactly their part of the batch that one process holding all
+    of them draws. Pure JAX (jit-able with everything but ``key`` and ``pool`` static).
+
+    Args:
+      key: PRNG key of the whole meta-batch (the same on every process).
+      pool: the task pool (of this process's segments, ``pool_rows``).
+      strata: stratum index s -> i32[K_s] its segments (rows of ``pool``), in stratum order.
+      n_strata: S, the strata of all processes.
+      n_tasks, n_support, n_query, sampler: as in ``sample_tasks`` (``n_tasks`` for the
+        whole batch; it must divide by ``n_strata``).
+
+    Returns:
+      ``TaskBatch`` of ``len(strata) * n_tasks / n_strata`` tasks, stratum after stratum.
+    """
+    if n_tasks % n_strata:
+        raise ValueError(f"n_tasks={n_tasks} does not divide by {n_strata} strata")
+    parts = [
+        sample_tasks(
+            jax.random.fold_in(key, s),
+            pool,
+            segments,
+            n_tasks=n_tasks // n_strata,
+            n_support=n_support,
+            n_query=n_query,
+            sampler=sampler,
+        )
+        for s, segments in strata.items()
+    ]
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
 
 def eval_tasks(

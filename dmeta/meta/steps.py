@@ -55,17 +55,34 @@ def with_sampler(train_step: TrainStep, sample_fn: Callable[[Key], Any]) -> Call
     """Folds batch sampling into the step so a run is a pure function of its state.
 
     Args:
-      train_step: ``(state, batch, key) -> (state, metrics)``.
+      train_step: ``(state, batch, key, *args) -> (state, metrics)``.
       sample_fn: ``sample_fn(key) -> batch`` (e.g. the seeded task sampler).
 
     Returns:
-      ``step(state) -> (state, metrics)``: splits ``state.key`` into the next state key,
-      a sampling key and a step key. Checkpointing the state checkpoints the sampler.
+      ``step(state, *args) -> (state, metrics)``: splits ``state.key`` into the next state
+      key, a sampling key and a step key. Checkpointing the state checkpoints the sampler.
     """
 
-    def step(state: TrainState):
+    def step(state: TrainState, *args: Any):
         next_key, k_batch, k_step = jax.random.split(state.key, 3)
         state = TrainState(state.params, state.opt_state, state.step, next_key)
-        return train_step(state, sample_fn(k_batch), k_step)
+        return train_step(state, sample_fn(k_batch), k_step, *args)
 
+    return step
+
+
+def with_host_sampler(train_step: TrainStep, sample_fn: Callable[[Key], Any]) -> Callable:
+    """``with_sampler`` for a ``sample_fn`` that runs outside ``jit`` (host code, e.g. each
+    process drawing its part of a global batch, ``dmeta.distributed.global_batch``).
+
+    ``train_step`` is jitted by the caller; the step cannot be traced, so it carries
+    ``step.metric_shapes(state, *args)``, the metrics' structure traced on one batch drawn
+    with ``state.key`` (what ``dmeta.train.loop.fit`` asks a step for).
+    """
+    step = with_sampler(train_step, sample_fn)
+
+    def metric_shapes(state: TrainState, *args: Any):
+        return jax.eval_shape(train_step, state, sample_fn(state.key), state.key, *args)[1]
+
+    step.metric_shapes = metric_shapes
     return step

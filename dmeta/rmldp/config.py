@@ -114,7 +114,12 @@ class TrainConfig:
     random samples before and after the cut, the sampler before #19). Scale: ``data_parallel`` splits a meta-batch's segments over all
     visible devices (``n_tasks`` must divide by their count), ``remat`` checkpoints each
     inner step, ``strategy`` batches the segments (``"vmap"``, ``"map"`` or
-    ``"map_remat"``, whose memory stays flat as the meta-batch grows)."""
+    ``"map_remat"``, whose memory stays flat as the meta-batch grows). ``strata`` (None: off)
+    splits the meta-training segments into S contiguous blocks (strata) held by the processes
+    of a multi-process run (S divisible by their count): process p draws only from its strata
+    (``n_tasks / S`` tasks each per meta-step, ``dmeta.data.tasks.sample_strata``) and feeds
+    them to its devices, so 1 process with S strata runs the meta-steps of S processes;
+    it implies ``data_parallel`` (``n_tasks`` must divide by S and by the device count)."""
 
     lam: float = 0.5
     n_tasks: int = 128
@@ -127,6 +132,7 @@ class TrainConfig:
     data_parallel: bool = False
     remat: bool = False
     strategy: Literal["vmap", "map", "map_remat"] = "vmap"
+    strata: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from jax.sharding import Mesh
 
-from dmeta import metrics
+from dmeta import distributed, metrics
 from dmeta.config import ConfigError
 from dmeta.data.frames import DataError, LongFrame, validate_long
 from dmeta.data.spec import parse_data_spec
@@ -31,6 +32,8 @@ from dmeta.data.tasks import (
     TaskPool,
     build_task_pool,
     eval_tasks,
+    pool_rows,
+    sample_strata,
     sample_tasks,
     split_segments,
     unscale,
@@ -39,10 +42,10 @@ from dmeta.data.windows import make_windows, n_records, season_length, to_panel
 from dmeta.datasets import LOADERS, groceries, table, walmart
 from dmeta.graph.cooccurrence import cooccurrence_graph, edge_graph
 from dmeta.graph.deepwalk import deepwalk
-from dmeta.meta.steps import with_sampler
+from dmeta.meta.steps import with_host_sampler, with_sampler
 from dmeta.parallel import data_mesh, jit_step
 from dmeta.rmldp import baselines as fb
-from dmeta.rmldp.config import RMLDPConfig
+from dmeta.rmldp.config import RMLDPConfig, TrainConfig
 from dmeta.rmldp.model import init_rmldp, make_train_step, meta_test, segment_representations
 from dmeta.train.harness import Cell, Tuned, hp_rows, tune
 from dmeta.train.loop import fit
@@ -408,7 +411,8 @@ class MetaRunner:
       model: the variant's static structure.
       init: ``init(key, inner_lr) -> Theta`` (Meta-SGD starts its step sizes at inner_lr).
       step: jitted ``step(state, inner_lr) -> (state, metrics)`` (sampling folded in; the
-        outer Adam rate beta lives in the optimizer state).
+        outer Adam rate beta lives in the optimizer state); with ``train.strata`` a host
+        function around a jitted step (``with_host_sampler``).
       test: ``test(Theta, tasks, inner_lr) -> f32[T, N_q]`` (eq. 8).
     """
 
@@ -431,33 +435,75 @@ def meta_runner(name: str, ctx: Context, inner_steps: int) -> MetaRunner:
         **{**dataclasses.asdict(ctx.cfg.model), **META[name]},
     )
     model, _ = init(jax.random.key(0))
-    mesh = data_mesh() if t.data_parallel else None
-    sample = functools.partial(
-        sample_tasks,
-        pool=prep.pool,
-        segments=jnp.asarray(prep.train),
-        n_tasks=t.n_tasks,
-        n_support=t.n_support,
-        n_query=t.n_query,
-        sampler=t.task_sampler,
-    )
+    mesh = data_mesh() if t.data_parallel or t.strata else None
 
-    def step(state, inner_lr):
-        train_step = make_train_step(
+    def train_step(state, batch, key, inner_lr):
+        return make_train_step(
             model, ctx.graph_emb, fb.adam(0.0), lam=t.lam, mesh=mesh, remat=t.remat,
             strategy=t.strategy, steps=inner_steps, step_size=inner_lr,
-        )  # fmt: skip
-        return with_sampler(train_step, sample)(state)
+        )(state, batch, key)  # fmt: skip
 
+    if t.strata:
+        batch_step = jit_step(train_step, mesh, batch_argnums=(1,))
+        step = with_host_sampler(batch_step, strata_sampler(prep, t, mesh))
+    else:
+        sample = functools.partial(
+            sample_tasks,
+            pool=prep.pool,
+            segments=jnp.asarray(prep.train),
+            n_tasks=t.n_tasks,
+            n_support=t.n_support,
+            n_query=t.n_query,
+            sampler=t.task_sampler,
+        )
+        step = jit_step(with_sampler(train_step, sample), mesh)
     test = functools.partial(meta_test, model, graph_emb=ctx.graph_emb, steps=inner_steps)
     return MetaRunner(
         name,
         inner_steps,
         model,
         lambda key, inner_lr: init(key, step_size=inner_lr)[1],
-        jit_step(step, mesh),
+        step,
         lambda theta, tasks, inner_lr: test(theta, tasks=tasks, step_size=inner_lr),
     )
+
+
+def strata_sampler(prep: Prepared, t: TrainConfig, mesh: Mesh) -> Callable[[jax.Array], TaskBatch]:
+    """``sample(key) -> TaskBatch``: the global meta-batch of ``n_tasks`` tasks, of which
+    this process draws and feeds only its strata's part (``train.strata``).
+
+    The meta-training segments (``prep.train``) form ``t.strata`` contiguous strata
+    (``distributed.Strata.split``); this process keeps the pool rows of its strata's
+    segments only (``pool_rows``), draws ``n_tasks / S`` tasks of each of them
+    (``sample_strata``, a jitted host call on the key's value) and places them on its
+    devices of ``mesh`` (``distributed.global_batch``); task segments are global indices.
+
+    Raises:
+      ConfigError: fewer meta-training segments than strata.
+    """
+    if len(prep.train) < t.strata:
+        raise ConfigError(f"train.strata={t.strata}: only {len(prep.train)} meta-training segments")
+    strata = distributed.Strata.split(len(prep.train), t.strata)
+    segments = jnp.asarray(prep.train[strata.rows()])  # i[N]: this process's segments
+    pool = pool_rows(prep.pool, segments)
+    local = {s: jnp.arange(b.start, b.stop) for s, b in zip(strata.local, strata.local_slices())}
+    kw = dict(n_tasks=t.n_tasks, n_support=t.n_support, n_query=t.n_query, sampler=t.task_sampler)
+
+    @jax.jit
+    def draw(key: jax.Array) -> TaskBatch:
+        batch = sample_strata(key, pool, local, n_strata=t.strata, **kw)
+        return dataclasses.replace(batch, segment=segments[batch.segment])
+
+    def sample(key: jax.Array) -> TaskBatch:
+        data = distributed.to_host(jax.random.key_data(key))
+        batch = draw(jax.random.wrap_key_data(data, impl=jax.random.key_impl(key)))
+        return distributed.global_batch(jax.tree.map(np.asarray, batch), mesh)
+
+    logger.info(
+        "process %d: meta-training strata %s of %d, %d of %d segments",
+        jax.process_index(), list(strata.local), t.strata, len(segments), len(prep.train),
+    )  # fmt: skip
+    return sample
 
 
 def train_meta(runner: MetaRunner, ctx: Context, key: jax.Array, hp: dict):
@@ -471,8 +517,14 @@ def train_meta(runner: MetaRunner, ctx: Context, key: jax.Array, hp: dict):
         return {"val_loss": float(metrics.mse(val.query.y, pred, val.query.mask))}
 
     state = init_train_state(runner.init(k_init, hp["inner_lr"]), fb.adam(hp["meta_lr"]), k_state)
+
+    def step(state):
+        return runner.step(state, inner_lr)
+
+    if hasattr(runner.step, "metric_shapes"):  # host-sampled (train.strata)
+        step.metric_shapes = lambda state: runner.step.metric_shapes(state, inner_lr)
     result = fit(
-        lambda state: runner.step(state, inner_lr),
+        step,
         state,
         n_steps=t.meta_steps,
         eval_fn=eval_fn,
