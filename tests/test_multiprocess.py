@@ -9,6 +9,11 @@ trainer are ``experiments/benchmarks/multiprocess_throughput.py``'s (``_multipro
 ``tests/_c2m_multiprocess_worker.py`` runs C2M's Ours on 4 sequence shards
 (``dmeta.c2m.sharded``) as 2 processes x 1 device, each reading only its 2 shards, and as
 1 process x 2 devices with the same 2 strata: the same users, segments and losses.
+
+``tests/_rmldp_multiprocess_worker.py`` runs RMLDP meta-training with ``train.strata`` as
+2 processes x 1 device, each drawing its half of every meta-batch from its own stratum of the
+meta-training segments, and as 1 process x 2 devices with 2 strata: the same meta-batches,
+meta-losses and Theta.
 """
 
 from __future__ import annotations
@@ -126,6 +131,31 @@ def test_c2m_two_processes_equal_one_process_with_two_devices(c2m_runs):
     pd.testing.assert_frame_equal(got, want, rtol=RTOL, atol=ATOL)
 
 
+RMLDP_WORKER = Path(__file__).with_name("_rmldp_multiprocess_worker.py")
+
+
+# slow: about a minute of three processes (make test is near its limit)
+@pytest.mark.slow
+def test_rmldp_two_processes_sample_their_strata_and_equal_one_with_two_strata():
+    workers = launch_group(RMLDP_WORKER, ["--strata", "2"], 1, 2, FAST_COMPILE)
+    workers += launch_group(RMLDP_WORKER, [], 2, 1, FAST_COMPILE)
+    one, *two = finish(workers, timeout=300)
+    assert [line["process_count"] for line in (one, *two)] == [1, 2, 2]
+    assert one["global_devices"] == two[0]["global_devices"] == 2
+    mine = [set(line["segments"]) for line in two]
+    assert not mine[0] & mine[1] and two[0]["segments"] + two[1]["segments"] == one["segments"]
+    for line, own in zip(two, mine):
+        assert set(line["fed"]) <= own  # every task a process fed came from its own stratum
+    # the global meta-batches: each process's 2 tasks of a batch, in process order
+    fed = np.reshape([two[0]["fed"], two[1]["fed"]], (2, -1, 2)).transpose(1, 0, 2).ravel()
+    np.testing.assert_array_equal(fed, one["fed"])
+    np.testing.assert_allclose(two[0]["losses"], one["losses"], rtol=RTOL, atol=ATOL)
+    for line in two:
+        for key in ("params", "trained"):
+            for g, w in zip(line[key], one[key], strict=True):
+                np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
+
+
 def test_strata_batches_take_each_stratum_s_share_and_gather_inverts():
     strata = distributed.Strata((3, 5), range(2))
     assert strata.steps(4) == 3 and strata.local_batch(4) == 4
@@ -140,6 +170,9 @@ def test_strata_batches_take_each_stratum_s_share_and_gather_inverts():
     np.testing.assert_array_equal(strata.gather(parts), np.concatenate(parts))
     with pytest.raises(ValueError, match="divide"):
         strata.steps(3)
+    split = distributed.Strata.split(7, 2)  # rows every process lists: no collective
+    assert split.sizes == (4, 3) and split.local == range(2)
+    np.testing.assert_array_equal(split.rows(), np.arange(7))
 
 
 def test_only_process_zero_writes(runs):
