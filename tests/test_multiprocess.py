@@ -13,7 +13,7 @@ trainer are ``experiments/benchmarks/multiprocess_throughput.py``'s (``_multipro
 ``tests/_rmldp_multiprocess_worker.py`` runs RMLDP meta-training with ``train.strata`` as
 2 processes x 1 device, each drawing its half of every meta-batch from its own stratum of the
 meta-training segments, and as 1 process x 2 devices with 2 strata: the same meta-batches,
-meta-losses and Theta.
+meta-losses and Theta; and through ``dmeta run rmldp --set train.strata=2``, the same results.
 """
 
 from __future__ import annotations
@@ -278,3 +278,18 @@ def test_dmeta_run_c2m_on_shards_two_processes_equal_one_with_two_strata(tmp_pat
     pd.testing.assert_frame_equal(scores(tmp_path / "two"), scores(tmp_path / "one"), rtol=1e-5)
     segments = [pd.read_csv(tmp_path / run / "segments_seed0.csv") for run in ("one", "two")]
     pd.testing.assert_frame_equal(segments[1], segments[0], rtol=1e-5)
+
+
+@pytest.mark.slow  # three smoke runs of RMLDP: about 2 minutes on 2 cores
+def test_dmeta_run_rmldp_with_strata_two_processes_equal_one_with_two_strata(tmp_path):
+    """End to end: ``dmeta run rmldp --set train.strata=2`` on 2 processes x 1 device, each
+    drawing its meta-training tasks from its own stratum, gives the results of 1 process x 2
+    devices."""
+    import pandas as pd
+
+    args = ["run", "rmldp", "--smoke", "--methods", "RMLDP", "--seeds", "1", "--set",
+            "protocol.sweep=false", "--set", "train.n_tasks=4", "--set", "train.strata=2"]  # fmt: skip
+    workers = launch_group(CLI, [*args, "--out", str(tmp_path / "one")], 1, 2, CLI_ENV)
+    workers += launch_group(CLI, [*args, "--out", str(tmp_path / "two")], 2, 1, CLI_ENV)
+    wait(workers)
+    pd.testing.assert_frame_equal(scores(tmp_path / "two"), scores(tmp_path / "one"), rtol=1e-5)
