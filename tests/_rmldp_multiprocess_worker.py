@@ -77,7 +77,7 @@ def main() -> None:
     state = init_train_state(runner.init(key, HP["inner_lr"]), fb.adam(HP["meta_lr"]), key)
     losses = []
     for _ in range(N_STEPS):
-        state, metrics = runner.step(state, inner_lr)
+        state, metrics = runner.step(state, inner_lr, jnp.float32(cfg.train.lam))
         losses.append(float(distributed.to_host(metrics["loss"])))
     theta = train_meta(runner, ctx, jax.random.key(2), HP)
     strata = distributed.Strata.split(len(ctx.prep.train), cfg.train.strata)

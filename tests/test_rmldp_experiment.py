@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,9 @@ from dmeta.config import override
 from dmeta.data.synthetic import make_demand
 from dmeta.data.windows import to_panel
 from dmeta.rmldp import protocol
+from dmeta.rmldp.baselines import adam
 from dmeta.rmldp.config import MetaGrid, get_config
+from dmeta.train.state import init_train_state
 from experiments import rmldp, rmldp_posthoc
 
 METHODS = ("Linear Regression", "MAML", "RMLDP")
@@ -144,6 +148,32 @@ def test_meta_tuning_keeps_the_argmin_of_validation_mape_and_compiles_once():
     assert protocol.val_mape(ctx, fitted.val) == result.score  # the kept fit is the chosen one
     (runner,) = (r for k, r in ctx.runners.items() if k[0] == "meta")
     assert runner.step._cache_size() == 1  # one program for every alpha and beta of the grid
+
+
+def test_lambda_joins_the_grid_of_the_encoder_variants_only_when_configured():
+    cfg = get_config(smoke=True)
+    assert "lam" not in protocol.grid("RMLDP", cfg)  # the default: lambda = train.lam
+    tuning = dataclasses.replace(cfg.tuning, meta=MetaGrid(lam=(0.05, 0.005)))
+    cfg = dataclasses.replace(cfg, tuning=tuning)
+    assert protocol.grid("RMLDP", cfg)["lam"] == (cfg.train.lam, 0.05, 0.005)
+    assert protocol.grid("RMLDP-g", cfg)["lam"][0] == cfg.train.lam
+    assert all("lam" not in protocol.grid(m, cfg) for m in ("MAML", "Meta-SGD", "RMLDP-d"))
+
+
+def test_lambda_is_an_argument_of_one_compiled_step_and_weighs_the_reconstruction():
+    """Two lambdas share the runner's program; lambda 0 drops L_rec from the meta-loss."""
+    ctx = smoke_context()
+    runner = protocol.meta_runner("RMLDP", ctx, 1)
+    state = init_train_state(runner.init(jax.random.key(0), 1e-2), adam(1e-3), jax.random.key(1))
+    losses = {}
+    for lam in (0.0, 2.0):
+        _, metrics = runner.step(jax.tree.map(jnp.copy, state), jnp.float32(1e-2), jnp.float32(lam))
+        losses[lam] = metrics
+    assert runner.step._cache_size() == 1
+    rec = float(losses[2.0]["rec_loss"])
+    assert rec > 0 and float(losses[0.0]["rec_loss"]) == pytest.approx(rec, rel=1e-5)
+    gap = float(losses[2.0]["loss"]) - float(losses[0.0]["loss"])
+    assert gap == pytest.approx(2.0 * rec, rel=1e-3)
 
 
 def test_finetune_tunes_only_its_adaptation_on_the_memoized_base(monkeypatch):

@@ -146,11 +146,19 @@ class BaselinesConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MetaGrid:
-    """MAML, Meta-SGD and the RMLDP variants: inner SGD steps, alpha, beta (Adam)."""
+    """MAML, Meta-SGD and the RMLDP variants: inner SGD steps, alpha, beta (Adam).
+
+    ``lam``: alternatives to ``train.lam`` (lambda of eq. 13, the weight of L_rec) in the
+    grid of the variants with a data-driven encoder (all RMLDP variants but RMLDP-d); None
+    (the default, and every run before it existed) leaves lambda at ``train.lam``. L_rec is
+    eq. 10's squared Frobenius norm per sample, about 100 on groceries against a query loss
+    near 0.5, so lambda sets how much of the encoder's training serves the forecast.
+    """
 
     inner_steps: tuple[int, ...] = (1, 3, 5)
     inner_lr: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
     meta_lr: tuple[float, ...] = (1e-3, 3e-4, 3e-3)
+    lam: tuple[float, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -410,8 +410,8 @@ class MetaRunner:
       inner_steps: inner SGD steps (static: the unrolled loop).
       model: the variant's static structure.
       init: ``init(key, inner_lr) -> Theta`` (Meta-SGD starts its step sizes at inner_lr).
-      step: jitted ``step(state, inner_lr) -> (state, metrics)`` (sampling folded in; the
-        outer Adam rate beta lives in the optimizer state); with ``train.strata`` a host
+      step: jitted ``step(state, inner_lr, lam) -> (state, metrics)`` (sampling folded in;
+        the outer Adam rate beta lives in the optimizer state); with ``train.strata`` a host
         function around a jitted step (``with_host_sampler``).
       test: ``test(Theta, tasks, inner_lr) -> f32[T, N_q]`` (eq. 8).
     """
@@ -437,9 +437,9 @@ def meta_runner(name: str, ctx: Context, inner_steps: int) -> MetaRunner:
     model, _ = init(jax.random.key(0))
     mesh = data_mesh() if t.data_parallel or t.strata else None
 
-    def train_step(state, batch, key, inner_lr):
+    def train_step(state, batch, key, inner_lr, lam):
         return make_train_step(
-            model, ctx.graph_emb, fb.adam(0.0), lam=t.lam, mesh=mesh, remat=t.remat,
+            model, ctx.graph_emb, fb.adam(0.0), lam=lam, mesh=mesh, remat=t.remat,
             strategy=t.strategy, steps=inner_steps, step_size=inner_lr,
         )(state, batch, key)  # fmt: skip
 
@@ -511,6 +511,7 @@ def train_meta(runner: MetaRunner, ctx: Context, key: jax.Array, hp: dict):
     k_init, k_state = jax.random.split(key)
     val, t = ctx.prep.val_tasks, ctx.cfg.train
     inner_lr = jnp.float32(hp["inner_lr"])
+    lam = jnp.float32(hp.get("lam", t.lam))  # tuned only with tuning.meta.lam
 
     def eval_fn(state):
         pred = runner.test(state.params, val, inner_lr)
@@ -519,10 +520,10 @@ def train_meta(runner: MetaRunner, ctx: Context, key: jax.Array, hp: dict):
     state = init_train_state(runner.init(k_init, hp["inner_lr"]), fb.adam(hp["meta_lr"]), k_state)
 
     def step(state):
-        return runner.step(state, inner_lr)
+        return runner.step(state, inner_lr, lam)
 
     if hasattr(runner.step, "metric_shapes"):  # host-sampled (train.strata)
-        step.metric_shapes = lambda state: runner.step.metric_shapes(state, inner_lr)
+        step.metric_shapes = lambda state: runner.step.metric_shapes(state, inner_lr, lam)
     result = fit(
         step,
         state,
@@ -541,7 +542,11 @@ def grid(name: str, cfg: RMLDPConfig) -> dict[str, tuple]:
     t = cfg.tuning
     sections = {"Fine-tune": t.finetune, "SVR": t.svr, "Random Forest": t.rf, "XGBoost": t.xgb}
     if name in META:
-        return dataclasses.asdict(t.meta)
+        meta = dataclasses.asdict(t.meta)
+        lam = meta.pop("lam")
+        if lam is not None and META[name].get("use_data", True):
+            meta["lam"] = (cfg.train.lam, *lam)
+        return meta
     if name in NEURAL:
         return dataclasses.asdict(t.neural)
     return dataclasses.asdict(sections[name]) if name in sections else {}
