@@ -13,7 +13,7 @@ from dmeta.datasets import completejourney, transactions
 from dmeta.ltv import data as ltv_data
 from dmeta.ltv import protocol
 from dmeta.ltv.encoders import TCN, DeepFM
-from dmeta.ltv.exmn import ExMN, route
+from dmeta.ltv.exmn import ExMN, LtvS, route
 from dmeta.ltv.losses import (
     expert_classification_loss,
     expert_ordinal_loss,
@@ -70,6 +70,24 @@ def test_encoders_shapes():
     # the encoding is the last step's output, which sees the last input step
     full = apply(params, x.at[:, -1].set(100.0))
     assert not np.allclose(full, y)
+
+
+def test_ltvs_without_portraits_ignores_them():
+    """``portrait=False`` (the diagnostic LtvS): no DeepFM, ExMN sees the series embedding
+    alone, so the prediction does not move with the portrait fields; with it, it does."""
+    batch = {
+        "t_cat": jnp.array([[0, 1], [2, 3]]),
+        "t_num": jnp.ones((2, 2)),
+        "t_series": jax.random.uniform(jax.random.key(0), (2, 6)),
+        "t_observed": jnp.ones((2, 6)),
+    }
+    other = dict(batch, t_cat=jnp.array([[1, 0], [3, 2]]), t_num=-jnp.ones((2, 2)))
+    for portrait in (True, False):
+        apply, params = split_params(
+            LtvS((3, 4), 2, hidden=8, k=2, tcn_levels=1, portrait=portrait, rngs=nnx.Rngs(0))
+        )
+        same = np.allclose(apply(params, batch, "t").e, apply(params, other, "t").e)
+        assert same is not portrait and ("portrait" in params) is portrait
 
 
 def test_level_labels_by_hand():

@@ -78,6 +78,8 @@ class ModelConfig:
       k: experts.
       a: experts per sample.
       tcn_levels: TCN blocks.
+      portrait: LtvS's DeepFM portrait branch (False: the series alone reach ExMN, the
+        diagnostic of why LtvS trails a plain TCN at P = 0; not a paper setting).
       lambdas: lambda_1..4 (eq. 12 and 17).
       temperature: InfoNCE temperature.
       margin: eta of L_AT.
@@ -88,6 +90,7 @@ class ModelConfig:
     k: int = 4
     a: int = 1
     tcn_levels: int = 3
+    portrait: bool = True
     lambdas: tuple[float, float, float, float] = (10.0, 20.0, 2.0, 1.0)
     temperature: float = 1.0
     margin: float = 0.1

@@ -106,6 +106,8 @@ class LtvS(nnx.Module):
       k: experts.
       a: experts per sample.
       tcn_levels: TCN residual blocks.
+      portrait: the DeepFM portrait branch (False: ExMN sees the TCN's series embedding
+        alone, the diagnostic "LtvS without portraits").
       rngs: NNX random streams.
     """
 
@@ -118,16 +120,19 @@ class LtvS(nnx.Module):
         k: int = 4,
         a: int = 1,
         tcn_levels: int = 3,
+        portrait: bool = True,
         rngs: nnx.Rngs,
     ):
-        self.portrait = DeepFM(cat_sizes, n_num, hidden, rngs=rngs)
+        self.portrait = DeepFM(cat_sizes, n_num, hidden, rngs=rngs) if portrait else None
         self.series = TCN(2, hidden, levels=tcn_levels, rngs=rngs)
-        self.exmn = ExMN(2 * hidden, hidden, k, a=a, rngs=rngs)
+        self.exmn = ExMN((2 if portrait else 1) * hidden, hidden, k, a=a, rngs=rngs)
 
     def __call__(self, batch: dict[str, Array], domain: str) -> ExmnOut:
         """Runs on ``batch[f"{domain}_cat" | "_num" | "_series" | "_observed"]`` (N rows)."""
-        e_p = self.portrait(batch[f"{domain}_cat"], batch[f"{domain}_num"])
         e_l = self.series(series_inputs(batch[f"{domain}_series"], batch[f"{domain}_observed"]))
+        if self.portrait is None:
+            return self.exmn(e_l)
+        e_p = self.portrait(batch[f"{domain}_cat"], batch[f"{domain}_num"])
         return self.exmn(jnp.concatenate([e_p, e_l], axis=-1))
 
 
@@ -161,6 +166,7 @@ class CDLtvS(nnx.Module):
       k: experts.
       a: experts per sample.
       tcn_levels: TCN residual blocks.
+      portrait: both LtvS keep their DeepFM portrait branch (see :class:`LtvS`).
       rngs: NNX random streams.
     """
 
@@ -176,9 +182,10 @@ class CDLtvS(nnx.Module):
         k: int = 4,
         a: int = 1,
         tcn_levels: int = 3,
+        portrait: bool = True,
         rngs: nnx.Rngs,
     ):
-        kw = dict(hidden=hidden, k=k, a=a, tcn_levels=tcn_levels, rngs=rngs)
+        kw = dict(hidden=hidden, k=k, a=a, tcn_levels=tcn_levels, portrait=portrait, rngs=rngs)
         self.source = LtvS(s_cat_sizes, s_num, **kw)
         self.target = LtvS(t_cat_sizes, t_num, **kw)
         self.trans = nnx.Linear(hidden, hidden, rngs=rngs)

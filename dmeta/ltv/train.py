@@ -263,7 +263,7 @@ class CDLtvSFns:
 @functools.lru_cache(maxsize=32)
 def cdltvs_fns(arch: tuple, *, k: int, temperature: float, margin: float) -> CDLtvSFns:
     """Pure functions for ``arch = (s_cat_sizes, s_num, t_cat_sizes, t_num, hidden, align, a,
-    tcn_levels)`` with k experts."""
+    tcn_levels, portrait)`` with k experts."""
     model = _model(arch, k, 0)
     apply, _ = split_params(model)
     ltvs_apply, _ = split_params(model.target)
@@ -285,7 +285,7 @@ def _experts(out) -> Array:
 
 
 def _model(arch: tuple, k: int, seed: int) -> CDLtvS:
-    s_cat, s_num, t_cat, t_num, hidden, align, a, levels = arch
+    s_cat, s_num, t_cat, t_num, hidden, align, a, levels, portrait = arch
     return CDLtvS(
         s_cat,
         s_num,
@@ -296,6 +296,7 @@ def _model(arch: tuple, k: int, seed: int) -> CDLtvS:
         k=k,
         a=a,
         tcn_levels=levels,
+        portrait=portrait,
         rngs=nnx.Rngs(seed),
     )
 
@@ -350,6 +351,7 @@ def fit_stage1(
     k: int = 4,
     a: int = 1,
     tcn_levels: int = 3,
+    portrait: bool = True,
     lambdas: tuple[float, float, float, float] = PAPER_LAMBDAS,
     exmn_loss: bool = True,
     temperature: float = 1.0,
@@ -362,7 +364,8 @@ def fit_stage1(
 
     Args:
       train, val: samples (after :func:`dmeta.ltv.data.apply_sparsity`).
-      hidden: h; align: d; k: experts; a: experts per sample; tcn_levels: TCN blocks.
+      hidden: h; align: d; k: experts; a: experts per sample; tcn_levels: TCN blocks;
+        portrait: keep the DeepFM portrait branches (:class:`dmeta.ltv.exmn.LtvS`).
       lambdas: (lambda_1 .. lambda_4).
       exmn_loss: False drops L_EC and L_EO (the w/o L_ExMN ablation).
       temperature: InfoNCE temperature; margin: eta of L_AT (used by stage 2).
@@ -381,6 +384,7 @@ def fit_stage1(
         align,
         a,
         tcn_levels,
+        portrait,
     )
     fns = cdltvs_fns(arch, k=k, temperature=temperature, margin=margin)
     _, params = split_params(_model(arch, k, seed))
