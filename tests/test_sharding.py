@@ -217,7 +217,7 @@ def check_cdltvs(mesh, spy) -> dict:
 
     data = apply_sparsity(make_synthetic(60, n_periods=4, horizon=1, seed=0), 0.5, seed=0)
     train, val = (model_batch(d, 1.0, 1.0) for d in split_customers(data, seed=0)[:2])
-    arch = ((8, 5), 2, (4, 5), 1, 8, 4, 1, 1)
+    arch = ((8, 5), 2, (4, 5), 1, 8, 4, 1, 1, True)  # ..., tcn_levels, portrait
     fns = cdltvs_fns(arch, k=2, temperature=1.0, margin=0.1)
     _, params = split_params(_model(arch, 2, 0))
 
