@@ -34,15 +34,15 @@ def test_set_encoder_is_permutation_invariant_and_ignores_padding():
     enc = M.SetEncoder(5, 3, 8, 4, rngs=nnx.Rngs(0))
     ctx = jax.random.normal(jax.random.key(1), (6, 5))
     static = jnp.arange(3.0)
-    mu, lv = enc(ctx, jnp.ones(6), static)
+    mu, lv = enc(ctx, jnp.ones((1, 6)), static)
     perm = jnp.array([3, 0, 5, 1, 4, 2])
-    mu_p, lv_p = enc(ctx[perm], jnp.ones(6), static)
+    mu_p, lv_p = enc(ctx[perm], jnp.ones((1, 6)), static)
     np.testing.assert_allclose(mu, mu_p, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(lv, lv_p, rtol=1e-5, atol=1e-6)
     padded = jnp.concatenate([ctx, 100.0 * jnp.ones((3, 5))])
-    mu_pad, _ = enc(padded, jnp.concatenate([jnp.ones(6), jnp.zeros(3)]), static)
+    mu_pad, _ = enc(padded, jnp.concatenate([jnp.ones(6), jnp.zeros(3)])[None], static)
     np.testing.assert_allclose(mu, mu_pad, rtol=1e-5, atol=1e-6)
-    mu_other, _ = enc(ctx.at[0].set(5.0), jnp.ones(6), static)
+    mu_other, _ = enc(ctx.at[0].set(5.0), jnp.ones((1, 6)), static)
     assert not np.allclose(mu, mu_other)
 
 
@@ -251,7 +251,8 @@ def test_context_path_carries_the_pooled_context_to_the_head(prep):
     model = M.bind(graphdef, params)
     ctx = jnp.asarray(np.random.default_rng(0).normal(size=(6, 2 + prep.data.n_types)), jnp.float32)
     mask = jnp.array([1, 1, 1, 0, 0, 0], jnp.float32)
-    pooled = model.summary(model.region_encoder, ctx, mask)
+    attrs, r, d = prep.arrays.attrs[0], jnp.int32(0), jnp.int32(2)
+    pooled = model.region_side(ctx, mask, attrs, r, d)[2]
     np.testing.assert_allclose(pooled, model.region_encoder.phi(ctx[:3]).mean(0), rtol=1e-5)
     loss = T.make_task_loss(graphdef, prep.arrays, n_samples=2, beta=1e-2)
     task = T.sample_tasks(jax.random.key(1), prep.index, jnp.int32(T.SPATIAL), n_tasks=1,
@@ -263,4 +264,31 @@ def test_context_path_carries_the_pooled_context_to_the_head(prep):
     assert float(jnp.abs(grads["region_encoder"]["phi"]["layers"][0]["kernel"]).sum()) > 0
     assert float(jnp.abs(grads["type_encoder"]["phi"]["layers"][0]["kernel"]).sum()) == 0
     plain = M.bind(*build(prep, context_path=True, amortized=False))
-    assert plain.summary(plain.region_encoder, ctx, mask).shape == (0,)
+    assert plain.region_side(ctx, mask, attrs, r, d)[2].shape == (0,)
+
+
+def test_split_pool_keeps_the_cells_own_days_apart(prep):
+    """With ``split_pool`` the region side pools the points of the task's date type and the
+    other points separately: its pooled context is [mean over own-type points, mean over the
+    rest], and the head and the loss take the wider pooled context."""
+    graphdef, params = build(prep, context_path=True, split_pool=True)
+    model = M.bind(graphdef, params)
+    n_types = prep.data.n_types
+    d = 2  # a festival type
+    types = jnp.array([d, d, 0, 0, 1, 0, 0, 0])
+    values = jnp.asarray(np.random.default_rng(0).normal(size=(8, 2)), jnp.float32)
+    ctx = jnp.concatenate([values, jax.nn.one_hot(types, n_types)], axis=1)
+    mask = jnp.ones(8).at[-1].set(0.0)
+    attrs, r = prep.arrays.attrs[0], jnp.int32(0)
+    _, _, pooled = model.region_side(ctx, mask, attrs, r, jnp.int32(d))
+    phi = model.region_encoder.phi
+    np.testing.assert_allclose(pooled[:8], phi(ctx[:2]).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(pooled[8:], phi(ctx[2:7]).mean(0), rtol=1e-5)
+    z_r, _ = T.posteriors(graphdef, params, prep.arrays, prep.index, key=jax.random.key(0),
+                          n_context=16)  # fmt: skip
+    assert z_r.shape == (4, n_types, 4 + 2 * 8)
+    loss = T.make_task_loss(graphdef, prep.arrays, n_samples=2, beta=1e-2)
+    task = T.sample_tasks(jax.random.key(1), prep.index, jnp.int32(T.SPATIAL), n_tasks=2,
+                          n_query=4, n_context=8, n_days=prep.arrays.ys.shape[1])  # fmt: skip
+    value, _ = jax.vmap(loss, in_axes=(None, 0, None))(params, task, jax.random.key(0))
+    assert np.isfinite(np.asarray(value)).all()

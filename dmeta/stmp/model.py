@@ -37,22 +37,27 @@ class MLP(nnx.Module):
 class SetEncoder(nnx.Module):
     """Amortization network: context set (+ static features) -> diagonal Gaussian.
 
-    ``phi`` embeds each context point, a masked mean pools them (permutation
-    invariant, any set size), ``rho`` maps [pooled, static] to (mean, log-variance).
+    ``phi`` embeds each context point, masked means pool them (permutation invariant, any
+    set size; one mean per group of points, ``groups`` of them), ``rho`` maps [pooled,
+    static, log1p of each group's size] to (mean, log-variance).
     """
 
-    def __init__(self, in_features: int, static: int, hidden: int, latent: int, *, rngs):
+    def __init__(
+        self, in_features: int, static: int, hidden: int, latent: int, *, groups: int = 1, rngs
+    ):
         self.phi = MLP((in_features, hidden, hidden), final_relu=True, rngs=rngs)
-        self.rho = MLP((hidden + static + 1, hidden, 2 * latent), rngs=rngs)
+        self.rho = MLP((groups * hidden + static + groups, hidden, 2 * latent), rngs=rngs)
 
-    def pool(self, ctx: Array, mask: Array) -> Array:
-        """ctx: f32[K, F], mask: f32[K] -> masked mean of the embedded points f32[H]."""
-        return jnp.sum(self.phi(ctx) * mask[:, None], axis=0) / jnp.maximum(jnp.sum(mask), 1.0)
+    def pool(self, ctx: Array, masks: Array) -> Array:
+        """ctx: f32[K, F], masks: f32[G, K] -> each group's masked mean embedding f32[G * H]."""
+        emb = self.phi(ctx)
+        pooled = [jnp.sum(emb * m[:, None], axis=0) / jnp.maximum(jnp.sum(m), 1.0) for m in masks]
+        return jnp.concatenate(pooled)
 
-    def __call__(self, ctx: Array, mask: Array, static: Array) -> tuple[Array, Array]:
-        """ctx: f32[K, F], mask: f32[K], static: f32[A] -> (mu f32[Z], logvar f32[Z])."""
-        size = jnp.log1p(jnp.sum(mask))[None]  # lets the posterior widen for small context sets
-        out = self.rho(jnp.concatenate([self.pool(ctx, mask), static, size]))
+    def __call__(self, ctx: Array, masks: Array, static: Array) -> tuple[Array, Array]:
+        """ctx: f32[K, F], masks: f32[G, K], static: f32[A] -> (mu f32[Z], logvar f32[Z])."""
+        size = jnp.log1p(jnp.sum(masks, axis=1))  # lets the posterior widen for small sets
+        out = self.rho(jnp.concatenate([self.pool(ctx, masks), static, size]))
         mu, logvar = jnp.split(out, 2)
         return mu, jnp.clip(logvar, -8.0, 4.0)
 
@@ -103,6 +108,9 @@ class STMP(nnx.Module):
         side's pooled context embedding (``SetEncoder.pool``, f32[H]) joins its latent in
         the head, so what a cell's context shows (a region's uplift on this date type)
         reaches the prediction without paying KL; only with ``amortized``.
+      split_pool: the region encoder pools its context points of the task's date type and
+        the region's other points separately (two masked means), so a cell's own history
+        (a region's past festival days) is not averaged into the region's ordinary days.
       rngs: NNX random streams.
     """
 
@@ -120,6 +128,7 @@ class STMP(nnx.Module):
         amortized: bool = True,
         calendar: bool = True,
         context_path: bool = False,
+        split_pool: bool = False,
         rngs: nnx.Rngs,
     ):
         if jump and window % period:
@@ -127,7 +136,10 @@ class STMP(nnx.Module):
         self.window, self.period, self.n_types = window, period, n_types
         self.jump_on, self.amortized, self.calendar = jump, amortized, calendar
         self.context_path = context_path and amortized
-        self.region_encoder = SetEncoder(2 + n_types, n_attrs, hidden, latent, rngs=rngs)
+        self.region_groups = 2 if split_pool else 1
+        self.region_encoder = SetEncoder(
+            2 + n_types, n_attrs, hidden, latent, groups=self.region_groups, rngs=rngs
+        )
         self.type_encoder = SetEncoder(2 + n_attrs, 0, hidden, latent, rngs=rngs)
         if not amortized:
             init = nnx.initializers.normal(0.1)
@@ -145,8 +157,8 @@ class STMP(nnx.Module):
         fused_in = 1 + hidden + n_attrs + 7 + (period * hidden if jump else 0)
         fused_in += N_MONTHS + n_types if calendar else 0
         self.fusion = MLP((fused_in, hidden, hidden), final_relu=True, rngs=rngs)
-        side = latent + (hidden if self.context_path else 0)  # what each side gives the head
-        self.head = MLP((hidden + 2 * side, hidden, 2), rngs=rngs)
+        summaries = (1 + self.region_groups) * hidden if self.context_path else 0
+        self.head = MLP((hidden + 2 * latent + summaries, hidden, 2), rngs=rngs)
 
     def features(
         self, x: Array, dow: Array, month: Array, date_type: Array, attrs: Array
@@ -177,7 +189,8 @@ class STMP(nnx.Module):
 
         Args:
           baseline: f32[...] linear baseline; fused: f32[..., H]; z_r, z_d: f32[..., Z]
-            (f32[..., Z + H] with ``context_path``: the latent, then ``summary``).
+            (with ``context_path``: the latent, then the side's pooled context, f32[..., Z +
+            G * H], G the side's pooling groups).
 
         Returns:
           mean f32[...] and log sigma f32[...]; the multiplicative form lets the latents
@@ -188,23 +201,40 @@ class STMP(nnx.Module):
             out[..., 1], -5.0, 3.0
         )
 
-    def summary(self, encoder: SetEncoder, ctx: Array, mask: Array) -> Array:
-        """The deterministic path's pooled context f32[H] (f32[0] without ``context_path``)."""
+    def region_side(self, ctx: Array, mask: Array, attrs: Array, region: Array, date_type: Array):
+        """A region task's posterior and pooled context.
+
+        Args:
+          ctx: f32[K, 2 + n_types] region context points (``train.region_context``).
+          mask: f32[K] valid points; attrs: f32[A]; region, date_type: i32[] of the task.
+
+        Returns:
+          mu f32[Z], logvar f32[Z] (None when deterministic) and the context path's
+          pooled context f32[G * H] (f32[0] without ``context_path``).
+        """
+        if self.region_groups == 2:
+            same = ctx[:, 2 + date_type]  # the points' one-hot date type
+            masks = jnp.stack([mask * same, mask * (1.0 - same)])
+        else:
+            masks = mask[None]
+        if not self.amortized:
+            return self.region_table[region], None, jnp.zeros((0,), ctx.dtype)
+        mu, logvar = self.region_encoder(ctx, masks, attrs)
+        return mu, logvar, self._summary(self.region_encoder, ctx, masks)
+
+    def type_side(self, ctx: Array, mask: Array, date_type: Array):
+        """A date-type task's posterior and pooled context: ctx f32[K, 2 + A], mask f32[K]
+        -> mu f32[Z], logvar f32[Z] (None when deterministic), pooled f32[H] (or f32[0])."""
+        if not self.amortized:
+            return self.type_table[date_type], None, jnp.zeros((0,), ctx.dtype)
+        masks = mask[None]
+        mu, logvar = self.type_encoder(ctx, masks, jnp.zeros((0,), ctx.dtype))
+        return mu, logvar, self._summary(self.type_encoder, ctx, masks)
+
+    def _summary(self, encoder: SetEncoder, ctx: Array, masks: Array) -> Array:
         if not self.context_path:
             return jnp.zeros((0,), ctx.dtype)
-        return encoder.pool(ctx, mask)
-
-    def region_posterior(self, ctx, mask, attrs, region):
-        """Region context f32[K, 2 + n_types] -> (mu, logvar) f32[Z]; logvar None if deterministic."""
-        if not self.amortized:
-            return self.region_table[region], None
-        return self.region_encoder(ctx, mask, attrs)
-
-    def type_posterior(self, ctx, mask, date_type):
-        """Date-type context f32[K, 2 + A] -> (mu, logvar) f32[Z]; logvar None if deterministic."""
-        if not self.amortized:
-            return self.type_table[date_type], None
-        return self.type_encoder(ctx, mask, jnp.zeros((0,), ctx.dtype))
+        return encoder.pool(ctx, masks)
 
 
 def gaussian_kl(mu: Array, logvar: Array) -> Array:

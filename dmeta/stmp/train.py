@@ -276,14 +276,12 @@ def make_task_loss(
         r, d = task.region, task.date_type
         rctx = region_context(arrays, r, task.region_ctx, period=period, n_types=n_types)
         tctx = type_context(arrays, task.type_ctx, period=period)
-        mu_r, lv_r = model.region_posterior(rctx, task.region_ctx_mask, arrays.attrs[r], r)
-        mu_d, lv_d = model.type_posterior(tctx, task.type_ctx_mask, d)
-        s_r = model.summary(model.region_encoder, rctx, task.region_ctx_mask)
-        s_d = model.summary(model.type_encoder, tctx, task.type_ctx_mask)
+        mu_r, lv_r, s_r = model.region_side(rctx, task.region_ctx_mask, arrays.attrs[r], r, d)
+        mu_d, lv_d, s_d = model.type_side(tctx, task.type_ctx_mask, d)
         k_r, k_d = jax.random.split(key)
         sample_r, sample_d = task.view != TEMPORAL, task.view != SPATIAL
 
-        def side(k, mu, lv, summary, on):  # -> f32[S, Z (+ H)], KL f32[]
+        def side(k, mu, lv, summary, on):  # -> f32[S, Z (+ G * H)], KL f32[]
             z = jnp.where(on, sample_latent(k, mu, lv, n_samples), jax.lax.stop_gradient(mu))
             summary = jnp.where(on, summary, jax.lax.stop_gradient(summary))
             kl = jnp.zeros(()) if lv is None else jnp.where(on, gaussian_kl(mu, lv), 0.0)
@@ -478,7 +476,7 @@ def posteriors(
     n_context: int,
 ) -> tuple[Array, Array]:  # fmt: skip
     """Posterior means from context sets drawn from ``index``: z_r f32[R, Dt, Z], z_d f32[Dt, Z]
-    (Z + H with the model's ``context_path``: each followed by its pooled context).
+    (Z + G * H with the model's ``context_path``: each followed by its pooled context).
 
     ``z_r[r, d]`` is region r's latent for tasks of date type d (its context set is
     stratified by ``region_context_days``). This is all a new region or festival
@@ -494,17 +492,16 @@ def posteriors(
     d_pairs = index.type_pairs[types[:, None], pick_d]
     d_mask = jnp.broadcast_to((index.type_count > 0)[:, None], d_pairs.shape).astype(jnp.float32)
 
-    def one_region(r, days, mask):
+    def one_region(r, d, days, mask):
         ctx = region_context(arrays, r, days, period=model.period, n_types=model.n_types)
-        mu = model.region_posterior(ctx, mask, arrays.attrs[r], r)[0]
-        return jnp.concatenate([mu, model.summary(model.region_encoder, ctx, mask)])
+        mu, _, pooled = model.region_side(ctx, mask, arrays.attrs[r], r, d)
+        return jnp.concatenate([mu, pooled])
 
     def one_type(d, pairs, mask):
-        ctx = type_context(arrays, pairs, period=model.period)
-        mu = model.type_posterior(ctx, mask, d)[0]
-        return jnp.concatenate([mu, model.summary(model.type_encoder, ctx, mask)])
+        mu, _, pooled = model.type_side(type_context(arrays, pairs, period=model.period), mask, d)
+        return jnp.concatenate([mu, pooled])
 
-    z_r = jax.vmap(one_region)(cell_r, r_days, r_mask).reshape(n_regions, n_types, -1)
+    z_r = jax.vmap(one_region)(cell_r, cell_d, r_days, r_mask).reshape(n_regions, n_types, -1)
     z_d = jax.vmap(one_type)(types, d_pairs, d_mask)
     return z_r, z_d
 
