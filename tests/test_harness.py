@@ -178,3 +178,21 @@ def test_an_old_run_folder_resumes_after_a_config_field_with_default_none_is_add
     assert json.loads((tmp_path / "config.json").read_text())["train.strata"] is None
     with pytest.raises(RunError, match="train.strata differ"):
         _open(tmp_path, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, strata=2)))
+
+
+def test_shared_choice_tunes_once_per_method_and_setting(tmp_path):
+    _open(tmp_path)
+    calls = []
+
+    def choose(value):
+        calls.append(value)
+        return {"lr": value, "width": 64}
+
+    first = harness.shared_choice(tmp_path, Cell("a", 0, "full"), lambda: choose(0.01))
+    again = harness.shared_choice(tmp_path, Cell("a", 1, "full"), lambda: choose(0.1))
+    other = harness.shared_choice(tmp_path, Cell("a", 1, "one_week"), lambda: choose(0.1))
+    assert first == again == {"lr": 0.01, "width": 64} and other["lr"] == 0.1
+    assert calls == [0.01, 0.1] and isinstance(again["width"], int)
+    assert (tmp_path / harness.TUNED / "full__a.json").exists()
+    _open(tmp_path, fresh=True)
+    assert not (tmp_path / harness.TUNED).exists()

@@ -82,3 +82,16 @@ def test_one_week_setting_skips_the_ablations():
     one_week = {c.method for c in cells if c.setting == "one_week"}
     assert one_week == set(P.ONE_WEEK_METHODS) and "STMP-joint" not in one_week
     assert len(cells) == 2 * (len(P.METHODS) + len(P.ONE_WEEK_METHODS))
+
+
+def test_shared_tuning_tunes_the_first_seed_and_reuses_its_choice(cfg, tmp_path, monkeypatch):
+    shared = override(cfg, ["tuning.trials=3", "tuning.per_seed=false"])
+    calls = []
+    choose = P.choose
+    monkeypatch.setattr(P, "choose", lambda cell, *a: calls.append(cell.seed) or choose(cell, *a))
+    results = E.run(shared, data="synthetic", out=tmp_path, seeds=2, methods=("ARIMA",),
+                    fresh=False, command="test")  # fmt: skip
+    assert calls == [0]
+    lags = results[results.metric == "hp:baselines.arima_lags"]
+    assert len(lags) == 2 and lags.value.nunique() == 1
+    assert (tmp_path / "tuned" / "full__ARIMA.json").exists()

@@ -178,6 +178,9 @@ class TuningConfig:
 
     Attributes:
       trials: grid points per method (1: the configured values, no validation fits).
+      per_seed: tune every (method, seed) cell on its own; False: the first seed's cell of
+        a (method, setting) tunes and the other seeds reuse its choice
+        (``dmeta.train.harness.shared_choice``), the same for every method.
       stmp_lr, stmp_beta, stmp_n_context, stmp_hidden, stmp_n_tasks: after ``train.lr`` /
         ``train.beta`` / ``train.n_context`` / ``model.hidden`` / ``train.n_tasks`` (STMP
         and its ablations; the meta-batch sets how noisy a step is).
@@ -188,6 +191,7 @@ class TuningConfig:
     """
 
     trials: int = 1
+    per_seed: bool = True
     stmp_lr: tuple[float, ...] = (1e-3, 1e-2)
     stmp_beta: tuple[float, ...] = (1e-3, 1e-1)
     stmp_n_context: tuple[int, ...] = (16, 64)

@@ -31,7 +31,7 @@ from dmeta.stmp import data as D
 from dmeta.stmp import model as M
 from dmeta.stmp import train as T
 from dmeta.stmp.config import DataConfig, STMPConfig
-from dmeta.train.harness import Cell, hp_rows, tune, write_atomic
+from dmeta.train.harness import Cell, hp_rows, shared_choice, tune, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -411,9 +411,13 @@ def configured(cfg: STMPConfig, point: dict) -> STMPConfig:
 
 
 def run_cell(cell: Cell, data: D.STMPData, dataset: str, cfg: STMPConfig, out: Path) -> list:
-    """Tunes, fits and scores one cell: long-schema rows (metrics per ``setting/day kind``
-    and ``hp:<config path>`` rows); seed 0 of "full" also writes its festival forecasts."""
-    best = choose(cell, data, cfg)
+    """Tunes (``tuning.per_seed``: this cell, else once per method and setting), fits and
+    scores one cell: long-schema rows (metrics per ``setting/day kind`` and ``hp:<config
+    path>`` rows); seed 0 of "full" also writes its festival forecasts."""
+    if cfg.tuning.per_seed:
+        best = choose(cell, data, cfg)
+    else:
+        best = shared_choice(out, cell, lambda: choose(cell, data, cfg))
     prep = split(data, cfg, cell.setting, False)
     pred = forecast(cell.method, prep, configured(cfg, best), cell.seed)
     keys = dict(experiment=EXPERIMENT, dataset=dataset, method=cell.method, seed=cell.seed)

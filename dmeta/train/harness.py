@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 CELLS = "cells"
 CKPT = "ckpt"
 CURVES = "curves"
+TUNED = "tuned"
 RUN_FILES = ("command.txt", "config.json", "results.csv", "results.md")
 
 
@@ -66,10 +67,14 @@ class Cell:
     setting: str = "main"
 
     @property
+    def family(self) -> str:
+        """File-name-safe identifier of the (setting, method): the cell's seeds share it."""
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.setting}__{self.method}")
+
+    @property
     def key(self) -> str:
         """File-name-safe identifier, unique per (setting, method, seed)."""
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.setting}__{self.method}")
-        return f"{slug}__seed{self.seed}"
+        return f"{self.family}__seed{self.seed}"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -114,7 +119,7 @@ def open_run(
     record = json.loads(json.dumps(record, default=str))
     saved_path = out / "config.json"
     if fresh and distributed.is_main_process():
-        for folder in (CELLS, CKPT, CURVES):
+        for folder in (CELLS, CKPT, CURVES, TUNED):
             shutil.rmtree(out / folder, ignore_errors=True)
         for name in (*RUN_FILES, *outputs):
             path = out / name
@@ -254,6 +259,25 @@ def tune(
     finite = [(p, s) for p, s in scored if np.isfinite(s)] or scored
     best, score = min(finite, key=lambda ps: ps[1] if np.isfinite(ps[1]) else np.inf)
     return Tuned(best=best, score=score, trials=scored)
+
+
+def shared_choice(
+    out: str | os.PathLike, cell: Cell, choose: Callable[[], Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The hyperparameters of ``cell``'s (setting, method), chosen once for all its seeds.
+
+    The first cell of a family to get here runs ``choose()`` (its tuning) and records the
+    point in ``out/tuned/<family>.json``; the family's other seeds read it back, so a
+    resumed run reuses the choice and its seeds differ only in their own seed.
+    """
+    path = Path(out) / TUNED / f"{cell.family}.json"
+    if path.exists():
+        best = json.loads(path.read_text())
+        logger.info("%s: tuned earlier (%s), %s", cell.key, path.name, best)
+        return best
+    best = dict(choose())
+    write_atomic(path, json.dumps(best, sort_keys=True) + "\n")
+    return best
 
 
 def hp_rows(best: Mapping[str, Any], **keys: Any) -> list[dict]:
