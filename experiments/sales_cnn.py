@@ -67,7 +67,7 @@ def _run(cfg, dataset, panel, *, out, seeds, methods, fresh, command, data) -> p
     """``run`` on a loaded panel (its config already resolved for the data)."""
     panel = top_items(top_regions(panel, cfg.data.n_regions), cfg.data.n_items)
     out = open_run(out, cfg, data=data, seeds=seeds, methods=methods, command=command, fresh=fresh)
-    protocol = SalesRun(dataset, panel, cfg)
+    protocol = SalesRun(dataset, panel, cfg, out)
     return finish(out, run_cells(out, cells(cfg, methods, seeds), protocol.run_cell))
 
 

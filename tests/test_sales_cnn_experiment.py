@@ -233,3 +233,15 @@ def test_equal_tuning_picks_on_validation(tmp_path):
     )
     assert df.loc[df["metric"] == "hp:arima_lags", "value"].item() in (1.0, 2.0, 3.0)
     assert set(df["experiment"]) == {"sales_cnn"}  # the sweeps need CNN+WD+TL
+
+
+def test_shared_tuning_reuses_the_first_seeds_choice(tmp_path):
+    panel, _ = synthetic_panel(0, n_regions=2, n_items=5, n_periods=40)
+    cfg = override(
+        resolve(get_config(smoke=True), panel), ["tuning.trials=3", "tuning.per_seed=false"]
+    )
+    run = SalesRun("synthetic", panel, cfg, tmp_path)
+    first = run.tuned("ARIMA", 0)
+    assert run.tuned("ARIMA", 1) == first and isinstance(first["arima_lags"], int)
+    assert list(run._tuned) == [("ARIMA", 0)]  # seed 1 did not tune
+    assert (tmp_path / "tuned" / "table1__ARIMA.json").exists()

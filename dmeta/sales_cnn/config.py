@@ -138,9 +138,16 @@ class TuningConfig:
     """Equal tuning of the Table 1 methods (see the module docstring).
 
     Each grid is the configured value first, then these alternatives.
+
+    Attributes (besides the grids):
+      trials: grid points per method (1: the configured values, no validation fits).
+      per_seed: tune every (method, seed) on its own; False: the first seed of a method
+        tunes and its other seeds reuse the choice (``dmeta.train.harness.shared_choice``),
+        the same for every method.
     """
 
     trials: int = 1
+    per_seed: bool = True
     arima_lags: tuple[int, ...] = (1, 3)  # after baselines.arima_lags
     gbrt_max_depth: tuple[int, ...] = (3, 9)  # after baselines.gbrt_max_depth
     gbrt_learning_rate: tuple[float, ...] = (0.1, 0.02)  # after baselines.gbrt_learning_rate

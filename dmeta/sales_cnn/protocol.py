@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,7 @@ from dmeta.sales_cnn.pipeline import (
     region_mse,
 )
 from dmeta.sales_cnn.synthetic import synthetic_panel
-from dmeta.train.harness import Cell, hp_rows, tune
+from dmeta.train.harness import Cell, hp_rows, shared_choice, tune
 
 NAME = "sales_cnn"
 SWEEPS = {  # sweep name -> (config field of its values, axis label)
@@ -201,10 +202,13 @@ def grid(cfg: SalesCNNConfig, method: str) -> dict[str, tuple]:
 
 
 class SalesRun:
-    """Computes the cells of one run on one panel (already cut to its top regions)."""
+    """Computes the cells of one run on one panel (already cut to its top regions); ``out``,
+    the run folder, keeps the choices shared by seeds (``tuning.per_seed`` False)."""
 
-    def __init__(self, dataset: str, panel: SalesPanel, cfg: SalesCNNConfig):
-        self.dataset, self.panel, self.cfg = dataset, panel, cfg
+    def __init__(
+        self, dataset: str, panel: SalesPanel, cfg: SalesCNNConfig, out: Path | None = None
+    ):
+        self.dataset, self.panel, self.cfg, self.out = dataset, panel, cfg, out
         log.info("%s: regions %s; %d items %s; %d periods of %g days from %s", dataset,
                  " ".join(panel.regions), len(panel.items), " ".join(panel.items),
                  len(panel.dates), panel.period_days, str(panel.dates[0])[:10])  # fmt: skip
@@ -273,7 +277,15 @@ class SalesRun:
 
     def tuned(self, method: str, seed: int) -> dict:
         """The grid point of lowest average validation MSE; the first point without scoring
-        when ``tuning.trials`` gives one point."""
+        when ``tuning.trials`` gives one point. With ``tuning.per_seed`` False the first
+        seed of the method to get here tunes and the others reuse its choice
+        (``dmeta.train.harness.shared_choice``)."""
+        if not self.cfg.tuning.per_seed:
+            cell = Cell(method, seed, "table1")
+            return shared_choice(self.out, cell, lambda: self._tune(method, seed))
+        return self._tune(method, seed)
+
+    def _tune(self, method: str, seed: int) -> dict:
         points, trials = grid(self.cfg, method), self.cfg.tuning.trials
         if (method, seed) not in self._tuned:
             d = self.cfg.data
