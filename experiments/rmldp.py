@@ -66,12 +66,16 @@ def run(
     methods = runnable(methods, main.prep)
     out = open_run(out, cfg, data=data, seeds=seeds, methods=methods, command=command,
                    fresh=fresh, outputs=(REPRESENTATIONS,))  # fmt: skip
+    main = dataclasses.replace(main, out=out)
     write_protocol(out, main)
     full = full_variant(methods)
 
     @functools.cache
     def at(seq_len: int) -> Context:
-        return main if seq_len == cfg.protocol.seq_len else context(dataset, cfg, seq_len=seq_len)
+        if seq_len == cfg.protocol.seq_len:
+            return main
+        ctx = context(dataset, cfg, seq_len=seq_len)
+        return dataclasses.replace(ctx, out=out, setting=f"seq_len={seq_len}")
 
     def setting(name: str) -> Context:
         # the sweep point at the main |T_c| shares the main context (and its fitted models)

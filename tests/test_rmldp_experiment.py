@@ -1,6 +1,7 @@
 """RMLDP experiment end to end at smoke size: synthetic, resume, a user table with edges."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -186,6 +187,21 @@ def test_finetune_tunes_only_its_adaptation_on_the_memoized_base(monkeypatch):
     assert len(calls) == 2 and len(result.trials) == 2  # trials points each, base not refitted
     assert {k: result.best[k] for k in base.best} == base.best
     assert {"adapt_steps", "adapt_step_size"} == {k for p, _ in result.trials for k in p}
+
+
+def test_shared_tuning_fits_later_seeds_once_at_the_first_seeds_choice(tmp_path, monkeypatch):
+    ctx = smoke_context(trials=2)
+    ctx = dataclasses.replace(ctx, cfg=override(ctx.cfg, ["tuning.per_seed=false"]), out=tmp_path)
+    calls = []
+    fit_neural = protocol.fit_neural
+    monkeypatch.setattr(protocol, "fit_neural", lambda *a: calls.append(a[2:]) or fit_neural(*a))
+    first, _ = protocol.tuned("Fine-tune", ctx, seed=0)  # tunes GRU+MPFN (2 fits), then itself
+    later, _ = protocol.tuned("Fine-tune", ctx, seed=1)  # one fit of GRU+MPFN at its choice
+    assert [seed for seed, _ in calls] == [0, 0, 1]
+    assert calls[2][1] == {k: first.best[k] for k in calls[2][1]}  # GRU+MPFN's seed-0 choice
+    assert later.best == first.best and len(later.trials) == 1
+    saved = json.loads((tmp_path / "tuned" / "main__Fine-tune.json").read_text())
+    assert set(saved) == {"adapt_steps", "adapt_step_size"}
 
 
 def test_graph_holds_no_basket_from_a_target_query_period():

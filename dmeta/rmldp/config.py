@@ -205,9 +205,15 @@ class BoostGrid:
 
 @dataclasses.dataclass(frozen=True)
 class TuningConfig:
-    """``trials`` grid points per method (the same for all; 1 = the first values)."""
+    """``trials`` grid points per method (the same for all; 1 = the first values).
+
+    ``per_seed``: tune every (method, seed) on its own; False: the first seed of a method
+    (per setting) tunes and the others fit its choice once
+    (``dmeta.train.harness.shared_choice``), the same for every method.
+    """
 
     trials: int = 1
+    per_seed: bool = True
     meta: MetaGrid = MetaGrid()
     neural: NeuralGrid = NeuralGrid()
     finetune: FinetuneGrid = FinetuneGrid()

@@ -16,6 +16,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,7 @@ from dmeta.parallel import data_mesh, jit_step
 from dmeta.rmldp import baselines as fb
 from dmeta.rmldp.config import RMLDPConfig, TrainConfig
 from dmeta.rmldp.model import init_rmldp, make_train_step, meta_test, segment_representations
-from dmeta.train.harness import Cell, Tuned, hp_rows, tune
+from dmeta.train.harness import Cell, Tuned, hp_rows, shared_choice, tune
 from dmeta.train.loop import fit
 from dmeta.train.state import init_train_state
 from dmeta.types import TaskBatch
@@ -134,13 +135,16 @@ class Context:
     steps: the step sizes are arguments) and of the global neural models' functions (one
     per architecture), and ``memo``, each (method, seed)'s tuning result and chosen fit
     (``tuned``), so Fine-tune's base model and a sweep cell at the main |T_c| reuse the
-    models their own cells trained."""
+    models their own cells trained. ``out`` (the run folder) and ``setting`` (the
+    setting's name) locate the choices its seeds share when ``tuning.per_seed`` is False."""
 
     prep: Prepared
     cfg: RMLDPConfig
     graph_emb: jax.Array
     runners: dict = dataclasses.field(default_factory=dict)
     memo: dict = dataclasses.field(default_factory=dict)
+    out: Path | None = None
+    setting: str = "main"
 
 
 def synthetic_kwargs(cfg: RMLDPConfig) -> dict:
@@ -645,17 +649,38 @@ def val_mape(ctx: Context, pred: np.ndarray) -> float:
 
 def tuned(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
     """Method ``name`` tuned on meta-validation MAPE over ``tuning.trials`` grid points;
-    memoized per (method, seed) in ``ctx.memo``."""
+    memoized per (method, seed) in ``ctx.memo``. With ``tuning.per_seed`` False (and a run
+    folder) the setting's first seed of the method tunes and the others fit its choice once
+    (``dmeta.train.harness.shared_choice``)."""
     if (name, seed) not in ctx.memo:
         tune_one = tuned_finetune if name == "Fine-tune" else tuned_fit
-        ctx.memo[name, seed] = tune_one(name, ctx, seed)
+        if ctx.cfg.tuning.per_seed or ctx.out is None:
+            ctx.memo[name, seed] = tune_one(name, ctx, seed)
+        else:
+            ctx.memo[name, seed] = _tuned_shared(name, ctx, seed, tune_one)
     return ctx.memo[name, seed]
 
 
-def tuned_fit(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
+def _tuned_shared(name: str, ctx: Context, seed: int, tune_one: Callable) -> tuple[Tuned, Fitted]:
+    own = set(grid(name, ctx.cfg))  # Fine-tune's best also lists its base's choice
+    tuned_here = []
+
+    def choose() -> dict:
+        tuned_here.append(tune_one(name, ctx, seed))
+        return {k: v for k, v in tuned_here[0][0].best.items() if k in own}
+
+    best = shared_choice(ctx.out, Cell(name, seed, ctx.setting), choose)
+    if tuned_here:
+        return tuned_here[0]
+    return tune_one(name, ctx, seed, points={k: (v,) for k, v in best.items()})
+
+
+def tuned_fit(
+    name: str, ctx: Context, seed: int, points: dict[str, tuple] | None = None
+) -> tuple[Tuned, Fitted]:
     """A classical, global neural or META method (or Naive, with no grid) fitted at each of
-    ``tuning.trials`` points of its grid; the point of lowest meta-validation MAPE and its
-    fit."""
+    ``tuning.trials`` points of its grid (or of ``points``); the point of lowest
+    meta-validation MAPE and its fit."""
     fitters = {**dict.fromkeys(META, fit_meta), **dict.fromkeys(NEURAL, fit_neural)}
     fitter = {**fitters, "Naive": fit_naive}.get(name, fit_classical)
     fits = {}
@@ -664,15 +689,18 @@ def tuned_fit(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
         fits[tuple(point.items())] = fitted = fitter(name, ctx, seed, point)
         return val_mape(ctx, fitted.val)
 
-    result = tune(grid(name, ctx.cfg), evaluate, trials=ctx.cfg.tuning.trials, score_single=True)
+    points = grid(name, ctx.cfg) if points is None else points
+    result = tune(points, evaluate, trials=ctx.cfg.tuning.trials, score_single=True)
     return result, fits[tuple(result.best.items())]
 
 
-def tuned_finetune(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
+def tuned_finetune(
+    name: str, ctx: Context, seed: int, points: dict[str, tuple] | None = None
+) -> tuple[Tuned, Fitted]:
     """Fine-tune (paper 6.1): this seed's GRU+MPFN as its own tuning chose it (memoized,
     not retrained), adapted by SGD on each target's support set. Only the adaptation
-    (``tuning.finetune``: steps x step size) is tuned, on ``tuning.trials`` points like
-    every method; the base model's chosen values are reported with it."""
+    (``tuning.finetune``: steps x step size, or ``points``) is tuned, on ``tuning.trials``
+    points like every method; the base model's chosen values are reported with it."""
     base, fitted = tuned("GRU+MPFN", ctx, seed)
     apply, params = fitted.model
     preds = {}
@@ -685,7 +713,8 @@ def tuned_finetune(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
         preds[tuple(point.items())] = (np.asarray(adapt(ctx.prep.val_tasks)), adapt)
         return val_mape(ctx, preds[tuple(point.items())][0])
 
-    result = tune(grid(name, ctx.cfg), evaluate, trials=ctx.cfg.tuning.trials, score_single=True)
+    points = grid(name, ctx.cfg) if points is None else points
+    result = tune(points, evaluate, trials=ctx.cfg.tuning.trials, score_single=True)
     val, adapt = preds[tuple(result.best.items())]
     best = dataclasses.replace(result, best={**base.best, **result.best})
     return best, Fitted(val, np.asarray(adapt(ctx.prep.target)), fitted.model)
