@@ -270,7 +270,7 @@ def test_context_path_carries_the_pooled_context_to_the_head(prep):
 def test_split_pool_keeps_the_cells_own_days_apart(prep):
     """With ``split_pool`` the region side pools the points of the task's date type and the
     other points separately: its pooled context is [mean over own-type points, mean over the
-    rest], and the head and the loss take the wider pooled context."""
+    rest], and the posteriors carry both to the head."""
     graphdef, params = build(prep, context_path=True, split_pool=True)
     model = M.bind(graphdef, params)
     n_types = prep.data.n_types
@@ -286,9 +286,4 @@ def test_split_pool_keeps_the_cells_own_days_apart(prep):
     np.testing.assert_allclose(pooled[8:], phi(ctx[2:7]).mean(0), rtol=1e-5)
     z_r, _ = T.posteriors(graphdef, params, prep.arrays, prep.index, key=jax.random.key(0),
                           n_context=16)  # fmt: skip
-    assert z_r.shape == (4, n_types, 4 + 2 * 8)
-    loss = T.make_task_loss(graphdef, prep.arrays, n_samples=2, beta=1e-2)
-    task = T.sample_tasks(jax.random.key(1), prep.index, jnp.int32(T.SPATIAL), n_tasks=2,
-                          n_query=4, n_context=8, n_days=prep.arrays.ys.shape[1])  # fmt: skip
-    value, _ = jax.vmap(loss, in_axes=(None, 0, None))(params, task, jax.random.key(0))
-    assert np.isfinite(np.asarray(value)).all()
+    assert z_r.shape == (4, n_types, 4 + 2 * 8)  # the learns test trains this model
