@@ -105,9 +105,9 @@ class STMP(nnx.Module):
         the fusion input, as the LSTM and XGBoost baselines get them (else the day of
         week alone; the date type then reaches the head only through z_d).
       context_path: the deterministic path of neural processes (Kim et al. 2019): each
-        side's pooled context embedding (``SetEncoder.pool``, f32[H]) joins its latent in
-        the head, so what a cell's context shows (a region's uplift on this date type)
-        reaches the prediction without paying KL; only with ``amortized``.
+        side's pooled context embedding (``SetEncoder.pool``, f32[H] per pooling group)
+        joins its latent in the head, so what a cell's context shows (a region's uplift on
+        this date type) reaches the prediction without paying KL; only with ``amortized``.
       split_pool: the region encoder pools its context points of the task's date type and
         the region's other points separately (two masked means), so a cell's own history
         (a region's past festival days) is not averaged into the region's ordinary days.
