@@ -63,6 +63,23 @@ def test_tuning_scores_the_validation_users_of_the_reported_fit(monkeypatch):
     assert state.tuned("BoC-KM") == {} and len(fits) == 2  # nothing to tune: unscored
 
 
+def test_shared_tuning_lets_later_seeds_reuse_the_first_seeds_choice(tmp_path, monkeypatch):
+    from dmeta.c2m import protocol
+    from experiments import c2m
+
+    sets = ["tuning.trials=2", "tuning.per_seed=false", "protocol.extras=false"]
+    cfg = override(c2m.get_config(smoke=True), sets)
+    run = protocol.C2MRun(protocol.prepare("synthetic", cfg), cfg, tmp_path)
+    fits = []
+    best = {}
+    for seed in (0, 1):
+        state = run.seed_state(seed)
+        monkeypatch.setattr(state, "_fit", lambda *a: fits.append(a[:2]) or _fake(a[2]))
+        best[seed] = state.tuned("DC")
+    assert len(fits) == 2 and best[0] == best[1]  # seed 1 scored no grid point
+    assert (tmp_path / "tuned" / "table1__DC.json").exists()
+
+
 def _fake(x):
     """A segmentation of ``len(x)`` users whose latent is a user's first item code."""
     from dmeta.c2m.train import Segmentation

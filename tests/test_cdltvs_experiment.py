@@ -121,3 +121,23 @@ def test_tuning_grids_start_at_the_configured_values():
         "learning_rate": (0.05, 0.02, 0.1),
     }
     assert grid(cfg, "ARIMA") == {}
+
+
+def test_shared_tuning_fits_later_seeds_once_at_the_first_seeds_choice(tmp_path, monkeypatch):
+    from dmeta.ltv import protocol
+
+    sets = ["protocol.ablations=false", "tuning.trials=3", "tuning.per_seed=false"]
+    cfg = override(cdltvs.get_config(smoke=True), sets)
+    fits = []
+    fit = protocol.Protocol._fit
+    monkeypatch.setattr(
+        protocol.Protocol, "_fit", lambda self, *a: fits.append(a[2]) or fit(self, *a)
+    )
+    df = cdltvs.run(cfg, data="synthetic", out=tmp_path, seeds=2, methods=("XGBoost-2stage",),
+                    fresh=False, command="test")  # fmt: skip
+    settings = df["group"].str.split("/").str[0].nunique()
+    assert fits.count(0) == 3 * settings and fits.count(1) == settings
+    hp = df[df["metric"] == "hp:max_depth"].pivot_table(
+        index="group", columns="seed", values="value"
+    )
+    assert (hp[0] == hp[1]).all()

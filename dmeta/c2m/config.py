@@ -135,10 +135,13 @@ class ProtocolConfig:
 class TuningConfig:
     """Equal tuning of the Table 1 methods (see the module docstring).
 
-    Each grid is the configured value first, then these alternatives.
+    Each grid is the configured value first, then these alternatives. ``per_seed``: tune
+    every (method, seed) on its own; False: the first seed of a method tunes and its other
+    seeds reuse the choice (``dmeta.train.harness.shared_choice``), every method alike.
     """
 
     trials: int = 1
+    per_seed: bool = True
     val_share: float = 0.2  # share of users (seeded per seed) held out for scoring
     ours_alpha: tuple[float, ...] = (0.1, 1.0)  # after segmentation.alpha (paper's grid)
     ours_beta: tuple[float, ...] = (0.1, 1.0)  # after segmentation.beta

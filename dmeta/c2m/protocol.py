@@ -37,7 +37,7 @@ from dmeta.cluster.kmeans import farthest_removed
 from dmeta.data.frames import DataError
 from dmeta.data.spec import parse_data_spec
 from dmeta.datasets import LOADERS
-from dmeta.train.harness import Cell, hp_rows, tune, write_atomic
+from dmeta.train.harness import Cell, hp_rows, shared_choice, tune, write_atomic
 
 NAME = "c2m"
 METHODS = ("Ours", "DEC", "DC", "AE+KM", "BoC-KM", "MST")  # Table 1
@@ -446,7 +446,8 @@ class SeedState:
 
     def tuned(self, method: str) -> dict:
         """The method's grid point of lowest validation score (-SC of the validation users);
-        the first point without scoring when ``tuning.trials`` gives one point."""
+        the first point without scoring when ``tuning.trials`` gives one point; with
+        ``tuning.per_seed`` False the method's first seed chooses for all (``shared_choice``)."""
         if method not in self._tuned:
             t, points = self.run.cfg.tuning, grid(self.run.cfg, method)
 
@@ -454,7 +455,14 @@ class SeedState:
                 got = self.segment(method, hp)
                 return -silhouette(got.latent[self.val], got.labels[self.val], self.run.cfg)
 
-            self._tuned[method] = tune(points, score, trials=t.trials, seed=self.seed).best
+            def choose() -> dict:
+                return tune(points, score, trials=t.trials, seed=self.seed).best
+
+            if t.per_seed or self.run.out is None:
+                self._tuned[method] = choose()
+            else:
+                cell = Cell(method, self.seed, "table1")
+                self._tuned[method] = shared_choice(self.run.out, cell, choose)
         return self._tuned[method]
 
     def ours_outlier_share(self) -> float:

@@ -171,6 +171,9 @@ class TuningConfig:
 
     Attributes:
       trials: grid points per method (1: the configured values alone).
+      per_seed: tune every (method, seed) on its own; False: the first seed of a method
+        (per setting) tunes and its other seeds reuse the choice
+        (``dmeta.train.harness.shared_choice``), the same for every method.
       lr: after ``train.lr`` (the neural methods, LtvS, CDLtvS and its variants).
       hidden: after ``model.hidden`` (the same methods; CDLtvS scales d with it).
       xgb_max_depth: after ``baselines.xgb_max_depth``.
@@ -178,6 +181,7 @@ class TuningConfig:
     """
 
     trials: int = 1
+    per_seed: bool = True
     lr: tuple[float, ...] = (3e-4, 3e-3)
     hidden: tuple[int, ...] = (16, 64)
     xgb_max_depth: tuple[int, ...] = (3, 6)

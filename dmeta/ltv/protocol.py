@@ -39,7 +39,7 @@ from dmeta.ltv import baselines as B
 from dmeta.ltv import data as ltv_data
 from dmeta.ltv.config import CDLtvSConfig, ModelConfig, TrainConfig, Windows
 from dmeta.ltv.train import CDLtvSFit, fit_stage1, fit_stage2
-from dmeta.train.harness import Cell, hp_rows, tune
+from dmeta.train.harness import Cell, hp_rows, shared_choice, tune
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +322,8 @@ class Protocol:
         return [dict(r, **keys) for r in rows + extra]
 
     def _tuned(self, cell: Cell, p: float) -> tuple[np.ndarray, list[dict]]:
-        """Tunes a method on validation NMAE; its test prediction and extra rows (``hp:<name>``
+        """Tunes a method on validation NMAE (``tuning.per_seed`` False: once per method and
+        setting, see ``shared_choice``); its test prediction and extra rows (``hp:<name>``
         and, for :func:`routed` methods, :func:`usage_rows`)."""
         _, val, test = self._split(p, cell.seed)
         fitted: dict[tuple, Routed] = {}
@@ -331,12 +332,16 @@ class Protocol:
             fitted[tuple(point.items())] = self._fit(cell.method, p, cell.seed, point)
             return float(metrics.nmae(val.t_y, fitted[tuple(point.items())](val)[0]))
 
-        tuned = tune(
-            grid(self.cfg, cell.method), evaluate, trials=self.cfg.tuning.trials, score_single=True
-        )
-        pred, experts = fitted[tuple(tuned.best.items())](test)
+        def choose() -> dict[str, Any]:
+            points, trials = grid(self.cfg, cell.method), self.cfg.tuning.trials
+            return tune(points, evaluate, trials=trials, score_single=True).best
+
+        best = choose() if self.cfg.tuning.per_seed else shared_choice(self.out, cell, choose)
+        if tuple(best.items()) not in fitted:  # chosen by the method's first seed
+            fitted[tuple(best.items())] = self._fit(cell.method, p, cell.seed, best)
+        pred, experts = fitted[tuple(best.items())](test)
         group = f"{cell.setting}/all"
-        rows = hp_rows(tuned.best, group=group)
+        rows = hp_rows(best, group=group)
         if experts:
             rows += usage_rows(experts, experts_of(self.cfg, cell.method), group)
         first = cell.seed == 0 and p == next(iter(self.settings().values()))
