@@ -458,11 +458,8 @@ class SeedState:
             def choose() -> dict:
                 return tune(points, score, trials=t.trials, seed=self.seed).best
 
-            if t.per_seed or self.run.out is None:
-                self._tuned[method] = choose()
-            else:
-                cell = Cell(method, self.seed, "table1")
-                self._tuned[method] = shared_choice(self.run.out, cell, choose)
+            cell = Cell(method, self.seed, "table1")
+            self._tuned[method] = shared_choice(self.run.out, cell, choose, per_seed=t.per_seed)
         return self._tuned[method]
 
     def ours_outlier_share(self) -> float:

@@ -336,7 +336,7 @@ class Protocol:
             points, trials = grid(self.cfg, cell.method), self.cfg.tuning.trials
             return tune(points, evaluate, trials=trials, score_single=True).best
 
-        best = choose() if self.cfg.tuning.per_seed else shared_choice(self.out, cell, choose)
+        best = shared_choice(self.out, cell, choose, per_seed=self.cfg.tuning.per_seed)
         if tuple(best.items()) not in fitted:  # chosen by the method's first seed
             fitted[tuple(best.items())] = self._fit(cell.method, p, cell.seed, best)
         pred, experts = fitted[tuple(best.items())](test)

@@ -653,15 +653,12 @@ def tuned(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
     folder) the setting's first seed of the method tunes and the others fit its choice once
     (``dmeta.train.harness.shared_choice``)."""
     if (name, seed) not in ctx.memo:
-        tune_one = tuned_finetune if name == "Fine-tune" else tuned_fit
-        if ctx.cfg.tuning.per_seed or ctx.out is None:
-            ctx.memo[name, seed] = tune_one(name, ctx, seed)
-        else:
-            ctx.memo[name, seed] = _tuned_shared(name, ctx, seed, tune_one)
+        ctx.memo[name, seed] = _tuned(name, ctx, seed)
     return ctx.memo[name, seed]
 
 
-def _tuned_shared(name: str, ctx: Context, seed: int, tune_one: Callable) -> tuple[Tuned, Fitted]:
+def _tuned(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
+    tune_one = tuned_finetune if name == "Fine-tune" else tuned_fit
     own = set(grid(name, ctx.cfg))  # Fine-tune's best also lists its base's choice
     tuned_here = []
 
@@ -669,8 +666,9 @@ def _tuned_shared(name: str, ctx: Context, seed: int, tune_one: Callable) -> tup
         tuned_here.append(tune_one(name, ctx, seed))
         return {k: v for k, v in tuned_here[0][0].best.items() if k in own}
 
-    best = shared_choice(ctx.out, Cell(name, seed, ctx.setting), choose)
-    if tuned_here:
+    cell, per_seed = Cell(name, seed, ctx.setting), ctx.cfg.tuning.per_seed
+    best = shared_choice(ctx.out, cell, choose, per_seed=per_seed)
+    if tuned_here:  # tuned here: the chosen fit is at hand
         return tuned_here[0]
     return tune_one(name, ctx, seed, points={k: (v,) for k, v in best.items()})
 

@@ -280,10 +280,8 @@ class SalesRun:
         when ``tuning.trials`` gives one point. With ``tuning.per_seed`` False the first
         seed of the method to get here tunes and the others reuse its choice
         (``dmeta.train.harness.shared_choice``)."""
-        if not self.cfg.tuning.per_seed:
-            cell = Cell(method, seed, "table1")
-            return shared_choice(self.out, cell, lambda: self._tune(method, seed))
-        return self._tune(method, seed)
+        cell, per_seed = Cell(method, seed, "table1"), self.cfg.tuning.per_seed
+        return shared_choice(self.out, cell, lambda: self._tune(method, seed), per_seed=per_seed)
 
     def _tune(self, method: str, seed: int) -> dict:
         points, trials = grid(self.cfg, method), self.cfg.tuning.trials

@@ -414,10 +414,7 @@ def run_cell(cell: Cell, data: D.STMPData, dataset: str, cfg: STMPConfig, out: P
     """Tunes (``tuning.per_seed``: this cell, else once per method and setting), fits and
     scores one cell: long-schema rows (metrics per ``setting/day kind`` and ``hp:<config
     path>`` rows); seed 0 of "full" also writes its festival forecasts."""
-    if cfg.tuning.per_seed:
-        best = choose(cell, data, cfg)
-    else:
-        best = shared_choice(out, cell, lambda: choose(cell, data, cfg))
+    best = shared_choice(out, cell, lambda: choose(cell, data, cfg), per_seed=cfg.tuning.per_seed)
     prep = split(data, cfg, cell.setting, False)
     pred = forecast(cell.method, prep, configured(cfg, best), cell.seed)
     keys = dict(experiment=EXPERIMENT, dataset=dataset, method=cell.method, seed=cell.seed)

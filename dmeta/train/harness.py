@@ -262,14 +262,21 @@ def tune(
 
 
 def shared_choice(
-    out: str | os.PathLike, cell: Cell, choose: Callable[[], Mapping[str, Any]]
+    out: str | os.PathLike | None,
+    cell: Cell,
+    choose: Callable[[], Mapping[str, Any]],
+    *,
+    per_seed: bool = False,
 ) -> dict[str, Any]:
     """The hyperparameters of ``cell``'s (setting, method), chosen once for all its seeds.
 
-    The first cell of a family to get here runs ``choose()`` (its tuning) and records the
+    With ``per_seed`` (an experiment's ``tuning.per_seed``) or no run folder ``out`` it is
+    ``choose()`` itself, every cell tuning on its own. Otherwise the first cell of a family to get here runs ``choose()`` (its tuning) and records the
     point in ``out/tuned/<family>.json``; the family's other seeds read it back, so a
     resumed run reuses the choice and its seeds differ only in their own seed.
     """
+    if per_seed or out is None:
+        return dict(choose())
     path = Path(out) / TUNED / f"{cell.family}.json"
     if path.exists():
         best = json.loads(path.read_text())
