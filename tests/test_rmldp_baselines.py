@@ -89,6 +89,24 @@ def test_global_model_early_stops_on_validation_and_compiles_once():
     assert _train_pooled.cache_info().misses == built.misses and chunk._cache_size() == 1
 
 
+def test_global_model_early_stops_on_a_given_validation_score():
+    apply, params = build_neural("gru_mpfn", F, 8, seq_len=S, key=jax.random.key(0))
+    split = make_split(jax.random.key(1))
+    val = TaskBatch(split, split, jnp.arange(T))
+    y = np.asarray(split.y)
+
+    def score(pred):  # the median absolute error, not the MSE
+        return float(np.median(np.abs(pred - y)))
+
+    res = train_global(apply, params, pooled_samples(split), jax.random.key(2), n_steps=40,
+                       batch_size=8, learning_rate=1e-2, eval_every=10, val=val,
+                       val_score=score)  # fmt: skip
+    vals = [row["val_loss"] for row in res.history]
+    pred = finetune_predict(apply, res.best_state.params, val, steps=0, step_size=0.0)
+    assert score(np.asarray(pred)) == pytest.approx(min(vals), rel=1e-6)
+    assert float(query_mse(apply, res.best_state.params, val)) != pytest.approx(min(vals))
+
+
 def test_finetune_adapts_per_target():
     apply, params = build_neural("gru_mpfn", F, 8, seq_len=S, key=jax.random.key(0))
     tasks = TaskBatch(make_split(jax.random.key(3)), make_split(jax.random.key(4)), jnp.arange(T))

@@ -151,6 +151,30 @@ def test_meta_tuning_keeps_the_argmin_of_validation_mape_and_compiles_once():
     assert runner.step._cache_size() == 1  # one program for every alpha and beta of the grid
 
 
+def test_median_selection_tunes_and_early_stops_every_method_on_the_median_mape(monkeypatch):
+    ctx = smoke_context()
+    median = dataclasses.replace(ctx, cfg=override(ctx.cfg, ["protocol.selection=median"]))
+    pred = np.random.default_rng(0).uniform(0.0, 2.0, np.shape(ctx.prep.val_tasks.query.y))
+    mape = protocol.segment_errors(ctx.prep, ctx.prep.val_tasks, pred)["mape"]
+    assert np.nanmean(mape) != np.nanmedian(mape)
+    assert protocol.val_mape(ctx, pred) == pytest.approx(np.nanmean(mape))
+    assert protocol.val_mape(median, pred) == pytest.approx(np.nanmedian(mape))
+    assert protocol.stop_score(ctx) is None  # "mean": early stopping on the scaled MSE
+    calls = []
+    real = protocol.val_mape
+    monkeypatch.setattr(protocol, "val_mape", lambda c, p: calls.append(c) or real(c, p))
+    evals = median.cfg.train.meta_steps // median.cfg.train.eval_every
+    for fit_one in (protocol.fit_meta, protocol.fit_neural):
+        name = "MAML" if fit_one is protocol.fit_meta else "GRU+MPFN"
+        hp = protocol.grid(name, median.cfg)
+        hp = {k: v[0] for k, v in hp.items()}
+        calls.clear()
+        fit_one(name, ctx, 0, hp)
+        assert calls == []  # "mean" never scores a fit by its MAPE
+        fit_one(name, median, 0, hp)
+        assert len(calls) >= min(evals, 1) and all(c is median for c in calls)
+
+
 def test_lambda_joins_the_grid_of_the_encoder_variants_only_when_configured():
     cfg = get_config(smoke=True)
     assert "lam" not in protocol.grid("RMLDP", cfg)  # the default: lambda = train.lam

@@ -281,6 +281,7 @@ def train_global(
     batch_size: int = 128,
     learning_rate: float = 1e-3,
     val: TaskBatch | None = None,
+    val_score: Callable[[np.ndarray], float] | None = None,
     eval_every: int = 100,
     patience: int | None = None,
     desc: str = "global model",
@@ -301,6 +302,8 @@ def train_global(
         serves every rate).
       val: validation tasks; their query MSE (``query_mse``) is logged as ``val_loss``
         every ``eval_every`` steps and picks the best state.
+      val_score: scores the unadapted model's query predictions f32[T, N_q] on ``val``
+        as ``val_loss`` instead of their MSE (None: the MSE).
       eval_every: steps between log rows (mean train ``loss``, ``val_loss``).
       patience: stop after this many evaluations without a lower ``val_loss`` (needs
         ``val``); None: run all ``n_steps``.
@@ -317,7 +320,10 @@ def train_global(
     chunk = _train_pooled(apply, batch_size, length)
 
     def eval_fn(state: TrainState):
-        return {"val_loss": query_mse(apply, state.params, val)}
+        if val_score is None:
+            return {"val_loss": query_mse(apply, state.params, val)}
+        pred = finetune_predict(apply, state.params, val, steps=0, step_size=0.0)
+        return {"val_loss": val_score(np.asarray(pred))}
 
     return fit(
         lambda state: chunk(state, samples),

@@ -511,15 +511,20 @@ def strata_sampler(prep: Prepared, t: TrainConfig, mesh: Mesh) -> Callable[[jax.
 
 
 def train_meta(runner: MetaRunner, ctx: Context, key: jax.Array, hp: dict):
-    """Algorithm 1 with early stopping on the meta-validation MSE; returns the best Theta."""
+    """Algorithm 1 with early stopping on the meta-validation score (``stop_score``);
+    returns the best Theta."""
     k_init, k_state = jax.random.split(key)
     val, t = ctx.prep.val_tasks, ctx.cfg.train
     inner_lr = jnp.float32(hp["inner_lr"])
     lam = jnp.float32(hp.get("lam", t.lam))  # tuned only with tuning.meta.lam
 
+    score = stop_score(ctx)
+
     def eval_fn(state):
         pred = runner.test(state.params, val, inner_lr)
-        return {"val_loss": float(metrics.mse(val.query.y, pred, val.query.mask))}
+        if score is None:
+            return {"val_loss": float(metrics.mse(val.query.y, pred, val.query.mask))}
+        return {"val_loss": score(np.asarray(pred))}
 
     state = init_train_state(runner.init(k_init, hp["inner_lr"]), fb.adam(hp["meta_lr"]), k_state)
 
@@ -600,8 +605,8 @@ def fit_naive(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
 
 def fit_neural(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
     """A global neural model on the pooled samples (Fine-tune: its GRU+MPFN), early-stopped
-    on the meta-validation query MSE like the META variants (``train.eval_every`` /
-    ``train.patience``), with the parameters of its best evaluation."""
+    on the meta-validation score like the META variants (``stop_score``, ``train.eval_every``
+    / ``train.patience``), with the parameters of its best evaluation."""
     prep, t = ctx.prep, ctx.cfg.train
     k_init, k_train = jax.random.split(method_key(name, seed))
     apply, params = fb.build_neural(
@@ -619,8 +624,8 @@ def fit_neural(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
     steps, lr = hp["train_steps"], hp["learning_rate"]
     result = fb.train_global(
         apply, params, samples, k_train, n_steps=steps, batch_size=ctx.cfg.baselines.global_batch,
-        learning_rate=lr, val=prep.val_tasks, eval_every=t.eval_every, patience=t.patience,
-        desc=f"{name} lr={lr:g} steps={steps}",
+        learning_rate=lr, val=prep.val_tasks, val_score=stop_score(ctx), eval_every=t.eval_every,
+        patience=t.patience, desc=f"{name} lr={lr:g} steps={steps}",
     )  # fmt: skip
     params = result.best_state.params
     pred = functools.partial(fb.finetune_predict, apply, params, steps=0, step_size=0.0)
@@ -642,9 +647,22 @@ def fit_meta(name: str, ctx: Context, seed: int, hp: dict) -> Fitted:
 
 
 def val_mape(ctx: Context, pred: np.ndarray) -> float:
-    """Mean meta-validation MAPE of query predictions (inf when no segment has one)."""
+    """Meta-validation MAPE of query predictions f32[T, N_q], the score every method's
+    tuning minimizes: the mean or median (``protocol.selection``) over segments (inf when
+    no segment has one)."""
     mape = segment_errors(ctx.prep, ctx.prep.val_tasks, pred)["mape"]
-    return float(np.nanmean(mape)) if np.isfinite(mape).any() else np.inf
+    if not np.isfinite(mape).any():
+        return np.inf
+    summary = np.nanmedian if ctx.cfg.protocol.selection == "median" else np.nanmean
+    return float(summary(mape))
+
+
+def stop_score(ctx: Context) -> Callable[[np.ndarray], float] | None:
+    """Early stopping's score of meta-validation query predictions: None (their MSE in
+    scaled units) with ``protocol.selection="mean"``, else ``val_mape``."""
+    if ctx.cfg.protocol.selection == "mean":
+        return None
+    return functools.partial(val_mape, ctx)
 
 
 def tuned(name: str, ctx: Context, seed: int) -> tuple[Tuned, Fitted]:
