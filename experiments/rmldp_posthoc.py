@@ -1,12 +1,17 @@
 """Post-hoc analyses of a finished RMLDP run (its ``config.json``, ``results.csv`` and
 ``targets.csv``).
 
-1. Paired t-tests along the issue's ordering RMLDP < MAML < Fine-tune < GRU+MPFN, one per
-   adjacent pair the run has (RMLDP-g stands in for RMLDP without a graph).
+1. Paired tests (t and Wilcoxon) along the issue's ordering RMLDP < MAML < Fine-tune <
+   GRU+MPFN, one per adjacent pair the run has (RMLDP-g stands in for RMLDP without a graph).
 2. Synthetic data with the delayed promotion response: the data plant a response gamma_i
    per segment (cluster value plus noise, ``make_demand(carryover=...)``) that a target's
    short support set barely shows and its relations reveal, so the gain of RMLDP over MAML
    should grow with |gamma|. The truth is regenerated from the run's config.
+3. Scaled targets: each segment's demand is divided by its support-period mean
+   (``dmeta.data.tasks``), so a segment that sold almost nothing then has scaled query values
+   in the hundreds; their quantiles and share of the sum of squares say whether a few
+   segments carry the scaled MSE that early stopping minimizes with
+   ``protocol.selection="mean"``. The data are loaded again from the run's config.
 
 Writes ``posthoc.md`` (and ``planted_response.{csv,png}``) into the run folder:
 
@@ -34,7 +39,7 @@ from dmeta.report import read_results  # noqa: E402
 from dmeta.report.rmldp import paired_test, per_segment  # noqa: E402
 from dmeta.report.tables import markdown_table  # noqa: E402
 from dmeta.rmldp.config import RMLDPConfig, get_config  # noqa: E402
-from dmeta.rmldp.protocol import synthetic_kwargs  # noqa: E402
+from dmeta.rmldp.protocol import load_data, prepare, synthetic_kwargs  # noqa: E402
 
 
 def run_config(saved: dict) -> RMLDPConfig:
@@ -58,7 +63,7 @@ ORDER = ("RMLDP", "MAML", "Fine-tune", "GRU+MPFN")
 
 
 def ordering_tests(scores: pd.DataFrame) -> pd.DataFrame:
-    """One paired t-test (``dmeta.report.rmldp.paired_test``) per adjacent pair of ``ORDER``."""
+    """Paired tests (``dmeta.report.rmldp.paired_test``) of each adjacent pair of ``ORDER``."""
     present = set(scores["method"])
     order = [m for m in ORDER if m in present]
     if "RMLDP" not in present and "RMLDP-g" in present:
@@ -115,6 +120,32 @@ def plot(wide: pd.DataFrame, path: Path, a: str = "RMLDP", b: str = "MAML") -> N
     plt.close(fig)
 
 
+def scaled_targets(saved: dict, cfg: RMLDPConfig, large: float = 10.0) -> tuple[pd.DataFrame, int]:
+    """Scaled targets of the run's meta-training samples, meta-validation and target queries.
+
+    Returns:
+      One row per set (``n``, ``n_above_<large>``, median, 99th percentile, max,
+      ``share_above_<large>``: the share of the set's sum of squares from values above
+      ``large``) and the number of
+      segments whose support-period mean demand is 0 (left unscaled).
+    """
+    prep = prepare(load_data(saved["data"], cfg), cfg, seq_len=cfg.protocol.seq_len)
+    y, n = np.asarray(prep.pool.y), np.asarray(prep.pool.n)
+    train = np.asarray(prep.train)
+    valid = np.arange(y.shape[1])[None] < n[train][:, None]
+    sets = {"meta-train samples": y[train][valid]}
+    for name, tasks in (("meta-val queries", prep.val_tasks), ("target queries", prep.target)):
+        sets[name] = np.asarray(tasks.query.y)[np.asarray(tasks.query.mask) > 0]
+    rows = []
+    for name, v in sets.items():
+        sq = np.square(v)
+        rows.append({"set": name, "n": v.size, f"n_above_{large:g}": int((v > large).sum()),
+                     "median": np.median(v), "q99": np.quantile(v, 0.99), "max": v.max(),
+                     f"share_above_{large:g}": sq[v > large].sum() / sq.sum()})  # fmt: skip
+    unscaled = int((np.asarray(prep.pool.scale) == 1.0).sum())
+    return pd.DataFrame(rows), unscaled
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="folder of a finished rmldp run")
@@ -124,8 +155,9 @@ def main(argv: list[str] | None = None) -> str:
     scores = segments(run_dir)
     md = [
         f"# Post-hoc analyses of {run_dir}\n\n`python -m experiments.rmldp_posthoc {run_dir}`\n",
-        "## Paired t-tests along RMLDP < MAML < Fine-tune < GRU+MPFN\n\n"
-        "Seed-averaged MAPE per target segment; `p_a_less` is the one-sided p of a < b.\n\n"
+        "## Paired tests along RMLDP < MAML < Fine-tune < GRU+MPFN\n\n"
+        "Seed-averaged MAPE per target segment; `p_two_sided` and `p_a_less` (a < b) are the "
+        "t-test's, `p_wilcoxon` the signed-rank test's (two-sided).\n\n"
         + markdown_table(ordering_tests(scores)),
     ]
     synthetic = saved.get("data") == "synthetic"
@@ -141,6 +173,12 @@ def main(argv: list[str] | None = None) -> str:
             + f"\nSpearman rank correlation of |gamma| with the gain over {len(wide)} "
             f"targets: {rho:.3f} (p = {p_rho:.2g})\n\n![gain](planted_response.png)\n"
         )
+    table, unscaled = scaled_targets(saved, cfg)
+    md.append(
+        "## Scaled targets (demand / (T_f x support-period mean))\n\n"
+        f"Segments with zero support-period demand (left unscaled): {unscaled}.\n\n"
+        + markdown_table(table)
+    )
     text = "\n".join(md)
     (run_dir / "posthoc.md").write_text(text)
     print(text)

@@ -52,7 +52,7 @@ def test_smoke_run_writes_results_test_and_plots(run_dir):
     assert (out / "rmldp_segment_map.png").stat().st_size > 0
     assert (out / "rmldp_sweep.png").stat().st_size > 0
     md = (out / "results.md").read_text()
-    assert "RMLDP vs MAML, paired t-test" in md and "p_two_sided" in md
+    assert "RMLDP vs MAML, paired tests" in md and "p_wilcoxon" in md and "p_two_sided" in md
     assert "## WAPE per group" in md and "## SMAPE per group" in md and "smape_median" in md
     main = df[(df["method"] == "RMLDP") & (df["seed"] == 0) & (df["metric"] == "mape")]
     values = main.set_index("group")["value"]
@@ -66,6 +66,11 @@ def test_smoke_run_writes_results_test_and_plots(run_dir):
     np.testing.assert_allclose(wide["gain"], wide["MAML"] - wide["RMLDP"])
     posthoc = (out / "posthoc.md").read_text()
     assert "Spearman" in posthoc and "| RMLDP | MAML |" in posthoc
+    saved = json.loads((out / "config.json").read_text())
+    table, _ = rmldp_posthoc.scaled_targets(saved, rmldp_posthoc.run_config(saved))
+    assert list(table["set"]) == ["meta-train samples", "meta-val queries", "target queries"]
+    assert (table["median"] <= table["q99"]).all() and (table["q99"] <= table["max"]).all()
+    assert "## Scaled targets" in posthoc and "share_above_10" in posthoc
     assert (out / "planted_response.png").stat().st_size > 0
 
 
