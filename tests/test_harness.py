@@ -180,6 +180,27 @@ def test_an_old_run_folder_resumes_after_a_config_field_with_default_none_is_add
         _open(tmp_path, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, strata=2)))
 
 
+def test_an_old_run_folder_resumes_after_a_field_is_added_at_its_class_default(tmp_path):
+    """A folder saved before ``protocol.selection`` existed resumes while the field keeps
+    its class default ("mean", the behaviour before it), and is refused with another value."""
+    from dmeta.rmldp.config import get_config
+
+    cfg = get_config(smoke=True)
+    _open(tmp_path, cfg)
+    harness.run_cells(tmp_path, [Cell("a", 0)], lambda c: _rows(c, 1.0))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["protocol.selection"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    _open(tmp_path, cfg)
+    assert json.loads((tmp_path / "config.json").read_text())["protocol.selection"] == "mean"
+    (tmp_path / "config.json").write_text(json.dumps(saved))  # without the field again
+    median = dataclasses.replace(
+        cfg, protocol=dataclasses.replace(cfg.protocol, selection="median")
+    )
+    with pytest.raises(RunError, match="protocol.selection differ"):
+        _open(tmp_path, median)
+
+
 def test_shared_choice_tunes_once_per_method_and_setting(tmp_path):
     _open(tmp_path)
     calls = []

@@ -129,8 +129,9 @@ def open_run(
                 path.unlink(missing_ok=True)
     elif (out / CELLS).exists() and saved_path.exists():
         saved = json.loads(saved_path.read_text())
+        defaults = _class_defaults(cfg)  # what a field added since the run was saved did then
         keys = (set(saved) | set(record)) - {"seeds", "methods"}
-        differ = sorted(k for k in keys if saved.get(k) != record.get(k))
+        differ = sorted(k for k in keys if saved.get(k, defaults.get(k)) != record.get(k))
         if differ:
             raise RunError(
                 f"{out}: holds cells of a run with another config ({', '.join(differ[:5])} "
@@ -139,6 +140,17 @@ def open_run(
     write_atomic(out / "command.txt", command.rstrip("\n") + "\n")
     write_atomic(saved_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def _class_defaults(cfg: Any) -> dict[str, Any]:
+    """Every leaf of ``type(cfg)()`` by dotted path, as ``config.json`` stores it ({} when
+    the config class needs arguments). A field added to a config keeps the old behaviour at
+    its class default, so a run folder saved before it resumes when the field is left there."""
+    try:
+        default = type(cfg)()
+    except TypeError:
+        return {}
+    return json.loads(json.dumps(flatten(default), default=str))
 
 
 def run_cells(
