@@ -73,9 +73,12 @@ def parse_report(text: str) -> dict[str, tuple[float, str]]:
 
 
 def load_average() -> str:
-    """The 1 / 5 / 15 minute load averages and the core count, e.g. ``1.2 0.9 0.7 (2 cores)``."""
+    """The 1 / 5 / 15 minute load averages, the core count and the runnable threads now (this
+    one included; a decaying average lags behind processes just paused), e.g.
+    ``1.2 0.9 0.7 (2 cores, 1 runnable)``."""
     one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} cores)"
+    runnable = Path("/proc/loadavg").read_text().split()[3].split("/")[0]
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} cores, {runnable} runnable)"
 
 
 def interleaved_medians(
