@@ -41,12 +41,24 @@ USER_ERRORS = (DataError, ConfigError, RunError, FileNotFoundError)
 
 
 def discover() -> dict[str, ModuleType]:
-    """Experiment modules by name (those defining ``run`` and ``get_config``), sorted."""
+    """Experiment modules by name (those defining ``run`` and ``get_config``), sorted.
+
+    An experiment that needs a third-party package missing here is left out with a warning
+    naming the package, so the others still run (e.g. on a machine with a bare image).
+    """
     found = {}
     for info in pkgutil.iter_modules(experiments.__path__):
         if info.ispkg or info.name == "cli":
             continue
-        module = importlib.import_module(f"experiments.{info.name}")
+        try:
+            module = importlib.import_module(f"experiments.{info.name}")
+        except ModuleNotFoundError as err:
+            if (err.name or "").partition(".")[0] in ("dmeta", "experiments"):
+                raise
+            logging.getLogger(__name__).warning(
+                "experiment %s left out: it needs %s, which is not installed", info.name, err.name
+            )
+            continue
         if callable(getattr(module, "run", None)) and callable(getattr(module, "get_config", None)):
             found[info.name] = module
     return dict(sorted(found.items()))

@@ -26,6 +26,18 @@ def test_help_lists_commands_and_experiments(capsys):
     assert sorted(cli.discover()) == EXPERIMENTS
 
 
+def test_an_experiment_whose_package_is_missing_is_left_out_and_the_others_run():
+    code = (
+        "import sys; sys.modules['polars'] = None; from experiments import cli; "
+        "print(','.join(cli.discover())); cli.main(['config', 'rmldp', '--smoke'])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    names = result.stdout.splitlines()[0].split(",")
+    assert "c2m" not in names and "rmldp" in names and "train.meta_steps" in result.stdout
+    assert "experiment c2m left out: it needs polars" in result.stderr
+
+
 def test_console_script_help():
     result = subprocess.run(
         [sys.executable, "-m", "experiments.cli", "run", "--help"], capture_output=True, text=True
