@@ -201,6 +201,22 @@ def test_an_old_run_folder_resumes_after_a_field_is_added_at_its_class_default(t
         _open(tmp_path, median)
 
 
+def test_results_are_rebuilt_from_the_cells_in_run_order(tmp_path):
+    from dmeta import report
+
+    _open(tmp_path)
+    cells = [Cell("b", 0), Cell("a", 0), Cell("a", 1)]
+    rows = harness.run_cells(tmp_path, cells, lambda c: _rows(c, float(c.seed)))
+    harness.finish(tmp_path, rows)
+    assert (tmp_path / "cells" / "order.txt").read_text().split() == [c.key for c in cells]
+    pd.testing.assert_frame_equal(harness.read_cells(tmp_path), rows)
+    (tmp_path / "results.csv").unlink()
+    pd.testing.assert_frame_equal(report.read_results(tmp_path), rows)
+    assert report.run_dirs(tmp_path) == [tmp_path]
+    (tmp_path / "cells" / f"{cells[2].key}.csv").unlink()  # a run in progress: no run folder
+    assert report.run_dirs(tmp_path) == []
+
+
 def test_shared_choice_tunes_once_per_method_and_setting(tmp_path):
     _open(tmp_path)
     calls = []

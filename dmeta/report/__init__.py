@@ -26,6 +26,7 @@ import pandas as pd
 
 from dmeta.report import convergence
 from dmeta.report.tables import summary_markdown
+from dmeta.train import harness
 from dmeta.train.results import summarize, validate_results
 
 LINK = re.compile(r"\]\((?!https?:|/|#)([^)\s]+)\)")
@@ -33,11 +34,24 @@ BLOCK = re.compile(r"(<!-- report: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /rep
 
 
 def read_results(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """``run_dir/results.csv``, validated (ids and groups kept as text)."""
+    """``run_dir/results.csv``, validated (ids and groups kept as text); without it, the same
+    rows rebuilt from the run's cells (``dmeta.train.harness.read_cells``)."""
     path = Path(run_dir) / "results.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no results.csv (is {run_dir} a run folder?)")
-    return validate_results(pd.read_csv(path, dtype={"group": str, "dataset": str}))
+    if path.exists():
+        return validate_results(pd.read_csv(path, dtype={"group": str, "dataset": str}))
+    if (Path(run_dir) / harness.CELLS / harness.ORDER).exists():
+        return harness.read_cells(run_dir)
+    raise FileNotFoundError(f"{path}: no results.csv (is {run_dir} a run folder?)")
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """The run folders under ``root``: those with a ``results.csv`` or a finished cell order."""
+    found = {p.parent for p in root.rglob("results.csv")}
+    for order in root.rglob(f"{harness.CELLS}/{harness.ORDER}"):
+        keys = order.read_text().split()
+        if all((order.parent / f"{k}.csv").exists() for k in keys):  # not a run in progress
+            found.add(order.parent.parent)
+    return sorted(found)
 
 
 def _renderer(experiment: str) -> ModuleType | None:
@@ -112,11 +126,11 @@ def regenerate(root: str | os.PathLike, *, check: bool = False) -> list[str]:
     """
     root = Path(root)
     changed = []
-    for csv in sorted(root.rglob("results.csv")):
-        md = csv.parent / "results.md"
+    for run_dir in run_dirs(root):
+        md = run_dir / "results.md"
         if not check:
-            changed.append(str(write(csv.parent)))
-        elif not md.exists() or md.read_text() != render(csv.parent):
+            changed.append(str(write(run_dir)))
+        elif not md.exists() or md.read_text() != render(run_dir):
             changed.append(str(md))
     for readme in sorted(root.rglob("README.md")):
         if not BLOCK.search(readme.read_text()):

@@ -42,6 +42,7 @@ from dmeta.train.results import COLUMNS, validate_results
 logger = logging.getLogger(__name__)
 
 CELLS = "cells"
+ORDER = "order.txt"  # in cells/: the cell keys of the run's last ``run_cells``, in order
 CKPT = "ckpt"
 CURVES = "curves"
 TUNED = "tuned"
@@ -170,6 +171,9 @@ def run_cells(
       The concatenated rows of all cells (finished earlier or now).
     """
     folder = Path(out) / CELLS
+    if distributed.is_main_process():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / ORDER, "".join(f"{cell.key}\n" for cell in cells))
     done = sum((folder / f"{cell.key}.csv").exists() for cell in cells)
     methods = len({c.method for c in cells})
     logger.info(
@@ -201,6 +205,16 @@ def run_cells(
         logger.info("[%d/%d] %s written (about %.0f s left)", i + 1, len(cells), cell.key, eta)
     if not frames:
         return pd.DataFrame(columns=list(COLUMNS))
+    return validate_results(pd.concat(frames, ignore_index=True))
+
+
+def read_cells(out: str | os.PathLike) -> pd.DataFrame:
+    """The rows of ``out/cells`` in the order of ``cells/order.txt``: what ``finish`` wrote to
+    ``results.csv``, rebuilt from the cells (a folder may keep its cells and leave a large
+    ``results.csv`` out of version control)."""
+    folder = Path(out) / CELLS
+    keys = (folder / ORDER).read_text().split()
+    frames = [pd.read_csv(folder / f"{k}.csv", dtype={"group": str, "dataset": str}) for k in keys]
     return validate_results(pd.concat(frames, ignore_index=True))
 
 
