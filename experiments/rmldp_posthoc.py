@@ -126,8 +126,8 @@ def scaled_targets(saved: dict, cfg: RMLDPConfig, large: float = 10.0) -> tuple[
     Returns:
       One row per set (``n``, ``n_above_<large>``, median, 99th percentile, max,
       ``share_above_<large>``: the share of the set's sum of squares from values above
-      ``large``) and the number of
-      segments whose support-period mean demand is 0 (left unscaled).
+      ``large``) and the number of segments left unscaled (scale 1: their support-period
+      mean demand is 0).
     """
     prep = prepare(load_data(saved["data"], cfg), cfg, seq_len=cfg.protocol.seq_len)
     y, n = np.asarray(prep.pool.y), np.asarray(prep.pool.n)

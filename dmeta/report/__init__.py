@@ -27,7 +27,7 @@ import pandas as pd
 from dmeta.report import convergence
 from dmeta.report.tables import summary_markdown
 from dmeta.train import harness
-from dmeta.train.results import summarize, validate_results
+from dmeta.train.results import read_rows, summarize, validate_results
 
 LINK = re.compile(r"\]\((?!https?:|/|#)([^)\s]+)\)")
 BLOCK = re.compile(r"(<!-- report: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /report -->)", re.S)
@@ -38,7 +38,7 @@ def read_results(run_dir: str | os.PathLike) -> pd.DataFrame:
     rows rebuilt from the run's cells (``dmeta.train.harness.read_cells``)."""
     path = Path(run_dir) / "results.csv"
     if path.exists():
-        return validate_results(pd.read_csv(path, dtype={"group": str, "dataset": str}))
+        return validate_results(read_rows(path))
     if (Path(run_dir) / harness.CELLS / harness.ORDER).exists():
         return harness.read_cells(run_dir)
     raise FileNotFoundError(f"{path}: no results.csv (is {run_dir} a run folder?)")

@@ -37,7 +37,7 @@ from dmeta import distributed
 from dmeta.config import flatten
 from dmeta.train import loop
 from dmeta.train.loop import NonFiniteError
-from dmeta.train.results import COLUMNS, validate_results
+from dmeta.train.results import COLUMNS, read_rows, validate_results
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def run_cells(
     for i, cell in enumerate(cells):
         path = folder / f"{cell.key}.csv"
         if path.exists():
-            frames.append(pd.read_csv(path, dtype={"group": str, "dataset": str}))
+            frames.append(read_rows(path))
             logger.info("[%d/%d] %s: done earlier, kept", i + 1, len(cells), cell.key)
             continue
         ckpt, curves = Path(out) / CKPT / cell.key, Path(out) / CURVES / cell.key
@@ -214,7 +214,7 @@ def read_cells(out: str | os.PathLike) -> pd.DataFrame:
     ``results.csv`` out of version control)."""
     folder = Path(out) / CELLS
     keys = (folder / ORDER).read_text().split()
-    frames = [pd.read_csv(folder / f"{k}.csv", dtype={"group": str, "dataset": str}) for k in keys]
+    frames = [read_rows(folder / f"{k}.csv") for k in keys]
     return validate_results(pd.concat(frames, ignore_index=True))
 
 
@@ -297,9 +297,10 @@ def shared_choice(
     """The hyperparameters of ``cell``'s (setting, method), chosen once for all its seeds.
 
     With ``per_seed`` (an experiment's ``tuning.per_seed``) or no run folder ``out`` it is
-    ``choose()`` itself, every cell tuning on its own. Otherwise the first cell of a family to get here runs ``choose()`` (its tuning) and records the
-    point in ``out/tuned/<family>.json``; the family's other seeds read it back, so a
-    resumed run reuses the choice and its seeds differ only in their own seed.
+    ``choose()`` itself, every cell tuning on its own. Otherwise the first cell of a family
+    to get here runs ``choose()`` (its tuning) and records the point in
+    ``out/tuned/<family>.json``; the family's other seeds read it back, so a resumed run
+    reuses the choice and its seeds differ only in their own seed.
     """
     if per_seed or out is None:
         return dict(choose())

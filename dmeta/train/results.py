@@ -23,6 +23,11 @@ KEYS = COLUMNS[:-1]
 SUMMARY_KEYS = ("experiment", "dataset", "group", "method", "metric")
 
 
+def read_rows(path) -> pd.DataFrame:
+    """A long-schema CSV (a run's ``results.csv`` or one cell's), ids and groups kept as text."""
+    return pd.read_csv(path, dtype={"group": str, "dataset": str})
+
+
 def validate_results(df: pd.DataFrame) -> pd.DataFrame:
     """Checks the long results schema; returns a copy with ``value`` as float64.
 
