@@ -56,6 +56,23 @@ def test_gradients_match_scan_and_second_order_f64():
         check_grads(jax.jit(seq_loss(apply_fused)), (params, x, h0), order=2, modes=["rev"])
 
 
+def test_last_state_gradients_match_scan_and_second_order_f64():
+    """``gru_last`` (the path without ``return_sequence``) starts its backward from the last
+    state's cotangent alone."""
+    with jax.enable_x64(True):
+        apply_scan, apply_fused, params = gru_pair(jnp.float64)
+        x = jax.random.normal(jax.random.key(5), (B, S, F), jnp.float64)
+        h0 = jax.random.normal(jax.random.key(6), (B, H), jnp.float64)
+
+        def last_loss(apply):
+            return lambda p, xx, hh: jnp.sum(jnp.sin(apply(p, xx, hh)))
+
+        gs = jax.grad(last_loss(apply_scan), argnums=(0, 1, 2))(params, x, h0)
+        gf = jax.grad(last_loss(apply_fused), argnums=(0, 1, 2))(params, x, h0)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), gs, gf)
+        check_grads(jax.jit(last_loss(apply_fused)), (params, x, h0), order=2, modes=["rev"])
+
+
 def test_maml_meta_gradient_matches_scan_f64():
     """Second order through the inner gradient (the custom backward is differentiated)."""
     with jax.enable_x64(True):

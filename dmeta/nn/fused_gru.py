@@ -1,19 +1,22 @@
 """GRU recurrence with a hand-written VJP that batches every weight gradient over time.
 
-``gru_sequence(w_x, b_x, w_h, b_h, x, h0)`` computes the same hidden states as the plain
-``lax.scan`` GRU of ``dmeta.nn.rnn`` (PyTorch gate convention: reset, update, new):
+``gru_sequence`` (every state) and ``gru_last`` (the last state) compute the same hidden
+states as the plain ``lax.scan`` GRU of ``dmeta.nn.rnn`` (PyTorch gate convention: reset,
+update, new):
 
-- forward: the input projection of all time steps is one matmul ``[B*S, F] @ [F, 3H]``
-  before the scan; the scan does one ``[B, H] @ [H, 3H]`` per step and saves the gates;
+- forward: the input is put time first once, and the input projection of all time steps is
+  one matmul ``[S*B, F] @ [F, 3H]`` before the scan; the scan does one ``[B, H] @ [H, 3H]``
+  per step and saves the gates;
 - backward: a reverse scan carries only ``dh`` (one ``[B, 3H] @ [3H, H]`` per step and the
   gate algebra); the gradients of ``w_h``, ``b_h``, ``w_x``, ``b_x`` and ``x`` are formed
   after it as single contractions over all ``S * B`` rows, instead of the ``S``
-  accumulating ``[H, B] @ [B, 3H]`` products that autodiff of a scan produces.
+  accumulating ``[H, B] @ [B, 3H]`` products that autodiff of a scan produces. ``gru_last``
+  starts that scan from the last state's cotangent, with no per-step cotangents to add.
 
-The backward is written in ordinary differentiable JAX ops, so the function has derivatives
-of every order in reverse mode (MAML's second-order meta-gradient differentiates through the
-inner gradient, i.e. through this backward). Forward-mode (``jax.jvp``) is not supported,
-as for any ``jax.custom_vjp``.
+The backward is written in ordinary differentiable JAX ops, so the functions have
+derivatives of every order in reverse mode (MAML's second-order meta-gradient
+differentiates through the inner gradient, i.e. through this backward). Forward mode
+(``jax.jvp``) is not supported, as for any ``jax.custom_vjp``.
 """
 
 from __future__ import annotations
@@ -36,26 +39,57 @@ def _mm(spec: str, a: Array, b: Array, dtype) -> Array:
     )
 
 
-def _gates(hidden: int, xp: Array, hp: Array, h: Array):
-    """One step's gates from projected input xp and hidden product hp ([B, 3H] each)."""
+def _gates(hidden: int, xp: Array, hp: Array):
+    """Gates (r, z, n) from projected input xp and hidden product hp ([..., 3H] each)."""
     r = jax.nn.sigmoid(xp[..., :hidden] + hp[..., :hidden])
     z = jax.nn.sigmoid(xp[..., hidden : 2 * hidden] + hp[..., hidden : 2 * hidden])
     n = jnp.tanh(xp[..., 2 * hidden :] + r * hp[..., 2 * hidden :])
-    return r, z, n, (1.0 - z) * n + z * h
+    return r, z, n
 
 
 def _forward(dtype, w_x, b_x, w_h, b_h, x, h0):
-    """Returns hs f32[S, B, H] (time first) and the residuals of every step."""
+    """x f32[B, S, F] -> hs f32[S, B, H] (time first) and the gates of every step."""
     hidden = w_h.shape[0]
-    xs = _mm("bsf,fg->sbg", x, w_x, dtype) + b_x  # one matmul over all steps, time first
+    xs = _mm("sbf,fg->sbg", jnp.swapaxes(x, 0, 1), w_x, dtype) + b_x
 
     def step(h, xp):
         hp = _mm("bh,hg->bg", h, w_h, dtype) + b_h
-        r, z, n, h_new = _gates(hidden, xp, hp, h)
+        r, z, n = _gates(hidden, xp, hp)
+        h_new = (1.0 - z) * n + z * h
         return h_new, (h_new, r, z, n, hp[..., 2 * hidden :])
 
     _, (hs, r, z, n, hpn) = jax.lax.scan(step, h0, xs)
     return hs, (r, z, n, hpn)
+
+
+def _backward(dtype, res, g_last, g_seq):
+    """Gradients from the cotangent of the last state g_last f32[B, H] and of every state
+    g_seq f32[S, B, H] (time first) or None."""
+    w_x, w_h, x, h0, hs, r, z, n, hpn = res
+    hidden = w_h.shape[0]
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [S, B, H]
+    w_h_t = w_h.T
+
+    def step(dh, inputs):
+        if g_seq is not None:
+            inputs, g_t = inputs[:-1], inputs[-1]
+            dh = dh + g_t
+        r_t, z_t, n_t, hpn_t, hprev_t = inputs
+        dan = dh * (1.0 - z_t) * (1.0 - n_t * n_t)
+        dar = dan * hpn_t * r_t * (1.0 - r_t)
+        daz = dh * (hprev_t - n_t) * z_t * (1.0 - z_t)
+        dhp = jnp.concatenate([dar, daz, dan * r_t], axis=-1)
+        return dh * z_t + _mm("bg,gh->bh", dhp, w_h_t, dtype), (dhp, dan)
+
+    xs_scan = (r, z, n, hpn, h_prev) + (() if g_seq is None else (g_seq,))
+    dh0, (dhp, dan) = jax.lax.scan(step, g_last, xs_scan, reverse=True)
+    dxs = jnp.concatenate([dhp[..., : 2 * hidden], dan], axis=-1)  # [S, B, 3H]
+    d_w_h = _mm("sbh,sbg->hg", h_prev, dhp, dtype)
+    d_b_h = jnp.sum(dhp, axis=(0, 1))
+    d_w_x = _mm("sbf,sbg->fg", jnp.swapaxes(x, 0, 1), dxs, dtype)
+    d_b_x = jnp.sum(dxs, axis=(0, 1))
+    d_x = jnp.swapaxes(_mm("sbg,fg->sbf", dxs, w_x, dtype), 0, 1)
+    return d_w_x, d_b_x, d_w_h, d_b_h, d_x, dh0
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -63,40 +97,42 @@ def _gru_sequence(dtype, w_x, b_x, w_h, b_h, x, h0):
     return jnp.swapaxes(_forward(dtype, w_x, b_x, w_h, b_h, x, h0)[0], 0, 1)
 
 
-def _fwd(dtype, w_x, b_x, w_h, b_h, x, h0):
-    hs, (r, z, n, hpn) = _forward(dtype, w_x, b_x, w_h, b_h, x, h0)
-    return jnp.swapaxes(hs, 0, 1), (w_x, w_h, x, h0, hs, r, z, n, hpn)
+def _sequence_fwd(dtype, w_x, b_x, w_h, b_h, x, h0):
+    hs, gates = _forward(dtype, w_x, b_x, w_h, b_h, x, h0)
+    return jnp.swapaxes(hs, 0, 1), (w_x, w_h, x, h0, hs, *gates)
 
 
-def _bwd(dtype, res, g):
-    w_x, w_h, x, h0, hs, r, z, n, hpn = res
-    hidden = w_h.shape[0]
-    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # [S, B, H]
-    g = jnp.swapaxes(g, 0, 1)  # time first
-    w_h_t = w_h.T
-
-    def step(dh, inputs):
-        g_t, r_t, z_t, n_t, hpn_t, hprev_t = inputs
-        dh = dh + g_t
-        dan = dh * (1.0 - z_t) * (1.0 - n_t * n_t)
-        dar = dan * hpn_t * r_t * (1.0 - r_t)
-        daz = dh * (hprev_t - n_t) * z_t * (1.0 - z_t)
-        dhp = jnp.concatenate([dar, daz, dan * r_t], axis=-1)
-        return dh * z_t + _mm("bg,gh->bh", dhp, w_h_t, dtype), (dhp, dan)
-
-    dh0, (dhp, dan) = jax.lax.scan(
-        step, jnp.zeros_like(h0), (g, r, z, n, hpn, h_prev), reverse=True
-    )
-    dxs = jnp.concatenate([dhp[..., : 2 * hidden], dan], axis=-1)  # [S, B, 3H]
-    d_w_h = _mm("sbh,sbg->hg", h_prev, dhp, dtype)
-    d_b_h = jnp.sum(dhp, axis=(0, 1))
-    d_w_x = _mm("bsf,sbg->fg", x, dxs, dtype)
-    d_b_x = jnp.sum(dxs, axis=(0, 1))
-    d_x = _mm("sbg,fg->bsf", dxs, w_x, dtype)
-    return d_w_x, d_b_x, d_w_h, d_b_h, d_x, dh0
+def _sequence_bwd(dtype, res, g):
+    return _backward(dtype, res, jnp.zeros_like(res[3]), jnp.swapaxes(g, 0, 1))
 
 
-_gru_sequence.defvjp(_fwd, _bwd)
+_gru_sequence.defvjp(_sequence_fwd, _sequence_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _gru_last(dtype, w_x, b_x, w_h, b_h, x, h0):
+    return _forward(dtype, w_x, b_x, w_h, b_h, x, h0)[0][-1]
+
+
+def _last_fwd(dtype, w_x, b_x, w_h, b_h, x, h0):
+    hs, gates = _forward(dtype, w_x, b_x, w_h, b_h, x, h0)
+    return hs[-1], (w_x, w_h, x, h0, hs, *gates)
+
+
+def _last_bwd(dtype, res, g):
+    return _backward(dtype, res, g, None)
+
+
+_gru_last.defvjp(_last_fwd, _last_bwd)
+
+
+def _flat_call(core, w_x, b_x, w_h, b_h, x, h0, matmul_dtype):
+    """Runs ``core`` on x f32[..., S, F] flattened to one batch axis; returns (out, batch)."""
+    batch = x.shape[:-2]
+    s, f = x.shape[-2:]
+    x2 = x.reshape((-1, s, f))
+    h2 = jnp.broadcast_to(h0, batch + h0.shape[-1:]).reshape((-1, h0.shape[-1]))
+    return core(matmul_dtype, w_x, b_x, w_h, b_h, x2, h2), batch
 
 
 def gru_sequence(
@@ -117,9 +153,24 @@ def gru_sequence(
     Experimental: jaxlib 0.10.2 on CPU compiles the MAML meta-step with bf16 but fails at run
     time (``DotThunk``: BF16 x BF16 = F32 unsupported for some of its dots).
     """
-    batch = x.shape[:-2]
-    s, f = x.shape[-2:]
-    x2 = x.reshape((-1, s, f))
-    h2 = jnp.broadcast_to(h0, batch + h0.shape[-1:]).reshape((-1, h0.shape[-1]))
-    hs = _gru_sequence(matmul_dtype, w_x, b_x, w_h, b_h, x2, h2)
+    hs, batch = _flat_call(_gru_sequence, w_x, b_x, w_h, b_h, x, h0, matmul_dtype)
     return hs.reshape(batch + hs.shape[-2:])
+
+
+def gru_last(
+    w_x: Array,
+    b_x: Array,
+    w_h: Array,
+    b_h: Array,
+    x: Array,
+    h0: Array,
+    *,
+    matmul_dtype=None,
+) -> Array:
+    """The last hidden state of a GRU: x f32[..., S, F], h0 f32[..., H] -> h f32[..., H].
+
+    Same weights and ``matmul_dtype`` as ``gru_sequence``; its backward starts from the last
+    state's cotangent alone (no per-step cotangents to add).
+    """
+    h, batch = _flat_call(_gru_last, w_x, b_x, w_h, b_h, x, h0, matmul_dtype)
+    return h.reshape(batch + h.shape[-1:])

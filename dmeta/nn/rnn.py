@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dmeta.nn.fused_gru import gru_sequence
+from dmeta.nn.fused_gru import gru_last, gru_sequence
 from dmeta.types import Array
 
 GRUImpl = Literal["scan", "fused"]
@@ -81,9 +81,11 @@ class GRU(nnx.Module):
         if self.impl == "fused":
             if h0 is None:
                 h0 = jnp.zeros(x.shape[:-2] + (hidden,), jnp.result_type(x, w_h))
-            hs = gru_sequence(self.w_x[...], self.b_x[...], w_h, b_h, x, h0)
-            h = hs[..., -1, :]
-            return (h, hs) if return_sequence else h
+            weights = (self.w_x[...], self.b_x[...], w_h, b_h)
+            if not return_sequence:
+                return gru_last(*weights, x, h0)
+            hs = gru_sequence(*weights, x, h0)
+            return hs[..., -1, :], hs
         xs = x @ self.w_x[...] + self.b_x[...]
         if h0 is None:
             h0 = jnp.zeros(x.shape[:-2] + (hidden,), xs.dtype)
