@@ -57,7 +57,7 @@ def test_gradients_match_scan_and_second_order_f64():
 
 
 def test_last_state_gradients_match_scan_and_second_order_f64():
-    """``gru_last`` (the path without ``return_sequence``) starts its backward from the last
+    """``last_only`` (the path without ``return_sequence``) starts its backward from the last
     state's cotangent alone."""
     with jax.enable_x64(True):
         apply_scan, apply_fused, params = gru_pair(jnp.float64)

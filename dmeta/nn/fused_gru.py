@@ -1,6 +1,6 @@
 """GRU recurrence with a hand-written VJP that batches every weight gradient over time.
 
-``gru_sequence`` (every state) and ``gru_last`` (the last state) compute the same hidden
+``gru_sequence`` (every state, or with ``last_only`` the last one) computes the same hidden
 states as the plain ``lax.scan`` GRU of ``dmeta.nn.rnn`` (PyTorch gate convention: reset,
 update, new):
 
@@ -10,10 +10,10 @@ update, new):
 - backward: a reverse scan carries only ``dh`` (one ``[B, 3H] @ [3H, H]`` per step and the
   gate algebra); the gradients of ``w_h``, ``b_h``, ``w_x``, ``b_x`` and ``x`` are formed
   after it as single contractions over all ``S * B`` rows, instead of the ``S``
-  accumulating ``[H, B] @ [B, 3H]`` products that autodiff of a scan produces. ``gru_last``
+  accumulating ``[H, B] @ [B, 3H]`` products that autodiff of a scan produces. ``last_only``
   starts that scan from the last state's cotangent, with no per-step cotangents to add.
 
-The backward is written in ordinary differentiable JAX ops, so the functions have
+The backward is written in ordinary differentiable JAX ops, so the function has
 derivatives of every order in reverse mode (MAML's second-order meta-gradient
 differentiates through the inner gradient, i.e. through this backward). Forward mode
 (``jax.jvp``) is not supported, as for any ``jax.custom_vjp``.
@@ -126,15 +126,6 @@ def _last_bwd(dtype, res, g):
 _gru_last.defvjp(_last_fwd, _last_bwd)
 
 
-def _flat_call(core, w_x, b_x, w_h, b_h, x, h0, matmul_dtype):
-    """Runs ``core`` on x f32[..., S, F] flattened to one batch axis; returns (out, batch)."""
-    batch = x.shape[:-2]
-    s, f = x.shape[-2:]
-    x2 = x.reshape((-1, s, f))
-    h2 = jnp.broadcast_to(h0, batch + h0.shape[-1:]).reshape((-1, h0.shape[-1]))
-    return core(matmul_dtype, w_x, b_x, w_h, b_h, x2, h2), batch
-
-
 def gru_sequence(
     w_x: Array,
     b_x: Array,
@@ -143,9 +134,12 @@ def gru_sequence(
     x: Array,
     h0: Array,
     *,
+    last_only: bool = False,
     matmul_dtype=None,
 ) -> Array:
-    """Every hidden state of a GRU: x f32[..., S, F], h0 f32[..., H] -> hs f32[..., S, H].
+    """Hidden states of a GRU: x f32[..., S, F], h0 f32[..., H] -> hs f32[..., S, H], or with
+    ``last_only`` the last state f32[..., H] (its backward then starts from that state's
+    cotangent alone, with no per-step cotangents to add).
 
     Weights: w_x [F, 3H], b_x [3H], w_h [H, 3H], b_h [3H] (gates reset, update, new).
     ``matmul_dtype`` (e.g. ``jnp.bfloat16``): every matmul of the forward and backward takes
@@ -153,24 +147,10 @@ def gru_sequence(
     Experimental: jaxlib 0.10.2 on CPU compiles the MAML meta-step with bf16 but fails at run
     time (``DotThunk``: BF16 x BF16 = F32 unsupported for some of its dots).
     """
-    hs, batch = _flat_call(_gru_sequence, w_x, b_x, w_h, b_h, x, h0, matmul_dtype)
-    return hs.reshape(batch + hs.shape[-2:])
-
-
-def gru_last(
-    w_x: Array,
-    b_x: Array,
-    w_h: Array,
-    b_h: Array,
-    x: Array,
-    h0: Array,
-    *,
-    matmul_dtype=None,
-) -> Array:
-    """The last hidden state of a GRU: x f32[..., S, F], h0 f32[..., H] -> h f32[..., H].
-
-    Same weights and ``matmul_dtype`` as ``gru_sequence``; its backward starts from the last
-    state's cotangent alone (no per-step cotangents to add).
-    """
-    h, batch = _flat_call(_gru_last, w_x, b_x, w_h, b_h, x, h0, matmul_dtype)
-    return h.reshape(batch + h.shape[-1:])
+    batch = x.shape[:-2]
+    s, f = x.shape[-2:]
+    x2 = x.reshape((-1, s, f))
+    h2 = jnp.broadcast_to(h0, batch + h0.shape[-1:]).reshape((-1, h0.shape[-1]))
+    core = _gru_last if last_only else _gru_sequence
+    out = core(matmul_dtype, w_x, b_x, w_h, b_h, x2, h2)
+    return out.reshape(batch + out.shape[1:])

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dmeta.nn.fused_gru import gru_last, gru_sequence
+from dmeta.nn.fused_gru import gru_sequence
 from dmeta.types import Array
 
 GRUImpl = Literal["scan", "fused"]
@@ -83,7 +83,7 @@ class GRU(nnx.Module):
                 h0 = jnp.zeros(x.shape[:-2] + (hidden,), jnp.result_type(x, w_h))
             weights = (self.w_x[...], self.b_x[...], w_h, b_h)
             if not return_sequence:
-                return gru_last(*weights, x, h0)
+                return gru_sequence(*weights, x, h0, last_only=True)
             hs = gru_sequence(*weights, x, h0)
             return hs[..., -1, :], hs
         xs = x @ self.w_x[...] + self.b_x[...]
