@@ -240,3 +240,13 @@ def test_rmldp_wall_time_quick(tmp_path):
     assert report["speedup_fused_vs_scan"][0] == pytest.approx(
         report["wall_s_scan"][0] / report["wall_s_fused"][0], rel=1e-2
     )
+
+
+def test_stmp_step_quick(tmp_path):
+    """Loop and unrolled LSTMs: the same step (checked inside), both timed."""
+    text, report = run_quick("stmp_step.py", tmp_path)
+    assert text.splitlines()[-1].startswith("speedup_unrolled_vs_loop: ")
+    assert report["one_step_params_max_rel_diff"][0] <= 1e-4
+    assert report["speedup_unrolled_vs_loop"][0] == pytest.approx(
+        report["loop_step_ms"][0] / report["unrolled_step_ms"][0], rel=1e-2
+    )
