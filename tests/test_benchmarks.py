@@ -242,6 +242,7 @@ def test_rmldp_wall_time_quick(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_stmp_step_quick(tmp_path):
     """Loop and unrolled LSTMs: the same step (checked inside), both timed."""
     text, report = run_quick("stmp_step.py", tmp_path)
