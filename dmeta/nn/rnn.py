@@ -2,8 +2,9 @@
 
 The input projection of every time step is one matmul before the scan; only the
 hidden-to-hidden product runs inside it. Sequences of at most ``UNROLL_MAX_STEPS`` steps are
-unrolled (no while loop; STMP's 4- and 7-step LSTMs: 1.6x its train step on CPU; a 28-step
-window unrolled is 2x slower, so longer ones stay a loop). ``GRU(impl="fused")`` runs the same math through
+unrolled (no while loop; STMP's 4- and 7-step LSTMs: 1.39x its train step on CPU,
+``experiments/benchmarks/stmp_step.py``; a 28-step window unrolled was 2x slower, so longer
+ones stay a loop). ``GRU(impl="fused")`` runs the same math through
 ``dmeta.nn.fused_gru.gru_sequence``, whose custom VJP forms the weight gradients as one
 matmul over all time steps (differentiable to any order in reverse mode).
 """
