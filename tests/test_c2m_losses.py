@@ -1,11 +1,13 @@
-"""C2M losses against hand-computed values; sinusoidal positions; autoencoder masking."""
+"""C2M losses against hand-computed values and eq. 7's dense form; sinusoidal positions;
+autoencoder masking."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from dmeta.c2m.autoencoder import sinusoidal_positions
-from dmeta.c2m.losses import clustering_loss, interaction_shares, preference_loss
+from dmeta.c2m.losses import clustering_loss, preference_loss
 from dmeta.c2m.train import init_autoencoder, standardize
 
 
@@ -15,6 +17,27 @@ def test_clustering_loss_eq6_by_hand():
     w = jnp.array([1.0, 1.0, 1.0, 0.0])  # the last point is an outlier
     # nearest squared distances: 0, 1, 1, 9 -> (0 + 1 + 1) / (4 - 1)
     np.testing.assert_allclose(clustering_loss(z, c, w), 2.0 / 3.0, rtol=1e-6)
+
+
+def interaction_shares(behavior_p, target_p, mask):
+    """Eq. 7's shares over the whole vocabulary, f[B, J, U]: ``sum_l p(j) p(u) / sum_l p(j)``
+    (0 where the user has no type-j event), from f[B, L, J], f[B, L, U] and bool[B, L]."""
+    bp = behavior_p * mask[..., None]
+    joint = jnp.einsum("blj,blu->bju", bp, target_p)
+    return joint / jnp.maximum(bp.sum(1)[..., None], 1e-9)
+
+
+def dense_preference_loss(logits, x, mask, behavior_weights):
+    """Eq. 7 written over every (behaviour, item) pair: the reference of ``preference_loss``."""
+    b_in = jax.nn.one_hot(x[..., 0], logits[0].shape[-1])
+    b_rec = jax.nn.softmax(logits[0], axis=-1)
+    total = 0.0
+    for f in (1, 2):
+        f_in = interaction_shares(b_in, jax.nn.one_hot(x[..., f], logits[f].shape[-1]), mask)
+        f_rec = interaction_shares(b_rec, jax.nn.softmax(logits[f], axis=-1), mask)
+        per_user = jnp.einsum("j,bju->b", behavior_weights, f_in * (f_in - f_rec) ** 2)
+        total = total + per_user.mean()
+    return total
 
 
 def test_interaction_shares_by_hand():
@@ -38,6 +61,24 @@ def test_preference_loss_eq7_by_hand():
     # items: type 0 in = (1, 0), rec = (0, 1): w0 * [1 * (1 - 0)^2 + 0] = 1;
     #        type 1 in = (0, 1), rec = (0, 1): 0.  Categories reproduced exactly: 0.
     np.testing.assert_allclose(preference_loss((lb, li, lc), x, mask, w), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("vocab", [(2, 3, 4), (5, 50, 200)])
+def test_preference_loss_equals_the_dense_form(vocab):
+    """Values and gradients; small vocabularies make events repeat (multiplicities > 1)."""
+    keys = jax.random.split(jax.random.key(0), 8)
+    b, length = 3, 12
+    logits = tuple(2 * jax.random.normal(keys[i], (b, length, v)) for i, v in enumerate(vocab))
+    x = jnp.stack(
+        [jax.random.randint(keys[3 + i], (b, length), 0, v) for i, v in enumerate(vocab)], -1
+    )
+    mask = jnp.arange(length)[None, :] < jnp.array([[12], [7], [1]])
+    w = jnp.linspace(0.5, 2.0, vocab[0])
+    got = jax.value_and_grad(lambda lg: preference_loss(lg, x, mask, w))(logits)
+    want = jax.value_and_grad(lambda lg: dense_preference_loss(lg, x, mask, w))(logits)
+    assert float(want[0]) > 0.01
+    for a, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-6)
 
 
 def test_sinusoidal_positions_eq4_5():
