@@ -208,10 +208,16 @@ def dispatch(registry: dict[str, ModuleType], args: argparse.Namespace, argv: li
         seeds=args.seeds,
         methods=_methods(module, args.methods),
         fresh=args.fresh,
-        command="dmeta " + shlex.join(argv),
+        command=recorded_command(argv),
     )
     print(f"wrote {out / 'results.csv'} ({len(results)} rows)")
     return 0
+
+
+def recorded_command(argv: list[str]) -> str:
+    """The ``command.txt`` line of a run: its command without ``--fresh``, so the recorded
+    command resumes the folder instead of wiping it."""
+    return "dmeta " + shlex.join(a for a in argv if a != "--fresh")
 
 
 def main(argv: list[str] | None = None) -> int:

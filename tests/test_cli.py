@@ -139,3 +139,8 @@ def test_validate_prints_a_summary_or_a_located_error(tmp_path, capsys):
     assert cli.main(["validate", "--data", f"table:{bad}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"error: {bad}: column 'y', line 3: is not a number (values 'x')"
+
+
+def test_recorded_command_resumes_instead_of_starting_over():
+    argv = ["run", "stmp", "--seeds", "2", "--set", "train.lr=0.01", "--out", "a b", "--fresh"]
+    assert cli.recorded_command(argv) == "dmeta run stmp --seeds 2 --set train.lr=0.01 --out 'a b'"

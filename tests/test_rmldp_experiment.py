@@ -108,14 +108,14 @@ def test_table_data_with_edges_runs_the_protocol(tmp_path):
 
 def test_data_parallel_remat_and_strategy_settings_match_the_plain_run(tmp_path):
     base = ["protocol.sweep=false"]
-    sets = ([], ["train.data_parallel=true", "train.remat=true"], ["train.strategy=map_remat"])
+    # all three in one run: each changes how the step is computed, none what it computes
+    sets = ([], ["train.data_parallel=true", "train.remat=true", "train.strategy=map_remat"])
     runs = [
         smoke_run(tmp_path / str(i), override(get_config(smoke=True), base + s), ("RMLDP",), 1)
         for i, s in enumerate(sets)
     ]
     mape = [d[d["metric"] == "mape"].set_index("group")["value"] for d in runs]
     pd.testing.assert_series_equal(mape[0], mape[1], rtol=1e-4)
-    pd.testing.assert_series_equal(mape[0], mape[2], rtol=1e-4)
 
 
 def smoke_context(finetune_grid=None, trials=None, **grids):
