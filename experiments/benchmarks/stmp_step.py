@@ -5,8 +5,9 @@ recent-days LSTM 7 steps; ``dmeta.nn.rnn`` unrolls sequences of at most
 ``UNROLL_MAX_STEPS`` steps. This times the whole jitted train step
 (``dmeta.stmp.train.make_train_step``, the experiment's default objective and task mix) with
 ``UNROLL_MAX_STEPS = 0`` (every recurrence a ``lax.scan`` loop, the code before) and with
-the default (8), interleaved repeats, medians. Before timing, one step of each from the same state must agree: the loss and
-every updated parameter within ``--rtol`` (the same operations, summed in another order).
+the default (8), interleaved repeats, medians. Before timing, one step of each from the
+same state must agree: the loss and every updated parameter within ``--rtol`` (the same
+operations, summed in another order).
 The last line is ``speedup_unrolled_vs_loop``.
 
     .venv/bin/python experiments/benchmarks/stmp_step.py --data favorita \
