@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import sys
 from pathlib import Path
 
@@ -34,14 +35,12 @@ from experiments.benchmarks.common import Report, interleaved_medians, load_aver
 
 def build_step(graphdef, cfg: C.STMPConfig, unroll_max: int):
     """The jitted train step traced with ``rnn.UNROLL_MAX_STEPS = unroll_max``."""
-    train = cfg.train
-    step = T.make_train_step(
-        graphdef, T.adam(train.lr, train.n_steps, train.ema), switch_every=train.switch_every,
-        n_tasks=train.n_tasks, n_query=train.n_query, n_context=train.n_context,
-        n_samples=train.n_samples, beta=train.beta, objective=train.objective,
-        sigma=train.sigma, weighting=train.query_weights, spatial_types=train.spatial_types,
-    )  # fmt: skip
-    jitted = jax.jit(step)
+    options = dataclasses.asdict(cfg.train)
+    options["weighting"] = options.pop("query_weights")  # renamed as ``protocol.fit_stmp`` does
+    accepted = inspect.signature(T.make_train_step).parameters
+    kwargs = {k: v for k, v in options.items() if k in accepted}
+    optimizer = T.adam(cfg.train.lr, cfg.train.n_steps, cfg.train.ema)
+    jitted = jax.jit(T.make_train_step(graphdef, optimizer, **kwargs))
 
     def traced(state, arrays, index):
         saved, rnn.UNROLL_MAX_STEPS = rnn.UNROLL_MAX_STEPS, unroll_max
