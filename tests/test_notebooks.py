@@ -1,4 +1,4 @@
-"""Every quickstart notebook executes top to bottom at smoke size."""
+"""Every quickstart notebook executes top to bottom at smoke size (``make notebooks``)."""
 
 from pathlib import Path
 
@@ -7,6 +7,7 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
+@pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
