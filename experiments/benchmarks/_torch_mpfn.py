@@ -53,7 +53,25 @@ class TorchMPFN(nn.Module):
         return self.head(torch.cat([h_season[0], h_local[0]], dim=-1))[:, 0]
 
 
-def _gru_cell_loop(gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
+class GRUWeights(nn.Module):
+    """One GRU layer's weights under ``nn.GRU``'s names and initialization, without its
+    module: ``torch.compile`` refuses to trace through ``nn.GRU`` (Dynamo skips the frame
+    and runs it eagerly), so the cell loop reads its weights from a plain module."""
+
+    def __init__(self, n_features: int, hidden: int):
+        super().__init__()
+        self.hidden_size = hidden
+        bound = hidden**-0.5
+        for name, shape in (
+            ("weight_ih_l0", (3 * hidden, n_features)),
+            ("weight_hh_l0", (3 * hidden, hidden)),
+            ("bias_ih_l0", (3 * hidden,)),
+            ("bias_hh_l0", (3 * hidden,)),
+        ):
+            self.register_parameter(name, nn.Parameter(torch.empty(shape).uniform_(-bound, bound)))
+
+
+def _gru_cell_loop(gru: GRUWeights, x: torch.Tensor) -> torch.Tensor:
     """Last state of ``gru`` over ``x: f32[N, S, F]`` by a Python loop of GRU cells."""
     xp = F.linear(x, gru.weight_ih_l0, gru.bias_ih_l0)
     h = x.new_zeros(x.shape[0], gru.hidden_size)
@@ -66,8 +84,15 @@ def _gru_cell_loop(gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
     return h
 
 
-class TorchMPFNCell(TorchMPFN):
-    """``TorchMPFN`` with the recurrence written as an explicit loop of GRU cells."""
+class TorchMPFNCell(nn.Module):
+    """``TorchMPFN`` with the recurrence written as an explicit loop of GRU cells (same
+    parameter names), traceable by ``torch.func`` transforms and ``torch.compile``."""
+
+    def __init__(self, n_features: int, hidden: int):
+        super().__init__()
+        self.gru_local = GRUWeights(n_features, hidden)
+        self.gru_season = GRUWeights(n_features, hidden)
+        self.head = nn.Linear(2 * hidden, 1)
 
     def forward(self, x_local: torch.Tensor, x_season: torch.Tensor) -> torch.Tensor:
         """f32[N, S, F] x2 -> f32[N]."""

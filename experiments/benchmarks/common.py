@@ -179,6 +179,20 @@ def torch_precision(torch: ModuleType) -> str:
     )
 
 
+def require_whole_graph(name: str) -> None:
+    """Raises unless every ``torch.compile``-d call so far traced as whole graphs: a graph
+    break or a frame Dynamo skips runs eagerly, and the peer would not be the compiled one.
+
+    Reads Dynamo's process-wide counters, so call it after the compiled peer's first step.
+    """
+    from torch._dynamo.utils import counters
+
+    reasons = sorted({*counters["graph_break"], *counters["unimplemented"]})
+    if reasons:
+        first = reasons[0].splitlines()[0]
+        raise RuntimeError(f"{name}: torch.compile fell back to eager ({len(reasons)}): {first}")
+
+
 class Contenders:
     """The timed contenders of a benchmark: zero-argument steps, each with its warm-up time.
 

@@ -57,6 +57,7 @@ from experiments.benchmarks.common import (
     machine,
     matmul_gflops,
     require,
+    require_whole_graph,
     torch_precision,
     torch_versions,
 )
@@ -426,6 +427,8 @@ class Bench:
             return functools.partial(step, tbatch)
         tgrads = tm.grads_to_dmeta(self.theta, step.grads(tbatch))
         step.update(tbatch)
+        if kind == "func_compile":
+            require_whole_graph(name)
         rel, absolute = max_rel_diff(tgrads, self.grads), max_abs_diff(tgrads, self.grads)
         self.emit(f"meta_grad_max_rel_diff_{kind}", rel)
         self.emit(f"meta_grad_max_abs_diff_{kind}", absolute)
