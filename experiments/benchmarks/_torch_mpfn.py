@@ -113,7 +113,7 @@ def _name_map(theta: Params) -> dict[tuple[str, str], tuple[str, bool]]:
 
 def from_dmeta(
     theta: Params, n_features: int, hidden: int, *, cell: bool = False, device: str = "cpu"
-) -> TorchMPFN:
+) -> TorchMPFN | TorchMPFNCell:
     """A ``TorchMPFN`` (``TorchMPFNCell`` if ``cell``) holding a copy of dmeta's ``theta``."""
     model = (TorchMPFNCell if cell else TorchMPFN)(n_features, hidden)
     state = {}
@@ -154,7 +154,7 @@ def _no_cudnn():
 
 
 def meta_loss(
-    model: TorchMPFN, batch: dict, *, step_size: float, first_order: bool
+    model: TorchMPFN | TorchMPFNCell, batch: dict, *, step_size: float, first_order: bool
 ) -> torch.Tensor:
     """Mean over tasks of the query loss after one inner SGD step on the support set."""
     with _no_cudnn() if batch["support"][0].is_cuda else contextlib.nullcontext():
@@ -175,7 +175,9 @@ def _loop_meta_loss(model, batch, *, step_size, first_order):
     return total / x_s.shape[0]
 
 
-def meta_grads(model: TorchMPFN, batch: dict, *, step_size: float) -> dict[str, torch.Tensor]:
+def meta_grads(
+    model: TorchMPFN | TorchMPFNCell, batch: dict, *, step_size: float
+) -> dict[str, torch.Tensor]:
     """Second-order meta-gradient of ``meta_loss`` by parameter name (no optimizer step)."""
     model.zero_grad()
     with _no_cudnn() if batch["support"][0].is_cuda else contextlib.nullcontext():
@@ -259,7 +261,7 @@ def synchronize(batch: dict) -> None:
 
 def make_peer_step(
     kind: str,
-    model: TorchMPFN,
+    model: TorchMPFN | TorchMPFNCell,
     *,
     step_size: float,
     learning_rate: float,
@@ -290,7 +292,11 @@ def make_peer_step(
 
 
 def make_meta_step(
-    model: TorchMPFN, optimizer: torch.optim.Optimizer, *, step_size: float, first_order: bool
+    model: TorchMPFN | TorchMPFNCell,
+    optimizer: torch.optim.Optimizer,
+    *,
+    step_size: float,
+    first_order: bool,
 ):
     """``step(batch) -> loss``: one outer update (zero_grad, meta loss, backward, optimizer step)."""
 
