@@ -73,7 +73,7 @@ def test_torch_func_peer_traces_as_one_graph():
     torch = pytest.importorskip("torch")
     from experiments.benchmarks import _torch_mpfn as tm
 
-    model = tm.TorchMPFNCell(3, 4)
+    model = tm.TorchMPFN(3, 4, cell=True)
     split = (torch.randn(2, 3, 5, 3), torch.randn(2, 3, 5, 3), torch.randn(2, 3), torch.ones(2, 3))
     loss = tm.make_func_meta_loss(model, step_size=0.1)
     explained = torch._dynamo.explain(loss)(

@@ -7,7 +7,7 @@
   loss that takes ``torch.func.grad`` of the support loss (one inner SGD step; second order,
   since the outer ``.backward()`` differentiates through it) and evaluates the query loss at the
   adapted parameters with ``functional_call``. The GRU is an explicit cell loop
-  (``TorchMPFNCell``): ``nn.GRU`` has no batching rule. The same function can be handed to
+  (``TorchMPFN(..., cell=True)``): ``nn.GRU`` has no batching rule. The same function can be handed to
   ``torch.compile``.
 
 ``MetaStep`` turns either into an outer update (zero_grad, meta loss, ``.backward()``, optimizer
@@ -35,22 +35,6 @@ _GRU_NAMES = {
     "b_h": ("bias_hh_l0", False),
 }
 _HEAD_NAMES = {"kernel": ("weight", True), "bias": ("bias", False)}
-
-
-class TorchMPFN(nn.Module):
-    """Same computation as ``dmeta.models.mpfn.MPFN`` (both branches): ``nn.GRU`` x2 + linear."""
-
-    def __init__(self, n_features: int, hidden: int):
-        super().__init__()
-        self.gru_local = nn.GRU(n_features, hidden, batch_first=True)
-        self.gru_season = nn.GRU(n_features, hidden, batch_first=True)
-        self.head = nn.Linear(2 * hidden, 1)
-
-    def forward(self, x_local: torch.Tensor, x_season: torch.Tensor) -> torch.Tensor:
-        """f32[N, S, F] x2 -> f32[N]; season state first, as in dmeta's ``MPFN.encode``."""
-        _, h_season = self.gru_season(x_season)
-        _, h_local = self.gru_local(x_local)
-        return self.head(torch.cat([h_season[0], h_local[0]], dim=-1))[:, 0]
 
 
 class GRUWeights(nn.Module):
@@ -84,19 +68,33 @@ def _gru_cell_loop(gru: GRUWeights, x: torch.Tensor) -> torch.Tensor:
     return h
 
 
-class TorchMPFNCell(nn.Module):
-    """``TorchMPFN`` with the recurrence written as an explicit loop of GRU cells (same
-    parameter names), traceable by ``torch.func`` transforms and ``torch.compile``."""
+class TorchMPFN(nn.Module):
+    """Same computation as ``dmeta.models.mpfn.MPFN`` (both branches): two GRUs + linear.
 
-    def __init__(self, n_features: int, hidden: int):
+    ``cell=False``: ``nn.GRU`` modules (the fused kernel). ``cell=True``: the recurrence as an
+    explicit loop of GRU cells over ``GRUWeights`` (same parameter names), traceable by
+    ``torch.func`` transforms and ``torch.compile``.
+    """
+
+    def __init__(self, n_features: int, hidden: int, *, cell: bool = False):
         super().__init__()
-        self.gru_local = GRUWeights(n_features, hidden)
-        self.gru_season = GRUWeights(n_features, hidden)
+        self.cell = cell
+        if cell:
+            self.gru_local = GRUWeights(n_features, hidden)
+            self.gru_season = GRUWeights(n_features, hidden)
+        else:
+            self.gru_local = nn.GRU(n_features, hidden, batch_first=True)
+            self.gru_season = nn.GRU(n_features, hidden, batch_first=True)
         self.head = nn.Linear(2 * hidden, 1)
 
+    def _last_state(self, gru: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.cell:
+            return _gru_cell_loop(gru, x)
+        return gru(x)[1][0]
+
     def forward(self, x_local: torch.Tensor, x_season: torch.Tensor) -> torch.Tensor:
-        """f32[N, S, F] x2 -> f32[N]."""
-        h = [_gru_cell_loop(self.gru_season, x_season), _gru_cell_loop(self.gru_local, x_local)]
+        """f32[N, S, F] x2 -> f32[N]; season state first, as in dmeta's ``MPFN.encode``."""
+        h = [self._last_state(self.gru_season, x_season), self._last_state(self.gru_local, x_local)]
         return self.head(torch.cat(h, dim=-1))[:, 0]
 
 
@@ -113,9 +111,9 @@ def _name_map(theta: Params) -> dict[tuple[str, str], tuple[str, bool]]:
 
 def from_dmeta(
     theta: Params, n_features: int, hidden: int, *, cell: bool = False, device: str = "cpu"
-) -> TorchMPFN | TorchMPFNCell:
-    """A ``TorchMPFN`` (``TorchMPFNCell`` if ``cell``) holding a copy of dmeta's ``theta``."""
-    model = (TorchMPFNCell if cell else TorchMPFN)(n_features, hidden)
+) -> TorchMPFN:
+    """A ``TorchMPFN`` (cell loop if ``cell``) holding a copy of dmeta's ``theta``."""
+    model = TorchMPFN(n_features, hidden, cell=cell)
     state = {}
     for (module, leaf), (name, transpose) in _name_map(theta).items():
         value = np.asarray(theta[module][leaf])
@@ -154,7 +152,7 @@ def _no_cudnn():
 
 
 def meta_loss(
-    model: TorchMPFN | TorchMPFNCell, batch: dict, *, step_size: float, first_order: bool
+    model: TorchMPFN, batch: dict, *, step_size: float, first_order: bool
 ) -> torch.Tensor:
     """Mean over tasks of the query loss after one inner SGD step on the support set."""
     with _no_cudnn() if batch["support"][0].is_cuda else contextlib.nullcontext():
@@ -175,25 +173,15 @@ def _loop_meta_loss(model, batch, *, step_size, first_order):
     return total / x_s.shape[0]
 
 
-def meta_grads(
-    model: TorchMPFN | TorchMPFNCell, batch: dict, *, step_size: float
-) -> dict[str, torch.Tensor]:
-    """Second-order meta-gradient of ``meta_loss`` by parameter name (no optimizer step)."""
-    model.zero_grad()
-    with _no_cudnn() if batch["support"][0].is_cuda else contextlib.nullcontext():
-        meta_loss(model, batch, step_size=step_size, first_order=False).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
-
-
 def make_func_meta_loss(
-    model: TorchMPFNCell, *, step_size: float, first_order: bool = False
+    model: TorchMPFN, *, step_size: float, first_order: bool = False
 ) -> Callable[[dict[str, torch.Tensor], dict], torch.Tensor]:
     """``meta_loss(params, batch)``: mean over tasks (``torch.func.vmap``) of the query loss at
     ``params - step_size * torch.func.grad(support loss)``, ``model`` run by ``functional_call``.
 
     ``params`` is ``dict(model.named_parameters())``; ``.backward()`` on the result gives the
     second-order meta-gradient in their ``.grad`` (first order if ``first_order``: the inner
-    gradient is detached). ``model`` must step its GRUs as a cell loop (``TorchMPFNCell``).
+    gradient is detached). ``model`` must step its GRUs as a cell loop (``TorchMPFN(..., cell=True)``).
     """
 
     def loss_at(params, x_local, x_season, y, mask):
@@ -261,7 +249,7 @@ def synchronize(batch: dict) -> None:
 
 def make_peer_step(
     kind: str,
-    model: TorchMPFN | TorchMPFNCell,
+    model: TorchMPFN,
     *,
     step_size: float,
     learning_rate: float,
@@ -282,29 +270,10 @@ def make_peer_step(
         return MetaStep(model, optimizer, loss_fn)
     if kind not in ("func", "func_compile"):
         raise ValueError(f"unknown torch peer {kind!r}")
-    if not isinstance(model, TorchMPFNCell):
+    if not model.cell:
         raise TypeError("the torch.func peers need the cell-loop model (nn.GRU has no vmap rule)")
     func_loss = make_func_meta_loss(model, step_size=step_size, first_order=first_order)
     if kind == "func_compile":
         func_loss = torch.compile(func_loss)
     params = dict(model.named_parameters())
     return MetaStep(model, optimizer, lambda batch: func_loss(params, batch))
-
-
-def make_meta_step(
-    model: TorchMPFN | TorchMPFNCell,
-    optimizer: torch.optim.Optimizer,
-    *,
-    step_size: float,
-    first_order: bool,
-):
-    """``step(batch) -> loss``: one outer update (zero_grad, meta loss, backward, optimizer step)."""
-
-    def step(batch: dict) -> float:
-        optimizer.zero_grad()
-        loss = meta_loss(model, batch, step_size=step_size, first_order=first_order)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
-
-    return step
