@@ -95,3 +95,27 @@ def test_shared_tuning_tunes_the_first_seed_and_reuses_its_choice(cfg, tmp_path,
     lags = results[results.metric == "hp:baselines.arima_lags"]
     assert len(lags) == 2 and lags.value.nunique() == 1
     assert (tmp_path / "tuned" / "full__ARIMA.json").exists()
+
+
+def test_pairwise_section_compares_stmp_with_every_method_per_group():
+    rows = [
+        ("full/regular", "STMP", [10.0, 12.0, 11.0]),
+        ("full/regular", "LSTM", [20.0, 24.0, 21.0]),  # STMP better in every seed
+        ("full/regular", "MAML", [9.0, 13.0, 10.0]),  # STMP better in seed 1 only
+        ("one_week/regular", "STMP", [10.0, 12.0, 11.0]),
+        ("one_week/regular", "LSTM", [10.0, 12.0, 11.0]),  # no MAML in this setting
+    ]
+    scores = pd.DataFrame(
+        [
+            dict(dataset="d", group=g, method=m, seed=s, metric="mse", value=v)
+            for g, m, values in rows
+            for s, v in enumerate(values)
+        ]
+    )
+    md = report.stmp.pairwise_section(scores)
+    lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("|")}
+    assert set(lines) >= {"LSTM", "MAML"} and "STMP" not in lines
+    assert "+49.2% (p " in lines["LSTM"] and ", 3/3)" in lines["LSTM"]  # (65 - 33) / 65
+    assert "-3.1% (p " in lines["MAML"] and ", 1/3)" in lines["MAML"]  # (32 - 33) / 32
+    assert "+0.0% (p 1, 0/3)" in lines["LSTM"] and lines["MAML"].split("|")[3].strip() == ""
+    assert report.stmp.pairwise_section(scores[scores.seed == 0]) == ""  # one seed: no test

@@ -29,8 +29,8 @@ def _is_baseline(method: str) -> bool:
 
 
 def render(run_dir: Path, results: pd.DataFrame) -> str:
-    """``results.md``: summary, STMP vs the best baseline, MSE by method, one-week
-    degradation and the chosen hyperparameters."""
+    """``results.md``: summary, STMP vs the best baseline and vs every method, MSE by method,
+    one-week degradation and the chosen hyperparameters."""
     hp = results.metric.str.startswith("hp:")
     scores, chosen = results[~hp], results[hp]
     datasets = ", ".join(dict.fromkeys(results["dataset"].astype(str)))
@@ -38,6 +38,7 @@ def render(run_dir: Path, results: pd.DataFrame) -> str:
         f"# STMP on {datasets}\n",
         f"## All metrics (mean ± std over seeds)\n\n{summary_markdown(summarize(scores))}",
         margin_section(scores),
+        pairwise_section(scores),
         mse_section(scores),
         degradation_section(scores),
         hp_section(chosen),
@@ -67,6 +68,34 @@ def margin_section(scores: pd.DataFrame) -> str:
                                  row["best_baseline"], "mse")  # fmt: skip
         md += f"\n{row['group']}: STMP vs {row['best_baseline']}\n\n{markdown_table(sig)}\n"
     return md
+
+
+def pairwise_section(scores: pd.DataFrame) -> str:
+    """STMP against every other method and ablation in each group: MSE margin, paired t over
+    seeds, and in how many seeds STMP's MSE is lower."""
+    mse = scores[scores.metric == "mse"]
+    if "STMP" not in set(mse.method) or mse.seed.nunique() < 2:
+        return ""
+    cells: dict[str, dict[str, str]] = {}
+    for method in dict.fromkeys(mse.method):
+        if method == "STMP":
+            continue
+        groups = set(mse.group[mse.method == method]) & set(mse.group[mse.method == "STMP"])
+        sig = significance_table(mse[mse.group.isin(groups)], method, "STMP", "mse", by=("group",))
+        for row in sig[sig.n >= 2].itertuples(index=False):
+            part = mse[(mse.group == row.group) & mse.method.isin([method, "STMP"])]
+            pairs = part.pivot(index="seed", columns="method", values="value").dropna()
+            wins = int((pairs["STMP"] < pairs[method]).sum())
+            margin = 100.0 * row.diff / row.mean_a
+            cells.setdefault(method, {})[row.group] = (
+                f"{margin:+.1f}% (p {row.p_value:.2g}, {wins}/{row.n})"
+            )
+    table = pd.DataFrame.from_dict(cells, orient="index").fillna("")
+    table = table[sorted(table.columns)].rename_axis("method").reset_index()
+    return (
+        "## STMP against every other method (MSE margin, positive: STMP better; paired t over "
+        f"seeds; seeds where STMP is better)\n\n{markdown_table(table)}"
+    )
 
 
 def mean_mse(scores: pd.DataFrame) -> pd.DataFrame:
