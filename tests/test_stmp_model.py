@@ -101,6 +101,22 @@ def test_prepare_val_and_one_week(prep):
     assert float(week.index.festival_share) == float(prep.index.festival_share)
 
 
+def test_unseen_date_types_enter_as_an_all_zero_one_hot_only_when_asked(prep):
+    kw = dict(cutoff=180, window=WINDOW, val_days=20, one_festival_week=True)
+    week = D.prepare(prep.data, **kw)
+    np.testing.assert_array_equal(np.asarray(week.arrays.type_input), prep.data.date_type)
+    zero = D.prepare(prep.data, **kw, unseen_types="zero")
+    dtype, seen = prep.data.date_type, np.unique(prep.data.date_type[zero.train])
+    unseen = ~np.isin(dtype, seen)
+    assert unseen.any() and not unseen[zero.train].any()  # the week keeps one festival type
+    type_input = np.asarray(zero.arrays.type_input)
+    np.testing.assert_array_equal(type_input[unseen], -1)
+    np.testing.assert_array_equal(type_input[~unseen], dtype[~unseen])
+    assert not np.asarray(jax.nn.one_hot(type_input[unseen], prep.data.n_types)).any()
+    with pytest.raises(ValueError, match="unseen_types"):
+        D.prepare(prep.data, **kw, unseen_types="drop")
+
+
 def test_matched_query_weights_give_festivals_the_calendar_share(prep):
     index = dataclasses.replace(prep.index, festival_share=jnp.float32(0.1))
     d = jnp.array([0, 2, 1, 3, 2])  # types 2 and 3 are festivals

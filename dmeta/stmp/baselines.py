@@ -142,7 +142,7 @@ def _lstm_apply(graphdef, window_len: int, params, arrays: Arrays, r: Array, t: 
     """Scaled predictions f32[N] of targets (r, t) i32[N]."""
     x = jax.vmap(lambda ri, ti: window(arrays, ri, ti, window_len))(r, t)
     model = nnx.merge(graphdef, params)
-    return model(x, arrays.dtype[r, t], arrays.dow[t], arrays.month[t], arrays.attrs[r])
+    return model(x, arrays.type_input[r, t], arrays.dow[t], arrays.month[t], arrays.attrs[r])
 
 
 _lstm_predict = jax.jit(_lstm_apply, static_argnums=(0, 1))

@@ -138,6 +138,10 @@ class ProtocolConfig:
         before the cutoff (the runs before issue #20's fairness fix).
       eval_context: context points per posterior at test time.
       one_week: also run the one-week-of-festival-data robustness setting.
+      unseen_types: how STMP, the LSTM and MAML see a target day whose date type has no
+        training target (in the one-week setting most festival types): ``"one_hot"`` its own
+        one-hot input, whose weights keep their random initialization; ``"zero"`` an
+        all-zero one-hot, as XGBoost's unsplit columns see it (``dmeta.stmp.data.prepare``).
     """
 
     test_days: int = 365
@@ -145,6 +149,7 @@ class ProtocolConfig:
     classical_targets: Literal["train", "known"] = "train"
     eval_context: int = 64
     one_week: bool = True
+    unseen_types: Literal["one_hot", "zero"] = "one_hot"
 
 
 @dataclasses.dataclass(frozen=True)

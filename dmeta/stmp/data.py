@@ -144,6 +144,9 @@ class Arrays:
       obs: f32[R, D] 1 where observed.
       fest: f32[R, D] 1 on festival days.
       dtype: i32[R, D] date type.
+      type_input: i32[R, D] the date type as the networks' one-hot input: ``dtype``, or -1
+        (an all-zero one-hot) on the days whose type has no training target when
+        ``prepare(unseen_types="zero")``.
       dow: i32[D] day of week (0 = Monday).
       month: i32[D] month (0 = January).
       attrs: f32[R, A] static region attributes.
@@ -153,6 +156,7 @@ class Arrays:
     obs: Array
     fest: Array
     dtype: Array
+    type_input: Array
     dow: Array
     month: Array
     attrs: Array
@@ -280,6 +284,15 @@ def one_week_of_festivals(data: STMPData, mask: np.ndarray) -> np.ndarray:
     return mask & (~data.is_festival | keep[None, :])
 
 
+def type_input(date_type: np.ndarray, train: np.ndarray, unseen_types: str) -> np.ndarray:
+    """i32[R, D]: ``date_type``, with -1 on the types no ``train`` target has if
+    ``unseen_types == "zero"``."""
+    if unseen_types == "one_hot":
+        return date_type
+    seen = np.isin(date_type, np.unique(date_type[train]))
+    return np.where(seen, date_type, -1)
+
+
 def prepare(
     data: STMPData,
     *,
@@ -288,6 +301,7 @@ def prepare(
     test_end: int | None = None,
     val_days: int = 0,
     one_festival_week: bool = False,
+    unseen_types: str = "one_hot",
 ) -> Prepared:
     """Scales a panel by each region's mean before the cutoff and marks train / val / test.
 
@@ -304,7 +318,13 @@ def prepare(
       test_end: end of the test period (default: the last day).
       val_days: days before ``cutoff`` held out of ``train`` for early stopping.
       one_festival_week: keep the festival targets of one week of ``train`` only.
+      unseen_types: ``"one_hot"``: every date type is its own one-hot input, including types
+        without a training target, whose input weights no target updates (they stay at
+        their random initialization); ``"zero"``: those types enter as an all-zero one-hot,
+        as XGBoost's never-split one-hot columns treat them.
     """
+    if unseen_types not in ("one_hot", "zero"):
+        raise ValueError(f"unseen_types must be 'one_hot' or 'zero', got {unseen_types!r}")
     n_days = data.y.shape[1]
     test_end = n_days if test_end is None else test_end
     obs = data.observed
@@ -340,6 +360,7 @@ def prepare(
         obs=jnp.asarray(data.observed, jnp.float32),
         fest=jnp.asarray(data.is_festival, jnp.float32),
         dtype=jnp.asarray(data.date_type),
+        type_input=jnp.asarray(type_input(data.date_type, train, unseen_types)),
         dow=jnp.asarray(data.dates.day_of_week.to_numpy(), jnp.int32),
         month=jnp.asarray(data.dates.month.to_numpy() - 1, jnp.int32),
         attrs=jnp.asarray(data.attrs, jnp.float32),

@@ -316,6 +316,7 @@ def split(data: D.STMPData, cfg: STMPConfig, setting: str, validation: bool) -> 
         window=cfg.model.window,
         val_days=min(cfg.protocol.val_days, n_days // 8),
         one_festival_week=setting == "one_week",
+        unseen_types=cfg.protocol.unseen_types,
     )
 
 

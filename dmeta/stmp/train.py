@@ -226,7 +226,7 @@ def predict_cell(model, arrays: Arrays, r: Array, days: Array, z_r: Array, z_d: 
     x = jax.vmap(lambda t: window(arrays, r, t, model.window))(days)
     attrs = jnp.broadcast_to(arrays.attrs[r], (days.shape[0], arrays.attrs.shape[1]))
     baseline, fused = model.features(
-        x, arrays.dow[days], arrays.month[days], arrays.dtype[r, days], attrs
+        x, arrays.dow[days], arrays.month[days], arrays.type_input[r, days], attrs
     )
     n_samples = z_r.shape[0]
     fused = jnp.broadcast_to(fused, (n_samples,) + fused.shape)
