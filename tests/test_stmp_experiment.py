@@ -82,6 +82,11 @@ def test_one_week_setting_skips_the_ablations():
     one_week = {c.method for c in cells if c.setting == "one_week"}
     assert one_week == set(P.ONE_WEEK_METHODS) and "STMP-joint" not in one_week
     assert len(cells) == 2 * (len(P.METHODS) + len(P.ONE_WEEK_METHODS))
+    only_week = P.cells(override(get_config(smoke=True), ["protocol.full=false"]), P.METHODS, 2)
+    assert only_week == [c for c in cells if c.setting == "one_week"]
+    neither = override(get_config(smoke=True), ["protocol.full=false", "protocol.one_week=false"])
+    with pytest.raises(ValueError, match="no setting"):
+        P.cells(neither, P.METHODS, 2)
 
 
 def test_shared_tuning_tunes_the_first_seed_and_reuses_its_choice(cfg, tmp_path, monkeypatch):

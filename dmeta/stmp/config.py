@@ -137,6 +137,7 @@ class ProtocolConfig:
         methods), so every method learns from the same targets; ``"known"`` every target
         before the cutoff (the runs before issue #20's fairness fix).
       eval_context: context points per posterior at test time.
+      full: run the setting with all festival training data.
       one_week: also run the one-week-of-festival-data robustness setting.
       unseen_types: how STMP, the LSTM and MAML see a target day whose date type has no
         training target (in the one-week setting most festival types): ``"one_hot"`` its own
@@ -148,6 +149,7 @@ class ProtocolConfig:
     val_days: int = 90
     classical_targets: Literal["train", "known"] = "train"
     eval_context: int = 64
+    full: bool = True
     one_week: bool = True
     unseen_types: Literal["one_hot", "zero"] = "one_hot"
 

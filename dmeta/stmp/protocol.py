@@ -292,8 +292,10 @@ def _calendar_types(src: table.Table, dates, regions: pd.DataFrame, shape):
 
 
 def cells(cfg: STMPConfig, methods: tuple[str, ...], seeds: int) -> list[Cell]:
-    """The run's cells: every method x seed in "full", then "one_week" (if configured)."""
-    out = [Cell(m, s, "full") for s in range(seeds) for m in methods]
+    """The run's cells: every method x seed in "full", then "one_week" (each if configured)."""
+    if not (cfg.protocol.full or cfg.protocol.one_week):
+        raise ValueError("protocol.full and protocol.one_week are both false: no setting to run")
+    out = [Cell(m, s, "full") for s in range(seeds) for m in methods] if cfg.protocol.full else []
     if cfg.protocol.one_week:
         out += [Cell(m, s, "one_week") for s in range(seeds) for m in methods
                 if m in ONE_WEEK_METHODS]  # fmt: skip
