@@ -1,0 +1,36 @@
+"""``experiments.compare_runs``: agreeing runs pass, a changed or missing row fails."""
+
+import pandas as pd
+
+from experiments import compare_runs
+
+
+def _write(folder, values):
+    folder.mkdir()
+    rows = [
+        {
+            "experiment": "stmp",
+            "dataset": "d",
+            "method": m,
+            "group": "g",
+            "seed": 0,
+            "metric": "mse",
+            "value": v,
+        }
+        for m, v in values.items()
+    ]
+    pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
+    return folder
+
+
+def test_agree_differ_and_missing(tmp_path, capsys):
+    a = _write(tmp_path / "a", {"XGBoost": 1.0, "STMP": 2.0})
+    same = _write(tmp_path / "same", {"XGBoost": 1.0, "STMP": 5.0})
+    moved = _write(tmp_path / "moved", {"XGBoost": 1.5, "STMP": 2.0})
+    gone = _write(tmp_path / "gone", {"STMP": 2.0})
+    assert compare_runs.main([str(a), str(same), "--methods", "XGBoost"]) == 0
+    assert compare_runs.main([str(a), str(moved), "--methods", "XGBoost"]) == 1
+    assert compare_runs.main([str(a), str(moved), "--methods", "XGBoost", "--rtol", "0.6"]) == 0
+    assert compare_runs.main([str(a), str(gone), "--methods", "XGBoost"]) == 1
+    assert compare_runs.main([str(a), str(same), "--methods", "Naive"]) == 1
+    assert "no rows in either run" in capsys.readouterr().out
