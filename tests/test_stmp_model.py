@@ -188,6 +188,35 @@ def test_sample_tasks_draws_cells_and_masks_query_dates(prep):
     assert prep.train[r[:, None], rctx].all()
 
 
+def test_type_dropout_hides_festival_types_as_at_test_time(prep):
+    n_days = prep.arrays.ys.shape[1]
+    kw = dict(n_tasks=64, n_query=5, n_context=40, n_days=n_days)
+    key, view = jax.random.key(0), jnp.int32(T.TEMPORAL)
+    base = T.sample_tasks(key, prep.index, view, **kw)
+    assert not np.asarray(base.type_hidden).any()
+    hidden = T.sample_tasks(key, prep.index, view, **kw, type_dropout=1.0)
+    fest = np.asarray(prep.index.festival_type)[np.asarray(base.date_type)] > 0
+    assert fest.any() and (~fest).any()
+    np.testing.assert_array_equal(np.asarray(hidden.type_hidden), fest)  # festivals only
+    np.testing.assert_array_equal(np.asarray(hidden.region), np.asarray(base.region))
+    type_mask, region_mask = np.asarray(hidden.type_ctx_mask), np.asarray(hidden.region_ctx_mask)
+    assert not type_mask[fest].any() and not region_mask[fest, :20].any()
+    np.testing.assert_array_equal(
+        region_mask[fest, 20:], np.asarray(base.region_ctx_mask)[fest, 20:]
+    )
+    np.testing.assert_array_equal(type_mask[~fest], np.asarray(base.type_ctx_mask)[~fest])
+    # a hidden type's one-hot input is off: the prediction is the one of an unseen type
+    graphdef, params = build(prep)
+    model, r, days = M.bind(graphdef, params), jnp.int32(0), jnp.arange(30, 34)
+    z = jnp.zeros((1, 4))
+    off = T.predict_cell(model, prep.arrays, r, days, z, z, jnp.bool_(True))
+    unseen = dataclasses.replace(prep.arrays, type_input=jnp.full_like(prep.arrays.type_input, -1))
+    same = T.predict_cell(model, unseen, r, days, z, z)
+    np.testing.assert_array_equal(np.asarray(off[0]), np.asarray(same[0]))
+    on = T.predict_cell(model, prep.arrays, r, days, z, z)
+    assert not np.array_equal(np.asarray(off[0]), np.asarray(on[0]))
+
+
 def test_views_alternate_and_route_gradients(prep):
     views = [int(T.view_at(jnp.int32(s), mode="alternate", switch_every=3)) for s in range(8)]
     assert views == [0, 0, 0, 1, 1, 1, 0, 0]

@@ -102,6 +102,10 @@ class TrainConfig:
       spatial_types: the spatial view draws a region's date types by frequency or
         uniform (festival cells then train the region encoder as often as regular ones).
       switch_every: steps per view before switching (alternating training).
+      type_dropout: share of STMP's festival training tasks whose date type is hidden as
+        it is at test time for a type without known targets (``train.hide_types``: empty
+        date-type context, no own-cell region context, no type one-hot; pair it with
+        ``protocol.unseen_types=zero``). 0 (the default) draws nothing.
       data_parallel: split each step's tasks over all visible devices.
     """
 
@@ -120,6 +124,7 @@ class TrainConfig:
     query_weights: str = "matched"
     spatial_types: str = "frequency"
     switch_every: int = 50
+    type_dropout: float = 0.0
     data_parallel: bool = False
 
 

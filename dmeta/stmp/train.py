@@ -64,6 +64,7 @@ class Task:
       type_ctx: i32[K] context (region, day) pairs of type d, flattened ``r * D + t``.
       type_ctx_mask: f32[K].
       view: i32[] SPATIAL, TEMPORAL or JOINT.
+      type_hidden: bool[] the task's date type is hidden (``hide_types``).
     """
 
     region: Array
@@ -76,6 +77,7 @@ class Task:
     type_ctx: Array
     type_ctx_mask: Array
     view: Array
+    type_hidden: Array
 
 
 def view_at(step: Array, *, mode: Mode, switch_every: int) -> Array:
@@ -168,9 +170,11 @@ def sample_tasks(
     n_days: int,
     weighting: Weighting = "matched",
     spatial_types: SpatialTypes = "frequency",
+    type_dropout: float = 0.0,
 ) -> Task:
     """Draws a batch of ``n_tasks`` tasks for ``view`` (leaves [B, ...]; ``cell_logits``,
-    ``query_weights``)."""
+    ``query_weights``); a ``type_dropout`` share of the festival tasks get their date type
+    hidden (``hide_types``)."""
     k_cell, k_q, k_r, k_d = jax.random.split(key, 4)
     n_types = index.cell_count.shape[1]
     logits = cell_logits(index, view, spatial_types)
@@ -188,7 +192,7 @@ def sample_tasks(
     def not_query(ctx_days):  # [B, K] -> f32[B, K]
         return (~jnp.any(ctx_days[:, :, None] == days[:, None, :], axis=-1)).astype(jnp.float32)
 
-    return Task(
+    task = Task(
         region=r,
         date_type=d,
         days=days,
@@ -199,6 +203,28 @@ def sample_tasks(
         type_ctx=type_ctx,
         type_ctx_mask=not_query(type_ctx % n_days) * (index.type_count[d] > 0)[:, None],
         view=jnp.broadcast_to(view, (n_tasks,)),
+        type_hidden=jnp.zeros((n_tasks,), bool),
+    )
+    if type_dropout == 0.0:  # no draw: the key stream of runs without the option is kept
+        return task
+    draw = jax.random.bernoulli(jax.random.fold_in(key, 1), type_dropout, (n_tasks,))
+    return hide_types(task, draw & (index.festival_type[d] > 0))
+
+
+def hide_types(task: Task, hide: Array) -> Task:
+    """``task`` (leaves [B, ...]) with the date type of the tasks where ``hide`` bool[B] is
+    set hidden as it is at test time for a type without known targets: an empty date-type
+    context set, none of the region context's own-cell half (``region_context_days``) and
+    the type's one-hot input off (``predict_cell``). The other half's days may still have
+    the type; for a festival type they rarely do."""
+    half = task.region_ctx.shape[1] // 2
+    own_cell = jnp.arange(task.region_ctx.shape[1]) < half
+    keep = ~(hide[:, None] & own_cell[None, :])
+    return dataclasses.replace(
+        task,
+        region_ctx_mask=task.region_ctx_mask * keep,
+        type_ctx_mask=task.type_ctx_mask * ~hide[:, None],
+        type_hidden=hide,
     )
 
 
@@ -217,17 +243,20 @@ def type_context(arrays: Arrays, pairs: Array, *, period: int) -> Array:
     return jnp.concatenate([arrays.ys[r, t][:, None], up[:, None], arrays.attrs[r]], axis=-1)
 
 
-def predict_cell(model, arrays: Arrays, r: Array, days: Array, z_r: Array, z_d: Array):
-    """Predictions for targets (r, days[q]) given latents z f32[S, Z].
+def predict_cell(
+    model, arrays: Arrays, r: Array, days: Array, z_r: Array, z_d: Array, type_hidden=False
+):
+    """Predictions for targets (r, days[q]) given latents z f32[S, Z]; ``type_hidden``
+    (bool[]) turns the one-hot date-type input off, as for an unseen type under
+    ``protocol.unseen_types = "zero"``.
 
     Returns:
       mean f32[S, Q] and log sigma f32[S, Q] of the scaled target.
     """
     x = jax.vmap(lambda t: window(arrays, r, t, model.window))(days)
     attrs = jnp.broadcast_to(arrays.attrs[r], (days.shape[0], arrays.attrs.shape[1]))
-    baseline, fused = model.features(
-        x, arrays.dow[days], arrays.month[days], arrays.type_input[r, days], attrs
-    )
+    type_in = jnp.where(type_hidden, -1, arrays.type_input[r, days])
+    baseline, fused = model.features(x, arrays.dow[days], arrays.month[days], type_in, attrs)
     n_samples = z_r.shape[0]
     fused = jnp.broadcast_to(fused, (n_samples,) + fused.shape)
     z_r = jnp.broadcast_to(z_r[:, None], fused.shape[:2] + z_r.shape[-1:])
@@ -291,7 +320,7 @@ def make_task_loss(
 
         z_r, kl_r = side(k_r, mu_r, lv_r, s_r, sample_r)
         z_d, kl_d = side(k_d, mu_d, lv_d, s_d, sample_d)
-        mean, log_sigma = predict_cell(model, arrays, r, task.days, z_r, z_d)
+        mean, log_sigma = predict_cell(model, arrays, r, task.days, z_r, z_d, task.type_hidden)
         y = arrays.ys[r, task.days]
         fit = jnp.sum(query_loss(y, mean, log_sigma, objective, sigma) * task.weight)
         kl = kl_r + kl_d
@@ -317,6 +346,7 @@ def make_train_step(
     sigma: float = 0.1,
     weighting: Weighting = "matched",
     spatial_types: SpatialTypes = "frequency",
+    type_dropout: float = 0.0,
     remat: bool = False,
     mesh: Mesh | None = None,
 ) -> Callable[[TrainState, Arrays, CellIndex], tuple[TrainState, dict[str, Array]]]:
@@ -344,7 +374,8 @@ def make_train_step(
         view = view_at(state.step, mode=mode, switch_every=switch_every)
         batch = sample_tasks(k_batch, index, view, n_tasks=n_tasks, n_query=n_query,
                              n_context=n_context, n_days=arrays.ys.shape[1],
-                             weighting=weighting, spatial_types=spatial_types)  # fmt: skip
+                             weighting=weighting, spatial_types=spatial_types,
+                             type_dropout=type_dropout)  # fmt: skip
         if mesh is not None:
             batch = constrain_batch(batch, mesh)
         state = TrainState(state.params, state.opt_state, state.step, next_key)
