@@ -1,4 +1,4 @@
-"""Do two runs' results agree? Rows of ``results.csv`` matched on every key column.
+"""Do two runs' results agree? Results rows matched on every key column.
 
 A check that a change meant to leave some methods alone did leave them alone, e.g. STMP's
 ``favorita_unseen_types`` (the unseen-type input touches STMP, the LSTM and MAML only)::
@@ -21,33 +21,45 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dmeta.train.harness import read_cells
+
 KEYS = ["experiment", "dataset", "method", "group", "seed", "metric"]
 
 
-def load(run: Path, methods: list[str], groups: list[str] | None) -> pd.DataFrame:
-    """The selected rows of ``run/results.csv``, indexed by ``KEYS`` (value column only)."""
-    df = pd.read_csv(run / "results.csv")
+def load(
+    run: Path, methods: list[str], groups: list[str] | None, metrics: list[str] | None = None
+) -> pd.DataFrame:
+    """The selected rows of ``run``'s results (``read_cells``: ``results.csv`` or its
+    cells), indexed by ``KEYS`` (value column only)."""
+    df = pd.read_csv(run / "results.csv") if (run / "results.csv").exists() else read_cells(run)
     df = df[df["method"].isin(methods)]
     if groups is not None:
         df = df[df["group"].isin(groups)]
+    if metrics is not None:
+        df = df[df["metric"].isin(metrics)]
     return df.set_index(KEYS)["value"]
 
 
 def compare(a: pd.Series, b: pd.Series) -> pd.DataFrame:
-    """Per method: rows in both, rows in one only, max |a - b| and max |a - b| / |a|."""
-    both = pd.concat({"a": a, "b": b}, axis=1)
+    """Per method: rows in both, rows in one only, max |a - b| and max |a - b| / |a| (a value
+    missing (NaN) in one run only counts as an infinite difference; in both, as none)."""
+    both = pd.concat({"a": a, "b": b}, axis=1, join="inner")
+    only = a.index.symmetric_difference(b.index).get_level_values("method")
     rows = []
-    for method, g in both.groupby(level="method"):
-        common = g.dropna()
-        diff = (common["a"] - common["b"]).abs()
-        rel = diff / common["a"].abs().where(common["a"] != 0, 1.0)
+    for method in sorted(
+        set(a.index.get_level_values("method")) | set(b.index.get_level_values("method"))
+    ):
+        g = both[both.index.get_level_values("method") == method]
+        one_nan = g["a"].isna() != g["b"].isna()
+        diff = (g["a"] - g["b"]).abs().fillna(0.0).where(~one_nan, np.inf)
+        rel = diff / g["a"].abs().where(g["a"].abs() > 0, 1.0).fillna(1.0)
         rows.append(
             (
                 method,
-                len(common),
-                len(g) - len(common),
-                float(diff.max()) if len(diff) else np.nan,
-                float(rel.max()) if len(rel) else np.nan,
+                len(g),
+                int((only == method).sum()),
+                float(diff.max()) if len(g) else np.nan,
+                float(rel.max()) if len(g) else np.nan,
             )
         )
     columns = ["method", "compared", "only_in_one", "max_abs_diff", "max_rel_diff"]
@@ -61,11 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_b", type=Path)
     parser.add_argument("--methods", required=True, help="comma-separated method names")
     parser.add_argument("--groups", help="comma-separated groups (default: every group)")
+    parser.add_argument("--metrics", help="comma-separated metrics (default: every metric)")
     parser.add_argument("--rtol", type=float, default=0.0, help="allowed relative difference")
     args = parser.parse_args(argv)
     methods = args.methods.split(",")
-    groups = None if args.groups is None else args.groups.split(",")
-    table = compare(load(args.run_a, methods, groups), load(args.run_b, methods, groups))
+    groups, metrics = (None if a is None else a.split(",") for a in (args.groups, args.metrics))
+    table = compare(*(load(run, methods, groups, metrics) for run in (args.run_a, args.run_b)))
     missing = sorted(set(methods) - set(table["method"]))
     print(table.to_string(index=False))
     for m in missing:

@@ -34,3 +34,8 @@ def test_agree_differ_and_missing(tmp_path, capsys):
     assert compare_runs.main([str(a), str(gone), "--methods", "XGBoost"]) == 1
     assert compare_runs.main([str(a), str(same), "--methods", "Naive"]) == 1
     assert "no rows in either run" in capsys.readouterr().out
+    nan = _write(tmp_path / "nan", {"XGBoost": float("nan"), "STMP": float("nan")})
+    nan_too = _write(tmp_path / "nan_too", {"XGBoost": float("nan"), "STMP": 1.0})
+    assert compare_runs.main([str(nan), str(nan_too), "--methods", "XGBoost"]) == 0
+    assert compare_runs.main([str(nan), str(nan_too), "--methods", "STMP"]) == 1
+    assert compare_runs.main([str(a), str(same), "--methods", "XGBoost", "--metrics", "mae"]) == 1
