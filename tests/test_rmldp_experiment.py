@@ -66,6 +66,10 @@ def test_smoke_run_writes_results_test_and_plots(run_dir):
     np.testing.assert_allclose(wide["gain"], wide["MAML"] - wide["RMLDP"])
     posthoc = (out / "posthoc.md").read_text()
     assert "Spearman" in posthoc and "| RMLDP | MAML |" in posthoc
+    rivals = rmldp_posthoc.rival_tests(rmldp_posthoc.segments(out))
+    assert set(rivals["a"]) == {"RMLDP"}
+    assert set(rivals["b"]) == set(rmldp_posthoc.RIVALS) & set(METHODS)
+    assert "## The full RMLDP variant against the global and classical models" in posthoc
     saved = json.loads((out / "config.json").read_text())
     table, _ = rmldp_posthoc.scaled_targets(saved, rmldp_posthoc.run_config(saved))
     assert list(table["set"]) == ["meta-train samples", "meta-val queries", "target queries"]
