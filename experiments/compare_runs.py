@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmeta.train.harness import read_cells
+from dmeta.report import read_results
 
 KEYS = ["experiment", "dataset", "method", "group", "seed", "metric"]
 
@@ -29,9 +29,9 @@ KEYS = ["experiment", "dataset", "method", "group", "seed", "metric"]
 def load(
     run: Path, methods: list[str], groups: list[str] | None, metrics: list[str] | None = None
 ) -> pd.DataFrame:
-    """The selected rows of ``run``'s results (``read_cells``: ``results.csv`` or its
-    cells), indexed by ``KEYS`` (value column only)."""
-    df = pd.read_csv(run / "results.csv") if (run / "results.csv").exists() else read_cells(run)
+    """The selected rows of ``run``'s results (``dmeta.report.read_results``: results.csv,
+    else its cells), indexed by ``KEYS`` (value column only)."""
+    df = read_results(run)
     df = df[df["method"].isin(methods)]
     if groups is not None:
         df = df[df["group"].isin(groups)]
