@@ -4,11 +4,13 @@ drop and learning rates), finite predictions, early stopping after the drop, lea
 import functools
 
 import chex
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from dmeta.ltv.data import apply_sparsity, make_synthetic, split_customers
-from dmeta.ltv.train import fit_stage1, fit_stage2
+from dmeta.ltv.train import _model, cdltvs_fns, fit_stage1, fit_stage2, model_batch
+from dmeta.nn.functional import split_params
 
 ARCH = dict(hidden=8, align=4, k=4, tcn_levels=2)
 FIT = dict(batch_size=32, max_epochs=3, patience=2, drop_epoch=1)
@@ -62,3 +64,21 @@ def test_learning_rates_share_one_compiled_step_and_stopping_waits_for_the_drop(
     trained = stage1(1e-2, patience=2, drop_epoch=2)
     best = min(row["val_mae"] for row in trained.histories["stage1_target"])
     assert best < 0.85 * frozen.histories["stage1_target"][0]["val_mae"]  # fails if not learnt
+
+
+def test_stage1_runs_each_domain_with_its_own_field_offsets(splits):
+    """The synthetic source and target portraits have different field sizes, so the DeepFM
+    embedding offsets differ: stage 1's source loss and predictions must use the source
+    module (a source run through the target's graph read other rows of its table)."""
+    train, _, test = splits
+    assert train.s_cat_sizes != train.t_cat_sizes
+    arch = (train.s_cat_sizes, train.s_num.shape[1], train.t_cat_sizes, train.t_num.shape[1],
+            8, 4, 1, 2, True)  # fmt: skip
+    model = _model(arch, 4, seed=0)
+    _, params = split_params(model)
+    fns = cdltvs_fns(arch, k=4, temperature=1.0, margin=0.1)
+    batch = {key: jnp.asarray(v) for key, v in model_batch(test, 1.0, 1.0).items()}
+    for domain, module in (("s", model.source), ("t", model.target)):
+        name = {"s": "source", "t": "target"}[domain]
+        got = fns.predict_ltvs[domain](params[name], batch)
+        np.testing.assert_allclose(got, module(batch, domain).pred, rtol=1e-6, atol=1e-6)

@@ -251,7 +251,6 @@ class CDLtvSFns:
     jitted steps compile once per architecture)."""
 
     apply: Callable
-    ltvs_apply: Callable
     stage1: dict[str, LossFn]
     stage2: LossFn
     predict_ltvs: dict[str, PredictFn]
@@ -266,15 +265,15 @@ def cdltvs_fns(arch: tuple, *, k: int, temperature: float, margin: float) -> CDL
     tcn_levels, portrait)`` with k experts."""
     model = _model(arch, k, 0)
     apply, _ = split_params(model)
-    ltvs_apply, _ = split_params(model.target)
+    # each domain's own graph: the DeepFM embedding offsets follow that domain's field sizes
+    ltvs_apply = {"s": split_params(model.source)[0], "t": split_params(model.target)[0]}
     return CDLtvSFns(
         apply=apply,
-        ltvs_apply=ltvs_apply,
-        stage1={d: stage1_loss(ltvs_apply, domain=d, k=k) for d in ("s", "t")},
+        stage1={d: stage1_loss(ltvs_apply[d], domain=d, k=k) for d in ("s", "t")},
         stage2=stage2_loss(apply, temperature=temperature, margin=margin),
-        predict_ltvs={d: (lambda p, b, d=d: ltvs_apply(p, b, d).pred) for d in ("s", "t")},
+        predict_ltvs={d: (lambda p, b, d=d: ltvs_apply[d](p, b, d).pred) for d in ("s", "t")},
         predict=lambda p, b: apply(p, b).pred,
-        expert_ltvs=lambda p, b: ltvs_apply(p, b, "t").expert,
+        expert_ltvs=lambda p, b: ltvs_apply["t"](p, b, "t").expert,
         expert=lambda p, b: _experts(apply(p, b)),
     )
 
