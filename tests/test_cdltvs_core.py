@@ -177,6 +177,20 @@ def test_split_is_by_customer_7_2_1():
     parts = ltv_data.split_customers(d, seed=0)
     assert [p.n for p in parts] == [70, 20, 10]
     assert len(np.unique(np.concatenate([p.customer for p in parts]))) == 100
+    perm = np.random.default_rng(0).permutation(np.unique(d.customer))  # seed 0: plain split
+    for part, expected in zip(parts, np.split(perm, [70, 90]), strict=True):
+        np.testing.assert_array_equal(np.unique(part.customer), np.sort(expected))
+
+
+def test_split_keeps_the_test_customers_across_seeds():
+    """Seeds redraw train / validation only: no seed's validation customers (where a shared
+    tuning choice is made) are another seed's test customers."""
+    d = ltv_data.make_synthetic(100, seed=0)
+    splits = [ltv_data.split_customers(d, seed=s) for s in range(4)]
+    test = set(splits[0][2].customer)
+    for train, val, tst in splits:
+        assert set(tst.customer) == test and not test & (set(train.customer) | set(val.customer))
+    assert set(splits[0][1].customer) != set(splits[1][1].customer)
 
 
 def _tiny_transactions():

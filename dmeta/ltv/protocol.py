@@ -1,7 +1,8 @@
 """The CDLtvS protocol (5.1): data, cells, methods, tuning and scoring.
 
 A share P of customers loses its target-domain history (C_na) in train, validation and
-test; customers are split 7:2:1; every method predicts the target-domain LTV of the test
+test; customers are split 7:2:1 (the same test customers for every seed, which redraws
+train / validation: ``data.split_customers``); every method predicts the target-domain LTV of the test
 customers; NMAE, NRMSE and normalized Gini overall and for C_na / C_a. One cell is one
 (P, method, seed): ``setting`` is the P label (``P=50%``). Every method is tuned on the
 validation customers (:func:`grid`, ``tuning.trials`` points): the Table 1 methods, and with
