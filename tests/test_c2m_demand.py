@@ -39,6 +39,12 @@ def test_common_patterns_eq10_11():
     assert found.patterns[0] == {(5,): 1, (6,): 1, (5, 6): 1}
     assert found.patterns[1] == {(5,): 2}  # the buy event is not a source behaviour
     assert found.common == {(5,)} and found.unique[1] == {}
+    # label 2 has no user: it takes no part in eq. 10 (the common pattern is still removed)
+    empty = demand.segment_patterns(
+        events, np.array([0, 1, 2]), np.array([0, 1, 3]), k=1, max_length=2
+    )
+    assert empty.patterns[2] == {} and empty.common == {(5,)}
+    assert empty.unique[0] == {(6,): 1, (5, 6): 1}
 
 
 def test_attribute_sets_coefficients_and_mpp(planted):

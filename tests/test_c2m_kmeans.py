@@ -5,7 +5,13 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from dmeta.cluster.kmeans import farthest_removed, kmeans, kmeans_plusplus, outlier_weights
+from dmeta.cluster.kmeans import (
+    farthest_removed,
+    kmeans,
+    kmeans_plusplus,
+    outlier_weights,
+    refit,
+)
 
 
 def test_inertia_matches_sklearn_on_blobs():
@@ -51,3 +57,16 @@ def test_farthest_removed_by_hand():
     labels = np.array([0, 0, 0, 1, 1, 1])  # distances 1, 0, 3, 0, 3, 0.5: ties by index
     np.testing.assert_array_equal(farthest_removed(x, c, labels, 2 / 6), [1, 1, 0, 1, 0, 1])
     np.testing.assert_array_equal(farthest_removed(x, c, labels, 0.0), [1] * 6)
+
+
+def test_refit_follows_points_that_moved():
+    """From stale centroids, ``refit`` reaches the moved clusters' (inlier) means, as a fresh
+    ``kmeans`` does."""
+    x, y = make_blobs(n_samples=300, centers=[[0, 0], [10, 10]], cluster_std=0.5, random_state=1)
+    x = x.astype(np.float32)
+    stale = np.array([[3.0, 3.0], [7.0, 7.0]], np.float32)
+    res = refit(x + 2.0, stale, outlier_z=3.0)
+    means = np.stack([(x + 2.0)[y == i].mean(0) for i in range(2)])
+    got = np.asarray(res.centroids)[np.argsort(np.asarray(res.centroids)[:, 0])]
+    np.testing.assert_allclose(got, means[np.argsort(means[:, 0])], atol=0.05)
+    assert np.asarray(res.weights).mean() > 0.97

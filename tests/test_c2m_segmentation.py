@@ -66,6 +66,22 @@ def test_joint_training_recovers_segments(pretrained):
     np.testing.assert_allclose(latent, seg.latent, atol=1e-5)
 
 
+def test_without_clustering_loss_the_centroids_follow_the_latent(pretrained):
+    """alpha = 0 (Table 3's Framework 2): nothing trains the centroids, so Algorithm 1's
+    "update the cluster model" moves them by Lloyd iterations; the final centroids are the
+    k-means fixpoint of the final latent (each the mean of its inliers), not the initial ones."""
+    ae, params, x, mask, _, _, _ = pretrained
+    seg = train.joint_segmentation(
+        ae, params, x, mask, n_segments=3, alpha=0.0, beta=0.5,
+        behavior_weights=np.ones(BEHAVIOR_VOCAB.size, np.float32), outlier_z=2.5, epochs=2,
+        batch_size=32, learning_rate=1e-2, key=jax.random.key(2),
+    )  # fmt: skip
+    inliers = seg.weights > 0
+    for k in range(3):
+        members = inliers & (seg.labels == k)
+        np.testing.assert_allclose(seg.centroids[k], seg.latent[members].mean(0), atol=1e-4)
+
+
 def test_polynomial_decay_in_the_optimizer_state():
     """With ``decay_end`` the rate falls linearly to ``decay_end`` times the initial one over
     the fit (Adam's step under a constant gradient is the rate itself); the rate and the

@@ -42,7 +42,9 @@ def segment_patterns(
     max_length: int,
     behaviors: tuple[str, ...] = ("view", "cart"),
 ) -> SegmentPatterns:
-    """Eq. 8-11 for segments ``labels[i]`` of ``users[i]`` (labels ``0..S-1``)."""
+    """Eq. 8-11 for segments ``labels[i]`` of ``users[i]`` (labels ``0..S-1``). A label with
+    no user (a centroid nobody is nearest to) gets no patterns and takes no part in eq. 10's
+    intersection, which would otherwise be empty and keep every common pattern."""
     ev = events[events["behavior"].astype(str).isin(behaviors)]
     ev = ev.sort_values(["user_id", "timestamp"], kind="stable")
     segment = pd.Series(labels, index=users).reindex(ev["user_id"].to_numpy()).to_numpy()
@@ -56,7 +58,8 @@ def segment_patterns(
         min_sup = max(1, math.ceil(n_c / k))
         values = part["category_id"].to_numpy()
         patterns.append(prefixspan((values, offsets), min_support=min_sup, max_length=max_length))
-    common = set.intersection(*(set(p) for p in patterns)) if patterns else set()
+    occupied = [set(p) for s, p in enumerate(patterns) if (labels == s).any()]
+    common = set.intersection(*occupied) if occupied else set()
     unique = [{q: c for q, c in p.items() if q not in common} for p in patterns]
     return SegmentPatterns(patterns, common, unique)
 

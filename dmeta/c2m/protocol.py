@@ -1,8 +1,8 @@
 """The C2M protocol: data preparation, the methods of Tables 1-3 and Figures 2-3, scoring.
 
-Per seed the users are split into fit and validation users (``validation_split``), one
-autoencoder is pretrained on the fit users (Algorithm 1, step 1) and shared by every deep
-method; every method is fitted on the fit users and assigns all users to its nearest centroid.
+The users are split into fit and validation users (``validation_split``, the same for
+every seed); per seed one autoencoder is pretrained on the fit users (Algorithm 1, step 1)
+and shared by every deep method; every method is fitted on the fit users and assigns all users to its nearest centroid.
 Tuning scores SC on the validation users; SC and CH are reported on the fit users, on all of
 them and on the inliers (``SC_inliers``, ``CH_inliers``: Ours' outliers removed, and for every
 other method the same share of its users farthest from their centroid in its own space). Each
@@ -192,11 +192,12 @@ class Miner:
         return kept, sets, mpp
 
 
-def validation_split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(fit, validation) user indices, sorted: a seeded ``share`` of ``n`` users (at least 2)
-    held out."""
+def validation_split(n: int, share: float) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) user indices, sorted: a random ``share`` of ``n`` users (at least 2)
+    held out, the same for every seed (drawn with seed 0), so a choice tuned on seed 0's
+    validation users (``tuning.per_seed = false``) is never scored on them in a later seed."""
     n_val = min(max(2, int(round(share * n))), n - 2)
-    val = np.random.default_rng(seed).choice(n, n_val, replace=False)
+    val = np.random.default_rng(0).choice(n, n_val, replace=False)
     return np.setdiff1d(np.arange(n), val), np.sort(val)
 
 
@@ -416,7 +417,7 @@ class SeedState:
     def __init__(self, run: C2MRun, seed: int):
         cfg, prep = run.cfg, run.prep
         self.run, self.seed = run, seed
-        self.fit, self.val = validation_split(len(prep.users), cfg.tuning.val_share, seed)
+        self.fit, self.val = validation_split(len(prep.users), cfg.tuning.val_share)
         self.keys = jax.random.split(jax.random.key(seed), 16)
         params0 = train.init_autoencoder(self.keys[0], **run._model_kw()).params
         self.params, _ = train.pretrain(

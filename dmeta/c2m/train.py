@@ -38,7 +38,7 @@ from flax import nnx
 from dmeta import distributed
 from dmeta.c2m.autoencoder import BehaviorAutoencoder
 from dmeta.c2m.losses import clustering_loss, preference_loss, reconstruction_loss
-from dmeta.cluster.kmeans import kmeans, outlier_weights, sq_distances
+from dmeta.cluster.kmeans import kmeans, outlier_weights, refit, sq_distances
 from dmeta.distributed import Strata
 from dmeta.nn.functional import split_params
 from dmeta.parallel import data_mesh, jit_step
@@ -407,7 +407,9 @@ def joint_segmentation(
     def weights(state: TrainState, epoch: int):
         z, _ = latent_space(ae, state.params["ae"], x, mask, normalize=normalize, strata=strata)
         centroids = distributed.to_host(state.params["centroids"])
-        w = np.asarray(outlier_weights(z, centroids, outlier_z))
+        centroids, w = _cluster_model(z, centroids, alpha, outlier_z)
+        if alpha == 0:
+            state = _with_centroids(state, centroids)
         return state, {"weights": w if strata is None else w[strata.rows()]}
 
     norm = " normalized" if normalize else ""
@@ -427,7 +429,25 @@ def joint_segmentation(
         strata=strata,
     )
     z, embed = latent_space(ae, state["ae"], x, mask, normalize=normalize, strata=strata)
-    centroids = distributed.to_host(state["centroids"])
+    centroids, w = _cluster_model(z, distributed.to_host(state["centroids"]), alpha, outlier_z)
     labels = np.asarray(jnp.argmin(sq_distances(z, centroids), axis=1), np.int32)
-    w = np.asarray(outlier_weights(z, centroids, outlier_z))
     return Segmentation(labels, z, w, history, centroids, embed)
+
+
+def _cluster_model(z, centroids, alpha: float, outlier_z: float | None):
+    """Algorithm 1 step 8 ("update parameters of the cluster model") for the latents
+    z f[U, Z]: the centroids f[K, Z] and outlier weights f[U]. With alpha > 0 the centroids
+    are parameters trained by eq. 6's gradient and are kept; with alpha = 0 (no clustering
+    loss) nothing trains them, so they follow the latent by Lloyd iterations from where they
+    are, with the same outlier removal as the initial k-means (``refit``)."""
+    if alpha > 0:
+        return centroids, np.asarray(outlier_weights(z, centroids, outlier_z))
+    res = refit(z, centroids, outlier_z=outlier_z)
+    return np.asarray(res.centroids), np.asarray(res.weights)
+
+
+def _with_centroids(state: TrainState, centroids: np.ndarray) -> TrainState:
+    """``state`` with new centroids, placed like the old ones (replicated when sharded)."""
+    old = state.params["centroids"]
+    new = jax.make_array_from_process_local_data(old.sharding, np.asarray(centroids, old.dtype))
+    return dataclasses.replace(state, params={**state.params, "centroids": new})

@@ -150,10 +150,30 @@ def _kmeans(key, x, k, n_init, max_iter, tol, outlier_z):
         return c, jnp.sum(jnp.min(sq_distances(x, c), axis=1))
 
     centroids, inertia = jax.vmap(single)(jax.random.split(key, n_init))
-    centroids = centroids[jnp.argmin(inertia)]
+    return _without_outliers(x, centroids[jnp.argmin(inertia)], outlier_z, max_iter, tol)
+
+
+def _without_outliers(x, centroids, outlier_z, max_iter, tol) -> KMeansResult:
+    """Outlier weights against ``centroids``, then the centroids re-estimated on the inliers."""
     weights = outlier_weights(x, centroids, outlier_z)
     if outlier_z is not None:
         centroids = lloyd(x, centroids, weights, max_iter=max_iter, tol=tol)
     d2 = sq_distances(x, centroids)
     labels = jnp.argmin(d2, axis=1).astype(jnp.int32)
     return KMeansResult(centroids, labels, weights, jnp.sum(weights * jnp.min(d2, axis=1)))
+
+
+@jax.jit(static_argnames=("outlier_z", "max_iter"))
+def refit(
+    x: jax.Array,
+    centroids: jax.Array,
+    *,
+    outlier_z: float | None = None,
+    max_iter: int = 300,
+    tol: float = 1e-6,
+) -> KMeansResult:
+    """``kmeans`` from given ``centroids`` f[K, F] instead of k-means++ seeds: Lloyd
+    iterations on ``x`` f[N, F], then the same outlier removal (e.g. to follow points that
+    moved since the centroids were fitted)."""
+    c = lloyd(x, centroids, jnp.ones(x.shape[0], x.dtype), max_iter=max_iter, tol=tol)
+    return _without_outliers(x, c, outlier_z, max_iter, tol)
