@@ -35,19 +35,18 @@ class ExmnOut(NamedTuple):
     expert: Array
 
 
-def route(logits: Array, *, a: int, hidden: int, straight_through: bool = True) -> Array:
+def route(logits: Array, *, a: int, hidden: int) -> Array:
     """Top-a routing mask (eq. 2-4): softmax over the top ``a`` logits, each weight repeated
     ``hidden / k`` times.
 
-    For ``a = 1`` the forward value is an exact one-hot block mask. With ``straight_through``
-    the full softmax's gradient is added (its forward contribution is exactly zero), so the
-    router also learns from the prediction loss.
+    For ``a = 1`` the value is an exact one-hot block mask whose gradient with respect to
+    the logits is zero, as in the paper: the router (``FFN_smax``) learns from the expert
+    losses L_EC and L_EO (eq. 7-9) alone, not from the prediction loss.
 
     Args:
       logits: f32[N, k] router scores ``FFN_smax(g_hat)``.
       a: experts kept per sample, 1 <= a <= k.
       hidden: h, a multiple of k.
-      straight_through: add the straight-through softmax gradient.
 
     Returns:
       f32[N, hidden] mask.
@@ -57,9 +56,6 @@ def route(logits: Array, *, a: int, hidden: int, straight_through: bool = True) 
         raise ValueError(f"need hidden % k == 0 and 1 <= a <= k, got h={hidden}, k={k}, a={a}")
     kth = jax.lax.top_k(logits, a)[0][..., -1:]
     weights = jax.nn.softmax(jnp.where(logits >= kth, logits, -jnp.inf), axis=-1)
-    if straight_through:
-        soft = jax.nn.softmax(logits, axis=-1)
-        weights = weights + (soft - jax.lax.stop_gradient(soft))
     return jnp.repeat(weights, hidden // k, axis=-1)
 
 
