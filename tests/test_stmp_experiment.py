@@ -10,6 +10,7 @@ from dmeta.stmp import protocol as P
 from dmeta.stmp.config import get_config
 from dmeta.train.harness import Cell
 from experiments import stmp as E
+from experiments import stmp_followup
 
 METHODS = ("STMP", "HistAvg", "ARIMA")
 
@@ -124,3 +125,31 @@ def test_pairwise_section_compares_stmp_with_every_method_per_group():
     assert "-3.1% (p " in lines["MAML"] and ", 1/3)" in lines["MAML"]  # (32 - 33) / 32
     assert "+0.0% (p 1, 0/3)" in lines["LSTM"] and lines["MAML"].split("|")[3].strip() == ""
     assert report.stmp.pairwise_section(scores[scores.seed == 0]) == ""  # one seed: no test
+    assert report.stmp.pairwise_section(scores[scores.method == "STMP"]) == ""  # STMP alone
+
+
+def test_followup_compares_its_stmp_with_the_reference_methods(tmp_path):
+    """A STMP-only follow-up is paired by seed with the reference run's methods (its own
+    STMP rows renamed), on the groups and seeds both runs have."""
+
+    def write(run, rows):
+        run.mkdir()
+        pd.DataFrame(
+            [
+                dict(
+                    experiment="stmp", dataset="d", method=m, group=g, seed=s, metric="mse", value=v
+                )  # fmt: skip
+                for g, m, values in rows
+                for s, v in enumerate(values)
+            ]
+        ).to_csv(run / "results.csv", index=False)
+
+    write(tmp_path / "ref", [("w/festival", "STMP", [30.0, 90.0, 30.0]),
+                             ("w/festival", "XGBoost", [20.0, 22.0, 18.0]),
+                             ("full/festival", "XGBoost", [1.0, 1.0, 1.0])])  # fmt: skip
+    write(tmp_path / "new", [("w/festival", "STMP", [25.0, 24.0, 26.0])])
+    md = stmp_followup.followup_markdown(tmp_path / "ref", tmp_path / "new", "STMP+x", "cmd")
+    lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("|")}
+    assert "-25.0% (p " in lines["XGBoost"] and ", 0/3)" in lines["XGBoost"]  # (20 - 25) / 20
+    assert "+50.0% (p " in lines["STMP"] and ", 3/3)" in lines["STMP"]  # (50 - 25) / 50
+    assert "full/festival" not in md and "Regenerate: `cmd`" in md

@@ -70,31 +70,33 @@ def margin_section(scores: pd.DataFrame) -> str:
     return md
 
 
-def pairwise_section(scores: pd.DataFrame) -> str:
-    """STMP against every other method and ablation in each group: MSE margin, paired t over
-    seeds, and in how many seeds STMP's MSE is lower."""
+def pairwise_section(scores: pd.DataFrame, ours: str = "STMP") -> str:
+    """``ours`` (STMP by default) against every other method and ablation in each group: MSE
+    margin, paired t over seeds, and in how many seeds ``ours``' MSE is lower."""
     mse = scores[scores.metric == "mse"]
-    if "STMP" not in set(mse.method) or mse.seed.nunique() < 2:
+    if ours not in set(mse.method) or mse.seed.nunique() < 2:
         return ""
     cells: dict[str, dict[str, str]] = {}
     for method in dict.fromkeys(mse.method):
-        if method == "STMP":
+        if method == ours:
             continue
-        groups = set(mse.group[mse.method == method]) & set(mse.group[mse.method == "STMP"])
-        sig = significance_table(mse[mse.group.isin(groups)], method, "STMP", "mse", by=("group",))
+        groups = set(mse.group[mse.method == method]) & set(mse.group[mse.method == ours])
+        sig = significance_table(mse[mse.group.isin(groups)], method, ours, "mse", by=("group",))
         for row in sig[sig.n >= 2].itertuples(index=False):
-            part = mse[(mse.group == row.group) & mse.method.isin([method, "STMP"])]
+            part = mse[(mse.group == row.group) & mse.method.isin([method, ours])]
             pairs = part.pivot(index="seed", columns="method", values="value").dropna()
-            wins = int((pairs["STMP"] < pairs[method]).sum())
+            wins = int((pairs[ours] < pairs[method]).sum())
             margin = 100.0 * row.diff / row.mean_a
             cells.setdefault(method, {})[row.group] = (
                 f"{margin:+.1f}% (p {row.p_value:.2g}, {wins}/{row.n})"
             )
+    if not cells:  # ours alone (e.g. a follow-up run of STMP only)
+        return ""
     table = pd.DataFrame.from_dict(cells, orient="index").fillna("")
     table = table[sorted(table.columns)].rename_axis("method").reset_index()
     return (
-        "## STMP against every other method (MSE margin, positive: STMP better; paired t over "
-        f"seeds; seeds where STMP is better)\n\n{markdown_table(table)}"
+        f"## {ours} against every other method (MSE margin, positive: {ours} better; paired t "
+        f"over seeds; seeds where {ours} is better)\n\n{markdown_table(table)}"
     )
 
 
