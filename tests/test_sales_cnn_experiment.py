@@ -205,14 +205,16 @@ def test_sweep_plots(tmp_path):
     )
 
 
-def test_claims_are_paired_over_regions_and_seeds():
+def test_claims_average_the_seeds_and_pair_the_regions():
+    """Seeds vary only training: each region's MSE is averaged over seeds and the regions
+    are the paired units (6 here, not 18 (region, seed) pairs)."""
     rng = np.random.default_rng(0)
     rows = []
     for seed in range(3):
-        for region, scale in (("a", 1.0), ("b", 10.0), ("c", 100.0)):
-            base = scale * (1 + 0.1 * rng.random())
+        for region in range(6):
+            base = (1.0 + 0.1 * region) * (1 + 0.05 * rng.random())
             for method, factor in (("CNN", 1.0), ("DNN", 1.2), ("CNN+WD", 1.3)):
-                rows.append(("sales_cnn", "x", method, region, seed, "mse", base * factor))
+                rows.append(("sales_cnn", "x", method, f"r{region}", seed, "mse", base * factor))
             rows.append(("sales_cnn", "x", "CNN", "average", seed, "mse", 0.0))  # not a unit
     df = pd.DataFrame(
         rows, columns=["experiment", "dataset", "method", "group", "seed", "metric", "value"]
@@ -220,8 +222,10 @@ def test_claims_are_paired_over_regions_and_seeds():
     text = claims_markdown(df)
     lines = {line.split("|")[1].strip(): line for line in text.splitlines()[4:]}
     assert set(lines) == {"CNN < DNN", "CNN+WD < CNN"}  # the claims with both methods
-    assert "| 9 " in lines["CNN < DNN"] and "holds" in lines["CNN < DNN"]
-    assert "reversed" in lines["CNN+WD < CNN"]
+    assert "| 6/6 " in lines["CNN < DNN"] and "holds" in lines["CNN < DNN"]
+    assert "| 0/6 " in lines["CNN+WD < CNN"] and "reversed" in lines["CNN+WD < CNN"]
+    cnn = df[(df.method == "CNN") & (df.group != "average")].groupby("group")["value"].mean()
+    assert f"| {cnn.mean():.4g} " in lines["CNN < DNN"]  # the mean of the seed-averaged MSEs
 
 
 def test_equal_tuning_picks_on_validation(tmp_path):
