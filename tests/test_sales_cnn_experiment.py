@@ -53,16 +53,20 @@ def test_prepare_split_and_weights():
 
 
 def test_prepare_holds_out_the_last_training_ends_for_validation():
+    """The last n_val end points validate; the horizon - 1 before them are dropped, so no
+    training target (ep + 1 .. ep + k) shares a period with a validation target."""
     panel, _ = synthetic_panel(1, n_regions=2, n_items=5, n_periods=40)
     opts = dict(length=8, horizon=2, n_test=3, train_periods=10)
     full, held = prepare(panel, **opts), prepare(panel, **opts, n_val=2)
     assert full.val is None
     n, n_val = np.asarray(held.train.n), np.asarray(held.val.n)
-    np.testing.assert_array_equal(n + n_val, np.asarray(full.train.n))
     ends = np.unique(full.train_ends[0, : int(full.train.n[0])])
+    per_end = np.asarray(full.train.n) // len(ends)  # items per region
+    np.testing.assert_array_equal(n + n_val + per_end, np.asarray(full.train.n))
     for r in range(2):
-        assert set(held.train_ends[r, : n[r]]) == set(ends[:-2])  # not trained on
+        assert set(held.train_ends[r, : n[r]]) == set(ends[:-3])  # not trained on
         assert set(held.val_ends[r, : n_val[r]]) == set(ends[-2:])
+        assert held.train_ends[r, : n[r]].max() + 2 <= held.val_ends[r, : n_val[r]].min()
         # the validation rows are the held-out rows: same items, ends and targets
         rows = np.isin(full.train_ends[r, : int(full.train.n[r])], ends[-2:])
         np.testing.assert_allclose(held.scaler.inverse_y(held.val.y[r, : n_val[r]]),
@@ -131,6 +135,14 @@ def test_run_keeps_two_prepared_sets_and_recomputes_evicted_ones_alike():
     np.testing.assert_array_equal(run.forecast(again, "Naive", 0, {}), naive)
     # keyed by the set, not the object: another size never gets this one's forecasts
     assert not np.array_equal(run.forecast(run.prepared(8, 2), "Naive", 0, {}), naive)
+
+
+def test_every_method_forecasts_no_negative_sales(monkeypatch):
+    panel, _ = synthetic_panel(0, n_regions=2, n_items=5, n_periods=40)
+    run = SalesRun("synthetic", panel, resolve(get_config(smoke=True), panel))
+    raw = np.array([[-1.0, 2.0], [0.5, -0.1]])
+    monkeypatch.setattr(run, "_unclipped", lambda *a, **k: raw)
+    np.testing.assert_array_equal(run.forecast(None, "CNN", 0, {}), [[0.0, 2.0], [0.5, 0.0]])
 
 
 def test_baseline_features_and_forecasts():

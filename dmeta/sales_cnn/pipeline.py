@@ -131,7 +131,9 @@ def prepare(
       train_periods: keep training end points within this many periods before the
         test interval (paper: about one year); None keeps all.
       n_val: the last ``n_val`` of those end points are held out as validation frames
-        (early stopping), neither trained on nor in the z-score statistics; 0: none.
+        (early stopping), neither trained on nor in the z-score statistics; 0: none. The
+        ``horizon - 1`` end points before them are dropped, so no training target shares
+        a period with a validation target (as between training and test).
       period_days: days per panel period (eq. 18's exponent is in days); None: the
         panel's date step (``SalesPanel.period_days``).
     """
@@ -139,9 +141,12 @@ def prepare(
     ends = split.train
     if train_periods is not None:
         ends = ends[ends >= split.sp - horizon - train_periods]
-    if not 0 <= n_val < len(ends):
-        raise ValueError(f"n_val={n_val} leaves no training end point of {len(ends)}")
-    train_ends, val_ends = ends[: len(ends) - n_val], ends[len(ends) - n_val :]
+    gap = horizon - 1 if n_val else 0
+    if not 0 <= n_val < len(ends) - gap:
+        raise ValueError(
+            f"n_val={n_val} and the {gap}-period gap leave no training end point of {len(ends)}"
+        )
+    train_ends, val_ends = ends[: len(ends) - n_val - gap], ends[len(ends) - n_val :]
     args = (panel.x, panel.brand, panel.category)
     opts = dict(length=length, horizon=horizon, target=panel.target)
     frames, y = (np.asarray(a) for a in build_frames(*args, jnp.asarray(ends), **opts))
@@ -154,8 +159,9 @@ def prepare(
     scaler = fit_scaler(frames[:, :, :n_train][active], y[:, :, :n_train][active])
     items = [np.flatnonzero(active[r]) for r in range(len(panel.regions))]
     raw, ys, train_ends, n = _rows(frames[:, :, :n_train], y[:, :, :n_train], items, train_ends)
+    n_first_val = len(ends) - n_val
     val_raw, val_y, val_ends, val_n = _rows(
-        frames[:, :, n_train:], y[:, :, n_train:], items, val_ends
+        frames[:, :, n_first_val:], y[:, :, n_first_val:], items, val_ends
     )
     test_raw, test_y, _, test_n = _rows(test_frames, test_y, items, split.test)
     return Prepared(

@@ -250,8 +250,14 @@ class SalesRun:
     def forecast(
         self, data: Prepared, method: str, seed: int, hp: dict, *, sweep: dict | None = None
     ) -> np.ndarray:
-        """Test forecasts f[R, Q] of ``method`` with hyperparameters ``hp``; ``sweep``: the
-        training options a sweep point replaces (``{"beta": ...}`` or none)."""
+        """Test forecasts f[R, Q] of ``method`` with hyperparameters ``hp``, clipped at 0 for
+        every method (sales are not negative; ARIMA's always were); ``sweep``: the training
+        options a sweep point replaces (``{"beta": ...}`` or none)."""
+        return np.maximum(self._unclipped(data, method, seed, hp, sweep=sweep), 0.0)
+
+    def _unclipped(
+        self, data: Prepared, method: str, seed: int, hp: dict, *, sweep: dict | None = None
+    ) -> np.ndarray:
         cfg = self.cfg
         if method in NETWORKS:
             train = dataclasses.asdict(cfg.train) | hp | (sweep or {})
