@@ -39,9 +39,11 @@ def drawn(split, row):
 
 def test_recent_tasks_are_the_window_before_the_cut_and_the_next_after_the_gap(timed_pool):
     pool, split = timed_pool
-    sample = jax.jit(sample_tasks, static_argnames=("n_tasks", "n_support", "n_query", "sampler"))
+    sample = jax.jit(
+        sample_tasks, static_argnames=("n_tasks", "n_support", "n_query", "sampler", "scaling")
+    )
     batch = sample(jax.random.key(0), pool, split.train, n_tasks=16, n_support=N_SUPPORT,
-                   n_query=N_QUERY, sampler="recent")  # fmt: skip
+                   n_query=N_QUERY, sampler="recent", scaling="segment")  # fmt: skip
     for row, seg in enumerate(np.asarray(batch.segment)):
         t_c = np.asarray(pool.t_c[seg])[: int(pool.n[seg])]
         sup, qry = drawn(batch.support, row), drawn(batch.query, row)
@@ -60,7 +62,7 @@ def test_recent_tasks_are_the_window_before_the_cut_and_the_next_after_the_gap(t
 
 def test_random_sampler_is_kept_and_draws_other_samples(timed_pool):
     pool, split = timed_pool
-    kw = dict(n_tasks=16, n_support=N_SUPPORT, n_query=N_QUERY)
+    kw = dict(n_tasks=16, n_support=N_SUPPORT, n_query=N_QUERY, scaling="segment")
     key = jax.random.key(1)
     recent = sample_tasks(key, pool, split.train, **kw, sampler="recent")
     rand = sample_tasks(key, pool, split.train, **kw, sampler="random")
@@ -71,6 +73,35 @@ def test_random_sampler_is_kept_and_draws_other_samples(timed_pool):
         assert drawn(rand.support, r).max() + pool.gap <= drawn(rand.query, r).min()
     with pytest.raises(ValueError, match="sampler"):
         sample_tasks(key, pool, split.train, **kw, sampler="latest")
+
+
+def test_each_task_is_scaled_on_its_own_support_period(timed_pool):
+    """scaling="support": a meta-training task's demand and targets are divided by the mean
+    demand of its segment's observed steps up to the end of its last support target, as a
+    meta-test task's are, so no statistic comes from its query period."""
+    timed, split = timed_pool
+    pool = dataclasses.replace(timed, y=timed.y_raw / (timed.horizon_len * timed.scale[:, None]))
+    kw = dict(n_tasks=16, n_support=N_SUPPORT, n_query=N_QUERY)
+    key = jax.random.key(5)
+    times = sample_tasks(key, timed, split.train, **kw, scaling="segment")  # which samples
+    batch = sample_tasks(key, pool, split.train, **kw)  # the default: scaling="support"
+    np.testing.assert_array_equal(times.segment, batch.segment)
+    raw, observed = np.asarray(pool.raw), np.asarray(pool.observed)
+    moved = 0
+    for row, seg in enumerate(np.asarray(batch.segment)):
+        fit_end = drawn(times.support, row)[-1] + pool.gap
+        steps = observed[seg] & (np.arange(raw.shape[1]) <= fit_end)
+        scale = raw[seg, steps, 0].mean()
+        t_c, y_raw = np.asarray(pool.t_c[seg]), np.asarray(pool.y_raw[seg])
+        for part in (times.support, times.query):
+            got = batch.support if part is times.support else batch.query
+            want = y_raw[np.searchsorted(t_c, drawn(part, row))] / (pool.horizon_len * scale)
+            np.testing.assert_allclose(got.y[row][np.asarray(got.mask[row]) > 0], want, rtol=1e-5)
+        last = batch.support.x_local[row, N_SUPPORT - 1, :, 0]  # the most recent sample
+        t_last = drawn(times.support, row)[-1]
+        np.testing.assert_allclose(last, raw[seg, t_last - 5 : t_last + 1, 0] / scale, rtol=1e-5)
+        moved += not np.isclose(scale, float(pool.scale[seg]), rtol=1e-3)
+    assert moved > 0  # tasks cut away from the segment's own cut get another scale
 
 
 def test_stratified_sampler_draws_each_stratum_s_share_as_its_processes_would(timed_pool):

@@ -14,6 +14,11 @@ Each segment is scaled on its own support period (every calendar step up to the
 end of its last support target): the demand channel and the target are divided
 by the segment's mean support demand (``scale``; 1 when that mean is 0, logged),
 the other features are z-scored on the same steps. Unobserved steps read 0.
+A sampled meta-training task is by default scaled the same way on its own support
+period (``scaling="support"``), so, like a meta-test task, it is never scaled with
+statistics of its query period; ``scaling="segment"`` reuses the segment's scaling at
+its fixed cut instead (the former behaviour, under which a task cut before that point
+was scaled with data from its own query period).
 """
 
 from __future__ import annotations
@@ -75,6 +80,8 @@ class TaskPool:
       cut: i32[I] support samples of each segment (indices < cut).
       query_start: i32[I] first query sample (indices >= query_start; == n when none).
       scale: f32[I] mean support demand per step; raw target = y * T_f * scale.
+      raw: f32[I, L, F] the unscaled panel, 0 where unobserved; observed: bool[I, L].
+      y_raw: f32[I, N] unscaled targets (demand summed over T_f steps); 0 for padding.
       seq_len, horizon_gap, horizon_len, season: S, T_g, T_f and the season length.
     """
 
@@ -85,6 +92,9 @@ class TaskPool:
     cut: Array
     query_start: Array
     scale: Array
+    raw: Array
+    observed: Array
+    y_raw: Array
     seq_len: int = dataclasses.field(metadata=dict(static=True))
     horizon_gap: int = dataclasses.field(metadata=dict(static=True))
     horizon_len: int = dataclasses.field(metadata=dict(static=True))
@@ -149,6 +159,9 @@ def build_task_pool(windows: Windows, *, support_frac: float = 0.7) -> TaskPool:
         cut=jnp.asarray(cut),
         query_start=jnp.asarray(query_start),
         scale=jnp.asarray(scale, jnp.float32),
+        raw=jnp.asarray(panel.values * panel.observed[..., None], jnp.float32),
+        observed=jnp.asarray(panel.observed),
+        y_raw=jnp.asarray(y_raw),
         seq_len=windows.seq_len,
         horizon_gap=windows.horizon_gap,
         horizon_len=windows.horizon_len,
@@ -179,21 +192,43 @@ def _scale_panel(values, observed, in_fit, ids) -> tuple[np.ndarray, np.ndarray]
     return out.astype(np.float32), scale.astype(np.float32)
 
 
-def _split(pool: TaskPool, segment: Array, idx: Array, valid: Array) -> Split:
-    """Gathers samples ``idx`` i32[T, N] of segments ``segment`` i32[T] into a ``Split``."""
+def _split(
+    pool: TaskPool, segment: Array, idx: Array, valid: Array, scaled: tuple | None = None
+) -> Split:
+    """Gathers samples ``idx`` i32[T, N] of segments ``segment`` i32[T] into a ``Split``,
+    scaled per segment (``pool.values``, ``pool.y``) or with ``scaled = (values f32[T, L, F],
+    y f32[T, N])`` each task's own scaling (``_task_scaling``)."""
     idx = jnp.where(valid, idx, 0)
     seg = segment[:, None]
     t_c = pool.t_c[seg, idx]
     t_c = jnp.where(valid, t_c, 0)
-    x_local = gather_windows(pool.values, seg, t_c, pool.seq_len)
-    x_season = gather_windows(pool.values, seg, t_c + pool.horizon_gap - pool.season, pool.seq_len)
+    if scaled is None:
+        values, rows, y = pool.values, seg, pool.y[seg, idx]
+    else:
+        values, rows = scaled[0], jnp.arange(segment.shape[0])[:, None]
+        y = jnp.take_along_axis(scaled[1], idx, 1)
+    x_local = gather_windows(values, rows, t_c, pool.seq_len)
+    x_season = gather_windows(values, rows, t_c + pool.horizon_gap - pool.season, pool.seq_len)
     mask = valid.astype(jnp.float32)
-    return Split(
-        x_local * mask[..., None, None],
-        x_season * mask[..., None, None],
-        pool.y[seg, idx] * mask,
-        mask,
-    )
+    return Split(x_local * mask[..., None, None], x_season * mask[..., None, None], y * mask, mask)
+
+
+def _task_scaling(pool: TaskPool, segment: Array, fit_end: Array) -> tuple[Array, Array]:
+    """Each task's panel and targets scaled as ``make_pool`` scales a segment, on the
+    observed steps up to ``fit_end`` i32[T] (the end of its last support target): returns
+    (values f32[T, L, F], y f32[T, N])."""
+    raw, observed = pool.raw[segment], pool.observed[segment]
+    in_fit = (jnp.arange(raw.shape[1])[None, :] <= fit_end[:, None]) & observed
+    w = in_fit[..., None].astype(raw.dtype)
+    count = jnp.maximum(w.sum(1), 1.0)  # [T, 1]
+    mean = (raw * w).sum(1) / count  # [T, F]
+    std = jnp.sqrt((((raw - mean[:, None]) ** 2) * w).sum(1) / count)
+    std = jnp.where(std > 0, std, 1.0)
+    scale = jnp.where(mean[:, 0] > 0, mean[:, 0], 1.0)
+    values = (raw - mean[:, None]) / std[:, None]
+    values = values.at[..., 0].set(raw[..., 0] / scale[:, None])
+    values = values * observed[..., None]
+    return values, pool.y_raw[segment] / (pool.horizon_len * scale[:, None])
 
 
 def _pick(key: Key, lo: Array, hi: Array, width: int, k: int) -> tuple[Array, Array]:
@@ -226,10 +261,12 @@ def sample_tasks(
     n_support: int,
     n_query: int,
     sampler: str = "recent",
+    scaling: str = "support",
 ) -> TaskBatch:
     """Samples a meta-batch: segments, a random time cut each, support before, query after.
 
-    Pure JAX (jit-able with ``n_tasks``, ``n_support``, ``n_query``, ``sampler`` static).
+    Pure JAX (jit-able with ``n_tasks``, ``n_support``, ``n_query``, ``sampler``,
+    ``scaling`` static).
 
     Args:
       key: PRNG key.
@@ -240,6 +277,8 @@ def sample_tasks(
         (RMLDP section 6.1): the ``n_support`` most recent samples before the cut and the
         first ``n_query`` after the gap; ``"random"`` draws ``n_support`` samples anywhere
         before the cut and ``n_query`` anywhere after the gap.
+      scaling: ``"support"`` scales each task on its own support period, as a meta-test
+        task is; ``"segment"`` uses the segment's scaling at its fixed cut (module doc).
 
     Returns:
       ``TaskBatch`` with support [T, n_support, ...] and query [T, n_query, ...]; samples
@@ -268,7 +307,14 @@ def sample_tasks(
         q_idx, q_ok = _pick(k_qry, query_start, jnp.where(has_task, n, 0), width, n_query)
     else:
         raise ValueError(f"sampler={sampler!r}; use 'recent' or 'random'")
-    return TaskBatch(_split(pool, seg, s_idx, s_ok), _split(pool, seg, q_idx, q_ok), seg)
+    if scaling == "support":
+        scaled = _task_scaling(pool, seg, support_end + pool.gap)
+    elif scaling == "segment":
+        scaled = None
+    else:
+        raise ValueError(f"scaling={scaling!r}; use 'support' or 'segment'")
+    support = _split(pool, seg, s_idx, s_ok, scaled)
+    return TaskBatch(support, _split(pool, seg, q_idx, q_ok, scaled), seg)
 
 
 def pool_rows(pool: TaskPool, segments: np.ndarray) -> TaskPool:
@@ -287,6 +333,7 @@ def sample_strata(
     n_support: int,
     n_query: int,
     sampler: str = "recent",
+    scaling: str = "support",
 ) -> TaskBatch:
     """The strata ``strata`` holds of a shard-stratified meta-batch of ``n_tasks`` tasks.
 
@@ -300,8 +347,8 @@ def sample_strata(
       pool: the task pool (of this process's segments, ``pool_rows``).
       strata: stratum index s -> i32[K_s] its segments (rows of ``pool``), in stratum order.
       n_strata: S, the strata of all processes.
-      n_tasks, n_support, n_query, sampler: as in ``sample_tasks`` (``n_tasks`` for the
-        whole batch; it must divide by ``n_strata``).
+      n_tasks, n_support, n_query, sampler, scaling: as in ``sample_tasks`` (``n_tasks``
+        for the whole batch; it must divide by ``n_strata``).
 
     Returns:
       ``TaskBatch`` of ``len(strata) * n_tasks / n_strata`` tasks, stratum after stratum.
@@ -317,6 +364,7 @@ def sample_strata(
             n_support=n_support,
             n_query=n_query,
             sampler=sampler,
+            scaling=scaling,
         )
         for s, segments in strata.items()
     ]

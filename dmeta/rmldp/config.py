@@ -118,7 +118,11 @@ class TrainConfig:
     meta-validation MSE), ``task_sampler`` (``"recent"``: each meta-training task is cut at
     a random time and built like a meta-test task, section 6.1: the ``n_support`` most
     recent samples as support, the next ``n_query`` after the gap as query; ``"random"``:
-    random samples before and after the cut, the sampler before #19). Scale: ``data_parallel`` splits a meta-batch's segments over all
+    random samples before and after the cut, the sampler before #19), ``task_scaling``
+    (``"support"``: each meta-training task scaled on its own support period, as a meta-test
+    task is; ``"segment"``: the segment's scaling at its fixed cut, the runs before
+    2026-11-29, under which most tasks were scaled with data from their own query period;
+    ``dmeta.data.tasks``). Scale: ``data_parallel`` splits a meta-batch's segments over all
     visible devices (``n_tasks`` must divide by their count), ``remat`` checkpoints each
     inner step, ``strategy`` batches the segments (``"vmap"``, ``"map"`` or
     ``"map_remat"``, whose memory stays flat as the meta-batch grows). ``strata`` (None: off)
@@ -136,6 +140,7 @@ class TrainConfig:
     eval_every: int = 100
     patience: int | None = 5
     task_sampler: Literal["recent", "random"] = "recent"
+    task_scaling: Literal["support", "segment"] = "support"
     data_parallel: bool = False
     remat: bool = False
     strategy: Literal["vmap", "map", "map_remat"] = "vmap"

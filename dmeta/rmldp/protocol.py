@@ -459,6 +459,7 @@ def meta_runner(name: str, ctx: Context, inner_steps: int) -> MetaRunner:
             n_support=t.n_support,
             n_query=t.n_query,
             sampler=t.task_sampler,
+            scaling=t.task_scaling,
         )
         step = jit_step(with_sampler(train_step, sample), mesh)
     test = functools.partial(meta_test, model, graph_emb=ctx.graph_emb, steps=inner_steps)
@@ -491,7 +492,8 @@ def strata_sampler(prep: Prepared, t: TrainConfig, mesh: Mesh) -> Callable[[jax.
     segments = jnp.asarray(prep.train[strata.rows()])  # i[N]: this process's segments
     pool = pool_rows(prep.pool, segments)
     local = {s: jnp.arange(b.start, b.stop) for s, b in zip(strata.local, strata.local_slices())}
-    kw = dict(n_tasks=t.n_tasks, n_support=t.n_support, n_query=t.n_query, sampler=t.task_sampler)
+    kw = dict(n_tasks=t.n_tasks, n_support=t.n_support, n_query=t.n_query)
+    kw |= dict(sampler=t.task_sampler, scaling=t.task_scaling)
 
     @jax.jit
     def draw(key: jax.Array) -> TaskBatch:
