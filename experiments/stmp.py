@@ -2,7 +2,7 @@
 
 Trains STMP (amortized region / date-type latents, jump-LSTM, alternating views) and
 its ablations, and the baselines (same-date-type historical average, XGBoost on lags,
-LSTM, seasonal ARIMA, MAML) on one panel; scores one-step-ahead forecasts of the test
+LSTM, an AR(p) by least squares, MAML) on one panel; scores one-step-ahead forecasts of the test
 period on regular and festival days, with all festival training data and with one week
 of it (``protocol.one_week``).
 """

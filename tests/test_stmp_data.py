@@ -124,6 +124,8 @@ def test_rossmann_holidays_promos_and_closed_days():
     assert names[data.date_type[0, t]] == "promo" and data.observed[0, t]
     t = data.dates.get_loc(pd.Timestamp("2013-12-25"))
     assert names[data.date_type[0, t]] == "christmas" and not data.observed[0, t]
+    # stores 291, 622 and 879 have no CompetitionDistance: filled, the column stays finite
+    assert np.isfinite(P.from_rossmann(ds.rossmann.load(path), max_stores=300).attrs).all()
 
 
 def write_table(tmp_path, calendar):

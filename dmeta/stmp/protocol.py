@@ -227,6 +227,11 @@ def from_rossmann(src: rossmann.Rossmann, *, max_stores: int | None = None) -> D
     columns = {"store_type": "StoreType", "assortment": "Assortment", "promo2": "Promo2"}
     onehot, names = _one_hot(stores.rename(columns=columns), list(columns.values()))
     dist = np.log1p(stores["competition_distance"].to_numpy(float))
+    if np.isnan(dist).any():  # a few stores.csv rows leave CompetitionDistance empty
+        missing = list(stores["store"][np.isnan(dist)])
+        logger.warning("%s: CompetitionDistance missing for stores %s; set to the median "
+                       "of the others", src.path, missing)  # fmt: skip
+        dist = np.where(np.isnan(dist), np.nanmedian(dist), dist)
     return D.STMPData(
         y=y, observed=observed, date_type=date_type.astype(np.int32),
         attrs=np.c_[onehot, _standardized(dist)].astype(np.float32), dates=dates,
