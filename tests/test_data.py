@@ -221,7 +221,7 @@ def test_eval_tasks_have_no_leakage_and_support_only_scaling(pool_and_split):
 
 def test_sampler_is_seeded_jittable_and_time_ordered(pool_and_split):
     _, pool, split = pool_and_split
-    sample = jax.jit(sample_tasks, static_argnames=("n_tasks", "n_support", "n_query"))
+    sample = jax.jit(sample_tasks, static_argnames=("n_tasks", "n_support", "n_query", "scaling"))
     kwargs = dict(n_tasks=6, n_support=8, n_query=4)
     a = sample(jax.random.key(3), pool, split.train, **kwargs)
     b = sample(jax.random.key(3), pool, split.train, **kwargs)
@@ -234,7 +234,7 @@ def test_sampler_is_seeded_jittable_and_time_ordered(pool_and_split):
     # no leakage: every support target ends before the first query time (a pool whose
     # targets are the sample times shows which samples were drawn)
     timed = dataclasses.replace(pool, y=pool.t_c.astype(np.float32))
-    t = sample(jax.random.key(5), timed, split.train, **kwargs)
+    t = sample(jax.random.key(5), timed, split.train, **kwargs, scaling="segment")
     for row in range(6):
         t_sup = np.asarray(t.support.y[row])[np.asarray(t.support.mask[row]) > 0]
         t_qry = np.asarray(t.query.y[row])[np.asarray(t.query.mask[row]) > 0]
