@@ -201,6 +201,25 @@ def test_an_old_run_folder_resumes_after_a_field_is_added_at_its_class_default(t
         _open(tmp_path, median)
 
 
+def test_a_field_added_with_a_new_default_refuses_old_folders_at_that_default(tmp_path):
+    """``train.task_scaling`` came with a new behaviour as its default ("support"); a folder
+    saved before it ran the old one ("segment", ``RMLDPConfig.BEFORE_ADDED``), so it resumes
+    only with the old value, never silently under the new default."""
+    from dmeta.rmldp.config import get_config
+
+    cfg = get_config(smoke=True)
+    _open(tmp_path, cfg)
+    harness.run_cells(tmp_path, [Cell("a", 0)], lambda c: _rows(c, 1.0))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["train.task_scaling"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(RunError, match="train.task_scaling differ"):
+        _open(tmp_path, cfg)
+    old = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, task_scaling="segment"))
+    _open(tmp_path, old)
+    assert json.loads((tmp_path / "config.json").read_text())["train.task_scaling"] == "segment"
+
+
 def test_results_are_rebuilt_from_the_cells_in_run_order(tmp_path):
     from dmeta import report
 

@@ -16,7 +16,7 @@ same N points, not N for its base plus N of its own).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +236,10 @@ class TuningConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RMLDPConfig:
-    """Every knob of an RMLDP run, by section."""
+    """Every knob of an RMLDP run, by section. ``BEFORE_ADDED``: what runs saved before a
+    field existed did, where its default is a new behaviour (``dmeta.train.harness``)."""
+
+    BEFORE_ADDED: ClassVar[dict[str, str]] = {"train.task_scaling": "segment"}
 
     data: DataConfig = DataConfig()
     protocol: ProtocolConfig = ProtocolConfig()

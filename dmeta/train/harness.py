@@ -144,14 +144,17 @@ def open_run(
 
 
 def _class_defaults(cfg: Any) -> dict[str, Any]:
-    """Every leaf of ``type(cfg)()`` by dotted path, as ``config.json`` stores it ({} when
-    the config class needs arguments). A field added to a config keeps the old behaviour at
-    its class default, so a run folder saved before it resumes when the field is left there."""
+    """What a run saved before a field existed did, by dotted path: every leaf of
+    ``type(cfg)()`` as ``config.json`` stores it ({} when the config class needs arguments),
+    overridden by the config class's ``BEFORE_ADDED`` (dotted path -> value) for a field
+    added with a new behaviour as its default. A run folder saved before a field resumes
+    when the field keeps the old behaviour, and is refused otherwise."""
+    before = dict(getattr(type(cfg), "BEFORE_ADDED", {}))
     try:
         default = type(cfg)()
     except TypeError:
-        return {}
-    return json.loads(json.dumps(flatten(default), default=str))
+        return before
+    return {**json.loads(json.dumps(flatten(default), default=str)), **before}
 
 
 def run_cells(
