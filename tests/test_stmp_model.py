@@ -188,6 +188,38 @@ def test_sample_tasks_draws_cells_and_masks_query_dates(prep):
     assert prep.train[r[:, None], rctx].all()
 
 
+def test_past_context_holds_only_days_before_the_task_s_queries(prep):
+    """context_days="past": each task's queries are its cell's days from a random cut on,
+    and every unmasked context day (own cell, any day of the region, the date type's pairs)
+    lies before the first of them; with "any" later days of the cell are context too."""
+    n_days = prep.arrays.ys.shape[1]
+    kw = dict(n_tasks=64, n_query=5, n_context=40, n_days=n_days)
+    for view in (T.SPATIAL, T.TEMPORAL):
+        task = T.sample_tasks(jax.random.key(1), prep.index, jnp.int32(view), **kw,
+                              context_days="past")  # fmt: skip
+        days, real = np.asarray(task.days), np.asarray(task.mask) > 0
+        first = np.where(real, days, n_days).min(1)
+        r, d = np.asarray(task.region), np.asarray(task.date_type)
+        assert prep.train[np.broadcast_to(r[:, None], days.shape)[real], days[real]].all()
+        region = np.where(np.asarray(task.region_ctx_mask) > 0, np.asarray(task.region_ctx), -1)
+        pairs = np.asarray(task.type_ctx) % n_days
+        typed = np.where(np.asarray(task.type_ctx_mask) > 0, pairs, -1)
+        assert (region < first[:, None]).all() and (typed < first[:, None]).all()
+        assert (region >= 0).sum() > 0 and (typed >= 0).sum() > 0  # context is left
+        cells = np.asarray(prep.index.cell_days)[r, d]
+        counts = np.asarray(prep.index.cell_count)[r, d]
+        for row in range(len(r)):  # queries: a suffix of the cell's days
+            own = cells[row, : counts[row]]
+            assert set(days[row][real[row]]) <= set(own[own >= first[row]])
+    anyway = T.sample_tasks(jax.random.key(1), prep.index, jnp.int32(T.TEMPORAL), **kw)
+    days, real = np.asarray(anyway.days), np.asarray(anyway.mask) > 0
+    first = np.where(real, days, n_days).min(1)
+    region = np.where(np.asarray(anyway.region_ctx_mask) > 0, np.asarray(anyway.region_ctx), -1)
+    assert (region > first[:, None]).any()  # the default draws later days as context
+    with pytest.raises(ValueError, match="context_days"):
+        T.sample_tasks(jax.random.key(1), prep.index, jnp.int32(0), **kw, context_days="future")
+
+
 def test_type_dropout_hides_festival_types_as_at_test_time(prep):
     n_days = prep.arrays.ys.shape[1]
     kw = dict(n_tasks=64, n_query=5, n_context=40, n_days=n_days)

@@ -106,6 +106,11 @@ class TrainConfig:
         it is at test time for a type without known targets (``train.hide_types``: empty
         date-type context, no own-cell region context, no type one-hot; pair it with
         ``protocol.unseen_types=zero``). 0 (the default) draws nothing.
+      context_days: "any" (every training day but the query dates can be context, later
+        days of the same festival included) or "past" (a random cut per task: queries from
+        it on, context before it, as the spec's "past observations" and the test time's
+        context sets; ``dmeta.stmp.train.sample_tasks``). STMP's alone: the MAML baseline's
+        supports are drawn the "any" way.
       data_parallel: split each step's tasks over all visible devices.
     """
 
@@ -125,6 +130,7 @@ class TrainConfig:
     spatial_types: str = "frequency"
     switch_every: int = 50
     type_dropout: float = 0.0
+    context_days: str = "any"
     data_parallel: bool = False
 
 

@@ -45,6 +45,7 @@ Mode = Literal["alternate", "joint"]
 Objective = Literal["learned_sigma", "fixed_sigma", "mse"]
 Weighting = Literal["matched", "task"]
 SpatialTypes = Literal["frequency", "uniform"]
+ContextDays = Literal["any", "past"]
 
 
 @jax.tree_util.register_dataclass
@@ -111,31 +112,36 @@ def cell_logits(index: CellIndex, view: Array, spatial_types: SpatialTypes = "fr
 
 
 def region_context_days(
-    key: Key, index: CellIndex, r: Array, d: Array, n_context: int
+    key: Key,
+    index: CellIndex,
+    r: Array,
+    d: Array,
+    n_context: int,
+    *,
+    cell_limit: Array | None = None,
+    before: Array | None = None,
 ) -> tuple[Array, Array]:
     """Context days of region r for a task of date type d: i32[B, K] and mask f32[B, K].
 
     Stratified: the first half comes from the task's own cell (r, d), the rest from
-    any day of r, so the region posterior sees how r behaves on this date type.
+    any day of r, so the region posterior sees how r behaves on this date type. With
+    ``cell_limit`` i32[B] the own-cell half draws from the cell's first ``cell_limit``
+    days only, and with ``before`` i32[B] the other half keeps the days before it (past
+    context, ``sample_tasks``' ``context_days="past"``).
     """
     k_cell, k_any = jax.random.split(key)
     half = n_context // 2
-    cell_count = index.cell_count[r, d][:, None]
-    pick_c = jax.random.randint(k_cell, (r.shape[0], half), 0, cell_count)
+    limit = index.cell_count[r, d][:, None] if cell_limit is None else cell_limit[:, None]
+    pick_c = jax.random.randint(k_cell, (r.shape[0], half), 0, limit)
     pick_a = jax.random.randint(
         k_any, (r.shape[0], n_context - half), 0, index.region_count[r][:, None]
     )
-    days = jnp.concatenate(
-        [index.cell_days[r[:, None], d[:, None], pick_c], index.region_days[r[:, None], pick_a]],
-        axis=1,
-    )
-    mask = jnp.concatenate(
-        [
-            jnp.broadcast_to(cell_count > 0, pick_c.shape),
-            jnp.broadcast_to((index.region_count[r] > 0)[:, None], pick_a.shape),
-        ],
-        axis=1,
-    )
+    any_days = index.region_days[r[:, None], pick_a]
+    days = jnp.concatenate([index.cell_days[r[:, None], d[:, None], pick_c], any_days], axis=1)
+    any_ok = jnp.broadcast_to((index.region_count[r] > 0)[:, None], pick_a.shape)
+    if before is not None:
+        any_ok = any_ok & (any_days < before[:, None])
+    mask = jnp.concatenate([jnp.broadcast_to(limit > 0, pick_c.shape), any_ok], axis=1)
     return days, mask.astype(jnp.float32)
 
 
@@ -171,23 +177,46 @@ def sample_tasks(
     weighting: Weighting = "matched",
     spatial_types: SpatialTypes = "frequency",
     type_dropout: float = 0.0,
+    context_days: ContextDays = "any",
 ) -> Task:
     """Draws a batch of ``n_tasks`` tasks for ``view`` (leaves [B, ...]; ``cell_logits``,
     ``query_weights``); a ``type_dropout`` share of the festival tasks get their date type
-    hidden (``hide_types``)."""
+    hidden (``hide_types``).
+
+    ``context_days``: "any" draws queries anywhere in their cell and context from every
+    other training day; "past" cuts each task's cell at a random day (its first day
+    excepted when it has two or more): queries from the cut on, every context day (region
+    and date type) before the cut, as at test time, where context sets hold only days
+    before the test period.
+    """
     k_cell, k_q, k_r, k_d = jax.random.split(key, 4)
     n_types = index.cell_count.shape[1]
     logits = cell_logits(index, view, spatial_types)
     cell = jax.random.categorical(k_cell, logits, shape=(n_tasks,))
     r, d = cell // n_types, cell % n_types
     count = index.cell_count[r, d][:, None]
-    pick_q = jax.random.randint(k_q, (n_tasks, n_query), 0, count)
-    # at most half a cell's draws are queries, so rare festivals keep dates for context
-    mask = (jnp.arange(n_query)[None, :] < jnp.maximum(count // 2, 1)).astype(jnp.float32)
+    if context_days == "any":
+        pick_q = jax.random.randint(k_q, (n_tasks, n_query), 0, count)
+        # at most half a cell's draws are queries, so rare festivals keep dates for context
+        n_q, cut, before = jnp.maximum(count // 2, 1), None, None
+    elif context_days == "past":
+        u = jax.random.uniform(jax.random.fold_in(key, 2), (n_tasks, 1))
+        cut = jnp.where(count >= 2, 1 + jnp.floor(u * (count - 1)).astype(jnp.int32), 0)
+        pick_q = jax.random.randint(k_q, (n_tasks, n_query), cut, count)
+        n_q, before = jnp.maximum(count - cut, 1), index.cell_days[r, d, cut[:, 0]]
+        cut = cut[:, 0]
+    else:
+        raise ValueError(f"context_days must be 'any' or 'past', got {context_days!r}")
+    mask = (jnp.arange(n_query)[None, :] < n_q).astype(jnp.float32)
     days = jnp.where(mask > 0, index.cell_days[r[:, None], d[:, None], pick_q], -1)
-    region_ctx, region_mask = region_context_days(k_r, index, r, d, n_context)
+    region_ctx, region_mask = region_context_days(
+        k_r, index, r, d, n_context, cell_limit=cut, before=before
+    )
     pick_d = jax.random.randint(k_d, (n_tasks, n_context), 0, index.type_count[d][:, None])
     type_ctx = index.type_pairs[d[:, None], pick_d]
+    type_ok = jnp.broadcast_to(index.type_count[d][:, None] > 0, type_ctx.shape)
+    if before is not None:
+        type_ok = type_ok & (type_ctx % n_days < before[:, None])
 
     def not_query(ctx_days):  # [B, K] -> f32[B, K]
         return (~jnp.any(ctx_days[:, :, None] == days[:, None, :], axis=-1)).astype(jnp.float32)
@@ -201,7 +230,7 @@ def sample_tasks(
         region_ctx=region_ctx,
         region_ctx_mask=not_query(region_ctx) * region_mask,
         type_ctx=type_ctx,
-        type_ctx_mask=not_query(type_ctx % n_days) * (index.type_count[d] > 0)[:, None],
+        type_ctx_mask=not_query(type_ctx % n_days) * type_ok,
         view=jnp.broadcast_to(view, (n_tasks,)),
         type_hidden=jnp.zeros((n_tasks,), bool),
     )
@@ -347,6 +376,7 @@ def make_train_step(
     weighting: Weighting = "matched",
     spatial_types: SpatialTypes = "frequency",
     type_dropout: float = 0.0,
+    context_days: ContextDays = "any",
     remat: bool = False,
     mesh: Mesh | None = None,
 ) -> Callable[[TrainState, Arrays, CellIndex], tuple[TrainState, dict[str, Array]]]:
@@ -375,7 +405,7 @@ def make_train_step(
         batch = sample_tasks(k_batch, index, view, n_tasks=n_tasks, n_query=n_query,
                              n_context=n_context, n_days=arrays.ys.shape[1],
                              weighting=weighting, spatial_types=spatial_types,
-                             type_dropout=type_dropout)  # fmt: skip
+                             type_dropout=type_dropout, context_days=context_days)  # fmt: skip
         if mesh is not None:
             batch = constrain_batch(batch, mesh)
         state = TrainState(state.params, state.opt_state, state.step, next_key)
