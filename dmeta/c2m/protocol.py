@@ -2,7 +2,8 @@
 
 The users are split into fit and validation users (``validation_split``, the same for
 every seed); per seed one autoencoder is pretrained on the fit users (Algorithm 1, step 1)
-and shared by every deep method; every method is fitted on the fit users and assigns all users to its nearest centroid.
+and shared by every deep method; every method is fitted on the fit users and assigns all
+users to its nearest centroid.
 Tuning scores SC on the validation users; SC and CH are reported on the fit users, on all of
 them and on the inliers (``SC_inliers``, ``CH_inliers``: Ours' outliers removed, and for every
 other method the same share of its users farthest from their centroid in its own space). Each

@@ -408,7 +408,7 @@ def joint_segmentation(
         z, _ = latent_space(ae, state.params["ae"], x, mask, normalize=normalize, strata=strata)
         centroids = distributed.to_host(state.params["centroids"])
         centroids, w = _cluster_model(z, centroids, alpha, outlier_z)
-        if alpha == 0:
+        if alpha <= 0:  # the centroids followed the latent (``_cluster_model``)
             state = _with_centroids(state, centroids)
         return state, {"weights": w if strata is None else w[strata.rows()]}
 

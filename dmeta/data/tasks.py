@@ -214,7 +214,7 @@ def _split(
 
 
 def _task_scaling(pool: TaskPool, segment: Array, fit_end: Array) -> tuple[Array, Array]:
-    """Each task's panel and targets scaled as ``make_pool`` scales a segment, on the
+    """Each task's panel and targets scaled as ``build_task_pool`` scales a segment, on the
     observed steps up to ``fit_end`` i32[T] (the end of its last support target): returns
     (values f32[T, L, F], y f32[T, N])."""
     raw, observed = pool.raw[segment], pool.observed[segment]

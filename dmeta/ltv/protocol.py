@@ -2,8 +2,8 @@
 
 A share P of customers loses its target-domain history (C_na) in train, validation and
 test; customers are split 7:2:1 (the same test customers for every seed, which redraws
-train / validation: ``data.split_customers``); every method predicts the target-domain LTV of the test
-customers; NMAE, NRMSE and normalized Gini overall and for C_na / C_a. One cell is one
+train / validation: ``data.split_customers``); every method predicts the target-domain
+LTV of the test customers; NMAE, NRMSE and normalized Gini overall and for C_na / C_a. One cell is one
 (P, method, seed): ``setting`` is the P label (``P=50%``). Every method is tuned on the
 validation customers (:func:`grid`, ``tuning.trials`` points): the Table 1 methods, and with
 the same procedure and budget the Figure 5 ablations and the Figure 6 expert sweep (``k=<k>``,
