@@ -163,17 +163,24 @@ def test_tune_scores_a_diverging_point_as_lost():
         check_finite(np.array([[1.0] * 4, [1.0, 1.0, 1.0, np.nan]]), "toy")
 
 
+def _folder_saved_before(tmp_path, cfg, key: str) -> dict:
+    """A run folder with one cell whose config.json lacks ``key`` (the folder of a run from
+    before the field); returns that saved config."""
+    _open(tmp_path, cfg)
+    harness.run_cells(tmp_path, [Cell("a", 0)], lambda c: _rows(c, 1.0))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved[key]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    return saved
+
+
 def test_an_old_run_folder_resumes_after_a_config_field_with_default_none_is_added(tmp_path):
     """A folder written before ``train.strata`` existed (no such key in its config.json)
     keeps its cells: a missing field reads as None, the new field's default."""
     from dmeta.rmldp.config import get_config
 
     cfg = get_config(smoke=True)
-    _open(tmp_path, cfg)
-    harness.run_cells(tmp_path, [Cell("a", 0)], lambda c: _rows(c, 1.0))
-    saved = json.loads((tmp_path / "config.json").read_text())
-    del saved["train.strata"]  # the folder of a run from before the field
-    (tmp_path / "config.json").write_text(json.dumps(saved))
+    _folder_saved_before(tmp_path, cfg, "train.strata")
     _open(tmp_path, cfg)
     assert json.loads((tmp_path / "config.json").read_text())["train.strata"] is None
     with pytest.raises(RunError, match="train.strata differ"):
@@ -186,11 +193,7 @@ def test_an_old_run_folder_resumes_after_a_field_is_added_at_its_class_default(t
     from dmeta.rmldp.config import get_config
 
     cfg = get_config(smoke=True)
-    _open(tmp_path, cfg)
-    harness.run_cells(tmp_path, [Cell("a", 0)], lambda c: _rows(c, 1.0))
-    saved = json.loads((tmp_path / "config.json").read_text())
-    del saved["protocol.selection"]
-    (tmp_path / "config.json").write_text(json.dumps(saved))
+    saved = _folder_saved_before(tmp_path, cfg, "protocol.selection")
     _open(tmp_path, cfg)
     assert json.loads((tmp_path / "config.json").read_text())["protocol.selection"] == "mean"
     (tmp_path / "config.json").write_text(json.dumps(saved))  # without the field again
@@ -208,11 +211,7 @@ def test_a_field_added_with_a_new_default_refuses_old_folders_at_that_default(tm
     from dmeta.rmldp.config import get_config
 
     cfg = get_config(smoke=True)
-    _open(tmp_path, cfg)
-    harness.run_cells(tmp_path, [Cell("a", 0)], lambda c: _rows(c, 1.0))
-    saved = json.loads((tmp_path / "config.json").read_text())
-    del saved["train.task_scaling"]
-    (tmp_path / "config.json").write_text(json.dumps(saved))
+    _folder_saved_before(tmp_path, cfg, "train.task_scaling")
     with pytest.raises(RunError, match="train.task_scaling differ"):
         _open(tmp_path, cfg)
     old = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, task_scaling="segment"))
