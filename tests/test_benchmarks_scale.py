@@ -92,3 +92,7 @@ def test_profile_maml_quick(tmp_path):
     # a second-order step costs more than the forward pass and the first-order step
     assert report["second_order_over_forward"][0] > 1
     assert report["second_order_s"][0] > 0 and report["first_order_s"][0] > 0
+    # every meta-step variant (GRU implementations, library rewriters) computes the same step
+    for variant in ("fused", "fused_xnn_dot", "fused_ynn_dot", "fused_onednn_dot"):
+        assert report[f"meta_step_{variant}_metrics_rel_diff"][0] < 1e-5, variant
+        assert report[f"meta_step_{variant}_steps_per_s"][0] > 0, variant

@@ -16,7 +16,10 @@ H = 128, one inner step):
   default) and of ``fused`` compiled with
   XLA CPU fast math, each built from ``make_meta_train_step(make_maml_task_loss(...))``,
   interleaved, as ``meta_step_<variant>_steps_per_s`` rows with their share of the f32 matmul
-  rate (FLOPs counted on the scan GRU fully unrolled, the same for every variant).
+  rate (FLOPs counted on the scan GRU fully unrolled, the same for every variant);
+- the same ``fused`` step with XLA CPU's library rewriters handing dots to XNNPACK, YNNPACK
+  or oneDNN (``fused_*_dot``), and, when PyTorch is installed, the two GRU matmuls in
+  PyTorch (``torch_matmul_*``: what the compiled peer's products run at).
 
 Feeds ``experiments/results/profiling.md``.
 
@@ -29,10 +32,12 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -61,19 +66,31 @@ from experiments.benchmarks.maml_throughput import (
 )
 
 
-def matmul_rate(a, b, repeats: int) -> float:
-    """GFLOP/s of ``a @ b`` (batched when 3-D), median of ``repeats``."""
-    dot = jax.jit(jnp.matmul)
-    seconds = interleaved_medians({"dot": lambda: jax.block_until_ready(dot(a, b))}, repeats)
-    flops = 2 * a.size * b.shape[-1]
-    return flops / seconds["dot"] / 1e9
+def matmul_callables(name: str, a, b, library: str) -> dict[str, Callable[[], object]]:
+    """``a @ b`` (batched when 3-D) in ``library`` ("jax" or "torch"), keyed by row name;
+    empty for torch when it is not installed."""
+    if library == "jax":
+        dot = jax.jit(jnp.matmul)
+        return {f"{name}_gflops": lambda: jax.block_until_ready(dot(a, b))}
+    try:
+        import torch
+    except ImportError:
+        return {}
+    ta, tb = torch.from_numpy(np.array(a)), torch.from_numpy(np.array(b))
+    return {f"torch_{name}_gflops": lambda: torch.matmul(ta, tb)}
 
+
+# XLA CPU's library rewriters: dots handed to XNNPACK, YNNPACK or oneDNN instead of Eigen
+_LIBRARY_DOT = "LIBRARY_FUSION_TYPE_DOT"
 
 # (name, MPFN gru_impl, XLA compiler options) of the meta-step variants timed below
 META_STEP_VARIANTS = (
     ("scan", "scan", {}),
     ("fused", "fused", {}),
     ("fused_fastmath", "fused", {"xla_cpu_enable_fast_math": True}),
+    ("fused_xnn_dot", "fused", {"xla_cpu_experimental_xnn_fusion_type": _LIBRARY_DOT}),
+    ("fused_ynn_dot", "fused", {"xla_cpu_experimental_ynn_fusion_type": _LIBRARY_DOT}),
+    ("fused_onednn_dot", "fused", {"xla_cpu_experimental_onednn_fusion_type": _LIBRARY_DOT}),
 )
 
 
@@ -112,20 +129,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def emit_matmul_rates(emit: Report, shape: Shape, args: argparse.Namespace) -> None:
-    """Square matmul GFLOP/s and the GRU's matmuls, weights shared or per task."""
+    """Square matmul GFLOP/s and the GRU's matmuls, weights shared or per task, in JAX and
+    (when installed) PyTorch."""
     t, n, h = shape.tasks, shape.support, shape.hidden
     key = jax.random.key(0)
     states = jax.random.normal(key, (t, n, h))
     weights = jax.random.normal(key, (t, h, 3 * h))
     emit("matmul_square_gflops", matmul_gflops(256 if args.quick else 2048), "GFLOP/s")
-    shared = matmul_rate(states.reshape(t * n, h), weights[0], args.repeats)
-    per_task = matmul_rate(states, weights, args.repeats)
-    emit("matmul_gru_shared_weights_gflops", shared, f"GFLOP/s ([{t * n}, {h}] @ [{h}, {3 * h}])")
-    emit(
-        "matmul_gru_per_task_weights_gflops",
-        per_task,
-        f"GFLOP/s ({t} x [{n}, {h}] @ [{h}, {3 * h}])",
-    )
+    products = {
+        "matmul_gru_shared_weights": (states.reshape(t * n, h), weights[0]),
+        "matmul_gru_per_task_weights": (states, weights),
+    }
+    # one library after the other: PyTorch's OpenMP threads spin-wait after each call and
+    # slow an XLA call right behind it, so interleaving the two would time the contention
+    seconds = {}
+    for library in ("jax", "torch"):
+        fns = {
+            k: f
+            for name, ab in products.items()
+            for k, f in matmul_callables(name, *ab, library).items()
+        }
+        seconds |= interleaved_medians(fns, max(args.repeats, 30))  # ms each: many calls
+    shapes = {
+        "matmul_gru_shared_weights": f"[{t * n}, {h}] @ [{h}, {3 * h}]",
+        "matmul_gru_per_task_weights": f"{t} x [{n}, {h}] @ [{h}, {3 * h}]",
+    }
+    for key_, value in seconds.items():
+        name = key_.removeprefix("torch_").removesuffix("_gflops")
+        flops = 2 * products[name][0].size * 3 * h
+        emit(key_, flops / value / 1e9, f"GFLOP/s ({shapes[name]})")
 
 
 def emit_forward_vs_meta(emit: Report, apply, theta, batch, repeats: int) -> None:
