@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 
 import jax
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dmeta.config import flatten
 from dmeta.train import harness
 from dmeta.train.harness import Cell, RunError
 
@@ -204,19 +206,29 @@ def test_an_old_run_folder_resumes_after_a_field_is_added_at_its_class_default(t
         _open(tmp_path, median)
 
 
-def test_a_field_added_with_a_new_default_refuses_old_folders_at_that_default(tmp_path):
-    """``train.task_scaling`` came with a new behaviour as its default ("support"); a folder
-    saved before it ran the old one ("segment", ``RMLDPConfig.BEFORE_ADDED``), so it resumes
-    only with the old value, never silently under the new default."""
-    from dmeta.rmldp.config import get_config
-
-    cfg = get_config(smoke=True)
-    _folder_saved_before(tmp_path, cfg, "train.task_scaling")
-    with pytest.raises(RunError, match="train.task_scaling differ"):
+@pytest.mark.parametrize(
+    "module, section, field, old_value",
+    [
+        ("dmeta.rmldp.config", "train", "task_scaling", "segment"),
+        ("dmeta.sales_cnn.config", "train", "region_stopping", "shared"),
+    ],
+)
+def test_a_field_added_with_a_new_default_refuses_old_folders_at_that_default(
+    tmp_path, module, section, field, old_value
+):
+    """A field that came with a new behaviour as its default (RMLDP's ``train.task_scaling``,
+    "support"; Sales CNN's ``train.region_stopping``, "per_region"): a folder saved before it
+    ran the old one (the config class's ``BEFORE_ADDED``), so it resumes only with the old
+    value, never silently under the new default."""
+    cfg = importlib.import_module(module).get_config(smoke=True)
+    key = f"{section}.{field}"
+    assert type(cfg).BEFORE_ADDED[key] == old_value != flatten(cfg)[key]
+    _folder_saved_before(tmp_path, cfg, key)
+    with pytest.raises(RunError, match=f"{key} differ"):
         _open(tmp_path, cfg)
-    old = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, task_scaling="segment"))
-    _open(tmp_path, old)
-    assert json.loads((tmp_path / "config.json").read_text())["train.task_scaling"] == "segment"
+    part = dataclasses.replace(getattr(cfg, section), **{field: old_value})
+    _open(tmp_path, dataclasses.replace(cfg, **{section: part}))
+    assert json.loads((tmp_path / "config.json").read_text())[key] == old_value
 
 
 def test_results_are_rebuilt_from_the_cells_in_run_order(tmp_path):

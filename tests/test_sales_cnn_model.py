@@ -180,7 +180,7 @@ def test_regions_early_stop_on_the_mean_validation_loss():
     stacked = stack_samples(_tiny_data())
     graphdef, params = split_model(SalesCNN(5, 8, maps=3, hidden=8, rngs=nnx.Rngs(0)))
     start, key, val = broadcast_params(params, 2), jax.random.key(3), _negated(stacked)
-    opts = dict(learning_rate=1e-2, batch_size=16, eval_every=5)
+    opts = dict(learning_rate=1e-2, batch_size=16, eval_every=5, per_region=False)
     res = fit_regions(graphdef, start, stacked, key, n_steps=200, val=val, patience=2, **opts)
     assert int(res.state.step) < 200 and 0 < res.best_step < int(res.state.step)
     best = res.history[[row["step"] for row in res.history].index(res.best_step)]
@@ -197,6 +197,39 @@ def test_regions_early_stop_on_the_mean_validation_loss():
     np.testing.assert_allclose(best["val_loss"], np.mean(per_region), rtol=1e-5)
     replay = fit_regions(graphdef, start, stacked, key, n_steps=res.best_step, **opts)
     chex.assert_trees_all_equal(res.best_state.params, replay.state.params)
+
+
+def test_regions_early_stop_each_on_its_own_like_separate_fits():
+    regions = _tiny_data()
+    stacked = stack_samples(regions)
+    graphdef, params = split_model(SalesCNN(5, 8, maps=3, hidden=8, rngs=nnx.Rngs(0)))
+    # region 0's validation set punishes fitting (it stops early), region 1's rewards it
+    val = stack_samples([_negated(regions[0]), regions[1]])
+    start, key = broadcast_params(params, 2), jax.random.key(3)
+    opts = dict(learning_rate=1e-2, batch_size=16, eval_every=5, patience=2)
+    res = fit_regions(graphdef, start, stacked, key, n_steps=150, val=val, **opts)
+    keys = jax.random.split(key, 2)
+    row_of = lambda tree, r: jax.tree.map(lambda a: a[r], tree)  # noqa: E731
+    alone = [
+        fit(graphdef, params, row_of(stacked, r), keys[r], n_steps=150, val=row_of(val, r),
+            **opts)
+        for r in range(2)
+    ]  # fmt: skip
+    assert alone[0].best_step < alone[1].best_step  # the regions' best steps differ
+    chex.assert_trees_all_close(
+        res.best_state.params, stack_params([a.best_state.params for a in alone]),
+        rtol=1e-4, atol=1e-5,
+    )  # fmt: skip
+    assert res.best_step == alone[1].best_step
+    assert int(res.state.step) == max(int(a.state.step) for a in alone)
+    # the logged curve is the regions' mean, each region's own beside it
+    row = res.history[0]
+    np.testing.assert_allclose(row["val_loss"], (row["val_loss/0"] + row["val_loss/1"]) / 2)
+    np.testing.assert_allclose(
+        [row["val_loss/0"], row["val_loss/1"]],
+        [a.history[0]["val_loss"] for a in alone],
+        rtol=1e-4,
+    )
 
 
 def test_bf16_compute_keeps_float32_params_and_trains_like_float32():

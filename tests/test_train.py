@@ -355,6 +355,51 @@ def test_fit_early_stopping_returns_best_state(tmp_path):
         _run(tmp_path, eval_fn=None, patience=2)
 
 
+def _rows_problem():
+    """Two models side by side on the leading axis: each step adds 1 to both rows'
+    parameter, so a row's parameter is the step it was taken at; scripted validation
+    curves with row 0's minimum at step 8 (and a lower value at step 28, after its patience
+    has run out) and row 1's at step 20."""
+
+    def step_fn(state):
+        return dataclasses.replace(state, params=state.params + 1, step=state.step + 1), {}
+
+    def eval_fn(state):
+        row0 = jnp.where(state.step == 28, -1.0, (state.step - 8.0) ** 2)
+        return {"val_loss": jnp.stack([row0, (state.step - 20.0) ** 2])}
+
+    state = TrainState(jnp.zeros(2), jnp.zeros(2), jnp.zeros((), jnp.int32), jnp.zeros(2))
+    return step_fn, state, eval_fn
+
+
+def test_fit_rows_early_stop_one_by_one(tmp_path):
+    step_fn, state, eval_fn = _rows_problem()
+    opts = dict(n_steps=100, eval_fn=eval_fn, eval_every=4, patience=3, rows=2, progress=False)
+    res = fit(step_fn, state, log_path=tmp_path / "m.csv", **opts)
+    # row 0 stops after 3 evaluations past step 8 (at 20); the run when row 1 does (at 32)
+    assert [r["step"] for r in res.history] == list(range(4, 33, 4))
+    np.testing.assert_array_equal(res.best_state.params, [8.0, 20.0])
+    assert res.best_step == 20 and int(res.state.step) == 32
+    # row 0's value at step 28 is its lowest, but it came after row 0 had stopped
+    assert res.history[-2]["val_loss/0"] == -1.0
+    row = res.history[-1]
+    assert row["val_loss/0"] == 24.0**2 and row["val_loss/1"] == 12.0**2
+    assert row["val_loss"] == (24.0**2 + 12.0**2) / 2  # the mean, the curve's column
+    assert list(pd.read_csv(tmp_path / "m.csv").columns) == [
+        "step", "val_loss", "val_loss/0", "val_loss/1"
+    ]  # fmt: skip
+    # a killed run resumes to the same best rows
+    run = dict(opts, ckpt_dir=tmp_path / "ckpt", ckpt_every=4)
+    with pytest.raises(_Crash):
+        fit(_crash_at(14)(step_fn), state, **run)
+    again = fit(step_fn, state, **run)
+    np.testing.assert_array_equal(again.best_state.params, [8.0, 20.0])
+    assert again.best_step == 20 and int(again.state.step) == 32
+    # without a monitored value every row's best is its last state
+    last = fit(step_fn, state, n_steps=6, eval_every=3, rows=2, progress=False)
+    np.testing.assert_array_equal(last.best_state.params, [6.0, 6.0])
+
+
 class _Crash(Exception):
     pass
 

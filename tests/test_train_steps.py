@@ -167,6 +167,40 @@ def test_checkpoints_block_resumes_inside_the_cell(tmp_path):
     assert swapped[-1] == 0
 
 
+def test_checkpoints_block_finds_its_fits_after_an_extra_fit_shifts_them(tmp_path):
+    """A resumed cell can run a fit its first try did not (a seed's memoized pretraining,
+    say) before the others; their checkpoints and curves, saved under other numbers, are
+    found by name and fingerprint and renamed, so the finished fits run no step again."""
+    data = _regression()
+    step = _epochs(data)
+    calls = []
+
+    def spy(state):
+        calls.append(int(state.step))
+        return step(state)
+
+    spy.metric_shapes = step.metric_shapes
+    opts = dict(n_steps=4 * step.steps, steps_per_call=step.steps, eval_every=step.steps,
+                ckpt_every=4 * step.steps, progress=False)  # fmt: skip
+    block = dict(ckpt_root=tmp_path / "ckpt", curves=tmp_path / "curves")
+    with loop.checkpoints(**block):
+        first = [fit(spy, _state(seed), desc=f"seed {seed}", **opts) for seed in (0, 1)]
+    curves = {p.name[4:]: p.read_text() for p in (tmp_path / "curves").glob("*")}
+    calls.clear()
+    with loop.checkpoints(**block) as fits:
+        fit(step, _state(7), desc="extra", **opts)
+        again = [fit(spy, _state(seed), desc=f"seed {seed}", **opts) for seed in (0, 1)]
+    assert calls == []  # both restored from their moved checkpoints
+    for a, b in zip(again, first):
+        _same(a.state, b.state)
+        assert a.history == b.history
+    assert [n[:10] for n in fits.names] == ["000-extra-", "001-seed_0", "002-seed_1"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == sorted(fits.names)
+    for name in fits.names[1:]:
+        for ext in (".csv", ".jsonl"):
+            assert (tmp_path / "curves" / f"{name}{ext}").read_text() == curves[name[4:] + ext]
+
+
 def test_short_fits_in_a_block_save_nothing_long_ones_do(tmp_path):
     """Without its own ckpt_every a fit in a block saves by the clock: a fit shorter than
     min_seconds writes no checkpoint (redoing it is cheaper), its curve is still kept."""

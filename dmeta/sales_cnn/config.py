@@ -23,7 +23,7 @@ no early stopping, every step run, the last state kept).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 from dmeta.sales_cnn.model import PAPER_ORDERS
 
@@ -108,6 +108,9 @@ class TrainConfig:
     schedule: Literal["matched", "paper"] = "matched"  # steps per network (step_budgets)
     eval_every: int = 50  # steps between validation losses (and jitted chunks' length bound)
     patience: int | None = 10  # evaluations without a lower validation loss before stopping
+    # per-region networks: each region's own best state and patience ("per_region", the
+    # paper's individually built models) or one shared step on the regions' mean ("shared")
+    region_stopping: Literal["per_region", "shared"] = "per_region"
     data_parallel: bool = False  # minibatches (pooled) and regions over all visible devices
 
 
@@ -157,7 +160,10 @@ class TuningConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SalesCNNConfig:
-    """The whole Sales CNN experiment."""
+    """The whole Sales CNN experiment. ``BEFORE_ADDED``: what runs saved before a field
+    existed did, where its default is a new behaviour (``dmeta.train.harness``)."""
+
+    BEFORE_ADDED: ClassVar[dict[str, str]] = {"train.region_stopping": "shared"}
 
     data: DataConfig = DataConfig()
     weekly: WeeklyConfig = WeeklyConfig()

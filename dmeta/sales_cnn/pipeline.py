@@ -271,6 +271,7 @@ def forecast_network(
     eval_every: int = 50,
     patience: int | None = 5,
     schedule: str = "matched",
+    region_stopping: str = "per_region",
     shard: bool = False,
 ) -> np.ndarray:
     """Trains one network and returns its test forecasts f32[R, Q] (raw sales units).
@@ -283,7 +284,8 @@ def forecast_network(
     validation frames (``data.val``) every stage logs its
     validation loss (weighted like its training loss) every ``eval_every`` steps, stops
     after ``patience`` evaluations without improvement (None: never) and keeps its best
-    state. ``shard=True`` runs on all visible devices (``dmeta.sales_cnn.train``: pooled
+    state; in the per-region stages each region on its own (``region_stopping =
+    "per_region"``) or all at one step chosen on their mean (``"shared"``). ``shard=True`` runs on all visible devices (``dmeta.sales_cnn.train``: pooled
     minibatches split, regions split in the per-region programs; the batch size and R
     must divide by the device count).
 
@@ -292,6 +294,8 @@ def forecast_network(
       dnn: ``SalesDNN`` ``hidden`` and ``layers`` (dropout ``model["rate"]``).
       position: selects the training keys (``method_keys``).
     """
+    if region_stopping not in ("per_region", "shared"):
+        raise ValueError(f"region_stopping={region_stopping!r}; use 'per_region' or 'shared'")
     n_regions, _, _, d, t = data.train.x.shape
     k_fit, k_tune = method_keys(seed, position)
     early = patience if data.val is not None else None
@@ -324,6 +328,7 @@ def forecast_network(
     def per_region(graphdef, params, b, key, n_steps, stage):
         train, val = sets(b)
         kw = dict(region_opts, n_steps=n_steps, val=val, desc=f"{method} {stage}")
+        kw["per_region"] = region_stopping == "per_region"
         return fit_regions(graphdef, params, train, key, **kw).best_state.params
 
     def predict(graphdef, params_r):

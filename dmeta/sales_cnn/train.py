@@ -224,24 +224,43 @@ def _val_mse(graphdef: nnx.GraphDef, params: Params, val: Samples) -> Array:
     return weighted_mse(apply_model(graphdef, params, val.x), val.y, val.w * real)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "regions"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "regions", "per_region"))
 def validation_loss(
-    graphdef: nnx.GraphDef, params: Params, val: Samples, *, regions: bool = False
+    graphdef: nnx.GraphDef,
+    params: Params,
+    val: Samples,
+    *,
+    regions: bool = False,
+    per_region: bool = False,
 ) -> Array:
     """Weighted MSE (eq. 19) over the real rows of ``val``, without dropout: f32[].
 
     With ``regions``: params ``[R, ...]`` and ``val`` ``[R, V, ...]``; the mean over the
-    regions of each region's own.
+    regions of each region's own, or (``per_region``) each region's own, f32[R].
     """
     if regions:
-        return jnp.mean(jax.vmap(functools.partial(_val_mse, graphdef))(params, val))
+        losses = jax.vmap(functools.partial(_val_mse, graphdef))(params, val)
+        return losses if per_region else jnp.mean(losses)
     return _val_mse(graphdef, params, val)
 
 
 def _train(
-    graphdef, state, data, val, *, regions, batch_size, n_steps, eval_every, patience, shard, desc
+    graphdef,
+    state,
+    data,
+    val,
+    *,
+    regions,
+    batch_size,
+    n_steps,
+    eval_every,
+    patience,
+    shard,
+    desc,
+    per_region=False,
 ) -> FitResult:
-    """``loop.fit`` over jitted chunks of ``gcd(n_steps, eval_every)`` steps."""
+    """``loop.fit`` over jitted chunks of ``gcd(n_steps, eval_every)`` steps (``per_region``:
+    each region early-stopped on its own, ``loop.fit(rows=R)``)."""
     every, length = loop.chunking(n_steps, eval_every)
     program = _program(graphdef, batch_size, length, shard, regions)
 
@@ -258,7 +277,8 @@ def _train(
     step_fn.metric_shapes = lambda s: {"loss": jax.ShapeDtypeStruct((), jnp.float32)}
 
     def eval_fn(s: TrainState):
-        return {"val_loss": validation_loss(graphdef, s.params, val, regions=regions)}
+        loss = validation_loss(graphdef, s.params, val, regions=regions, per_region=per_region)
+        return {"val_loss": loss}
 
     return loop.fit(
         step_fn,
@@ -267,6 +287,7 @@ def _train(
         eval_fn=None if val is None else eval_fn,
         eval_every=every,
         patience=patience,
+        rows=int(data.n.shape[0]) if per_region else None,
         steps_per_call=length,
         desc=desc,
     )
@@ -326,6 +347,7 @@ def fit_regions(
     val: Samples | None = None,
     eval_every: int = 50,
     patience: int | None = None,
+    per_region: bool = True,
     shard: bool = False,
     desc: str = "Sales CNN regions",
 ) -> FitResult:
@@ -336,9 +358,12 @@ def fit_regions(
         pretrained model for transfer).
       data: ``Samples`` stacked ``[R, N, ...]`` (``n: i32[R]``).
       key: one key, split into one per region.
-      val: validation ``Samples`` stacked ``[R, V, ...]``; ``val_loss`` is the mean over
-        regions of their validation losses, and early stopping and the best state (taken
-        for all regions at the same step) follow it.
+      val: validation ``Samples`` stacked ``[R, V, ...]``; ``val_loss`` (logged) is the
+        mean over regions of their validation losses.
+      per_region: each region keeps the parameters of its own lowest validation loss and
+        stops on its own patience, as if trained alone (the paper builds each region's
+        model individually; ``loop.fit(rows=R)``; the run ends when every region has
+        stopped). False: one shared step for all regions, chosen on the mean.
       shard: split the regions (parameters, optimizer states, keys, data) over all
         visible devices; R must divide by the device count. Regions are independent, so
         the devices never communicate.
@@ -351,7 +376,8 @@ def fit_regions(
     keys = jax.random.split(key, data.n.shape[0])
     state = TrainState(params, jax.vmap(optimizer.init)(params), jnp.zeros((), jnp.int32), keys)
     opts = dict(batch_size=batch_size, n_steps=n_steps, eval_every=eval_every, patience=patience)
-    return _train(graphdef, state, data, val, regions=True, shard=shard, desc=desc, **opts)
+    opts |= dict(shard=shard, desc=desc, per_region=per_region)
+    return _train(graphdef, state, data, val, regions=True, **opts)
 
 
 def broadcast_params(params: Params, n: int) -> Params:

@@ -71,6 +71,12 @@ def _accumulate(acc: dict[str, Any], metrics: Mapping[str, Array]) -> dict[str, 
     return {"sum": jax.tree.map(jnp.add, acc["sum"], dict(metrics)), "count": acc["count"] + 1}
 
 
+def _counter(value: Any) -> Any:
+    """An early-stopping counter from a checkpoint: a Python scalar, or an array per row."""
+    value = np.asarray(value)
+    return value.item() if value.ndim == 0 else value
+
+
 def _copy(tree: Any) -> Any:
     # A fresh buffer per leaf: the caller's step may donate `state`, which would delete
     # the buffers that `best_state` shares with it.
@@ -103,11 +109,12 @@ def check_finite(values: Mapping[str, Any] | Array | np.ndarray, where: str) -> 
 @dataclasses.dataclass(frozen=True)
 class _Stopping:
     """Early stopping: the monitored eval metric, the patience (evaluations), the first step
-    at which stopping is allowed."""
+    at which stopping is allowed, and the rows stopped one by one (None: one scalar)."""
 
     monitor: str
     patience: int | None
     min_steps: int
+    rows: int | None = None
 
 
 def _check_args(n_steps, eval_every, ckpt_every, steps_per_call, stop: _Stopping, eval_fn):
@@ -131,21 +138,26 @@ def _check_args(n_steps, eval_every, ckpt_every, steps_per_call, stop: _Stopping
         raise ValueError(f"patience={stop.patience} needs patience >= 1 and an eval_fn")
 
 
-def _initial_tree(step_fn: StepFn, state: TrainState) -> dict[str, Any]:
-    """What a checkpoint holds: states, running metric sums, early-stopping counters."""
+def _initial_tree(step_fn: StepFn, state: TrainState, rows: int | None) -> dict[str, Any]:
+    """What a checkpoint holds: states, running metric sums, early-stopping counters (one
+    per row with ``rows``)."""
     shapes = getattr(step_fn, "metric_shapes", None)
     metric_shapes = shapes(state) if shapes is not None else jax.eval_shape(step_fn, state)[1]
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), dict(metric_shapes))
+    shape = () if rows is None else (rows,)
+    early_stop = {
+        "best_val": np.full(shape, np.inf),
+        "best_step": np.full(shape, int(state.step)),
+        "bad_evals": np.zeros(shape, np.int64),
+        "stopped": np.asarray(False),
+    }
+    if rows is not None:
+        early_stop["row_stopped"] = np.zeros(shape, bool)
     return {
         "state": state,
         "best_state": state,
         "acc": {"sum": zeros, "count": jnp.zeros((), jnp.int32)},
-        "early_stop": {
-            "best_val": np.asarray(np.inf),
-            "best_step": np.asarray(int(state.step)),
-            "bad_evals": np.asarray(0),
-            "stopped": np.asarray(False),
-        },
+        "early_stop": early_stop,
     }
 
 
@@ -180,6 +192,34 @@ def _early_stop(es: dict[str, Any], row: Row, step: int, stop: _Stopping) -> boo
     return improved
 
 
+def _early_stop_rows(es: dict[str, Any], values: np.ndarray, step: int, stop: _Stopping):
+    """``_early_stop`` for ``values: f[R]``, one early stop per row: a row's best follows its
+    own value until its own patience runs out, and the run stops when every row has.
+    Returns bool[R], the rows whose value is their best so far."""
+    active = ~es["row_stopped"]
+    better = active & (values < es["best_val"])
+    es["best_val"] = np.where(better, values, es["best_val"])
+    es["best_step"] = np.where(better, step, es["best_step"])
+    es["bad_evals"] = np.where(better, 0, es["bad_evals"] + active)
+    if stop.patience is not None and step >= stop.min_steps:
+        es["row_stopped"] = es["row_stopped"] | (es["bad_evals"] >= stop.patience)
+    es["stopped"] = bool(es["row_stopped"].all())
+    return better
+
+
+def _take_rows(best: TrainState, state: TrainState, rows: np.ndarray) -> TrainState:
+    """``best`` with the rows ``rows: bool[R]`` of every ``[R, ...]`` leaf taken from
+    ``state`` (fresh buffers; leaves without the row axis, like the shared step, from
+    ``state``)."""
+
+    def take(b, s):
+        if s.ndim == 0 or s.shape[0] != len(rows):
+            return s.copy()
+        return jnp.where(rows.reshape(-1, *[1] * (s.ndim - 1)), s, b)
+
+    return jax.tree.map(take, best, state)
+
+
 @dataclasses.dataclass
 class _Run:
     """The mutable state of one ``fit`` call between steps."""
@@ -195,7 +235,7 @@ class _Run:
 
     @classmethod
     def start(cls, tree: dict[str, Any], ckpt: _Saver | None, log: MetricsLog | None) -> _Run:
-        es = {k: np.asarray(v).item() for k, v in tree["early_stop"].items()}
+        es = {k: _counter(v) for k, v in tree["early_stop"].items()}
         step = int(tree["state"].step)
         history = list(log.restart(step)) if log is not None else []
         return cls(tree["state"], tree["best_state"], tree["acc"], es, step, history, log, ckpt)
@@ -204,9 +244,18 @@ class _Run:
         """Logs a row (train means, evaluation), updates early stopping and the best state."""
         row = _train_row(self.acc, self.step, span, desc)
         self.acc = jax.tree.map(jnp.zeros_like, self.acc)
-        row.update(scalar_metrics(eval_fn(self.state)) if eval_fn is not None else {})
-        if _early_stop(self.es, row, self.step, stop):
-            self.best_state = _copy(self.state)
+        evaluated = dict(eval_fn(self.state)) if eval_fn is not None else {}
+        if stop.rows is None or stop.monitor not in evaluated:
+            row.update(scalar_metrics(evaluated))
+            if _early_stop(self.es, row, self.step, stop):
+                self.best_state = _copy(self.state)
+        else:  # the mean is logged under `monitor`, each row's value under `monitor/r`
+            values = np.asarray(evaluated.pop(stop.monitor), np.float64).reshape(stop.rows)
+            per_row = {f"{stop.monitor}/{r}": v for r, v in enumerate(values)}
+            row.update(scalar_metrics({**evaluated, stop.monitor: values.mean(), **per_row}))
+            better = _early_stop_rows(self.es, values, self.step, stop)
+            if better.any():
+                self.best_state = _take_rows(self.best_state, self.state, better)
         self.history.append(row)
         if self.log is not None:
             self.log.append(row)
@@ -318,6 +367,28 @@ def _fingerprint(state: TrainState, *numbers: int) -> str:
     return digest.hexdigest()[:8]
 
 
+def _claim_moved(scope: _Scope, name: str) -> None:
+    """Renames to ``name`` the checkpoint (and curve) of the same fit saved at another place
+    in the block, when ``name`` has none: an earlier try of the block that ran one fit more
+    or less before it (a memoized step that the resumed process has to redo, say) would
+    otherwise leave this fit's checkpoint under another number and run it again."""
+    if (scope.ckpt_root / name).exists() or not scope.ckpt_root.exists():
+        return
+    suffix = name.split("-", 1)[1]
+    moved = [
+        p for p in sorted(scope.ckpt_root.glob(f"[0-9][0-9][0-9]-{suffix}"))
+        if p.name not in scope.names
+    ]  # fmt: skip
+    if not moved:
+        return
+    old = moved[0].name
+    moved[0].rename(scope.ckpt_root / name)
+    for ext in (".csv", ".jsonl"):
+        curve = None if scope.curve_root is None else scope.curve_root / f"{old}{ext}"
+        if curve is not None and curve.exists():
+            curve.rename(scope.curve_root / f"{name}{ext}")
+
+
 def _saver(desc: str, state: TrainState, ckpt_dir, ckpt_every, log_path, sizes: tuple[int, int]):
     """``(saver or None, log_path)`` of a ``fit``: its own ``ckpt_dir``, or inside a
     ``checkpoints`` block a folder named by its place in the block, its ``desc`` and a
@@ -330,6 +401,8 @@ def _saver(desc: str, state: TrainState, ckpt_dir, ckpt_every, log_path, sizes: 
     name = f"{scope.count:03d}-{slug}-{_fingerprint(state, *sizes)}"
     scope.count += 1
     scope.names.append(name)
+    if distributed.is_main_process():
+        _claim_moved(scope, name)
     if log_path is None and scope.curve_root is not None and distributed.is_main_process():
         log_path = scope.curve_root / f"{name}.csv"
     if ckpt_every is not None:
@@ -348,6 +421,7 @@ def fit(
     patience: int | None = None,
     monitor: str = VAL_KEY,
     min_steps: int = 0,
+    rows: int | None = None,
     steps_per_call: int = 1,
     ckpt_dir: str | os.PathLike | None = None,
     ckpt_every: int | None = None,
@@ -388,6 +462,13 @@ def fit(
       monitor: the eval metric that early stopping and ``best_state`` follow (lower wins).
       min_steps: no early stop before this many updates (e.g. a loss-weight schedule's
         last change).
+      rows: models trained side by side on the state's leading axis (``[rows, ...]``
+        leaves, e.g. regions under ``vmap``), each early-stopped on its own: ``eval_fn``
+        returns ``monitor`` as f32[rows]; a row's leaves in ``best_state`` come from its
+        lowest value until it has gone ``patience`` evaluations without improving, and the
+        run stops when every row has. The log row holds the mean under ``monitor`` and
+        each row's value under ``monitor/r``; ``best_step`` is the latest of the rows'
+        best steps. None: one model, one scalar ``monitor``.
       steps_per_call: updates per call of ``step_fn``; ``n_steps``, ``eval_every`` and
         ``ckpt_every`` must be multiples of it.
       ckpt_dir: checkpoint folder (resumed from when it holds a checkpoint).
@@ -405,10 +486,10 @@ def fit(
         or ``patience`` without ``monitor`` from ``eval_fn``.
       NonFiniteError: a train metric's mean is NaN or infinite.
     """
-    stop = _Stopping(monitor, patience, min_steps)
+    stop = _Stopping(monitor, patience, min_steps, rows)
     _check_args(n_steps, eval_every, ckpt_every, steps_per_call, stop, eval_fn)
     saver, log_path = _saver(desc, state, ckpt_dir, ckpt_every, log_path, (n_steps, steps_per_call))
-    tree = _initial_tree(step_fn, state)
+    tree = _initial_tree(step_fn, state, rows)
     bar = None
     try:
         restored = saver.restore(tree) if saver is not None else None
@@ -442,6 +523,12 @@ def fit(
             bar.close()
         if saver is not None:
             saver.close()
+    if rows is not None:  # rows without a monitored value: their last state is their best
+        never = np.isinf(run.es["best_val"])
+        if never.any():
+            run.best_state = _take_rows(run.best_state, run.state, never)
+            run.es["best_step"] = np.where(never, run.step, run.es["best_step"])
+        return FitResult(run.state, run.best_state, int(run.es["best_step"].max()), run.history)
     if math.isinf(run.es["best_val"]):  # no monitored value seen: the last state is the best
         run.best_state, run.es["best_step"] = run.state, run.step
     return FitResult(run.state, run.best_state, int(run.es["best_step"]), run.history)
