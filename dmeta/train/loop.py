@@ -403,6 +403,7 @@ def _saver(desc: str, state: TrainState, ckpt_dir, ckpt_every, log_path, sizes: 
     scope.names.append(name)
     if distributed.is_main_process():
         _claim_moved(scope, name)
+    distributed.sync(f"claim:{name}")  # the others look for the checkpoint after the rename
     if log_path is None and scope.curve_root is not None and distributed.is_main_process():
         log_path = scope.curve_root / f"{name}.csv"
     if ckpt_every is not None:
