@@ -153,3 +153,10 @@ def test_followup_compares_its_stmp_with_the_reference_methods(tmp_path):
     assert "-25.0% (p " in lines["XGBoost"] and ", 0/3)" in lines["XGBoost"]  # (20 - 25) / 20
     assert "+50.0% (p " in lines["STMP"] and ", 3/3)" in lines["STMP"]  # (50 - 25) / 50
     assert "full/festival" not in md and "Regenerate: `cmd`" in md
+    # a rerun of several methods replaces the reference's rows of those methods
+    write(tmp_path / "rerun", [("w/festival", "STMP", [25.0, 24.0, 26.0]),
+                               ("w/festival", "XGBoost", [50.0, 48.0, 52.0])])  # fmt: skip
+    md = stmp_followup.followup_markdown(tmp_path / "ref", tmp_path / "rerun", "STMP", "cmd",
+                                         replace=True)  # fmt: skip
+    lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("|")}
+    assert "+50.0% (p " in lines["XGBoost"] and ", 3/3)" in lines["XGBoost"]  # (50 - 25) / 50
