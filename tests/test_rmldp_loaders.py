@@ -9,7 +9,14 @@ from dmeta.data.spec import data_root
 from dmeta.data.windows import to_panel
 from dmeta.datasets import groceries, table, walmart
 from dmeta.graph.cooccurrence import cooccurrence_graph
-from dmeta.rmldp.protocol import from_groceries, from_table, from_walmart, load_synthetic
+from dmeta.rmldp.protocol import (
+    calendar_columns,
+    from_groceries,
+    from_table,
+    from_walmart,
+    load_synthetic,
+    with_calendar,
+)
 
 WALMART = data_root() / "walmart_recruiting"
 GROCERIES = data_root() / "groceries_kaggle"
@@ -133,3 +140,25 @@ def test_groceries_bad_date_names_line(tmp_path):
 def test_synthetic_groups_are_categories():
     data = load_synthetic(n_segments=8, n_clusters=2, n_steps=120, freq="W")
     assert set(data.groups) == {"cat0", "cat1"} and len(data.baskets) > 0
+
+
+def test_calendar_feature_group():
+    """``data.calendar``: month one-hot, year phase and (daily) weekday one-hot, appended to
+    each series' features, which reach the panel the models read."""
+    ds = pd.Series(pd.to_datetime(["2024-01-01", "2024-07-02", "2024-12-31"]))
+    daily = calendar_columns(ds, "D")
+    assert daily.shape == (3, 2 + 12 + 7)
+    assert daily.loc[0, "cal_month1"] == 1 and daily.loc[1, "cal_month7"] == 1
+    assert daily.loc[0, "cal_dow0"] == 1  # 2024-01-01 was a Monday
+    assert daily.loc[2, "cal_dow1"] == 1 and daily.filter(like="cal_dow").sum(axis=1).eq(1).all()
+    np.testing.assert_allclose(daily["cal_year_sin"][0], 0.0, atol=1e-12)
+    assert daily["cal_year_cos"][1] < -0.99  # mid-year
+    assert "cal_dow0" not in calendar_columns(ds, "W-FRI")
+    data = load_synthetic(n_segments=8, n_clusters=2, n_steps=120, freq="D")
+    extended = with_calendar(data)
+    added = [c for c in extended.frame.feature_cols if c.startswith("cal_")]
+    assert extended.frame.feature_cols[: len(data.frame.feature_cols)] == data.frame.feature_cols
+    assert len(added) == 21
+    panel = to_panel(extended.frame)
+    month = panel.feature_names.index("cal_month" + str(panel.dates[0].month))
+    assert panel.values[:, 0, month][panel.observed[:, 0]].min() == 1.0

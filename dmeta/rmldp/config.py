@@ -22,7 +22,9 @@ from typing import ClassVar, Literal
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Data: ``baskets`` / ``edges`` CSVs of ``--data table:PATH`` (the knowledge graph),
-    ``max_segments`` (None: all; else a seeded random subset). Synthetic data
+    ``max_segments`` (None: all; else a seeded random subset), ``calendar`` (the paper's
+    calendar feature group: month, year phase and, daily, weekday; off in every table run
+    before 2026-11-29 21:00). Synthetic data
     (``dmeta.data.synthetic.make_demand``): ``n_segments``, ``n_clusters``, ``carryover``
     (the cluster-specific delayed promotion response that makes relations matter; 0 turns
     it off), ``carryover_levels`` (per-cluster multiples of ``carryover``; None spreads them
@@ -32,6 +34,7 @@ class DataConfig:
     baskets: str | None = None
     edges: str | None = None
     max_segments: int | None = None
+    calendar: bool = False
     n_segments: int = 80
     n_clusters: int = 4
     carryover: float = 0.5

@@ -176,7 +176,32 @@ def load_data(spec: str, cfg: RMLDPConfig) -> DemandData:
         )
     else:
         raise DataError(f"--data {spec!r}: rmldp reads synthetic, walmart, groceries or table:PATH")
+    if cfg.data.calendar:
+        data = with_calendar(data)
     return subsample(data, cfg.data.max_segments)
+
+
+def calendar_columns(ds: pd.Series, freq: str) -> pd.DataFrame:
+    """The paper's calendar feature group for dates ``ds``: month one-hot (12) and the
+    position in the year as a sine / cosine pair, plus the day of the week one-hot (7) on
+    daily data. Columns ``cal_*``, float64, index of ``ds``."""
+    ds = pd.to_datetime(ds)
+    phase = 2 * np.pi * (ds.dt.day_of_year - 1) / 365.25
+    cols = {"cal_year_sin": np.sin(phase), "cal_year_cos": np.cos(phase)}
+    cols |= {f"cal_month{m}": (ds.dt.month == m) for m in range(1, 13)}
+    if freq.upper() == "D":
+        cols |= {f"cal_dow{d}": (ds.dt.day_of_week == d) for d in range(7)}
+    return pd.DataFrame(cols, index=ds.index).astype(np.float64)
+
+
+def with_calendar(data: DemandData) -> DemandData:
+    """``data`` with ``calendar_columns`` appended to its features (``data.calendar``)."""
+    lf = data.frame
+    cal = calendar_columns(lf.frame["ds"], lf.freq)
+    frame = pd.concat([lf.frame, cal], axis=1)
+    logger.info("%s: %d calendar features added", data.name, cal.shape[1])
+    long = dataclasses.replace(lf, frame=frame, feature_cols=(*lf.feature_cols, *cal.columns))
+    return dataclasses.replace(data, frame=long)
 
 
 def from_walmart(src: walmart.Walmart) -> DemandData:
