@@ -6,6 +6,9 @@ the target-domain LTV of any samples in the label's units (the protocol scores i
 validation customers to tune and on the test customers to report). Single-domain methods see
 only the target domain (series, availability flags and, where the method uses them,
 portraits); C_na customers reach them with an empty history, as in the protocol.
+
+PTUPCDR (:func:`ptupcdr`) trains in stages; TSUR (:mod:`dmeta.ltv.tsur`) has its own module,
+since it needs a customer graph built from the training samples and gathered into every batch.
 """
 
 from __future__ import annotations

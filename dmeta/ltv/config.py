@@ -146,9 +146,10 @@ class ProtocolConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BaselinesConfig:
-    """Two-stage XGBoost (:func:`dmeta.ltv.baselines.two_stage_xgboost`) and PTUPCDR's bridge
-    (:func:`dmeta.ltv.baselines.ptupcdr`); the neural baselines take ``model.hidden`` and
-    ``train``.
+    """Two-stage XGBoost (:func:`dmeta.ltv.baselines.two_stage_xgboost`), PTUPCDR's bridge
+    (:func:`dmeta.ltv.baselines.ptupcdr`) and TSUR's settings (:func:`dmeta.ltv.tsur.tsur`,
+    defaults from its reference code's ``config.json`` / ``trainer.py``); the neural
+    baselines take ``model.hidden`` and ``train``.
 
     Attributes:
       xgb_estimators: trees of each stage.
@@ -156,6 +157,17 @@ class BaselinesConfig:
       xgb_learning_rate: shrinkage.
       xgb_early_stopping: rounds without validation improvement before stopping.
       ptupcdr_meta_dim: hidden size of PTUPCDR's bridge decoder (its code's default).
+      tsur_channels: wavelet filter banks of TSUR's temporal encoder (each a channel).
+      tsur_levels: wavelet decomposition levels.
+      tsur_filter_len: taps of each wavelet filter (even).
+      tsur_neighbours: k of the customer kNN graph (the reference's faiss k = 11 counts
+        the node itself).
+      tsur_heads: attention heads of the GAT and of the decoder (must divide the hidden size).
+      tsur_clusters: centroids of the cluster-alignment regularizer.
+      tsur_cluster_dim: size of the centroids and of the two projections onto them.
+      tsur_wavelet_weight: weight of the penalty keeping the wavelet matrices near their
+        initialization.
+      tsur_cluster_weight: weight of the cluster-alignment (JS divergence) loss.
     """
 
     xgb_estimators: int = 300
@@ -163,6 +175,20 @@ class BaselinesConfig:
     xgb_learning_rate: float = 0.05
     xgb_early_stopping: int = 20
     ptupcdr_meta_dim: int = 50
+    tsur_channels: int = 50
+    tsur_levels: int = 3
+    tsur_filter_len: int = 10
+    tsur_neighbours: int = 10
+    tsur_heads: int = 4
+    tsur_clusters: int = 300
+    tsur_cluster_dim: int = 50
+    tsur_wavelet_weight: float = 0.03
+    tsur_cluster_weight: float = 0.01
+
+    def tsur_kwargs(self) -> dict:
+        """The ``tsur_*`` fields as keyword arguments of :func:`dmeta.ltv.tsur.tsur`."""
+        fields = dataclasses.asdict(self).items()
+        return {k.removeprefix("tsur_"): v for k, v in fields if k.startswith("tsur_")}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,6 +40,7 @@ from dmeta.ltv import baselines as B
 from dmeta.ltv import data as ltv_data
 from dmeta.ltv.config import CDLtvSConfig, ModelConfig, TrainConfig, Windows
 from dmeta.ltv.train import CDLtvSFit, fit_stage1, fit_stage2
+from dmeta.ltv.tsur import tsur
 from dmeta.train.harness import Cell, hp_rows, shared_choice, tune
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ BASELINES = (
     "XGBoost-2stage",
     "LSTM",
     "Informer",
+    "TSUR",
     "TCN",
     "ZILN",
     "PTUPCDR",
@@ -369,6 +371,8 @@ class Protocol:
         if method == "PTUPCDR":
             meta_dim = self.cfg.baselines.ptupcdr_meta_dim
             return _unrouted(B.ptupcdr(train, val, meta_dim=meta_dim, **fit_kwargs))
+        if method == "TSUR":
+            return _unrouted(tsur(train, val, **self.cfg.baselines.tsur_kwargs(), **fit_kwargs))
         return _unrouted(B.neural_baseline(B.NEURAL_NAMES[method], train, val, **fit_kwargs))
 
     def _ours(self, method: str, p: float, seed: int, point: dict[str, Any]) -> Routed:
