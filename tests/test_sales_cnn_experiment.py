@@ -1,6 +1,7 @@
 """Sales CNN pipeline pieces, baselines and the experiment's smoke run end to end."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ from dmeta.report import render
 from dmeta.report.sales_cnn import claims_markdown, plots
 from dmeta.sales_cnn.baselines import arima_forecast, fe_features, persistence_forecast
 from dmeta.sales_cnn.config import get_config
-from dmeta.sales_cnn.frames import build_frames
+from dmeta.sales_cnn.frames import GroupTotals, build_frames
 from dmeta.sales_cnn.model import PAPER_ORDERS
 from dmeta.sales_cnn.pipeline import (
     METHODS,
@@ -22,8 +23,9 @@ from dmeta.sales_cnn.pipeline import (
     step_budgets,
     weighted,
 )
-from dmeta.sales_cnn.protocol import SalesRun, resolve, top_items
+from dmeta.sales_cnn.protocol import SalesRun, group_rows, resolve, top_items
 from dmeta.sales_cnn.synthetic import synthetic_panel
+from dmeta.train.harness import Cell, RunError, open_run, run_cells
 
 
 def test_prepare_split_and_weights():
@@ -120,6 +122,33 @@ def test_top_items_keeps_the_best_sellers_and_renumbers_their_groups():
     same_brand = kept.brand == kept.brand[0]
     np.testing.assert_allclose(frames[0, 0, 0, 1], frames[0, same_brand, 0, 0].sum(0), rtol=1e-6)
     assert top_items(panel, None) is panel
+
+
+def test_group_rows_choose_totals_and_old_folders_resume_with_item_sums(tmp_path):
+    panel, _ = synthetic_panel(0, n_regions=2, n_items=6, n_periods=40)
+    r, _, n_periods, d = panel.x.shape
+    totals = GroupTotals(
+        brand=np.ones((r, panel.brand.max() + 1, n_periods, d), np.float32),
+        category=np.ones((r, panel.category.max() + 1, n_periods, d), np.float32),
+        region=np.ones((r, n_periods, d), np.float32),
+    )
+    panel = dataclasses.replace(panel, totals=totals)
+    cfg = get_config(smoke=True)
+    selected = override(cfg, ["data.group_rows=selected"])
+    assert SalesRun("synthetic", panel, cfg).panel.totals is totals
+    assert SalesRun("synthetic", panel, selected).panel.totals is None
+    with pytest.raises(ValueError, match="group_rows='all'"):
+        group_rows(panel, "all")
+    # a folder saved before data.group_rows (its config.json lacks the key) used item sums
+    opts = dict(data="synthetic", seeds=1, methods=("Naive",), command="x", fresh=False)
+    open_run(tmp_path, cfg, **opts)
+    run_cells(tmp_path, [Cell("Naive", 0)], lambda c: [])
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["data.group_rows"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(RunError, match="data.group_rows differ"):
+        open_run(tmp_path, cfg, **opts)
+    open_run(tmp_path, selected, **opts)
 
 
 def test_run_keeps_two_prepared_sets_and_recomputes_evicted_ones_alike():

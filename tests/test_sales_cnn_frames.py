@@ -1,9 +1,20 @@
 """Data Frames (eq. 2-6), end-point splits and the synthetic panel."""
 
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dmeta.sales_cnn.frames import build_frames, indicator_matrices, split_ends
+from dmeta.sales_cnn.frames import (
+    GroupTotals,
+    SalesPanel,
+    build_frames,
+    indicator_matrices,
+    split_ends,
+)
 from dmeta.sales_cnn.synthetic import synthetic_panel
 
 
@@ -49,6 +60,92 @@ def test_frames_equal_loop_reference():
     assert frames.shape == (2, 5, 3, 4, 3, 4)
     np.testing.assert_allclose(np.asarray(frames), want_frames, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(y), want_y, rtol=1e-6)
+
+
+@functools.partial(jax.jit, static_argnames=("length", "horizon", "target"))
+def _item_sum_frames(x, brand, category, ends, *, length, horizon, target):
+    """``build_frames`` as it was before ``GroupTotals`` (group rows sum the items)."""
+    x = jnp.asarray(x)
+    by_item = jnp.moveaxis(x, 1, 0)
+
+    def group_sum(group):
+        sums = jax.ops.segment_sum(by_item, group, num_segments=x.shape[1])
+        return jnp.moveaxis(sums[group], 0, 1)
+
+    region = jnp.broadcast_to(x.sum(axis=1, keepdims=True), x.shape)
+    matrices = jnp.stack([x, group_sum(brand), group_sum(category), region], axis=2)
+    window = ends[:, None] - length + 1 + jnp.arange(length)
+    frames = jnp.transpose(matrices[:, :, :, window, :], (0, 1, 3, 2, 5, 4))
+    y = x[:, :, ends[:, None] + 1 + jnp.arange(horizon), target].sum(-1)
+    return frames, y
+
+
+def _full_panel(seed=0):
+    """A panel of 7 items with its group totals (f32 sums over all 7 items)."""
+    rng = np.random.default_rng(seed)
+    x = rng.gamma(2.0, 3.0, (2, 7, 12, 3)).astype(np.float32)
+    brand, category = np.array([0, 1, 2, 1, 3, 0, 2]), np.array([1, 0, 2, 2, 1, 0, 1])
+
+    def group(codes):
+        return np.stack([x[:, codes == g].sum(1) for g in range(codes.max() + 1)], axis=1)
+
+    totals = GroupTotals(brand=group(brand), category=group(category), region=x.sum(1))
+    panel = SalesPanel(
+        x=x,
+        brand=brand.astype(np.int32),
+        category=category.astype(np.int32),
+        target=1,
+        regions=("r0", "r1"),
+        items=tuple(f"i{k}" for k in range(7)),
+        indicators=("a", "b", "c"),
+        dates=np.datetime64("2020-01-06") + 7 * np.arange(12).astype("timedelta64[D]"),
+        totals=totals,
+    )
+    return panel
+
+
+OPTS = dict(length=4, horizon=3, target=1)
+ENDS = np.array([3, 5, 8])
+
+
+def test_frames_without_totals_are_bit_identical_to_the_item_sums():
+    rng = np.random.default_rng(3)
+    x = rng.gamma(2.0, 3.0, (3, 9, 14, 4)).astype(np.float32)
+    brand, category = rng.integers(0, 4, 9), rng.integers(0, 3, 9)
+    frames, y = build_frames(x, brand, category, ENDS + 1, **OPTS)
+    want_frames, want_y = _item_sum_frames(x, brand, category, ENDS + 1, **OPTS)
+    np.testing.assert_array_equal(np.asarray(frames), np.asarray(want_frames))
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(want_y))
+
+
+def test_frames_with_totals_count_items_outside_the_panel():
+    full = _full_panel()
+    keep = np.array([0, 3, 4])  # brands 0, 1, 3 and categories 1, 2 also hold left-out items
+    frames, y = build_frames(
+        full.x[:, keep], full.brand[keep], full.category[keep], ENDS, full.totals, **OPTS
+    )
+    want_frames, want_y = _slow_frames(full.x, full.brand, full.category, ENDS, 4, 3, 1)
+    np.testing.assert_allclose(np.asarray(frames), want_frames[:, keep], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(y), want_y[:, keep])
+    sums, _ = build_frames(full.x[:, keep], full.brand[keep], full.category[keep], ENDS, **OPTS)
+    assert (np.asarray(frames)[:, :, :, 1:] > np.asarray(sums)[:, :, :, 1:]).all()
+
+
+def test_selections_keep_totals_consistent_with_the_recoded_groups():
+    full = _full_panel()
+    want_frames, want_y = _slow_frames(full.x, full.brand, full.category, ENDS, 4, 3, 1)
+    keep = np.array([1, 2, 6])  # brands 1, 2, 2 -> 0, 1, 1; categories 0, 2, 1 -> 0, 2, 1
+    panel = full.select_items(keep).select_regions(np.array([1]))
+    assert list(panel.brand) == [0, 1, 1] and list(panel.category) == [0, 2, 1]
+    assert panel.totals.brand.shape == (1, 2, 12, 3)
+    frames, _ = build_frames(panel.x, panel.brand, panel.category, ENDS, panel.totals, **OPTS)
+    np.testing.assert_allclose(np.asarray(frames), want_frames[1:, keep], rtol=1e-6)
+    head = panel.first_periods(10)
+    frames, y = build_frames(head.x, head.brand, head.category, ENDS[:2], head.totals, **OPTS)
+    np.testing.assert_allclose(np.asarray(frames), want_frames[1:, keep, :2], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(y), want_y[1:, keep, :2])
+    with pytest.raises(ValueError, match=r"GroupTotals.brand: shape \(2, "):
+        dataclasses.replace(panel, totals=full.totals.take(regions=[0, 1]).take(brands=[0, 1]))
 
 
 def test_split_ends_no_overlap():

@@ -7,7 +7,8 @@ import pytest
 from dmeta.data.frames import DataError
 from dmeta.data.spec import data_root
 from dmeta.datasets import cainiao, completejourney, frat, itemlog
-from dmeta.sales_cnn.protocol import from_completejourney, from_itemlog
+from dmeta.sales_cnn.frames import build_frames
+from dmeta.sales_cnn.protocol import from_completejourney, from_itemlog, group_rows
 
 CAINIAO_INDICATORS = cainiao.INDICATORS
 read_cainiao_config = cainiao.read_config
@@ -92,6 +93,40 @@ def test_completejourney_shared():
     assert not departments.isin(["FUEL", "MISCELLANEOUS"]).any()
     baskets = panel.x[..., 4].sum((0, 2))
     assert baskets.min() > 100 and panel.sales.max() < 100  # units, not gallons
+
+
+def _store_day(src, store: str, day: str) -> pd.DataFrame:
+    """The transactions of ``store`` on ``day`` with their products' manufacturer, fuel and
+    kiosk departments left out (as the panel's)."""
+    products = src.products[["product_id", "manufacturer_id", "department"]]
+    tx = src.transactions.merge(products, on="product_id")  # known products only
+    on_day = tx["timestamp"].dt.floor("D") == pd.Timestamp(day)
+    kept = ~tx["department"].isin(["FUEL", "MISCELLANEOUS"])
+    return tx[(tx["store_id"] == store) & on_day & kept]
+
+
+def test_completejourney_group_rows_are_store_totals():
+    src = completejourney.load(_shared("cj8451_completejourney"))
+    panel = from_completejourney(src)  # the 100 products of the 5 stores
+    r, day = panel.regions.index("367"), "2017-06-15"
+    t = int(np.flatnonzero(panel.dates == np.datetime64(day))[0])
+    tx = _store_day(src, "367", day)
+    opts = dict(length=1, horizon=1, target=0)
+    args = (panel.x, panel.brand, panel.category, np.array([t]))
+    rows = np.asarray(build_frames(*args, panel.totals, **opts)[0])[r, :, 0, :, :, 0]  # [I, 4, D]
+    sums = np.asarray(build_frames(*args, **opts)[0])[r, :, 0, :, :, 0]
+    assert (rows[:, 3, 0] == tx["quantity"].sum()).all()  # every product of the store
+    assert (rows[:, 3, 4] == tx["basket_id"].nunique()).all()
+    assert (rows[:, 3, 5] == tx["household_id"].nunique()).all()
+    assert sums[0, 3, 0] == panel.x[r, :, t, 0].sum() < 0.5 * rows[0, 3, 0]  # not the 100's sum
+    maker = src.products.set_index("product_id").loc[panel.items[0], "manufacturer_id"]
+    brand = tx[tx["manufacturer_id"] == maker]
+    assert rows[0, 1, 0] == brand["quantity"].sum() > sums[0, 1, 0]
+    # a basket with two products of the brand counts once (the products' sum counts it twice)
+    per_product = brand.groupby("product_id")["basket_id"].nunique().sum()
+    assert rows[0, 1, 4] == brand["basket_id"].nunique() < per_product
+    selected = group_rows(panel, "selected")
+    assert selected.totals is None and group_rows(panel, "totals") is panel
 
 
 def _log():

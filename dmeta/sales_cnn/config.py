@@ -41,6 +41,11 @@ class DataConfig:
     n_regions: int = 5  # regions kept (largest by sales; paper: 5)
     n_items: int | None = 100  # items kept (most sold there; completejourney: most baskets)
     period_days: float | None = None  # days per period for eq. 18 (None: the dates' step)
+    # the Data Frames' brand, category and region rows: "totals" over every product of the
+    # regions (completejourney: all products of the stores, also those not among the
+    # n_items; the other data hold every item, so there it is the panel's own items) or
+    # "selected", the sums over the panel's items (runs saved before this field)
+    group_rows: Literal["totals", "selected"] = "totals"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +168,10 @@ class SalesCNNConfig:
     """The whole Sales CNN experiment. ``BEFORE_ADDED``: what runs saved before a field
     existed did, where its default is a new behaviour (``dmeta.train.harness``)."""
 
-    BEFORE_ADDED: ClassVar[dict[str, str]] = {"train.region_stopping": "shared"}
+    BEFORE_ADDED: ClassVar[dict[str, str]] = {
+        "train.region_stopping": "shared",
+        "data.group_rows": "selected",
+    }
 
     data: DataConfig = DataConfig()
     weekly: WeeklyConfig = WeeklyConfig()

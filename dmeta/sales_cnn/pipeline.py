@@ -125,7 +125,7 @@ def prepare(
     """Train/validation/test Data Frames per region.
 
     Args:
-      panel: the sales panel.
+      panel: the sales panel (its ``totals``, when given, are the frames' group rows).
       length: frame length ``T``; horizon: target interval ``k``.
       n_test: number of last end points used as test frames (paper: 1).
       train_periods: keep training end points within this many periods before the
@@ -149,9 +149,11 @@ def prepare(
     train_ends, val_ends = ends[: len(ends) - n_val - gap], ends[len(ends) - n_val :]
     args = (panel.x, panel.brand, panel.category)
     opts = dict(length=length, horizon=horizon, target=panel.target)
-    frames, y = (np.asarray(a) for a in build_frames(*args, jnp.asarray(ends), **opts))
+    frames, y = (
+        np.asarray(a) for a in build_frames(*args, jnp.asarray(ends), panel.totals, **opts)
+    )
     test_frames, test_y = (
-        np.asarray(a) for a in build_frames(*args, jnp.asarray(split.test), **opts)
+        np.asarray(a) for a in build_frames(*args, jnp.asarray(split.test), panel.totals, **opts)
     )
     first = int(ends[0]) - length + 1
     active = panel.sales[:, :, first : split.sp].sum(-1) > 0  # [R, I]

@@ -24,7 +24,7 @@ from dmeta.datasets import LOADERS, _csv, completejourney
 from dmeta.datasets.itemlog import ItemLog, checked
 from dmeta.sales_cnn import baselines
 from dmeta.sales_cnn.config import SalesCNNConfig, for_weekly
-from dmeta.sales_cnn.frames import SalesPanel, split_ends
+from dmeta.sales_cnn.frames import GroupTotals, SalesPanel, split_ends
 from dmeta.sales_cnn.pipeline import (
     METHODS,
     NETWORKS,
@@ -48,6 +48,14 @@ log = logging.getLogger(__name__)
 
 CJ_INDICATORS = ("quantity", "sales_value", "retail_disc", "coupon_disc", "baskets", "households")
 CJ_EXCLUDED_DEPARTMENTS = ("FUEL", "MISCELLANEOUS")  # quantity in gallons / kiosk counts
+CJ_AGGREGATION = {  # indicator -> (transaction column, aggregation) over a day's rows
+    "quantity": ("quantity", "sum"),
+    "sales_value": ("sales_value", "sum"),
+    "retail_disc": ("retail_disc", "sum"),
+    "coupon_disc": ("coupon_disc", "sum"),
+    "baskets": ("basket_id", "nunique"),
+    "households": ("household_id", "nunique"),
+}
 
 
 def load_panel(
@@ -96,31 +104,79 @@ def from_itemlog(src: ItemLog) -> SalesPanel:
     )
 
 
-def _cj_selection(tx: pd.DataFrame, n_items: int | None, n_regions: int) -> pd.DataFrame:
-    """Complete Journey rows of the ``n_regions`` stores with the most baskets and, in
-    them, the ``n_items`` products with the most baskets (None: all), up to the last full
-    day (a last day with under half the median day's baskets is cut: the data end in the
-    first hours of 2018-01-01). ``tx`` has ``department`` and ``ds`` (the day)."""
+def _cj_stores(tx: pd.DataFrame, n_regions: int) -> pd.DataFrame:
+    """Complete Journey rows of the ``n_regions`` stores with the most baskets, fuel and
+    kiosk departments left out, up to the last full day (a last day with under half the
+    median day's baskets is cut: the data end in the first hours of 2018-01-01). ``tx``
+    has ``department`` and ``ds`` (the day)."""
     days = tx.groupby("ds")["basket_id"].nunique()
     while len(days) > 1 and days.iloc[-1] < 0.5 * days.median():
         days = days.iloc[:-1]
     tx = tx[tx["ds"] <= days.index[-1]]
     tx = tx[~tx["department"].isin(CJ_EXCLUDED_DEPARTMENTS)]
     stores = tx.groupby("store_id")["basket_id"].nunique().nlargest(n_regions).index
-    tx = tx[tx["store_id"].isin(stores)]
-    if n_items is not None:
-        top = tx.groupby("product_id")["basket_id"].nunique().nlargest(n_items).index
-        tx = tx[tx["product_id"].isin(top)]
-    return tx
+    return tx[tx["store_id"].isin(stores)]
+
+
+def _cj_top_products(tx: pd.DataFrame, n_items: int | None) -> pd.DataFrame:
+    """The rows of the ``n_items`` products with the most baskets in ``tx`` (None: all)."""
+    if n_items is None:
+        return tx
+    top = tx.groupby("product_id")["basket_id"].nunique().nlargest(n_items).index
+    return tx[tx["product_id"].isin(top)]
+
+
+def _cj_daily(tx: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The ``CJ_INDICATORS`` of the transactions ``tx`` per ``keys`` (and ``_line``, the
+    first file line): quantities, sales and discounts summed, baskets and households
+    counted once each (distinct ids)."""
+    return tx.groupby(keys).agg(**CJ_AGGREGATION, _line=("_line", "min")).reset_index()
+
+
+def _dense(table: pd.DataFrame, axes: list[tuple[str, pd.Index]]) -> np.ndarray:
+    """f32[*axis lengths, D] the ``CJ_INDICATORS`` of ``table`` at the labels of each
+    (column, labels) axis; 0 where ``table`` has no row, rows off the labels left out."""
+    codes = [labels.get_indexer(table[column]) for column, labels in axes]
+    on = np.logical_and.reduce([c >= 0 for c in codes])
+    out = np.zeros((*(len(labels) for _, labels in axes), len(CJ_INDICATORS)), np.float32)
+    out[tuple(c[on] for c in codes)] = table.loc[on, list(CJ_INDICATORS)].to_numpy(np.float32)
+    return out
+
+
+def _cj_totals(tx: pd.DataFrame, attributes: pd.DataFrame, panel: SalesPanel) -> GroupTotals:
+    """The brand, category and store series of ``panel`` over all rows ``tx`` of its
+    stores (every product, not only the panel's), per day; ``attributes``: ``item_id,
+    brand, category`` of every product. Baskets and households count the distinct baskets
+    / households that bought any product of the brand, category or store that day (not
+    the sum over products)."""
+    named = attributes.assign(item_id=attributes["item_id"].astype(str)).set_index("item_id")
+    tx = tx.assign(
+        store_id=tx["store_id"].astype(str),
+        **{c: tx["product_id"].astype(str).map(named[c]) for c in ("brand", "category")},
+    )
+    stores, days = pd.Index(panel.regions), pd.DatetimeIndex(panel.dates)
+    series = {}
+    for level, codes in (("brand", panel.brand), ("category", panel.category)):
+        names = np.empty(codes.max() + 1, object)
+        names[codes] = named.loc[list(panel.items), level].to_numpy()
+        daily = _cj_daily(tx, ["store_id", level, "ds"])
+        series[level] = _dense(
+            daily, [("store_id", stores), (level, pd.Index(names)), ("ds", days)]
+        )
+    region = _dense(_cj_daily(tx, ["store_id", "ds"]), [("store_id", stores), ("ds", days)])
+    return GroupTotals(brand=series["brand"], category=series["category"], region=region)
 
 
 def from_completejourney(
     src: completejourney.CompleteJourney, *, n_items: int | None = 100, n_regions: int = 5
 ) -> SalesPanel:
-    """Product x store x day (``_cj_selection``: the stores and then the products with the
-    most baskets, fuel and kiosk departments left out); indicators: quantity (the target),
-    sales value, retail and coupon discounts, baskets, households. Brand =
-    ``manufacturer_id``, category = ``product_category``."""
+    """Product x store x day of the ``n_regions`` stores with the most baskets
+    (``_cj_stores``, fuel and kiosk departments left out) and, in them, the ``n_items``
+    products with the most baskets; indicators: quantity (the target), sales value, retail
+    and coupon discounts, baskets, households. Brand = ``manufacturer_id``, category =
+    ``product_category``. The panel's ``totals`` are the brand, category and store series
+    over every product of the stores (``_cj_totals``; baskets and households there count
+    distinct baskets and households)."""
     ids = ("household_id", "store_id", "basket_id", "product_id")
     tx = src.transactions.assign(**{c: _csv.natural_ids(src.transactions[c]) for c in ids})
     products = src.products.assign(product_id=_csv.natural_ids(src.products["product_id"]))
@@ -130,26 +186,27 @@ def from_completejourney(
                               "record dropped")  # fmt: skip
     tx = tx[known].assign(ds=tx["timestamp"].dt.floor("D"))
     tx = tx.merge(products[["product_id", "department"]], on="product_id", how="left")
-    tx = _cj_selection(tx, n_items, n_regions)
-    log = (
-        tx.groupby(["product_id", "store_id", "ds"])
-        .agg(
-            quantity=("quantity", "sum"),
-            sales_value=("sales_value", "sum"),
-            retail_disc=("retail_disc", "sum"),
-            coupon_disc=("coupon_disc", "sum"),
-            baskets=("basket_id", "nunique"),
-            households=("household_id", "nunique"),
-            _line=("_line", "min"),
-        )  # fmt: skip
-        .reset_index()
-        .rename(columns={"product_id": "item_id", "store_id": "region_id"})
+    tx = _cj_stores(tx, n_regions)
+    log = _cj_daily(_cj_top_products(tx, n_items), ["product_id", "store_id", "ds"]).rename(
+        columns={"product_id": "item_id", "store_id": "region_id"}
     )
     attributes = products[["product_id", "manufacturer_id", "product_category"]].set_axis(
         ["item_id", "brand", "category"], axis=1
     )
-    return from_itemlog(checked(log, attributes, indicators=CJ_INDICATORS, target="quantity",
-                                freq="D", source=src.path))  # fmt: skip
+    src_log = checked(log, attributes, indicators=CJ_INDICATORS, target="quantity", freq="D",
+                      source=src.path)  # fmt: skip
+    panel = from_itemlog(src_log)
+    return dataclasses.replace(panel, totals=_cj_totals(tx, src_log.attributes, panel))
+
+
+def group_rows(panel: SalesPanel, choice: str) -> SalesPanel:
+    """The panel whose Data Frames' brand, category and region rows are ``choice``:
+    ``"totals"``, its ``totals`` over every product of its regions (the sums over its own
+    items where it has none: Frat, synthetic, itemlog, cainiao), or ``"selected"``, the
+    sums over its items (``totals`` dropped)."""
+    if choice not in ("totals", "selected"):
+        raise ValueError(f"data.group_rows={choice!r}; use 'totals' or 'selected'")
+    return panel if choice == "totals" else dataclasses.replace(panel, totals=None)
 
 
 def top_regions(panel: SalesPanel, n: int) -> SalesPanel:
@@ -202,12 +259,14 @@ def grid(cfg: SalesCNNConfig, method: str) -> dict[str, tuple]:
 
 
 class SalesRun:
-    """Computes the cells of one run on one panel (already cut to its top regions); ``out``,
-    the run folder, keeps the choices shared by seeds (``tuning.per_seed`` False)."""
+    """Computes the cells of one run on one panel (already cut to its top regions; its
+    group rows chosen by ``data.group_rows``, ``group_rows``); ``out``, the run folder,
+    keeps the choices shared by seeds (``tuning.per_seed`` False)."""
 
     def __init__(
         self, dataset: str, panel: SalesPanel, cfg: SalesCNNConfig, out: Path | None = None
     ):
+        panel = group_rows(panel, cfg.data.group_rows)
         self.dataset, self.panel, self.cfg, self.out = dataset, panel, cfg, out
         log.info("%s: regions %s; %d items %s; %d periods of %g days from %s", dataset,
                  " ".join(panel.regions), len(panel.items), " ".join(panel.items),
@@ -230,7 +289,7 @@ class SalesRun:
                 sp = split_ends(
                     len(panel.dates), length=length, horizon=horizon, n_test=d.n_test
                 ).sp
-                panel = dataclasses.replace(panel, x=panel.x[:, :, :sp], dates=panel.dates[:sp])
+                panel = panel.first_periods(sp)
             self._prepared[memo] = prepare(
                 panel,
                 length=length,
