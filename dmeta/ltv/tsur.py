@@ -85,6 +85,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from dmeta.ltv.data import CrossDomainData
@@ -555,8 +556,7 @@ class TSUR(nnx.Module):
 
 def smooth_l1(y: Array, pred: Array, weight: Array) -> Array:
     """Weighted mean Huber loss with threshold 1 (PyTorch's ``smooth_l1_loss``)."""
-    d = jnp.abs(y - pred)
-    return jnp.sum(weight * jnp.where(d < 1.0, 0.5 * d**2, d - 0.5)) / jnp.sum(weight)
+    return jnp.sum(weight * optax.huber_loss(pred, y, delta=1.0)) / jnp.sum(weight)
 
 
 # ----------------------------------------------------------------------------- fit
