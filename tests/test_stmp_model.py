@@ -69,6 +69,22 @@ def test_jump_lstm_connects_t_to_t_minus_period():
     assert layer(x).shape == (7 * 4,)
 
 
+@pytest.mark.parametrize("jump, recent, reads", [(True, 7, 7), (True, WINDOW, WINDOW),
+                                                  (False, 7, WINDOW)])  # fmt: skip
+def test_plain_lstm_reads_the_last_recent_days(prep, jump, recent, reads):
+    """Beside the jump-LSTM the plain LSTM reads the window's last ``recent_days`` days;
+    without the jump-LSTM it reads the whole window."""
+    model = M.bind(*build(prep, jump=jump, recent_days=recent))
+    lstm, seen = model.lstm, []
+    model.lstm = lambda x: seen.append(x.shape[-2]) or lstm(x)
+    x = jnp.ones((2, WINDOW, M.DAY_FEATURES))
+    zeros = jnp.zeros(2, jnp.int32)
+    model.features(x, zeros, zeros, zeros, jnp.zeros((2, prep.data.attrs.shape[1])))
+    assert seen == [reads]
+    with pytest.raises(ValueError, match="recent_days"):
+        build(prep, recent_days=WINDOW + 1)
+
+
 def test_synthetic_uplift_follows_attributes():
     data = D.make_synthetic(n_regions=30, n_days=3 * 365, noise=0.01, seed=0)
     fest_type = data.date_type[0] == 2

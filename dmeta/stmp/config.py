@@ -42,6 +42,8 @@ class ModelConfig:
 
     Attributes:
       window: L input days (a multiple of the jump period).
+      recent_days: days the plain LSTM beside the jump-LSTM reads (the window's last;
+        the spec's choice, one week; ``window`` for all of it).
       latent: latent size Z.
       hidden: hidden size H.
       calendar: the target day's date type and month enter the fusion (as the baselines
@@ -62,6 +64,7 @@ class ModelConfig:
     """
 
     window: int = 28
+    recent_days: int = 7
     latent: int = 16
     hidden: int = 32
     calendar: bool = True

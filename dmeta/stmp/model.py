@@ -99,6 +99,9 @@ class STMP(nnx.Module):
       latent: Z, size of each latent.
       hidden: H.
       jump: use the jump-LSTM (else a plain LSTM over the whole window).
+      recent_days: days the plain LSTM beside the jump-LSTM reads, the last ones of the
+        window (the spec's choice: one period; ``window``: all of it); without ``jump``
+        the plain LSTM reads the whole window.
       amortized: amortized Gaussian posteriors (else deterministic embedding tables
         per region and per date type, the "no amortization network" ablation).
       calendar: the target day's date type and month (one-hot) join its day of week in
@@ -125,6 +128,7 @@ class STMP(nnx.Module):
         latent: int = 16,
         hidden: int = 32,
         jump: bool = True,
+        recent_days: int = 7,
         amortized: bool = True,
         calendar: bool = True,
         context_path: bool = False,
@@ -133,8 +137,11 @@ class STMP(nnx.Module):
     ):
         if jump and window % period:
             raise ValueError(f"window {window} must be a multiple of period {period}")
+        if not 0 < recent_days <= window:
+            raise ValueError(f"recent_days {recent_days} must be in 1..window ({window})")
         self.window, self.period, self.n_types = window, period, n_types
         self.jump_on, self.amortized, self.calendar = jump, amortized, calendar
+        self.recent_days = recent_days if jump else window
         self.context_path = context_path and amortized
         self.region_groups = 2 if split_pool else 1
         self.region_encoder = SetEncoder(
@@ -174,8 +181,8 @@ class STMP(nnx.Module):
           baseline f32[...] (linear map of the window) and fused f32[..., H].
         """
         baseline = self.linear(x[..., 0])[..., 0]
-        recent = x if not self.jump_on else x[..., -self.period :, :]
-        parts = [baseline[..., None], self.lstm(recent), attrs, jax.nn.one_hot(dow, 7)]
+        recent = self.lstm(x[..., -self.recent_days :, :])
+        parts = [baseline[..., None], recent, attrs, jax.nn.one_hot(dow, 7)]
         if self.calendar:
             parts += [jax.nn.one_hot(month, N_MONTHS), jax.nn.one_hot(date_type, self.n_types)]
         if self.jump_on:
