@@ -7,7 +7,9 @@ the ``val_days`` before that cutoff) and is scored on that validation year's reg
 festival days. Rows go to ``<out>/design.csv`` as they finish (a rerun skips the rows
 already there and resumes a killed fit), each fit's validation curve to ``<out>/curves/``,
 the table of means and standard deviations over seeds to ``<out>/design.md`` (rewritten from
-design.csv by every run, so rerunning a finished command only regenerates it).
+design.csv by every run, so rerunning a finished command only regenerates it). Processes
+that run different fits may share an ``--out`` (the same variants in another order, say):
+each reads design.csv again before it adds a row.
 
     python -m experiments.stmp_design --data favorita --seeds 2 \\
         --variant base= --variant mse=train.objective=mse \\
@@ -76,27 +78,38 @@ def main(argv: list[str] | None = None) -> None:
     )
     _, data = P.load_panel(args.data, get_config().data)
     path = args.out / "design.csv"
-    done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
     for name, sets in map(parse_variant, args.variant):
         for seed in range(args.seeds):
-            if ((done.variant == name) & (done.seed == seed) & (done.method == args.method)).any():
+            if _has(read_rows(path), name, args.method, seed):
                 continue
             folder = f"{name}__{args.method}__seed{seed}"
             rows = score_variant(data, sets, args.method, seed, folder, args.out)
             keys = dict(variant=name, overrides=",".join(sets), method=args.method, seed=seed)
+            done = read_rows(path)  # again: another process may have added rows meanwhile
             done = pd.concat([done, pd.DataFrame([dict(keys, **r) for r in rows])])
             write_atomic(path, done[COLUMNS].to_csv(index=False))
             print(name, seed, {r["group"]: round(r["mse"]) for r in rows}, flush=True)
-    table = summary(done)
+    table = summary(read_rows(path))
     write_atomic(args.out / "design.md", markdown_table(table, floatfmt=".0f") + "\n")
     write_atomic(args.out / "command.txt", " ".join(["python -m experiments.stmp_design",
                                                      *(argv or sys.argv[1:])]) + "\n")  # fmt: skip
     print(table.to_string(index=False))
 
 
+def read_rows(path: Path) -> pd.DataFrame:
+    """The rows of ``design.csv`` so far (none when it does not exist yet)."""
+    if not path.exists():
+        return pd.DataFrame(columns=COLUMNS)
+    rows = pd.read_csv(path, dtype={"overrides": object})
+    return rows.fillna({"overrides": ""})  # the config as it is (read back as NaN)
+
+
+def _has(rows: pd.DataFrame, variant: str, method: str, seed: int) -> bool:
+    return bool(((rows.variant == variant) & (rows.seed == seed) & (rows.method == method)).any())
+
+
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds of each (method, variant)'s validation-year MSE per day kind."""
-    rows = rows.fillna({"overrides": ""})  # the config as it is (read back as NaN)
     stats = rows.groupby(["method", "variant", "overrides", "group"], sort=False)["mse"]
     table = stats.agg(["mean", "std", "count"]).reset_index()
     wide = table.pivot_table(index=["method", "variant", "overrides"], columns="group",
@@ -104,7 +117,7 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     wide.columns = [f"{group} {stat}" for stat, group in wide.columns]
     order = [f"{g} {s}" for g in ("all", "regular", "festival") for s in ("mean", "std")]
     seeds = table.groupby(["method", "variant", "overrides"], sort=False)["count"].max()
-    return wide[order].assign(seeds=seeds).reset_index()
+    return wide.reindex(columns=order).assign(seeds=seeds).reset_index()  # std: NaN at 1 seed
 
 
 if __name__ == "__main__":

@@ -160,3 +160,30 @@ def test_followup_compares_its_stmp_with_the_reference_methods(tmp_path):
                                          replace=True)  # fmt: skip
     lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("|")}
     assert "+50.0% (p " in lines["XGBoost"] and ", 3/3)" in lines["XGBoost"]  # (50 - 25) / 50
+
+
+def test_design_keeps_rows_another_process_wrote_meanwhile(tmp_path, monkeypatch):
+    """Two design processes sharing an --out: rows the other one adds while a fit runs
+    survive this one's write, and fits already in design.csv are skipped."""
+    from experiments import stmp_design
+
+    calls = []
+
+    def fake_score(data, sets, method, seed, folder, out):
+        calls.append(folder)
+        scores = [dict(group=g, mse=1.0, n=1) for g in ("regular", "festival", "all")]
+        other = dict(variant="other", overrides="", method=method, seed=seed)
+        rows = stmp_design.read_rows(out / "design.csv")
+        rows = pd.concat([rows, pd.DataFrame([dict(other, **r) for r in scores])])
+        rows[stmp_design.COLUMNS].to_csv(out / "design.csv", index=False)
+        return scores
+
+    monkeypatch.setattr(stmp_design.P, "load_panel", lambda *a: (None, None))
+    monkeypatch.setattr(stmp_design, "score_variant", fake_score)
+    args = ["--data", "x", "--variant", "mine=", "--out", str(tmp_path)]
+    stmp_design.main(args)
+    stmp_design.main(args)  # finished: nothing runs again
+    rows = stmp_design.read_rows(tmp_path / "design.csv")
+    assert calls == ["mine__STMP__seed0"]
+    assert sorted(set(rows.variant)) == ["mine", "other"]
+    assert len(rows) == 6
