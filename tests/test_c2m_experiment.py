@@ -24,7 +24,8 @@ def test_resume_after_losing_a_cell_is_identical(smoke_run):
     assert set(full["method"]) == {*c2m.METHODS, "Random"}
     random = full[full["method"] == "Random"]
     assert set(random["metric"]) >= {"MPP", "attribute_sets"} and "SC" not in set(random["metric"])
-    metrics = {"SC", "CH", "SC_inliers", "CH_inliers", "MPP", "ARI", "hp:alpha", "hp:outlier_z"}
+    metrics = {"SC", "CH", "SC_inliers", "CH_inliers", "MPP", "ARI", "hp:alpha", "hp:outlier_z",
+               "segments", "largest_share"}  # fmt: skip
     assert metrics <= set(full["metric"])
     # Every method's SC_inliers leaves out the share of users that Ours removes as outliers.
     shares = full[full["metric"] == "outlier_share"]["value"]
@@ -32,6 +33,16 @@ def test_resume_after_losing_a_cell_is_identical(smoke_run):
     (out / "cells" / "table1__DEC__seed0.csv").unlink()
     resumed = c2m.run(cfg, out=out, fresh=False, **kw)
     pd.testing.assert_frame_equal(resumed, full)
+
+
+def test_cluster_metrics_count_occupied_segments_and_the_largest_share():
+    from dmeta.c2m.config import get_config
+    from dmeta.c2m.protocol import cluster_metrics
+
+    latent = np.random.default_rng(0).normal(size=(10, 2))
+    labels = np.array([3, 3, 3, 3, 3, 3, 1, 1, 7, 7])  # 3 of the segments hold users
+    got = cluster_metrics(latent, labels, np.ones(10, bool), get_config(smoke=True))
+    assert got["segments"] == 3 and got["largest_share"] == 0.6
 
 
 def test_report_from_the_run_folder(smoke_run):

@@ -226,8 +226,12 @@ def cluster_metrics(
     latent: np.ndarray, labels: np.ndarray, inliers: np.ndarray, cfg: C2MConfig
 ) -> dict[str, float]:
     """SC and CH of ``labels`` i[N] in ``latent`` f[N, Z], over all N points and over the
-    ``inliers`` bool[N] (``_inliers``); the share of outliers."""
-    out = {"outlier_share": float(1.0 - inliers.mean())}
+    ``inliers`` bool[N] (``_inliers``); the share of outliers; the segments holding any of
+    the N points and the largest one's share (a segmentation that collapses into a few
+    tight segments can score a high SC)."""
+    sizes = np.unique(labels, return_counts=True)[1]
+    out = {"outlier_share": float(1.0 - inliers.mean()), "segments": float(len(sizes)),
+           "largest_share": float(sizes.max() / len(labels))}  # fmt: skip
     for suffix, keep in (("", slice(None)), ("_inliers", inliers)):
         if len(np.unique(labels[keep])) > 1:
             out["SC" + suffix] = silhouette(latent[keep], labels[keep], cfg)
