@@ -25,7 +25,7 @@ def test_resume_after_losing_a_cell_is_identical(smoke_run):
     random = full[full["method"] == "Random"]
     assert set(random["metric"]) >= {"MPP", "attribute_sets"} and "SC" not in set(random["metric"])
     metrics = {"SC", "CH", "SC_inliers", "CH_inliers", "MPP", "ARI", "hp:alpha", "hp:outlier_z",
-               "segments", "largest_share"}  # fmt: skip
+               "segments", "largest_share", "SC_shared"}  # fmt: skip
     assert metrics <= set(full["metric"])
     # Every method's SC_inliers leaves out the share of users that Ours removes as outliers.
     shares = full[full["metric"] == "outlier_share"]["value"]

@@ -6,7 +6,9 @@ and shared by every deep method; every method is fitted on the fit users and ass
 users to its nearest centroid.
 Tuning scores SC on the validation users; SC and CH are reported on the fit users, on all of
 them and on the inliers (``SC_inliers``, ``CH_inliers``: Ours' outliers removed, and for every
-other method the same share of its users farthest from their centroid in its own space). Each
+other method the same share of its users farthest from their centroid in its own space) and,
+since each method's own space is shaped by its own objective, in one space for all
+(``SC_shared``: the seed's pretrained autoencoder latent, before any clustering loss). Each
 segmentation of all users then goes through the same mining stage (segment PrefixSpan with
 common-pattern exclusion, per-segment conditional logit and attribute-set search), as in the
 paper's 4.2.1. A uniformly random segmentation (``RANDOM``) goes through it too: the MPP any
@@ -246,19 +248,23 @@ def segment_metrics(
     miner: Miner,
     cfg: C2MConfig,
     outlier_share: float | None = None,
+    shared: np.ndarray | None = None,
     **mine_kw,
 ) -> dict[str, float]:
     """All metrics of one segmentation: SC / CH on the ``fit`` users (i64[F] indices; the
     outliers are the method's own, or with ``outlier_share`` that share of the users farthest
-    from their centroid), mining and MPP on all users (``mine_kw`` go to ``Miner.__call__``)."""
+    from their centroid), ``SC_shared`` in the ``shared`` space f[F, Z'] (one space for every
+    method: the seed's pretrained autoencoder latent of the fit users), mining and MPP on all
+    users (``mine_kw`` go to ``Miner.__call__``)."""
     latent, labels = got.latent[fit], got.labels[fit]
     if outlier_share is None:
         inliers = got.seg.weights > 0
     else:
         inliers = np.asarray(farthest_removed(latent, got.seg.centroids, labels, outlier_share))
-    return cluster_metrics(latent, labels, inliers, cfg) | mining_metrics(
-        prep, got.labels, miner, **mine_kw
-    )
+    out = cluster_metrics(latent, labels, inliers, cfg)
+    if shared is not None and len(np.unique(labels)) > 1:
+        out["SC_shared"] = silhouette(shared, labels, cfg)
+    return out | mining_metrics(prep, got.labels, miner, **mine_kw)
 
 
 def mining_metrics(prep: Prepared, labels: np.ndarray, miner: Miner, **mine_kw) -> dict:
@@ -404,9 +410,8 @@ class C2MRun:
                 frame = case_study(got.labels, state.miner)
                 write_atomic(self.out / CASE_STUDY, frame.to_csv(index=False))
             share = None if cell.method == "Ours" else state.ours_outlier_share()
-            values = segment_metrics(
-                self.prep, got, state.fit, state.miner, self.cfg, outlier_share=share
-            )
+            values = segment_metrics(self.prep, got, state.fit, state.miner, self.cfg,
+                                     outlier_share=share, shared=state.shared)  # fmt: skip
             return _rows(keys, values) + hp_rows(best, **keys)
         return _rows(keys, state.extra(cell))
 
@@ -441,6 +446,9 @@ class SeedState:
                 seed=seed,
             )
         self.miner = Miner(prep, attributes, cfg, seed)
+        # One space to score every method's segments in (each method's own latent is
+        # shaped by its own objective): the pretrained latent f[F, Z] of the fit users.
+        self.shared = train.encode_all(run.ae, self.params, prep.x[self.fit], prep.mask[self.fit])
         self._segmentations: dict[tuple, Assigned] = {}
         self._tuned: dict[str, dict] = {}
 
@@ -543,7 +551,8 @@ class SeedState:
         if cell.setting == "table3":
             got = self.segment("Ours", ours | ABLATIONS[cell.method])
             keep = cell.method.startswith("Framework 4")
-            return segment_metrics(prep, got, self.fit, miner, cfg, exclude_common=not keep)
+            return segment_metrics(prep, got, self.fit, miner, cfg, shared=self.shared,
+                                   exclude_common=not keep)  # fmt: skip
         which, label = cell.method.split("=")
         got = self.segment("Ours", ours | {which: _sweep(cfg)[label]})
-        return segment_metrics(prep, got, self.fit, miner, cfg)
+        return segment_metrics(prep, got, self.fit, miner, cfg, shared=self.shared)

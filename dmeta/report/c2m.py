@@ -40,7 +40,7 @@ def tables_markdown(df: pd.DataFrame) -> str:
         parts.append(f"### {title} ({n} seeds)\n\n{markdown_table(table)}")
     t1 = scores[scores["group"] == "table1"]
     if t1["seed"].nunique() >= 2:
-        for metric in ("SC", "CH", "SC_inliers", "CH_inliers", "MPP", "ARI"):
+        for metric in ("SC", "CH", "SC_inliers", "CH_inliers", "SC_shared", "MPP", "ARI"):
             sub = t1[(t1["metric"] == metric) & t1["method"].isin(BASELINES)]
             if sub.empty:
                 continue
