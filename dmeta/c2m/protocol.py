@@ -40,7 +40,8 @@ from dmeta.cluster.kmeans import farthest_removed
 from dmeta.data.frames import DataError
 from dmeta.data.spec import parse_data_spec
 from dmeta.datasets import LOADERS
-from dmeta.train.harness import Cell, hp_rows, shared_choice, tune, write_atomic
+from dmeta.train.harness import CELLS, Cell, hp_rows, shared_choice, tune, write_atomic
+from dmeta.train.results import read_rows
 
 NAME = "c2m"
 METHODS = ("Ours", "DEC", "DC", "AE+KM", "BoC-KM", "MST")  # Table 1
@@ -420,6 +421,16 @@ def _rows(keys: dict, values: dict[str, float]) -> list[dict]:
     return [dict(keys, metric=metric, value=value) for metric, value in values.items()]
 
 
+def finished_value(out: Path | None, cell: Cell, metric: str) -> float | None:
+    """``metric``'s value in ``cell``'s rows under ``out/cells`` (None when not written)."""
+    path = None if out is None else out / CELLS / f"{cell.key}.csv"
+    if path is None or not path.exists():
+        return None
+    rows = read_rows(path)
+    values = rows.loc[rows["metric"] == metric, "value"]
+    return float(values.iloc[0]) if len(values) else None
+
+
 class SeedState:
     """One seed: user split, pretrained autoencoder, miner, tuning results and segmentations
     (memoized)."""
@@ -478,7 +489,11 @@ class SeedState:
 
     def ours_outlier_share(self) -> float:
         """The share of fit users that tuned Ours removes as outliers (the other methods'
-        ``SC_inliers`` remove as many)."""
+        ``SC_inliers`` remove as many): read from Ours' finished cell of the seed when the
+        run has written it (a resumed run then does not fit Ours again), else computed."""
+        done = finished_value(self.run.out, Cell("Ours", self.seed, "table1"), "outlier_share")
+        if done is not None:
+            return done
         return float(1.0 - self.segment("Ours", self.tuned("Ours")).seg.weights.mean())
 
     def segment(self, method: str, hp: dict) -> Assigned:
