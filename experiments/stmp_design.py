@@ -8,8 +8,9 @@ festival days. Rows go to ``<out>/design.csv`` as they finish (a rerun skips the
 already there and resumes a killed fit), each fit's validation curve to ``<out>/curves/``,
 the table of means and standard deviations over seeds to ``<out>/design.md`` (rewritten from
 design.csv by every run, so rerunning a finished command only regenerates it). Processes
-that run different fits may share an ``--out`` (the same variants in another order, say):
-each reads design.csv again before it adds a row.
+may share an ``--out`` (the same variants in another order, say): a fit another live process
+runs is skipped (``<out>/running/<fit>`` holds its pid), and each reads design.csv again
+before it adds a row.
 
     python -m experiments.stmp_design --data favorita --seeds 2 \\
         --variant base= --variant mse=train.objective=mse \\
@@ -19,7 +20,9 @@ each reads design.csv again before it adds a row.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -83,7 +86,10 @@ def main(argv: list[str] | None = None) -> None:
             if _has(read_rows(path), name, args.method, seed):
                 continue
             folder = f"{name}__{args.method}__seed{seed}"
-            rows = score_variant(data, sets, args.method, seed, folder, args.out)
+            with claimed(args.out / "running" / folder) as mine:
+                if not mine:  # another live process runs this fit
+                    continue
+                rows = score_variant(data, sets, args.method, seed, folder, args.out)
             keys = dict(variant=name, overrides=",".join(sets), method=args.method, seed=seed)
             done = read_rows(path)  # again: another process may have added rows meanwhile
             done = pd.concat([done, pd.DataFrame([dict(keys, **r) for r in rows])])
@@ -94,6 +100,41 @@ def main(argv: list[str] | None = None) -> None:
     write_atomic(args.out / "command.txt", " ".join(["python -m experiments.stmp_design",
                                                      *(argv or sys.argv[1:])]) + "\n")  # fmt: skip
     print(table.to_string(index=False))
+
+
+@contextlib.contextmanager
+def claimed(lock: Path):
+    """Yields True while this process holds ``lock`` (a file with its pid, made atomically),
+    False when a live process holds it; a lock left by a dead process is taken over."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    mine = lock.with_name(f"{lock.name}.{os.getpid()}")
+    mine.write_text(str(os.getpid()))
+    try:
+        for _ in range(2):
+            try:
+                os.link(mine, lock)  # atomic, and the pid is in place before anyone reads it
+            except FileExistsError:
+                if _alive(int(lock.read_text())):
+                    yield False
+                    return
+                lock.unlink(missing_ok=True)  # stale: its process died
+                continue
+            try:
+                yield True
+            finally:
+                lock.unlink(missing_ok=True)
+            return
+        yield False
+    finally:
+        mine.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return pid > 0
 
 
 def read_rows(path: Path) -> pd.DataFrame:

@@ -187,3 +187,28 @@ def test_design_keeps_rows_another_process_wrote_meanwhile(tmp_path, monkeypatch
     assert calls == ["mine__STMP__seed0"]
     assert sorted(set(rows.variant)) == ["mine", "other"]
     assert len(rows) == 6
+
+
+def test_design_fit_claims_skip_live_holders_and_take_over_stale_ones(tmp_path):
+    import os
+
+    from experiments.stmp_design import claimed
+
+    lock = tmp_path / "running" / "fit"
+    with claimed(lock) as mine:
+        assert mine and lock.read_text() == str(os.getpid())
+        with claimed(lock) as again:  # held by a live process (this one)
+            assert not again
+    assert not lock.exists()
+    lock.write_text(str(_dead_pid()))
+    with claimed(lock) as mine:
+        assert mine  # a dead holder's lock is taken over
+    assert list(lock.parent.iterdir()) == []
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
