@@ -201,6 +201,34 @@ def test_checkpoints_block_finds_its_fits_after_an_extra_fit_shifts_them(tmp_pat
             assert (tmp_path / "curves" / f"{name}{ext}").read_text() == curves[name[4:] + ext]
 
 
+def test_fits_that_differ_only_in_settings_never_restore_each_other(tmp_path):
+    """Same initial state and sizes, another static setting (a loss weight, say): with
+    ``settings`` a fit in a finished fit's place runs its own steps instead of restoring the
+    other's checkpoint; without them the name is the state's fingerprint alone, as before."""
+    data = _regression()
+    step = _epochs(data)
+    calls = []
+
+    def spy(state):
+        calls.append(int(state.step))
+        return step(state)
+
+    spy.metric_shapes = step.metric_shapes
+    opts = dict(n_steps=2 * step.steps, steps_per_call=step.steps, eval_every=step.steps,
+                ckpt_every=2 * step.steps, desc="fit", progress=False)  # fmt: skip
+    block = dict(ckpt_root=tmp_path / "ckpt", curves=tmp_path / "curves")
+    with loop.checkpoints(**block) as fits:
+        fit(spy, _state(0), settings={"beta": 0.1}, **opts)
+    with loop.checkpoints(**block) as again:
+        fit(spy, _state(0), settings={"beta": 0.001}, **opts)
+    assert calls == [0, step.steps, 0, step.steps]  # the second fit ran, not restored
+    assert fits.names != again.names
+    with loop.checkpoints(tmp_path / "plain") as plain:
+        fit(step, _state(0), **opts)
+    fingerprint = loop._fingerprint(_state(0), 2 * step.steps, step.steps)
+    assert plain.names == [f"000-fit-{fingerprint}"]
+
+
 def test_short_fits_in_a_block_save_nothing_long_ones_do(tmp_path):
     """Without its own ckpt_every a fit in a block saves by the clock: a fit shorter than
     min_seconds writes no checkpoint (redoing it is cheaper), its curve is still kept."""

@@ -200,6 +200,7 @@ def lstm_forecast(
         eval_every=eval_every,
         patience=patience,
         desc=f"lstm hidden={hidden} lr={lr:g}",
+        settings=dict(window_len=window_len, batch=batch),
     )
     test_rows, test_cols = (jnp.asarray(a) for a in np.nonzero(prep.test))
     params = averaged_params(result.best_state)
@@ -293,6 +294,7 @@ def maml_forecast(
         eval_every=eval_every,
         patience=patience,
         desc=f"maml hidden={hidden} lr={lr:g} inner_lr={inner_lr:g}",
+        settings=dict(window_len=window_len, sizes=sizes, inner_clip=inner_clip),
     )
     return predict(averaged_params(result.best_state), prep.known_index, *np.nonzero(prep.test))
 

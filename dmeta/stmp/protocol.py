@@ -331,17 +331,17 @@ def fit_stmp(prep: D.Prepared, cfg: STMPConfig, seed: int, *, amortized=True, ju
              mode="alternate") -> np.ndarray:  # fmt: skip
     """Trains one STMP variant (early-stopped on ``prep.val``); scaled predictions f32[N]
     for ``prep.test``."""
+    model = dict(dataclasses.asdict(cfg.model), jump=jump, amortized=amortized)
     graphdef, params = M.build(
-        **dataclasses.asdict(cfg.model), period=prep.data.period, n_types=prep.data.n_types,
-        n_attrs=prep.data.attrs.shape[1], n_regions=len(prep.data.regions), jump=jump,
-        amortized=amortized, seed=seed,
+        **model, period=prep.data.period, n_types=prep.data.n_types,
+        n_attrs=prep.data.attrs.shape[1], n_regions=len(prep.data.regions), seed=seed,
     )  # fmt: skip
     train = dataclasses.asdict(cfg.train)
     shard, log_every = train.pop("data_parallel"), train.pop("eval_every")
     weighting = train.pop("query_weights")
     desc = f"stmp {mode} jump={jump} amortized={amortized} lr={train['lr']:g}"
     params, _ = T.fit(graphdef, params, prep, key=jax.random.key(seed), shard=shard, mode=mode,
-                      log_every=log_every, weighting=weighting, desc=desc,
+                      log_every=log_every, weighting=weighting, desc=desc, model_settings=model,
                       eval_context=cfg.protocol.eval_context, **train)  # fmt: skip
     return T.predict(graphdef, params, prep, key=jax.random.key(seed + 1000),
                      n_context=cfg.protocol.eval_context)  # fmt: skip

@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -448,9 +448,11 @@ def early_stopped(
     eval_every: int,
     patience: int | None,
     desc: str,
+    settings: Mapping[str, Any] | None = None,
     progress: bool | None = None,
 ) -> loop.FitResult:
-    """``dmeta.train.loop.fit`` of a neural method, early-stopped on ``prep.val``.
+    """``dmeta.train.loop.fit`` of a neural method, early-stopped on ``prep.val``
+    (``settings``: the fit's static settings, for its checkpoint fingerprint).
 
     With validation targets and ``eval_every``, every ``eval_every`` steps scores
     ``val_mse``, the MSE in original units of ``predict(params, rows i32[N], cols i32[N])``
@@ -477,6 +479,7 @@ def early_stopped(
         patience=patience if scored else None,
         monitor="val_mse",
         desc=desc,
+        settings=settings,
         progress=progress,
     )
 
@@ -496,6 +499,7 @@ def fit(
     shard: bool = False,
     progress: bool | None = None,
     desc: str = "stmp",
+    model_settings: Mapping[str, Any] | None = None,
     **step_kwargs,
 ) -> tuple[Params, list[dict[str, float]]]:
     """Trains STMP for at most ``n_steps`` (``adam``), ``early_stopped`` on ``prep.val``.
@@ -507,7 +511,8 @@ def fit(
     reuse one compile. ``ema`` averages the iterates (``adam``): the scores and the
     returned params are the average's. ``shard=True`` splits each step's tasks over all visible devices (parameters
     and panel replicated; see ``make_train_step``); ``step_kwargs`` go to
-    ``make_train_step``.
+    ``make_train_step``. ``model_settings`` (the model's options) and ``step_kwargs``
+    join the checkpoint fingerprint (``loop.fit``'s ``settings``).
 
     Returns:
       The trained (best) params and the log rows (``step``, each metric's mean over the
@@ -527,6 +532,7 @@ def fit(
         eval_every=log_every,
         patience=patience,
         desc=desc,
+        settings={**step_kwargs, "eval_context": eval_context, **(model_settings or {})},
         progress=progress,
     )
     return averaged_params(result.best_state), result.history

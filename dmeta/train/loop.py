@@ -356,10 +356,12 @@ def checkpoints(
         _SCOPE.reset(token)
 
 
-def _fingerprint(state: TrainState, *numbers: int) -> str:
+def _fingerprint(state: TrainState, *numbers: int, settings: Mapping | None = None) -> str:
     """8 hex digits of a hash of the initial state's values (learning rates that live in the
-    optimizer state included) and ``numbers``."""
+    optimizer state included), ``numbers`` and ``settings`` (sorted by key)."""
     digest = hashlib.sha1(repr(numbers).encode())
+    if settings is not None:
+        digest.update(repr(sorted(settings.items())).encode())
     for leaf in jax.tree.leaves(state):
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
@@ -389,16 +391,17 @@ def _claim_moved(scope: _Scope, name: str) -> None:
             curve.rename(scope.curve_root / f"{name}{ext}")
 
 
-def _saver(desc: str, state: TrainState, ckpt_dir, ckpt_every, log_path, sizes: tuple[int, int]):
+def _saver(desc: str, state: TrainState, ckpt_dir, ckpt_every, log_path, sizes: tuple[int, int],
+           settings: Mapping | None = None):  # fmt: skip
     """``(saver or None, log_path)`` of a ``fit``: its own ``ckpt_dir``, or inside a
     ``checkpoints`` block a folder named by its place in the block, its ``desc`` and a
-    fingerprint of its initial state and ``sizes`` (n_steps, steps_per_call)."""
+    fingerprint of its initial state, ``sizes`` (n_steps, steps_per_call) and ``settings``."""
     scope = _SCOPE.get()
     if ckpt_dir is not None or scope is None:
         saver = None if ckpt_dir is None else _Saver(Path(ckpt_dir), ckpt_every)
         return saver, log_path
     slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", desc)
-    name = f"{scope.count:03d}-{slug}-{_fingerprint(state, *sizes)}"
+    name = f"{scope.count:03d}-{slug}-{_fingerprint(state, *sizes, settings=settings)}"
     scope.count += 1
     scope.names.append(name)
     if distributed.is_main_process():
@@ -428,6 +431,7 @@ def fit(
     ckpt_every: int | None = None,
     log_path: str | os.PathLike | None = None,
     desc: str = "train",
+    settings: Mapping | None = None,
     progress: bool | None = None,
 ) -> FitResult:
     """Runs ``step_fn`` until ``state.step == n_steps`` or early stopping.
@@ -476,6 +480,10 @@ def fit(
       ckpt_every: updates between checkpoints.
       log_path: writes rows to ``log_path`` with suffixes ``.csv`` and ``.jsonl``.
       desc: progress bar label (and the run's name in errors and checkpoint folders).
+      settings: what shapes the run without living in ``state`` (a loss weight, a batch
+        size, a model option that leaves the parameters' shapes alone), by name; it joins
+        the checkpoint fingerprint, so two fits of a block that differ only there never
+        restore each other's checkpoints. None: the fingerprint of state and sizes alone.
       progress: show a tqdm progress bar with the time left (None: only on a terminal;
         the bar goes when the fit ends, its rows stay in the log).
 
@@ -489,7 +497,9 @@ def fit(
     """
     stop = _Stopping(monitor, patience, min_steps, rows)
     _check_args(n_steps, eval_every, ckpt_every, steps_per_call, stop, eval_fn)
-    saver, log_path = _saver(desc, state, ckpt_dir, ckpt_every, log_path, (n_steps, steps_per_call))
+    saver, log_path = _saver(
+        desc, state, ckpt_dir, ckpt_every, log_path, (n_steps, steps_per_call), settings
+    )
     tree = _initial_tree(step_fn, state, rows)
     bar = None
     try:
