@@ -6,8 +6,10 @@ with ``validation=True``: training ends a year before the test year, early stopp
 the ``val_days`` before that cutoff) and is scored on that validation year's regular and
 festival days. Rows go to ``<out>/design.csv`` as they finish (a rerun skips the rows
 already there and resumes a killed fit), each fit's validation curve to ``<out>/curves/``,
-the table of means and standard deviations over seeds to ``<out>/design.md`` (rewritten from
-design.csv by every run, so rerunning a finished command only regenerates it). Processes
+each region's MSE, target count and mean target per day kind to ``<out>/regions.csv`` (to
+see where a variant gains or loses), the table of means and standard deviations over seeds
+to ``<out>/design.md`` (rewritten from design.csv by every run, so rerunning a finished
+command only regenerates it). Processes
 may share an ``--out`` (the same variants in another order, say): a fit another live process
 runs is skipped (``<out>/running/<fit>`` holds its pid), and each reads design.csv again
 before it adds a row.
@@ -38,6 +40,7 @@ from dmeta.train import loop
 from dmeta.train.harness import write_atomic
 
 COLUMNS = ["variant", "overrides", "method", "seed", "group", "mse", "n"]
+REGION_COLUMNS = ["variant", "method", "seed", "region", "group", "mse", "n", "mean_y"]
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -56,14 +59,22 @@ def score_variant(data, sets: list[str], method: str, seed: int, folder: str, ou
         pred = P.forecast(method, prep, cfg, seed)
     y, pred, fest = P.targets(prep, pred)
     groups = {"regular": ~fest, "festival": fest, "all": np.ones_like(fest)}
-    return [
+    rows = [
         dict(group=g, mse=float(metrics.mse(y[m], pred[m])), n=int(m.sum()))
         for g, m in groups.items()
     ]
+    region = np.asarray(prep.data.regions)[np.nonzero(prep.test)[0]]
+    frame = pd.DataFrame(dict(region=region, group=np.where(fest, "festival", "regular"),
+                              se=np.square(y - pred), y=y))  # fmt: skip
+    by_region = frame.groupby(["region", "group"], sort=False).agg(
+        mse=("se", "mean"), n=("se", "size"), mean_y=("y", "mean")
+    )
+    return rows, by_region.reset_index().to_dict("records")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``--data``, ``--variant NAME=SETS`` (repeatable), ``--seeds``, ``--method``, ``--out``."""
+    """CLI: ``--data``, ``--variant NAME=SETS`` and ``--method`` (repeatable), ``--seeds``,
+    ``--out``."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="favorita", help="an STMP --data spec")
     ap.add_argument(
@@ -73,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         help="NAME=path=value,path=value (NAME= for the config as it is)",
     )
     ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--method", default="STMP", help="an STMP method (ablation or baseline)")
+    ap.add_argument("--method", action="append",
+                    help="an STMP method (ablation or baseline; repeatable; default STMP)")  # fmt: skip
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)  # fmt: skip
     logging.basicConfig(
@@ -81,20 +93,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     _, data = P.load_panel(args.data, get_config().data)
     path = args.out / "design.csv"
-    for name, sets in map(parse_variant, args.variant):
-        for seed in range(args.seeds):
-            if _has(read_rows(path), name, args.method, seed):
-                continue
-            folder = f"{name}__{args.method}__seed{seed}"
-            with claimed(args.out / "running" / folder) as mine:
-                if not mine:  # another live process runs this fit
-                    continue
-                rows = score_variant(data, sets, args.method, seed, folder, args.out)
-            keys = dict(variant=name, overrides=",".join(sets), method=args.method, seed=seed)
-            done = read_rows(path)  # again: another process may have added rows meanwhile
-            done = pd.concat([done, pd.DataFrame([dict(keys, **r) for r in rows])])
-            write_atomic(path, done[COLUMNS].to_csv(index=False))
-            print(name, seed, {r["group"]: round(r["mse"]) for r in rows}, flush=True)
+    for method in args.method or ["STMP"]:
+        for name, sets in map(parse_variant, args.variant):
+            for seed in range(args.seeds):
+                if not _has(read_rows(path), name, method, seed):
+                    run_fit(data, name, sets, method, seed, args.out)
     table = summary(read_rows(path))
     write_atomic(args.out / "design.md", markdown_table(table, floatfmt=".0f") + "\n")
     write_atomic(args.out / "command.txt", " ".join(["python -m experiments.stmp_design",
@@ -135,6 +138,26 @@ def _alive(pid: int) -> bool:
     except (OSError, ValueError):
         return False
     return pid > 0
+
+
+def run_fit(data, name: str, sets: list[str], method: str, seed: int, out: Path) -> None:
+    """Scores one (variant, method, seed) unless another live process runs it, and adds its
+    rows to ``design.csv`` and ``regions.csv``."""
+    folder = f"{name}__{method}__seed{seed}"
+    with claimed(out / "running" / folder) as mine:
+        if not mine:
+            return
+        rows, by_region = score_variant(data, sets, method, seed, folder, out)
+    keys = dict(variant=name, overrides=",".join(sets), method=method, seed=seed)
+    regions = out / "regions.csv"
+    old = pd.read_csv(regions) if regions.exists() else None
+    new = pd.DataFrame([dict(keys, **r) for r in by_region])
+    write_atomic(regions, pd.concat([old, new])[REGION_COLUMNS].to_csv(index=False))
+    path = out / "design.csv"
+    done = read_rows(path)  # again: another process may have added rows meanwhile
+    done = pd.concat([done, pd.DataFrame([dict(keys, **r) for r in rows])])
+    write_atomic(path, done[COLUMNS].to_csv(index=False))
+    print(name, method, seed, {r["group"]: round(r["mse"]) for r in rows}, flush=True)
 
 
 def read_rows(path: Path) -> pd.DataFrame:

@@ -176,7 +176,8 @@ def test_design_keeps_rows_another_process_wrote_meanwhile(tmp_path, monkeypatch
         rows = stmp_design.read_rows(out / "design.csv")
         rows = pd.concat([rows, pd.DataFrame([dict(other, **r) for r in scores])])
         rows[stmp_design.COLUMNS].to_csv(out / "design.csv", index=False)
-        return scores
+        by_region = [dict(region="r1", group="regular", mse=1.0, n=1, mean_y=2.0)]
+        return scores, by_region
 
     monkeypatch.setattr(stmp_design.P, "load_panel", lambda *a: (None, None))
     monkeypatch.setattr(stmp_design, "score_variant", fake_score)
@@ -187,6 +188,8 @@ def test_design_keeps_rows_another_process_wrote_meanwhile(tmp_path, monkeypatch
     assert calls == ["mine__STMP__seed0"]
     assert sorted(set(rows.variant)) == ["mine", "other"]
     assert len(rows) == 6
+    regions = pd.read_csv(tmp_path / "regions.csv")
+    assert regions[["variant", "region", "mse"]].values.tolist() == [["mine", "r1", 1.0]]
 
 
 def test_design_fit_claims_skip_live_holders_and_take_over_stale_ones(tmp_path):
