@@ -116,11 +116,9 @@ def test_data_parallel_remat_and_strategy_settings_match_the_plain_run(run_dir, 
     sets = ["protocol.sweep=false", "train.data_parallel=true", "train.remat=true",
             "train.strategy=map_remat"]  # fmt: skip
     got = smoke_run(tmp_path, override(get_config(smoke=True), sets), ("RMLDP",), 1)
-    mape = [
-        d[(d["metric"] == "mape") & (d["method"] == "RMLDP") & (d["seed"] == 0)]
-        .set_index("group")["value"]
-        for d in (run_dir[1], got)
-    ]
+    rows = [d[(d["metric"] == "mape") & (d["method"] == "RMLDP") & (d["seed"] == 0)]
+            for d in (run_dir[1], got)]  # fmt: skip
+    mape = [r.set_index("group")["value"] for r in rows]
     pd.testing.assert_series_equal(mape[0].loc[mape[1].index], mape[1], rtol=1e-4)
 
 
