@@ -9,10 +9,9 @@ already there and resumes a killed fit), each fit's validation curve to ``<out>/
 each region's MSE, target count and mean target per day kind to ``<out>/regions.csv`` (to
 see where a variant gains or loses), the table of means and standard deviations over seeds
 to ``<out>/design.md`` (rewritten from design.csv by every run, so rerunning a finished
-command only regenerates it). Processes
-may share an ``--out`` (the same variants in another order, say): a fit another live process
-runs is skipped (``<out>/running/<fit>`` holds its pid), and each reads design.csv again
-before it adds a row.
+command only regenerates it). Processes may share an ``--out`` (the same variants in another
+order, say): a fit another live process runs is skipped (``<out>/running/<fit>`` holds its
+pid), and each reads design.csv again before it adds a row.
 
     python -m experiments.stmp_design --data favorita --seeds 2 \\
         --variant base= --variant mse=train.objective=mse \\
@@ -133,11 +132,14 @@ def claimed(lock: Path):
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` (> 0) exists."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
-    except (OSError, ValueError):
+    except OSError:
         return False
-    return pid > 0
+    return True
 
 
 def run_fit(data, name: str, sets: list[str], method: str, seed: int, out: Path) -> None:

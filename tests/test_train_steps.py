@@ -167,19 +167,24 @@ def test_checkpoints_block_resumes_inside_the_cell(tmp_path):
     assert swapped[-1] == 0
 
 
-def test_checkpoints_block_finds_its_fits_after_an_extra_fit_shifts_them(tmp_path):
-    """A resumed cell can run a fit its first try did not (a seed's memoized pretraining,
-    say) before the others; their checkpoints and curves, saved under other numbers, are
-    found by name and fingerprint and renamed, so the finished fits run no step again."""
-    data = _regression()
-    step = _epochs(data)
-    calls = []
+def _spied():
+    """An epoch step on the regression data, the same step recording the step count it
+    starts from in ``calls``, and ``calls``."""
+    step, calls = _epochs(_regression()), []
 
     def spy(state):
         calls.append(int(state.step))
         return step(state)
 
     spy.metric_shapes = step.metric_shapes
+    return step, spy, calls
+
+
+def test_checkpoints_block_finds_its_fits_after_an_extra_fit_shifts_them(tmp_path):
+    """A resumed cell can run a fit its first try did not (a seed's memoized pretraining,
+    say) before the others; their checkpoints and curves, saved under other numbers, are
+    found by name and fingerprint and renamed, so the finished fits run no step again."""
+    step, spy, calls = _spied()
     opts = dict(n_steps=4 * step.steps, steps_per_call=step.steps, eval_every=step.steps,
                 ckpt_every=4 * step.steps, progress=False)  # fmt: skip
     block = dict(ckpt_root=tmp_path / "ckpt", curves=tmp_path / "curves")
@@ -205,15 +210,7 @@ def test_fits_that_differ_only_in_settings_never_restore_each_other(tmp_path):
     """Same initial state and sizes, another static setting (a loss weight, say): with
     ``settings`` a fit in a finished fit's place runs its own steps instead of restoring the
     other's checkpoint; without them the name is the state's fingerprint alone, as before."""
-    data = _regression()
-    step = _epochs(data)
-    calls = []
-
-    def spy(state):
-        calls.append(int(state.step))
-        return step(state)
-
-    spy.metric_shapes = step.metric_shapes
+    step, spy, calls = _spied()
     opts = dict(n_steps=2 * step.steps, steps_per_call=step.steps, eval_every=step.steps,
                 ckpt_every=2 * step.steps, desc="fit", progress=False)  # fmt: skip
     block = dict(ckpt_root=tmp_path / "ckpt", curves=tmp_path / "curves")
