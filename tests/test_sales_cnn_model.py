@@ -29,6 +29,7 @@ from dmeta.sales_cnn.train import (
     validation_loss,
     weighted_mse,
 )
+from dmeta.train import loop
 from dmeta.train.state import init_train_state
 
 
@@ -253,3 +254,17 @@ def test_bf16_compute_keeps_float32_params_and_trains_like_float32():
     # and ends where float32 ends: final training MSE within 10%
     mse = {k: float(jnp.mean((p - data.y) ** 2)) for k, p in (("f32", pred32), ("bf16", pred16))}
     assert abs(mse["bf16"] - mse["f32"]) < 0.1 * mse["f32"], mse
+
+
+def test_fits_on_other_sample_weights_never_share_a_checkpoint(tmp_path):
+    """Two weight-decay betas at one learning rate start from the same state: the sample
+    weights join the checkpoint fingerprint, so neither restores the other's checkpoint."""
+    data = _tiny_data(1)[0]
+    graphdef, params = split_model(SalesCNN(5, 8, maps=2, hidden=4, rngs=nnx.Rngs(1)))
+    opts = dict(learning_rate=1e-2, batch_size=16, n_steps=2, eval_every=2)
+    names = []
+    for w in (data.w, data.w, 2.0 * data.w):
+        with loop.checkpoints(tmp_path / "ckpt") as block:
+            fit(graphdef, params, dataclasses.replace(data, w=w), jax.random.key(0), **opts)
+        names += block.names
+    assert names[0] == names[1] != names[2]

@@ -260,7 +260,8 @@ def _train(
     per_region=False,
 ) -> FitResult:
     """``loop.fit`` over jitted chunks of ``gcd(n_steps, eval_every)`` steps (``per_region``:
-    each region early-stopped on its own, ``loop.fit(rows=R)``)."""
+    each region early-stopped on its own, ``loop.fit(rows=R)``); the sample weights and
+    batch size join the checkpoint fingerprint."""
     every, length = loop.chunking(n_steps, eval_every)
     program = _program(graphdef, batch_size, length, shard, regions)
 
@@ -290,6 +291,13 @@ def _train(
         rows=int(data.n.shape[0]) if per_region else None,
         steps_per_call=length,
         desc=desc,
+        # the sample weights (weight-decay beta) and batch size are outside the state
+        settings=dict(
+            batch_size=batch_size,
+            per_region=per_region,
+            weights=data.w,
+            val_weights=None if val is None else val.w,
+        ),  # fmt: skip
     )
 
 

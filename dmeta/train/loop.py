@@ -356,16 +356,25 @@ def checkpoints(
         _SCOPE.reset(token)
 
 
+def _is_array(value) -> bool:
+    """An array with at least one axis (a tuple or a scalar is a setting's ``repr``)."""
+    return isinstance(value, (np.ndarray, jax.Array)) and value.ndim > 0
+
+
 def _fingerprint(state: TrainState, *numbers: int, settings: Mapping | None = None) -> str:
     """8 hex digits of a hash of the initial state's values (learning rates that live in the
-    optimizer state included), ``numbers`` and ``settings`` (sorted by key)."""
+    optimizer state included), ``numbers`` and ``settings`` (sorted by key; array values,
+    such as sample weights, by their bytes)."""
     digest = hashlib.sha1(repr(numbers).encode())
+    arrays = {}
     if settings is not None:
+        settings = dict(settings)
+        arrays = {k: settings.pop(k) for k in sorted(settings) if _is_array(settings[k])}
         digest.update(repr(sorted(settings.items())).encode())
-    for leaf in jax.tree.leaves(state):
+    for key, leaf in [*sorted(arrays.items()), *(("", leaf) for leaf in jax.tree.leaves(state))]:
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
-        digest.update(np.ascontiguousarray(distributed.to_host(leaf)).tobytes())
+        digest.update(key.encode() + np.ascontiguousarray(distributed.to_host(leaf)).tobytes())
     return digest.hexdigest()[:8]
 
 
@@ -481,7 +490,8 @@ def fit(
       log_path: writes rows to ``log_path`` with suffixes ``.csv`` and ``.jsonl``.
       desc: progress bar label (and the run's name in errors and checkpoint folders).
       settings: what shapes the run without living in ``state`` (a loss weight, a batch
-        size, a model option that leaves the parameters' shapes alone), by name; it joins
+        size, a model option that leaves the parameters' shapes alone, sample weights as an
+        array), by name; it joins
         the checkpoint fingerprint, so two fits of a block that differ only there never
         restore each other's checkpoints. None: the fingerprint of state and sizes alone.
       progress: show a tqdm progress bar with the time left (None: only on a terminal;
