@@ -127,7 +127,7 @@ def test_c2m_two_processes_equal_one_process_with_two_devices(c2m_runs):
     assert want["segment"].nunique() == 3
     pd.testing.assert_frame_equal(got, want, rtol=RTOL, atol=ATOL)
     got, want = scores(two), scores(one)
-    assert {"loss", "reconstruction", "SC", "CH"} <= set(want["metric"])
+    assert {"loss", "reconstruction", "SC", "CH", "SC_shared"} <= set(want["metric"])
     pd.testing.assert_frame_equal(got, want, rtol=RTOL, atol=ATOL)
 
 

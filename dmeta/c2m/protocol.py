@@ -226,12 +226,17 @@ class Assigned:
 
 
 def cluster_metrics(
-    latent: np.ndarray, labels: np.ndarray, inliers: np.ndarray, cfg: C2MConfig
+    latent: np.ndarray,
+    labels: np.ndarray,
+    inliers: np.ndarray,
+    cfg: C2MConfig,
+    shared: np.ndarray | None = None,
 ) -> dict[str, float]:
     """SC and CH of ``labels`` i[N] in ``latent`` f[N, Z], over all N points and over the
-    ``inliers`` bool[N] (``_inliers``); the share of outliers; the segments holding any of
-    the N points and the largest one's share (a segmentation that collapses into a few
-    tight segments can score a high SC)."""
+    ``inliers`` bool[N] (``_inliers``); ``SC_shared`` in the ``shared`` space f[N, Z'] (one
+    space for every method: the seed's pretrained autoencoder latent); the share of
+    outliers; the segments holding any of the N points and the largest one's share (a
+    segmentation that collapses into a few tight segments can score a high SC)."""
     sizes = np.unique(labels, return_counts=True)[1]
     out = {"outlier_share": float(1.0 - inliers.mean()), "segments": float(len(sizes)),
            "largest_share": float(sizes.max() / len(labels))}  # fmt: skip
@@ -239,6 +244,8 @@ def cluster_metrics(
         if len(np.unique(labels[keep])) > 1:
             out["SC" + suffix] = silhouette(latent[keep], labels[keep], cfg)
             out["CH" + suffix] = float(metrics.calinski_harabasz(latent[keep], labels[keep]))
+    if shared is not None and len(sizes) > 1:
+        out["SC_shared"] = silhouette(shared, labels, cfg)
     return out
 
 
@@ -254,17 +261,15 @@ def segment_metrics(
 ) -> dict[str, float]:
     """All metrics of one segmentation: SC / CH on the ``fit`` users (i64[F] indices; the
     outliers are the method's own, or with ``outlier_share`` that share of the users farthest
-    from their centroid), ``SC_shared`` in the ``shared`` space f[F, Z'] (one space for every
-    method: the seed's pretrained autoencoder latent of the fit users), mining and MPP on all
-    users (``mine_kw`` go to ``Miner.__call__``)."""
+    from their centroid; ``SC_shared`` in ``shared`` f[F, Z'], the seed's pretrained
+    autoencoder latent of the fit users), mining and MPP on all users (``mine_kw`` go to
+    ``Miner.__call__``)."""
     latent, labels = got.latent[fit], got.labels[fit]
     if outlier_share is None:
         inliers = got.seg.weights > 0
     else:
         inliers = np.asarray(farthest_removed(latent, got.seg.centroids, labels, outlier_share))
-    out = cluster_metrics(latent, labels, inliers, cfg)
-    if shared is not None and len(np.unique(labels)) > 1:
-        out["SC_shared"] = silhouette(shared, labels, cfg)
+    out = cluster_metrics(latent, labels, inliers, cfg, shared)
     return out | mining_metrics(prep, got.labels, miner, **mine_kw)
 
 

@@ -13,7 +13,7 @@ process feeding its own through ``distributed.global_batch``), all over the data
 mesh of every device of every process. k-means++, the outlier weights and the labels come
 from the latents of all users, encoded where they are read and gathered, so every process
 computes the same segmentation; one process with S strata on S devices gives the results of S
-processes. The cell reports SC, CH and the outlier share on all users (no validation split,
+processes. The cell reports SC, CH, SC_shared and the outlier share on all users (no validation split,
 tuning, baselines or mining: those need the whole event log), and process 0 writes each
 seed's ``segments_seed<k>.csv`` (``user_id``, ``segment``, ``weight``: 0 for outliers).
 """
@@ -117,9 +117,13 @@ def read_users(folder: str | Path, cfg: C2MConfig) -> ShardedUsers:
 
 def segment(
     ae: train.Autoencoder, users: ShardedUsers, cfg: C2MConfig, seed: int
-) -> train.Segmentation:
+) -> tuple[train.Segmentation, np.ndarray]:
     """Ours on all users with the configured setting: the seed's pretraining (keys as
-    ``protocol.SeedState``'s), then the joint segmentation of all U users (global order)."""
+    ``protocol.SeedState``'s), then the joint segmentation of all U users (global order).
+
+    Returns:
+      The segmentation and the pretrained autoencoder's latents f[U, Z] of all users (the
+      space of ``SC_shared``)."""
     keys = jax.random.split(jax.random.key(seed), 16)
     x, mask, strata = users.seqs.features(), users.seqs.mask, users.strata
     tr, s = cfg.train, cfg.segmentation
@@ -133,7 +137,8 @@ def segment(
         behavior_weights=behavior_weights(cfg), outlier_z=s.outlier_z, normalize=s.normalize,
         epochs=tr.joint_epochs, key=keys[2], strata=strata, **optim,
     )  # fmt: skip
-    return seg
+    shared = train.encode_users(ae, distributed.to_host(params), x, mask, strata)
+    return seg, shared
 
 
 def model_kw(users: ShardedUsers, cfg: C2MConfig) -> dict:
@@ -159,12 +164,12 @@ class ShardedC2MRun:
 
     def run_cell(self, cell: Cell) -> list[dict]:
         """Long-schema rows of Ours' cell: SC / CH / outlier share, the last epoch's losses."""
-        seg = segment(self.ae, self.users, self.cfg, cell.seed)
+        seg, shared = segment(self.ae, self.users, self.cfg, cell.seed)
         frame = pd.DataFrame(
             {"user_id": gather_ids(self.users), "segment": seg.labels, "weight": seg.weights}
         )
         write_atomic(self.out / segments_file(cell.seed), frame.to_csv(index=False))
-        values = cluster_metrics(seg.latent, seg.labels, seg.weights > 0, self.cfg)
+        values = cluster_metrics(seg.latent, seg.labels, seg.weights > 0, self.cfg, shared)
         values |= {k: v for k, v in seg.history[-1].items() if k != "step"}
         keys = dict(experiment=NAME, dataset=self.dataset, method=cell.method, group=cell.setting)
         return [dict(keys, seed=cell.seed, metric=m, value=v) for m, v in values.items()]

@@ -174,9 +174,7 @@ def run_cells(
       The concatenated rows of all cells (finished earlier or now).
     """
     folder = Path(out) / CELLS
-    if distributed.is_main_process():
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / ORDER, "".join(f"{cell.key}\n" for cell in cells))
+    write_atomic(folder / ORDER, "".join(f"{cell.key}\n" for cell in cells))  # every process
     done = sum((folder / f"{cell.key}.csv").exists() for cell in cells)
     methods = len({c.method for c in cells})
     logger.info(
