@@ -61,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/dmeta_rmldp_wall_time"))
     parser.add_argument("--rtol", type=float, default=1e-3, help="results agreement")
-    parser.add_argument("--quick", action="store_true", help="--smoke runs, for tests")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="--smoke runs of MAML and RMLDP, one seed, no sweep (tests)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     report = Report()
@@ -69,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     report("command", " ".join(["python", "experiments/benchmarks/rmldp_wall_time.py", *given]))
     report("machine", machine())
     report("load_average_before", load_average())
-    extra = ["--smoke"] if args.quick else []
+    quick = ["--smoke", "--seeds", "1", "--methods", "MAML,RMLDP", "--set", "protocol.sweep=false"]
+    extra = quick if args.quick else []
     walls, results = {}, {}
     for impl in IMPLS:
         walls[impl], results[impl] = run(impl, args.work / impl, extra)
