@@ -355,6 +355,45 @@ def test_fit_early_stopping_returns_best_state(tmp_path):
         _run(tmp_path, eval_fn=None, patience=2)
 
 
+def _plateau_problem():
+    """SGD whose gradient is always -1, so ``w`` grows by the learning rate each step, and a
+    scripted validation curve with its minimum at step 12."""
+    optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=1.0)
+
+    @jax.jit
+    def step_fn(state):
+        updates, opt_state = optimizer.update({"w": -jnp.ones(())}, state.opt_state)
+        params = optax.apply_updates(state.params, updates)
+        return dataclasses.replace(
+            state, params=params, opt_state=opt_state, step=state.step + 1
+        ), {}
+
+    state = init_train_state({"w": jnp.zeros(())}, optimizer, jax.random.key(0))
+    return step_fn, state, lambda state: {"val_loss": (float(state.step) - 12.0) ** 2}
+
+
+def test_reduce_on_plateau_cuts_the_learning_rate_then_stops_and_resumes_alike(tmp_path):
+    """Patience 2 from the best step 12 runs out at 20: the learning rate drops tenfold and
+    training goes on until patience runs out again at 28 (w = 20 x 1 + 8 x 0.1); a run
+    stopped at 24 and resumed from its checkpoint ends the same way."""
+    step_fn, state, eval_fn = _plateau_problem()
+    opts = dict(eval_fn=eval_fn, eval_every=4, patience=2, progress=False, lr_decays=1)
+    res = fit(step_fn, state, n_steps=100, **opts)
+    assert [r["step"] for r in res.history] == [4, 8, 12, 16, 20, 24, 28]
+    assert float(res.state.params["w"]) == pytest.approx(20.8)
+    assert float(res.state.opt_state.hyperparams["learning_rate"]) == pytest.approx(0.1)
+    assert res.best_step == 12 and float(res.best_state.params["w"]) == pytest.approx(12.0)
+    plain = fit(step_fn, state, n_steps=100, **dict(opts, lr_decays=0))
+    assert int(plain.state.step) == 20  # without cuts the first plateau stops the run
+    ckpt = dict(ckpt_dir=tmp_path / "c", ckpt_every=4)
+    fit(step_fn, state, n_steps=24, **opts, **ckpt)
+    resumed = fit(step_fn, state, n_steps=100, **opts, **ckpt)
+    assert int(resumed.state.step) == 28
+    assert float(resumed.state.params["w"]) == pytest.approx(20.8)
+    with pytest.raises(ValueError, match="learning_rate"):
+        _run(tmp_path, patience=2, lr_decays=1)  # plain optax.adam: no rate in its state
+
+
 def _rows_problem():
     """Two models side by side on the leading axis: each step adds 1 to both rows'
     parameter, so a row's parameter is the step it was taken at; scripted validation

@@ -182,10 +182,13 @@ def lstm_forecast(
     batch: int = 256,
     lr: float = 3e-3,
     ema: float = 0.0,
+    lr_decays: int = 0,
+    lr_factor: float = 0.1,
 ) -> np.ndarray:
     """A global LSTM trained with MSE on ``batch`` random training targets per Adam step
     (``stmp_train.adam``, iterates averaged with decay ``ema``), early-stopped on
-    ``prep.val`` like STMP."""
+    ``prep.val`` like STMP (``lr_decays`` cuts of the rate by ``lr_factor`` on plateaus
+    first)."""
     model = LSTMForecaster(prep.data.n_types, prep.data.attrs.shape[1], hidden,
                            rngs=nnx.Rngs(seed))  # fmt: skip
     graphdef, params = nnx.split(model, nnx.Param)
@@ -199,6 +202,8 @@ def lstm_forecast(
         n_steps=n_steps,
         eval_every=eval_every,
         patience=patience,
+        lr_decays=lr_decays,
+        lr_factor=lr_factor,
         desc=f"lstm hidden={hidden} lr={lr:g}",
         settings=dict(window_len=window_len, batch=batch),
     )
@@ -257,6 +262,8 @@ def maml_forecast(
     inner_clip: float | None = 1.0,
     lr: float = 3e-3,
     ema: float = 0.0,
+    lr_decays: int = 0,
+    lr_factor: float = 0.1,
 ) -> np.ndarray:
     """First-order MAML on the STMP backbone (latents fixed at zero), one task per cell.
 
@@ -293,6 +300,8 @@ def maml_forecast(
         n_steps=n_steps,
         eval_every=eval_every,
         patience=patience,
+        lr_decays=lr_decays,
+        lr_factor=lr_factor,
         desc=f"maml hidden={hidden} lr={lr:g} inner_lr={inner_lr:g}",
         settings=dict(window_len=window_len, sizes=sizes, inner_clip=inner_clip),
     )

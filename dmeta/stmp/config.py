@@ -114,6 +114,12 @@ class TrainConfig:
         it on, context before it, as the spec's "past observations" and the test time's
         context sets; ``dmeta.stmp.train.sample_tasks``). STMP's alone: the MAML baseline's
         supports are drawn the "any" way.
+      lr_decays: reduce on plateau for STMP, the LSTM and MAML alike: the first
+        ``lr_decays`` times ``patience`` runs out, the learning rate is multiplied by
+        ``lr_factor`` and training goes on (``dmeta.train.loop.fit``); 0 (the default):
+        stop at the first plateau. Early stopping halts most fits before the cosine decay
+        over ``n_steps`` has lowered the rate much.
+      lr_factor: the factor of each cut.
       data_parallel: split each step's tasks over all visible devices.
     """
 
@@ -134,6 +140,8 @@ class TrainConfig:
     switch_every: int = 50
     type_dropout: float = 0.0
     context_days: str = "any"
+    lr_decays: int = 0
+    lr_factor: float = 0.1
     data_parallel: bool = False
 
 

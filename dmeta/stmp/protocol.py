@@ -363,7 +363,8 @@ def forecast(method: str, prep: D.Prepared, cfg: STMPConfig, seed: int) -> np.nd
                                   max_depth=b.xgb_max_depth,
                                   learning_rate=b.xgb_learning_rate)  # fmt: skip
     t = cfg.train
-    budget = dict(n_steps=t.n_steps, eval_every=t.eval_every, patience=t.patience, ema=t.ema)
+    budget = dict(n_steps=t.n_steps, eval_every=t.eval_every, patience=t.patience, ema=t.ema,
+                  lr_decays=t.lr_decays, lr_factor=t.lr_factor)  # fmt: skip
     if method == "LSTM":
         return B.lstm_forecast(prep, seed=seed, window_len=window, hidden=hidden, lr=b.lstm_lr,
                                **budget)  # fmt: skip

@@ -448,6 +448,8 @@ def early_stopped(
     eval_every: int,
     patience: int | None,
     desc: str,
+    lr_decays: int = 0,
+    lr_factor: float = 0.1,
     settings: Mapping[str, Any] | None = None,
     progress: bool | None = None,
 ) -> loop.FitResult:
@@ -458,7 +460,9 @@ def early_stopped(
     ``val_mse``, the MSE in original units of ``predict(params, rows i32[N], cols i32[N])``
     (scaled predictions f32[N] of the targets ``np.nonzero(prep.val)``) at the averaged
     parameters (``dmeta.train.averaging.averaged_params``); the result's best state has
-    the lowest, and ``patience`` scores without improvement stop the fit.
+    the lowest, and ``patience`` scores without improvement stop the fit (after
+    ``lr_decays`` cuts of the learning rate by ``lr_factor``, each when patience runs out:
+    ``loop.fit``'s reduce on plateau; they join ``settings`` when used).
     Without them it runs ``n_steps`` and logs one row at the end.
     """
     rows, cols = np.nonzero(prep.val)
@@ -470,6 +474,8 @@ def early_stopped(
         return {"val_mse": float(np.mean(np.square(pred - y)))}
 
     scored = bool(eval_every) and rows.size > 0
+    if lr_decays and scored:
+        settings = {**(settings or {}), "lr_decays": lr_decays, "lr_factor": lr_factor}
     return loop.fit(
         step_fn,
         state,
@@ -477,6 +483,8 @@ def early_stopped(
         eval_fn=eval_fn if scored else None,
         eval_every=eval_every or n_steps,
         patience=patience if scored else None,
+        lr_decays=lr_decays if scored else 0,
+        lr_factor=lr_factor,
         monitor="val_mse",
         desc=desc,
         settings=settings,
@@ -495,6 +503,8 @@ def fit(
     ema: float = 0.0,
     log_every: int = 0,
     patience: int | None = None,
+    lr_decays: int = 0,
+    lr_factor: float = 0.1,
     eval_context: int = 64,
     shard: bool = False,
     progress: bool | None = None,
@@ -512,7 +522,8 @@ def fit(
     returned params are the average's. ``shard=True`` splits each step's tasks over all visible devices (parameters
     and panel replicated; see ``make_train_step``); ``step_kwargs`` go to
     ``make_train_step``. ``model_settings`` (the model's options) and ``step_kwargs``
-    join the checkpoint fingerprint (``loop.fit``'s ``settings``).
+    join the checkpoint fingerprint (``loop.fit``'s ``settings``). ``lr_decays`` and
+    ``lr_factor``: reduce on plateau before stopping (``early_stopped``).
 
     Returns:
       The trained (best) params and the log rows (``step``, each metric's mean over the
@@ -531,6 +542,8 @@ def fit(
         n_steps=n_steps,
         eval_every=log_every,
         patience=patience,
+        lr_decays=lr_decays,
+        lr_factor=lr_factor,
         desc=desc,
         settings={**step_kwargs, "eval_context": eval_context, **(model_settings or {})},
         progress=progress,

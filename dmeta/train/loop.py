@@ -21,6 +21,7 @@ import contextlib
 import contextvars
 import dataclasses
 import hashlib
+import logging
 import math
 import os
 import re
@@ -32,6 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
@@ -40,6 +42,8 @@ from dmeta.train.checkpoint import Checkpointer
 from dmeta.train.logs import MetricsLog, Row, scalar_metrics
 from dmeta.train.state import TrainState
 from dmeta.types import Array
+
+logger = logging.getLogger(__name__)
 
 StepFn = Callable[[TrainState], tuple[TrainState, Mapping[str, Array]]]
 EvalFn = Callable[[TrainState], Mapping[str, Any]]
@@ -109,12 +113,15 @@ def check_finite(values: Mapping[str, Any] | Array | np.ndarray, where: str) -> 
 @dataclasses.dataclass(frozen=True)
 class _Stopping:
     """Early stopping: the monitored eval metric, the patience (evaluations), the first step
-    at which stopping is allowed, and the rows stopped one by one (None: one scalar)."""
+    at which stopping is allowed, the rows stopped one by one (None: one scalar), and how
+    many times, by what factor, the learning rate is cut when patience runs out."""
 
     monitor: str
     patience: int | None
     min_steps: int
     rows: int | None = None
+    lr_decays: int = 0
+    lr_factor: float = 0.1
 
 
 def _check_args(n_steps, eval_every, ckpt_every, steps_per_call, stop: _Stopping, eval_fn):
@@ -136,11 +143,14 @@ def _check_args(n_steps, eval_every, ckpt_every, steps_per_call, stop: _Stopping
         raise ValueError(f"{uneven} must be multiples of steps_per_call={steps_per_call}")
     if stop.patience is not None and (stop.patience < 1 or eval_fn is None):
         raise ValueError(f"patience={stop.patience} needs patience >= 1 and an eval_fn")
+    if stop.lr_decays and (stop.patience is None or stop.rows is not None):
+        raise ValueError(f"lr_decays={stop.lr_decays} needs patience and one model (no rows)")
 
 
-def _initial_tree(step_fn: StepFn, state: TrainState, rows: int | None) -> dict[str, Any]:
+def _initial_tree(step_fn: StepFn, state: TrainState, stop: _Stopping) -> dict[str, Any]:
     """What a checkpoint holds: states, running metric sums, early-stopping counters (one
-    per row with ``rows``)."""
+    per row with ``stop.rows``; the learning-rate cuts left with ``stop.lr_decays``)."""
+    rows = stop.rows
     shapes = getattr(step_fn, "metric_shapes", None)
     metric_shapes = shapes(state) if shapes is not None else jax.eval_shape(step_fn, state)[1]
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), dict(metric_shapes))
@@ -153,6 +163,8 @@ def _initial_tree(step_fn: StepFn, state: TrainState, rows: int | None) -> dict[
     }
     if rows is not None:
         early_stop["row_stopped"] = np.zeros(shape, bool)
+    if stop.lr_decays:
+        early_stop["lr_decays_left"] = np.asarray(stop.lr_decays)
     return {
         "state": state,
         "best_state": state,
@@ -190,6 +202,30 @@ def _early_stop(es: dict[str, Any], row: Row, step: int, stop: _Stopping) -> boo
         stop.patience is not None and es["bad_evals"] >= stop.patience and step >= stop.min_steps
     )
     return improved
+
+
+def _plateau_cut(es: dict[str, Any]) -> bool:
+    """Whether patience ran out with learning-rate cuts left: then one is used, patience
+    starts again and the run goes on (reduce on plateau)."""
+    if not (es["stopped"] and es.get("lr_decays_left", 0) > 0):
+        return False
+    es.update(lr_decays_left=es["lr_decays_left"] - 1, bad_evals=0, stopped=False)
+    return True
+
+
+def _learning_rate(state: TrainState) -> Array | None:
+    """The ``learning_rate`` hyperparameter in ``state.opt_state`` (``optax.inject_hyperparams``),
+    or None."""
+    return optax.tree_utils.tree_get(state.opt_state, "learning_rate")
+
+
+def _scaled_learning_rate(state: TrainState, factor: float) -> TrainState:
+    """``state`` with the learning rate in its optimizer state times ``factor``."""
+    lr = _learning_rate(state)
+    lr = jnp.asarray(lr * factor, jnp.result_type(lr))
+    return dataclasses.replace(
+        state, opt_state=optax.tree_utils.tree_set(state.opt_state, learning_rate=lr)
+    )
 
 
 def _early_stop_rows(es: dict[str, Any], values: np.ndarray, step: int, stop: _Stopping):
@@ -249,6 +285,10 @@ class _Run:
             row.update(scalar_metrics(evaluated))
             if _early_stop(self.es, row, self.step, stop):
                 self.best_state = _copy(self.state)
+            if _plateau_cut(self.es):
+                self.state = _scaled_learning_rate(self.state, stop.lr_factor)
+                logger.info("%s: no better %s at step %d, learning rate x %g",
+                            desc, stop.monitor, self.step, stop.lr_factor)  # fmt: skip
         else:  # the mean is logged under `monitor`, each row's value under `monitor/r`
             values = np.asarray(evaluated.pop(stop.monitor), np.float64).reshape(stop.rows)
             per_row = {f"{stop.monitor}/{r}": v for r, v in enumerate(values)}
@@ -434,6 +474,8 @@ def fit(
     patience: int | None = None,
     monitor: str = VAL_KEY,
     min_steps: int = 0,
+    lr_decays: int = 0,
+    lr_factor: float = 0.1,
     rows: int | None = None,
     steps_per_call: int = 1,
     ckpt_dir: str | os.PathLike | None = None,
@@ -476,6 +518,11 @@ def fit(
       monitor: the eval metric that early stopping and ``best_state`` follow (lower wins).
       min_steps: no early stop before this many updates (e.g. a loss-weight schedule's
         last change).
+      lr_decays: reduce on plateau: the first ``lr_decays`` times patience runs out, the
+        learning rate in the optimizer state (``learning_rate`` of an
+        ``optax.inject_hyperparams`` state) is multiplied by ``lr_factor`` and patience
+        starts again from the current state instead of stopping (``best_state`` keeps
+        following ``monitor``). 0: stop at the first plateau. Needs ``patience``, no ``rows``.
       rows: models trained side by side on the state's leading axis (``[rows, ...]``
         leaves, e.g. regions under ``vmap``), each early-stopped on its own: ``eval_fn``
         returns ``monitor`` as f32[rows]; a row's leaves in ``best_state`` come from its
@@ -505,12 +552,15 @@ def fit(
         or ``patience`` without ``monitor`` from ``eval_fn``.
       NonFiniteError: a train metric's mean is NaN or infinite.
     """
-    stop = _Stopping(monitor, patience, min_steps, rows)
+    stop = _Stopping(monitor, patience, min_steps, rows, lr_decays, lr_factor)
     _check_args(n_steps, eval_every, ckpt_every, steps_per_call, stop, eval_fn)
+    if lr_decays and _learning_rate(state) is None:
+        raise ValueError(f"lr_decays={lr_decays} needs a learning_rate in the optimizer state "
+                         "(optax.inject_hyperparams)")  # fmt: skip
     saver, log_path = _saver(
         desc, state, ckpt_dir, ckpt_every, log_path, (n_steps, steps_per_call), settings
     )
-    tree = _initial_tree(step_fn, state, rows)
+    tree = _initial_tree(step_fn, state, stop)
     bar = None
     try:
         restored = saver.restore(tree) if saver is not None else None
