@@ -13,6 +13,11 @@
    segments carry the scaled MSE that early stopping minimizes with
    ``protocol.selection="mean"``. The data are loaded again from the run's config.
 
+With ``--reference DIR`` (a finished run on the same data and split that reran some of the
+methods under a change, e.g. ``walmart_scaled`` beside ``walmart_median_800``), the methods
+this run lacks are taken from ``DIR`` for the tests above, and each method both runs have is
+tested against its ``DIR`` self.
+
 Writes ``posthoc.md`` (and ``planted_response.{csv,png}``) into the run folder:
 
     python -m experiments.rmldp_posthoc experiments/results/rmldp/synthetic
@@ -159,15 +164,48 @@ def scaled_targets(saved: dict, cfg: RMLDPConfig, large: float = 10.0) -> tuple[
     return pd.DataFrame(rows), unscaled
 
 
+def with_reference(
+    scores: pd.DataFrame, reference: Path
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """``scores`` plus the ``reference`` run's rows of the methods ``scores`` lacks; paired
+    tests of each shared method against its reference self (``b``: ``"<method> (<dir>)"``);
+    the methods taken. Raises ``ValueError`` when the two runs' target segments differ."""
+    ref, own = segments(reference), set(scores["method"])
+    if set(ref["segment"]) != set(scores["segment"]):
+        raise ValueError(f"{reference}: other target segments than the run's")
+    shared = sorted(own & set(ref["method"]))
+    renamed = ref[ref["method"].isin(shared)].assign(
+        method=lambda f: f["method"] + f" ({reference.name})"
+    )
+    both = pd.concat([scores, renamed])
+    tests = pd.DataFrame([paired_test(both, m, f"{m} ({reference.name})") for m in shared])
+    taken = sorted(set(ref["method"]) - own)
+    return pd.concat([scores, ref[ref["method"].isin(taken)]]), tests, taken
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="folder of a finished rmldp run")
-    run_dir = parser.parse_args(argv).run_dir
+    parser.add_argument(
+        "--reference", type=Path, help="a finished run on the same split to compare with"
+    )
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir
     saved = json.loads((run_dir / "config.json").read_text())
     cfg = run_config(saved)
-    scores = segments(run_dir)
+    scores, compared = segments(run_dir), None
+    command = f"python -m experiments.rmldp_posthoc {run_dir}"
+    if args.reference is not None:
+        scores, tests, taken = with_reference(scores, args.reference)
+        command += f" --reference {args.reference}"
+        compared = (
+            f"## Against the reference run `{args.reference}`\n\n"
+            f"Taken from it for the tests above: {', '.join(taken) or 'none'}. Each method of "
+            "both runs against its reference self (seed-averaged MAPE per target segment; "
+            "`a` is this run's):\n\n" + markdown_table(tests)
+        )
     md = [
-        f"# Post-hoc analyses of {run_dir}\n\n`python -m experiments.rmldp_posthoc {run_dir}`\n",
+        f"# Post-hoc analyses of {run_dir}\n\n`{command}`\n",
         "## Paired tests along RMLDP < MAML < Fine-tune < GRU+MPFN\n\n"
         "Seed-averaged MAPE per target segment; `p_two_sided` and `p_a_less` (a < b) are the "
         "t-test's, `p_wilcoxon` the signed-rank test's (two-sided).\n\n"
@@ -179,6 +217,8 @@ def main(argv: list[str] | None = None) -> str:
             "## The full RMLDP variant against the global and classical models\n\n"
             "The same tests, RMLDP (RMLDP-g without baskets) as `a`.\n\n" + markdown_table(rivals)
         )
+    if compared is not None:
+        md.append(compared)
     synthetic = saved.get("data") == "synthetic"
     if synthetic and cfg.data.carryover > 0 and {"RMLDP", "MAML"} <= set(scores["method"]):
         wide = gains(scores, cfg)

@@ -78,6 +78,22 @@ def test_smoke_run_writes_results_test_and_plots(run_dir):
     assert (out / "planted_response.png").stat().st_size > 0
 
 
+def test_posthoc_reference_fills_missing_methods_and_tests_the_shared_ones(run_dir):
+    """A rerun of MAML and RMLDP alone (here: the run's own rows, MAML's MAPE halved) beside
+    its reference: the other methods come from the reference, and each rerun method is
+    tested against its reference self."""
+    out, _ = run_dir
+    full = rmldp_posthoc.segments(out)
+    rerun = full[full["method"].isin(["MAML", "RMLDP"])].copy()
+    rerun.loc[rerun["method"] == "MAML", "mape"] *= 0.5
+    scores, tests, taken = rmldp_posthoc.with_reference(rerun, out)
+    assert set(scores["method"]) == set(full["method"]) and len(scores) == len(full)
+    assert taken == sorted(set(full["method"]) - {"MAML", "RMLDP"})
+    wins = tests.set_index("a")["a_wins"]
+    assert list(tests["b"]) == [f"MAML ({out.name})", f"RMLDP ({out.name})"]
+    assert wins["MAML"] == full["segment"].nunique() and wins["RMLDP"] == 0  # halved; equal
+
+
 def test_resumed_run_after_losing_a_cell_gives_identical_results(run_dir):
     out, df = run_dir
     before = (out / "results.csv").read_text()
