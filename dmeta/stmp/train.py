@@ -462,7 +462,7 @@ def early_stopped(
     parameters (``dmeta.train.averaging.averaged_params``); the result's best state has
     the lowest, and ``patience`` scores without improvement stop the fit (after
     ``lr_decays`` cuts of the learning rate by ``lr_factor``, each when patience runs out:
-    ``loop.fit``'s reduce on plateau; they join ``settings`` when used).
+    ``loop.fit``'s reduce on plateau).
     Without them it runs ``n_steps`` and logs one row at the end.
     """
     rows, cols = np.nonzero(prep.val)
@@ -474,8 +474,6 @@ def early_stopped(
         return {"val_mse": float(np.mean(np.square(pred - y)))}
 
     scored = bool(eval_every) and rows.size > 0
-    if lr_decays and scored:
-        settings = {**(settings or {}), "lr_decays": lr_decays, "lr_factor": lr_factor}
     return loop.fit(
         step_fn,
         state,

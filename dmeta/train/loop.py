@@ -553,6 +553,8 @@ def fit(
       NonFiniteError: a train metric's mean is NaN or infinite.
     """
     stop = _Stopping(monitor, patience, min_steps, rows, lr_decays, lr_factor)
+    if lr_decays:  # the cuts shape the run: they join the checkpoint fingerprint
+        settings = {**(settings or {}), "lr_decays": lr_decays, "lr_factor": lr_factor}
     _check_args(n_steps, eval_every, ckpt_every, steps_per_call, stop, eval_fn)
     if lr_decays and _learning_rate(state) is None:
         raise ValueError(f"lr_decays={lr_decays} needs a learning_rate in the optimizer state "
