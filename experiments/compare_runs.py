@@ -10,6 +10,15 @@ A check that a change meant to leave some methods alone did leave them alone, e.
 Prints one line per method (rows compared, rows only in one run, largest absolute and
 relative difference) and exits 1 when a compared value differs by more than ``--rtol`` or a
 row of the selection is missing from either run.
+
+With ``--paired`` it asks instead whether a rerun changed a method: each group's value
+(e.g. a Sales CNN region's test MSE) is averaged over seeds in either run, and the two runs
+are paired over the groups (t-test and Wilcoxon), as the Sales CNN report tests the paper's
+orderings; e.g. ``frat_per_region`` against ``frat_long``::
+
+    python -m experiments.compare_runs experiments/results/sales_cnn/frat_long \\
+        experiments/results/sales_cnn/frat_per_region --methods CNN+WD+TL,CNN+WD \\
+        --groups 2277,25027,24991,2281,9825 --metrics mse --paired
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from dmeta.report import read_results
+from dmeta.report.tables import significance_table
 
 KEYS = ["experiment", "dataset", "method", "group", "seed", "metric"]
 
@@ -66,6 +76,35 @@ def compare(a: pd.Series, b: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def paired(a: pd.Series, b: pd.Series) -> pd.DataFrame:
+    """Per (method, metric): each group's value averaged over seeds in either run, then the
+    runs paired over the groups: mean of each run, t-test and Wilcoxon p-values, and the
+    groups where run b is lower (``n`` pairs)."""
+    keys = ["experiment", "dataset", "method", "group", "metric"]
+    runs = {name: s.groupby(keys).mean() for name, s in (("a", a), ("b", b))}
+    rows = []
+    for (method, metric), _ in runs["a"].groupby(["method", "metric"]):
+        wide = pd.concat(
+            {r: s.xs((method, metric), level=("method", "metric")) for r, s in runs.items()},
+            axis=1,
+        ).dropna()
+        long = wide.reset_index().melt(
+            id_vars=["experiment", "dataset", "group"], var_name="method", value_name="value"
+        )
+        long["metric"] = metric
+        tests = {
+            t: significance_table(long, "a", "b", metric, by=(), test=t, pair_on="group").iloc[0]
+            for t in ("ttest", "wilcoxon")
+        }
+        rows.append({
+            "method": method, "metric": metric, "mean_a": tests["ttest"]["mean_a"],
+            "mean_b": tests["ttest"]["mean_b"], "p_ttest": tests["ttest"]["p_value"],
+            "p_wilcoxon": tests["wilcoxon"]["p_value"],
+            "b_lower": f"{int((wide['b'] < wide['a']).sum())}/{len(wide)}",
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -75,9 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", help="comma-separated groups (default: every group)")
     parser.add_argument("--metrics", help="comma-separated metrics (default: every metric)")
     parser.add_argument("--rtol", type=float, default=0.0, help="allowed relative difference")
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="test each method's change between the runs, seed means paired over groups",
+    )
     args = parser.parse_args(argv)
     methods = args.methods.split(",")
     groups, metrics = (None if a is None else a.split(",") for a in (args.groups, args.metrics))
+    if args.paired:
+        table = paired(*(load(run, methods, groups, metrics) for run in (args.run_a, args.run_b)))
+        print(table.to_string(index=False, float_format="{:.4g}".format))
+        return 0
     table = compare(*(load(run, methods, groups, metrics) for run in (args.run_a, args.run_b)))
     missing = sorted(set(methods) - set(table["method"]))
     print(table.to_string(index=False))

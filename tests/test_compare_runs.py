@@ -39,3 +39,23 @@ def test_agree_differ_and_missing(tmp_path, capsys):
     assert compare_runs.main([str(nan), str(nan_too), "--methods", "XGBoost"]) == 0
     assert compare_runs.main([str(nan), str(nan_too), "--methods", "STMP"]) == 1
     assert compare_runs.main([str(a), str(same), "--methods", "XGBoost", "--metrics", "mae"]) == 1
+
+
+def test_paired_over_groups(tmp_path, capsys):
+    def write(folder, shift):
+        folder.mkdir()
+        rows = [
+            dict(experiment="sales_cnn", dataset="d", method="CNN", group=g, seed=s,
+                 metric="mse", value=10.0 * (i + 1) + s + shift * (i + 1))
+            for i, g in enumerate(["r1", "r2", "r3", "r4"]) for s in (0, 1)
+        ]  # fmt: skip
+        pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
+        return folder
+
+    a, b = write(tmp_path / "a", 0.0), write(tmp_path / "b", -1.0)
+    assert compare_runs.main([str(a), str(b), "--methods", "CNN", "--paired"]) == 0
+    line = capsys.readouterr().out.splitlines()[1].split()
+    # seed means 10.5, 20.5, 30.5, 40.5 against 9.5, 18.5, 27.5, 36.5: b lower everywhere
+    assert line[:4] == ["CNN", "mse", "25.5", "23"] and line[-1] == "4/4", line
+    table = compare_runs.paired(*(compare_runs.load(r, ["CNN"], None) for r in (a, b)))
+    assert table.loc[0, "p_ttest"] < 0.05
