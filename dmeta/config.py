@@ -8,7 +8,9 @@ from ``"dotted.path=value"`` strings, parsing the text by the field's annotation
     cfg = override(get_config(smoke=True), ["model.hidden=64", "train.lrs=1e-3,3e-3"])
 
 Supported leaf types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``
-(``none`` gives None) and ``tuple[X, ...]`` (comma-separated, empty text for ``()``).
+(``none`` gives None) and ``tuple[X, ...]`` (comma-separated, empty text for ``()``; one
+enclosing pair of brackets is read as the list it means: ``[buy]``, ``(1,2)``; quotes or
+brackets left inside an item are an error, not part of a string).
 """
 
 from __future__ import annotations
@@ -92,8 +94,12 @@ def parse_value(text: str, annotation: Any, path: str) -> Any:
     try:
         if origin is tuple:
             (item, *_) = typing.get_args(inner)
+            if stripped[:1] + stripped[-1:] in ("[]", "()"):
+                stripped = stripped[1:-1].strip()
             if not stripped:
                 return ()
+            if any(c in stripped for c in "[]()'\""):
+                raise ValueError("a comma-separated list (brackets or quotes inside an item)")
             return tuple(parse_value(part, item, path) for part in stripped.split(","))
         if origin is typing.Literal:
             choices = typing.get_args(inner)
@@ -114,7 +120,8 @@ def parse_value(text: str, annotation: Any, path: str) -> Any:
     except ConfigError:
         raise
     except ValueError as err:
-        expected = str(err) if origin is typing.Literal or inner is bool else _name(inner)
+        own = origin in (typing.Literal, tuple) or inner is bool
+        expected = str(err) if own else _name(inner)
         raise ConfigError(f"{path}: {text!r} is not {expected}") from None
     raise ConfigError(f"{path}: fields of type {annotation} cannot be set from the command line")
 

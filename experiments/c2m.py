@@ -16,7 +16,7 @@ goes through the same mining stage (``dmeta.c2m.protocol``).
 
     dmeta run c2m --data userbehavior --seeds 5 --out experiments/results/c2m/userbehavior
     dmeta run c2m --data completejourney --seeds 5 --set data.max_events=100 \
-        --set 'mining.pattern_behaviors=[buy]' --set protocol.sources=false \
+        --set mining.pattern_behaviors=buy --set protocol.sources=false \
         --out experiments/results/c2m/completejourney
 
 On sequence shards (``dmeta.outofcore.preprocess``), Ours alone, each of the processes

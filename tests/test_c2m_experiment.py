@@ -52,6 +52,24 @@ def test_cluster_metrics_count_occupied_segments_and_the_largest_share():
     assert got["segments"] == 3 and got["largest_share"] == 0.6
 
 
+@pytest.mark.parametrize(
+    "behaviors, message",
+    [(("[buy]",), "unknown ['[buy]']"), (("view", "cart"), "none occurs")],
+)
+def test_pattern_behaviors_that_mine_nothing_are_refused(behaviors, message):
+    from types import SimpleNamespace
+
+    from dmeta.c2m.protocol import check_pattern_behaviors
+    from dmeta.config import ConfigError
+
+    events = pd.DataFrame({"behavior": pd.Categorical(["buy", "buy"], ["view", "cart", "buy"])})
+    prep = SimpleNamespace(events=events, dataset="completejourney")
+    with pytest.raises(ConfigError, match="completejourney's events are buy") as info:
+        check_pattern_behaviors(prep, behaviors)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    check_pattern_behaviors(prep, ("buy",))
+
+
 def test_report_from_the_run_folder(smoke_run):
     _, _, out, _, _ = smoke_run
     text = render(out)

@@ -45,6 +45,10 @@ def test_override_parses_by_annotation():
     assert cfg.flag is True
     assert override(cfg, ["model.season=none", "model.lrs="]).model.season is None
     assert override(cfg, ["model.lrs="]).model.lrs == ()
+    # one enclosing pair of brackets is the list it means (a registered command wrote [buy])
+    assert override(cfg, ["model.lrs=[0.1, 0.2]"]).model.lrs == (0.1, 0.2)
+    assert override(cfg, ["model.lrs=(0.3)"]).model.lrs == (0.3,)
+    assert override(cfg, ["model.lrs=[]"]).model.lrs == ()
 
 
 def test_every_printed_field_round_trips():
@@ -61,6 +65,8 @@ def test_every_printed_field_round_trips():
         ("model.hiden=3", "unknown config path 'model.hiden' (did you mean model.hidden"),
         ("model.hidden=x", "model.hidden: 'x' is not an int"),
         ("model.lrs=0.1,a", "model.lrs: 'a' is not a float"),
+        ("model.lrs=[0.1,[0.2]]", "model.lrs: '[0.1,[0.2]]' is not a comma-separated list"),
+        ("model.lrs='0.1'", "brackets or quotes inside an item"),
         ("model.kind=rnn", "model.kind: 'rnn' is not one of ['gru', 'lstm']"),
         ("flag=maybe", "flag: 'maybe' is not true or false"),
         ("model", "write PATH=VALUE"),

@@ -33,10 +33,11 @@ from sklearn.metrics import adjusted_rand_score
 from dmeta import metrics
 from dmeta.c2m import baselines, demand, mst, train
 from dmeta.c2m.config import C2MConfig
-from dmeta.c2m.data import EVENT_SOURCES, EventLog, from_source
+from dmeta.c2m.data import BEHAVIORS, EVENT_SOURCES, EventLog, from_source
 from dmeta.c2m.sequences import BEHAVIOR_VOCAB, build_sequences, build_vocabulary
 from dmeta.c2m.synthetic import SyntheticC2M, synthetic_c2m
 from dmeta.cluster.kmeans import farthest_removed
+from dmeta.config import ConfigError
 from dmeta.data.frames import DataError
 from dmeta.data.spec import parse_data_spec
 from dmeta.datasets import LOADERS
@@ -373,10 +374,28 @@ def behavior_weights(cfg: C2MConfig) -> np.ndarray:
     )
 
 
+def check_pattern_behaviors(prep: Prepared, behaviors: tuple[str, ...]) -> None:
+    """Eq. 8's source behaviours (``mining.pattern_behaviors``) must be known and occur in
+    the log: otherwise every segment mines no pattern and the run goes on silently.
+
+    Raises:
+      ConfigError: one line naming the setting, its value and the log's behaviours.
+    """
+    present = sorted(set(prep.events["behavior"].astype(str)))
+    unknown = [b for b in behaviors if b not in BEHAVIORS]
+    if unknown or not set(behaviors) & set(present):
+        what = f"unknown {unknown} (known: {list(BEHAVIORS)})" if unknown else "none occurs"
+        raise ConfigError(
+            f"mining.pattern_behaviors={','.join(behaviors)}: {what}; {prep.dataset}'s events "
+            f"are {','.join(present)} (e.g. --set mining.pattern_behaviors={present[0]})"
+        )
+
+
 class C2MRun:
     """Computes the cells of one run on one prepared log; writes the case study to ``out``."""
 
     def __init__(self, prep: Prepared, cfg: C2MConfig, out: Path | None = None):
+        check_pattern_behaviors(prep, cfg.mining.pattern_behaviors)
         self.prep, self.cfg, self.out = prep, cfg, out
         self.ae = train.init_autoencoder(jax.random.key(0), **self._model_kw())
         self.n_segments = (
