@@ -73,6 +73,26 @@ def test_derived_attributes_are_discrete():
     assert set(np.unique(attrs[["d0", "d1", "d2"]].to_numpy())) <= {0, 1, 2}
 
 
+def test_popular_top_up_draws_alternatives_by_their_events():
+    """A purchase-only log, one category: item 1 ("hot") bought by 100 users, items 2-31 once
+    each. The alternatives of the 30 other purchases hold item 1 about 2 times in 30 when
+    drawn uniformly (2 of 30 items) and 19 times in 20 when drawn by events (100 of 129)."""
+    items = [1] * 100 + list(range(2, 32))
+    ev = pd.DataFrame({
+        "user_id": np.arange(130), "item_id": items, "category_id": 0, "behavior": "buy",
+        "timestamp": 0,
+    })  # fmt: skip
+    attrs = pd.DataFrame({"item_id": np.arange(1, 32), "f0": ["hot"] + ["cold"] * 30})
+    share = {}
+    for top_up in ("uniform", "popular"):
+        data = demand.choice_situations(ev, attrs, n_alternatives=3, seed=0, top_up=top_up)
+        others = data.x[:, 0, 0] == 0  # the purchase is a cold item
+        share[top_up] = data.x[others, 1:, 0].max(axis=1).mean()
+    assert share["uniform"] < 0.25 and share["popular"] > 0.75, share
+    with pytest.raises(ValueError, match="top_up='market'"):
+        demand.choice_situations(ev, attrs, n_alternatives=3, top_up="market")
+
+
 @pytest.fixture(scope="module")
 def smoke_log():
     from dmeta.c2m.config import get_config
@@ -131,3 +151,24 @@ def test_jdata_format_attributes_reach_mpp(smoke_log, tmp_path):
     prep, planted, random = _mpp_planted_and_random(f"jdata:{tmp_path}", cfg, log.segment)
     assert prep.attributes.columns.tolist() == ["item_id", "a1", "a2", "a3"]
     assert planted > 1.1 * max(random)
+
+
+def test_further_alternatives_add_their_own_mpp(smoke_log):
+    """``mining.alternatives=uniform,popular``: MPP and attribute_sets stay the uniform
+    draw's, MPP_popular and attribute_sets_popular come beside them."""
+    from dmeta.c2m import protocol
+    from dmeta.config import override
+
+    cfg, log = smoke_log
+    prep = protocol.prepare("synthetic", cfg)
+    truth = log.segment[prep.users]
+    got = {}
+    for modes in ("uniform", "uniform,popular"):
+        c = override(cfg, [f"mining.alternatives={modes}"])
+        got[modes] = protocol.mining_metrics(
+            prep, truth, protocol.Miner(prep, prep.attributes, c, 0)
+        )
+    both = got["uniform,popular"]
+    assert {k: both[k] for k in got["uniform"]} == got["uniform"]
+    assert set(both) - set(got["uniform"]) == {"MPP_popular", "attribute_sets_popular"}
+    assert both["MPP_popular"] != both["MPP"] and both["attribute_sets_popular"] >= 1

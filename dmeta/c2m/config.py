@@ -27,6 +27,7 @@ counts the (at most L) events kept, the vocabularies are the preprocessing's.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +116,11 @@ class MiningConfig:
     k_ratio: float = 4.0  # eq. 9: min_sup = n_c / k
     max_pattern_length: int = 3
     n_alternatives: int = 5
+    # How the choice sets are topped up (``demand.choice_situations``): "uniform" over the
+    # category's items, or "popular" in proportion to their events. The first gives MPP and
+    # attribute_sets (and MST's choice situations); each further one adds MPP_<name> and
+    # attribute_sets_<name> to the results.
+    alternatives: tuple[Literal["uniform", "popular"], ...] = ("uniform",)
     top_values: int = 2  # candidate values per attribute field
     l2_segment: float = 1e-3  # ridge of the per-segment logit (keeps separable data finite)
     l2_user: float = 1.0  # ridge of the per-user logit (MPP)

@@ -95,13 +95,24 @@ def choice_situations(
     n_alternatives: int,
     seed: int = 0,
     source: tuple[str, ...] = ("buy",),
+    top_up: str = "uniform",
 ) -> ChoiceData:
     """Choice situations from purchases (Algorithm 3, steps 1-3).
 
     For each event whose behaviour is in ``source``, the alternatives are the most recent
     distinct items of the same category the user viewed or carted before it (not the purchased
     one), topped up with random items of that category; items without attributes are skipped.
+
+    ``top_up`` (our choice; the paper's choice sets are the viewed and carted items alone):
+    ``"uniform"`` draws the top-up items uniformly from the category's items in the log;
+    ``"popular"`` in proportion to their events there. On a purchase-only log every
+    alternative is a top-up item, and a uniform draw compares each purchase with the
+    category's long tail, so every segment's logit learns the same popularity contrast (on
+    Complete Journey: private label beats the tail everywhere); a popular draw nets that out
+    and leaves what sets a segment's choices apart from the market's.
     """
+    if top_up not in ("uniform", "popular"):
+        raise ValueError(f"top_up={top_up!r}; use 'uniform' or 'popular'")
     codes, levels = encode_attributes(attributes)
     sizes = [len(lv) for lv in levels]
     offsets = np.concatenate([[0], np.cumsum([v - 1 for v in sizes])])
@@ -110,7 +121,9 @@ def choice_situations(
     known = set(table.index.tolist())
     rng = np.random.default_rng(seed)
     ev = events[events["item_id"].isin(known)].sort_values(["user_id", "timestamp"], kind="stable")
-    by_cat = ev.groupby("category_id")["item_id"].unique()
+    by_cat = ev.groupby("category_id")["item_id"].unique()  # in order of first event
+    events_of = ev["item_id"].value_counts()
+    weight = {c: events_of.reindex(items).to_numpy(float) for c, items in by_cat.items()}
     rows, users, cats = [], [], []
     for user, group in ev.groupby("user_id", sort=True):
         seen: dict[int, list[int]] = {}
@@ -122,9 +135,12 @@ def choice_situations(
                 extra = n_alternatives - 1 - len(alts)
                 if extra > 0:
                     pool = by_cat[cat]
-                    pool = pool[(pool != item) & ~np.isin(pool, alts)]
-                    if len(pool):
-                        alts += rng.choice(pool, min(extra, len(pool)), replace=False).tolist()
+                    keep = (pool != item) & ~np.isin(pool, alts)
+                    if keep.any():
+                        p = weight[cat][keep] / weight[cat][keep].sum()
+                        p = p if top_up == "popular" else None
+                        n = min(extra, int(keep.sum()))
+                        alts += rng.choice(pool[keep], n, replace=False, p=p).tolist()
                 rows.append([item, *alts[: n_alternatives - 1]])
                 users.append(user)
                 cats.append(cat)

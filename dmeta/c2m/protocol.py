@@ -144,19 +144,32 @@ class Miner:
 
     def __init__(self, prep: Prepared, attributes: pd.DataFrame, cfg: C2MConfig, seed: int):
         self.prep, self.cfg = prep, cfg
-        self.choices = {
-            b: demand.choice_situations(
-                prep.events,
-                attributes,
-                n_alternatives=cfg.mining.n_alternatives,
-                seed=seed,
-                source=(b,),
-            )
-            for b in ("buy", "cart")
+        self.modes = cfg.mining.alternatives
+        if not self.modes:
+            raise ConfigError("mining.alternatives: name at least one of uniform, popular")
+        self.per_mode = {
+            mode: {
+                b: demand.choice_situations(
+                    prep.events,
+                    attributes,
+                    n_alternatives=cfg.mining.n_alternatives,
+                    seed=seed,
+                    source=(b,),
+                    top_up=mode,
+                )
+                for b in ("buy", "cart")
+            }
+            for mode in self.modes
         }
-        self.users_mnl, self.beta_users = demand.user_logits(
-            self.choices["buy"], l2=cfg.mining.l2_user
-        )
+        self.user_beta = {
+            mode: demand.user_logits(choices["buy"], l2=cfg.mining.l2_user)
+            for mode, choices in self.per_mode.items()
+        }
+
+    @property
+    def choices(self) -> dict[str, demand.ChoiceData]:
+        """The choice situations by source behaviour, topped up the first way configured."""
+        return self.per_mode[self.modes[0]]
 
     def __call__(
         self,
@@ -165,9 +178,12 @@ class Miner:
         behaviors: tuple[str, ...] | None = None,
         attribute_source: str = "buy",
         exclude_common: bool = True,
+        mode: str | None = None,
     ):
         """Returns (patterns, attribute sets, MPP) for user ``labels`` (i32[U], prep.users);
-        ``behaviors`` default to ``mining.pattern_behaviors``."""
+        ``behaviors`` default to ``mining.pattern_behaviors``, ``mode`` (how the choice sets
+        are topped up) to the first of ``mining.alternatives``."""
+        mode = self.modes[0] if mode is None else mode
         m, prep = self.cfg.mining, self.prep
         behaviors = m.pattern_behaviors if behaviors is None else behaviors
         n_seg = int(labels.max()) + 1
@@ -180,7 +196,7 @@ class Miner:
             behaviors=behaviors,
         )
         kept = patterns.unique if exclude_common else patterns.patterns
-        data = self.choices[attribute_source]
+        data = self.per_mode[mode][attribute_source]
         seg_of = pd.Series(labels, index=prep.users).reindex(data.user).to_numpy().copy()
         # Integrated demand: purchases in the categories of the segment's patterns.
         for s in range(n_seg):
@@ -190,9 +206,10 @@ class Miner:
             if inside.sum() >= 2 * data.x.shape[-1]:
                 seg_of[rows & ~inside] = -1
         sets = demand.segment_attribute_sets(data, seg_of, n_seg, top=m.top_values, l2=m.l2_segment)
-        user_seg = pd.Series(labels, index=prep.users).reindex(self.users_mnl).to_numpy()
+        users_mnl, beta_users = self.user_beta[mode]
+        user_seg = pd.Series(labels, index=prep.users).reindex(users_mnl).to_numpy()
         mpp = demand.mean_purchase_probability(
-            self.choices["buy"], self.beta_users, [sets.best[s] for s in user_seg]
+            self.per_mode[mode]["buy"], beta_users, [sets.best[s] for s in user_seg]
         )
         return kept, sets, mpp
 
@@ -276,11 +293,15 @@ def segment_metrics(
 
 def mining_metrics(prep: Prepared, labels: np.ndarray, miner: Miner, **mine_kw) -> dict:
     """MPP, unique patterns per segment and the number of distinct segment attribute sets
-    (MPP depends on the segmentation only through them) of ``labels`` i32[U] (all users);
+    (MPP depends on the segmentation only through them) of ``labels`` i32[U] (all users),
+    ``MPP_<mode>`` and ``attribute_sets_<mode>`` for every further ``mining.alternatives``;
     on synthetic data also ARI and the recovery of the planted patterns and coefficients."""
     kept, sets, mpp = miner(labels, **mine_kw)
     out = {"MPP": mpp, "unique_patterns": float(np.mean([len(p) for p in kept]))}
     out["attribute_sets"] = float(len({b for b in sets.best if b is not None}))
+    for mode in miner.modes[1:]:
+        _, other, out[f"MPP_{mode}"] = miner(labels, mode=mode, **mine_kw)
+        out[f"attribute_sets_{mode}"] = float(len({b for b in other.best if b is not None}))
     truth = prep.truth
     if truth is not None:
         planted = truth.segment[prep.users]
