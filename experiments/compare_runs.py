@@ -79,11 +79,17 @@ def compare(a: pd.Series, b: pd.Series) -> pd.DataFrame:
 def paired(a: pd.Series, b: pd.Series) -> pd.DataFrame:
     """Per (method, metric): each group's value averaged over seeds in either run, then the
     runs paired over the groups: mean of each run, t-test and Wilcoxon p-values, and the
-    groups where run b is lower (``n`` pairs)."""
+    groups where run b is lower. Pairs present in one run only are left out (printed)."""
     keys = ["experiment", "dataset", "method", "group", "metric"]
     runs = {name: s.groupby(keys).mean() for name, s in (("a", a), ("b", b))}
+    pairs = [
+        set(zip(*(s.index.get_level_values(k) for k in ("method", "metric"))))
+        for s in runs.values()
+    ]
+    for method, metric in sorted(pairs[0] ^ pairs[1]):
+        print(f"{method} {metric}: in one run only, not tested")
     rows = []
-    for (method, metric), _ in runs["a"].groupby(["method", "metric"]):
+    for method, metric in sorted(pairs[0] & pairs[1]):
         wide = pd.concat(
             {r: s.xs((method, metric), level=("method", "metric")) for r, s in runs.items()},
             axis=1,

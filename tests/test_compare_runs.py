@@ -59,3 +59,8 @@ def test_paired_over_groups(tmp_path, capsys):
     assert line[:4] == ["CNN", "mse", "25.5", "23"] and line[-1] == "4/4", line
     table = compare_runs.paired(*(compare_runs.load(r, ["CNN"], None) for r in (a, b)))
     assert table.loc[0, "p_ttest"] < 0.05
+    only_b = pd.read_csv(b / "results.csv").assign(method="DNN")
+    pd.concat([pd.read_csv(b / "results.csv"), only_b]).to_csv(b / "results.csv", index=False)
+    table = compare_runs.paired(*(compare_runs.load(r, ["CNN", "DNN"], None) for r in (a, b)))
+    assert table["method"].tolist() == ["CNN"]
+    assert "DNN mse: in one run only, not tested" in capsys.readouterr().out
