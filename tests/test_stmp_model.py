@@ -179,8 +179,25 @@ def test_fit_early_stops_on_val_keeps_the_best_and_compiles_once_over_rates(prep
     moved, hist = T.fit(graphdef, params, prep, lr=1e-2, **kw, **sizes)
     best = min(range(len(hist)), key=lambda i: hist[i]["val_mse"])
     assert hist[-1]["step"] == 40 or len(hist) - 1 - best == 2  # budget or patience
-    step = T._compiled_step(graphdef, 40, tuple(sorted(sizes.items())), False)
+    step = T._compiled_step(graphdef, 40, tuple(sorted(sizes.items())), False, 1.0)
     assert step._cache_size() == 1  # the learning rate lives in the optimizer state
+
+
+def test_backbone_learns_at_its_scale_of_the_rate(prep):
+    """``adam(backbone_scale=0.1)``: the first update of every BACKBONE leaf is a tenth of
+    plain Adam's, every other leaf's the same."""
+    _, params = build(prep)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates = {}
+    for scale in (1.0, 0.1):
+        opt = T.adam(1e-2, 100, backbone_scale=scale)
+        updates[scale], _ = opt.update(grads, opt.init(params), params)
+    for name in params:
+        want = 0.1 if name in T.BACKBONE else 1.0
+        ratio = jax.tree.map(lambda a, b: a / b, updates[0.1][name], updates[1.0][name])
+        for leaf in jax.tree.leaves(ratio):
+            np.testing.assert_allclose(leaf, want, rtol=1e-6)
+    assert set(T.BACKBONE) <= set(params) and set(params) - set(T.BACKBONE)
 
 
 def test_sample_tasks_draws_cells_and_masks_query_dates(prep):

@@ -120,6 +120,9 @@ class TrainConfig:
         stop at the first plateau. Early stopping halts most fits before the cosine decay
         over ``n_steps`` has lowered the rate much.
       lr_factor: the factor of each cut.
+      backbone_lr_scale: STMP's day-feature backbone (linear baseline, LSTM, jump-LSTM,
+        fusion MLP) learns at this multiple of ``lr``, the set encoders and the head at
+        ``lr`` (``dmeta.stmp.train.adam``); 1 (the default): one rate for all.
       data_parallel: split each step's tasks over all visible devices.
     """
 
@@ -142,6 +145,7 @@ class TrainConfig:
     context_days: str = "any"
     lr_decays: int = 0
     lr_factor: float = 0.1
+    backbone_lr_scale: float = 1.0
     data_parallel: bool = False
 
 

@@ -415,26 +415,49 @@ def make_train_step(
     return step
 
 
-def adam(lr: float, n_steps: int, ema: float = 0.0) -> optax.GradientTransformation:
+# STMP's day-feature backbone (``train.backbone_lr_scale``): the modules that read the input
+# window and the target day's calendar; the rest (set encoders, deterministic tables, head)
+# turns a cell's context into its latents and the prediction.
+BACKBONE = ("linear", "lstm", "jump", "fusion")
+
+
+def backbone_mask(params: Params) -> Params:
+    """True on the leaves of STMP's ``BACKBONE`` modules, False elsewhere (a pytree like
+    ``params``, the top-level dict of ``dmeta.stmp.model.build``)."""
+    return {
+        name: jax.tree.map(lambda _, on=name in BACKBONE: on, sub) for name, sub in params.items()
+    }
+
+
+def adam(
+    lr: float, n_steps: int, ema: float = 0.0, backbone_scale: float = 1.0
+) -> optax.GradientTransformation:
     """Adam at ``lr`` (in its state, ``optax.inject_hyperparams``, the betas and eps kept
     static as in ``optax.adam``) after clipping the global norm to 1, its steps scaled by a
     cosine decay to zero over ``n_steps``, and an average of the iterates with decay ``ema``
     (``dmeta.train.averaging``; 0: the iterate itself). ``lr`` and ``ema`` live in the
     state, so a step built with any values updates with the state's, and the fits of a
-    grid share one compiled step."""
+    grid share one compiled step. ``backbone_scale`` != 1 (static: part of the step) scales
+    the steps of STMP's ``BACKBONE`` parameters, their learning rate ``backbone_scale *
+    lr`` (Adam's step is proportional to its rate)."""
     inject = optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps", "eps_root"))
+    scaled = (
+        [] if backbone_scale == 1.0 else [optax.masked(optax.scale(backbone_scale), backbone_mask)]
+    )
     return optax.chain(
         optax.clip_by_global_norm(1.0),
         inject(learning_rate=lr),
+        *scaled,
         optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, n_steps)),
         optax.inject_hyperparams(param_average)(decay=ema),
     )
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_step(graphdef, n_steps: int, step_items: tuple, shard: bool):
+def _compiled_step(graphdef, n_steps: int, step_items: tuple, shard: bool, backbone_scale: float):
     mesh = data_mesh() if shard else None
-    step = make_train_step(graphdef, adam(0.0, n_steps), mesh=mesh, **dict(step_items))
+    optimizer = adam(0.0, n_steps, backbone_scale=backbone_scale)
+    step = make_train_step(graphdef, optimizer, mesh=mesh, **dict(step_items))
     return jit_step(step, mesh, donate_argnums=0)
 
 
@@ -503,6 +526,7 @@ def fit(
     patience: int | None = None,
     lr_decays: int = 0,
     lr_factor: float = 0.1,
+    backbone_lr_scale: float = 1.0,
     eval_context: int = 64,
     shard: bool = False,
     progress: bool | None = None,
@@ -522,17 +546,21 @@ def fit(
     ``make_train_step``. ``model_settings`` (the model's options) and ``step_kwargs``
     join the checkpoint fingerprint (``loop.fit``'s ``settings``). ``lr_decays`` and
     ``lr_factor``: reduce on plateau before stopping (``early_stopped``).
+    ``backbone_lr_scale``: the ``BACKBONE`` modules learn at that multiple of ``lr``
+    (``adam``; joins the fingerprint when not 1).
 
     Returns:
       The trained (best) params and the log rows (``step``, each metric's mean over the
       steps since the previous row, ``val_mse``); one row at the end without ``log_every``.
     """
-    step = _compiled_step(graphdef, n_steps, tuple(sorted(step_kwargs.items())), shard)
+    items = tuple(sorted(step_kwargs.items()))
+    step = _compiled_step(graphdef, n_steps, items, shard, backbone_lr_scale)
     params, key = jax.tree.map(lambda x: x.copy(), (params, key))  # the step donates them
     val_key = jax.random.fold_in(key, 1)  # the same context sets at every evaluation
+    scaled = {} if backbone_lr_scale == 1.0 else {"backbone_lr_scale": backbone_lr_scale}
     result = early_stopped(
         lambda state: step(state, prep.arrays, prep.index),
-        init_train_state(params, adam(lr, n_steps, ema), key),
+        init_train_state(params, adam(lr, n_steps, ema, backbone_lr_scale), key),
         prep,
         lambda params, rows, cols: _predict_at(
             graphdef, params, prep.arrays, prep.index, rows, cols, val_key, eval_context, 512
@@ -543,7 +571,7 @@ def fit(
         lr_decays=lr_decays,
         lr_factor=lr_factor,
         desc=desc,
-        settings={**step_kwargs, "eval_context": eval_context, **(model_settings or {})},
+        settings={**step_kwargs, "eval_context": eval_context, **(model_settings or {}), **scaled},
         progress=progress,
     )
     return averaged_params(result.best_state), result.history
