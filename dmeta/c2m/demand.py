@@ -122,8 +122,10 @@ def choice_situations(
     rng = np.random.default_rng(seed)
     ev = events[events["item_id"].isin(known)].sort_values(["user_id", "timestamp"], kind="stable")
     by_cat = ev.groupby("category_id")["item_id"].unique()  # in order of first event
-    events_of = ev["item_id"].value_counts()
-    weight = {c: events_of.reindex(items).to_numpy(float) for c, items in by_cat.items()}
+    weight = {}  # per category, its items' event counts (the popular draw's weights)
+    if top_up == "popular":
+        events_of = ev["item_id"].value_counts()
+        weight = {c: events_of.reindex(items).to_numpy(float) for c, items in by_cat.items()}
     rows, users, cats = [], [], []
     for user, group in ev.groupby("user_id", sort=True):
         seen: dict[int, list[int]] = {}
@@ -137,8 +139,8 @@ def choice_situations(
                     pool = by_cat[cat]
                     keep = (pool != item) & ~np.isin(pool, alts)
                     if keep.any():
-                        p = weight[cat][keep] / weight[cat][keep].sum()
-                        p = p if top_up == "popular" else None
+                        w = weight[cat][keep] if weight else None
+                        p = None if w is None else w / w.sum()
                         n = min(extra, int(keep.sum()))
                         alts += rng.choice(pool[keep], n, replace=False, p=p).tolist()
                 rows.append([item, *alts[: n_alternatives - 1]])

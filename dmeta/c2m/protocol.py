@@ -180,22 +180,45 @@ class Miner:
         exclude_common: bool = True,
         mode: str | None = None,
     ):
-        """Returns (patterns, attribute sets, MPP) for user ``labels`` (i32[U], prep.users);
-        ``behaviors`` default to ``mining.pattern_behaviors``, ``mode`` (how the choice sets
-        are topped up) to the first of ``mining.alternatives``."""
-        mode = self.modes[0] if mode is None else mode
-        m, prep = self.cfg.mining, self.prep
-        behaviors = m.pattern_behaviors if behaviors is None else behaviors
-        n_seg = int(labels.max()) + 1
+        """Returns (patterns, attribute sets, MPP) for user ``labels`` (i32[U], prep.users):
+        ``patterns``, then ``attributes`` on them."""
+        kept = self.patterns(labels, behaviors=behaviors, exclude_common=exclude_common)
+        return kept, *self.attributes(labels, kept, attribute_source=attribute_source, mode=mode)
+
+    def patterns(
+        self,
+        labels: np.ndarray,
+        *,
+        behaviors: tuple[str, ...] | None = None,
+        exclude_common: bool = True,
+    ) -> list[dict[tuple[int, ...], int]]:
+        """Per segment its patterns (eq. 8-11; the unique ones with ``exclude_common``) of
+        ``behaviors`` (default ``mining.pattern_behaviors``) for user ``labels`` i32[U]."""
+        m = self.cfg.mining
         patterns = demand.segment_patterns(
-            prep.events,
-            prep.users,
+            self.prep.events,
+            self.prep.users,
             labels,
             k=m.k_ratio,
             max_length=m.max_pattern_length,
-            behaviors=behaviors,
+            behaviors=m.pattern_behaviors if behaviors is None else behaviors,
         )
-        kept = patterns.unique if exclude_common else patterns.patterns
+        return patterns.unique if exclude_common else patterns.patterns
+
+    def attributes(
+        self,
+        labels: np.ndarray,
+        kept: list[dict[tuple[int, ...], int]],
+        *,
+        attribute_source: str = "buy",
+        mode: str | None = None,
+    ) -> tuple[demand.AttributeSets, float]:
+        """(attribute sets, MPP) of user ``labels`` i32[U] from the purchases in the
+        categories of each segment's patterns ``kept``; ``mode`` (how the choice sets are
+        topped up) defaults to the first of ``mining.alternatives``."""
+        mode = self.modes[0] if mode is None else mode
+        m, prep = self.cfg.mining, self.prep
+        n_seg = int(labels.max()) + 1
         data = self.per_mode[mode][attribute_source]
         seg_of = pd.Series(labels, index=prep.users).reindex(data.user).to_numpy().copy()
         # Integrated demand: purchases in the categories of the segment's patterns.
@@ -211,7 +234,7 @@ class Miner:
         mpp = demand.mean_purchase_probability(
             self.per_mode[mode]["buy"], beta_users, [sets.best[s] for s in user_seg]
         )
-        return kept, sets, mpp
+        return sets, mpp
 
 
 def validation_split(n: int, share: float) -> tuple[np.ndarray, np.ndarray]:
@@ -281,7 +304,7 @@ def segment_metrics(
     outliers are the method's own, or with ``outlier_share`` that share of the users farthest
     from their centroid; ``SC_shared`` in ``shared`` f[F, Z'], the seed's pretrained
     autoencoder latent of the fit users), mining and MPP on all users (``mine_kw`` go to
-    ``Miner.__call__``)."""
+    ``Miner.patterns``)."""
     latent, labels = got.latent[fit], got.labels[fit]
     if outlier_share is None:
         inliers = got.seg.weights > 0
@@ -296,12 +319,14 @@ def mining_metrics(prep: Prepared, labels: np.ndarray, miner: Miner, **mine_kw) 
     (MPP depends on the segmentation only through them) of ``labels`` i32[U] (all users),
     ``MPP_<mode>`` and ``attribute_sets_<mode>`` for every further ``mining.alternatives``;
     on synthetic data also ARI and the recovery of the planted patterns and coefficients."""
-    kept, sets, mpp = miner(labels, **mine_kw)
+    kept = miner.patterns(labels, **mine_kw)  # the same for every way of topping up
+    by_mode = {mode: miner.attributes(labels, kept, mode=mode) for mode in miner.modes}
+    sets, mpp = by_mode[miner.modes[0]]
     out = {"MPP": mpp, "unique_patterns": float(np.mean([len(p) for p in kept]))}
-    out["attribute_sets"] = float(len({b for b in sets.best if b is not None}))
+    out["attribute_sets"] = _distinct_sets(sets)
     for mode in miner.modes[1:]:
-        _, other, out[f"MPP_{mode}"] = miner(labels, mode=mode, **mine_kw)
-        out[f"attribute_sets_{mode}"] = float(len({b for b in other.best if b is not None}))
+        out[f"MPP_{mode}"] = by_mode[mode][1]
+        out[f"attribute_sets_{mode}"] = _distinct_sets(by_mode[mode][0])
     truth = prep.truth
     if truth is not None:
         planted = truth.segment[prep.users]
@@ -315,6 +340,11 @@ def mining_metrics(prep: Prepared, labels: np.ndarray, miner: Miner, **mine_kw) 
         err = [np.abs(sets.beta[match[s]] - truth.beta[s]).max() for s in match]
         out["beta_max_abs_err"] = float(np.nanmax(err))
     return out
+
+
+def _distinct_sets(sets: demand.AttributeSets) -> float:
+    """How many distinct attribute sets the segments (with purchases) chose."""
+    return float(len({b for b in sets.best if b is not None}))
 
 
 def case_study(labels: np.ndarray, miner: Miner, top: int = 5) -> pd.DataFrame:
