@@ -260,6 +260,17 @@ def test_rmldp_wall_time_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_tsur_step_quick(tmp_path):
+    """GAT over projected neighbours and in the input space: the same gradient, both timed."""
+    text, report = run_quick("tsur_step.py", tmp_path)
+    assert text.splitlines()[-1].startswith("speedup_input_space_vs_projected: ")
+    assert report["grad_max_rel_diff"][0] <= 1e-5
+    assert report["speedup_input_space_vs_projected"][0] == pytest.approx(
+        report["projected_step_ms"][0] / report["input_space_step_ms"][0], rel=1e-2
+    )
+
+
+@pytest.mark.slow
 def test_stmp_step_quick(tmp_path):
     """Loop and unrolled LSTMs: the same step (checked inside), both timed."""
     text, report = run_quick("stmp_step.py", tmp_path)

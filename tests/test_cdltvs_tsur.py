@@ -68,6 +68,16 @@ def test_wavelet_module_starts_as_the_sigmoid_of_the_dwt():
     assert float(wave.penalty()) < 1e-4  # at its wavelet initialization
 
 
+def test_gat_attends_in_input_space_as_on_projected_nodes():
+    layer = T.GATLayer(6, 5, 3, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(2)
+    dst = jnp.asarray(rng.normal(size=(4, 2, 6)), jnp.float32)
+    src = jnp.asarray(rng.normal(size=(4, 2, 7, 6)), jnp.float32)
+    direct = layer(layer.project(dst), layer.project(src))
+    assert direct.shape == (4, 2, 3, 5)
+    np.testing.assert_allclose(layer.attend_inputs(dst, src), direct, rtol=1e-5, atol=1e-6)
+
+
 def test_nearest_are_the_closest_rows_of_other_customers():
     rng = np.random.default_rng(0)
     table, query = rng.normal(size=(60, 5)), rng.normal(size=(25, 5))
