@@ -165,6 +165,35 @@ def test_tune_scores_a_diverging_point_as_lost():
         check_finite(np.array([[1.0] * 4, [1.0, 1.0, 1.0, np.nan]]), "toy")
 
 
+def test_tune_resumes_from_recorded_scores_without_refitting(tmp_path):
+    memo = harness.tuning_memo(tmp_path, harness.Cell("m", 0, "s"), per_seed=False)
+    assert memo == tmp_path / "tuned" / "s__m.trials.jsonl"
+    assert harness.tuning_memo(tmp_path, harness.Cell("m", 2, "s"), per_seed=True).name == (
+        "s__m__seed2.trials.jsonl"
+    )
+    grid, scores, evaluated = {"lr": [1.0, 2.0, 3.0], "h": [(8, 8)]}, {1.0: 3.0, 2.0: 1.0}, []
+
+    def killed_at_third(point):  # a run killed while fitting the third point
+        if point["lr"] == 3.0:
+            raise KeyboardInterrupt
+        evaluated.append(point["lr"])
+        return scores[point["lr"]]
+
+    with pytest.raises(KeyboardInterrupt):
+        harness.tune(grid, killed_at_third, memo=memo)
+    assert evaluated == [1.0, 2.0] and len(memo.read_text().splitlines()) == 2
+
+    def resumed(point):
+        evaluated.append(point["lr"])
+        return 2.0
+
+    tuned = harness.tune(grid, resumed, memo=memo)
+    assert evaluated == [1.0, 2.0, 3.0]  # only the third point is fitted again
+    assert tuned.best == {"lr": 2.0, "h": (8, 8)} and tuned.score == 1.0
+    assert [s for _, s in tuned.trials] == [3.0, 1.0, 2.0]
+    assert harness.tune(grid, lambda p: pytest.fail("all recorded"), memo=memo).best == tuned.best
+
+
 def _folder_saved_before(tmp_path, cfg, key: str) -> dict:
     """A run folder with one cell whose config.json lacks ``key`` (the folder of a run from
     before the field); returns that saved config."""

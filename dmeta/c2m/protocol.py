@@ -41,7 +41,15 @@ from dmeta.config import ConfigError
 from dmeta.data.frames import DataError
 from dmeta.data.spec import parse_data_spec
 from dmeta.datasets import LOADERS
-from dmeta.train.harness import CELLS, Cell, hp_rows, shared_choice, tune, write_atomic
+from dmeta.train.harness import (
+    CELLS,
+    Cell,
+    hp_rows,
+    shared_choice,
+    tune,
+    tuning_memo,
+    write_atomic,
+)
 from dmeta.train.results import read_rows
 
 NAME = "c2m"
@@ -555,10 +563,12 @@ class SeedState:
                 got = self.segment(method, hp)
                 return -silhouette(got.latent[self.val], got.labels[self.val], self.run.cfg)
 
-            def choose() -> dict:
-                return tune(points, score, trials=t.trials, seed=self.seed).best
-
             cell = Cell(method, self.seed, "table1")
+
+            def choose() -> dict:
+                memo = tuning_memo(self.run.out, cell, per_seed=t.per_seed)
+                return tune(points, score, trials=t.trials, seed=self.seed, memo=memo).best
+
             self._tuned[method] = shared_choice(self.run.out, cell, choose, per_seed=t.per_seed)
         return self._tuned[method]
 

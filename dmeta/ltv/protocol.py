@@ -41,7 +41,7 @@ from dmeta.ltv import data as ltv_data
 from dmeta.ltv.config import CDLtvSConfig, ModelConfig, TrainConfig, Windows
 from dmeta.ltv.train import CDLtvSFit, fit_stage1, fit_stage2
 from dmeta.ltv.tsur import tsur
-from dmeta.train.harness import Cell, hp_rows, shared_choice, tune
+from dmeta.train.harness import Cell, hp_rows, shared_choice, tune, tuning_memo
 
 logger = logging.getLogger(__name__)
 
@@ -335,11 +335,14 @@ class Protocol:
             fitted[tuple(point.items())] = self._fit(cell.method, p, cell.seed, point)
             return float(metrics.nmae(val.t_y, fitted[tuple(point.items())](val)[0]))
 
+        per_seed = self.cfg.tuning.per_seed
+
         def choose() -> dict[str, Any]:
             points, trials = grid(self.cfg, cell.method), self.cfg.tuning.trials
-            return tune(points, evaluate, trials=trials, score_single=True).best
+            memo = tuning_memo(self.out, cell, per_seed=per_seed)
+            return tune(points, evaluate, trials=trials, score_single=True, memo=memo).best
 
-        best = shared_choice(self.out, cell, choose, per_seed=self.cfg.tuning.per_seed)
+        best = shared_choice(self.out, cell, choose, per_seed=per_seed)
         if tuple(best.items()) not in fitted:  # chosen by the method's first seed
             fitted[tuple(best.items())] = self._fit(cell.method, p, cell.seed, best)
         pred, experts = fitted[tuple(best.items())](test)

@@ -34,7 +34,7 @@ from dmeta.sales_cnn.pipeline import (
     region_mse,
 )
 from dmeta.sales_cnn.synthetic import synthetic_panel
-from dmeta.train.harness import Cell, hp_rows, shared_choice, tune
+from dmeta.train.harness import Cell, hp_rows, shared_choice, tune, tuning_memo
 
 NAME = "sales_cnn"
 SWEEPS = {  # sweep name -> (config field of its values, axis label)
@@ -357,7 +357,11 @@ class SalesRun:
                 val = self.prepared(d.length, d.horizon, validation=True)
                 return float(region_mse(val, self.forecast(val, method, seed, hp)).mean())
 
-            self._tuned[method, seed] = tune(points, score, trials=trials, seed=seed).best
+            cell, per_seed = Cell(method, seed, "table1"), self.cfg.tuning.per_seed
+            memo = tuning_memo(self.out, cell, per_seed=per_seed)
+            self._tuned[method, seed] = tune(
+                points, score, trials=trials, seed=seed, memo=memo
+            ).best
         return self._tuned[method, seed]
 
     def run_cell(self, cell: Cell) -> list[dict]:

@@ -31,7 +31,7 @@ from dmeta.stmp import data as D
 from dmeta.stmp import model as M
 from dmeta.stmp import train as T
 from dmeta.stmp.config import DataConfig, STMPConfig
-from dmeta.train.harness import Cell, hp_rows, shared_choice, tune, write_atomic
+from dmeta.train.harness import Cell, hp_rows, shared_choice, tune, tuning_memo, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -397,9 +397,12 @@ def score(prep: D.Prepared, pred_scaled: np.ndarray) -> dict[str, dict[str, floa
     return out
 
 
-def choose(cell: Cell, data: D.STMPData, cfg: STMPConfig) -> dict[str, float]:
+def choose(
+    cell: Cell, data: D.STMPData, cfg: STMPConfig, out: Path | None = None
+) -> dict[str, float]:
     """The cell's method's hyperparameters (config path -> value): the config's values followed by
-    the ``tuning`` alternatives, ``tuning.trials`` points scored by validation MSE."""
+    the ``tuning`` alternatives, ``tuning.trials`` points scored by validation MSE (recorded
+    in the run folder ``out``, see ``dmeta.train.harness.tuning_memo``)."""
     grid = {
         path: (functools.reduce(getattr, path.split("."), cfg), *getattr(cfg.tuning, alt))
         for path, alt in TUNED[cell.method].items()
@@ -411,7 +414,8 @@ def choose(cell: Cell, data: D.STMPData, cfg: STMPConfig) -> dict[str, float]:
         y, pred, _ = targets(v, forecast(cell.method, v, configured(cfg, point), cell.seed))
         return metrics.mse(y, pred)
 
-    return tune(grid, evaluate, trials=cfg.tuning.trials).best
+    memo = tuning_memo(out, cell, per_seed=cfg.tuning.per_seed)
+    return tune(grid, evaluate, trials=cfg.tuning.trials, memo=memo).best
 
 
 def configured(cfg: STMPConfig, point: dict) -> STMPConfig:
@@ -423,7 +427,9 @@ def run_cell(cell: Cell, data: D.STMPData, dataset: str, cfg: STMPConfig, out: P
     """Tunes (``tuning.per_seed``: this cell, else once per method and setting), fits and
     scores one cell: long-schema rows (metrics per ``setting/day kind`` and ``hp:<config
     path>`` rows); seed 0 of "full" also writes its festival forecasts."""
-    best = shared_choice(out, cell, lambda: choose(cell, data, cfg), per_seed=cfg.tuning.per_seed)
+    best = shared_choice(
+        out, cell, lambda: choose(cell, data, cfg, out), per_seed=cfg.tuning.per_seed
+    )
     prep = split(data, cfg, cell.setting, False)
     pred = forecast(cell.method, prep, configured(cfg, best), cell.seed)
     keys = dict(experiment=EXPERIMENT, dataset=dataset, method=cell.method, seed=cell.seed)

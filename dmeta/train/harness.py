@@ -13,7 +13,10 @@ that training converged).
 ``tune`` gives every method of a table the same procedure: the same number of grid
 points (a seeded random subset when a grid is larger than ``trials``), each scored on
 validation data by the reported metric, the lowest kept; ``hp_rows`` writes the chosen
-values into the results as metrics ``hp:<name>``.
+values into the results as metrics ``hp:<name>``. The chosen point of a (setting, method)
+is kept in ``tuned/<family>.json`` and every score as it is known in
+``tuned/<family>.trials.jsonl`` (``tuning_memo``), so a tuning killed between its fits
+resumes without them, also where the checkpoints are gone (``ckpt/`` is not committed).
 """
 
 from __future__ import annotations
@@ -256,6 +259,18 @@ class Tuned:
     trials: list[tuple[dict[str, Any], float]]
 
 
+def _point_key(point: Mapping[str, Any]) -> str:
+    return json.dumps(dict(point), sort_keys=True, default=str)
+
+
+def tuning_memo(out: str | os.PathLike | None, cell: Cell, *, per_seed: bool) -> Path | None:
+    """Where ``tune`` records the scores of a cell's tuning: ``out/tuned/<family>.trials.jsonl``
+    (``<cell key>`` with ``per_seed``, each seed tuning on its own); None without a run folder."""
+    if out is None:
+        return None
+    return Path(out) / TUNED / f"{cell.key if per_seed else cell.family}.trials.jsonl"
+
+
 def tune(
     grid: Mapping[str, Sequence[Any]],
     evaluate: Callable[[dict[str, Any]], float],
@@ -263,6 +278,7 @@ def tune(
     trials: int | None = None,
     seed: int = 0,
     score_single: bool = False,
+    memo: Path | None = None,
 ) -> Tuned:
     """Scores each grid point with ``evaluate`` (validation metric, lower is better).
 
@@ -270,12 +286,24 @@ def tune(
     ``NonFiniteError`` scores NaN, logged); ties keep the earlier point. A single
     point (``trials=1`` or a one-point grid) is returned unscored (score NaN) unless
     ``score_single`` (for an ``evaluate`` that also fits what the caller reuses).
+    With ``memo`` (:func:`tuning_memo`) each score is appended to that file as it is known,
+    and points already there are not evaluated again, so a tuning killed between points
+    resumes without its finished fits (on another machine too, where no checkpoint
+    survives); ``evaluate`` then runs only for the rest, so the caller must fit the chosen
+    point itself when ``evaluate`` did not.
     """
     points = grid_points(grid, trials=trials, seed=seed)
     if len(points) == 1 and not score_single:
         return Tuned(best=points[0], score=float("nan"), trials=[(points[0], float("nan"))])
+    lines = memo.read_text().splitlines() if memo is not None and memo.exists() else []
+    recorded = {_point_key(r["point"]): float(r["score"]) for r in map(json.loads, lines)}
     scored = []
     for point in points:
+        if _point_key(point) in recorded:
+            score = recorded[_point_key(point)]
+            scored.append((point, score))
+            logger.info("tune %s -> %.6g (recorded in %s)", point, score, memo.name)
+            continue
         try:
             score = float(evaluate(point))
         except NonFiniteError as err:
@@ -283,6 +311,9 @@ def tune(
             score = float("nan")
         scored.append((point, score))
         logger.info("tune %s -> %.6g", point, score)
+        if memo is not None:
+            lines.append(json.dumps({"point": point, "score": score}, sort_keys=True, default=str))
+            write_atomic(memo, "\n".join(lines) + "\n")
     finite = [(p, s) for p, s in scored if np.isfinite(s)] or scored
     best, score = min(finite, key=lambda ps: ps[1] if np.isfinite(ps[1]) else np.inf)
     return Tuned(best=best, score=score, trials=scored)
