@@ -48,7 +48,7 @@ from dmeta.parallel import data_mesh, jit_step
 from dmeta.rmldp import baselines as fb
 from dmeta.rmldp.config import RMLDPConfig, TrainConfig
 from dmeta.rmldp.model import init_rmldp, make_train_step, meta_test, segment_representations
-from dmeta.train.harness import Cell, Tuned, hp_rows, shared_choice, tune
+from dmeta.train.harness import Cell, Tuned, hp_rows, shared_choice, tune, tuning_memo
 from dmeta.train.loop import fit
 from dmeta.train.state import init_train_state
 from dmeta.types import TaskBatch
@@ -732,9 +732,17 @@ def tuned_fit(
         fits[tuple(point.items())] = fitted = fitter(name, ctx, seed, point)
         return val_mape(ctx, fitted.val)
 
+    memo = _memo(name, ctx, seed) if points is None else None
     points = grid(name, ctx.cfg) if points is None else points
-    result = tune(points, evaluate, trials=ctx.cfg.tuning.trials, score_single=True)
-    return result, fits[tuple(result.best.items())]
+    result = tune(points, evaluate, trials=ctx.cfg.tuning.trials, score_single=True, memo=memo)
+    best = tuple(result.best.items())
+    return result, fits[best] if best in fits else fitter(name, ctx, seed, result.best)
+
+
+def _memo(name: str, ctx: Context, seed: int):
+    """Where a tuning of ``name`` records its scores (``dmeta.train.harness.tuning_memo``)."""
+    per_seed = ctx.cfg.tuning.per_seed
+    return tuning_memo(ctx.out, Cell(name, seed, ctx.setting), per_seed=per_seed)
 
 
 def tuned_finetune(
@@ -756,8 +764,11 @@ def tuned_finetune(
         preds[tuple(point.items())] = (np.asarray(adapt(ctx.prep.val_tasks)), adapt)
         return val_mape(ctx, preds[tuple(point.items())][0])
 
+    memo = _memo(name, ctx, seed) if points is None else None
     points = grid(name, ctx.cfg) if points is None else points
-    result = tune(points, evaluate, trials=ctx.cfg.tuning.trials, score_single=True)
+    result = tune(points, evaluate, trials=ctx.cfg.tuning.trials, score_single=True, memo=memo)
+    if tuple(result.best.items()) not in preds:  # scored by an earlier, killed run
+        evaluate(result.best)
     val, adapt = preds[tuple(result.best.items())]
     best = dataclasses.replace(result, best={**base.best, **result.best})
     return best, Fitted(val, np.asarray(adapt(ctx.prep.target)), fitted.model)
