@@ -102,6 +102,17 @@ def interleaved_medians(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def report_step_speedup(
+    report: Report, medians: dict[str, float], *, per_round: int, name: str, slow: str, fast: str
+) -> None:
+    """Reports ``<contender>_step_ms`` for each of ``medians`` (seconds per timed round of
+    ``per_round`` steps, ``interleaved_medians``) and, last, ``name`` = ``slow``'s time over
+    ``fast``'s."""
+    for contender, seconds in medians.items():
+        report(f"{contender}_step_ms", 1000.0 * seconds / per_round, "ms")
+    report(name, medians[slow] / medians[fast])
+
+
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     """This machine's f32 matmul rate: best of ``repeats`` jitted ``[n, n] @ [n, n]`` in GFLOP/s."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)

@@ -30,7 +30,13 @@ from dmeta.stmp import config as C
 from dmeta.stmp import model as M
 from dmeta.stmp import protocol as P
 from dmeta.stmp import train as T
-from experiments.benchmarks.common import Report, interleaved_medians, load_average, machine
+from experiments.benchmarks.common import (
+    Report,
+    interleaved_medians,
+    load_average,
+    machine,
+    report_step_speedup,
+)
 
 
 def build_step(graphdef, cfg: C.STMPConfig, unroll_max: int):
@@ -114,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         return ten_steps
 
     medians = interleaved_medians({name: run(name) for name in steps}, args.repeats)
-    for name, seconds in medians.items():
-        report(f"{name}_step_ms", 100.0 * seconds, "ms")
-    report("speedup_unrolled_vs_loop", medians["loop"] / medians["unrolled"])
+    report_step_speedup(
+        report, medians, per_round=10, name="speedup_unrolled_vs_loop", slow="loop", fast="unrolled"
+    )
     report.save(args.out)
     return 0
 

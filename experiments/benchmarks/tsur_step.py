@@ -29,7 +29,13 @@ from dmeta.ltv.config import get_config
 from dmeta.ltv.protocol import load_data
 from dmeta.ltv.train import model_batch
 from dmeta.nn.functional import split_params
-from experiments.benchmarks.common import Report, interleaved_medians, load_average, machine
+from experiments.benchmarks.common import (
+    Report,
+    interleaved_medians,
+    load_average,
+    machine,
+    report_step_speedup,
+)
 
 
 def projected(self: T.GraphEncoder, x, nbr, nbr2):
@@ -115,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         return five_steps
 
     medians = interleaved_medians({name: run(name) for name in steps}, args.repeats)
-    for name, seconds in medians.items():
-        report(f"{name}_step_ms", 200.0 * seconds, "ms")
-    report("speedup_input_space_vs_projected", medians["projected"] / medians["input_space"])
+    report_step_speedup(
+        report, medians, per_round=5, name="speedup_input_space_vs_projected",
+        slow="projected", fast="input_space",
+    )  # fmt: skip
     report.save(args.out)
     return 0
 
