@@ -260,14 +260,15 @@ def test_rmldp_wall_time_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_tsur_step_quick(tmp_path):
-    """GAT over projected neighbours and in the input space: the same gradient, both timed."""
-    text, report = run_quick("tsur_step.py", tmp_path)
-    assert text.splitlines()[-1].startswith("speedup_input_space_vs_projected: ")
-    assert report["grad_max_rel_diff"][0] <= 1e-5
-    assert report["speedup_input_space_vs_projected"][0] == pytest.approx(
-        report["projected_step_ms"][0] / report["input_space_step_ms"][0], rel=1e-2
-    )
+def test_cdltvs_baseline_steps_quick(tmp_path):
+    """TSUR's GAT and PTUPCDR's bridge, each as before and now: the same gradients, timed."""
+    text, report = run_quick("cdltvs_baseline_steps.py", tmp_path)
+    assert text.splitlines()[-1].startswith("speedup_ptupcdr_folded_vs_bridge: ")
+    for old, new, model in (("projected", "input_space", "tsur"), ("bridge", "folded", "ptupcdr")):
+        assert report[f"grad_max_rel_diff_{model}"][0] <= 1e-5
+        assert report[f"speedup_{model}_{new}_vs_{old}"][0] == pytest.approx(
+            report[f"{model}_{old}_step_ms"][0] / report[f"{model}_{new}_step_ms"][0], rel=1e-2
+        )
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import scipy.stats
 from dmeta import metrics
 from dmeta.ltv import baselines as B
 from dmeta.ltv.data import apply_sparsity, make_synthetic, split_customers
+from dmeta.ltv.train import model_batch
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,16 @@ def test_ptupcdr_learns_sparse_customers_from_the_source(ptupcdr_case):
     na = test.sparse
     naive = metrics.nmae(test.t_y[na], np.full(na.sum(), np.median(train.t_y)))
     assert metrics.nmae(test.t_y[na], predict(test)[na]) < 0.8 * naive  # fails if not learnt
+
+
+def test_ptupcdr_prediction_is_the_head_on_the_personal_bridge():
+    train = make_synthetic(60, 6, 2, seed=3)
+    model = B._build(B.PTUPCDR, B._arch(train, 8), 0, meta_dim=5)
+    batch = {k: jnp.asarray(v) for k, v in model_batch(train, 1.0, 1.0).items()}
+    e_s, w = model.bridge(batch)
+    assert w.shape == (60, 8, 8)
+    head = jnp.einsum("nh,nhk->nk", e_s, w) @ model.tgt_head.kernel[...] + model.tgt_head.bias[...]
+    np.testing.assert_allclose(model(batch), jnp.maximum(head[:, 0], 0.0), rtol=1e-5, atol=1e-6)
 
 
 def test_ptupcdr_reads_no_target_input_and_trains_on_c_a_labels_only(ptupcdr_case):

@@ -422,22 +422,34 @@ class PTUPCDR(nnx.Module):
         """f32[N] target-domain LTV of the target model (pre-trained on C_a customers)."""
         return output_relu(self.tgt_head(self.tgt(b, "t")))[..., 0]
 
-    def bridge(self, b):
-        """The frozen source embedding f32[N, h] and the personal bridge f32[N, h, h]."""
+    def _characteristic(self, b):
+        """The frozen source embedding f32[N, h] and the decoder's hidden layer f32[N, meta_dim]
+        (the characteristic encoder's pooled vector through ``dec1``)."""
         e_s, seq = jax.lax.stop_gradient(self.src(b, "s", sequence=True))
         active = (b["s_series"] > 0) & (b["s_observed"] > 0)  # [N, L]
         active = active | ~active.any(-1, keepdims=True)
         logits = self.event2(nnx.relu(self.event1(seq)))[..., 0]
         att = jax.nn.softmax(jnp.where(active, logits, -jnp.inf), axis=-1)
-        w = self.dec2(nnx.relu(self.dec1(jnp.einsum("nl,nlh->nh", att, seq))))
+        return e_s, nnx.relu(self.dec1(jnp.einsum("nl,nlh->nh", att, seq)))
+
+    def bridge(self, b):
+        """The frozen source embedding f32[N, h] and the personal bridge f32[N, h, h]."""
+        e_s, r = self._characteristic(b)
+        w = self.dec2(r)
         return e_s, w.reshape(w.shape[:-1] + (e_s.shape[-1], e_s.shape[-1]))
 
     def __call__(self, b):
-        e_s, w = self.bridge(b)
-        u = jnp.einsum("nh,nhk->nk", e_s, w)
-        kernel = jax.lax.stop_gradient(self.tgt_head.kernel[...])
+        """f32[N] the frozen target head on ``e^s W_u``. The bridge is linear in ``dec2`` and
+        the head is one linear unit, so the head is folded into ``dec2`` first (``W_u c`` for
+        every customer from one ``[meta_dim, h]`` matrix): the same value as through
+        :meth:`bridge`, without forming the ``f32[N, h, h]`` bridges."""
+        e_s, r = self._characteristic(b)
+        head = jax.lax.stop_gradient(self.tgt_head.kernel[...])[:, 0]  # [h]
         bias = jax.lax.stop_gradient(self.tgt_head.bias[...])
-        return output_relu(u @ kernel + bias)[..., 0]
+        hidden = head.shape[0]
+        w_c = self.dec2.kernel[...].reshape(-1, hidden, hidden) @ head  # [meta_dim, h]
+        b_c = self.dec2.bias[...].reshape(hidden, hidden) @ head  # [h]
+        return output_relu(jnp.sum(e_s * (r @ w_c + b_c), -1) + bias[0])
 
 
 class DASL(nnx.Module):

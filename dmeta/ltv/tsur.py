@@ -64,7 +64,7 @@ Choices where the reference and our data differ (all recorded in the CDLtvS READ
   A GAT layer is linear in its neighbours, so the first-hop nodes' layer 1 and layer 2
   attend in their input space (:meth:`GATLayer.attend_inputs`: the same values up to float
   rounding, without projecting every neighbour of the 2-hop tree: a 2.0x faster train step
-  on Complete Journey, ``experiments/benchmarks/tsur_step.py``).
+  on Complete Journey, ``experiments/benchmarks/cdltvs_baseline_steps.py``).
   The reference's input BatchNorm is a fixed standardization by the training nodes' mean
   and standard deviation. The training node table is a frozen parameter of the model
   (``stop_gradient``: zero gradient, so Adam never moves it).
