@@ -292,3 +292,12 @@ def test_shared_choice_tunes_once_per_method_and_setting(tmp_path):
     assert (tmp_path / harness.TUNED / "full__a.json").exists()
     _open(tmp_path, fresh=True)
     assert not (tmp_path / harness.TUNED).exists()
+
+
+def test_time_left_takes_each_family_from_its_last_cell():
+    tuned, fitted = Cell("a", 0), Cell("a", 1)  # seed 0 tuned the shared choice
+    seconds = {tuned: 400.0, fitted: 100.0, Cell("b", 0): 40.0}
+    to_run = [Cell("a", 2), Cell("a", 3), Cell("b", 1), Cell("c", 0)]
+    # a: 2 x its last cell (100), b: 40, c (not timed yet): the median of all (100)
+    assert harness.time_left(seconds, to_run) == 2 * 100 + 40 + 100
+    assert harness.time_left(seconds, []) == 0

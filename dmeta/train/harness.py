@@ -186,7 +186,7 @@ def run_cells(
         out, len(cells), methods, len({c.seed for c in cells}),
         len({c.setting for c in cells}), done, len(cells) - done,
     )  # fmt: skip
-    frames, start, ran = [], time.perf_counter(), 0
+    frames, seconds = [], {}
     for i, cell in enumerate(cells):
         path = folder / f"{cell.key}.csv"
         if path.exists():
@@ -194,6 +194,7 @@ def run_cells(
             logger.info("[%d/%d] %s: done earlier, kept", i + 1, len(cells), cell.key)
             continue
         ckpt, curves = Path(out) / CKPT / cell.key, Path(out) / CURVES / cell.key
+        start = time.perf_counter()
         with loop.checkpoints(ckpt, curves=curves) as fits:
             rows = run_cell(cell)
         frame = validate_results(pd.DataFrame(rows, columns=list(COLUMNS)))
@@ -203,13 +204,31 @@ def run_cells(
             for stale in (p for p in curves.glob("*") if p.stem not in fits.names):
                 stale.unlink()  # a curve of an earlier, interrupted try of this cell
         frames.append(frame)
-        ran += 1
-        left = len(cells) - i - 1
-        eta = (time.perf_counter() - start) / ran * left
-        logger.info("[%d/%d] %s written (about %.0f s left)", i + 1, len(cells), cell.key, eta)
+        seconds[cell] = time.perf_counter() - start
+        to_run = [c for c in cells[i + 1 :] if not (folder / f"{c.key}.csv").exists()]
+        logger.info(
+            "[%d/%d] %s written in %.0f s (about %.1f h left)", i + 1, len(cells), cell.key,
+            seconds[cell], time_left(seconds, to_run) / 3600,
+        )  # fmt: skip
     if not frames:
         return pd.DataFrame(columns=list(COLUMNS))
     return validate_results(pd.concat(frames, ignore_index=True))
+
+
+def time_left(seconds: Mapping[Cell, float], to_run: Sequence[Cell]) -> float:
+    """Estimated seconds to run the cells ``to_run``, from the cells timed so far.
+
+    A cell is expected to take as long as the last timed cell of its (setting, method):
+    with a tuning shared across seeds, only the first seed's cell tunes, and the ones after
+    it take as long as each other. A family not timed yet takes the median of all.
+
+    Args:
+      seconds: run time of each cell run so far, in the order they ran (not empty).
+      to_run: the cells left.
+    """
+    last = {cell.family: t for cell, t in seconds.items()}
+    typical = float(np.median(list(seconds.values())))
+    return sum(last.get(cell.family, typical) for cell in to_run)
 
 
 def read_cells(out: str | os.PathLike) -> pd.DataFrame:
