@@ -519,11 +519,15 @@ def test_fit_resume_after_sigkill_is_bit_identical(tmp_path):
     assert (tmp_path / "run.jsonl").read_text() == (tmp_path / "ref.jsonl").read_text()
 
 
-def test_fit_stops_on_a_non_finite_loss_naming_the_steps():
+def test_fit_stops_on_a_non_finite_loss_naming_the_steps(tmp_path):
     from dmeta.train.loop import NonFiniteError
 
     step_fn, state, eval_fn = make_problem(lr=1e30)  # diverges to inf, then NaN
     with pytest.raises(
         NonFiniteError, match=r"diverging: train metrics .*not finite in steps \d+-\d+"
-    ):
-        fit(step_fn, state, n_steps=200, eval_every=10, desc="diverging", progress=False)
+    ) as info:
+        fit(step_fn, state, n_steps=200, eval_every=10, desc="diverging", progress=False,
+            log_path=tmp_path / "curve.csv")  # fmt: skip
+    # the curve ends with the row that diverged, at the steps the error names
+    last = pd.read_csv(tmp_path / "curve.csv").iloc[-1]
+    assert not np.isfinite(last["loss"]) and f"-{int(last['step'])};" in str(info.value)

@@ -173,13 +173,15 @@ def _initial_tree(step_fn: StepFn, state: TrainState, stop: _Stopping) -> dict[s
     }
 
 
-def _train_row(acc: dict[str, Any], step: int, span: int, desc: str) -> Row:
-    """The mean train metrics of the ``span`` steps up to ``step``; raises
-    ``NonFiniteError`` on NaN / inf."""
+def _train_row(acc: dict[str, Any], step: int, span: int, desc: str, log: MetricsLog | None) -> Row:
+    """The mean train metrics of the ``span`` steps up to ``step``; on NaN / inf, logs the
+    row to ``log`` (the curve shows where the fit diverged) and raises ``NonFiniteError``."""
     count = int(acc["count"])
     row = {"step": step, **scalar_metrics(jax.tree.map(lambda s: s / count, acc["sum"]))}
     bad = {k: v for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
+        if log is not None:
+            log.append(row)
         raise NonFiniteError(
             f"{desc}: train metrics {bad} are not finite in steps {step - span + 1}-{step}; "
             "lower the learning rate or check the inputs' scale"
@@ -278,7 +280,7 @@ class _Run:
 
     def log_row(self, eval_fn: EvalFn | None, stop: _Stopping, span: int, desc: str) -> Row:
         """Logs a row (train means, evaluation), updates early stopping and the best state."""
-        row = _train_row(self.acc, self.step, span, desc)
+        row = _train_row(self.acc, self.step, span, desc, self.log)
         self.acc = jax.tree.map(jnp.zeros_like, self.acc)
         evaluated = dict(eval_fn(self.state)) if eval_fn is not None else {}
         if stop.rows is None or stop.monitor not in evaluated:
