@@ -4,6 +4,7 @@
                          [--methods A,B] [--data-parallel] [--set PATH=VALUE ...] [--fresh]
     dmeta config EXPERIMENT [--smoke] [--size paper]    every field as PATH = VALUE
     dmeta report DIR [--check]                          results.md and READMEs from results.csv
+    dmeta report RUN_DIR --interim                      print the tables of a run in progress
     dmeta validate --data SPEC                          load and check a dataset, print a summary
     dmeta demo [--smoke] [--out runs/demo]
 
@@ -137,6 +138,11 @@ def build_parser(registry: dict[str, ModuleType]) -> argparse.ArgumentParser:
     rep.add_argument(
         "--check", action="store_true", help="change nothing; exit 1 if any file differs"
     )
+    rep.add_argument(
+        "--interim",
+        action="store_true",
+        help="print (write nothing) the report of a run in progress from its finished cells",
+    )
     for command, help_text in (
         ("run", "run one experiment"),
         ("config", "print every config field"),
@@ -185,6 +191,9 @@ def dispatch(registry: dict[str, ModuleType], args: argparse.Namespace, argv: li
         return 0
     if args.command == "validate":
         print(datasets.validate(args.data))
+        return 0
+    if args.command == "report" and args.interim:
+        print(report.interim(args.dir), end="")
         return 0
     if args.command == "report":
         changed = report.regenerate(args.dir, check=args.check)

@@ -144,3 +144,9 @@ def test_validate_prints_a_summary_or_a_located_error(tmp_path, capsys):
 def test_recorded_command_resumes_instead_of_starting_over():
     argv = ["run", "stmp", "--seeds", "2", "--set", "train.lr=0.01", "--out", "a b", "--fresh"]
     assert cli.recorded_command(argv) == "dmeta run stmp --seeds 2 --set train.lr=0.01 --out 'a b'"
+
+
+def test_interim_report_needs_a_run_folder(capsys, tmp_path):
+    assert cli.main(["report", str(tmp_path), "--interim"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "not a run folder (no cells/order.txt)" in err

@@ -301,3 +301,23 @@ def test_time_left_takes_each_family_from_its_last_cell():
     # a: 2 x its last cell (100), b: 40, c (not timed yet): the median of all (100)
     assert harness.time_left(seconds, to_run) == 2 * 100 + 40 + 100
     assert harness.time_left(seconds, []) == 0
+
+
+def test_interim_report_of_a_run_in_progress(tmp_path):
+    from dmeta import report
+
+    cells = [Cell("a", 0), Cell("a", 1), Cell("b", 0)]
+    _open(tmp_path)
+    harness.run_cells(tmp_path, cells, lambda c: _rows(c, 1.0 + c.seed))
+    (tmp_path / "cells" / f"{cells[1].key}.csv").unlink()  # still to run
+    assert harness.progress(tmp_path) == (2, 3)
+    rows = harness.read_cells(tmp_path, finished=True)
+    assert rows[["method", "seed"]].values.tolist() == [["a", 0], ["b", 0]]
+    text = report.interim(tmp_path)
+    assert text.splitlines()[2].startswith("Interim: 2 of 3 cells written")
+    assert "| a " in text and "| b " in text and not (tmp_path / "results.md").exists()
+    for cell in cells:
+        (tmp_path / "cells" / f"{cell.key}.csv").unlink(missing_ok=True)
+    assert report.interim(tmp_path).startswith("Interim: 0 of 3 cells")
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        harness.progress(tmp_path / "elsewhere")

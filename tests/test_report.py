@@ -76,3 +76,9 @@ def test_convergence_section_from_saved_curves(tmp_path):
     text = convergence.section(tmp_path, ["CNN+WD", "DNN"])
     assert "| CNN+WD" in text and "1/1" in text and "0/1" in text
     assert convergence.section(tmp_path / "none") == ""
+    # a fit that diverged before its first row left an empty curve: counted, not converged
+    (flat / "001-cnn-cd34.csv").write_text("\n")
+    table = convergence.fits(tmp_path, ["CNN+WD", "DNN"])
+    empty = table[table["fit"] == "001-cnn-cd34"].iloc[0]
+    assert empty["rows"] == 0 and not empty["converged"]
+    assert "1/2" in convergence.section(tmp_path, ["CNN+WD", "DNN"])

@@ -92,6 +92,19 @@ def render(run_dir: str | os.PathLike) -> str:
     return _render(Path(run_dir), read_results(run_dir))
 
 
+def interim(run_dir: str | os.PathLike) -> str:
+    """The ``results.md`` text of a run in progress, from the cells it has written so far
+    (nothing is written); its first line says how many of the run's cells that is."""
+    done, total = harness.progress(run_dir)
+    if done == 0:
+        return f"Interim: 0 of {total} cells of {run_dir} written; nothing to report yet.\n"
+    text = _render(Path(run_dir), harness.read_cells(run_dir, finished=True))
+    title, _, body = text.partition("\n")
+    note = (f"Interim: {done} of {total} cells written; methods, settings and seeds still to "
+            "run are missing from every table below.")  # fmt: skip
+    return f"{title}\n\n{note}\n{body}"
+
+
 def write(run_dir: str | os.PathLike, *, plots: bool = True) -> Path:
     """Writes ``run_dir/results.md`` (and the experiment's plots unless ``plots=False``)."""
     run_dir = Path(run_dir)

@@ -46,7 +46,10 @@ def fits(run_dir: str | os.PathLike, methods: Iterable[str] = ()) -> pd.DataFram
     slugs = {Cell(m, 0, "").key.removeprefix("__").removesuffix("__seed0"): m for m in methods}
     rows = []
     for path in sorted(Path(run_dir).glob("curves/*/*.csv")):
-        curve = pd.read_csv(path)
+        try:
+            curve = pd.read_csv(path)
+        except pd.errors.EmptyDataError:  # a fit stopped (diverged) before its first row
+            curve = pd.DataFrame({"loss": []})
         metric = _monitored(curve)
         if metric is None:
             continue

@@ -231,14 +231,26 @@ def time_left(seconds: Mapping[Cell, float], to_run: Sequence[Cell]) -> float:
     return sum(last.get(cell.family, typical) for cell in to_run)
 
 
-def read_cells(out: str | os.PathLike) -> pd.DataFrame:
+def read_cells(out: str | os.PathLike, *, finished: bool = False) -> pd.DataFrame:
     """The rows of ``out/cells`` in the order of ``cells/order.txt``: what ``finish`` wrote to
     ``results.csv``, rebuilt from the cells (a folder may keep its cells and leave a large
-    ``results.csv`` out of version control)."""
+    ``results.csv`` out of version control). ``finished``: only the cells written so far
+    (a run in progress; empty rows when none is)."""
     folder = Path(out) / CELLS
-    keys = (folder / ORDER).read_text().split()
-    frames = [read_rows(folder / f"{k}.csv") for k in keys]
+    paths = [folder / f"{k}.csv" for k in (folder / ORDER).read_text().split()]
+    frames = [read_rows(p) for p in paths if not finished or p.exists()]
+    if not frames:
+        return pd.DataFrame(columns=list(COLUMNS))
     return validate_results(pd.concat(frames, ignore_index=True))
+
+
+def progress(out: str | os.PathLike) -> tuple[int, int]:
+    """``(cells written, cells in the run's order)`` of a run folder."""
+    folder = Path(out) / CELLS
+    if not (folder / ORDER).exists():
+        raise FileNotFoundError(f"{out}: not a run folder (no {CELLS}/{ORDER})")
+    keys = (folder / ORDER).read_text().split()
+    return sum((folder / f"{k}.csv").exists() for k in keys), len(keys)
 
 
 def finish(out: str | os.PathLike, results: pd.DataFrame) -> pd.DataFrame:
