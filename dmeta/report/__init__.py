@@ -94,7 +94,7 @@ def render(run_dir: str | os.PathLike) -> str:
 
 def interim(run_dir: str | os.PathLike) -> str:
     """The ``results.md`` text of a run in progress, from the cells it has written so far
-    (nothing is written); its first line says how many of the run's cells that is."""
+    (nothing is written); the line under its title says how many of the run's cells that is."""
     done, total = harness.progress(run_dir)
     if done == 0:
         return f"Interim: 0 of {total} cells of {run_dir} written; nothing to report yet.\n"
