@@ -48,8 +48,8 @@ def run_dirs(root: Path) -> list[Path]:
     """The run folders under ``root``: those with a ``results.csv`` or a finished cell order."""
     found = {p.parent for p in root.rglob("results.csv")}
     for order in root.rglob(f"{harness.CELLS}/{harness.ORDER}"):
-        keys = order.read_text().split()
-        if all((order.parent / f"{k}.csv").exists() for k in keys):  # not a run in progress
+        done, total = harness.progress(order.parent.parent)
+        if done == total:  # not a run in progress
             found.add(order.parent.parent)
     return sorted(found)
 
