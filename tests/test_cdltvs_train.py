@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dmeta.ltv.data import apply_sparsity, make_synthetic, split_customers
-from dmeta.ltv.train import _model, cdltvs_fns, fit_stage1, fit_stage2, model_batch
+from dmeta.ltv.train import _model, cdltvs_fns, fit, fit_stage1, fit_stage2, model_batch
 from dmeta.nn.functional import split_params
 
 ARCH = dict(hidden=8, align=4, k=4, tcn_levels=2)
@@ -43,10 +43,11 @@ def test_two_stage_fit_traces_each_step_once_and_predicts(splits):
         assert np.isfinite(fit.histories["stage2"][0][key])
 
 
-def test_learning_rates_share_one_compiled_step_and_stopping_waits_for_the_drop(splits):
+def test_learning_rates_share_one_compiled_step_and_patience_counts_from_the_drop(splits):
     """A tuning over learning rates traces the step once; with lr = 0 nothing improves after
-    epoch 0, so the run stops after epoch max(patience, drop_epoch), as the old epoch loop
-    did; lr = 1e-2 beats the untrained model."""
+    epoch 0, so the run stops ``patience`` epochs after the drop (epoch drop_epoch +
+    patience - 1): the epochs before the drop do not count, however far back the best is;
+    lr = 1e-2 beats the untrained model."""
     train, val, _ = splits
     chex.clear_trace_counter()
     once = functools.partial(chex.assert_max_traces, n=1)
@@ -59,11 +60,33 @@ def test_learning_rates_share_one_compiled_step_and_stopping_waits_for_the_drop(
     frozen = stage1(0.0, patience=1, drop_epoch=3)
     assert len(frozen.histories["stage1_target"]) == 4  # stopped after epoch 3 (the drop)
     assert len(stage1(0.0, patience=4, drop_epoch=1).histories["stage1_target"]) == 5
+    assert len(stage1(0.0, patience=2, drop_epoch=3).histories["stage1_target"]) == 5
     untrained = fit_stage1(train, val, seed=0, domains=(), **ARCH).params["target"]
     chex.assert_trees_all_equal(frozen.params["target"], untrained)
     trained = stage1(1e-2, patience=2, drop_epoch=2)
     best = min(row["val_mae"] for row in trained.histories["stage1_target"])
     assert best < 0.85 * frozen.histories["stage1_target"][0]["val_mae"]  # fails if not learnt
+
+
+def test_patience_counts_from_the_drop_only_for_a_loss_with_lambdas():
+    """lr = 0, best epoch 0, patience 2, drop after epoch 3: a loss without lambdas (the
+    baselines) stops after epoch 3, when the drop epoch is trained; with lambdas the two
+    epochs of patience start at the drop, so the run trains epoch 4 too."""
+    arrays = {"x": np.ones(64, np.float32), "y": np.full(64, 2.0, np.float32),
+              "weight": np.ones(64, np.float32)}  # fmt: skip
+
+    def loss_fn(params, batch, lambdas):
+        loss = jnp.mean(batch["weight"] * (params["w"] * batch["x"] - batch["y"]) ** 2)
+        return loss, {"loss": loss}
+
+    def run(lambdas):
+        res = fit(loss_fn, lambda p, b: p["w"] * b["x"], {"w": jnp.zeros(())}, arrays, arrays,
+                  label="y", desc="toy", lr=0.0, batch_size=16, max_epochs=10, patience=2,
+                  drop_epoch=3, lambdas=lambdas)  # fmt: skip
+        return len(res.history)
+
+    assert run(None) == 4
+    assert run((1.0, 1.0, 1.0, 1.0)) == 5
 
 
 def test_stage1_runs_each_domain_with_its_own_field_offsets(splits):

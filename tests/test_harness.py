@@ -101,6 +101,40 @@ def test_a_killed_cell_resumes_inside_its_training(tmp_path):
     assert not (tmp_path / "curves").exists() and not (tmp_path / "cells").exists()
 
 
+def test_curves_of_recorded_tuning_points_stay_with_a_resumed_cell(tmp_path):
+    """A cell killed while tuning its second point resumes without refitting the first
+    (recorded in the memo with the names of its fits), and keeps the first point's curve
+    when it ends; only curves of fits no try of the cell finished are removed."""
+    from _resume_worker import make_problem
+
+    from dmeta.train import loop
+
+    step_fn, state, eval_fn = make_problem()
+    kill = {"at": 2.0}
+
+    def run_cell(cell):
+        def evaluate(point):
+            if point["lr"] == kill["at"]:
+                raise KeyboardInterrupt
+            res = loop.fit(step_fn, state, n_steps=8, eval_fn=eval_fn, eval_every=4,
+                           desc=f"lr={point['lr']:g}", progress=False)  # fmt: skip
+            return res.history[-1]["val_loss"] + point["lr"]
+
+        memo = harness.tuning_memo(tmp_path, cell, per_seed=False)
+        return _rows(cell, harness.tune({"lr": [1.0, 2.0]}, evaluate, memo=memo).score)
+
+    cell = Cell("m", 0)
+    _open(tmp_path, seeds=1)
+    with pytest.raises(KeyboardInterrupt):
+        harness.run_cells(tmp_path, [cell], run_cell)
+    record = json.loads(harness.tuning_memo(tmp_path, cell, per_seed=False).read_text())
+    assert [n[:9] for n in record["fits"]] == ["000-lr=1-"]
+    kill["at"] = None
+    harness.run_cells(tmp_path, [cell], run_cell)
+    curves = sorted(p.name[:9] for p in (tmp_path / "curves" / cell.key).glob("*.csv"))
+    assert curves == ["000-lr=1-", "000-lr=2-"]  # the first try's curve and the resumed one
+
+
 def test_fresh_removes_the_experiments_own_outputs(tmp_path):
     _open(tmp_path)
     (tmp_path / "forecasts").mkdir()

@@ -209,7 +209,8 @@ def test_checkpoints_block_finds_its_fits_after_an_extra_fit_shifts_them(tmp_pat
 def test_fits_that_differ_only_in_settings_never_restore_each_other(tmp_path):
     """Same initial state and sizes, another static setting (a loss weight, say): with
     ``settings`` a fit in a finished fit's place runs its own steps instead of restoring the
-    other's checkpoint; without them the name is the state's fingerprint alone, as before."""
+    other's checkpoint. Data passed as a pytree of arrays counts by its values, and the
+    stopping rule counts too; the same fit gets the same name in every block."""
     step, spy, calls = _spied()
     opts = dict(n_steps=2 * step.steps, steps_per_call=step.steps, eval_every=step.steps,
                 ckpt_every=2 * step.steps, desc="fit", progress=False)  # fmt: skip
@@ -220,10 +221,19 @@ def test_fits_that_differ_only_in_settings_never_restore_each_other(tmp_path):
         fit(spy, _state(0), settings={"beta": 0.001}, **opts)
     assert calls == [0, step.steps, 0, step.steps]  # the second fit ran, not restored
     assert fits.names != again.names
-    with loop.checkpoints(tmp_path / "plain") as plain:
-        fit(step, _state(0), **opts)
-    fingerprint = loop._fingerprint(_state(0), 2 * step.steps, step.steps)
-    assert plain.names == [f"000-fit-{fingerprint}"]
+    names = {}
+    for key, kwargs in [
+        ("plain", {}),
+        ("plain again", {}),
+        ("zeros", dict(settings={"data": {"x": np.zeros(3)}})),
+        ("ones", dict(settings={"data": {"x": np.ones(3)}})),
+        ("min_steps", dict(min_steps=step.steps)),
+    ]:
+        with loop.checkpoints(tmp_path / key) as block:
+            fit(step, _state(0), **opts, **kwargs)
+        names[key] = block.names[0]
+    assert names["plain"] == names["plain again"]
+    assert len({names[k] for k in ("plain", "zeros", "ones", "min_steps")}) == 4
 
 
 def test_short_fits_in_a_block_save_nothing_long_ones_do(tmp_path):

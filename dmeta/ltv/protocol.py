@@ -351,11 +351,28 @@ class Protocol:
         if experts:
             rows += usage_rows(experts, experts_of(self.cfg, cell.method), group)
         first = cell.seed == 0 and p == next(iter(self.settings().values()))
-        if first and cell.method in ("LtvS", "CDLtvS"):
-            key = "ltvs" if cell.method == "LtvS" else "cd"
-            name = f"scatter_{cell.setting.replace('%', '')}_seed{cell.seed}.npz"
-            save_scatter(self.out / name, y=test.t_y, **{key: pred, f"{key}_expert": experts["t"]})
+        if first and self.out is not None and cell.method == "CDLtvS":
+            self._save_scatter(cell, p, best, test, pred, experts["t"])
+        elif first and self.out is not None and cell.method == "LtvS" and self.single_domain:
+            save_scatter(self._scatter_path(cell), y=test.t_y, ltvs=pred, ltvs_expert=experts["t"])
         return pred, rows
+
+    def _scatter_path(self, cell: Cell) -> Path:
+        return self.out / f"scatter_{cell.setting.replace('%', '')}_seed{cell.seed}.npz"
+
+    def _save_scatter(self, cell: Cell, p: float, best, test, pred, expert) -> None:
+        """Figure 7's data: the test LTV, CDLtvS's predictions and target experts (stage 2)
+        and those of the stage 1 it started from (its target LtvS at the same point; on
+        single-domain data, with no CDLtvS, the LtvS cell writes stage 1 alone)."""
+        borrowed = self._borrowed  # a lookup of the cell's own stage 1, not more work
+        model = model_at(self.cfg, cell.method, best)
+        stage1 = self._stage1(
+            p, cell.seed, model, dataclasses.replace(self.cfg.train, lr=best["lr"])
+        )
+        self._borrowed = borrowed
+        ltvs, ltvs_experts = stage1.predict_ltvs(test)
+        save_scatter(self._scatter_path(cell), y=test.t_y, ltvs=ltvs,
+                     ltvs_expert=ltvs_experts["t"], cd=pred, cd_expert=expert)  # fmt: skip
 
     def _fit(self, method: str, p: float, seed: int, point: dict[str, Any]) -> Routed:
         """Method ``method`` at grid point ``point``, fitted on the (P, seed) split."""

@@ -12,7 +12,8 @@ checkpoints): one call of its step is an epoch of shuffled fixed-size batches
 (:func:`dmeta.train.loop.epoch_step`, the permutation drawn from ``state.key``, the last batch
 filled up with weight-0 rows) with that epoch's lambdas as the step's constants, and it stops
 on the validation MAE with the patience counted in epochs, never before the epoch of the drop
-has been trained. The learning rate lives in the Adam state, so one compiled step serves every
+has been trained; for a loss with lambdas the epochs before the drop do not count against the
+patience, so the prediction loss gets ``patience`` epochs after the drop to beat the best. The learning rate lives in the Adam state, so one compiled step serves every
 learning rate of a tuning grid.
 """
 
@@ -141,7 +142,7 @@ def fit(
     batch_size: int = 256,
     max_epochs: int = 50,
     patience: int = 7,
-    lambdas: tuple[float, ...] = PAPER_LAMBDAS,
+    lambdas: tuple[float, ...] | None = None,
     drop_epoch: int = 20,
     drop_factor: float = 0.01,
     seed: int = 0,
@@ -151,9 +152,10 @@ def fit(
     """Adam on epochs of shuffled fixed-size batches (:func:`dmeta.train.loop.epoch_step`)
     through :func:`dmeta.train.loop.fit`, early-stopped on the validation MAE of
     ``val[label]`` (``val_mae``). Stopping waits until the epoch of the lambda drop has been
-    trained, so the prediction loss always gets its turn (the best epoch may still come
-    before it): after epoch ``e`` (from 0) the run stops when the best epoch is at least
-    ``patience`` epochs back and ``e >= drop_epoch``.
+    trained: after epoch ``e`` (from 0) the run stops when ``e >= drop_epoch`` and the best
+    epoch is at least ``patience`` epochs back, counting, for a loss with ``lambdas``, only
+    epochs from the drop on (the paper's patience of 7 after the drop, so the prediction loss
+    gets its turn; the best epoch may still come before it).
 
     Args:
       loss_fn: ``(params, batch, lambdas) -> (loss, metrics)``.
@@ -167,7 +169,8 @@ def fit(
       batch_size: samples per step.
       max_epochs: epoch limit.
       patience: epochs without improvement before stopping.
-      lambdas: loss factors handed to ``loss_fn`` before the drop.
+      lambdas: loss factors handed to ``loss_fn`` before the drop; None: the loss takes
+        none (it gets zeros) and patience counts from the first epoch.
       drop_epoch: epochs after which the lambdas are multiplied by ``drop_factor``.
       drop_factor: the factor.
       seed: seeds ``state.key``, which draws each epoch's permutation.
@@ -186,7 +189,7 @@ def fit(
         _jitted_step(loss_fn, step_wrapper, shard),
         train,
         batch_size=batch_size,
-        consts=lambda_schedule(lambdas, drop_epoch, drop_factor),
+        consts=lambda_schedule(lambdas or (0.0,) * 4, drop_epoch, drop_factor),
         pad_weight="weight",
     )
 
@@ -204,9 +207,12 @@ def fit(
         patience=patience,
         monitor="val_mae",
         min_steps=(drop_epoch + 1) * step.steps,
+        patience_from=0 if lambdas is None else drop_epoch * step.steps,
         steps_per_call=step.steps,
         desc=desc,
-    )
+        settings=dict(train=train, val=val, label=label, batch_size=batch_size,
+                      lambdas=lambdas, drop_epoch=drop_epoch, drop_factor=drop_factor),
+    )  # fmt: skip
     # no rows when a finished fit is restored without its curve
     best = min((row["val_mae"] for row in res.history), default=np.nan)
     epoch = res.best_step // step.steps - 1

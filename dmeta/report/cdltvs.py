@@ -4,7 +4,7 @@ Everything comes from the run folder: ``results.csv`` (groups ``P=<x>%/{all,C_na
 Table 1 methods, the ablations and the ``k=<k>`` sweep, told apart by
 :func:`dmeta.ltv.protocol.table_of`) and Figure 7's
 ``scatter_P=<x>_seed0.npz`` (test LTV ``y``; ``ltvs`` / ``cd`` predictions and their
-``*_expert`` of stage 1 / stage 2).
+``*_expert`` of one CDLtvS model's stage 1 (its target LtvS) and stage 2).
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def _fig56(mean: pd.Series, figure: str) -> plt.Figure:
 def _fig7(path: Path) -> plt.Figure:
     """log1p predicted vs actual LTV, coloured by expert: stage 1 and/or stage 2."""
     z = np.load(path)
-    panels = [("Stage 1 (LtvS)", "ltvs"), ("Stage 2 (CDLtvS)", "cd")]
+    panels = [("Stage 1 (target LtvS)", "ltvs"), ("Stage 2 (CDLtvS)", "cd")]
     panels = [(title, z[key], z[f"{key}_expert"]) for title, key in panels if key in z]
     fig, axes = plt.subplots(
         1, len(panels), figsize=(5 * len(panels), 4.2), sharex=True, sharey=True, squeeze=False

@@ -334,6 +334,7 @@ def train_global(
         patience=patience,
         steps_per_call=length,
         desc=desc,
+        settings=dict(samples=samples, val=val, batch_size=batch_size),
     )
 
 

@@ -569,6 +569,9 @@ def train_meta(runner: MetaRunner, ctx: Context, key: jax.Array, hp: dict):
         patience=t.patience,
         desc=f"{runner.name} steps={runner.inner_steps} alpha={hp['inner_lr']:g} "
         f"beta={hp['meta_lr']:g}",
+        # what shapes the run outside the state: lambda, the tasks' pool and segments, the
+        # validation tasks and the training settings (task sampler, meta-batch, ...)
+        settings=dict(lam=lam, pool=ctx.prep.pool, segments=ctx.prep.train, val=val, train=t),
     )
     return result.best_state.params
 

@@ -284,7 +284,8 @@ def forecast_network(
     region (vmapped). ``schedule`` sets their step budgets (``step_budgets``: ``"matched"``
     gives every network CNN+WD+TL's total, ``"paper"`` the paper's epochs per stage). With
     validation frames (``data.val``) every stage logs its
-    validation loss (weighted like its training loss) every ``eval_every`` steps, stops
+    validation MSE (unweighted for every method, as the test metric; until 2026-11-30 the
+    weight-decay methods' was weighted like their training loss) every ``eval_every`` steps, stops
     after ``patience`` evaluations without improvement (None: never) and keeps its best
     state; in the per-region stages each region on its own (``region_stopping =
     "per_region"``) or all at one step chosen on their mean (``"shared"``). ``shard=True`` runs on all visible devices (``dmeta.sales_cnn.train``: pooled
@@ -302,7 +303,7 @@ def forecast_network(
     k_fit, k_tune = method_keys(seed, position)
     early = patience if data.val is not None else None
     opts = dict(learning_rate=learning_rate, batch_size=batch_size, eval_every=eval_every)
-    opts |= dict(patience=early, shard=shard)
+    opts |= dict(patience=early, shard=shard, options=dict(model=model, dnn=dnn))
     region_opts = dict(opts, shard=shard and n_regions % jax.device_count() == 0)
     if shard and not region_opts["shard"]:
         log.warning(
@@ -324,8 +325,8 @@ def forecast_network(
     def cnn(s):
         return SalesCNN(d, t, **model, rngs=nnx.Rngs(s))
 
-    def sets(b):  # training and validation samples weighted with beta b
-        return weighted(data, b), weighted(data, b, val=True) if data.val is not None else None
+    def sets(b):  # training samples weighted with beta b; validation unweighted (the metric)
+        return weighted(data, b), weighted(data, 0.0, val=True) if data.val is not None else None
 
     def per_region(graphdef, params, b, key, n_steps, stage):
         train, val = sets(b)

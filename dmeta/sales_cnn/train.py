@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -258,10 +259,11 @@ def _train(
     shard,
     desc,
     per_region=False,
+    options=None,
 ) -> FitResult:
     """``loop.fit`` over jitted chunks of ``gcd(n_steps, eval_every)`` steps (``per_region``:
-    each region early-stopped on its own, ``loop.fit(rows=R)``); the sample weights and
-    batch size join the checkpoint fingerprint."""
+    each region early-stopped on its own, ``loop.fit(rows=R)``); the samples (weights
+    included), batch size and model ``options`` join the checkpoint fingerprint."""
     every, length = loop.chunking(n_steps, eval_every)
     program = _program(graphdef, batch_size, length, shard, regions)
 
@@ -291,12 +293,10 @@ def _train(
         rows=int(data.n.shape[0]) if per_region else None,
         steps_per_call=length,
         desc=desc,
-        # the sample weights (weight-decay beta) and batch size are outside the state
+        # the samples, their weights (weight-decay beta), the batch size and the model's
+        # options (a dropout rate) are outside the state
         settings=dict(
-            batch_size=batch_size,
-            per_region=per_region,
-            weights=data.w,
-            val_weights=None if val is None else val.w,
+            batch_size=batch_size, per_region=per_region, data=data, val=val, options=options
         ),  # fmt: skip
     )
 
@@ -315,6 +315,7 @@ def fit(
     patience: int | None = None,
     shard: bool = False,
     desc: str = "Sales CNN",
+    options: Mapping | None = None,
 ) -> FitResult:
     """``n_steps`` Adamax steps from ``params`` on ``data`` (a fresh optimizer state).
 
@@ -330,6 +331,8 @@ def fit(
       patience: stop after this many evaluations without a lower ``val_loss`` (needs
         ``val``); None: run all ``n_steps``.
       desc: the fit's name (checkpoint folder, curve, errors).
+      options: what shapes the model outside ``params`` (its dropout rate, say), for the
+        checkpoint fingerprint: two fits that differ only there never restore each other.
 
     Returns:
       ``FitResult``: ``best_state.params`` are the parameters of the lowest ``val_loss``
@@ -340,7 +343,8 @@ def fit(
     """
     state = init_train_state(params, _optimizer(learning_rate), key)
     opts = dict(batch_size=batch_size, n_steps=n_steps, eval_every=eval_every, patience=patience)
-    return _train(graphdef, state, data, val, regions=False, shard=shard, desc=desc, **opts)
+    opts |= dict(shard=shard, desc=desc, options=options)
+    return _train(graphdef, state, data, val, regions=False, **opts)
 
 
 def fit_regions(
@@ -358,6 +362,7 @@ def fit_regions(
     per_region: bool = True,
     shard: bool = False,
     desc: str = "Sales CNN regions",
+    options: Mapping | None = None,
 ) -> FitResult:
     """``fit`` for every region at once: each chunk of steps is one vmapped program.
 
@@ -375,6 +380,7 @@ def fit_regions(
       shard: split the regions (parameters, optimizer states, keys, data) over all
         visible devices; R must divide by the device count. Regions are independent, so
         the devices never communicate.
+      options: as in ``fit``.
 
     Returns:
       ``FitResult`` with states stacked ``[R, ...]`` (a shared ``step``); the train
@@ -384,7 +390,7 @@ def fit_regions(
     keys = jax.random.split(key, data.n.shape[0])
     state = TrainState(params, jax.vmap(optimizer.init)(params), jnp.zeros((), jnp.int32), keys)
     opts = dict(batch_size=batch_size, n_steps=n_steps, eval_every=eval_every, patience=patience)
-    opts |= dict(shard=shard, desc=desc, per_region=per_region)
+    opts |= dict(shard=shard, desc=desc, per_region=per_region, options=options)
     return _train(graphdef, state, data, val, regions=True, **opts)
 
 

@@ -508,7 +508,8 @@ def early_stopped(
         lr_factor=lr_factor,
         monitor="val_mse",
         desc=desc,
-        settings=settings,
+        # the data and the training / early-stopping days shape the run outside the state
+        settings={**(settings or {}), "data": (prep.arrays, prep.train, prep.val)},
         progress=progress,
     )
 

@@ -201,7 +201,8 @@ def run_cells(
         write_atomic(path, frame.to_csv(index=False))
         if distributed.is_main_process():
             shutil.rmtree(ckpt, ignore_errors=True)
-            for stale in (p for p in curves.glob("*") if p.stem not in fits.names):
+            keep = set(fits.names) | fits.kept
+            for stale in (p for p in curves.glob("*") if not fits.keep_all and p.stem not in keep):
                 stale.unlink()  # a curve of an earlier, interrupted try of this cell
         frames.append(frame)
         seconds[cell] = time.perf_counter() - start
@@ -318,7 +319,8 @@ def tune(
     point (``trials=1`` or a one-point grid) is returned unscored (score NaN) unless
     ``score_single`` (for an ``evaluate`` that also fits what the caller reuses).
     With ``memo`` (:func:`tuning_memo`) each score is appended to that file as it is known,
-    and points already there are not evaluated again, so a tuning killed between points
+    with the names of the fits it ran (their curves then stay with the cell that resumes
+    the tuning), and points already there are not evaluated again, so a tuning killed between points
     resumes without its finished fits (on another machine too, where no checkpoint
     survives); ``evaluate`` then runs only for the rest, so the caller must fit the chosen
     point itself when ``evaluate`` did not.
@@ -327,14 +329,17 @@ def tune(
     if len(points) == 1 and not score_single:
         return Tuned(best=points[0], score=float("nan"), trials=[(points[0], float("nan"))])
     lines = memo.read_text().splitlines() if memo is not None and memo.exists() else []
-    recorded = {_point_key(r["point"]): float(r["score"]) for r in map(json.loads, lines)}
+    recorded = {_point_key(r["point"]): r for r in map(json.loads, lines)}
     scored = []
     for point in points:
         if _point_key(point) in recorded:
-            score = recorded[_point_key(point)]
+            record = recorded[_point_key(point)]
+            score = float(record["score"])
             scored.append((point, score))
+            loop.keep_curves(record.get("fits"))  # their curves are this cell's, not stale
             logger.info("tune %s -> %.6g (recorded in %s)", point, score, memo.name)
             continue
+        before = len(loop.block_names() or [])
         try:
             score = float(evaluate(point))
         except NonFiniteError as err:
@@ -343,7 +348,9 @@ def tune(
         scored.append((point, score))
         logger.info("tune %s -> %.6g", point, score)
         if memo is not None:
-            lines.append(json.dumps({"point": point, "score": score}, sort_keys=True, default=str))
+            fits = (loop.block_names() or [])[before:]
+            record = {"point": point, "score": score, "fits": fits}
+            lines.append(json.dumps(record, sort_keys=True, default=str))
             write_atomic(memo, "\n".join(lines) + "\n")
     finite = [(p, s) for p, s in scored if np.isfinite(s)] or scored
     best, score = min(finite, key=lambda ps: ps[1] if np.isfinite(ps[1]) else np.inf)

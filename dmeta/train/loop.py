@@ -26,7 +26,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +113,14 @@ def check_finite(values: Mapping[str, Any] | Array | np.ndarray, where: str) -> 
 @dataclasses.dataclass(frozen=True)
 class _Stopping:
     """Early stopping: the monitored eval metric, the patience (evaluations), the first step
-    at which stopping is allowed, the rows stopped one by one (None: one scalar), and how
-    many times, by what factor, the learning rate is cut when patience runs out."""
+    at which stopping is allowed, the last step whose evaluation does not count against
+    patience, the rows stopped one by one (None: one scalar), and how many times, by what
+    factor, the learning rate is cut when patience runs out."""
 
     monitor: str
     patience: int | None
     min_steps: int
+    patience_from: int = 0
     rows: int | None = None
     lr_decays: int = 0
     lr_factor: float = 0.1
@@ -198,7 +200,7 @@ def _early_stop(es: dict[str, Any], row: Row, step: int, stop: _Stopping) -> boo
     improved = row[stop.monitor] < es["best_val"]
     if improved:
         es.update(best_val=row[stop.monitor], best_step=step, bad_evals=0)
-    else:
+    elif step > stop.patience_from:
         es["bad_evals"] += 1
     es["stopped"] = (
         stop.patience is not None and es["bad_evals"] >= stop.patience and step >= stop.min_steps
@@ -238,7 +240,7 @@ def _early_stop_rows(es: dict[str, Any], values: np.ndarray, step: int, stop: _S
     better = active & (values < es["best_val"])
     es["best_val"] = np.where(better, values, es["best_val"])
     es["best_step"] = np.where(better, step, es["best_step"])
-    es["bad_evals"] = np.where(better, 0, es["bad_evals"] + active)
+    es["bad_evals"] = np.where(better, 0, es["bad_evals"] + (active & (step > stop.patience_from)))
     if stop.patience is not None and step >= stop.min_steps:
         es["row_stopped"] = es["row_stopped"] | (es["bad_evals"] >= stop.patience)
     es["stopped"] = bool(es["row_stopped"].all())
@@ -356,7 +358,9 @@ class _Saver:
 
 @dataclasses.dataclass
 class _Scope:
-    """Where the fits of a ``checkpoints`` block write, and how many have started."""
+    """Where the fits of a ``checkpoints`` block write, how many have started (``names``),
+    and the curves of fits that did not run in it but stay (``kept``; ``keep_all``: every
+    curve in the folder)."""
 
     ckpt_root: Path
     curve_root: Path | None
@@ -364,6 +368,8 @@ class _Scope:
     every_seconds: float
     count: int = 0
     names: list[str] = dataclasses.field(default_factory=list)
+    kept: set[str] = dataclasses.field(default_factory=set)
+    keep_all: bool = False
 
 
 _SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("fit_scope", default=None)
@@ -398,25 +404,43 @@ def checkpoints(
         _SCOPE.reset(token)
 
 
-def _is_array(value) -> bool:
-    """An array with at least one axis (a tuple or a scalar is a setting's ``repr``)."""
-    return isinstance(value, (np.ndarray, jax.Array)) and value.ndim > 0
+def block_names() -> list[str] | None:
+    """The names of the fits started so far in the current ``checkpoints`` block (None
+    outside one): a caller can tell which fits a piece of work ran."""
+    scope = _SCOPE.get()
+    return None if scope is None else list(scope.names)
+
+
+def keep_curves(names: Iterable[str] | None) -> None:
+    """Marks curves of fits that ran in an earlier try of the current block (a memoized
+    tuning point, say) as belonging to it (None: names unknown, keep every curve); a no-op
+    outside a block."""
+    scope = _SCOPE.get()
+    if scope is None:
+        return
+    if names is None:
+        scope.keep_all = True
+    else:
+        scope.kept.update(names)
 
 
 def _fingerprint(state: TrainState, *numbers: int, settings: Mapping | None = None) -> str:
     """8 hex digits of a hash of the initial state's values (learning rates that live in the
-    optimizer state included), ``numbers`` and ``settings`` (sorted by key; array values,
-    such as sample weights, by their bytes)."""
+    optimizer state included), ``numbers`` and ``settings`` (by sorted key; each value a
+    pytree whose array leaves, such as the training data or sample weights, count by their
+    values and every other leaf by its ``repr``)."""
     digest = hashlib.sha1(repr(numbers).encode())
-    arrays = {}
-    if settings is not None:
-        settings = dict(settings)
-        arrays = {k: settings.pop(k) for k in sorted(settings) if _is_array(settings[k])}
-        digest.update(repr(sorted(settings.items())).encode())
-    for key, leaf in [*sorted(arrays.items()), *(("", leaf) for leaf in jax.tree.leaves(state))]:
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        digest.update(key.encode() + np.ascontiguousarray(distributed.to_host(leaf)).tobytes())
+    items = sorted((settings or {}).items())
+    for key, tree in [*items, ("", state)]:
+        leaves, treedef = jax.tree.flatten(tree)
+        digest.update(f"{key}:{treedef}".encode())
+        for leaf in leaves:
+            if not isinstance(leaf, (np.ndarray, jax.Array)):
+                digest.update(repr(leaf).encode())
+                continue
+            if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+                leaf = jax.random.key_data(leaf)
+            digest.update(np.ascontiguousarray(distributed.to_host(leaf)).tobytes())
     return digest.hexdigest()[:8]
 
 
@@ -476,6 +500,7 @@ def fit(
     patience: int | None = None,
     monitor: str = VAL_KEY,
     min_steps: int = 0,
+    patience_from: int = 0,
     lr_decays: int = 0,
     lr_factor: float = 0.1,
     rows: int | None = None,
@@ -493,8 +518,8 @@ def fit(
     of each train metric over the steps since the previous row (a NaN or infinite mean
     stops the run with ``NonFiniteError`` naming the steps), and ``eval_fn(state)``. A
     ``monitor`` value lower than the best so far records ``best_state``; after
-    ``patience`` evaluations in a row without improvement (NaN never improves), and not
-    before step ``min_steps``, the run stops.
+    ``patience`` evaluations in a row without improvement (NaN never improves; those up to
+    step ``patience_from`` do not count), and not before step ``min_steps``, the run stops.
 
     With ``ckpt_dir``, a checkpoint of the state, best state, early-stopping counters and
     the running train-metric sums is saved every ``ckpt_every`` steps and when the run
@@ -518,8 +543,10 @@ def fit(
       patience: stop after this many evaluations without a lower ``monitor``; needs
         ``eval_fn`` returning it. None: never stop early.
       monitor: the eval metric that early stopping and ``best_state`` follow (lower wins).
-      min_steps: no early stop before this many updates (e.g. a loss-weight schedule's
-        last change).
+      min_steps: no early stop before this many updates.
+      patience_from: evaluations up to this update do not count against ``patience``
+        (e.g. a loss-weight schedule's last change: the run then gets ``patience``
+        evaluations after it to beat the best so far, which stays eligible).
       lr_decays: reduce on plateau: the first ``lr_decays`` times patience runs out, the
         learning rate in the optimizer state (``learning_rate`` of an
         ``optax.inject_hyperparams`` state) is multiplied by ``lr_factor`` and patience
@@ -554,9 +581,9 @@ def fit(
         or ``patience`` without ``monitor`` from ``eval_fn``.
       NonFiniteError: a train metric's mean is NaN or infinite.
     """
-    stop = _Stopping(monitor, patience, min_steps, rows, lr_decays, lr_factor)
-    if lr_decays:  # the cuts shape the run: they join the checkpoint fingerprint
-        settings = {**(settings or {}), "lr_decays": lr_decays, "lr_factor": lr_factor}
+    stop = _Stopping(monitor, patience, min_steps, patience_from, rows, lr_decays, lr_factor)
+    # the stopping rule shapes the run: it joins the checkpoint fingerprint
+    settings = {**(settings or {}), "stopping": dataclasses.astuple(stop), "eval_every": eval_every}
     _check_args(n_steps, eval_every, ckpt_every, steps_per_call, stop, eval_fn)
     if lr_decays and _learning_rate(state) is None:
         raise ValueError(f"lr_decays={lr_decays} needs a learning_rate in the optimizer state "
