@@ -5,9 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dmeta.c2m import train
 from dmeta.c2m.autoencoder import sinusoidal_positions
 from dmeta.c2m.losses import clustering_loss, preference_loss
 from dmeta.c2m.train import init_autoencoder, standardize
+from dmeta.train.state import init_train_state
 
 
 def test_clustering_loss_eq6_by_hand():
@@ -145,3 +147,62 @@ def test_normalized_latent_cannot_lower_eq6_by_shrinking():
     )  # fmt: skip
     s = standardize(z)
     np.testing.assert_allclose(jnp.mean(jnp.sum(s**2, axis=1)), 1.0, rtol=1e-5)
+
+
+def test_outliers_cannot_lower_eq6_by_moving_away():
+    """Eq. 6 sums over the inliers; on the latent standardized by all points' statistics it
+    fell as the outliers moved out (they raise the scale: 0.95 -> 0.17 here as half the
+    points move 8x out). Standardized by the inliers' (``standardize`` with the weights),
+    points of weight 0 change nothing wherever they go, and shrinking changes nothing."""
+    z = jax.random.normal(jax.random.key(0), (32, 3))
+    w = jnp.concatenate([jnp.ones(16), jnp.zeros(16)])
+    c = jnp.array([[0.5, 0.0, 0.0], [-0.5, 0.0, 0.0]])
+
+    def eq6(z, weights):
+        return clustering_loss(standardize(z, weights), c, w)
+
+    base = eq6(z, w)
+    for moved in (z.at[16:].multiply(8.0), z.at[16:].add(1e3), z.at[16:].set(0.0), 0.5 * z):
+        np.testing.assert_allclose(eq6(moved, w), base, rtol=1e-5)
+    assert eq6(z.at[16:].multiply(8.0), None) < 0.2 * eq6(z, None)
+    s = standardize(z, w)[:16]
+    np.testing.assert_allclose(s.mean(0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(jnp.mean(jnp.sum(s**2, axis=1)), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(standardize(z, jnp.zeros(32)), standardize(z))  # no inlier
+
+
+def test_joint_loss_ignores_outliers_and_trains_no_centroid():
+    """``_joint_loss`` standardizes each batch by its inliers (moving an outlier's latent
+    leaves eq. 6 as it is), and an Adam step of the joint training leaves the centroids
+    exactly where they are (Algorithm 1 step 7 updates the autoencoder; step 8 refits the
+    centroids), with or without the standardization."""
+    vocab = 1000
+
+    def apply(params, x, mask):  # latent: the first event's item and category codes
+        z = params["scale"] * x[:, 0, 1:].astype(jnp.float32)
+        items = jnp.broadcast_to(params["logits"], (*x.shape[:2], vocab))
+        return z, (jnp.zeros((*x.shape[:2], 1)), items, items)
+
+    ae = train.Autoencoder(apply, lambda p, x, m: apply(p, x, m)[0], {})
+    rng = np.random.default_rng(0)
+    codes = np.concatenate([rng.integers(0, 20, (12, 2, 2)), rng.integers(30, 100, (4, 2, 2))])
+    x = np.concatenate([np.zeros((16, 2, 1), np.int64), codes], axis=2).astype(np.int32)
+    batch = {"x": x, "mask": np.ones((16, 2), bool), "weights": np.repeat([1.0, 0.0], [12, 4])}
+    far = x.copy()
+    far[12:, :, 1:] *= 8  # the outliers' latents 8x farther out
+    moved = {**batch, "x": far}
+    consts = {"alpha": 1.0, "beta": 0.5, "behavior_weights": jnp.ones(1)}
+    params = {
+        "ae": {"scale": jnp.float32(0.1), "logits": jnp.zeros(vocab)},
+        "centroids": jnp.array([[-1.0, 0.0], [1.0, 0.5]]),
+    }
+    key = jax.random.key(0)
+    for normalize in (True, False):
+        loss_fn = train._joint_loss(ae, normalize)
+        if normalize:
+            got = [loss_fn(params, b, consts, key)[1]["clustering"] for b in (batch, moved)]
+            np.testing.assert_allclose(got[1], got[0], rtol=1e-5)
+        state = init_train_state(params, train._optimizer(1e-2), key)
+        new, _ = train._train_step(loss_fn)(state, batch, consts)
+        np.testing.assert_array_equal(new.params["centroids"], params["centroids"])
+        assert not np.allclose(new.params["ae"]["logits"], params["ae"]["logits"])

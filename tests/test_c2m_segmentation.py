@@ -82,6 +82,31 @@ def test_without_clustering_loss_the_centroids_follow_the_latent(pretrained):
         np.testing.assert_allclose(seg.centroids[k], seg.latent[members].mean(0), atol=1e-4)
 
 
+def test_step_8_refits_the_centroids_and_keeps_every_segment(pretrained):
+    """Algorithm 1 step 8 at alpha > 0 too: eq. 6 trains the autoencoder only, and Lloyd
+    iterations refit the centroids, moving a segment that no user is nearest to onto a user.
+    Here (8 segments of 96 users) the centroids trained by eq. 6's gradient, as before
+    2026-11-30, left 2 segments empty; now every segment holds inliers, the final centroids
+    are the Lloyd fixpoint of the final latent's inliers (each the mean of its inliers, not an
+    Adam update), and that latent is standardized by its inliers."""
+    ae, params, x, mask, _, _, _ = pretrained
+    seg = train.joint_segmentation(
+        ae, params, x, mask, n_segments=8, alpha=1.0, beta=0.5,
+        behavior_weights=np.ones(BEHAVIOR_VOCAB.size, np.float32), outlier_z=1.0, epochs=8,
+        batch_size=32, learning_rate=3e-2, key=jax.random.key(2), normalize=True,
+    )  # fmt: skip
+    inliers = seg.weights > 0
+    assert np.all(np.bincount(seg.labels[inliers], minlength=8) > 0)
+    for k in range(8):
+        members = inliers & (seg.labels == k)
+        np.testing.assert_allclose(seg.centroids[k], seg.latent[members].mean(0), atol=1e-4)
+    np.testing.assert_allclose(seg.latent[inliers].mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.sum(seg.latent[inliers] ** 2, 1).mean(), 1.0, rtol=1e-4)
+    latent, labels = seg.assign(x, mask, None)  # the embedding maps into the same space
+    np.testing.assert_array_equal(labels, seg.labels)
+    np.testing.assert_allclose(latent, seg.latent, atol=1e-5)
+
+
 def test_polynomial_decay_in_the_optimizer_state():
     """With ``decay_end`` the rate falls linearly to ``decay_end`` times the initial one over
     the fit (Adam's step under a constant gradient is the rate itself); the rate and the

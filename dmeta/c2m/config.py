@@ -98,8 +98,9 @@ class SegmentationConfig:
     # Outlier threshold: distance to the centroid above the cluster's mean + outlier_z stds
     # (None: keep all). Paper: tuned in {0, 0.1, 0.5, 1}, unit not stated.
     outlier_z: float | None = 1.0
-    # Eq. 6 on the latent standardized to unit total variance. Not in the paper: without it
-    # the clustering loss also falls by shrinking the latent (measured; Table 3 ablation).
+    # Eq. 6 on the latent standardized to unit total variance of its inliers. Not in the
+    # paper: without it the clustering loss also falls by shrinking the latent (measured;
+    # Table 3 ablation), and with outliers in the statistics by pushing them away.
     normalize: bool = True
     kmeans_n_init: int = 4  # k-means++ restarts of AE+KM and BoC-KM (best inertia)
     mst_features: int = 10  # MST: split candidates, the categories of largest mean share

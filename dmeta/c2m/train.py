@@ -12,11 +12,13 @@ draws its dropout mask from ``fold_in(state.key, state.step)``; encoding for clu
 scoring is deterministic.
 
 * ``pretrain``: reconstruction only (Algorithm 1, step 1).
-* ``joint_segmentation``: reconstruction + alpha * clustering (eq. 6) + beta * preference (eq. 7),
-  centroids trained with the autoencoder, outlier weights refreshed per epoch (step 2), labels
-  from the nearest centroid (step 3). With ``normalize`` eq. 6 acts on the latent standardized
-  to unit total variance (batch statistics in the loss, the fit users' for the clustering), so
-  the loss cannot fall by shrinking the latent.
+* ``joint_segmentation``: reconstruction + alpha * clustering (eq. 6) + beta * preference (eq. 7)
+  trains the autoencoder only; before every epoch and at the end the cluster model (centroids
+  and outlier weights) is refitted by Lloyd iterations on the latent of all fit users (step 2),
+  labels from the nearest centroid (step 3). With ``normalize`` eq. 6 acts on the latent
+  standardized to unit total variance of its inliers (in the loss the batch's inliers, for the
+  cluster model the fit users'), so the loss can fall neither by shrinking the latent nor by
+  pushing outliers away.
 
 Every segmentation (these and ``dmeta.c2m.baselines``) is fitted on some users and carries
 its centroids and an ``embed`` function, so other users are assigned to their nearest centroid
@@ -38,7 +40,7 @@ from flax import nnx
 from dmeta import distributed
 from dmeta.c2m.autoencoder import BehaviorAutoencoder
 from dmeta.c2m.losses import clustering_loss, preference_loss, reconstruction_loss
-from dmeta.cluster.kmeans import kmeans, outlier_weights, refit, sq_distances
+from dmeta.cluster.kmeans import KMeansResult, kmeans, refit, sq_distances
 from dmeta.distributed import Strata
 from dmeta.nn.functional import split_params
 from dmeta.parallel import data_mesh, jit_step
@@ -270,6 +272,7 @@ def train_epochs(
         steps_per_call=step.steps,
         eval_every=step.steps,
         desc=f"{desc} lr={learning_rate:g}{decay} batch={batch_size} users={n}",
+        settings=dict(data=data, consts=consts),  # outside the state: the users, the weights
     )
     return result.state.params, result.history
 
@@ -284,22 +287,36 @@ def _pretrain_loss(ae: Autoencoder) -> Callable:
     return loss_fn
 
 
-def standardize(z, mean=None, scale=None):
-    """``(z - mean) / scale``, by default with the mean f[Z] of ``z: f[N, Z]`` and the root
-    of its total variance (mean squared distance to the mean), so the result has total
-    variance 1 (distances shrink or grow together: SC and CH do not change)."""
-    mean = z.mean(0) if mean is None else mean
-    scale = jnp.sqrt(jnp.mean(jnp.sum((z - mean) ** 2, axis=1))) if scale is None else scale
-    return (z - mean) / jnp.maximum(scale, 1e-12)
+def moments(z, weights=None) -> tuple[jax.Array, jax.Array]:
+    """The weighted mean f[Z] of ``z: f[N, Z]`` and the root f[] of its weighted total
+    variance (mean squared distance to the mean, at least 1e-12); ``weights: f[N]`` (e.g. 0
+    for outliers), all 1 when None or when they sum to 0."""
+    w = jnp.ones(z.shape[0]) if weights is None else jnp.asarray(weights)
+    w = jnp.where(w.sum() > 0, w, 1.0)
+    mean = (w @ z) / w.sum()
+    var = (w @ jnp.sum((z - mean) ** 2, axis=1)) / w.sum()
+    return mean, jnp.sqrt(jnp.maximum(var, 1e-24))
+
+
+def standardize(z, weights=None):
+    """``(z - mean) / scale`` with the ``moments`` of ``z: f[N, Z]`` weighted by ``weights``:
+    the points of weight > 0 get mean 0 and total variance 1 (distances shrink or grow
+    together: SC and CH do not change), whatever the points of weight 0 do."""
+    mean, scale = moments(z, weights)
+    return (z - mean) / scale
 
 
 @functools.cache
 def _joint_loss(ae: Autoencoder, normalize: bool = False) -> Callable:
+    """Algorithm 1's joint loss; the centroids (the cluster model) take no gradient, so Adam
+    leaves them as they are (zero gradients, zero moments)."""
+
     def loss_fn(state, batch, consts, key):
         z, logits = ae.train_apply(state["ae"], batch["x"], batch["mask"], key)
         rec = reconstruction_loss(logits, batch["x"], batch["mask"])
-        z = standardize(z) if normalize else z
-        clus = clustering_loss(z, state["centroids"], batch["weights"])
+        z = standardize(z, batch["weights"]) if normalize else z
+        centroids = jax.lax.stop_gradient(state["centroids"])
+        clus = clustering_loss(z, centroids, batch["weights"])
         pref = preference_loss(logits, batch["x"], batch["mask"], consts["behavior_weights"])
         loss = rec + consts["alpha"] * clus + consts["beta"] * pref
         return loss, {"loss": loss, "reconstruction": rec, "clustering": clus, "preference": pref}
@@ -348,19 +365,25 @@ def latent_space(
     mask,
     *,
     normalize: bool = False,
+    weights: np.ndarray | None = None,
     strata: Strata | None = None,
 ) -> tuple[np.ndarray, Callable]:
     """The latents f[U, Z] of users ``x`` (with ``strata``: of all processes' users,
     ``encode_users``) and the ``Segmentation.embed`` of that space: ``encode_all`` (with
-    ``normalize``, standardized by these users' mean and scale)."""
+    ``normalize``, standardized by these users' ``moments`` weighted by ``weights`` f[U])."""
     if strata is not None:  # replicated global arrays -> host, for each process's encoding
         params = distributed.to_host(params)
     z = encode_users(ae, params, x, mask, strata)
     if not normalize:
         return z, lambda x, mask, category: encode_all(ae, params, x, mask)
-    mean, scale = z.mean(0), np.sqrt(np.mean(np.sum((z - z.mean(0)) ** 2, axis=1)))
-    space = lambda z: np.asarray(standardize(z, mean, scale))
+    space = _affine(*moments(z, weights))
     return space(z), lambda x, mask, category: space(encode_all(ae, params, x, mask))
+
+
+def _affine(mean, scale) -> Callable[[np.ndarray], np.ndarray]:
+    """``z f[N, Z] -> (z - mean) / scale`` on the host."""
+    mean, scale = np.asarray(mean), np.asarray(scale)
+    return lambda z: (np.asarray(z) - mean) / scale
 
 
 def joint_segmentation(
@@ -385,10 +408,18 @@ def joint_segmentation(
 ) -> Segmentation:
     """Algorithm 1, steps 2-3, from pretrained ``params``.
 
+    The cluster model (centroids f[K, Z], the fit users' outlier weights f[U]) rides in the
+    trained state but takes no gradient (``_joint_loss``): k-means++ with outlier removal on
+    the pretrained latent, refitted before every epoch and at the end (``_cluster_model``).
+
     Args:
       behavior_weights: f[J] eq. 7 weight of each behaviour code.
       outlier_z: outlier threshold (``dmeta.cluster.kmeans.outlier_weights``); None keeps all.
-      normalize: eq. 6 on the standardized latent (module docstring).
+      normalize: eq. 6 on the latent standardized by the ``moments`` of its inliers: in the
+        loss each batch's under the epoch's weights; for the cluster model the fit users'
+        under the current weights (at the first epoch the initial k-means's, itself run on
+        the latent standardized over all fit users), and after each refit the latent and the
+        centroids are standardized again with the new weights (``_inlier_space``).
       decay_end, shard: as in ``train_epochs``.
       strata: ``x``, ``mask`` are this process's users of several processes'
         (``train_epochs``); k-means++, the outlier weights and the segmentation are computed
@@ -397,19 +428,20 @@ def joint_segmentation(
     key, k_init = jax.random.split(key)
     z0, _ = latent_space(ae, params, x, mask, normalize=normalize, strata=strata)
     init = kmeans(k_init, z0, n_segments, outlier_z=outlier_z)
-    state = {"ae": params, "centroids": init.centroids}
+    centroids, w0, _ = _inlier_space(init, z0, normalize)
+    state = {"ae": params, "centroids": jnp.asarray(centroids), "weights": jnp.asarray(w0)}
     consts = {
         "alpha": jnp.float32(alpha),
         "beta": jnp.float32(beta),
         "behavior_weights": jnp.asarray(behavior_weights, jnp.float32),
     }
 
-    def weights(state: TrainState, epoch: int):
-        z, _ = latent_space(ae, state.params["ae"], x, mask, normalize=normalize, strata=strata)
-        centroids = distributed.to_host(state.params["centroids"])
-        centroids, w = _cluster_model(z, centroids, alpha, outlier_z)
-        if alpha <= 0:  # the centroids followed the latent (``_cluster_model``)
-            state = _with_centroids(state, centroids)
+    def cluster_model(state: TrainState, epoch: int):
+        now = state.params
+        centroids, w = (distributed.to_host(now[k]) for k in ("centroids", "weights"))
+        z, _ = latent_space(ae, now["ae"], x, mask, normalize=normalize, weights=w, strata=strata)
+        centroids, w, _ = _cluster_model(z, centroids, outlier_z, normalize)
+        state = _with_cluster_model(state, centroids, w)
         return state, {"weights": w if strata is None else w[strata.rows()]}
 
     norm = " normalized" if normalize else ""
@@ -424,30 +456,49 @@ def joint_segmentation(
         desc=f"c2m joint alpha={alpha:g} beta={beta:g} outlier_z={outlier_z}{norm}",
         decay_end=decay_end,
         consts=consts,
-        before_epoch=weights,
+        before_epoch=cluster_model,
         shard=shard,
         strata=strata,
     )
-    z, embed = latent_space(ae, state["ae"], x, mask, normalize=normalize, strata=strata)
-    centroids, w = _cluster_model(z, distributed.to_host(state["centroids"]), alpha, outlier_z)
+    centroids, w = (distributed.to_host(state[k]) for k in ("centroids", "weights"))
+    z, embed = latent_space(ae, state["ae"], x, mask, normalize=normalize, weights=w, strata=strata)
+    centroids, w, space = _cluster_model(z, centroids, outlier_z, normalize)
+    z = space(z)
     labels = np.asarray(jnp.argmin(sq_distances(z, centroids), axis=1), np.int32)
-    return Segmentation(labels, z, w, history, centroids, embed)
+    embed_space = lambda x, mask, category: space(embed(x, mask, category))
+    return Segmentation(labels, z, w, history, centroids, embed_space)
 
 
-def _cluster_model(z, centroids, alpha: float, outlier_z: float | None):
-    """Algorithm 1 step 8 ("update parameters of the cluster model") for the latents
-    z f[U, Z]: the centroids f[K, Z] and outlier weights f[U]. With alpha > 0 the centroids
-    are parameters trained by eq. 6's gradient and are kept; with alpha = 0 (no clustering
-    loss) nothing trains them, so they follow the latent by Lloyd iterations from where they
-    are, with the same outlier removal as the initial k-means (``refit``)."""
-    if alpha > 0:
-        return centroids, np.asarray(outlier_weights(z, centroids, outlier_z))
-    res = refit(z, centroids, outlier_z=outlier_z)
-    return np.asarray(res.centroids), np.asarray(res.weights)
+def _cluster_model(z, centroids, outlier_z: float | None, normalize: bool):
+    """Algorithm 1 step 8 ("update parameters of the cluster model") on the fit users'
+    latents z f[U, Z], for every alpha: Lloyd iterations from the centroids f[K, Z] where they
+    are, with the initial k-means's outlier removal, a cluster that no user is nearest to
+    moved onto the user farthest from its centroid (``refit``); then ``_inlier_space``.
+    Eq. 6 trains the autoencoder only (step 7). Until 2026-11-30, with alpha > 0 the
+    centroids were trained by eq. 6's gradient and only the weights were updated here."""
+    res = refit(z, centroids, outlier_z=outlier_z, relocate_empty=True)
+    return _inlier_space(res, z, normalize)
 
 
-def _with_centroids(state: TrainState, centroids: np.ndarray) -> TrainState:
-    """``state`` with new centroids, placed like the old ones (replicated when sharded)."""
-    old = state.params["centroids"]
-    new = jax.make_array_from_process_local_data(old.sharding, np.asarray(centroids, old.dtype))
-    return dataclasses.replace(state, params={**state.params, "centroids": new})
+def _inlier_space(res: KMeansResult, z, normalize: bool):
+    """(centroids f[K, Z], weights f[U], space) of the fit ``res`` on latents z f[U, Z]:
+    with ``normalize``, ``space`` maps z's space to z standardized by the ``moments`` of its
+    inliers (``res.weights``), the centroids given in it (nearest centroids and the outlier
+    rule do not change under a shift and a common scale); else the identity."""
+    centroids, weights = np.asarray(res.centroids), np.asarray(res.weights)
+    space = _affine(*moments(z, weights)) if normalize else np.asarray
+    return space(centroids), weights, space
+
+
+def _with_cluster_model(
+    state: TrainState, centroids: np.ndarray, weights: np.ndarray
+) -> TrainState:
+    """``state`` with new centroids and outlier weights, placed like the old ones (replicated
+    when sharded)."""
+    new = {}
+    for name, value in (("centroids", centroids), ("weights", weights)):
+        old = state.params[name]
+        new[name] = jax.make_array_from_process_local_data(
+            old.sharding, np.asarray(value, old.dtype)
+        )
+    return dataclasses.replace(state, params={**state.params, **new})

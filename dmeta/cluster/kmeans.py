@@ -6,6 +6,8 @@ Outlier removal: after the fit, a point is an outlier when its distance to its c
 ``mean + outlier_z * std`` of the distances within its cluster; outliers get weight 0 (eq. 6) and
 the centroids are re-estimated from the inliers. ``farthest_removed`` removes a given share of
 points by their distance to their own centroid instead (for methods without an outlier rule).
+Lloyd iterations can move the centroid of a cluster that no (inlier) point is nearest to onto
+the inlier farthest from its centroid, as scikit-learn does (``relocate_empty``; off by default).
 """
 
 from __future__ import annotations
@@ -61,18 +63,35 @@ def kmeans_plusplus(key: jax.Array, x: jax.Array, k: int, n_trials: int | None =
     return centroids
 
 
-def _update(x: jax.Array, labels: jax.Array, weights: jax.Array, old: jax.Array) -> jax.Array:
-    """Weighted means per cluster; an empty cluster keeps its old centroid."""
+def _update(
+    x: jax.Array, labels: jax.Array, weights: jax.Array, old: jax.Array, relocate_empty: bool
+) -> jax.Array:
+    """Weighted means per cluster. An empty cluster (no weight) keeps its old centroid, or
+    with ``relocate_empty`` the i-th empty one moves onto the i-th farthest point of weight > 0
+    from its old centroid (ties by index)."""
     onehot = jax.nn.one_hot(labels, old.shape[0], dtype=x.dtype) * weights[:, None]
     counts = onehot.sum(0)
     means = (onehot.T @ x) / jnp.maximum(counts, 1e-12)[:, None]
-    return jnp.where(counts[:, None] > 0, means, old)
+    empty = counts <= 0
+    if relocate_empty:
+        d2 = jnp.where(weights > 0, jnp.sum((x - old[labels]) ** 2, axis=1), -1.0)
+        farthest = jax.lax.top_k(d2, old.shape[0])[1]
+        old = jnp.where(empty[:, None], x[farthest[jnp.cumsum(empty) - 1]], old)
+    return jnp.where(empty[:, None], old, means)
 
 
 def lloyd(
-    x: jax.Array, centroids: jax.Array, weights: jax.Array, *, max_iter: int, tol: float
+    x: jax.Array,
+    centroids: jax.Array,
+    weights: jax.Array,
+    *,
+    max_iter: int,
+    tol: float,
+    relocate_empty: bool = False,
 ) -> jax.Array:
-    """Weighted Lloyd iterations from ``centroids`` until the centroid shift is below ``tol``."""
+    """Weighted Lloyd iterations from ``centroids`` until the centroid shift is below ``tol``
+    (``relocate_empty``: as in ``_update``; a relocation is a shift, so the iterations go on)."""
+    x = jnp.asarray(x)
 
     def cond(carry):
         _, shift, it = carry
@@ -80,7 +99,8 @@ def lloyd(
 
     def body(carry):
         c, _, it = carry
-        new = _update(x, jnp.argmin(sq_distances(x, c), axis=1), weights, c)
+        labels = jnp.argmin(sq_distances(x, c), axis=1)
+        new = _update(x, labels, weights, c, relocate_empty)
         return new, jnp.sum((new - c) ** 2), it + 1
 
     return jax.lax.while_loop(cond, body, (centroids, jnp.inf, 0))[0]
@@ -88,16 +108,17 @@ def lloyd(
 
 def outlier_weights(x: jax.Array, centroids: jax.Array, outlier_z: float | None) -> jax.Array:
     """Weights ``f[N]``: 0 where a point's distance to its nearest centroid exceeds
-    ``mean + outlier_z * std`` of the distances in its cluster, else 1 (all 1 if None)."""
-    d2 = sq_distances(x, centroids)
-    labels = jnp.argmin(d2, axis=1)
+    ``mean + outlier_z * std`` of the distances in its cluster, else 1 (all 1 if None). The
+    distances are taken from the differences (``sq_distances``' expansion would give equal
+    points distances that differ by its rounding, ~1e-2 at |x| ~ 10, and flag some of them)."""
+    labels = jnp.argmin(sq_distances(x, centroids), axis=1)
     if outlier_z is None:
         return jnp.ones(x.shape[0], x.dtype)
-    dist = jnp.sqrt(jnp.min(d2, axis=1))
+    dist = jnp.sqrt(jnp.sum((x - centroids[labels]) ** 2, axis=1))
     onehot = jax.nn.one_hot(labels, centroids.shape[0], dtype=x.dtype)
     counts = jnp.maximum(onehot.sum(0), 1.0)
     mean = (onehot.T @ dist) / counts
-    std = jnp.sqrt((onehot.T @ dist**2) / counts - mean**2)
+    std = jnp.sqrt((onehot.T @ (dist - mean[labels]) ** 2) / counts)  # centred: never < 0
     threshold = (mean + outlier_z * std)[labels]
     return (dist <= threshold + 1e-6).astype(x.dtype)
 
@@ -153,17 +174,19 @@ def _kmeans(key, x, k, n_init, max_iter, tol, outlier_z):
     return _without_outliers(x, centroids[jnp.argmin(inertia)], outlier_z, max_iter, tol)
 
 
-def _without_outliers(x, centroids, outlier_z, max_iter, tol) -> KMeansResult:
+def _without_outliers(x, centroids, outlier_z, max_iter, tol, relocate_empty=False) -> KMeansResult:
     """Outlier weights against ``centroids``, then the centroids re-estimated on the inliers."""
     weights = outlier_weights(x, centroids, outlier_z)
     if outlier_z is not None:
-        centroids = lloyd(x, centroids, weights, max_iter=max_iter, tol=tol)
+        centroids = lloyd(
+            x, centroids, weights, max_iter=max_iter, tol=tol, relocate_empty=relocate_empty
+        )
     d2 = sq_distances(x, centroids)
     labels = jnp.argmin(d2, axis=1).astype(jnp.int32)
     return KMeansResult(centroids, labels, weights, jnp.sum(weights * jnp.min(d2, axis=1)))
 
 
-@jax.jit(static_argnames=("outlier_z", "max_iter"))
+@jax.jit(static_argnames=("outlier_z", "max_iter", "relocate_empty"))
 def refit(
     x: jax.Array,
     centroids: jax.Array,
@@ -171,9 +194,12 @@ def refit(
     outlier_z: float | None = None,
     max_iter: int = 300,
     tol: float = 1e-6,
+    relocate_empty: bool = False,
 ) -> KMeansResult:
     """``kmeans`` from given ``centroids`` f[K, F] instead of k-means++ seeds: Lloyd
     iterations on ``x`` f[N, F], then the same outlier removal (e.g. to follow points that
-    moved since the centroids were fitted)."""
-    c = lloyd(x, centroids, jnp.ones(x.shape[0], x.dtype), max_iter=max_iter, tol=tol)
-    return _without_outliers(x, c, outlier_z, max_iter, tol)
+    moved since the centroids were fitted). ``relocate_empty``: a cluster that no point (in
+    the iterations after the removal: no inlier) is nearest to gets a point (``_update``)."""
+    ones = jnp.ones(x.shape[0], x.dtype)
+    c = lloyd(x, centroids, ones, max_iter=max_iter, tol=tol, relocate_empty=relocate_empty)
+    return _without_outliers(x, c, outlier_z, max_iter, tol, relocate_empty)
