@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -108,6 +109,16 @@ def test_weekly_panels_run_week_scale_sizes_and_orders_daily_ones_the_papers():
     assert (w.data.length, w.data.horizon, w.model.kwargs()["orders"]) == (26, 1, ((4, 4), (3, 3)))
     assert w.protocol.sweep_lengths == (13, 26, 52) and w.train.beta == d.train.beta == 0.02
     assert resolve(override(cfg, ["data.period_days=1"]), weekly).data.length == 84
+
+
+def test_a_daily_field_set_on_a_weekly_panel_is_named_in_the_log(caplog):
+    weekly, _ = synthetic_panel(0, n_regions=2, n_items=4, n_periods=30)
+    with caplog.at_level(logging.WARNING, logger="dmeta.sales_cnn.config"):
+        cfg = resolve(override(get_config(), ["data.n_val=4"]), weekly)
+    assert cfg.data.n_val == cfg.weekly.n_val == 1
+    assert caplog.messages == [
+        "weekly panel: data.n_val=4 is replaced by weekly.n_val=1 (set that instead)"
+    ]
 
 
 def test_top_items_keeps_the_best_sellers_and_renumbers_their_groups():

@@ -23,9 +23,12 @@ no early stopping, every step run, the last state kept).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import ClassVar, Literal
 
 from dmeta.sales_cnn.model import PAPER_ORDERS
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,24 +186,32 @@ class SalesCNNConfig:
     tuning: TuningConfig = TuningConfig()
 
 
+WEEKLY_FIELDS = {
+    "data": ("length", "horizon", "n_val", "train_periods"),
+    "model": ("filters", "pools"),
+    "protocol": ("sweep_horizons", "sweep_lengths"),
+}
+
+
 def for_weekly(cfg: SalesCNNConfig) -> SalesCNNConfig:
-    """``cfg`` with the ``weekly`` sizes and orders in place (when ``weekly.enabled``)."""
+    """``cfg`` with the ``weekly`` sizes and orders in place (when ``weekly.enabled``); a
+    replaced field set away from its default is logged with the ``weekly`` field to set."""
     w = cfg.weekly
     if not w.enabled:
         return cfg
-    r = dataclasses.replace
-    return r(
-        cfg,
-        data=r(
-            cfg.data,
-            length=w.length,
-            horizon=w.horizon,
-            n_val=w.n_val,
-            train_periods=w.train_periods,
-        ),  # fmt: skip
-        model=r(cfg.model, filters=w.filters, pools=w.pools),
-        protocol=r(cfg.protocol, sweep_horizons=w.sweep_horizons, sweep_lengths=w.sweep_lengths),
-    )
+    sections = {}
+    for section, names in WEEKLY_FIELDS.items():
+        old = getattr(cfg, section)
+        default = type(old)()
+        for name in names:
+            value = getattr(old, name)
+            if value != getattr(default, name) and value != getattr(w, name):
+                log.warning(
+                    "weekly panel: %s.%s=%s is replaced by weekly.%s=%s (set that instead)",
+                    section, name, value, name, getattr(w, name),
+                )  # fmt: skip
+        sections[section] = dataclasses.replace(old, **{n: getattr(w, n) for n in names})
+    return dataclasses.replace(cfg, **sections)
 
 
 def get_config(*, smoke: bool = False, size: str = "cpu") -> SalesCNNConfig:
