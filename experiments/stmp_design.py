@@ -50,11 +50,13 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def score_variant(data, sets: list[str], method: str, seed: int, folder: str, out: Path):
-    """Validation-year MSE rows (regular, festival, all days) of one fit of ``method``; a
-    killed fit resumes from ``out/ckpt/<folder>``, its curve goes to ``out/curves/<folder>``."""
+    """Validation-year MSE rows (regular, festival, all days) of one fit of ``method`` and
+    its best early-stopping score (``es_window``: the MSE on the ``protocol.val_days`` before
+    the cutoff, nearly all regular days); a killed fit resumes from ``out/ckpt/<folder>``,
+    its curve goes to ``out/curves/<folder>``."""
     cfg = override(get_config(), [*sets, "protocol.one_week=false"])
     prep = P.split(data, cfg, "full", True)
-    with loop.checkpoints(out / "ckpt" / folder, curves=out / "curves" / folder):
+    with loop.checkpoints(out / "ckpt" / folder, curves=out / "curves" / folder) as fits:
         pred = P.forecast(method, prep, cfg, seed)
     y, pred, fest = P.targets(prep, pred)
     groups = {"regular": ~fest, "festival": fest, "all": np.ones_like(fest)}
@@ -62,6 +64,9 @@ def score_variant(data, sets: list[str], method: str, seed: int, folder: str, ou
         dict(group=g, mse=float(metrics.mse(y[m], pred[m])), n=int(m.sum()))
         for g, m in groups.items()
     ]
+    curve = pd.read_csv(out / "curves" / folder / f"{fits.names[-1]}.csv")
+    rows.append(dict(group="es_window", mse=float(curve["val_mse"].min()),
+                     n=int(prep.val.sum())))  # fmt: skip
     region = np.asarray(prep.data.regions)[np.nonzero(prep.test)[0]]
     frame = pd.DataFrame(dict(region=region, group=np.where(fest, "festival", "regular"),
                               se=np.square(y - pred), y=y))  # fmt: skip
@@ -175,13 +180,15 @@ def _has(rows: pd.DataFrame, variant: str, method: str, seed: int) -> bool:
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of each (method, variant)'s validation-year MSE per day kind."""
+    """Mean and std over seeds of each (method, variant)'s validation-year MSE per day kind
+    (and best early-stopping score, in rows that have it)."""
     stats = rows.groupby(["method", "variant", "overrides", "group"], sort=False)["mse"]
     table = stats.agg(["mean", "std", "count"]).reset_index()
     wide = table.pivot_table(index=["method", "variant", "overrides"], columns="group",
                              values=["mean", "std"], sort=False)  # fmt: skip
     wide.columns = [f"{group} {stat}" for stat, group in wide.columns]
-    order = [f"{g} {s}" for g in ("all", "regular", "festival") for s in ("mean", "std")]
+    kinds = [g for g in ("all", "regular", "festival", "es_window") if g in set(rows["group"])]
+    order = [f"{g} {s}" for g in kinds for s in ("mean", "std")]
     seeds = table.groupby(["method", "variant", "overrides"], sort=False)["count"].max()
     return wide.reindex(columns=order).assign(seeds=seeds).reset_index()  # std: NaN at 1 seed
 

@@ -192,6 +192,22 @@ def test_design_keeps_rows_another_process_wrote_meanwhile(tmp_path, monkeypatch
     assert regions[["variant", "region", "mse"]].values.tolist() == [["mine", "r1", 1.0]]
 
 
+def test_design_scores_the_validation_year_and_the_early_stopping_window(tmp_path):
+    """A real (tiny) fit: regular, festival and all days of the validation year, plus the
+    fit's best early-stopping score read from its curve (``es_window``)."""
+    from experiments import stmp_design
+
+    _, data = P.load_panel("synthetic", get_config(smoke=True).data)
+    sets = ["train.n_steps=20", "train.eval_every=10", "model.hidden=8", "train.n_tasks=4",
+            "train.n_context=8"]  # fmt: skip
+    rows, _ = stmp_design.score_variant(data, sets, "STMP", 0, "v__STMP__seed0", tmp_path)
+    by_group = {r["group"]: r for r in rows}
+    assert list(by_group) == ["regular", "festival", "all", "es_window"]
+    curve = pd.read_csv(next((tmp_path / "curves" / "v__STMP__seed0").glob("*.csv")))
+    assert by_group["es_window"]["mse"] == curve["val_mse"].min() > 0
+    assert by_group["all"]["n"] == by_group["regular"]["n"] + by_group["festival"]["n"]
+
+
 def test_design_fit_claims_skip_live_holders_and_take_over_stale_ones(tmp_path):
     import os
 
