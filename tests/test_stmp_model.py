@@ -340,6 +340,33 @@ def test_new_region_adapts_by_forward_pass(prep):
     assert pred.shape == (prep.test.sum(),) and np.isfinite(pred).all()
 
 
+def test_forecasts_at_the_posterior_means_or_averaged_over_latent_draws(prep):
+    """``draws = 0`` forecasts at both posterior means (the head at (E z_r, E z_d)); with
+    draws the forecast is the level-space mean over joint draws, which moves it for an
+    amortized model (nonlinear head) and leaves a deterministic one (no posterior spread)
+    where it was."""
+    graphdef, params = build(prep, context_path=True)
+    key = jax.random.key(0)
+    at_means = T.predict(graphdef, params, prep, key=key, n_context=16)
+    z_r, z_d, s_r, s_d = T.posteriors(graphdef, params, prep.arrays, prep.known_index, key=key,
+                                      n_context=16, scales=True)  # fmt: skip
+    assert (s_r[..., :4] > 0).all() and (s_r[..., 4:] == 0).all() and (s_d[:, 4:] == 0).all()
+    model = M.bind(graphdef, params)
+    r, t = (int(a[0]) for a in np.nonzero(prep.test))
+    d = prep.arrays.dtype[r, t]
+    mean, _ = T.predict_cell(model, prep.arrays, r, jnp.array([t]), z_r[r, d][None], z_d[d][None])
+    np.testing.assert_allclose(at_means[0], mean[0, 0], rtol=1e-5)
+    drawn = T.predict(graphdef, params, prep, key=key, n_context=16, draws=64)
+    assert drawn.shape == at_means.shape and np.isfinite(drawn).all()
+    assert np.abs(drawn - at_means).max() > 1e-4  # the head is nonlinear in the latents
+    graphdef, params = build(prep, amortized=False, jump=False)
+    np.testing.assert_allclose(
+        T.predict(graphdef, params, prep, key=key, n_context=16, draws=8),
+        T.predict(graphdef, params, prep, key=key, n_context=16),
+        rtol=1e-5,
+    )
+
+
 def test_deterministic_ablation_has_no_kl(prep):
     graphdef, params = build(prep, amortized=False, jump=False)
     assert "region_table" in params

@@ -163,6 +163,10 @@ class ProtocolConfig:
         methods), so every method learns from the same targets; ``"known"`` every target
         before the cutoff (the runs before issue #20's fairness fix).
       eval_context: context points per posterior at test time.
+      eval_draws: STMP's forecasts (validation scores and test alike): 0 (the default, every
+        run so far) the generative mean at the posterior means of both latents; N > 0 the
+        mean over N joint draws of the two latents from their posteriors, taken in the
+        level space (``baseline * exp(g)``; with a nonlinear head the two differ).
       full: run the setting with all festival training data.
       one_week: also run the one-week-of-festival-data robustness setting.
       unseen_types: how STMP, the LSTM and MAML see a target day whose date type has no
@@ -175,6 +179,7 @@ class ProtocolConfig:
     val_days: int = 90
     classical_targets: Literal["train", "known"] = "train"
     eval_context: int = 64
+    eval_draws: int = 0
     full: bool = True
     one_week: bool = True
     unseen_types: Literal["one_hot", "zero"] = "one_hot"

@@ -342,9 +342,10 @@ def fit_stmp(prep: D.Prepared, cfg: STMPConfig, seed: int, *, amortized=True, ju
     desc = f"stmp {mode} jump={jump} amortized={amortized} lr={train['lr']:g}"
     params, _ = T.fit(graphdef, params, prep, key=jax.random.key(seed), shard=shard, mode=mode,
                       log_every=log_every, weighting=weighting, desc=desc, model_settings=model,
-                      eval_context=cfg.protocol.eval_context, **train)  # fmt: skip
+                      eval_context=cfg.protocol.eval_context,
+                      eval_draws=cfg.protocol.eval_draws, **train)  # fmt: skip
     return T.predict(graphdef, params, prep, key=jax.random.key(seed + 1000),
-                     n_context=cfg.protocol.eval_context)  # fmt: skip
+                     n_context=cfg.protocol.eval_context, draws=cfg.protocol.eval_draws)  # fmt: skip
 
 
 def forecast(method: str, prep: D.Prepared, cfg: STMPConfig, seed: int) -> np.ndarray:

@@ -529,6 +529,7 @@ def fit(
     lr_factor: float = 0.1,
     backbone_lr_scale: float = 1.0,
     eval_context: int = 64,
+    eval_draws: int = 0,
     shard: bool = False,
     progress: bool | None = None,
     desc: str = "stmp",
@@ -538,7 +539,8 @@ def fit(
     """Trains STMP for at most ``n_steps`` (``adam``), ``early_stopped`` on ``prep.val``.
 
     With validation targets and ``log_every``, every ``log_every`` steps scores
-    ``val_mse`` (``eval_context`` context points from ``prep.index``) and returns the
+    ``val_mse`` (``eval_context`` context points from ``prep.index``, ``eval_draws`` latent
+    draws per forecast as in ``_predict_at``) and returns the
     parameters of the lowest; ``patience`` scores without improvement stop the fit. The
     jitted step is cached per (graphdef, n_steps, step sizes), so seeds and learning rates
     reuse one compile. ``ema`` averages the iterates (``adam``): the scores and the
@@ -564,7 +566,16 @@ def fit(
         init_train_state(params, adam(lr, n_steps, ema, backbone_lr_scale), key),
         prep,
         lambda params, rows, cols: _predict_at(
-            graphdef, params, prep.arrays, prep.index, rows, cols, val_key, eval_context, 512
+            graphdef,
+            params,
+            prep.arrays,
+            prep.index,
+            rows,
+            cols,
+            val_key,
+            eval_context,
+            512,
+            eval_draws,
         ),
         n_steps=n_steps,
         eval_every=log_every,
@@ -572,7 +583,13 @@ def fit(
         lr_decays=lr_decays,
         lr_factor=lr_factor,
         desc=desc,
-        settings={**step_kwargs, "eval_context": eval_context, **(model_settings or {}), **scaled},
+        settings={
+            **step_kwargs,
+            "eval_context": eval_context,
+            "eval_draws": eval_draws,
+            **(model_settings or {}),
+            **scaled,
+        },  # fmt: skip
         progress=progress,
     )
     return averaged_params(result.best_state), result.history
@@ -580,10 +597,12 @@ def fit(
 
 def posteriors(
     graphdef: nnx.GraphDef, params: Params, arrays: Arrays, index: CellIndex, *, key: Key,
-    n_context: int,
-) -> tuple[Array, Array]:  # fmt: skip
+    n_context: int, scales: bool = False,
+) -> tuple[Array, ...]:  # fmt: skip
     """Posterior means from context sets drawn from ``index``: z_r f32[R, Dt, Z], z_d f32[Dt, Z]
-    (Z + G * H with the model's ``context_path``: each followed by its pooled context).
+    (Z + G * H with the model's ``context_path``: each followed by its pooled context); with
+    ``scales`` also their standard deviations s_r, s_d of the same shapes (0 on the pooled
+    context and for deterministic latents), so ``z + s * eps`` draws from the posteriors.
 
     ``z_r[r, d]`` is region r's latent for tasks of date type d (its context set is
     stratified by ``region_context_days``). This is all a new region or festival
@@ -599,18 +618,21 @@ def posteriors(
     d_pairs = index.type_pairs[types[:, None], pick_d]
     d_mask = jnp.broadcast_to((index.type_count > 0)[:, None], d_pairs.shape).astype(jnp.float32)
 
+    def stacked(mu, logvar, pooled):  # (mean, standard deviation) of [latent, pooled]
+        sd = jnp.zeros_like(mu) if logvar is None else jnp.exp(0.5 * logvar)
+        return jnp.concatenate([mu, pooled]), jnp.concatenate([sd, jnp.zeros_like(pooled)])
+
     def one_region(r, d, days, mask):
         ctx = region_context(arrays, r, days, period=model.period, n_types=model.n_types)
-        mu, _, pooled = model.region_side(ctx, mask, arrays.attrs[r], r, d)
-        return jnp.concatenate([mu, pooled])
+        return stacked(*model.region_side(ctx, mask, arrays.attrs[r], r, d))
 
     def one_type(d, pairs, mask):
-        mu, _, pooled = model.type_side(type_context(arrays, pairs, period=model.period), mask, d)
-        return jnp.concatenate([mu, pooled])
+        return stacked(*model.type_side(type_context(arrays, pairs, period=model.period), mask, d))
 
-    z_r = jax.vmap(one_region)(cell_r, cell_d, r_days, r_mask).reshape(n_regions, n_types, -1)
-    z_d = jax.vmap(one_type)(types, d_pairs, d_mask)
-    return z_r, z_d
+    z_r, s_r = jax.vmap(one_region)(cell_r, cell_d, r_days, r_mask)
+    z_r, s_r = (a.reshape(n_regions, n_types, -1) for a in (z_r, s_r))
+    z_d, s_d = jax.vmap(one_type)(types, d_pairs, d_mask)
+    return (z_r, z_d, s_r, s_d) if scales else (z_r, z_d)
 
 
 def predict(
@@ -621,29 +643,36 @@ def predict(
     key: Key,
     n_context: int = 64,
     batch_size: int = 512,
+    draws: int = 0,
 ) -> np.ndarray:
     """Scaled point predictions f32[N] for the test targets ``np.nonzero(prep.test)``, with
-    context sets drawn from everything known before the test period (``prep.known_index``)."""
+    context sets drawn from everything known before the test period (``prep.known_index``);
+    ``draws`` as in ``_predict_at``."""
     rows, cols = (jnp.asarray(a) for a in np.nonzero(prep.test))
     return np.asarray(_predict_at(graphdef, params, prep.arrays, prep.known_index, rows, cols,
-                                  key, n_context, batch_size))  # fmt: skip
+                                  key, n_context, batch_size, draws))  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7, 8))
-def _predict_at(graphdef, params, arrays, index, rows, cols, key, n_context, batch_size):
-    z_r, z_d = posteriors(graphdef, params, arrays, index, key=key, n_context=n_context)
+@functools.partial(jax.jit, static_argnums=(0, 7, 8, 9))
+def _predict_at(graphdef, params, arrays, index, rows, cols, key, n_context, batch_size, draws):
+    """Scaled forecasts f32[N] of targets (rows[i], cols[i]): the generative mean at the
+    posterior means of both latents (``draws`` = 0), or its mean over ``draws`` joint draws
+    of the two latents from their posteriors, in the level space (``baseline * exp(g)``
+    averaged, not ``g``)."""
+    z_r, z_d, s_r, s_d = posteriors(graphdef, params, arrays, index, key=key,
+                                    n_context=n_context, scales=True)  # fmt: skip
     model = bind(graphdef, params)
+    noise = jax.random.fold_in(key, 2)
 
-    def one(rt):
-        r, t = rt
-        mean, _ = predict_cell(
-            model,
-            arrays,
-            r,
-            t[None],
-            z_r[r, arrays.dtype[r, t]][None],
-            z_d[arrays.dtype[r, t]][None],
-        )
-        return mean[0, 0]
+    def one(rtn):
+        r, t, n = rtn
+        d = arrays.dtype[r, t]
+        zr, zd = z_r[r, d][None], z_d[d][None]
+        if draws:
+            k_r, k_d = jax.random.split(jax.random.fold_in(noise, n))
+            zr = zr + s_r[r, d][None] * jax.random.normal(k_r, (draws, zr.shape[-1]))
+            zd = zd + s_d[d][None] * jax.random.normal(k_d, (draws, zd.shape[-1]))
+        mean, _ = predict_cell(model, arrays, r, t[None], zr, zd)
+        return mean[:, 0].mean()
 
-    return jax.lax.map(one, (rows, cols), batch_size=batch_size)
+    return jax.lax.map(one, (rows, cols, jnp.arange(rows.shape[0])), batch_size=batch_size)
