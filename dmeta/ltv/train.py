@@ -13,8 +13,9 @@ checkpoints): one call of its step is an epoch of shuffled fixed-size batches
 filled up with weight-0 rows) with that epoch's lambdas as the step's constants, and it stops
 on the validation MAE with the patience counted in epochs, never before the epoch of the drop
 has been trained; for a loss with lambdas the epochs before the drop do not count against the
-patience, so the prediction loss gets ``patience`` epochs after the drop to beat the best. The learning rate lives in the Adam state, so one compiled step serves every
-learning rate of a tuning grid.
+patience, so the prediction loss gets ``patience`` epochs after the drop to beat the best. The
+learning rate lives in the Adam state, so one compiled step serves every learning rate of a
+tuning grid.
 """
 
 from __future__ import annotations

@@ -345,7 +345,8 @@ def fit_stmp(prep: D.Prepared, cfg: STMPConfig, seed: int, *, amortized=True, ju
                       eval_context=cfg.protocol.eval_context,
                       eval_draws=cfg.protocol.eval_draws, **train)  # fmt: skip
     return T.predict(graphdef, params, prep, key=jax.random.key(seed + 1000),
-                     n_context=cfg.protocol.eval_context, draws=cfg.protocol.eval_draws)  # fmt: skip
+                     n_context=cfg.protocol.eval_context,
+                     draws=cfg.protocol.eval_draws)  # fmt: skip
 
 
 def forecast(method: str, prep: D.Prepared, cfg: STMPConfig, seed: int) -> np.ndarray:

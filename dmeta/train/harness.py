@@ -320,8 +320,8 @@ def tune(
     ``score_single`` (for an ``evaluate`` that also fits what the caller reuses).
     With ``memo`` (:func:`tuning_memo`) each score is appended to that file as it is known,
     with the names of the fits it ran (their curves then stay with the cell that resumes
-    the tuning), and points already there are not evaluated again, so a tuning killed between points
-    resumes without its finished fits (on another machine too, where no checkpoint
+    the tuning), and points already there are not evaluated again, so a tuning killed
+    between points resumes without its finished fits (on another machine too, where no checkpoint
     survives); ``evaluate`` then runs only for the rest, so the caller must fit the chosen
     point itself when ``evaluate`` did not.
     """
