@@ -321,9 +321,9 @@ def tune(
     With ``memo`` (:func:`tuning_memo`) each score is appended to that file as it is known,
     with the names of the fits it ran (their curves then stay with the cell that resumes
     the tuning), and points already there are not evaluated again, so a tuning killed
-    between points resumes without its finished fits (on another machine too, where no checkpoint
-    survives); ``evaluate`` then runs only for the rest, so the caller must fit the chosen
-    point itself when ``evaluate`` did not.
+    between points resumes without its finished fits (on another machine too, where no
+    checkpoint survives); ``evaluate`` then runs only for the rest, so the caller must fit
+    the chosen point itself when ``evaluate`` did not.
     """
     points = grid_points(grid, trials=trials, seed=seed)
     if len(points) == 1 and not score_single:
