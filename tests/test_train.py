@@ -434,6 +434,11 @@ def test_fit_rows_early_stop_one_by_one(tmp_path):
     again = fit(step_fn, state, **run)
     np.testing.assert_array_equal(again.best_state.params, [8.0, 20.0])
     assert again.best_step == 20 and int(again.state.step) == 32
+    # evaluations up to step 24 do not count against patience: row 0, best at 8, still runs
+    # at 28 (its lowest) and stops 3 evaluations later; row 1 stops at 36
+    held = fit(step_fn, state, **dict(opts, patience_from=24))
+    np.testing.assert_array_equal(held.best_state.params, [28.0, 20.0])
+    assert int(held.state.step) == 40
     # without a monitored value every row's best is its last state
     last = fit(step_fn, state, n_steps=6, eval_every=3, rows=2, progress=False)
     np.testing.assert_array_equal(last.best_state.params, [6.0, 6.0])
