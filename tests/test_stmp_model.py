@@ -85,6 +85,23 @@ def test_plain_lstm_reads_the_last_recent_days(prep, jump, recent, reads):
         build(prep, recent_days=WINDOW + 1)
 
 
+def test_baseline_reads_closed_days_as_zeros_or_as_the_window_mean(prep):
+    """A window with its first half closed (unobserved, series 0): the "zero" baseline (the
+    initial linear map, the window's average) halves, the "mean" one reads the open days'
+    level as if the store had been open throughout."""
+    attrs, zeros = jnp.zeros((1, prep.data.attrs.shape[1])), jnp.zeros(1, jnp.int32)
+    open_days = jnp.ones((1, WINDOW, M.DAY_FEATURES)).at[..., 2].set(0.0)
+    closed = open_days.at[:, : WINDOW // 2, :2].set(0.0)
+    for gaps, expected in (("zero", 0.5), ("mean", 1.0)):
+        model = M.bind(*build(prep, baseline_gaps=gaps))
+        full, _ = model.features(open_days, zeros, zeros, zeros, attrs)
+        half, _ = model.features(closed, zeros, zeros, zeros, attrs)
+        np.testing.assert_allclose(full, 1.0, rtol=1e-5)
+        np.testing.assert_allclose(half, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="baseline_gaps"):
+        build(prep, baseline_gaps="median")
+
+
 def test_synthetic_uplift_follows_attributes():
     data = D.make_synthetic(n_regions=30, n_days=3 * 365, noise=0.01, seed=0)
     fest_type = data.date_type[0] == 2

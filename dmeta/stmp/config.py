@@ -61,6 +61,9 @@ class ModelConfig:
         validation-year comparison (Favorita, 2 seeds, ``design_2026-11-28/STMP_split_pool``):
         23.3k with it, 26.0k without (regular days 18.7k vs 21.0k, festival days 53.0k vs
         58.0k).
+      baseline_gaps: what STMP's linear baseline reads on a window's unobserved days:
+        "zero" (every run so far) or "mean", the mean of the window's observed days
+        (``dmeta.stmp.model.STMP``; added 2026-11-30 after a code review).
     """
 
     window: int = 28
@@ -70,6 +73,7 @@ class ModelConfig:
     calendar: bool = True
     context_path: bool = True
     split_pool: bool = True
+    baseline_gaps: Literal["zero", "mean"] = "zero"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -114,6 +114,10 @@ class STMP(nnx.Module):
       split_pool: the region encoder pools its context points of the task's date type and
         the region's other points separately (two masked means), so a cell's own history
         (a region's past festival days) is not averaged into the region's ordinary days.
+      baseline_gaps: what the linear baseline reads on the window's unobserved days (a
+        closed store): "zero" (the scaled series as it is) or "mean" (the mean of the
+        window's observed days), so that a window with closed days does not pull the
+        multiplicative head's baseline toward 0.
       rngs: NNX random streams.
     """
 
@@ -133,12 +137,16 @@ class STMP(nnx.Module):
         calendar: bool = True,
         context_path: bool = False,
         split_pool: bool = False,
+        baseline_gaps: str = "zero",
         rngs: nnx.Rngs,
     ):
         if jump and window % period:
             raise ValueError(f"window {window} must be a multiple of period {period}")
         if not 0 < recent_days <= window:
             raise ValueError(f"recent_days {recent_days} must be in 1..window ({window})")
+        if baseline_gaps not in ("zero", "mean"):
+            raise ValueError(f"baseline_gaps must be 'zero' or 'mean', got {baseline_gaps!r}")
+        self.fill_gaps = baseline_gaps == "mean"
         self.window, self.period, self.n_types = window, period, n_types
         self.jump_on, self.amortized, self.calendar = jump, amortized, calendar
         self.recent_days = recent_days if jump else window
@@ -178,9 +186,15 @@ class STMP(nnx.Module):
           attrs: f32[..., A] static attributes of the target's region.
 
         Returns:
-          baseline f32[...] (linear map of the window) and fused f32[..., H].
+          baseline f32[...] (linear map of the window's scaled series, ``baseline_gaps``
+          on its unobserved days) and fused f32[..., H].
         """
-        baseline = self.linear(x[..., 0])[..., 0]
+        ys = x[..., 0]
+        if self.fill_gaps:
+            obs = x[..., 1]
+            mean = jnp.sum(ys * obs, -1, keepdims=True) / jnp.maximum(obs.sum(-1, keepdims=True), 1)
+            ys = jnp.where(obs > 0, ys, mean)
+        baseline = self.linear(ys)[..., 0]
         recent = self.lstm(x[..., -self.recent_days :, :])
         parts = [baseline[..., None], recent, attrs, jax.nn.one_hot(dow, 7)]
         if self.calendar:
