@@ -659,16 +659,17 @@ def _predict_at(graphdef, params, arrays, index, rows, cols, key, n_context, bat
     posterior means of both latents (``draws`` = 0), or its mean over ``draws`` joint draws
     of the two latents from their posteriors, in the level space (``baseline * exp(g)``
     averaged, not ``g``)."""
-    z_r, z_d, s_r, s_d = posteriors(graphdef, params, arrays, index, key=key,
-                                    n_context=n_context, scales=True)  # fmt: skip
+    z = posteriors(graphdef, params, arrays, index, key=key, n_context=n_context,
+                   scales=draws > 0)  # fmt: skip
     model = bind(graphdef, params)
     noise = jax.random.fold_in(key, 2)
 
     def one(rtn):
         r, t, n = rtn
         d = arrays.dtype[r, t]
-        zr, zd = z_r[r, d][None], z_d[d][None]
+        zr, zd = z[0][r, d][None], z[1][d][None]
         if draws:
+            s_r, s_d = z[2:]
             k_r, k_d = jax.random.split(jax.random.fold_in(noise, n))
             zr = zr + s_r[r, d][None] * jax.random.normal(k_r, (draws, zr.shape[-1]))
             zd = zd + s_d[d][None] * jax.random.normal(k_d, (draws, zd.shape[-1]))
