@@ -208,6 +208,26 @@ def test_design_scores_the_validation_year_and_the_early_stopping_window(tmp_pat
     assert by_group["all"]["n"] == by_group["regular"]["n"] + by_group["festival"]["n"]
 
 
+def test_es_window_reads_single_fit_cells_and_pairs_seeds_with_stmp(tmp_path):
+    from experiments import stmp_es_window
+
+    def curve(cell, name, values):
+        folder = tmp_path / "curves" / cell
+        folder.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"step": range(len(values)), "val_mse": values}).to_csv(
+            folder / f"{name}.csv", index=False
+        )
+
+    curve("full__STMP__seed0", "000-a", [9.0, 1.0])  # a tuning cell: two fits, left out
+    curve("full__STMP__seed0", "001-b", [5.0])
+    curve("full__STMP__seed1", "000-a", [12.0, 10.0, 11.0])
+    curve("full__STMP__seed2", "000-a", [20.0])
+    curve("full__LSTM__seed1", "000-a", [8.0])
+    table = stmp_es_window.table(tmp_path).set_index("method")
+    assert table.loc["STMP", "seeds"] == "1,2" and table.loc["STMP", "es_mse"] == 15.0
+    assert table.loc["LSTM", "ratio_to_stmp"] == 0.8  # paired on seed 1: 8 / 10
+
+
 def test_design_fit_claims_skip_live_holders_and_take_over_stale_ones(tmp_path):
     import os
 
