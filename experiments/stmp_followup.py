@@ -28,12 +28,11 @@ import pandas as pd
 from dmeta.report import read_results
 from dmeta.report.stmp import mean_mse, pairwise_section
 from dmeta.report.tables import markdown_table
-from experiments.followup import combine
 
 
 def combined(reference: Path, followup: Path, label: str, *, replace: bool = False) -> pd.DataFrame:
     """The reference run's rows and the follow-up's STMP rows (renamed ``label``), restricted
-    to the groups and seeds both runs have (``experiments.followup.combine``); with ``replace`` every follow-up method's rows
+    to the groups and seeds both runs have; with ``replace`` every follow-up method's rows
     (STMP's renamed ``label``) in place of the reference's rows of the same methods."""
     ref, fol = read_results(reference), read_results(followup)
     if fol[fol["method"] == "STMP"].empty:
@@ -42,7 +41,9 @@ def combined(reference: Path, followup: Path, label: str, *, replace: bool = Fal
         ref = ref[~ref["method"].isin(set(fol["method"]))]
     else:
         fol = fol[fol["method"] == "STMP"]
-    return combine(ref, fol.assign(method=fol["method"].replace({"STMP": label})))
+    fol = fol.assign(method=fol["method"].replace({"STMP": label}))
+    ref = ref[ref["group"].isin(set(fol["group"])) & ref["seed"].isin(set(fol["seed"]))]
+    return pd.concat([ref, fol], ignore_index=True)
 
 
 def followup_markdown(

@@ -54,8 +54,7 @@ def run_dirs(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def renderer(experiment: str) -> ModuleType | None:
-    """The report module of ``experiment`` (``dmeta.report.<experiment>``), or None."""
+def _renderer(experiment: str) -> ModuleType | None:
     try:
         return importlib.import_module(f"dmeta.report.{experiment}")
     except ModuleNotFoundError as err:
@@ -78,7 +77,7 @@ def _experiment(results: pd.DataFrame) -> str:
 
 def _render(run_dir: Path, results: pd.DataFrame) -> str:
     experiment = _experiment(results)
-    module = renderer(experiment)
+    module = _renderer(experiment)
     if module is None:
         datasets = ", ".join(dict.fromkeys(results["dataset"].astype(str)))
         text = generic(results, f"{experiment} on {datasets}")
@@ -110,7 +109,7 @@ def write(run_dir: str | os.PathLike, *, plots: bool = True) -> Path:
     """Writes ``run_dir/results.md`` (and the experiment's plots unless ``plots=False``)."""
     run_dir = Path(run_dir)
     results = read_results(run_dir)
-    module = renderer(_experiment(results))
+    module = _renderer(_experiment(results))
     if plots and module is not None and hasattr(module, "plots"):
         module.plots(run_dir, results)
     path = run_dir / "results.md"
