@@ -9,7 +9,8 @@ already there and resumes a killed fit), each fit's validation curve to ``<out>/
 each region's MSE, target count and mean target per day kind to ``<out>/regions.csv`` (to
 see where a variant gains or loses), the table of means and standard deviations over seeds
 to ``<out>/design.md`` (rewritten from design.csv by every run, so rerunning a finished
-command only regenerates it). Processes may share an ``--out`` (the same variants in another
+command only regenerates it); ``<out>/command.txt`` keeps one line per distinct command
+that wrote there. Processes may share an ``--out`` (the same variants in another
 order, say): a fit another live process runs is skipped (``<out>/running/<fit>`` holds its
 pid), and each reads design.csv again before it adds a row.
 
@@ -104,9 +105,17 @@ def main(argv: list[str] | None = None) -> None:
                     run_fit(data, name, sets, method, seed, args.out)
     table = summary(read_rows(path))
     write_atomic(args.out / "design.md", markdown_table(table, floatfmt=".0f") + "\n")
-    write_atomic(args.out / "command.txt", " ".join(["python -m experiments.stmp_design",
-                                                     *(argv or sys.argv[1:])]) + "\n")  # fmt: skip
+    record_command(args.out / "command.txt", " ".join(["python -m experiments.stmp_design",
+                                                       *(argv or sys.argv[1:])]))  # fmt: skip
     print(table.to_string(index=False))
+
+
+def record_command(path: Path, command: str) -> None:
+    """Adds ``command`` as a line of ``path`` unless it is one already: every command that
+    wrote into a shared ``--out`` stays on record, in the order they first finished."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    if command not in lines:
+        write_atomic(path, "\n".join([*lines, command]) + "\n")
 
 
 @contextlib.contextmanager

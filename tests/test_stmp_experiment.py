@@ -184,12 +184,19 @@ def test_design_keeps_rows_another_process_wrote_meanwhile(tmp_path, monkeypatch
     args = ["--data", "x", "--variant", "mine=", "--out", str(tmp_path)]
     stmp_design.main(args)
     stmp_design.main(args)  # finished: nothing runs again
+    stmp_design.main([*args, "--method", "LSTM"])  # a second command into the same --out
     rows = stmp_design.read_rows(tmp_path / "design.csv")
-    assert calls == ["mine__STMP__seed0"]
+    assert calls == ["mine__STMP__seed0", "mine__LSTM__seed0"]
+    commands = (tmp_path / "command.txt").read_text().splitlines()
+    assert commands == [f"python -m experiments.stmp_design {' '.join(a)}"
+                        for a in (args, [*args, "--method", "LSTM"])]  # fmt: skip
     assert sorted(set(rows.variant)) == ["mine", "other"]
-    assert len(rows) == 6
+    assert len(rows) == 12
     regions = pd.read_csv(tmp_path / "regions.csv")
-    assert regions[["variant", "region", "mse"]].values.tolist() == [["mine", "r1", 1.0]]
+    assert regions[["variant", "method", "region"]].values.tolist() == [
+        ["mine", "STMP", "r1"],
+        ["mine", "LSTM", "r1"],
+    ]
 
 
 def test_design_scores_the_validation_year_and_the_early_stopping_window(tmp_path):
