@@ -102,6 +102,22 @@ def test_baseline_reads_closed_days_as_zeros_or_as_the_window_mean(prep):
         build(prep, baseline_gaps="median")
 
 
+def test_head_forms_give_the_mean_from_the_same_head_output(prep):
+    """multiplicative: baseline * exp(g); additive: baseline + g; direct: g (the same head
+    parameters, so the same g); an unknown form is refused."""
+    baseline, fused = jnp.array([0.5, 2.0]), jnp.ones((2, 8))
+    z = jnp.zeros((2, 4))
+    means = {}
+    for head in M.HEADS:
+        model = M.bind(*build(prep, head=head))
+        means[head], _ = model.generate(baseline, fused, z, z)
+    g = means["direct"]
+    np.testing.assert_allclose(means["additive"], baseline + g, rtol=1e-6)
+    np.testing.assert_allclose(means["multiplicative"], baseline * jnp.exp(g), rtol=1e-6)
+    with pytest.raises(ValueError, match="head"):
+        build(prep, head="log")
+
+
 def test_synthetic_uplift_follows_attributes():
     data = D.make_synthetic(n_regions=30, n_days=3 * 365, noise=0.01, seed=0)
     fest_type = data.date_type[0] == 2

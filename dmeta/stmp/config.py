@@ -64,6 +64,10 @@ class ModelConfig:
       baseline_gaps: what STMP's linear baseline reads on a window's unobserved days:
         "zero" (every run so far) or "mean", the mean of the window's observed days
         (``dmeta.stmp.model.STMP``; added 2026-11-30 after a code review).
+      head: how the generative head gives the mean (``dmeta.stmp.model.STMP``):
+        "multiplicative" (baseline * exp(g), every run so far), "additive" (baseline + g)
+        or "direct" (g; the spec's fully connected generative network on the fused
+        features, which hold the baseline). Added 2026-11-30 for ``design_head/``.
     """
 
     window: int = 28
@@ -74,6 +78,7 @@ class ModelConfig:
     context_path: bool = True
     split_pool: bool = True
     baseline_gaps: Literal["zero", "mean"] = "zero"
+    head: Literal["multiplicative", "additive", "direct"] = "multiplicative"
 
 
 @dataclasses.dataclass(frozen=True)

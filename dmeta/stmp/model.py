@@ -17,6 +17,7 @@ from dmeta.types import Array, Key, Params
 
 DAY_FEATURES = 3  # scaled y, observed flag, festival flag (see ``data.window``)
 N_MONTHS = 12
+HEADS = ("multiplicative", "additive", "direct")  # how the head's output gives the mean
 
 
 class MLP(nnx.Module):
@@ -118,6 +119,10 @@ class STMP(nnx.Module):
         closed store): "zero" (the scaled series as it is) or "mean" (the mean of the
         window's observed days), so that a window with closed days does not pull the
         multiplicative head's baseline toward 0.
+      head: how the head's first output g gives the mean: "multiplicative" (baseline *
+        exp(g), every run so far), "additive" (baseline + g) or "direct" (g, the baseline
+        reaching it only through the fused features, as the LSTM baseline regresses the
+        scaled level).
       rngs: NNX random streams.
     """
 
@@ -138,6 +143,7 @@ class STMP(nnx.Module):
         context_path: bool = False,
         split_pool: bool = False,
         baseline_gaps: str = "zero",
+        head: str = "multiplicative",
         rngs: nnx.Rngs,
     ):
         if jump and window % period:
@@ -147,6 +153,9 @@ class STMP(nnx.Module):
         if baseline_gaps not in ("zero", "mean"):
             raise ValueError(f"baseline_gaps must be 'zero' or 'mean', got {baseline_gaps!r}")
         self.fill_gaps = baseline_gaps == "mean"
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        self.head_form = head
         self.window, self.period, self.n_types = window, period, n_types
         self.jump_on, self.amortized, self.calendar = jump, amortized, calendar
         self.recent_days = recent_days if jump else window
@@ -206,7 +215,8 @@ class STMP(nnx.Module):
     def generate(
         self, baseline: Array, fused: Array, z_r: Array, z_d: Array
     ) -> tuple[Array, Array]:
-        """p(y | x, z_r, z_d) = N(baseline * exp(g), sigma^2), [g, log sigma] = head(...).
+        """p(y | x, z_r, z_d) = N(mean, sigma^2), [g, log sigma] = head(...), mean by ``head``
+        (default baseline * exp(g)).
 
         Args:
           baseline: f32[...] linear baseline; fused: f32[..., H]; z_r, z_d: f32[..., Z]
@@ -218,9 +228,12 @@ class STMP(nnx.Module):
           carry a date type's uplift directly.
         """
         out = self.head(jnp.concatenate([fused, z_r, z_d], axis=-1))
-        return baseline * jnp.exp(jnp.clip(out[..., 0], -5.0, 5.0)), jnp.clip(
-            out[..., 1], -5.0, 3.0
-        )
+        g = out[..., 0]
+        if self.head_form == "multiplicative":
+            mean = baseline * jnp.exp(jnp.clip(g, -5.0, 5.0))
+        else:
+            mean = baseline + g if self.head_form == "additive" else g
+        return mean, jnp.clip(out[..., 1], -5.0, 3.0)
 
     def region_side(self, ctx: Array, mask: Array, attrs: Array, region: Array, date_type: Array):
         """A region task's posterior and pooled context.
