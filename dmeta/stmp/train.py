@@ -657,8 +657,8 @@ def predict(
 def _predict_at(graphdef, params, arrays, index, rows, cols, key, n_context, batch_size, draws):
     """Scaled forecasts f32[N] of targets (rows[i], cols[i]): the generative mean at the
     posterior means of both latents (``draws`` = 0), or its mean over ``draws`` joint draws
-    of the two latents from their posteriors, in the level space (``baseline * exp(g)``
-    averaged, not ``g``)."""
+    of the two latents from their posteriors, in the level space (the generative mean
+    averaged, whatever ``model.head`` makes of ``g``, not ``g``)."""
     z = posteriors(graphdef, params, arrays, index, key=key, n_context=n_context,
                    scales=draws > 0)  # fmt: skip
     model = bind(graphdef, params)
