@@ -14,12 +14,13 @@ the one entry point modules use: plain ``jax.jit`` without a mesh, ``data_parall
 The mesh axes are ``AxisType.Auto`` (GSPMD-style propagation): shardings live on the
 arguments, results and constraints, not in the array types, so model code is unchanged.
 
-Multi-device on CPU (tests): ``XLA_FLAGS=--xla_force_host_platform_device_count=4``
-before JAX initializes.
+Multi-device on CPU: ``use_host_devices(n)`` (``dmeta run --host-devices N``), i.e.
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``, before JAX initializes.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,6 +30,23 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA = "data"
+
+
+def use_host_devices(n: int) -> None:
+    """Makes JAX's CPU backend show ``n`` devices (``--xla_force_host_platform_device_count``),
+    e.g. one per core, so that a data-parallel step splits its batch over the cores. Call it
+    before anything initializes the backend; JAX on a GPU keeps its devices.
+
+    Raises:
+      ValueError: the CPU backend was already initialized with another device count.
+    """
+    flag = f"--xla_force_host_platform_device_count={n}"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+    if jax.default_backend() == "cpu" and jax.device_count() != n:
+        raise ValueError(
+            f"{n} host devices asked for, but JAX's CPU backend already runs with "
+            f"{jax.device_count()}: set them before any JAX computation"
+        )
 
 
 def data_mesh(n_devices: int | None = None) -> Mesh:

@@ -1,7 +1,8 @@
 """The ``dmeta`` command: run, configure, report and demo the experiments.
 
     dmeta run EXPERIMENT [--data SPEC] [--out DIR] [--smoke] [--size cpu|paper] [--seeds N]
-                         [--methods A,B] [--data-parallel] [--set PATH=VALUE ...] [--fresh]
+                         [--methods A,B] [--data-parallel] [--host-devices N]
+                         [--set PATH=VALUE ...] [--fresh]
     dmeta config EXPERIMENT [--smoke] [--size paper]    every field as PATH = VALUE
     dmeta report DIR [--check]                          results.md and READMEs from results.csv
     dmeta report RUN_DIR --interim                      print the tables of a run in progress
@@ -33,7 +34,7 @@ from pathlib import Path
 from types import ModuleType
 
 import experiments
-from dmeta import datasets, distributed, report
+from dmeta import datasets, distributed, parallel, report
 from dmeta.config import ConfigError, format_config, override
 from dmeta.data.frames import DataError
 from dmeta.train.harness import RunError
@@ -93,6 +94,13 @@ def _experiment_parser(sub, name: str, module: ModuleType, command: str) -> argp
     )
     p.add_argument(
         "--data-parallel", action="store_true", help="split the batches over all visible devices"
+    )
+    p.add_argument(
+        "--host-devices",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="on a CPU: N simulated devices (e.g. one per core) for --data-parallel",
     )
     p.add_argument(
         "--set",
@@ -208,6 +216,8 @@ def dispatch(registry: dict[str, ModuleType], args: argparse.Namespace, argv: li
     if args.command == "config":
         print(format_config(cfg))
         return 0
+    if args.host_devices:
+        parallel.use_host_devices(args.host_devices)
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     out = args.out or Path("runs") / args.experiment
     results = module.run(

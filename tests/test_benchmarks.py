@@ -84,6 +84,21 @@ def test_torch_func_peer_traces_as_one_graph():
     assert explained.op_count > 100, explained.op_count
 
 
+def test_maml_throughput_two_host_devices(tmp_path):
+    """The data-parallel variant runs on two simulated CPU devices and computes what the
+    one-device engine does; without them it is skipped, and named."""
+    pytest.importorskip("torch")
+    quick = ("--repeats", "1", "--peers", "func", "--no-first-order", "--no-flops")
+    text, report = run_quick("maml_throughput.py", tmp_path, *quick, "--host-devices", "2")
+    assert "jax ['cpu:0', 'cpu:1']" in text
+    assert "torch_compile_cache: cold" in text
+    assert report["dmeta_second_order_engine_vmap_2dev"][0] > 0
+    assert report["variants_metrics_max_rel_diff"][0] <= 1e-4
+    text, report = run_quick("maml_throughput.py", tmp_path, *quick)
+    assert "variants_skipped: engine_vmap_2dev (on a CPU: --host-devices 2;" in text
+    assert "dmeta_second_order_engine_vmap_2dev" not in report
+
+
 @pytest.mark.slow
 def test_maml_throughput_func_compile_tiny(tmp_path):
     """The torch.compile peer at the tiny shape, alone with one dmeta variant (it compiles)."""

@@ -32,7 +32,7 @@ import pytest
 
 from dmeta.meta.batching import mean_over_tasks
 from dmeta.meta.steps import with_sampler
-from dmeta.parallel import DATA, data_mesh, data_parallel, jit_step
+from dmeta.parallel import DATA, data_mesh, data_parallel, jit_step, use_host_devices
 from dmeta.rmldp.model import init_rmldp, make_task_loss, make_train_step
 from dmeta.train.state import init_train_state
 from dmeta.types import Split, TaskBatch
@@ -463,6 +463,14 @@ def test_mesh_of_one_device_runs_the_same_step():
         runs.append((p, loss))
     chex.assert_trees_all_close(runs[1], runs[0], rtol=RTOL, atol=ATOL)
     assert is_replicated(runs[1][0]) and runs[1][0].sharding.mesh == mesh
+
+
+def test_host_devices_after_the_backend_started_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # restored afterwards
+    n = jax.device_count()
+    use_host_devices(n)  # what it already runs with: fine
+    with pytest.raises(ValueError, match=f"{n + 1} host devices asked for, but .* runs with {n}"):
+        use_host_devices(n + 1)
 
 
 @pytest.mark.parametrize("name", ["rmldp", "stmp"])

@@ -7,10 +7,13 @@ READMEs can parse them with ``parse_report``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -164,9 +167,29 @@ def add_peer_args(parser: argparse.ArgumentParser, *, checked: str, rtol: str) -
         help=f"a contender that fails (or whose {checked} disagrees) is reported and dropped",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument(
+        "--warm-compile-cache",
+        action="store_true",
+        help="torch.compile reads Inductor's usual on-disk cache (default: a fresh one, so "
+        "the compiled peer's warm-up is the cold compile a first run pays)",
+    )
     parser.add_argument(rtol, type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
+
+
+def torch_compile_cache(warm: bool) -> str:
+    """Unless ``warm``, points Inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``) at a
+    fresh temporary folder, removed at exit: a hit on a cache an earlier run left would cut
+    the compiled peer's warm-up from minutes to seconds and make its time to 200 steps
+    depend on the machine's history. Call before torch compiles. Returns the report line."""
+    if warm:
+        where = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "Inductor's default folder")
+        return f"torch_compile_cache: warm ({where})"
+    folder = tempfile.mkdtemp(prefix="torchinductor_cold_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    return "torch_compile_cache: cold (a fresh TORCHINDUCTOR_CACHE_DIR)"
 
 
 STEPS_TO = 200  # time_to_200: warm-up (build, compile, first step) + 199 steady-state steps

@@ -13,6 +13,11 @@ jitted with the state donated, in several variants. The PyTorch peers (``_torch_
 - ``torch_second_order_func_compile``: the same function under ``torch.compile``
   (``--no-compile`` skips it: about 5 minutes of compiling on a 2-core CPU).
 
+The ``_2dev`` variants split the tasks over two devices as ``dmeta run --data-parallel``
+does; on a CPU they need ``--host-devices 2`` (two simulated devices, one per core of a 2-core
+machine, where one device leaves the second core to Eigen's intra-op threads) and are
+skipped, and named, without it.
+
 All start from the same weights; each peer's first second-order meta-gradient is checked
 against the engine's (max relative and absolute difference) before anything is timed. Repeats of
 all contenders are interleaved and the median is reported, with the load average, because the
@@ -22,7 +27,7 @@ first step) and ``_time_to_200_s`` (warm-up + 199 steady-state steps). One line 
 second-order steps/s over the best torch peer's) and ``time_to_200_vs_best_torch: Y`` (the best
 peer's time to 200 meta-steps over dmeta's; above 1: dmeta is ahead).
 
-    .venv/bin/python experiments/benchmarks/maml_throughput.py \
+    .venv/bin/python experiments/benchmarks/maml_throughput.py --host-devices 2 \
         --out experiments/results/benchmarks/maml_throughput.txt
 """
 
@@ -39,12 +44,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from dmeta.meta.batching import mean_over_tasks
 from dmeta.meta.maml import init_meta_params, make_maml_task_loss
 from dmeta.meta.steps import make_meta_train_step
 from dmeta.models.mpfn import MPFN, masked_mse, split_loss
 from dmeta.nn.functional import split_params
+from dmeta.parallel import (
+    batch_sharded,
+    data_mesh,
+    replicate,
+    replicated,
+    shard_batch,
+    use_host_devices,
+)
 from dmeta.train.state import init_train_state
 from dmeta.types import Array, Params, Split, TaskBatch
 from experiments.benchmarks.common import (
@@ -58,6 +72,7 @@ from experiments.benchmarks.common import (
     matmul_gflops,
     require,
     require_whole_graph,
+    torch_compile_cache,
     torch_precision,
     torch_versions,
 )
@@ -81,6 +96,16 @@ class Shape:
 QUICK = Shape(tasks=4, support=4, query=4, seq=5, features=3, hidden=8)
 
 
+# XLA CPU's library rewriters: the option that hands dots to XNNPACK, YNNPACK or oneDNN
+# instead of Eigen, and its value for "every dot"
+DOT_LIBRARIES = {
+    "xnn": "xla_cpu_experimental_xnn_fusion_type",
+    "ynn": "xla_cpu_experimental_ynn_fusion_type",
+    "onednn": "xla_cpu_experimental_onednn_fusion_type",
+}
+LIBRARY_DOT = "LIBRARY_FUSION_TYPE_DOT"
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One dmeta configuration of the meta-train step.
@@ -92,16 +117,30 @@ class Variant:
         ``"fusedK"`` (both GRUs stepped in one scan, unroll K).
       strategy: ``"vmap"`` or ``"map"`` across tasks.
       precision: ``jax.default_matmul_precision`` while tracing (None: JAX's default).
+      devices: the tasks split over this many devices (``dmeta.parallel``, as ``dmeta run
+        --data-parallel``); on a CPU, simulated host devices
+        (``XLA_FLAGS=--xla_force_host_platform_device_count=N``), one per core.
+      dots: an XLA CPU library rewriter handed every dot (``DOT_LIBRARIES``; an
+        experimental compile option, CPU only), None: XLA's default.
     """
 
     gru: str = "engine"
     strategy: str = "vmap"
     precision: str | None = None
+    devices: int = 1
+    dots: str | None = None
 
     @property
     def name(self) -> str:
         prec = f"_prec_{self.precision}" if self.precision else ""
-        return f"{self.gru}_{self.strategy}{prec}"
+        dots = f"_{self.dots}_dot" if self.dots else ""
+        dev = f"_{self.devices}dev" if self.devices > 1 else ""
+        return f"{self.gru}_{self.strategy}{prec}{dots}{dev}"
+
+    @property
+    def compiler_options(self) -> dict[str, str] | None:
+        """XLA compile options of ``dots`` (None: the defaults)."""
+        return {DOT_LIBRARIES[self.dots]: LIBRARY_DOT} if self.dots else None
 
     def full_f32(self, backend: str) -> bool:
         """Whether its matmuls are full f32 like the torch peers' (JAX's default is on CPU;
@@ -120,9 +159,17 @@ SECOND_ORDER = (
     Variant("unroll5", "vmap"),
     Variant("fused1", "vmap"),
     Variant("fused1", "map"),
+    Variant("engine", "vmap", devices=2),
+    Variant("engine", "vmap", "highest", devices=2),
+    Variant("engine", "vmap", dots="ynn"),
+    Variant("engine", "vmap", devices=2, dots="ynn"),
 )
 FIRST_ORDER = (Variant("engine", "vmap"), Variant("engine", "map"))
-QUICK_SECOND_ORDER = (Variant("engine", "vmap"), Variant("fused1", "map"))
+QUICK_SECOND_ORDER = (
+    Variant("engine", "vmap"),
+    Variant("fused1", "map"),
+    Variant("engine", "vmap", devices=2),
+)
 QUICK_FIRST_ORDER = (Variant("engine", "vmap"),)
 
 
@@ -210,11 +257,20 @@ def loss_for(gru: str, apply: Callable) -> Callable[[Params, Split], Array]:
     return loss
 
 
-def make_step(loss_fn, variant: Variant, *, first_order: bool):
-    """Jitted ``(state, batch, key) -> (state, metrics)`` with the state donated."""
+def make_step(loss_fn, variant: Variant, *, first_order: bool, mesh: Mesh | None = None):
+    """Jitted ``(state, batch, key) -> (state, metrics)`` with the state donated; with a
+    ``mesh`` the batch's task axis is split over its devices, the rest replicated."""
     task_loss = make_maml_task_loss(loss_fn, steps=1, step_size=STEP_SIZE, first_order=first_order)
     step = make_meta_train_step(task_loss, optax.adam(LEARNING_RATE), strategy=variant.strategy)
-    return jax.jit(step, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    everywhere = replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(everywhere, batch_sharded(mesh), everywhere),
+        out_shardings=everywhere,
+        donate_argnums=0,
+    )
 
 
 class Runner:
@@ -227,11 +283,15 @@ class Runner:
             optax.adam(LEARNING_RATE),
             jax.random.key(0),
         )
+        mesh = data_mesh(variant.devices) if variant.devices > 1 else None
+        if mesh is not None:
+            self.state, self.key = replicate((self.state, self.key), mesh)
+            self.batch = shard_batch(batch, mesh)
         with jax.default_matmul_precision(variant.precision):
             self.step = (
-                make_step(loss_fn, variant, first_order=first_order)
-                .lower(self.state, batch, self.key)
-                .compile()
+                make_step(loss_fn, variant, first_order=first_order, mesh=mesh)
+                .lower(self.state, self.batch, self.key)
+                .compile(compiler_options=variant.compiler_options)
             )
         self.first_metrics = self()
 
@@ -249,6 +309,7 @@ def max_rel_diff(a: Params, b: Params) -> float:
 
 
 TORCH_PEERS = ("loop", "cell_loop", "func", "func_compile")
+DEVICES_HINT = "on a CPU: --host-devices {n}"
 
 
 def variant_named(name: str) -> Variant:
@@ -318,6 +379,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-flops", action="store_true", help="skip the FLOP count and matmul-rate share"
     )
+    parser.add_argument(
+        "--host-devices",
+        type=int,
+        default=None,
+        help="simulated CPU devices for the _Ndev variants (e.g. the core count; default: "
+        "what JAX sees)",
+    )
     add_peer_args(parser, checked="meta-gradient", rtol="--grad-rtol")
     return parser.parse_args(argv)
 
@@ -331,6 +399,7 @@ class Plan:
     peers: list[str]
     second_order: tuple[Variant, ...]
     first_order: tuple[Variant, ...]
+    skipped: tuple[str, ...] = ()
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -344,13 +413,22 @@ def make_plan(args: argparse.Namespace) -> Plan:
     unknown = sorted(set(peers) - set(TORCH_PEERS))
     if unknown:
         raise SystemExit(f"unknown torch peers {unknown}; known: {TORCH_PEERS}")
+    n_devices = jax.device_count()
     if args.variants:
         second_order = tuple(variant_named(n) for n in args.variants.split(","))
+        for v in second_order:
+            if v.devices > n_devices:
+                raise SystemExit(f"variant {v.name} needs {v.devices} devices, {n_devices} visible"
+                                 f" ({DEVICES_HINT.format(n=v.devices)})")  # fmt: skip
     else:
         second_order = QUICK_SECOND_ORDER if args.quick else SECOND_ORDER
+    cpu = jax.default_backend() == "cpu"
+    runs = tuple(v for v in second_order if v.devices <= n_devices and (cpu or not v.dots))
+    skipped = tuple(v.name for v in second_order if v not in runs)
+    second_order = runs
     first_order = () if args.no_first_order else (QUICK_FIRST_ORDER if args.quick else FIRST_ORDER)
     repeats = args.repeats or (2 if args.quick else 7)
-    return Plan(shape, repeats, peers, second_order, first_order)
+    return Plan(shape, repeats, peers, second_order, first_order, skipped)
 
 
 def emit_header(emit: Report, args: argparse.Namespace, torch, plan: Plan) -> None:
@@ -367,6 +445,10 @@ def emit_header(emit: Report, args: argparse.Namespace, torch, plan: Plan) -> No
         f"({jax.devices()[0].device_kind})"
     )
     emit(torch_versions(torch))
+    if plan.skipped:
+        most = max(variant_named(n).devices for n in plan.skipped)
+        hint = DEVICES_HINT.format(n=most) + "; _dot variants: CPU only"
+        emit(f"variants_skipped: {','.join(plan.skipped)} ({hint})")
     if args.device == "cuda":
         emit(torch_precision(torch) + " (variants _prec_highest: full f32)")
     emit("load_avg_start", load_average())
@@ -485,10 +567,12 @@ def emit_flops(emit: Report, bench: Bench, best_so: str, best_torch: str | None)
     medians = bench.contenders.medians
     # the best variant's computation with every scan step unrolled, so that XLA counts them all
     runner = bench.runners[best_so]
-    unrolled = dataclasses.replace(runner.variant, gru="unrollfull", strategy="vmap")
+    unrolled = dataclasses.replace(runner.variant, gru="unrollfull", strategy="vmap", devices=1)
+    # the whole meta-batch on one device: shapes only, whatever devices the runner uses
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), runner.state)
     flops = compiled_flops(
         make_step(loss_for(unrolled.gru, bench.apply), unrolled, first_order=False),
-        runner.state,
+        state,
         bench.batch,
         jax.random.key(1),
     )
@@ -537,13 +621,17 @@ def emit_results(emit: Report, bench: Bench, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Runs the benchmark: builds and checks every contender, times them, prints the report."""
     args = parse_args(argv)
+    compile_cache = torch_compile_cache(args.warm_compile_cache)
     torch = require("torch")
     from experiments.benchmarks import _torch_mpfn as tm
 
     torch.set_num_threads(args.threads)
+    if args.host_devices:
+        use_host_devices(args.host_devices)
     plan = make_plan(args)
     emit = Report()
     emit_header(emit, args, torch, plan)
+    emit(compile_cache)
     bench = Bench(args, plan.shape, emit, tm)
     build_contenders(bench, plan)
     bench.contenders.time(plan.repeats)

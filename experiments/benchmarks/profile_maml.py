@@ -56,6 +56,8 @@ from experiments.benchmarks.common import (
     matmul_gflops,
 )
 from experiments.benchmarks.maml_throughput import (
+    DOT_LIBRARIES,
+    LIBRARY_DOT,
     QUICK,
     Runner,
     Shape,
@@ -80,17 +82,15 @@ def matmul_callables(name: str, a, b, library: str) -> dict[str, Callable[[], ob
     return {f"torch_{name}_gflops": lambda: torch.matmul(ta, tb)}
 
 
-# XLA CPU's library rewriters: dots handed to XNNPACK, YNNPACK or oneDNN instead of Eigen
-_LIBRARY_DOT = "LIBRARY_FUSION_TYPE_DOT"
-
 # (name, MPFN gru_impl, XLA compiler options) of the meta-step variants timed below
 META_STEP_VARIANTS = (
     ("scan", "scan", {}),
     ("fused", "fused", {}),
     ("fused_fastmath", "fused", {"xla_cpu_enable_fast_math": True}),
-    ("fused_xnn_dot", "fused", {"xla_cpu_experimental_xnn_fusion_type": _LIBRARY_DOT}),
-    ("fused_ynn_dot", "fused", {"xla_cpu_experimental_ynn_fusion_type": _LIBRARY_DOT}),
-    ("fused_onednn_dot", "fused", {"xla_cpu_experimental_onednn_fusion_type": _LIBRARY_DOT}),
+    *(
+        (f"fused_{lib}_dot", "fused", {option: LIBRARY_DOT})
+        for lib, option in DOT_LIBRARIES.items()
+    ),
 )
 
 

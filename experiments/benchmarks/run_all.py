@@ -193,6 +193,7 @@ class Benchmark:
       met: ``Row -> bool`` for the target, or None.
       uses_jax: whether a GPU run means anything.
       detail: copy the report's own Markdown tables into the summary.
+      cpu_args: arguments of a CPU run (not of the GPU one).
     """
 
     name: str
@@ -204,6 +205,7 @@ class Benchmark:
     met: Callable[[Row], bool] | None = None
     uses_jax: bool = True
     detail: bool = False
+    cpu_args: tuple[str, ...] = ()
 
 
 BENCHMARKS = (
@@ -215,6 +217,7 @@ BENCHMARKS = (
         ("--quick", "--repeats", "1"),
         ">= 1.5x",
         lambda r: r.ratio >= 1.5,
+        cpu_args=("--host-devices", str(os.cpu_count() or 1)),
     ),
     Benchmark(
         "sales_cnn_throughput",
@@ -293,6 +296,7 @@ def run_one(bench: Benchmark, *, quick: bool, gpu: bool, out_dir: Path, timeout:
     """Runs one benchmark script, saves its output and reads its row."""
     script = HERE / f"{bench.name}.py"
     command = [sys.executable, str(script.relative_to(ROOT)), *(bench.quick if quick else ())]
+    command += [] if gpu else list(bench.cpu_args)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if not gpu:
         env["JAX_PLATFORMS"] = "cpu"

@@ -49,6 +49,7 @@ from experiments.benchmarks.common import (
     machine,
     require,
     require_whole_graph,
+    torch_compile_cache,
     torch_precision,
     torch_versions,
 )
@@ -310,6 +311,7 @@ def emit_speedups(emit: Report, bench: Bench, rates: dict[str, float]) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Runs the benchmark: builds and checks every contender, times them, prints the report."""
     args = parse_args(argv)
+    compile_cache = torch_compile_cache(args.warm_compile_cache)
     torch = require("torch")
     from experiments.benchmarks import _torch_sales_cnn as tc
 
@@ -319,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (2 if args.quick else 10)
     emit = Report()
     emit_header(emit, torch, shape, repeats, on_gpu=args.device == "cuda")
+    emit(compile_cache)
     bench = Bench(args, shape, emit, torch, tc)
     build_contenders(bench)
     bench.contenders.time(repeats)
