@@ -122,6 +122,48 @@ def constrain_batch(tree: Any, mesh: Mesh, leading_axis: int = 0) -> Any:
     return jax.lax.with_sharding_constraint(tree, batch_sharded(mesh, leading_axis))
 
 
+def sharded_jit(
+    step: Callable,
+    mesh: Mesh,
+    n_args: int,
+    *,
+    batch_argnums: Sequence[int] = (),
+    leading_axis: int = 0,
+    out_shardings: Any = None,
+    donate_argnums: int | Sequence[int] = (),
+) -> Any:
+    """The ``jax.jit`` object of ``step`` with the batch arguments sharded, the rest replicated.
+
+    Takes arguments already placed (``shard_batch`` / ``replicate``); ``.lower(*args)``
+    gives the ahead-of-time program (for example to compile with ``compiler_options``).
+
+    Args:
+      step: a pure function of ``n_args`` positional arguments.
+      mesh: from ``data_mesh``.
+      n_args: how many positional arguments ``step`` is called with.
+      batch_argnums: positional arguments whose leaves are split on ``leading_axis``.
+      leading_axis: the task / batch axis of the batch arguments.
+      out_shardings: a ``NamedSharding`` (or pytree prefix of them) for the results;
+        default replicated.
+      donate_argnums: as in ``jax.jit``.
+    """
+    return jax.jit(
+        step,
+        in_shardings=_in_shardings(mesh, n_args, tuple(batch_argnums), leading_axis),
+        out_shardings=replicated(mesh) if out_shardings is None else out_shardings,
+        donate_argnums=donate_argnums,
+    )
+
+
+def _in_shardings(
+    mesh: Mesh, n_args: int, batch_argnums: tuple[int, ...], leading_axis: int
+) -> tuple[NamedSharding, ...]:
+    return tuple(
+        batch_sharded(mesh, leading_axis) if i in batch_argnums else replicated(mesh)
+        for i in range(n_args)
+    )
+
+
 def data_parallel(
     step: Callable,
     mesh: Mesh,
@@ -131,7 +173,7 @@ def data_parallel(
     out_shardings: Any = None,
     donate_argnums: int | Sequence[int] = (),
 ) -> Callable:
-    """``jax.jit`` of ``step`` with the batch arguments sharded and everything else replicated.
+    """``sharded_jit`` of ``step`` that also places its arguments.
 
     Args:
       step: a pure function of positional arguments only.
@@ -148,27 +190,25 @@ def data_parallel(
       when a batch does not divide), then runs the compiled SPMD program.
     """
     batch_argnums = tuple(batch_argnums)
-    out_shardings = replicated(mesh) if out_shardings is None else out_shardings
     compiled: dict[int, Callable] = {}
 
-    def shardings(n_args: int) -> tuple[NamedSharding, ...]:
-        return tuple(
-            batch_sharded(mesh, leading_axis) if i in batch_argnums else replicated(mesh)
-            for i in range(n_args)
-        )
-
     def fn(*args):
-        if len(args) not in compiled:
-            compiled[len(args)] = jax.jit(
+        n = len(args)
+        if n not in compiled:
+            compiled[n] = sharded_jit(
                 step,
-                in_shardings=shardings(len(args)),
+                mesh,
+                n,
+                batch_argnums=batch_argnums,
+                leading_axis=leading_axis,
                 out_shardings=out_shardings,
                 donate_argnums=donate_argnums,
             )
         for i in batch_argnums:
             check_divisible(args[i], mesh, leading_axis)
-        args = tuple(place(a, sh) for a, sh in zip(args, shardings(len(args)), strict=True))
-        return compiled[len(args)](*args)
+        shardings = _in_shardings(mesh, n, batch_argnums, leading_axis)
+        args = tuple(place(a, sh) for a, sh in zip(args, shardings, strict=True))
+        return compiled[n](*args)
 
     fn.__wrapped__ = step
     return fn

@@ -32,7 +32,16 @@ import pytest
 
 from dmeta.meta.batching import mean_over_tasks
 from dmeta.meta.steps import with_sampler
-from dmeta.parallel import DATA, data_mesh, data_parallel, jit_step, use_host_devices
+from dmeta.parallel import (
+    DATA,
+    data_mesh,
+    data_parallel,
+    jit_step,
+    replicate,
+    shard_batch,
+    sharded_jit,
+    use_host_devices,
+)
 from dmeta.rmldp.model import init_rmldp, make_task_loss, make_train_step
 from dmeta.train.state import init_train_state
 from dmeta.types import Split, TaskBatch
@@ -455,14 +464,17 @@ def test_mesh_of_one_device_runs_the_same_step():
 
     params = jnp.zeros(3)
     batch = {"x": jax.random.normal(jax.random.key(0), (8, 3)), "y": jnp.arange(8.0)}
+    placed = (*replicate((params, optimizer.init(params)), mesh), shard_batch(batch, mesh))
+    ahead_of_time = sharded_jit(step, mesh, 3, batch_argnums=(2,)).lower(*placed).compile()
     runs = []
-    for fn in (jax.jit(step), data_parallel(step, mesh, batch_argnums=(2,))):
-        p, s = params, optimizer.init(params)
+    for fn in (jax.jit(step), data_parallel(step, mesh, batch_argnums=(2,)), ahead_of_time):
+        p, s, b = placed
         for _ in range(3):
-            p, s, loss = fn(p, s, batch)
+            p, s, loss = fn(p, s, b)
         runs.append((p, loss))
-    chex.assert_trees_all_close(runs[1], runs[0], rtol=RTOL, atol=ATOL)
-    assert is_replicated(runs[1][0]) and runs[1][0].sharding.mesh == mesh
+    for run in runs[1:]:
+        chex.assert_trees_all_close(run, runs[0], rtol=RTOL, atol=ATOL)
+        assert is_replicated(run[0]) and run[0].sharding.mesh == mesh
 
 
 def test_host_devices_after_the_backend_started_is_a_clear_error(monkeypatch):

@@ -51,14 +51,7 @@ from dmeta.meta.maml import init_meta_params, make_maml_task_loss
 from dmeta.meta.steps import make_meta_train_step
 from dmeta.models.mpfn import MPFN, masked_mse, split_loss
 from dmeta.nn.functional import split_params
-from dmeta.parallel import (
-    batch_sharded,
-    data_mesh,
-    replicate,
-    replicated,
-    shard_batch,
-    use_host_devices,
-)
+from dmeta.parallel import data_mesh, replicate, shard_batch, sharded_jit, use_host_devices
 from dmeta.train.state import init_train_state
 from dmeta.types import Array, Params, Split, TaskBatch
 from experiments.benchmarks.common import (
@@ -264,13 +257,7 @@ def make_step(loss_fn, variant: Variant, *, first_order: bool, mesh: Mesh | None
     step = make_meta_train_step(task_loss, optax.adam(LEARNING_RATE), strategy=variant.strategy)
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
-    everywhere = replicated(mesh)
-    return jax.jit(
-        step,
-        in_shardings=(everywhere, batch_sharded(mesh), everywhere),
-        out_shardings=everywhere,
-        donate_argnums=0,
-    )
+    return sharded_jit(step, mesh, 3, batch_argnums=(1,), donate_argnums=0)
 
 
 class Runner:
