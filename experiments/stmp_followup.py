@@ -16,25 +16,44 @@ names and takes the methods it lacks (the classical baselines) from the referenc
     python -m experiments.stmp_followup experiments/results/stmp/favorita_2026-11-28 \
         experiments/results/stmp/favorita_steps10k --replace \
         --out experiments/results/stmp/favorita_steps10k/against_reference.md
+
+``--also RUN`` (repeatable) lays further runs over the reference first, each replacing the
+methods it has (``favorita_grid_round2`` retunes STMP, the LSTM and XGBoost: its reference
+is ``favorita_2026-11-28`` with ``favorita_steps10k``'s neural rows over it). With
+``--replace`` the markdown also pairs every follow-up method with its own rows in that
+reference (mean MSE before and after, change, paired t over seeds).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from dmeta.report import read_results
 from dmeta.report.stmp import mean_mse, pairwise_section
-from dmeta.report.tables import markdown_table
+from dmeta.report.tables import markdown_table, significance_table
 
 
-def combined(reference: Path, followup: Path, label: str, *, replace: bool = False) -> pd.DataFrame:
-    """The reference run's rows and the follow-up's STMP rows (renamed ``label``), restricted
-    to the groups and seeds both runs have; with ``replace`` every follow-up method's rows
-    (STMP's renamed ``label``) in place of the reference's rows of the same methods."""
-    ref, fol = read_results(reference), read_results(followup)
+def layered(runs: Sequence[Path]) -> pd.DataFrame:
+    """The first run's rows with each later run's rows in place of the methods it has."""
+    rows = read_results(runs[0])
+    for run in runs[1:]:
+        over = read_results(run)
+        rows = pd.concat([rows[~rows["method"].isin(set(over["method"]))], over])
+    return rows.reset_index(drop=True)
+
+
+def combined(
+    reference: Path | Sequence[Path], followup: Path, label: str, *, replace: bool = False
+) -> pd.DataFrame:
+    """The reference run's rows (several runs: ``layered``) and the follow-up's STMP rows
+    (renamed ``label``), restricted to the groups and seeds both have; with ``replace`` every
+    follow-up method's rows (STMP's renamed ``label``) in place of the reference's rows of
+    the same methods."""
+    ref, fol = layered(_runs(reference)), read_results(followup)
     if fol[fol["method"] == "STMP"].empty:
         raise SystemExit(f"{followup}: no STMP rows")
     if replace:
@@ -46,18 +65,67 @@ def combined(reference: Path, followup: Path, label: str, *, replace: bool = Fal
     return pd.concat([ref, fol], ignore_index=True)
 
 
+def _runs(reference: Path | Sequence[Path]) -> list[Path]:
+    return [reference] if isinstance(reference, Path) else list(reference)
+
+
+def changes_section(reference: Path | Sequence[Path], followup: Path) -> str:
+    """Every follow-up method against its own rows in the reference: mean MSE per group
+    before and after, the change (negative: lower after), paired t over seeds, and in how
+    many seeds it is lower after."""
+    before, after = layered(_runs(reference)), read_results(followup)
+    before, after = (f[f.metric == "mse"] for f in (before, after))
+    rows = []
+    for method in dict.fromkeys(after.method):
+        pair = pd.concat(
+            [before[before.method == method].assign(method="before"),
+             after[after.method == method].assign(method="after")]
+        )  # fmt: skip
+        groups = set(pair.group[pair.method == "before"]) & set(pair.group[pair.method == "after"])
+        if not groups:
+            continue
+        sig = significance_table(
+            pair[pair.group.isin(groups)], "after", "before", "mse", by=("group",)
+        )
+        for row in sig.itertuples(index=False):
+            seeds = pair[pair.group == row.group].pivot(
+                index="seed", columns="method", values="value"
+            )
+            seeds = seeds.dropna()
+            rows.append(dict(
+                method=method, group=row.group, before=round(row.mean_b), after=round(row.mean_a),
+                change=f"{100.0 * row.diff / row.mean_b:+.1f}%", p=f"{row.p_value:.2g}",
+                lower=f"{int((seeds.after < seeds.before).sum())}/{len(seeds)}",
+            ))  # fmt: skip
+    if not rows:
+        return ""
+    return (
+        "## Each rerun method against its reference rows (MSE; paired t over seeds; seeds "
+        f"lower after)\n\n{markdown_table(pd.DataFrame(rows))}"
+    )
+
+
 def followup_markdown(
-    reference: Path, followup: Path, label: str, command: str, *, replace: bool = False
+    reference: Path | Sequence[Path],
+    followup: Path,
+    label: str,
+    command: str,
+    *,
+    replace: bool = False,
 ) -> str:
-    """Mean MSE per method and group and ``label`` against every other method."""
+    """Mean MSE per method and group and ``label`` against every other method (with
+    ``replace`` also ``changes_section``)."""
     scores = combined(reference, followup, label, replace=replace)
     means = mean_mse(scores).round(0).rename_axis("method").reset_index()
-    return (
-        f"# {followup.name}: {label} against {reference.name}\n\n"
-        f"Regenerate: `{command}`\n\n"
-        f"## Mean MSE over seeds\n\n{markdown_table(means)}\n\n"
-        f"{pairwise_section(scores, ours=label)}\n"
-    )
+    names = " + ".join(run.name for run in _runs(reference))
+    sections = [
+        f"# {followup.name}: {label} against {names}",
+        f"Regenerate: `{command}`",
+        f"## Mean MSE over seeds\n\n{markdown_table(means)}",
+        pairwise_section(scores, ours=label),
+        changes_section(reference, followup) if replace else "",
+    ]
+    return "\n\n".join(section.strip() for section in sections if section) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,6 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reference", type=Path, help="run with every method")
     parser.add_argument("followup", type=Path, help="run with STMP (same split and seeds)")
+    parser.add_argument(
+        "--also",
+        type=Path,
+        action="append",
+        default=[],
+        help="a run laid over the reference, its methods replacing the reference's "
+        "(repeatable, in order)",
+    )
     parser.add_argument("--label", default=None, help="name of the follow-up's STMP rows")
     parser.add_argument(
         "--replace",
@@ -77,10 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     default = "STMP" if args.replace else f"STMP ({args.followup.name})"
     label = args.label or default
     command = f"python -m experiments.stmp_followup {args.reference} {args.followup}"
+    command += "".join(f" --also {run}" for run in args.also)
     command += " --replace" if args.replace else ""
     command += f' --label "{label}"' if args.label or not args.replace else ""
     command += f" --out {args.out}" if args.out else ""
-    md = followup_markdown(args.reference, args.followup, label, command, replace=args.replace)
+    reference = [args.reference, *args.also]
+    md = followup_markdown(reference, args.followup, label, command, replace=args.replace)
     print(md)
     if args.out:
         args.out.write_text(md)

@@ -158,8 +158,23 @@ def test_followup_compares_its_stmp_with_the_reference_methods(tmp_path):
                                ("w/festival", "XGBoost", [50.0, 48.0, 52.0])])  # fmt: skip
     md = stmp_followup.followup_markdown(tmp_path / "ref", tmp_path / "rerun", "STMP", "cmd",
                                          replace=True)  # fmt: skip
-    lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("|")}
+    pairwise = md.split("## Each rerun")[0]
+    lines = {row.split("|")[1].strip(): row for row in pairwise.splitlines() if row.startswith("|")}
     assert "+50.0% (p " in lines["XGBoost"] and ", 3/3)" in lines["XGBoost"]  # (50 - 25) / 50
+    # ... and pairs each rerun method with its own reference rows
+    changes = md[md.index("## Each rerun method") :]
+    assert "| XGBoost | w/festival | 20     | 50    | +150.0% |" in changes, changes
+    assert "| STMP    | w/festival | 50     | 25    | -50.0%  |" in changes, changes
+    # a run laid over the reference replaces the methods it has, before the follow-up
+    write(tmp_path / "over", [("w/festival", "STMP", [40.0, 40.0, 40.0]),
+                              ("w/festival", "LSTM", [30.0, 30.0, 30.0])])  # fmt: skip
+    md = stmp_followup.followup_markdown([tmp_path / "ref", tmp_path / "over"], tmp_path / "rerun",
+                                         "STMP", "cmd", replace=True)  # fmt: skip
+    assert "against ref + over" in md
+    pairwise = md.split("## Each rerun")[0]
+    lines = {row.split("|")[1].strip(): row for row in pairwise.splitlines() if row.startswith("|")}
+    assert "+16.7% (p " in lines["LSTM"]  # (30 - 25) / 30: the LSTM comes from "over"
+    assert "| STMP    | w/festival | 40     | 25    | -37.5%  |" in md, md  # over's STMP
 
 
 def test_design_keeps_rows_another_process_wrote_meanwhile(tmp_path, monkeypatch):
