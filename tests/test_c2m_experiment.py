@@ -125,3 +125,25 @@ def _fake(x):
     centroids = np.array([[z.min()], [z.max()]], np.float32)
     labels = np.abs(z - centroids.T).argmin(1).astype(np.int32)
     return Segmentation(labels, z, np.ones(len(x), np.float32), [], centroids, embed)
+
+
+def test_pairwise_table_pairs_ours_with_every_method_by_seed():
+    """Each cell: Ours minus the method (seed means), its paired t and the seeds Ours wins;
+    Random only where it has the metric."""
+    from dmeta.report.c2m import pairwise_markdown
+
+    rows = [("Ours", "SC", [0.5, 0.6, 0.7]), ("DEC", "SC", [0.9, 0.95, 0.8]),
+            ("Ours", "MPP", [0.2, 0.3, 0.25]), ("DEC", "MPP", [0.2, 0.2, 0.2]),
+            ("Random", "MPP", [0.1, 0.1, 0.1])]  # fmt: skip
+    t1 = pd.DataFrame(
+        [
+            dict(dataset="d", group="table1", method=m, metric=k, seed=s, value=v)
+            for m, k, values in rows
+            for s, v in enumerate(values)
+        ]  # fmt: skip
+    )
+    lines = {row.split("|")[1].strip(): row for row in pairwise_markdown(t1).splitlines()[4:]}
+    assert "-0.283 (p " in lines["DEC"] and ", 0/3)" in lines["DEC"]  # 0.6 - 0.883
+    assert "+0.05 (p " in lines["DEC"] and ", 2/3)" in lines["DEC"]  # 0.25 - 0.2: 2 seeds higher
+    assert "+0.15 (p " in lines["Random"] and lines["Random"].split("|")[2].strip() == ""
+    assert pairwise_markdown(t1[t1.seed == 0]) == ""  # one seed: no test

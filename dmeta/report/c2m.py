@@ -1,5 +1,5 @@
-"""C2M run report: Tables 1-3 analogs, paired t-tests of Ours against the best baseline,
-the tuned hyperparameters, the case study (``case_study.csv``) and Figures 2-3 (sweeps)."""
+"""C2M run report: Tables 1-3 analogs, paired t-tests of Ours against the best baseline and
+against every method, the tuned hyperparameters, the case study (``case_study.csv``) and Figures 2-3 (sweeps)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dmeta.c2m.protocol import BASELINES
+from dmeta.c2m.protocol import BASELINES, RANDOM
 from dmeta.report.tables import markdown_table, significance_table, summary_markdown
 from dmeta.train.results import summarize
 
@@ -40,7 +40,8 @@ def tables_markdown(df: pd.DataFrame) -> str:
         parts.append(f"### {title} ({n} seeds)\n\n{markdown_table(table)}")
     t1 = scores[scores["group"] == "table1"]
     if t1["seed"].nunique() >= 2:
-        for metric in ("SC", "CH", "SC_inliers", "CH_inliers", "SC_shared", "MPP", "ARI"):
+        metrics = ("SC", "CH", "SC_inliers", "CH_inliers", "SC_shared", "MPP", "MPP_popular", "ARI")
+        for metric in metrics:
             sub = t1[(t1["metric"] == metric) & t1["method"].isin(BASELINES)]
             if sub.empty:
                 continue
@@ -50,6 +51,7 @@ def tables_markdown(df: pd.DataFrame) -> str:
                 f"Ours vs best baseline on {metric} ({best}), paired t-test:\n\n"
                 + markdown_table(sig)
             )
+        parts.append(pairwise_markdown(t1))
     hp = df[_is_hp(df["metric"])]
     if not hp.empty:
         table = hp.pivot_table(index=["method", "seed"], columns="metric", values="value")
@@ -59,6 +61,36 @@ def tables_markdown(df: pd.DataFrame) -> str:
             + markdown_table(text)
         )
     return "\n\n".join(parts)
+
+
+PAIRWISE = ("SC", "SC_inliers", "CH", "SC_shared", "MPP", "MPP_popular")
+
+
+def pairwise_markdown(t1: pd.DataFrame) -> str:
+    """Ours against every baseline and the random segmentation on each ``PAIRWISE`` metric
+    of ``t1`` (Table 1 rows): difference of the seed means (Ours minus the method), paired t
+    over seeds and in how many seeds Ours scores higher ("" with fewer than 2 seeds)."""
+    cells: dict[str, dict[str, str]] = {}
+    for metric in (m for m in PAIRWISE if m in set(t1["metric"])):
+        part = t1[t1["metric"] == metric]
+        for method in (m for m in (*BASELINES, RANDOM) if m in set(part["method"])):
+            pairs = part.pivot(index="seed", columns="method", values="value")[["Ours", method]]
+            pairs = pairs.dropna()
+            if len(pairs) < 2:
+                continue
+            sig = significance_table(part, "Ours", method, metric, by=()).iloc[0]
+            higher = int((pairs["Ours"] > pairs[method]).sum())
+            cells.setdefault(method, {})[metric] = (
+                f"{sig['diff']:+.3g} (p {sig['p_value']:.2g}, {higher}/{len(pairs)})"
+            )
+    if not cells:
+        return ""
+    table = pd.DataFrame.from_dict(cells, orient="index").fillna("")
+    table = table[[m for m in PAIRWISE if m in table]].rename_axis("method").reset_index()
+    return (
+        "### Ours against every method (Ours minus the method, mean over seeds; paired t over "
+        f"seeds; seeds where Ours is higher)\n\n{markdown_table(table)}"
+    )
 
 
 def case_study_markdown(run_dir: Path) -> str:
