@@ -347,6 +347,10 @@ def test_interim_report_of_a_run_in_progress(tmp_path):
     assert harness.progress(tmp_path) == (2, 3)
     rows = harness.read_cells(tmp_path, finished=True)
     assert rows[["method", "seed"]].values.tolist() == [["a", 0], ["b", 0]]
+    with pytest.raises(
+        FileNotFoundError, match=r"1 of 3 cells not written yet \(first: main__a__seed1.csv\)"
+    ):
+        report.read_results(tmp_path)  # a comparison of an unfinished run: one clear line
     text = report.interim(tmp_path)
     assert text.splitlines()[2].startswith("Interim: 2 of 3 cells written")
     assert "| a " in text and "| b " in text and not (tmp_path / "results.md").exists()

@@ -236,10 +236,21 @@ def read_cells(out: str | os.PathLike, *, finished: bool = False) -> pd.DataFram
     """The rows of ``out/cells`` in the order of ``cells/order.txt``: what ``finish`` wrote to
     ``results.csv``, rebuilt from the cells (a folder may keep its cells and leave a large
     ``results.csv`` out of version control). ``finished``: only the cells written so far
-    (a run in progress; empty rows when none is)."""
+    (a run in progress; empty rows when none is).
+
+    Raises:
+      FileNotFoundError: without ``finished``, a cell of the order not written yet (the
+        run is unfinished: ``dmeta report --interim`` reads what it has).
+    """
     folder = Path(out) / CELLS
     paths = [folder / f"{k}.csv" for k in (folder / ORDER).read_text().split()]
-    frames = [read_rows(p) for p in paths if not finished or p.exists()]
+    missing = [p for p in paths if not p.exists()]
+    if missing and not finished:
+        raise FileNotFoundError(
+            f"{out}: {len(missing)} of {len(paths)} cells not written yet (first: "
+            f"{missing[0].name}); the run is unfinished (`dmeta report --interim` reads it)"
+        )
+    frames = [read_rows(p) for p in paths if p.exists()]
     if not frames:
         return pd.DataFrame(columns=list(COLUMNS))
     return validate_results(pd.concat(frames, ignore_index=True))
