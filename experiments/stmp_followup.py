@@ -46,16 +46,10 @@ def layered(runs: Sequence[Path]) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
-def combined(
-    reference: Path | Sequence[Path], followup: Path, label: str, *, replace: bool = False
-) -> pd.DataFrame:
-    """The reference run's rows (several runs: ``layered``) and the follow-up's STMP rows
-    (renamed ``label``), restricted to the groups and seeds both have; with ``replace`` every
-    follow-up method's rows (STMP's renamed ``label``) in place of the reference's rows of
-    the same methods."""
-    ref, fol = layered(_runs(reference)), read_results(followup)
-    if fol[fol["method"] == "STMP"].empty:
-        raise SystemExit(f"{followup}: no STMP rows")
+def combined(ref: pd.DataFrame, fol: pd.DataFrame, label: str, *, replace: bool) -> pd.DataFrame:
+    """The reference rows and the follow-up's STMP rows (renamed ``label``), restricted to the
+    groups and seeds both have; with ``replace`` every follow-up method's rows (STMP's renamed
+    ``label``) in place of the reference's rows of the same methods."""
     if replace:
         ref = ref[~ref["method"].isin(set(fol["method"]))]
     else:
@@ -65,15 +59,10 @@ def combined(
     return pd.concat([ref, fol], ignore_index=True)
 
 
-def _runs(reference: Path | Sequence[Path]) -> list[Path]:
-    return [reference] if isinstance(reference, Path) else list(reference)
-
-
-def changes_section(reference: Path | Sequence[Path], followup: Path) -> str:
-    """Every follow-up method against its own rows in the reference: mean MSE per group
+def changes_section(before: pd.DataFrame, after: pd.DataFrame) -> str:
+    """Every method of ``after`` against its own rows in ``before``: mean MSE per group
     before and after, the change (negative: lower after), paired t over seeds, and in how
     many seeds it is lower after."""
-    before, after = layered(_runs(reference)), read_results(followup)
     before, after = (f[f.metric == "mse"] for f in (before, after))
     rows = []
     for method in dict.fromkeys(after.method):
@@ -106,24 +95,26 @@ def changes_section(reference: Path | Sequence[Path], followup: Path) -> str:
 
 
 def followup_markdown(
-    reference: Path | Sequence[Path],
+    reference: Sequence[Path],
     followup: Path,
     label: str,
     command: str,
     *,
     replace: bool = False,
 ) -> str:
-    """Mean MSE per method and group and ``label`` against every other method (with
-    ``replace`` also ``changes_section``)."""
-    scores = combined(reference, followup, label, replace=replace)
+    """Mean MSE per method and group and ``label`` against every other method of the
+    reference runs (``layered``); with ``replace`` also ``changes_section``."""
+    ref, fol = layered(reference), read_results(followup)
+    if fol[fol["method"] == "STMP"].empty:
+        raise SystemExit(f"{followup}: no STMP rows")
+    scores = combined(ref, fol, label, replace=replace)
     means = mean_mse(scores).round(0).rename_axis("method").reset_index()
-    names = " + ".join(run.name for run in _runs(reference))
     sections = [
-        f"# {followup.name}: {label} against {names}",
+        f"# {followup.name}: {label} against {' + '.join(run.name for run in reference)}",
         f"Regenerate: `{command}`",
         f"## Mean MSE over seeds\n\n{markdown_table(means)}",
         pairwise_section(scores, ours=label),
-        changes_section(reference, followup) if replace else "",
+        changes_section(ref, fol) if replace else "",
     ]
     return "\n\n".join(section.strip() for section in sections if section) + "\n"
 

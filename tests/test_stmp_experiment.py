@@ -148,7 +148,7 @@ def test_followup_compares_its_stmp_with_the_reference_methods(tmp_path):
                              ("w/festival", "XGBoost", [20.0, 22.0, 18.0]),
                              ("full/festival", "XGBoost", [1.0, 1.0, 1.0])])  # fmt: skip
     write(tmp_path / "new", [("w/festival", "STMP", [25.0, 24.0, 26.0])])
-    md = stmp_followup.followup_markdown(tmp_path / "ref", tmp_path / "new", "STMP+x", "cmd")
+    md = stmp_followup.followup_markdown([tmp_path / "ref"], tmp_path / "new", "STMP+x", "cmd")
     lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("|")}
     assert "-25.0% (p " in lines["XGBoost"] and ", 0/3)" in lines["XGBoost"]  # (20 - 25) / 20
     assert "+50.0% (p " in lines["STMP"] and ", 3/3)" in lines["STMP"]  # (50 - 25) / 50
@@ -156,7 +156,7 @@ def test_followup_compares_its_stmp_with_the_reference_methods(tmp_path):
     # a rerun of several methods replaces the reference's rows of those methods
     write(tmp_path / "rerun", [("w/festival", "STMP", [25.0, 24.0, 26.0]),
                                ("w/festival", "XGBoost", [50.0, 48.0, 52.0])])  # fmt: skip
-    md = stmp_followup.followup_markdown(tmp_path / "ref", tmp_path / "rerun", "STMP", "cmd",
+    md = stmp_followup.followup_markdown([tmp_path / "ref"], tmp_path / "rerun", "STMP", "cmd",
                                          replace=True)  # fmt: skip
     pairwise = md.split("## Each rerun")[0]
     lines = {row.split("|")[1].strip(): row for row in pairwise.splitlines() if row.startswith("|")}
