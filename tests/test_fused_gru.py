@@ -12,6 +12,7 @@ from jax.test_util import check_grads
 from dmeta.meta.maml import make_maml_task_loss
 from dmeta.models.mpfn import MPFN, split_loss
 from dmeta.nn.functional import split_params
+from dmeta.nn.fused_gru import gru_sequence
 from dmeta.nn.rnn import GRU
 from dmeta.types import Split
 
@@ -126,3 +127,26 @@ def test_vmapped_per_task_weights_match_scan():
 def test_unknown_impl_raises():
     with pytest.raises(ValueError, match="impl"):
         GRU(F, H, impl="cudnn", rngs=nnx.Rngs(0))
+
+
+def test_step_checkpoints_keep_second_order_values_f64():
+    """``remat_steps`` (the default) changes what a second differentiation stores, not what
+    it computes: the gradient of a gradient equals the one without step checkpoints."""
+    with jax.enable_x64(True):
+        _, _, params = gru_pair(jnp.float64)
+        weights = (params["w_x"], params["b_x"], params["w_h"], params["b_h"])
+        x = jax.random.normal(jax.random.key(7), (B, S, F), jnp.float64)
+        h0 = jax.random.normal(jax.random.key(8), (B, H), jnp.float64)
+
+        def hessian_vector(remat_steps):
+            def loss(w):
+                return jnp.sum(jnp.sin(gru_sequence(*w, x, h0, remat_steps=remat_steps)))
+
+            inner = lambda w: jnp.sum(jax.tree.map(lambda g: jnp.sum(g**2), jax.grad(loss)(w))[2])
+            return jax.grad(inner)(weights)
+
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14),
+            hessian_vector(True),
+            hessian_vector(False),
+        )

@@ -51,6 +51,7 @@ from dmeta.meta.maml import init_meta_params, make_maml_task_loss
 from dmeta.meta.steps import make_meta_train_step
 from dmeta.models.mpfn import MPFN, masked_mse, split_loss
 from dmeta.nn.functional import split_params
+from dmeta.nn.fused_gru import gru_sequence
 from dmeta.parallel import data_mesh, replicate, shard_batch, sharded_jit, use_host_devices
 from dmeta.train.state import init_train_state
 from dmeta.types import Array, Params, Split, TaskBatch
@@ -105,7 +106,9 @@ class Variant:
 
     Attributes:
       gru: ``"engine"`` (``dmeta.models.mpfn.MPFN``'s default GRU, the fused custom-VJP one,
-        via ``split_params``), ``"engine_scan"`` (MPFN with ``gru_impl="scan"``), ``"unrollK"`` (the same
+        via ``split_params``), ``"engine_keep"`` (the same GRU with ``remat_steps=False``:
+        its scans stack every intermediate when differentiated again), ``"engine_scan"``
+        (MPFN with ``gru_impl="scan"``), ``"unrollK"`` (the same
         GRU math with ``lax.scan(..., unroll=K)``, ``"unrollfull"`` for every step) or
         ``"fusedK"`` (both GRUs stepped in one scan, unroll K).
       strategy: ``"vmap"`` or ``"map"`` across tasks.
@@ -143,6 +146,7 @@ class Variant:
 
 SECOND_ORDER = (
     Variant("engine", "vmap"),
+    Variant("engine_keep", "vmap"),
     Variant("engine_scan", "vmap"),
     Variant("engine", "map"),
     Variant("engine", "vmap", "highest"),
@@ -153,6 +157,7 @@ SECOND_ORDER = (
     Variant("fused1", "vmap"),
     Variant("fused1", "map"),
     Variant("engine", "vmap", devices=2),
+    Variant("engine_keep", "vmap", devices=2),
     Variant("engine", "vmap", "highest", devices=2),
     Variant("engine", "vmap", dots="ynn"),
     Variant("engine", "vmap", devices=2, dots="ynn"),
@@ -228,8 +233,25 @@ def mpfn_scan(params: Params, x_local: Array, x_season: Array, *, unroll: int | 
     return (h @ params["head"]["kernel"] + params["head"]["bias"])[..., 0]
 
 
+def mpfn_keep(params: Params, x_local: Array, x_season: Array) -> Array:
+    """MPFN forward through ``gru_sequence(..., remat_steps=False)``: f32[..., S, F] x2 ->
+    f32[...] (the engine's math and parameters, its scans without step checkpoints)."""
+
+    def last_state(p: Params, x: Array) -> Array:
+        h0 = jnp.zeros(x.shape[:-2] + (p["w_h"].shape[0],), x.dtype)
+        weights = (p["w_x"], p["b_x"], p["w_h"], p["b_h"])
+        return gru_sequence(*weights, x, h0, last_only=True, remat_steps=False)
+
+    h_season = last_state(params["gru_season"], x_season)
+    h = jnp.concatenate([h_season, last_state(params["gru_local"], x_local)], axis=-1)
+    return (h @ params["head"]["kernel"] + params["head"]["bias"])[..., 0]
+
+
 def engine_apply(gru: str, shape: Shape, seed: int) -> Callable:
-    """The MPFN apply of an engine variant: ``"engine"`` (default GRU) or ``"engine_scan"``."""
+    """The MPFN apply of an engine variant: ``"engine"`` (default GRU), ``"engine_keep"``
+    (``mpfn_keep``) or ``"engine_scan"``."""
+    if gru == "engine_keep":
+        return mpfn_keep
     impl = {"engine_scan": {"gru_impl": "scan"}}.get(gru, {})
     return split_params(MPFN(shape.features, shape.hidden, rngs=nnx.Rngs(seed), **impl))[0]
 
