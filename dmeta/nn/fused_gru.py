@@ -19,12 +19,13 @@ differentiates through the inner gradient, i.e. through this backward). Forward 
 (``jax.jvp``) is not supported, as for any ``jax.custom_vjp``.
 
 With ``remat_steps`` (the default) the body of both scans is a ``jax.checkpoint`` that saves
-only its matmul outputs (``dots_saveable``). It changes nothing until the forward or
-backward is itself differentiated (second order); then autodiff of each scan keeps the
-step's products and recomputes its gate arithmetic, instead of stacking every elementwise
-intermediate of every step as a residual. Same values, bit for bit; the second-order MAML
-step on the benchmark shape runs 1.13x faster on one CPU core (``maml_throughput.py``,
-``engine_keep_vmap``; ``experiments/results/profiling.md``).
+only its matmul outputs (``dots_saveable``). It matters when the forward or backward is
+itself differentiated (second order): autodiff of each scan then keeps the step's products
+and recomputes its gate arithmetic, instead of stacking every elementwise intermediate of
+every step as a residual. Same math; XLA may round the recomputed gates differently
+(parameters after five meta-steps within 3e-8 at RMLDP's CPU size, bit-identical at the
+benchmark's shape). The second-order MAML step on the benchmark shape runs 1.06-1.13x
+faster (``maml_throughput.py``, ``engine_keep``; ``experiments/results/profiling.md``).
 """
 
 from __future__ import annotations
