@@ -135,6 +135,44 @@ def test_curves_of_recorded_tuning_points_stay_with_a_resumed_cell(tmp_path):
     assert curves == ["000-lr=1-", "000-lr=2-"]  # the first try's curve and the resumed one
 
 
+def test_curves_of_a_finished_tuning_stay_when_its_cell_is_rerun(tmp_path):
+    """A cell killed after its tuning recorded the choice (``tuned/<family>.json``) and
+    before the cell was written reads the choice back on resume and keeps the tuning's
+    curves: only the interrupted final fit's curve is stale."""
+    from _resume_worker import make_problem
+
+    from dmeta.train import loop
+
+    step_fn, state, eval_fn = make_problem()
+    kill = {"final": True}
+
+    def fit(desc):
+        res = loop.fit(step_fn, state, n_steps=8, eval_fn=eval_fn, eval_every=4, desc=desc,
+                       progress=False)  # fmt: skip
+        return res.history[-1]["val_loss"]
+
+    def run_cell(cell):
+        def choose():
+            memo = harness.tuning_memo(tmp_path, cell, per_seed=False)
+            grid = {"lr": [1.0, 2.0]}
+            return harness.tune(grid, lambda p: fit(f"lr={p['lr']:g}") + p["lr"], memo=memo).best
+
+        best = harness.shared_choice(tmp_path, cell, choose)
+        if kill["final"]:
+            (tmp_path / "curves" / cell.key / "009-final-12345678.csv").write_text("step\n")
+            raise KeyboardInterrupt
+        return _rows(cell, fit("final") + best["lr"])
+
+    cell = Cell("m", 0)
+    _open(tmp_path, seeds=1)
+    with pytest.raises(KeyboardInterrupt):
+        harness.run_cells(tmp_path, [cell], run_cell)
+    kill["final"] = False
+    harness.run_cells(tmp_path, [cell], run_cell)
+    curves = sorted(p.name[:9] for p in (tmp_path / "curves" / cell.key).glob("*.csv"))
+    assert curves == ["000-final", "000-lr=1-", "001-lr=2-"]
+
+
 def test_fresh_removes_the_experiments_own_outputs(tmp_path):
     _open(tmp_path)
     (tmp_path / "forecasts").mkdir()

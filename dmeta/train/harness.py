@@ -381,7 +381,10 @@ def shared_choice(
     ``choose()`` itself, every cell tuning on its own. Otherwise the first cell of a family
     to get here runs ``choose()`` (its tuning) and records the point in
     ``out/tuned/<family>.json``; the family's other seeds read it back, so a resumed run
-    reuses the choice and its seeds differ only in their own seed.
+    reuses the choice and its seeds differ only in their own seed. The curves of the tuning's
+    fits (named in its ``tuning_memo``) stay with a cell that reads the choice back, as they
+    do with one that resumes the tuning: the cell that tuned may have been killed after
+    recording the choice and before it was written.
     """
     if per_seed or out is None:
         return dict(choose())
@@ -389,6 +392,9 @@ def shared_choice(
     if path.exists():
         best = json.loads(path.read_text())
         logger.info("%s: tuned earlier (%s), %s", cell.key, path.name, best)
+        memo = tuning_memo(out, cell, per_seed=False)
+        for line in memo.read_text().splitlines() if memo.exists() else []:
+            loop.keep_curves(json.loads(line).get("fits"))
         return best
     best = dict(choose())
     write_atomic(path, json.dumps(best, sort_keys=True) + "\n")
