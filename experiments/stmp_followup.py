@@ -33,17 +33,9 @@ from pathlib import Path
 import pandas as pd
 
 from dmeta.report import read_results
+from dmeta.report.glance import layered
 from dmeta.report.stmp import mean_mse, pairwise_section
 from dmeta.report.tables import markdown_table, significance_table
-
-
-def layered(runs: Sequence[Path]) -> pd.DataFrame:
-    """The first run's rows with each later run's rows in place of the methods it has."""
-    rows = read_results(runs[0])
-    for run in runs[1:]:
-        over = read_results(run)
-        rows = pd.concat([rows[~rows["method"].isin(set(over["method"]))], over])
-    return rows.reset_index(drop=True)
 
 
 def combined(ref: pd.DataFrame, fol: pd.DataFrame, label: str, *, replace: bool) -> pd.DataFrame:

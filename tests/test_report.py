@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -40,6 +42,40 @@ def test_regenerate_and_check_readme_blocks(tmp_path):
     )
     (tmp_path / "run" / "results.md").write_text("edited\n")
     assert report.regenerate(tmp_path, check=True) == [str(tmp_path / "run" / "results.md")]
+
+
+def test_glance_block_lays_runs_over_each_other_and_pairs_seeds(tmp_path):
+    """A README block naming a JSON spec renders the experiment's glance table: a row's runs
+    are layered (a later run's methods replace an earlier one's), margins pair seeds."""
+
+    def write(run, rows):
+        run.mkdir()
+        frame = pd.DataFrame(
+            [dict(experiment="stmp", dataset="d", method=m, group="full/regular", seed=s,
+                  metric="mse", value=v)
+             for m, values in rows for s, v in enumerate(values)]
+        )  # fmt: skip
+        frame.to_csv(run / "results.csv", index=False)
+
+    write(tmp_path / "first", [("STMP", [40e3, 44e3, 42e3]), ("XGBoost", [50e3, 50e3, 47e3]),
+                               ("LSTM", [30e3, 31e3, 29e3])])  # fmt: skip
+    write(tmp_path / "second", [("STMP", [20e3, 21e3, 22e3]), ("LSTM", [25e3, 26e3, 24e3])])
+    spec = dict(experiment="stmp", against=["XGBoost", "LSTM"], rows=[
+        dict(label="one run", group="full/regular", runs=["first"]),
+        dict(label="layered", group="full/regular", runs=["first", "second"]),
+    ])  # fmt: skip
+    (tmp_path / "glance.json").write_text(json.dumps(spec))
+    readme = tmp_path / "README.md"
+    readme.write_text("# Toy\n\n<!-- report: glance.json -->\n<!-- /report -->\n")
+    report.regenerate(tmp_path)
+    rows = {r.split("|")[1].strip(): r for r in readme.read_text().splitlines() if "|" in r}
+    assert "| 42.0k " in rows["one run"] and "+14.3% (p " in rows["one run"]  # 1 - 42/49
+    assert "-40.0% (p " in rows["one run"]  # LSTM 30k: (30 - 42) / 30
+    assert (
+        "| 21.0k " in rows["layered"] and "+57.1% (p " in rows["layered"]
+    )  # XGBoost 49k, from first
+    assert "+16.0% (p " in rows["layered"]  # LSTM from second: (25 - 21) / 25
+    assert report.regenerate(tmp_path, check=True) == []
 
 
 def test_rmldp_report_shows_the_median_and_the_segments_that_dominate():

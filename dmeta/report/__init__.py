@@ -10,8 +10,10 @@ markers, so no number in them is typed by hand::
     (replaced by the rendering of ./synthetic, without its title line)
     <!-- /report -->
 
-``regenerate(root)`` rewrites every run's ``results.md`` and every marked README block
-under ``root``; ``regenerate(root, check=True)`` changes nothing and lists what differs.
+A block whose path ends in ``.json`` holds a summary across runs instead
+(``dmeta.report.glance``). ``regenerate(root)`` rewrites every run's ``results.md`` and
+every marked README block under ``root``; ``regenerate(root, check=True)`` changes nothing
+and lists what differs.
 """
 
 from __future__ import annotations
@@ -123,8 +125,13 @@ def _relink(markdown: str, prefix: str) -> str:
 
 
 def _fill_readme(readme: Path) -> str:
+    from dmeta.report import glance  # it reads runs through this module
+
     def block(match: re.Match) -> str:
-        body = render(readme.parent / match["path"]).split("\n", 1)[1].lstrip("\n")
+        path = readme.parent / match["path"]
+        if path.suffix == ".json":
+            return f"{match[1]}{glance.render(path).rstrip()}\n{match[4]}"
+        body = render(path).split("\n", 1)[1].lstrip("\n")
         return f"{match[1]}{_relink(body, match['path']).rstrip()}\n{match[4]}"
 
     return BLOCK.sub(block, readme.read_text())

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from dmeta.report.glance import layered  # noqa: E402
 from dmeta.report.tables import markdown_table, significance_table, summary_markdown  # noqa: E402
 from dmeta.train.results import summarize  # noqa: E402
 
@@ -150,6 +151,38 @@ def hp_section(chosen: pd.DataFrame) -> str:
         "## Hyperparameters (the config's values; with tuning.trials > 1 the grid point of "
         f"lowest validation MSE)\n\n{markdown_table(table)}"
     )
+
+
+def _short(mse: float) -> str:
+    """17,043 -> "17.0k", 1,112,345 -> "1.112M"."""
+    return f"{mse / 1e6:.3f}M" if mse >= 1e6 else f"{mse / 1e3:.1f}k"
+
+
+def glance(spec: dict, base: Path) -> str:
+    """The "At a glance" table of a glance spec (``dmeta.report.glance``): one row per spec
+    row, ``ours``' mean test MSE and its margin against each method of ``against``
+    (positive: ``ours`` better; paired t over seeds).
+
+    Spec keys: ``ours`` (default "STMP"), ``against`` (method names), ``rows``: each with
+    ``label``, ``group`` (e.g. ``full/regular``) and ``runs`` (folders relative to ``base``,
+    layered in order: a later run's methods replace an earlier one's).
+    """
+    ours, against = spec.get("ours", "STMP"), spec["against"]
+    rows = []
+    for row in spec["rows"]:
+        scores = layered([base / run for run in row["runs"]])
+        mse = scores[(scores.metric == "mse") & (scores.group == row["group"])]
+        if ours not in set(mse.method):
+            raise ValueError(f"{row['label']}: no {ours} rows in group {row['group']!r}")
+        cells = {"cell": row["label"], ours: _short(mse.value[mse.method == ours].mean())}
+        for method in against:
+            sig = significance_table(mse, method, ours, "mse", by=())
+            top = sig.iloc[0]
+            cells[f"vs {method}"] = (
+                f"{100.0 * top['diff'] / top.mean_a:+.1f}% (p {top.p_value:.2g})"
+            )
+        rows.append(cells)
+    return markdown_table(pd.DataFrame(rows))
 
 
 def plots(run_dir: Path, results: pd.DataFrame) -> None:
