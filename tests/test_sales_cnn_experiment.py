@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dmeta.config import override
-from dmeta.report import render
+from dmeta.report import glance, render
 from dmeta.report.sales_cnn import claims_markdown, plots
 from dmeta.sales_cnn.baselines import arima_forecast, fe_features, persistence_forecast
 from dmeta.sales_cnn.config import get_config
@@ -26,6 +26,7 @@ from dmeta.sales_cnn.pipeline import (
 )
 from dmeta.sales_cnn.protocol import SalesRun, group_rows, resolve, top_items
 from dmeta.sales_cnn.synthetic import synthetic_panel
+from dmeta.train import harness
 from dmeta.train.harness import Cell, RunError, open_run, run_cells
 
 
@@ -278,6 +279,39 @@ def test_claims_average_the_seeds_and_pair_the_regions():
     assert "| 0/6 " in lines["CNN+WD < CNN"] and "reversed" in lines["CNN+WD < CNN"]
     cnn = df[(df.method == "CNN") & (df.group != "average")].groupby("group")["value"].mean()
     assert f"| {cnn.mean():.4g} " in lines["CNN < DNN"]  # the mean of the seed-averaged MSEs
+
+
+def test_glance_cells_from_the_claims_and_the_sweeps(tmp_path):
+    """The At-a-glance table: one column per run, the orderings' cells and the sweep
+    claims (the paper's point best or not; a falling MSE along k)."""
+    rows = []
+    for seed in range(2):
+        for region in range(5):
+            for method, value in (("CNN", 1.0 + region), ("DNN", 1.5 + 1.1 * region)):
+                rows.append(("sales_cnn", "x", method, f"r{region}", seed, "mse", value))
+        for beta, value in (("beta=0.0", 3.0), ("beta=0.02", 2.0), ("beta=0.05", 2.5)):
+            rows.append(("sales_cnn_sweep_beta", "x", "CNN+WD+TL", beta, seed, "mse", value))
+        for k, value in (("horizon=1", 4.0), ("horizon=2", 5.0), ("horizon=4", 1.0)):
+            rows.append(("sales_cnn_sweep_horizon", "x", "CNN+WD+TL", k, seed, "mse", value))
+    (tmp_path / "run").mkdir()
+    frame = pd.DataFrame(rows, columns=list(harness.COLUMNS))
+    frame.to_csv(tmp_path / "run" / "results.csv", index=False)
+    spec = {
+        "experiment": "sales_cnn",
+        "columns": [{"label": "run", "runs": ["run"]}],
+        "sweeps": [
+            {"label": "beta", "sweep": "beta", "kind": "best", "paper": "beta=0.05"},
+            {"label": "k", "sweep": "horizon", "kind": "falling"},
+            {"label": "T", "sweep": "length", "kind": "best", "paper": "length=26"},
+        ],
+    }
+    (tmp_path / "glance.json").write_text(json.dumps(spec))
+    text = glance.render(tmp_path / "glance.json")
+    cells = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in text.splitlines()}
+    assert cells["CNN < DNN"].startswith("3 / 3.7, p ") and cells["CNN < DNN"].endswith("**holds**")
+    assert cells["beta"] == "no: 0.02 best, 2 vs 2.5"
+    assert cells["k"] == "partly: 4, 5, 1"
+    assert cells["T"] == "no sweeps"
 
 
 def test_equal_tuning_picks_on_validation(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dmeta.report.glance import layered
 from dmeta.report.tables import markdown_table, significance_table, summary_markdown
 from dmeta.sales_cnn.pipeline import METHODS
 from dmeta.sales_cnn.protocol import NAME, SWEEPS
@@ -59,43 +60,121 @@ def _verdict(diff: float, p: float) -> str:
     return "holds" if diff < 0 else "reversed"
 
 
-def claims_markdown(df: pd.DataFrame) -> str:
+def claim_tests(df: pd.DataFrame) -> list[dict]:
     """The paper's orderings (``CLAIMS``) tested on the test MSE of each region averaged over
     seeds, paired over regions: the regions are the independent test sets, while the seeds
-    only vary training, so (region, seed) pairs are not independent units. Mean MSE of each,
-    paired t-test and Wilcoxon p-values, regions where the better one has the lower MSE, and
-    whether the ordering holds (lower MSE, t-test p < 0.05), is reversed or is not
-    significant (with 5 regions the smallest two-sided Wilcoxon p is 0.0625)."""
+    only vary training, so (region, seed) pairs are not independent units.
+
+    Returns:
+      One dict per ordering both of whose methods ran: ``better``, ``worse``, their mean
+      MSE ``mean_better`` / ``mean_worse``, ``diff`` (better minus worse), ``p_ttest``,
+      ``p_wilcoxon``, ``wins`` (regions where the better one is lower) and ``n`` regions.
+    """
     part = df[(df["experiment"] == NAME) & (df["metric"] == "mse") & (df["group"] != "average")]
     keys = ["experiment", "dataset", "method", "group", "metric"]
     part = part.groupby(keys, as_index=False, sort=False)["value"].mean()
-    rows = []
+    tests = []
     for better, worse in CLAIMS:
         if not {better, worse} <= set(part["method"]):
             continue
-        tests = {
-            t: significance_table(part, better, worse, "mse", by=(), test=t, pair_on="group")
-            for t in ("ttest", "wilcoxon")
-        }
-        t = tests["ttest"].iloc[0]
+        t, w = (
+            significance_table(part, better, worse, "mse", by=(), test=test, pair_on="group").iloc[
+                0
+            ]
+            for test in ("ttest", "wilcoxon")
+        )
         mse = part[part["method"].isin([better, worse])].pivot(
             index="group", columns="method", values="value"
         )
-        rows.append({
-            "paper: better < worse": f"{better} < {worse}",
-            "mse better": f"{t['mean_a']:.4g}",
-            "mse worse": f"{t['mean_b']:.4g}",
-            "p (t-test)": f"{t['p_value']:.3g}",
-            "p (Wilcoxon)": f"{tests['wilcoxon'].iloc[0]['p_value']:.3g}",
-            "regions better": f"{int((mse[better] < mse[worse]).sum())}/{int(t['n'])}",
-            "verdict": _verdict(t["diff"], t["p_value"]),
-        })  # fmt: skip
+        tests.append(dict(
+            better=better, worse=worse, mean_better=t["mean_a"], mean_worse=t["mean_b"],
+            diff=t["diff"], p_ttest=t["p_value"], p_wilcoxon=w["p_value"],
+            wins=int((mse[better] < mse[worse]).sum()), n=int(t["n"]),
+        ))  # fmt: skip
+    return tests
+
+
+def claims_markdown(df: pd.DataFrame) -> str:
+    """``claim_tests`` as a table: mean MSE of each, paired t-test and Wilcoxon p-values,
+    regions where the better one has the lower MSE, and whether the ordering holds (lower
+    MSE, t-test p < 0.05), is reversed or is not significant (with 5 regions the smallest
+    two-sided Wilcoxon p is 0.0625)."""
+    rows = [
+        {
+            "paper: better < worse": f"{t['better']} < {t['worse']}",
+            "mse better": f"{t['mean_better']:.4g}",
+            "mse worse": f"{t['mean_worse']:.4g}",
+            "p (t-test)": f"{t['p_ttest']:.3g}",
+            "p (Wilcoxon)": f"{t['p_wilcoxon']:.3g}",
+            "regions better": f"{t['wins']}/{t['n']}",
+            "verdict": _verdict(t["diff"], t["p_ttest"]),
+        }
+        for t in claim_tests(df)
+    ]
     if not rows:
         return ""
     return (
         "### The paper's orderings: test MSE averaged over seeds, paired over regions\n\n"
         + markdown_table(pd.DataFrame(rows))
     )
+
+
+def _claim_cell(test: dict) -> str:
+    """ "1585 / 1750, p 0.102, ns": better / worse MSE, t-test p, verdict (ns: not
+    significant; against: not significant and the other way)."""
+    verdict = _verdict(test["diff"], test["p_ttest"])
+    if verdict == "not significant":
+        verdict = "ns" if test["diff"] < 0 else "against"
+    else:
+        verdict = f"**{verdict}**"
+    mse = f"{test['mean_better']:.4g} / {test['mean_worse']:.4g}"
+    return f"{mse}, p {test['p_ttest']:.3g}, {verdict}"
+
+
+def _sweep_means(df: pd.DataFrame, sweep: str) -> pd.Series:
+    """Mean test MSE per sweep point (``group``, e.g. ``beta=0.02``), in run order."""
+    part = df[(df["experiment"] == f"{NAME}_sweep_{sweep}") & (df["metric"] == "mse")]
+    return part.groupby("group", sort=False)["value"].mean()
+
+
+def _sweep_cell(df: pd.DataFrame, row: dict) -> str:
+    """A sweep claim: ``best`` (the paper's point ``row["paper"]`` has the lowest MSE) or
+    ``falling`` (MSE falls along the sweep: yes, partly (lower at the end), no)."""
+    means = _sweep_means(df, row["sweep"])
+    if means.empty:
+        return "no sweeps"
+    values = ", ".join(f"{v:.4g}" for v in means)
+    if row["kind"] == "falling":
+        steps = np.diff(means.to_numpy())
+        verdict = (
+            "yes" if (steps < 0).all() else "partly" if means.iloc[-1] < means.iloc[0] else "no"
+        )
+        return f"{verdict}: {values}"
+    best, paper = means.idxmin(), row["paper"]
+    if best == paper:
+        others = ", ".join(f"{v:.4g}" for g, v in means.items() if g != paper)
+        return f"yes: {means[paper]:.4g} vs {others}"
+    return f"no: {best.split('=')[-1]} best, {means[best]:.4g} vs {means[paper]:.4g}"
+
+
+def glance(spec: dict, base: Path) -> str:
+    """The "At a glance" table of a glance spec (``dmeta.report.glance``): the paper's
+    orderings (``CLAIMS``, ``_claim_cell``) and the sweep claims of ``spec["sweeps"]``
+    (``_sweep_cell``: ``label``, ``sweep``, ``kind`` and for ``best`` the paper's
+    ``paper`` point) as rows, one column per ``spec["columns"]`` entry (``label`` and its
+    ``runs``, layered)."""
+    columns = [(c["label"], layered([base / run for run in c["runs"]])) for c in spec["columns"]]
+    rows = {}
+    for label, df in columns:
+        for test in claim_tests(df):
+            key = f"{test['better']} < {test['worse']}"
+            rows.setdefault(key, {"paper's claim": key})[label] = _claim_cell(test)
+        for sweep in spec.get("sweeps", []):
+            rows.setdefault(sweep["label"], {"paper's claim": sweep["label"]})[label] = _sweep_cell(
+                df, sweep
+            )
+    table = pd.DataFrame(list(rows.values()), columns=["paper's claim", *dict(columns)])
+    return markdown_table(table.fillna("not run"))
 
 
 def sweep_images(results: pd.DataFrame, prefix: str = "") -> str:
