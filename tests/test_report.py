@@ -78,6 +78,38 @@ def test_glance_block_lays_runs_over_each_other_and_pairs_seeds(tmp_path):
     assert report.regenerate(tmp_path, check=True) == []
 
 
+def test_claims_glance_ranks_pairs_and_marks_what_a_run_lacks(tmp_path):
+    """A claims table: "best" ranks the claimed method and lists who is ahead, "beats" pairs
+    two methods over seeds, "value" summarizes one; a run without the metric reads "not run"."""
+    run = tmp_path / "run"
+    run.mkdir()
+    sc = {"Ours": [0.50, 0.52, 0.51], "DEC": [0.70, 0.75, 0.72], "AE": [0.30, 0.31, 0.33]}
+    rows = [dict(experiment="c2m", dataset="d", method=m, group="table1", seed=s, metric="SC",
+                 value=v) for m, values in sc.items() for s, v in enumerate(values)]  # fmt: skip
+    rows += [dict(rows[0], metric="recall", value=1.0)]
+    pd.DataFrame(rows).to_csv(run / "results.csv", index=False)
+    spec = {"table": "claims", "columns": [{"label": "run", "runs": ["run"]}], "claims": [
+        {"label": "best", "kind": "best", "ours": "Ours", "metric": "SC"},
+        {"label": "best of two", "kind": "best", "ours": "Ours", "metric": "SC",
+         "exclude": ["DEC"]},
+        {"label": "beats", "kind": "beats", "a": "Ours", "b": "AE", "metric": "SC"},
+        {"label": "lower beats", "kind": "beats", "a": "Ours", "b": "AE", "metric": "SC",
+         "higher": False},
+        {"label": "value", "kind": "value", "method": "Ours", "metric": "recall"},
+        {"label": "missing", "kind": "value", "method": "Ours", "metric": "CH"},
+    ]}  # fmt: skip
+    (tmp_path / "glance.json").write_text(json.dumps(spec))
+    text = report.glance.render(tmp_path / "glance.json")
+    cells = {row.split("|")[1].strip(): row.split("|")[2].strip() for row in text.splitlines()}
+    assert cells["best"].startswith("reversed, Ours #2 of 3: 0.51 vs DEC 0.723 (p ")
+    assert cells["best of two"].startswith("holds: Ours 0.51 vs AE 0.313 (p ")
+    assert cells["beats"].startswith("holds: 0.51 vs 0.313 (p ") and cells["beats"].endswith(
+        ", 3/3)"
+    )
+    assert cells["lower beats"].startswith("reversed: ") and cells["lower beats"].endswith(", 0/3)")
+    assert cells["value"] == "1" and cells["missing"] == "not run"
+
+
 def test_rmldp_report_shows_the_median_and_the_segments_that_dominate():
     from dmeta.report import rmldp
 
