@@ -72,11 +72,14 @@ def _paired(scores: pd.DataFrame, a: str, b: str, metric: str, pair_on: str) -> 
 
 def _best_cell(scores: pd.DataFrame, claim: dict, pair_on: str) -> str:
     """``claim["ours"]`` has the best mean ``metric`` (``higher`` is better, default True)
-    among the methods present (less ``exclude``): "holds" when first and ahead of the
+    among the methods present (only those of ``among`` if given, less ``exclude``):
+    "holds" when first and ahead of the
     runner-up at p < ``ALPHA``, "first, ns" when not significantly; otherwise every method
     ahead of it with its p, "reversed" when one of them is significantly ahead."""
     ours, metric, higher = claim["ours"], claim["metric"], claim.get("higher", True)
     scores = scores[~scores.method.isin(claim.get("exclude", []))]
+    if "among" in claim:
+        scores = scores[scores.method.isin(claim["among"])]
     means = scores.groupby("method")["value"].mean().sort_values(ascending=not higher)
     if ours not in means or len(means) < 2:
         return "not run"
@@ -130,13 +133,18 @@ def claims(spec: dict, base: Path) -> str:
     """A glance table of the paper's claims (rows) tested in each column's runs.
 
     Spec keys: ``columns`` (each ``label`` and ``runs``, layered), ``pair_on`` (the unit of
-    the paired tests; default ``seed``) and ``claims``, each with ``label``, ``kind``
+    the paired tests; default ``seed``), ``aliases`` (an older run's method names mapped to
+    the current ones) and ``claims``, each with ``label``, ``kind``
     (``best``: ``_best_cell``; ``beats``: ``_beats_cell``; ``value``: ``_value_cell``),
     ``metric`` and optionally ``group``. A cell whose methods or metric a run lacks reads
     "not run".
     """
     pair_on = spec.get("pair_on", "seed")
-    columns = [(c["label"], layered([base / run for run in c["runs"]])) for c in spec["columns"]]
+    aliases = spec.get("aliases", {})
+    columns = [
+        (c["label"], layered([base / run for run in c["runs"]]).replace({"method": aliases}))
+        for c in spec["columns"]
+    ]
     rows = []
     for claim in spec["claims"]:
         row = {"paper's claim": claim["label"]}
