@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from dmeta import report
+from dmeta.report import glance
 from dmeta.train import harness
 
 
@@ -99,7 +100,7 @@ def test_claims_glance_ranks_pairs_and_marks_what_a_run_lacks(tmp_path):
         {"label": "missing", "kind": "value", "method": "Ours", "metric": "CH"},
     ]}  # fmt: skip
     (tmp_path / "glance.json").write_text(json.dumps(spec))
-    text = report.glance.render(tmp_path / "glance.json")
+    text = glance.render(tmp_path / "glance.json")
     cells = {row.split("|")[1].strip(): row.split("|")[2].strip() for row in text.splitlines()}
     assert cells["best"].startswith("reversed, Ours #2 of 3: 0.51 vs DEC 0.723 (p ")
     assert cells["best of two"].startswith("holds: Ours 0.51 vs AE 0.313 (p ")
@@ -108,6 +109,19 @@ def test_claims_glance_ranks_pairs_and_marks_what_a_run_lacks(tmp_path):
     )
     assert cells["lower beats"].startswith("reversed: ") and cells["lower beats"].endswith(", 0/3)")
     assert cells["value"] == "1" and cells["missing"] == "not run"
+    # segments as units: each averaged over seeds, paired over segments, medians shown
+    segs = [dict(experiment="r", dataset="d", method=m, group=f"seg:{g}", seed=s, metric="mape",
+                 value=(1.0 if m == "A" else 2.0) * (g + 1) + s)
+            for m in ("A", "B") for g in range(6) for s in range(2)]  # fmt: skip
+    (tmp_path / "segs").mkdir()
+    pd.DataFrame(segs).to_csv(tmp_path / "segs" / "results.csv", index=False)
+    spec = {"table": "claims", "columns": [{"label": "segs", "runs": ["segs"], "segments": "seg:",
+            "center": "median", "test": "wilcoxon"}], "claims": [
+        {"label": "A < B", "kind": "beats", "a": "A", "b": "B", "metric": "mape", "higher": False}
+    ]}  # fmt: skip
+    (tmp_path / "glance.json").write_text(json.dumps(spec))
+    text = glance.render(tmp_path / "glance.json")
+    assert "| holds: 4 vs 7.5 (p 0.031, 6/6) |" in text, text  # medians of 1.5..6.5, 3..13
 
 
 def test_rmldp_report_shows_the_median_and_the_segments_that_dominate():

@@ -17,6 +17,7 @@ of the methods it has.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from collections.abc import Sequence
@@ -24,8 +25,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from dmeta import metrics
 from dmeta.report import read_results
-from dmeta.report.tables import markdown_table, significance_table
+from dmeta.report.tables import markdown_table
 
 
 def layered(runs: Sequence[Path]) -> pd.DataFrame:
@@ -54,6 +56,36 @@ def render(spec_path: Path) -> str:
 
 
 ALPHA = 0.05
+LISTED = 3  # methods ahead of the claimed best one named in its cell
+TESTS = {"ttest": metrics.paired_ttest, "wilcoxon": metrics.wilcoxon}
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How a claims column is tested.
+
+    Attributes:
+      test: ``"ttest"`` (paired t) or ``"wilcoxon"`` (signed rank).
+      center: ``"mean"`` or ``"median"`` of the units, shown and used for ranks.
+      segments: a group prefix (e.g. ``"seg:"``): the units are those groups, each averaged
+        over seeds, instead of seeds (a claim's ``group`` then does not apply).
+    """
+
+    test: str = "ttest"
+    center: str = "mean"
+    segments: str | None = None
+
+    def units(self, scores: pd.DataFrame) -> pd.DataFrame:
+        """One metric's rows as ``method, unit, value``."""
+        if self.segments is None:
+            return scores.assign(unit=scores.seed)[["method", "unit", "value"]]
+        seg = scores[scores.group.astype(str).str.startswith(self.segments)]
+        seg = seg.groupby(["method", "group"], as_index=False)["value"].mean()
+        return seg.rename(columns={"group": "unit"})
+
+    def centers(self, units: pd.DataFrame) -> pd.Series:
+        """Each method's mean or median over its units."""
+        return units.groupby("method")["value"].agg(self.center)
 
 
 def _fmt(value: float) -> str:
@@ -61,67 +93,74 @@ def _fmt(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
-def _paired(scores: pd.DataFrame, a: str, b: str, metric: str, pair_on: str) -> pd.Series:
-    """``significance_table`` of ``a`` against ``b`` over all of ``scores`` (one cell), plus
-    ``a_higher``: in how many units ``a``'s value is the higher."""
-    top = significance_table(scores, a, b, metric, by=(), pair_on=pair_on).iloc[0].copy()
-    pairs = scores.pivot_table(index=pair_on, columns="method", values="value").dropna()
-    top["a_higher"] = int((pairs[a] > pairs[b]).sum())
-    return top
+def _paired(units: pd.DataFrame, a: str, b: str, protocol: Protocol) -> dict:
+    """``a`` against ``b`` over the units both have: their centers, the test's p, the number
+    of units, whether the test puts ``a`` above ``b`` (``a_above``) and in how many units
+    ``a``'s value is the higher and the lower."""
+    pairs = units.pivot_table(index="unit", columns="method", values="value")[[a, b]].dropna()
+    x, y = pairs[a].to_numpy(), pairs[b].to_numpy()
+    test = TESTS[protocol.test]
+    _, p = test(x, y)
+    # the test's own direction: for the signed-rank test the medians can point the other way
+    a_above = test(x, y, alternative="greater")[1] < test(x, y, alternative="less")[1]
+    center_a, center_b = pairs[a].agg(protocol.center), pairs[b].agg(protocol.center)
+    higher, lower = int((x > y).sum()), int((x < y).sum())
+    return dict(a=center_a, b=center_b, p=p, n=len(pairs), a_above=a_above, a_higher=higher,
+                a_lower=lower)  # fmt: skip
 
 
-def _best_cell(scores: pd.DataFrame, claim: dict, pair_on: str) -> str:
-    """``claim["ours"]`` has the best mean ``metric`` (``higher`` is better, default True)
-    among the methods present (only those of ``among`` if given, less ``exclude``):
-    "holds" when first and ahead of the
-    runner-up at p < ``ALPHA``, "first, ns" when not significantly; otherwise every method
-    ahead of it with its p, "reversed" when one of them is significantly ahead."""
-    ours, metric, higher = claim["ours"], claim["metric"], claim.get("higher", True)
-    scores = scores[~scores.method.isin(claim.get("exclude", []))]
+def _best_cell(units: pd.DataFrame, claim: dict, protocol: Protocol) -> str:
+    """``claim["ours"]`` has the best center (``higher`` is better, default True) among the
+    methods present (only those of ``among`` if given, less ``exclude``): "holds" when
+    first and ahead of the runner-up at p < ``ALPHA``, "first, ns" when not significantly;
+    otherwise the first ``LISTED`` methods ahead of it with their p, "reversed" when one of
+    all those ahead is significantly so."""
+    ours, higher = claim["ours"], claim.get("higher", True)
+    units = units[~units.method.isin(claim.get("exclude", []))]
     if "among" in claim:
-        scores = scores[scores.method.isin(claim["among"])]
-    means = scores.groupby("method")["value"].mean().sort_values(ascending=not higher)
-    if ours not in means or len(means) < 2:
+        units = units[units.method.isin(claim["among"])]
+    centers = protocol.centers(units).sort_values(ascending=not higher)
+    if ours not in centers or len(centers) < 2:
         return "not run"
-    rank = list(means.index).index(ours)
+    rank = list(centers.index).index(ours)
     if rank == 0:
-        runner = means.index[1]
-        p = _paired(scores, ours, runner, metric, pair_on).p_value
+        runner = centers.index[1]
+        p = _paired(units, ours, runner, protocol)["p"]
         verdict = "holds" if p < ALPHA else "first, ns"
         return (
-            f"{verdict}: {ours} {_fmt(means[ours])} vs {runner} {_fmt(means[runner])} (p {p:.2g})"
+            f"{verdict}: {ours} {_fmt(centers[ours])} vs {runner} {_fmt(centers[runner])} "
+            f"(p {p:.2g})"
         )
-    ahead = []
-    for method in means.index[:rank]:
-        ahead.append((method, _paired(scores, method, ours, metric, pair_on).p_value))
+    ahead = [(m, _paired(units, m, ours, protocol)["p"]) for m in centers.index[:rank]]
     verdict = "reversed" if any(p < ALPHA for _, p in ahead) else "behind, ns"
-    listed = ", ".join(f"{m} {_fmt(means[m])} (p {p:.2g})" for m, p in ahead)
-    return f"{verdict}, {ours} #{rank + 1} of {len(means)}: {_fmt(means[ours])} vs {listed}"
+    listed = ", ".join(f"{m} {_fmt(centers[m])} (p {p:.2g})" for m, p in ahead[:LISTED])
+    more = f" and {len(ahead) - LISTED} more" if len(ahead) > LISTED else ""
+    head = f"{verdict}, {ours} #{rank + 1} of {len(centers)}: {_fmt(centers[ours])}"
+    return f"{head} vs {listed}{more}"
 
 
-def _beats_cell(scores: pd.DataFrame, claim: dict, pair_on: str) -> str:
-    """``claim["a"]`` beats ``claim["b"]`` on ``metric`` (``higher`` better, default True):
-    "holds" / "reversed" at p < ``ALPHA``, else "ns" (the claimed way) or "against"; the
-    means, p and the units where ``a`` is better."""
-    a, b, metric, higher = claim["a"], claim["b"], claim["metric"], claim.get("higher", True)
-    if not {a, b} <= set(scores.method):
+def _beats_cell(units: pd.DataFrame, claim: dict, protocol: Protocol) -> str:
+    """``claim["a"]`` beats ``claim["b"]`` (``higher`` better, default True): "holds" /
+    "reversed" at p < ``ALPHA``, else "ns" (the claimed way) or "against", the way taken
+    from the test; the two centers, p and the units where ``a`` is better."""
+    a, b, higher = claim["a"], claim["b"], claim.get("higher", True)
+    if not {a, b} <= set(units.method):
         return "not run"
-    top = _paired(scores, a, b, metric, pair_on)
-    better = top["diff"] > 0 if higher else top["diff"] < 0
-    wins = int(top.a_higher if higher else top.n - top.a_higher)
-    if top.p_value < ALPHA:
+    pair = _paired(units, a, b, protocol)
+    better = pair["a_above"] == higher
+    wins = pair["a_higher"] if higher else pair["a_lower"]
+    if pair["p"] < ALPHA:
         verdict = "holds" if better else "reversed"
     else:
         verdict = "ns" if better else "against"
     return (
-        f"{verdict}: {_fmt(top.mean_a)} vs {_fmt(top.mean_b)} (p {top.p_value:.2g}, "
-        f"{wins}/{int(top.n)})"
+        f"{verdict}: {_fmt(pair['a'])} vs {_fmt(pair['b'])} (p {pair['p']:.2g}, {wins}/{pair['n']})"
     )
 
 
-def _value_cell(scores: pd.DataFrame, claim: dict) -> str:
-    """``claim["method"]``'s mean ± std of ``metric`` over units (a single value alone)."""
-    values = scores.value[scores.method == claim["method"]]
+def _value_cell(units: pd.DataFrame, claim: dict) -> str:
+    """``claim["method"]``'s mean ± std over units (a single value alone)."""
+    values = units.value[units.method == claim["method"]]
     if values.empty:
         return "not run"
     if len(values) == 1:
@@ -129,36 +168,38 @@ def _value_cell(scores: pd.DataFrame, claim: dict) -> str:
     return f"{_fmt(values.mean())} ± {values.std():.2g}"
 
 
+CELLS = {"best": _best_cell, "beats": _beats_cell}
+
+
 def claims(spec: dict, base: Path) -> str:
     """A glance table of the paper's claims (rows) tested in each column's runs.
 
-    Spec keys: ``columns`` (each ``label`` and ``runs``, layered), ``pair_on`` (the unit of
-    the paired tests; default ``seed``), ``aliases`` (an older run's method names mapped to
-    the current ones) and ``claims``, each with ``label``, ``kind``
-    (``best``: ``_best_cell``; ``beats``: ``_beats_cell``; ``value``: ``_value_cell``),
-    ``metric`` and optionally ``group``. A cell whose methods or metric a run lacks reads
-    "not run".
+    Spec keys: ``columns``, each with ``label``, ``runs`` (layered), optionally ``aliases``
+    (method names mapped to the ones the claims use) and the ``Protocol`` fields ``test``,
+    ``center``, ``segments``; ``aliases`` for every column; ``claims``, each with
+    ``label``, ``kind`` (``best``: ``_best_cell``; ``beats``: ``_beats_cell``; ``value``:
+    ``_value_cell``), ``metric`` and optionally ``group``. A cell whose methods or metric a
+    run lacks reads "not run".
     """
-    pair_on = spec.get("pair_on", "seed")
-    aliases = spec.get("aliases", {})
-    columns = [
-        (c["label"], layered([base / run for run in c["runs"]]).replace({"method": aliases}))
-        for c in spec["columns"]
-    ]
+    columns = []
+    for column in spec["columns"]:
+        aliases = {**spec.get("aliases", {}), **column.get("aliases", {})}
+        results = layered([base / run for run in column["runs"]])
+        protocol = Protocol(**{k: column[k] for k in ("test", "center", "segments") if k in column})
+        columns.append((column["label"], results.replace({"method": aliases}), protocol))
     rows = []
     for claim in spec["claims"]:
         row = {"paper's claim": claim["label"]}
-        for label, results in columns:
+        for label, results, protocol in columns:
             scores = results[results.metric == claim["metric"]]
-            if "group" in claim:
+            if "group" in claim and protocol.segments is None:
                 scores = scores[scores.group.astype(str) == claim["group"]]
-            if scores.empty:
+            units = protocol.units(scores)
+            if units.empty:
                 row[label] = "not run"
-            elif claim["kind"] == "best":
-                row[label] = _best_cell(scores, claim, pair_on)
-            elif claim["kind"] == "beats":
-                row[label] = _beats_cell(scores, claim, pair_on)
+            elif claim["kind"] == "value":
+                row[label] = _value_cell(units, claim)
             else:
-                row[label] = _value_cell(scores, claim)
+                row[label] = CELLS[claim["kind"]](units, claim, protocol)
         rows.append(row)
     return markdown_table(pd.DataFrame(rows))
