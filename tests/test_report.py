@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from dmeta import report
 from dmeta.report import glance
@@ -122,6 +123,10 @@ def test_claims_glance_ranks_pairs_and_marks_what_a_run_lacks(tmp_path):
     (tmp_path / "glance.json").write_text(json.dumps(spec))
     text = glance.render(tmp_path / "glance.json")
     assert "| holds: 4 vs 7.5 (p 0.031, 6/6) |" in text, text  # medians of 1.5..6.5, 3..13
+    del spec["claims"][0]["kind"]
+    (tmp_path / "glance.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="glance.json: .* lacks the key 'kind'"):
+        glance.render(tmp_path / "glance.json")
 
 
 def test_rmldp_report_shows_the_median_and_the_segments_that_dominate():

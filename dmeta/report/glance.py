@@ -10,9 +10,9 @@ README, named in a block whose path ends in ``.json``::
 
 The spec names its experiment and rows; ``dmeta.report.<experiment>.glance(spec, base)``
 renders it (``base``: the spec's folder, against which run paths are resolved), or with
-``"table": "claims"`` the experiment-neutral ``claims`` (a claim per row, a run per column). A row's
-``runs`` are layered (``layered``): the first run's rows, then each later run's rows in place
-of the methods it has.
+``"table": "claims"`` the experiment-neutral ``claims`` (a claim per row, a run per
+column). A row's or column's ``runs`` are layered (``layered``): the first run's rows, then
+each later run's rows in place of the methods it has.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from dmeta import metrics
+from dmeta.config import ConfigError
 from dmeta.report import read_results
 from dmeta.report.tables import markdown_table
 
@@ -43,16 +44,24 @@ def render(spec_path: Path) -> str:
     """The markdown of the glance spec at ``spec_path`` (a ``.json`` file).
 
     Raises:
-      ValueError: not a claims table and its experiment (``experiment``) has no ``glance``.
+      ConfigError: not a claims table and its experiment (``experiment``) has no ``glance``,
+        or the spec lacks a key its table needs.
     """
     spec = json.loads(spec_path.read_text())
     if spec.get("table") == "claims":
-        return claims(spec, spec_path.parent)
-    experiment = spec.get("experiment")
-    module = importlib.import_module(f"dmeta.report.{experiment}") if experiment else None
-    if module is None or not hasattr(module, "glance"):
-        raise ValueError(f"{spec_path}: experiment {experiment!r} has no glance renderer")
-    return module.glance(spec, spec_path.parent)
+        render_spec = claims
+    else:
+        experiment = spec.get("experiment")
+        module = importlib.import_module(f"dmeta.report.{experiment}") if experiment else None
+        if module is None or not hasattr(module, "glance"):
+            raise ConfigError(f"{spec_path}: experiment {experiment!r} has no glance renderer")
+        render_spec = module.glance
+    try:
+        return render_spec(spec, spec_path.parent)
+    except KeyError as err:
+        raise ConfigError(
+            f"{spec_path}: a table, column, row or claim lacks the key {err}"
+        ) from None
 
 
 ALPHA = 0.05
