@@ -143,10 +143,37 @@ def test_step_checkpoints_keep_second_order_values_f64():
                 return jnp.sum(jnp.sin(gru_sequence(*w, x, h0, remat_steps=remat_steps)))
 
             inner = lambda w: jnp.sum(jax.tree.map(lambda g: jnp.sum(g**2), jax.grad(loss)(w))[2])
-            return jax.grad(inner)(weights)
+            return jax.jit(jax.grad(inner))(weights)
 
         jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14),
             hessian_vector(True),
             hessian_vector(False),
         )
+
+
+def test_benchmark_keep_variant_is_the_engine_mpfn():
+    """``maml_throughput``'s ``engine_keep`` MPFN (scans without step checkpoints) gives the
+    engine's predictions and second-order meta-gradient."""
+    from experiments.benchmarks import maml_throughput as bench
+
+    shape = bench.QUICK
+    apply, theta = split_params(MPFN(shape.features, shape.hidden, rngs=nnx.Rngs(0)))
+    batch = bench.make_batch(shape, 1)
+    x_local, x_season = batch.support.x_local[0], batch.support.x_season[0]
+    np.testing.assert_allclose(
+        bench.mpfn_keep(theta, x_local, x_season), apply(theta, x_local, x_season), rtol=1e-6
+    )
+    grads = {}
+    for gru in ("engine", "engine_keep"):
+        task_loss = make_maml_task_loss(
+            bench.loss_for(gru, bench.engine_apply(gru, shape, 0)), steps=1, step_size=0.1
+        )
+        task = jax.tree.map(lambda a: a[0], batch)
+        fn = lambda th, tl=task_loss: tl({"theta": th}, task, jax.random.key(0))[0]
+        grads[gru] = jax.jit(jax.grad(fn))(theta)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+        grads["engine"],
+        grads["engine_keep"],
+    )

@@ -165,7 +165,6 @@ SECOND_ORDER = (
 FIRST_ORDER = (Variant("engine", "vmap"), Variant("engine", "map"))
 QUICK_SECOND_ORDER = (
     Variant("engine", "vmap"),
-    Variant("engine_keep", "vmap"),
     Variant("fused1", "map"),
     Variant("engine", "vmap", devices=2),
 )
