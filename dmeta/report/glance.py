@@ -45,7 +45,7 @@ def render(spec_path: Path) -> str:
 
     Raises:
       ConfigError: not a claims table and its experiment (``experiment``) has no ``glance``,
-        or the spec lacks a key its table needs.
+        the spec lacks a key its table needs, or its renderer finds it wrong.
     """
     spec = json.loads(spec_path.read_text())
     if spec.get("table") == "claims":
@@ -62,6 +62,8 @@ def render(spec_path: Path) -> str:
         raise ConfigError(
             f"{spec_path}: a table, column, row or claim lacks the key {err}"
         ) from None
+    except ConfigError as err:
+        raise ConfigError(f"{spec_path}: {err}") from None
 
 
 ALPHA = 0.05

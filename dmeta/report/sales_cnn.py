@@ -78,11 +78,10 @@ def claim_tests(df: pd.DataFrame) -> list[dict]:
         if not {better, worse} <= set(part["method"]):
             continue
         t, w = (
-            significance_table(part, better, worse, "mse", by=(), test=test, pair_on="group").iloc[
-                0
-            ]
+            significance_table(part, better, worse, "mse", by=(), test=test, pair_on="group")
             for test in ("ttest", "wilcoxon")
         )
+        t, w = t.iloc[0], w.iloc[0]
         mse = part[part["method"].isin([better, worse])].pivot(
             index="group", columns="method", values="value"
         )
@@ -170,9 +169,8 @@ def glance(spec: dict, base: Path) -> str:
             key = f"{test['better']} < {test['worse']}"
             rows.setdefault(key, {"paper's claim": key})[label] = _claim_cell(test)
         for sweep in spec.get("sweeps", []):
-            rows.setdefault(sweep["label"], {"paper's claim": sweep["label"]})[label] = _sweep_cell(
-                df, sweep
-            )
+            row = rows.setdefault(sweep["label"], {"paper's claim": sweep["label"]})
+            row[label] = _sweep_cell(df, sweep)
     table = pd.DataFrame(list(rows.values()), columns=["paper's claim", *dict(columns)])
     return markdown_table(table.fillna("not run"))
 

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from dmeta.config import ConfigError  # noqa: E402
 from dmeta.report.glance import layered  # noqa: E402
 from dmeta.report.tables import markdown_table, significance_table, summary_markdown  # noqa: E402
 from dmeta.train.results import summarize  # noqa: E402
@@ -173,7 +174,7 @@ def glance(spec: dict, base: Path) -> str:
         scores = layered([base / run for run in row["runs"]])
         mse = scores[(scores.metric == "mse") & (scores.group == row["group"])]
         if ours not in set(mse.method):
-            raise ValueError(f"{row['label']}: no {ours} rows in group {row['group']!r}")
+            raise ConfigError(f"row {row['label']!r}: no {ours} rows in group {row['group']!r}")
         cells = {"cell": row["label"], ours: _short(mse.value[mse.method == ours].mean())}
         for method in against:
             sig = significance_table(mse, method, ours, "mse", by=())
