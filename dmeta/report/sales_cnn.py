@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmeta.report.glance import layered
+from dmeta.report.glance import ALPHA, layered
 from dmeta.report.tables import markdown_table, significance_table, summary_markdown
 from dmeta.sales_cnn.pipeline import METHODS
 from dmeta.sales_cnn.protocol import NAME, SWEEPS
@@ -51,7 +51,6 @@ CLAIMS = (
     ("CNN+WD+TL", "CNN+WD"),
     ("CNN+WD+TL", "Single-CNN"),
 )
-ALPHA = 0.05
 
 
 def _verdict(diff: float, p: float) -> str:
