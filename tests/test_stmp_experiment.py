@@ -10,7 +10,7 @@ from dmeta.stmp import protocol as P
 from dmeta.stmp.config import get_config
 from dmeta.train.harness import Cell
 from experiments import stmp as E
-from experiments import stmp_followup
+from experiments import stmp_followup, stmp_gap
 
 METHODS = ("STMP", "HistAvg", "ARIMA")
 
@@ -57,6 +57,30 @@ def test_resumed_run_after_losing_a_cell_is_identical(cfg, whole, tmp_path):
                   command="test")  # fmt: skip
     pd.testing.assert_frame_equal(again, results)
     assert (resumed / "results.csv").read_text() == (out / "results.csv").read_text()
+
+
+def test_test_forecasts_hold_every_scored_target_and_split_the_gap(cfg, tmp_path):
+    """With ``protocol.test_forecasts`` each cell's file reproduces its scored MSEs, and
+    ``experiments.stmp_gap`` splits two methods' regular-day gap into shares that add up."""
+    cfg = override(cfg, ["protocol.test_forecasts=true"])
+    results = E.run(cfg, data="synthetic", out=tmp_path, seeds=1, methods=("ARIMA", "HistAvg"),
+                    fresh=False, command="test")  # fmt: skip
+    frame = pd.read_csv(tmp_path / P.FORECASTS / "full__ARIMA__seed0.test.csv.gz")
+    assert frame.date_type.notna().all() and frame.duplicated(["region", "date"]).sum() == 0
+    for kind, rows in frame.groupby(frame.festival.map({True: "festival", False: "regular"})):
+        mse = ((rows.actual - rows.forecast) ** 2).mean()
+        row = results[(results.method == "ARIMA") & (results.group == f"full/{kind}")
+                      & (results.metric == "mse")]  # fmt: skip
+        np.testing.assert_allclose(mse, row.value.item(), rtol=1e-5)
+    both = stmp_gap.paired(tmp_path, "ARIMA", "HistAvg")
+    assert not both.festival.any() and len(both) == (~frame.festival).sum()
+    for key in ("month", "weekday", "near_festival", "store_size", "error_size"):
+        table = stmp_gap.breakdown(both, key, "ARIMA", "HistAvg")
+        np.testing.assert_allclose(table["share of gap"].sum(), 1.0)
+        np.testing.assert_allclose(table.targets.sum(), 1.0)
+    stmp_gap.main([str(tmp_path), "--method", "ARIMA", "--against", "HistAvg"])
+    assert "By test month" in (tmp_path / "gap.md").read_text()
+    assert (tmp_path / "gap.png").stat().st_size > 1000
 
 
 def test_tuning_scores_grid_points_on_the_validation_period(cfg):

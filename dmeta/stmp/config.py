@@ -182,6 +182,9 @@ class ProtocolConfig:
         training target (in the one-week setting most festival types): ``"one_hot"`` its own
         one-hot input, whose weights keep their random initialization; ``"zero"`` an
         all-zero one-hot, as XGBoost's unsplit columns see it (``dmeta.stmp.data.prepare``).
+      test_forecasts: every cell also writes its forecast of every test target
+        (``forecasts/<cell>.test.csv.gz``; ``dmeta.stmp.protocol.test_frame``), for
+        per-day and per-region diagnoses (``experiments.stmp_gap``).
     """
 
     test_days: int = 365
@@ -192,6 +195,7 @@ class ProtocolConfig:
     full: bool = True
     one_week: bool = True
     unseen_types: Literal["one_hot", "zero"] = "one_hot"
+    test_forecasts: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

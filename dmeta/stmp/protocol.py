@@ -428,7 +428,8 @@ def configured(cfg: STMPConfig, point: dict) -> STMPConfig:
 def run_cell(cell: Cell, data: D.STMPData, dataset: str, cfg: STMPConfig, out: Path) -> list:
     """Tunes (``tuning.per_seed``: this cell, else once per method and setting), fits and
     scores one cell: long-schema rows (metrics per ``setting/day kind`` and ``hp:<config
-    path>`` rows); seed 0 of "full" also writes its festival forecasts."""
+    path>`` rows); seed 0 of "full" also writes its festival forecasts, and with
+    ``protocol.test_forecasts`` every cell writes all of its test forecasts."""
     best = shared_choice(
         out, cell, lambda: choose(cell, data, cfg, out), per_seed=cfg.tuning.per_seed
     )
@@ -445,7 +446,30 @@ def run_cell(cell: Cell, data: D.STMPData, dataset: str, cfg: STMPConfig, out: P
         if window is not None:
             text = window.assign(method=cell.method).to_csv(index=False)
             write_atomic(out / FORECASTS / f"{cell.key}.csv", text)
+    if cfg.protocol.test_forecasts:
+        path = out / FORECASTS / f"{cell.key}.test.csv.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        test_frame(prep, pred).assign(method=cell.method).to_csv(
+            tmp, index=False, float_format="%.6g", compression={"method": "gzip", "mtime": 0}
+        )
+        tmp.replace(path)
     return rows + hp_rows(best, **keys, group=cell.setting)
+
+
+def test_frame(prep: D.Prepared, pred_scaled: np.ndarray) -> pd.DataFrame:
+    """Every test target: columns region, date, date_type (its name), festival, actual and
+    forecast in original units (one row per target, in ``targets``' order)."""
+    rows, cols = np.nonzero(prep.test)
+    y, pred, fest = targets(prep, pred_scaled)
+    return pd.DataFrame({
+        "region": np.asarray(prep.data.regions)[rows],
+        "date": prep.data.dates[cols],
+        "date_type": np.asarray(prep.data.type_names)[prep.data.date_type[rows, cols]],
+        "festival": fest,
+        "actual": y,
+        "forecast": pred,
+    })  # fmt: skip
 
 
 def festival_window(prep: D.Prepared, pred_scaled: np.ndarray) -> pd.DataFrame | None:
