@@ -282,13 +282,15 @@ def test_claims_average_the_seeds_and_pair_the_regions():
 
 
 def test_glance_cells_from_the_claims_and_the_sweeps(tmp_path):
-    """The At-a-glance table: one column per run, the orderings' cells and the sweep
-    claims (the paper's point best or not; a falling MSE along k)."""
+    """The At-a-glance table as a generic claims table: the orderings paired over the
+    stores (seed means; the "average" row is no unit) and the sweep claims (the paper's
+    point best or not; a falling MSE along k)."""
     rows = []
     for seed in range(2):
         for region in range(5):
             for method, value in (("CNN", 1.0 + region), ("DNN", 1.5 + 1.1 * region)):
                 rows.append(("sales_cnn", "x", method, f"r{region}", seed, "mse", value))
+        rows.append(("sales_cnn", "x", "CNN", "average", seed, "mse", 100.0))
         for beta, value in (("beta=0.0", 3.0), ("beta=0.02", 2.0), ("beta=0.05", 2.5)):
             rows.append(("sales_cnn_sweep_beta", "x", "CNN+WD+TL", beta, seed, "mse", value))
         for k, value in (("horizon=1", 4.0), ("horizon=2", 5.0), ("horizon=4", 1.0)):
@@ -296,19 +298,23 @@ def test_glance_cells_from_the_claims_and_the_sweeps(tmp_path):
     (tmp_path / "run").mkdir()
     frame = pd.DataFrame(rows, columns=list(harness.COLUMNS))
     frame.to_csv(tmp_path / "run" / "results.csv", index=False)
+    sweep = dict(kind="sweep", metric="mse")
     spec = {
-        "experiment": "sales_cnn",
-        "columns": [{"label": "run", "runs": ["run"]}],
-        "sweeps": [
-            {"label": "beta", "sweep": "beta", "kind": "best", "paper": "beta=0.05"},
-            {"label": "k", "sweep": "horizon", "kind": "falling"},
-            {"label": "T", "sweep": "length", "kind": "best", "paper": "length=26"},
+        "table": "claims",
+        "columns": [{"label": "run", "runs": ["run"], "segments": "", "skip": ["average"]}],
+        "claims": [
+            dict(label="CNN < DNN", kind="beats", a="CNN", b="DNN", higher=False, metric="mse",
+                 experiment="sales_cnn"),
+            dict(sweep, label="beta", experiment="sales_cnn_sweep_beta", paper="beta=0.05"),
+            dict(sweep, label="k", experiment="sales_cnn_sweep_horizon"),
+            dict(sweep, label="T", experiment="sales_cnn_sweep_length", paper="length=26"),
         ],
-    }
+    }  # fmt: skip
     (tmp_path / "glance.json").write_text(json.dumps(spec))
     text = glance.render(tmp_path / "glance.json")
     cells = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in text.splitlines()}
-    assert cells["CNN < DNN"].startswith("3 / 3.7, p ") and cells["CNN < DNN"].endswith("**holds**")
+    assert cells["CNN < DNN"].startswith("holds: 3 vs 3.7 (p ")
+    assert cells["CNN < DNN"].endswith(", 5/5)")
     assert cells["beta"] == "no: 0.02 best, 2 vs 2.5"
     assert cells["k"] == "partly: 4, 5, 1"
     assert cells["T"] == "no sweeps"

@@ -23,6 +23,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from dmeta import metrics
@@ -78,19 +79,23 @@ class Protocol:
     Attributes:
       test: ``"ttest"`` (paired t) or ``"wilcoxon"`` (signed rank).
       center: ``"mean"`` or ``"median"`` of the units, shown and used for ranks.
-      segments: a group prefix (e.g. ``"seg:"``): the units are those groups, each averaged
-        over seeds, instead of seeds (a claim's ``group`` then does not apply).
+      segments: a group prefix (e.g. ``"seg:"``; ``""`` every group): the units are those
+        groups, each averaged over seeds, instead of seeds (a claim's ``group`` then does
+        not apply).
+      skip: groups that are not units (e.g. ``"average"``, a mean over the segments).
     """
 
     test: str = "ttest"
     center: str = "mean"
     segments: str | None = None
+    skip: tuple[str, ...] = ()
 
     def units(self, scores: pd.DataFrame) -> pd.DataFrame:
         """One metric's rows as ``method, unit, value``."""
         if self.segments is None:
             return scores.assign(unit=scores.seed)[["method", "unit", "value"]]
-        seg = scores[scores.group.astype(str).str.startswith(self.segments)]
+        group = scores.group.astype(str)
+        seg = scores[group.str.startswith(self.segments) & ~group.isin(self.skip)]
         seg = seg.groupby(["method", "group"], as_index=False)["value"].mean()
         return seg.rename(columns={"group": "unit"})
 
@@ -179,6 +184,25 @@ def _value_cell(units: pd.DataFrame, claim: dict) -> str:
     return f"{_fmt(values.mean())} ± {values.std():.2g}"
 
 
+def _sweep_cell(scores: pd.DataFrame, claim: dict) -> str:
+    """A sweep's points (the groups, in run order; mean over seeds, lower is better): with
+    ``claim["paper"]`` whether that point is the best ("yes: it vs the others", "no: which
+    is"), else whether the metric falls along the sweep ("yes", "partly": the last point is
+    lower than the first, the fall not monotone, "no"). Untested: a sweep has few seeds."""
+    means = scores.groupby("group", sort=False)["value"].mean()
+    if "paper" not in claim:
+        steps = np.diff(means.to_numpy())
+        verdict = (
+            "yes" if (steps < 0).all() else "partly" if means.iloc[-1] < means.iloc[0] else "no"
+        )
+        return f"{verdict}: {', '.join(_fmt(v) for v in means)}"
+    best, paper = means.idxmin(), claim["paper"]
+    if best == paper:
+        others = ", ".join(_fmt(v) for g, v in means.items() if g != paper)
+        return f"yes: {_fmt(means[paper])} vs {others}"
+    return f"no: {best.split('=')[-1]} best, {_fmt(means[best])} vs {_fmt(means[paper])}"
+
+
 CELLS = {"best": _best_cell, "beats": _beats_cell}
 
 
@@ -187,22 +211,30 @@ def claims(spec: dict, base: Path) -> str:
 
     Spec keys: ``columns``, each with ``label``, ``runs`` (layered), optionally ``aliases``
     (method names mapped to the ones the claims use) and the ``Protocol`` fields ``test``,
-    ``center``, ``segments``; ``aliases`` for every column; ``claims``, each with
+    ``center``, ``segments``, ``skip``; ``aliases`` for every column; ``claims``, each with
     ``label``, ``kind`` (``best``: ``_best_cell``; ``beats``: ``_beats_cell``; ``value``:
-    ``_value_cell``), ``metric`` and optionally ``group``. A cell whose methods or metric a
-    run lacks reads "not run".
+    ``_value_cell``; ``sweep``: ``_sweep_cell`` over one method's groups), ``metric`` and
+    optionally ``group`` and ``experiment`` (the rows' ``experiment``; a results file may
+    hold several). A cell whose methods or metric a run lacks reads "not run" ("no sweeps"
+    for a sweep).
     """
     columns = []
     for column in spec["columns"]:
         aliases = {**spec.get("aliases", {}), **column.get("aliases", {})}
         results = layered([base / run for run in column["runs"]])
-        protocol = Protocol(**{k: column[k] for k in ("test", "center", "segments") if k in column})
+        fields = {k: column[k] for k in ("test", "center", "segments") if k in column}
+        protocol = Protocol(**fields, skip=tuple(column.get("skip", ())))
         columns.append((column["label"], results.replace({"method": aliases}), protocol))
     rows = []
     for claim in spec["claims"]:
         row = {"paper's claim": claim["label"]}
         for label, results, protocol in columns:
             scores = results[results.metric == claim["metric"]]
+            if "experiment" in claim:
+                scores = scores[scores.experiment == claim["experiment"]]
+            if claim["kind"] == "sweep":
+                row[label] = _sweep_cell(scores, claim) if len(scores) else "no sweeps"
+                continue
             if "group" in claim and protocol.segments is None:
                 scores = scores[scores.group.astype(str) == claim["group"]]
             units = protocol.units(scores)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmeta.report.glance import ALPHA, layered
+from dmeta.report.glance import ALPHA
 from dmeta.report.tables import markdown_table, significance_table, summary_markdown
 from dmeta.sales_cnn.pipeline import METHODS
 from dmeta.sales_cnn.protocol import NAME, SWEEPS
@@ -115,63 +115,6 @@ def claims_markdown(df: pd.DataFrame) -> str:
         "### The paper's orderings: test MSE averaged over seeds, paired over regions\n\n"
         + markdown_table(pd.DataFrame(rows))
     )
-
-
-def _claim_cell(test: dict) -> str:
-    """ "1585 / 1750, p 0.102, ns": better / worse MSE, t-test p, verdict (ns: not
-    significant; against: not significant and the other way)."""
-    verdict = _verdict(test["diff"], test["p_ttest"])
-    if verdict == "not significant":
-        verdict = "ns" if test["diff"] < 0 else "against"
-    else:
-        verdict = f"**{verdict}**"
-    mse = f"{test['mean_better']:.4g} / {test['mean_worse']:.4g}"
-    return f"{mse}, p {test['p_ttest']:.3g}, {verdict}"
-
-
-def _sweep_means(df: pd.DataFrame, sweep: str) -> pd.Series:
-    """Mean test MSE per sweep point (``group``, e.g. ``beta=0.02``), in run order."""
-    part = df[(df["experiment"] == f"{NAME}_sweep_{sweep}") & (df["metric"] == "mse")]
-    return part.groupby("group", sort=False)["value"].mean()
-
-
-def _sweep_cell(df: pd.DataFrame, row: dict) -> str:
-    """A sweep claim: ``best`` (the paper's point ``row["paper"]`` has the lowest MSE) or
-    ``falling`` (MSE falls along the sweep: yes, partly (lower at the end), no)."""
-    means = _sweep_means(df, row["sweep"])
-    if means.empty:
-        return "no sweeps"
-    values = ", ".join(f"{v:.4g}" for v in means)
-    if row["kind"] == "falling":
-        steps = np.diff(means.to_numpy())
-        verdict = (
-            "yes" if (steps < 0).all() else "partly" if means.iloc[-1] < means.iloc[0] else "no"
-        )
-        return f"{verdict}: {values}"
-    best, paper = means.idxmin(), row["paper"]
-    if best == paper:
-        others = ", ".join(f"{v:.4g}" for g, v in means.items() if g != paper)
-        return f"yes: {means[paper]:.4g} vs {others}"
-    return f"no: {best.split('=')[-1]} best, {means[best]:.4g} vs {means[paper]:.4g}"
-
-
-def glance(spec: dict, base: Path) -> str:
-    """The "At a glance" table of a glance spec (``dmeta.report.glance``): the paper's
-    orderings (``CLAIMS``, ``_claim_cell``) and the sweep claims of ``spec["sweeps"]``
-    (``_sweep_cell``: ``label``, ``sweep``, ``kind`` and for ``best`` the paper's
-    ``paper`` point) as rows, one column per ``spec["columns"]`` entry (``label`` and its
-    ``runs``, layered)."""
-    columns = [(c["label"], layered([base / run for run in c["runs"]])) for c in spec["columns"]]
-    rows = {}
-    for label, df in columns:
-        for test in claim_tests(df):
-            key = f"{test['better']} < {test['worse']}"
-            rows.setdefault(key, {"paper's claim": key})[label] = _claim_cell(test)
-        for sweep in spec.get("sweeps", []):
-            row = rows.setdefault(sweep["label"], {"paper's claim": sweep["label"]})
-            row[label] = _sweep_cell(df, sweep)
-    table = pd.DataFrame(list(rows.values()), columns=["paper's claim", *dict(columns)])
-    return markdown_table(table.fillna("not run"))
 
 
 def sweep_images(results: pd.DataFrame, prefix: str = "") -> str:
