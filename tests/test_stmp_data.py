@@ -160,3 +160,31 @@ def test_table_loader_bad_region_names_line(tmp_path):
         match=r"calendar.csv: column 'unique_id', line 3: is not in regions.csv \(values 'zz'\)",
     ):
         P.from_table(ds.table.load(write_table(tmp_path, cal)))
+
+
+def test_closed_days_read_as_the_same_weekday_a_week_earlier():
+    """``closed_days="last_week"`` fills only the input series, causally, and leaves the
+    targets, the flags and every other array as they were."""
+    from dmeta.stmp import data as D
+
+    ys = np.arange(1.0, 22.0)[None, :]  # one region, 21 days
+    observed = np.ones_like(ys, dtype=bool)
+    observed[0, [3, 9, 16]] = False  # day 16 reads day 9, itself filled from day 2
+    filled = D.fill_last_period(np.where(observed, ys, 0.0), observed, 7)
+    np.testing.assert_array_equal(filled[0, [3, 9, 16]], [0.0, 3.0, 3.0])
+    np.testing.assert_array_equal(filled[observed], ys[observed])
+    early = D.fill_last_period(np.where(observed, ys, 0.0)[:, :12], observed[:, :12], 7)
+    np.testing.assert_array_equal(early, filled[:, :12])  # no later day changes an earlier
+
+    panel = D.make_synthetic(n_regions=3, n_days=200, n_festivals=2, seed=1)
+    panel.observed[:, 100] = False
+    panel.y[:, 100] = 0.0
+    zero, last = (D.prepare(panel, cutoff=150, window=28, closed_days=fill)
+                  for fill in ("zero", "last_week"))  # fmt: skip
+    np.testing.assert_array_equal(zero.arrays.ys_in, zero.arrays.ys)
+    np.testing.assert_array_equal(last.arrays.ys, zero.arrays.ys)
+    np.testing.assert_allclose(last.arrays.ys_in[:, 100], last.arrays.ys[:, 93])
+    window = D.window(last.arrays, 0, 110, 28)
+    assert window[100 - 82, 1] == 0.0 and window[100 - 82, 0] == last.arrays.ys[0, 93]
+    with pytest.raises(ValueError, match="closed_days"):
+        D.prepare(panel, cutoff=150, window=28, closed_days="mean")

@@ -182,6 +182,12 @@ class ProtocolConfig:
         training target (in the one-week setting most festival types): ``"one_hot"`` its own
         one-hot input, whose weights keep their random initialization; ``"zero"`` an
         all-zero one-hot, as XGBoost's unsplit columns see it (``dmeta.stmp.data.prepare``).
+      closed_days: what the input windows of STMP, the LSTM and MAML read on a region's
+        unobserved days (Favorita's stores close on December 25 and January 1), their
+        observed flag staying 0: ``"zero"`` (every run before 2026-12-01) or
+        ``"last_week"``, the same weekday's input a week earlier
+        (``dmeta.stmp.data.fill_last_period``). HistAvg, ARIMA and XGBoost read their
+        lags as before (zeros with the flags as regressors).
       test_forecasts: every cell also writes its forecast of every test target
         (``forecasts/<cell>.test.csv.gz``; ``dmeta.stmp.protocol.test_frame``), for
         per-day and per-region diagnoses (``experiments.stmp_gap``).
@@ -195,6 +201,7 @@ class ProtocolConfig:
     full: bool = True
     one_week: bool = True
     unseen_types: Literal["one_hot", "zero"] = "one_hot"
+    closed_days: Literal["zero", "last_week"] = "zero"
     test_forecasts: bool = False
 
 

@@ -141,6 +141,8 @@ class Arrays:
 
     Attributes:
       ys: f32[R, D] target divided by the region's training mean (0 where unobserved).
+      ys_in: f32[R, D] the series the networks' input windows read (``window``): ``ys``, or
+        with ``prepare(closed_days="last_week")`` its unobserved days filled.
       obs: f32[R, D] 1 where observed.
       fest: f32[R, D] 1 on festival days.
       dtype: i32[R, D] date type.
@@ -153,6 +155,7 @@ class Arrays:
     """
 
     ys: Array
+    ys_in: Array
     obs: Array
     fest: Array
     dtype: Array
@@ -302,6 +305,7 @@ def prepare(
     val_days: int = 0,
     one_festival_week: bool = False,
     unseen_types: str = "one_hot",
+    closed_days: str = "zero",
 ) -> Prepared:
     """Scales a panel by each region's mean before the cutoff and marks train / val / test.
 
@@ -322,9 +326,13 @@ def prepare(
         without a training target, whose input weights no target updates (they stay at
         their random initialization); ``"zero"``: those types enter as an all-zero one-hot,
         as XGBoost's never-split one-hot columns treat them.
+      closed_days: what the networks' input windows read on unobserved days (their flag
+        stays 0): ``"zero"``, or ``"last_week"`` (``fill_last_period``).
     """
     if unseen_types not in ("one_hot", "zero"):
         raise ValueError(f"unseen_types must be 'one_hot' or 'zero', got {unseen_types!r}")
+    if closed_days not in ("zero", "last_week"):
+        raise ValueError(f"closed_days must be 'zero' or 'last_week', got {closed_days!r}")
     n_days = data.y.shape[1]
     test_end = n_days if test_end is None else test_end
     obs = data.observed
@@ -355,8 +363,11 @@ def prepare(
         train, val = one_week_of_festivals(data, train), val & ~data.is_festival
     known = train | val
     scale = region_scale(data, known)
+    ys = np.where(data.observed, data.y / scale[:, None], 0.0)
+    ys_in = fill_last_period(ys, data.observed, data.period) if closed_days == "last_week" else ys
     arrays = Arrays(
-        ys=jnp.asarray(np.where(data.observed, data.y / scale[:, None], 0.0), jnp.float32),
+        ys=jnp.asarray(ys, jnp.float32),
+        ys_in=jnp.asarray(ys_in, jnp.float32),
         obs=jnp.asarray(data.observed, jnp.float32),
         fest=jnp.asarray(data.is_festival, jnp.float32),
         dtype=jnp.asarray(data.date_type),
@@ -371,6 +382,18 @@ def prepare(
         for mask in (train, known)
     )  # fmt: skip
     return Prepared(data, arrays, scale, train, val, test, index, known_index)
+
+
+def fill_last_period(ys: np.ndarray, observed: np.ndarray, period: int) -> np.ndarray:
+    """f64[R, D]: ``ys`` with each unobserved day taking the (filled) value ``period`` days
+    earlier, 0 in the first period. Causal: a filled day reads only earlier days, so a
+    window ending before day t sees nothing of t. Daily data: a store closed on Christmas
+    reads as the same weekday a week earlier, not as a day without demand."""
+    out = np.array(ys, dtype=np.float64)
+    for t in range(period, out.shape[1]):
+        closed = ~observed[:, t]
+        out[closed, t] = out[closed, t - period]
+    return out
 
 
 def region_scale(data: STMPData, known: np.ndarray) -> np.ndarray:
@@ -393,8 +416,9 @@ def region_scale(data: STMPData, known: np.ndarray) -> np.ndarray:
 
 
 def window(arrays: Arrays, r: Array, t: Array, length: int) -> Array:
-    """Input window of target (r, t): f32[L, 3] (scaled y, observed, festival) for t-L..t-1."""
-    stacked = jnp.stack([arrays.ys, arrays.obs, arrays.fest], axis=-1)  # [R, D, 3]
+    """Input window of target (r, t): f32[L, 3] (scaled input series ``ys_in``, observed,
+    festival) for t-L..t-1."""
+    stacked = jnp.stack([arrays.ys_in, arrays.obs, arrays.fest], axis=-1)  # [R, D, 3]
     return jax.lax.dynamic_slice(stacked[r], (t - length, 0), (length, 3))
 
 

@@ -324,6 +324,7 @@ def split(data: D.STMPData, cfg: STMPConfig, setting: str, validation: bool) -> 
         val_days=min(cfg.protocol.val_days, n_days // 8),
         one_festival_week=setting == "one_week",
         unseen_types=cfg.protocol.unseen_types,
+        closed_days=cfg.protocol.closed_days,
     )
 
 
