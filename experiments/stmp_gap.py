@@ -31,6 +31,9 @@ from dmeta.train.harness import write_atomic  # noqa: E402
 
 KEYS = ["seed", "region", "date"]
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+WINDOW = 28  # the input window of the STMP experiments (``model.window``)
+GAP_BINS = [-1, 0, 1, 3, np.inf]
+GAP_LABELS = ["none", "1", "2-3", "4+"]
 NEAR_BINS = [0, 1, 3, 7, 14, np.inf]
 NEAR_LABELS = ["1", "2-3", "4-7", "8-14", "15+ or none"]
 
@@ -64,6 +67,22 @@ def festival_distance(frame: pd.DataFrame) -> pd.Series:
     return out
 
 
+def window_gaps(frame: pd.DataFrame, window: int = WINDOW) -> pd.Series:
+    """Per row: the days among the ``window`` before it, inside the test period, on which
+    its store has no test target (a closed store: Favorita's close on December 25 and
+    January 1; days before the test period are not seen, so early rows count fewer)."""
+    out = pd.Series(0, index=frame.index)
+    start = frame.date.min()
+    for _, rows in frame.groupby(["seed", "region"]):
+        days = rows.date.to_numpy().astype("datetime64[D]").astype(int)
+        present = np.zeros(days.max() - days.min() + 1, bool)
+        present[days - days.min()] = True
+        cum = np.concatenate([[0], np.cumsum(~present)])  # missing days before each offset
+        first = np.maximum(days - window, np.datetime64(start, "D").astype(int)) - days.min()
+        out[rows.index] = cum[days - days.min()] - cum[np.maximum(first, 0)]
+    return out
+
+
 def paired(folder: Path, method: str, against: str) -> pd.DataFrame:
     """Regular-day targets both methods forecast (same seed): actual, ``se_a`` (``method``'s
     squared error), ``se_b`` (``against``'s), ``gap`` = se_a - se_b, and breakdown keys."""
@@ -72,6 +91,7 @@ def paired(folder: Path, method: str, against: str) -> pd.DataFrame:
     both["near_festival"] = pd.cut(
         festival_distance(both), NEAR_BINS, labels=NEAR_LABELS, right=True
     )
+    both["window_gaps"] = pd.cut(window_gaps(both), GAP_BINS, labels=GAP_LABELS)
     both = both[~both.festival].copy()
     both["se_a"] = (both.actual - both.forecast_a) ** 2
     both["se_b"] = (both.actual - both.forecast_b) ** 2
@@ -130,6 +150,7 @@ def report(folder: Path, method: str, against: str, command: str) -> str:
         ("weekday", "By weekday"),
         ("near_festival", "By days to the store's nearest test-period festival day"),
         ("store_size", "By store size (quintiles of mean regular-day transactions; Q1 smallest)"),
+        ("window_gaps", f"By closed days (no test target) among the {WINDOW} days before"),
         ("error_size", f"By the size of {method}'s error"),
     ):
         table = breakdown(both, key, method, against)
