@@ -209,6 +209,8 @@ def test_fit_early_stops_on_val_keeps_the_best_and_compiles_once_over_rates(prep
     assert [row["step"] for row in hist] == [5, 10, 15]  # nothing improves after the first
     assert len({row["val_mse"] for row in hist}) == 1
     chex.assert_trees_all_equal(frozen, params)
+    _, hist = T.fit(graphdef, params, prep, lr=0.0, min_steps=30, **kw, **sizes)
+    assert [row["step"] for row in hist] == [5, 10, 15, 20, 25, 30]  # no stop before 30
     moved, hist = T.fit(graphdef, params, prep, lr=1e-2, **kw, **sizes)
     best = min(range(len(hist)), key=lambda i: hist[i]["val_mse"])
     assert hist[-1]["step"] == 40 or len(hist) - 1 - best == 2  # budget or patience

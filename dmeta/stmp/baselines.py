@@ -184,11 +184,12 @@ def lstm_forecast(
     ema: float = 0.0,
     lr_decays: int = 0,
     lr_factor: float = 0.1,
+    min_steps: int = 0,
 ) -> np.ndarray:
     """A global LSTM trained with MSE on ``batch`` random training targets per Adam step
     (``stmp_train.adam``, iterates averaged with decay ``ema``), early-stopped on
     ``prep.val`` like STMP (``lr_decays`` cuts of the rate by ``lr_factor`` on plateaus
-    first)."""
+    first, no stop before ``min_steps``)."""
     model = LSTMForecaster(prep.data.n_types, prep.data.attrs.shape[1], hidden,
                            rngs=nnx.Rngs(seed))  # fmt: skip
     graphdef, params = nnx.split(model, nnx.Param)
@@ -204,6 +205,7 @@ def lstm_forecast(
         patience=patience,
         lr_decays=lr_decays,
         lr_factor=lr_factor,
+        min_steps=min_steps,
         desc=f"lstm hidden={hidden} lr={lr:g}",
         settings=dict(window_len=window_len, batch=batch),
     )
@@ -264,6 +266,7 @@ def maml_forecast(
     ema: float = 0.0,
     lr_decays: int = 0,
     lr_factor: float = 0.1,
+    min_steps: int = 0,
 ) -> np.ndarray:
     """First-order MAML on the STMP backbone (latents fixed at zero), one task per cell.
 
@@ -302,6 +305,7 @@ def maml_forecast(
         patience=patience,
         lr_decays=lr_decays,
         lr_factor=lr_factor,
+        min_steps=min_steps,
         desc=f"maml hidden={hidden} lr={lr:g} inner_lr={inner_lr:g}",
         settings=dict(window_len=window_len, sizes=sizes, inner_clip=inner_clip),
     )

@@ -129,6 +129,10 @@ class TrainConfig:
         stop at the first plateau. Early stopping halts most fits before the cosine decay
         over ``n_steps`` has lowered the rate much.
       lr_factor: the factor of each cut.
+      min_steps: no early stop before this step, for STMP, the LSTM and MAML alike (the
+        kept state is still the best scored one). 0 (every run before 2026-12-01): a fit
+        may stop as soon as ``patience`` scores pass without improvement (one fit of
+        `design_closed/` stopped at step 1,500 of 10,000, its best at 500).
       backbone_lr_scale: STMP's day-feature backbone (linear baseline, LSTM, jump-LSTM,
         fusion MLP) learns at this multiple of ``lr``, the set encoders and the head at
         ``lr`` (``dmeta.stmp.train.adam``); 1 (the default): one rate for all.
@@ -153,6 +157,7 @@ class TrainConfig:
     type_dropout: float = 0.0
     context_days: str = "any"
     lr_decays: int = 0
+    min_steps: int = 0
     lr_factor: float = 0.1
     backbone_lr_scale: float = 1.0
     data_parallel: bool = False

@@ -367,7 +367,8 @@ def forecast(method: str, prep: D.Prepared, cfg: STMPConfig, seed: int) -> np.nd
                                   learning_rate=b.xgb_learning_rate)  # fmt: skip
     t = cfg.train
     budget = dict(n_steps=t.n_steps, eval_every=t.eval_every, patience=t.patience, ema=t.ema,
-                  lr_decays=t.lr_decays, lr_factor=t.lr_factor)  # fmt: skip
+                  lr_decays=t.lr_decays, lr_factor=t.lr_factor,
+                  min_steps=t.min_steps)  # fmt: skip
     if method == "LSTM":
         return B.lstm_forecast(prep, seed=seed, window_len=window, hidden=hidden, lr=b.lstm_lr,
                                **budget)  # fmt: skip

@@ -473,6 +473,7 @@ def early_stopped(
     desc: str,
     lr_decays: int = 0,
     lr_factor: float = 0.1,
+    min_steps: int = 0,
     settings: Mapping[str, Any] | None = None,
     progress: bool | None = None,
 ) -> loop.FitResult:
@@ -485,7 +486,7 @@ def early_stopped(
     parameters (``dmeta.train.averaging.averaged_params``); the result's best state has
     the lowest, and ``patience`` scores without improvement stop the fit (after
     ``lr_decays`` cuts of the learning rate by ``lr_factor``, each when patience runs out:
-    ``loop.fit``'s reduce on plateau).
+    ``loop.fit``'s reduce on plateau; never before step ``min_steps``).
     Without them it runs ``n_steps`` and logs one row at the end.
     """
     rows, cols = np.nonzero(prep.val)
@@ -506,6 +507,7 @@ def early_stopped(
         patience=patience if scored else None,
         lr_decays=lr_decays if scored else 0,
         lr_factor=lr_factor,
+        min_steps=min_steps,
         monitor="val_mse",
         desc=desc,
         # the data and the training / early-stopping days shape the run outside the state
@@ -527,6 +529,7 @@ def fit(
     patience: int | None = None,
     lr_decays: int = 0,
     lr_factor: float = 0.1,
+    min_steps: int = 0,
     backbone_lr_scale: float = 1.0,
     eval_context: int = 64,
     eval_draws: int = 0,
@@ -547,8 +550,9 @@ def fit(
     returned params are the average's. ``shard=True`` splits each step's tasks over all visible devices (parameters
     and panel replicated; see ``make_train_step``); ``step_kwargs`` go to
     ``make_train_step``. ``model_settings`` (the model's options) and ``step_kwargs``
-    join the checkpoint fingerprint (``loop.fit``'s ``settings``). ``lr_decays`` and
-    ``lr_factor``: reduce on plateau before stopping (``early_stopped``).
+    join the checkpoint fingerprint (``loop.fit``'s ``settings``). ``lr_decays``,
+    ``lr_factor`` and ``min_steps``: reduce on plateau before stopping, and no stop before
+    that step (``early_stopped``).
     ``backbone_lr_scale``: the ``BACKBONE`` modules learn at that multiple of ``lr``
     (``adam``; joins the fingerprint when not 1).
 
@@ -582,6 +586,7 @@ def fit(
         patience=patience,
         lr_decays=lr_decays,
         lr_factor=lr_factor,
+        min_steps=min_steps,
         desc=desc,
         settings={
             **step_kwargs,
