@@ -363,11 +363,15 @@ def prepare(
         train, val = one_week_of_festivals(data, train), val & ~data.is_festival
     known = train | val
     scale = region_scale(data, known)
-    ys = np.where(data.observed, data.y / scale[:, None], 0.0)
-    ys_in = fill_last_period(ys, data.observed, data.period) if closed_days == "last_week" else ys
+    scaled = np.where(data.observed, data.y / scale[:, None], 0.0)
+    ys = jnp.asarray(scaled, jnp.float32)
+    if closed_days == "last_week":
+        ys_in = jnp.asarray(fill_last_period(scaled, data.observed, data.period), jnp.float32)
+    else:
+        ys_in = ys  # the same buffer: nothing is filled
     arrays = Arrays(
-        ys=jnp.asarray(ys, jnp.float32),
-        ys_in=jnp.asarray(ys_in, jnp.float32),
+        ys=ys,
+        ys_in=ys_in,
         obs=jnp.asarray(data.observed, jnp.float32),
         fest=jnp.asarray(data.is_festival, jnp.float32),
         dtype=jnp.asarray(data.date_type),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
 import logging
 from pathlib import Path
 
@@ -449,13 +450,13 @@ def run_cell(cell: Cell, data: D.STMPData, dataset: str, cfg: STMPConfig, out: P
             text = window.assign(method=cell.method).to_csv(index=False)
             write_atomic(out / FORECASTS / f"{cell.key}.csv", text)
     if cfg.protocol.test_forecasts:
-        path = out / FORECASTS / f"{cell.key}.test.csv.gz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        test_frame(prep, pred).assign(method=cell.method).to_csv(
-            tmp, index=False, float_format="%.6g", compression={"method": "gzip", "mtime": 0}
+        text = (
+            test_frame(prep, pred)
+            .assign(method=cell.method)
+            .to_csv(index=False, float_format="%.6g")
         )
-        tmp.replace(path)
+        write_atomic(out / FORECASTS / f"{cell.key}.test.csv.gz",
+                     gzip.compress(text.encode(), mtime=0))  # fmt: skip
     return rows + hp_rows(best, **keys, group=cell.setting)
 
 

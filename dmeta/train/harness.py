@@ -81,14 +81,14 @@ class Cell:
         return f"{self.family}__seed{self.seed}"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and ``os.replace``; in a
-    multi-process run only process 0 writes (the others wait for it)."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Writes ``text`` (or bytes) to ``path`` through a temporary file and ``os.replace``;
+    in a multi-process run only process 0 writes (the others wait for it)."""
 
     def write(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
+        tmp.write_bytes(text) if isinstance(text, bytes) else tmp.write_text(text)
         os.replace(tmp, path)
 
     distributed.write_once(path, write)
