@@ -312,6 +312,8 @@ def test_an_old_run_folder_resumes_after_a_field_is_added_at_its_class_default(t
     [
         ("dmeta.rmldp.config", "train", "task_scaling", "segment"),
         ("dmeta.sales_cnn.config", "train", "region_stopping", "shared"),
+        ("dmeta.stmp.config", "protocol", "closed_days", "zero"),
+        ("dmeta.stmp.config", "train", "min_steps", 0),
     ],
 )
 def test_a_field_added_with_a_new_default_refuses_old_folders_at_that_default(

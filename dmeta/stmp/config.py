@@ -18,7 +18,7 @@ their cutoff (``train.eval_every``, ``train.patience``), keeping their best stat
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +130,9 @@ class TrainConfig:
         over ``n_steps`` has lowered the rate much.
       lr_factor: the factor of each cut.
       min_steps: no early stop before this step, for STMP, the LSTM and MAML alike (the
-        kept state is still the best scored one). 0 (every run before 2026-12-01): a fit
-        may stop as soon as ``patience`` scores pass without improvement (one fit of
+        kept state is still the best scored one). 3000 (the default since 2026-12-02, by
+        `design_closed_min_steps/`'s registered rule); 0 (every run before): a fit may stop
+        as soon as ``patience`` scores pass without improvement (one fit of
         `design_closed/` stopped at step 1,500 of 10,000, its best at 500).
       backbone_lr_scale: STMP's day-feature backbone (linear baseline, LSTM, jump-LSTM,
         fusion MLP) learns at this multiple of ``lr``, the set encoders and the head at
@@ -157,7 +158,7 @@ class TrainConfig:
     type_dropout: float = 0.0
     context_days: str = "any"
     lr_decays: int = 0
-    min_steps: int = 0
+    min_steps: int = 3000
     lr_factor: float = 0.1
     backbone_lr_scale: float = 1.0
     data_parallel: bool = False
@@ -189,9 +190,9 @@ class ProtocolConfig:
         all-zero one-hot, as XGBoost's unsplit columns see it (``dmeta.stmp.data.prepare``).
       closed_days: what the input windows of STMP, the LSTM and MAML read on a region's
         unobserved days (Favorita's stores close on December 25 and January 1), their
-        observed flag staying 0: ``"zero"`` (every run before 2026-12-01) or
-        ``"last_week"``, the same weekday's input a week earlier
-        (``dmeta.stmp.data.fill_last_period``). HistAvg, ARIMA and XGBoost read their
+        observed flag staying 0: ``"last_week"`` (the default since 2026-12-02, by
+        `design_closed_min_steps/`'s registered rule), the same weekday's input a week
+        earlier (``dmeta.stmp.data.fill_last_period``), or ``"zero"`` (every run before). HistAvg, ARIMA and XGBoost read their
         lags as before (zeros with the flags as regressors).
       test_forecasts: every cell also writes its forecast of every test target
         (``forecasts/<cell>.test.csv.gz``; ``dmeta.stmp.protocol.test_frame``), for
@@ -206,7 +207,7 @@ class ProtocolConfig:
     full: bool = True
     one_week: bool = True
     unseen_types: Literal["one_hot", "zero"] = "one_hot"
-    closed_days: Literal["zero", "last_week"] = "zero"
+    closed_days: Literal["zero", "last_week"] = "last_week"
     test_forecasts: bool = False
 
 
@@ -271,7 +272,14 @@ class TuningConfig:
 
 @dataclasses.dataclass(frozen=True)
 class STMPConfig:
-    """One STMP run: ``data``, ``model``, ``train``, ``protocol``, ``baselines``, ``tuning``."""
+    """One STMP run: ``data``, ``model``, ``train``, ``protocol``, ``baselines``, ``tuning``.
+    ``BEFORE_ADDED``: what runs saved before a field existed did, where its default is a new
+    behaviour (``dmeta.train.harness``)."""
+
+    BEFORE_ADDED: ClassVar[dict[str, object]] = {
+        "protocol.closed_days": "zero",
+        "train.min_steps": 0,
+    }
 
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
