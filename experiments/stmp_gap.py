@@ -4,7 +4,8 @@ Reads the test forecasts that a run with ``protocol.test_forecasts=true`` writes
 (``forecasts/<setting>__<method>__seed<k>.test.csv.gz``), pairs two methods' forecasts of the
 same regular-day targets over the seeds both have, and splits the regular-day MSE gap
 (``method`` minus ``against``, summed squared errors) by test month, weekday, days to the
-store's nearest festival day, store size, and the size of the errors. Writes ``gap.md``
+store's nearest festival day, store size, closed and very low days in the window before,
+and the size of the errors. Writes ``gap.md``
 (with this command at its top) and ``gap.png`` (monthly regular-day MSE of both) into the
 folder.
 
@@ -36,6 +37,8 @@ GAP_BINS = [-1, 0, 1, 3, np.inf]
 GAP_LABELS = ["none", "1", "2-3", "4+"]
 NEAR_BINS = [0, 1, 3, 7, 14, np.inf]
 NEAR_LABELS = ["1", "2-3", "4-7", "8-14", "15+ or none"]
+LOW_FRACTION = 0.4  # a very low day: below this fraction of the store's median test day
+LOW_WINDOW = 7
 
 
 def read_forecasts(folder: Path, method: str, setting: str = "full") -> pd.DataFrame:
@@ -83,6 +86,23 @@ def window_gaps(frame: pd.DataFrame, window: int = WINDOW) -> pd.Series:
     return out
 
 
+def low_days(
+    frame: pd.DataFrame, window: int = LOW_WINDOW, fraction: float = LOW_FRACTION
+) -> pd.Series:
+    """Per row: the days among the ``window`` before it on which its store was open but
+    very low (actual below ``fraction`` of the store's median test-period actual: partial
+    closures, which ``protocol.closed_days`` does not fill)."""
+    out = pd.Series(0, index=frame.index)
+    for _, rows in frame.groupby(["seed", "region"]):
+        days = rows.date.to_numpy().astype("datetime64[D]").astype(int)
+        low = np.zeros(days.max() - days.min() + 1, int)
+        low[days - days.min()] = rows.actual.to_numpy() < fraction * rows.actual.median()
+        cum = np.concatenate([[0], np.cumsum(low)])  # low days before each offset
+        first = np.maximum(days - days.min() - window, 0)
+        out[rows.index] = cum[days - days.min()] - cum[first]
+    return out
+
+
 def paired(folder: Path, method: str, against: str) -> pd.DataFrame:
     """Regular-day targets both methods forecast (same seed): actual, ``se_a`` (``method``'s
     squared error), ``se_b`` (``against``'s), ``gap`` = se_a - se_b, and breakdown keys."""
@@ -92,6 +112,7 @@ def paired(folder: Path, method: str, against: str) -> pd.DataFrame:
         festival_distance(both), NEAR_BINS, labels=NEAR_LABELS, right=True
     )
     both["window_gaps"] = pd.cut(window_gaps(both), GAP_BINS, labels=GAP_LABELS)
+    both["low_days"] = np.where(low_days(both) > 0, "1+", "none")
     both = both[~both.festival].copy()
     both["se_a"] = (both.actual - both.forecast_a) ** 2
     both["se_b"] = (both.actual - both.forecast_b) ** 2
@@ -151,6 +172,11 @@ def report(folder: Path, method: str, against: str, command: str) -> str:
         ("near_festival", "By days to the store's nearest test-period festival day"),
         ("store_size", "By store size (quintiles of mean regular-day transactions; Q1 smallest)"),
         ("window_gaps", f"By closed days (no test target) among the {WINDOW} days before"),
+        (
+            "low_days",
+            f"By very low open days (below {LOW_FRACTION:g} of the store's median test day) "
+            f"among the {LOW_WINDOW} days before",
+        ),
         ("error_size", f"By the size of {method}'s error"),
     ):
         table = breakdown(both, key, method, against)

@@ -74,13 +74,16 @@ def test_test_forecasts_hold_every_scored_target_and_split_the_gap(cfg, tmp_path
         np.testing.assert_allclose(mse, row.value.item(), rtol=1e-5)
     both = stmp_gap.paired(tmp_path, "ARIMA", "HistAvg")
     assert not both.festival.any() and len(both) == (~frame.festival).sum()
-    for key in ("month", "weekday", "near_festival", "store_size", "window_gaps", "error_size"):
+    keys = ("month", "weekday", "near_festival", "store_size", "window_gaps", "low_days")
+    for key in (*keys, "error_size"):
         table = stmp_gap.breakdown(both, key, "ARIMA", "HistAvg")
         np.testing.assert_allclose(table["share of gap"].sum(), 1.0)
         np.testing.assert_allclose(table.targets.sum(), 1.0)
     days = pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-04", "2020-01-05"])
     toy = pd.DataFrame({"seed": 0, "region": "a", "date": days})
     assert stmp_gap.window_gaps(toy, window=3).tolist() == [0, 0, 1, 1]  # Jan 3 missing
+    toy["actual"] = [100, 10, 100, 100]  # Jan 2 below 0.4 of the median (100)
+    assert stmp_gap.low_days(toy, window=2).tolist() == [0, 0, 1, 0]  # Jan 2 in Jan 4's 2
     stmp_gap.main([str(tmp_path), "--method", "ARIMA", "--against", "HistAvg"])
     assert "By test month" in (tmp_path / "gap.md").read_text()
     assert (tmp_path / "gap.png").stat().st_size > 1000
