@@ -16,7 +16,9 @@
 With ``--reference DIR`` (a finished run on the same data and split that reran some of the
 methods under a change, e.g. ``walmart_scaled`` beside ``walmart_median_800``), the methods
 this run lacks are taken from ``DIR`` for the tests above, and each method both runs have is
-tested against its ``DIR`` self.
+tested against its ``DIR`` self. ``--reference`` repeats: each reference is tested against
+this run's own methods, and a method the run lacks comes from the first reference that has
+it.
 
 Writes ``posthoc.md`` (and ``planted_response.{csv,png}``) into the run folder:
 
@@ -165,21 +167,22 @@ def scaled_targets(saved: dict, cfg: RMLDPConfig, large: float = 10.0) -> tuple[
 
 
 def with_reference(
-    scores: pd.DataFrame, reference: Path
+    own: pd.DataFrame, scores: pd.DataFrame, reference: Path
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """``scores`` plus the ``reference`` run's rows of the methods ``scores`` lacks; paired
-    tests of each shared method against its reference self (``b``: ``"<method> (<dir>)"``);
-    the methods taken. Raises ``ValueError`` when the two runs' target segments differ."""
-    ref, own = segments(reference), set(scores["method"])
-    if set(ref["segment"]) != set(scores["segment"]):
+    tests of each method of ``own`` (the run's own rows) that the reference also has against
+    its reference self (``b``: ``"<method> (<dir>)"``); the methods taken. Raises
+    ``ValueError`` when the two runs' target segments differ."""
+    ref = segments(reference)
+    if set(ref["segment"]) != set(own["segment"]):
         raise ValueError(f"{reference}: other target segments than the run's")
-    shared = sorted(own & set(ref["method"]))
+    shared = sorted(set(own["method"]) & set(ref["method"]))
     renamed = ref[ref["method"].isin(shared)].assign(
         method=lambda f: f["method"] + f" ({reference.name})"
     )
-    both = pd.concat([scores, renamed])
+    both = pd.concat([own, renamed])
     tests = pd.DataFrame([paired_test(both, m, f"{m} ({reference.name})") for m in shared])
-    taken = sorted(set(ref["method"]) - own)
+    taken = sorted(set(ref["method"]) - set(scores["method"]))
     return pd.concat([scores, ref[ref["method"].isin(taken)]]), tests, taken
 
 
@@ -187,19 +190,25 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="folder of a finished rmldp run")
     parser.add_argument(
-        "--reference", type=Path, help="a finished run on the same split to compare with"
+        "--reference",
+        type=Path,
+        action="append",
+        default=[],
+        help="a finished run on the same split to compare with (repeatable; a method the run "
+        "lacks comes from the first reference that has it)",
     )
     args = parser.parse_args(argv)
     run_dir = args.run_dir
     saved = json.loads((run_dir / "config.json").read_text())
     cfg = run_config(saved)
-    scores, compared = segments(run_dir), None
+    own = scores = segments(run_dir)
     command = f"python -m experiments.rmldp_posthoc {run_dir}"
-    if args.reference is not None:
-        scores, tests, taken = with_reference(scores, args.reference)
-        command += f" --reference {args.reference}"
-        compared = (
-            f"## Against the reference run `{args.reference}`\n\n"
+    compared = []
+    for reference in args.reference:
+        scores, tests, taken = with_reference(own, scores, reference)
+        command += f" --reference {reference}"
+        compared.append(
+            f"## Against the reference run `{reference}`\n\n"
             f"Taken from it for the tests above: {', '.join(taken) or 'none'}. Each method of "
             "both runs against its reference self (seed-averaged MAPE per target segment; "
             "`a` is this run's):\n\n" + markdown_table(tests)
@@ -217,8 +226,7 @@ def main(argv: list[str] | None = None) -> str:
             "## The full RMLDP variant against the global and classical models\n\n"
             "The same tests, RMLDP (RMLDP-g without baskets) as `a`.\n\n" + markdown_table(rivals)
         )
-    if compared is not None:
-        md.append(compared)
+    md.extend(compared)
     synthetic = saved.get("data") == "synthetic"
     if synthetic and cfg.data.carryover > 0 and {"RMLDP", "MAML"} <= set(scores["method"]):
         wide = gains(scores, cfg)

@@ -86,12 +86,15 @@ def test_posthoc_reference_fills_missing_methods_and_tests_the_shared_ones(run_d
     full = rmldp_posthoc.segments(out)
     rerun = full[full["method"].isin(["MAML", "RMLDP"])].copy()
     rerun.loc[rerun["method"] == "MAML", "mape"] *= 0.5
-    scores, tests, taken = rmldp_posthoc.with_reference(rerun, out)
+    scores, tests, taken = rmldp_posthoc.with_reference(rerun, rerun, out)
     assert set(scores["method"]) == set(full["method"]) and len(scores) == len(full)
     assert taken == sorted(set(full["method"]) - {"MAML", "RMLDP"})
     wins = tests.set_index("a")["a_wins"]
     assert list(tests["b"]) == [f"MAML ({out.name})", f"RMLDP ({out.name})"]
     assert wins["MAML"] == full["segment"].nunique() and wins["RMLDP"] == 0  # halved; equal
+    # a second reference takes nothing more and still tests the rerun's own methods only
+    again, tests2, taken2 = rmldp_posthoc.with_reference(rerun, scores, out)
+    assert taken2 == [] and len(again) == len(full) and tests2.equals(tests)
 
 
 def test_resumed_run_after_losing_a_cell_gives_identical_results(run_dir):
