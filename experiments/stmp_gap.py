@@ -5,9 +5,8 @@ Reads the test forecasts that a run with ``protocol.test_forecasts=true`` writes
 same regular-day targets over the seeds both have, and splits the regular-day MSE gap
 (``method`` minus ``against``, summed squared errors) by test month, weekday, days to the
 store's nearest festival day, store size, closed and very low days in the window before,
-and the size of the errors. Writes ``gap.md``
-(with this command at its top) and ``gap.png`` (monthly regular-day MSE of both) into the
-folder.
+and the size of the errors. Writes ``gap.md`` (with this command at its top) and ``gap.png``
+(monthly regular-day MSE of both) into the folder.
 
     python -m experiments.stmp_gap experiments/results/stmp/favorita_round2_forecasts \\
         --method STMP --against LSTM

@@ -192,8 +192,9 @@ class ProtocolConfig:
         unobserved days (Favorita's stores close on December 25 and January 1), their
         observed flag staying 0: ``"last_week"`` (the default since 2026-12-02, by
         `design_closed_min_steps/`'s registered rule), the same weekday's input a week
-        earlier (``dmeta.stmp.data.fill_last_period``), or ``"zero"`` (every run before). HistAvg, ARIMA and XGBoost read their
-        lags as before (zeros with the flags as regressors).
+        earlier (``dmeta.stmp.data.fill_last_period``), or ``"zero"`` (every run before).
+        HistAvg, ARIMA and XGBoost read their lags as before (zeros with the flags as
+        regressors).
       test_forecasts: every cell also writes its forecast of every test target
         (``forecasts/<cell>.test.csv.gz``; ``dmeta.stmp.protocol.test_frame``), for
         per-day and per-region diagnoses (``experiments.stmp_gap``).
