@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import subprocess
+import sys
+import threading
 
 import jax
 import numpy as np
@@ -366,6 +369,73 @@ def test_shared_choice_tunes_once_per_method_and_setting(tmp_path):
     assert (tmp_path / harness.TUNED / "full__a.json").exists()
     _open(tmp_path, fresh=True)
     assert not (tmp_path / harness.TUNED).exists()
+
+
+WORKER = """
+import os, sys, time
+from pathlib import Path
+from dmeta.train import harness
+from dmeta.train.harness import Cell
+
+out = Path(sys.argv[1])
+log = out / "calls.log"
+
+def note(text):
+    with open(log, "a") as f:
+        f.write(f"{text} {os.getpid()}\\n")
+
+def run_cell(cell):
+    best = harness.shared_choice(out, cell, lambda: note(f"tune {cell.family}") or {"lr": 1})
+    note(f"run {cell.key}")
+    time.sleep(0.4)
+    keys = dict(experiment="t", dataset="d", method=cell.method, seed=cell.seed)
+    return [dict(keys, group="all", metric="mse", value=float(best["lr"] + cell.seed))]
+
+cells = [Cell(m, s) for s in range(3) for m in ("a", "b")]
+rows = harness.run_cells(out, cells, run_cell)
+rows.to_csv(out / f"rows_{os.getpid()}.csv", index=False)
+"""
+
+
+def test_processes_sharing_a_folder_run_each_cell_and_tuning_once(tmp_path):
+    _open(tmp_path)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    workers = [subprocess.Popen([sys.executable, str(script), str(tmp_path)]) for _ in range(2)]
+    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    calls = [line.split() for line in (tmp_path / "calls.log").read_text().splitlines()]
+    runs = sorted(c[1] for c in calls if c[0] == "run")
+    assert runs == sorted(f"main__{m}__seed{s}" for s in range(3) for m in "ab")
+    assert sorted(c[1] for c in calls if c[0] == "tune") == ["main__a", "main__b"]
+    assert len({c[2] for c in calls if c[0] == "run"}) == 2  # both processes ran cells
+    first, second = (pd.read_csv(p) for p in sorted(tmp_path.glob("rows_*.csv")))
+    pd.testing.assert_frame_equal(first, second)
+    assert len(first) == 6 and not list((tmp_path / "cells").glob("*.claim"))
+
+
+def test_a_cell_held_by_a_process_that_dies_is_run_after_the_others(tmp_path):
+    _open(tmp_path)
+    cells = [Cell("a", s) for s in range(3)]
+    calls = []
+    held, release = threading.Event(), threading.Event()
+
+    def other_process():  # holds cell 0 and dies before writing it
+        with harness.claim(tmp_path / "cells", cells[0], wait=False) as mine:
+            assert mine
+            held.set()
+            release.wait(timeout=30)
+
+    def run_cell(cell):
+        calls.append(cell.seed)
+        release.set()
+        return _rows(cell, float(cell.seed))
+
+    thread = threading.Thread(target=other_process)
+    thread.start()
+    held.wait(timeout=30)
+    rows = harness.run_cells(tmp_path, cells, run_cell)
+    thread.join()
+    assert calls == [1, 2, 0] and rows["seed"].tolist() == [0, 1, 2]
 
 
 def test_time_left_takes_each_family_from_its_last_cell():

@@ -17,19 +17,30 @@ values into the results as metrics ``hp:<name>``. The chosen point of a (setting
 is kept in ``tuned/<family>.json`` and every score as it is known in
 ``tuned/<family>.trials.jsonl`` (``tuning_memo``), so a tuning killed between its fits
 resumes without them, also where the checkpoints are gone (``ckpt/`` is not committed).
+
+Several processes may run the same command on the same folder at once (one per core or
+device, or a second one started later): each claims a cell before running it (an exclusive
+``fcntl`` lock on ``cells/<key>.claim``, released when the cell is written or the process
+dies) and skips the cells another process holds, then waits for those before it finishes;
+a family's shared tuning runs once, under a lock on ``tuned/<family>.lock``. A JAX
+multi-process run (``dmeta.distributed``) runs every cell in all its processes together
+and claims nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import itertools
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 CELLS = "cells"
 ORDER = "order.txt"  # in cells/: the cell keys of the run's last ``run_cells``, in order
+CLAIM = ".claim"  # cells/<key>.claim: locked by the process running the cell
 CKPT = "ckpt"
 CURVES = "curves"
 TUNED = "tuned"
@@ -87,7 +99,7 @@ def write_atomic(path: Path, text: str | bytes) -> None:
 
     def write(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes may race
         tmp.write_bytes(text) if isinstance(text, bytes) else tmp.write_text(text)
         os.replace(tmp, path)
 
@@ -186,34 +198,114 @@ def run_cells(
         out, len(cells), methods, len({c.seed for c in cells}),
         len({c.setting for c in cells}), done, len(cells) - done,
     )  # fmt: skip
-    frames, seconds = [], {}
+    frames: dict[Cell, pd.DataFrame] = {}
+    seconds: dict[Cell, float] = {}
+    held_elsewhere = []
     for i, cell in enumerate(cells):
         path = folder / f"{cell.key}.csv"
         if path.exists():
-            frames.append(read_rows(path))
+            frames[cell] = read_rows(path)
             logger.info("[%d/%d] %s: done earlier, kept", i + 1, len(cells), cell.key)
             continue
-        ckpt, curves = Path(out) / CKPT / cell.key, Path(out) / CURVES / cell.key
-        start = time.perf_counter()
-        with loop.checkpoints(ckpt, curves=curves) as fits:
-            rows = run_cell(cell)
-        frame = validate_results(pd.DataFrame(rows, columns=list(COLUMNS)))
-        write_atomic(path, frame.to_csv(index=False))
-        if distributed.is_main_process():
-            shutil.rmtree(ckpt, ignore_errors=True)
-            keep = set(fits.names) | fits.kept
-            for stale in (p for p in curves.glob("*") if not fits.keep_all and p.stem not in keep):
-                stale.unlink()  # a curve of an earlier, interrupted try of this cell
-        frames.append(frame)
-        seconds[cell] = time.perf_counter() - start
-        to_run = [c for c in cells[i + 1 :] if not (folder / f"{c.key}.csv").exists()]
-        logger.info(
-            "[%d/%d] %s written in %.0f s (about %.1f h left)", i + 1, len(cells), cell.key,
-            seconds[cell], time_left(seconds, to_run) / 3600,
-        )  # fmt: skip
+        with claim(folder, cell, wait=False) as mine:
+            if mine:
+                start = time.perf_counter()
+                frames[cell] = _run_claimed(out, cell, run_cell, path)
+                seconds[cell] = time.perf_counter() - start
+                to_run = [c for c in cells[i + 1 :] if not (folder / f"{c.key}.csv").exists()]
+                logger.info(
+                    "[%d/%d] %s written in %.0f s (about %.1f h left)", i + 1, len(cells),
+                    cell.key, seconds[cell], time_left(seconds, to_run) / 3600,
+                )  # fmt: skip
+            elif path.exists():
+                frames[cell] = read_rows(path)
+            else:
+                held_elsewhere.append(cell)
+                logger.info("[%d/%d] %s: running in another process", i + 1, len(cells), cell.key)
+    for cell in held_elsewhere:  # wait for the other process; run the cell if it died first
+        logger.info("%s: waiting for the process that runs it", cell.key)
+        path = folder / f"{cell.key}.csv"
+        with claim(folder, cell, wait=True):
+            frames[cell] = read_rows(path) if path.exists() else _run_claimed(
+                out, cell, run_cell, path
+            )  # fmt: skip
     if not frames:
         return pd.DataFrame(columns=list(COLUMNS))
-    return validate_results(pd.concat(frames, ignore_index=True))
+    return validate_results(pd.concat([frames[c] for c in cells], ignore_index=True))
+
+
+def _run_claimed(
+    out: Path,
+    cell: Cell,
+    run_cell: Callable[[Cell], Iterable[Mapping[str, Any]] | pd.DataFrame],
+    path: Path,
+) -> pd.DataFrame:
+    """Runs a cell this process holds; writes its rows to ``path`` and returns them."""
+    ckpt, curves = Path(out) / CKPT / cell.key, Path(out) / CURVES / cell.key
+    with loop.checkpoints(ckpt, curves=curves) as fits:
+        rows = run_cell(cell)
+    frame = validate_results(pd.DataFrame(rows, columns=list(COLUMNS)))
+    write_atomic(path, frame.to_csv(index=False))
+    if distributed.is_main_process():
+        shutil.rmtree(ckpt, ignore_errors=True)
+        keep = set(fits.names) | fits.kept
+        for stale in (p for p in curves.glob("*") if not fits.keep_all and p.stem not in keep):
+            stale.unlink()  # a curve of an earlier, interrupted try of this cell
+    return frame
+
+
+@contextlib.contextmanager
+def claim(folder: Path, cell: Cell, *, wait: bool) -> Iterator[bool]:
+    """Holds ``cell`` for this process while the block runs: yields True when this process
+    may run it (its CSV not written yet), False when another process holds it (``wait``
+    False) or has written it. In a JAX multi-process run every process runs every cell, so
+    it always yields True there.
+
+    Args:
+      folder: the run's ``cells/`` folder.
+      cell: the cell.
+      wait: block until another process's hold ends, instead of yielding False.
+    """
+    if distributed.process_info().process_count > 1:
+        yield True
+        return
+    path = folder / f"{cell.key}{CLAIM}"
+    with _locked(path, wait=wait) as held:
+        yield held and not (folder / f"{cell.key}.csv").exists()
+
+
+@contextlib.contextmanager
+def _locked(path: Path, *, wait: bool) -> Iterator[bool]:
+    """An exclusive ``fcntl.flock`` on ``path`` (created; removed when released, its text
+    ``host:pid`` of the holder); yields whether it is held (always, with ``wait``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # the holder removed it while this process waited: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()}:{os.getpid()}\n".encode())
+        yield True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the one at ``path``."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def time_left(seconds: Mapping[Cell, float], to_run: Sequence[Cell]) -> float:
@@ -396,6 +488,16 @@ def shared_choice(
         for line in memo.read_text().splitlines() if memo.exists() else []:
             loop.keep_curves(json.loads(line).get("fits"))
         return best
+    if distributed.process_info().process_count == 1:
+        with _locked(path.with_suffix(".lock"), wait=True):  # another process may tune it
+            if path.exists():
+                return shared_choice(out, cell, choose, per_seed=per_seed)
+            return _choose_and_record(path, choose)
+    return _choose_and_record(path, choose)
+
+
+def _choose_and_record(path: Path, choose: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
+    """``choose()``, recorded in ``path`` (``tuned/<family>.json``)."""
     best = dict(choose())
     write_atomic(path, json.dumps(best, sort_keys=True) + "\n")
     return best
