@@ -384,20 +384,25 @@ def note(text):
     with open(log, "a") as f:
         f.write(f"{text} {os.getpid()}\\n")
 
+def choose(cell):
+    note(f"tune {cell.family}")
+    time.sleep(3)
+    return {"lr": 1}
+
 def run_cell(cell):
-    best = harness.shared_choice(out, cell, lambda: note(f"tune {cell.family}") or {"lr": 1})
+    best = harness.shared_choice(out, cell, lambda: choose(cell))
     note(f"run {cell.key}")
     time.sleep(0.4)
     keys = dict(experiment="t", dataset="d", method=cell.method, seed=cell.seed)
     return [dict(keys, group="all", metric="mse", value=float(best["lr"] + cell.seed))]
 
-cells = [Cell(m, s) for s in range(3) for m in ("a", "b")]
+cells = [Cell(m, s) for m in ("a", "b") for s in range(3)]  # method-major: tunings first
 rows = harness.run_cells(out, cells, run_cell)
 rows.to_csv(out / f"rows_{os.getpid()}.csv", index=False)
 """
 
 
-def test_processes_sharing_a_folder_run_each_cell_and_tuning_once(tmp_path):
+def test_processes_sharing_a_folder_run_each_cell_and_tune_families_apart(tmp_path):
     _open(tmp_path)
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -406,7 +411,9 @@ def test_processes_sharing_a_folder_run_each_cell_and_tuning_once(tmp_path):
     calls = [line.split() for line in (tmp_path / "calls.log").read_text().splitlines()]
     runs = sorted(c[1] for c in calls if c[0] == "run")
     assert runs == sorted(f"main__{m}__seed{s}" for s in range(3) for m in "ab")
-    assert sorted(c[1] for c in calls if c[0] == "tune") == ["main__a", "main__b"]
+    tunes = sorted((c[1], c[2]) for c in calls if c[0] == "tune")
+    assert [t[0] for t in tunes] == ["main__a", "main__b"]
+    assert tunes[0][1] != tunes[1][1]  # the second process tuned b while the first tuned a
     assert len({c[2] for c in calls if c[0] == "run"}) == 2  # both processes ran cells
     first, second = (pd.read_csv(p) for p in sorted(tmp_path.glob("rows_*.csv")))
     pd.testing.assert_frame_equal(first, second)

@@ -22,7 +22,9 @@ Several processes may run the same command on the same folder at once (one per c
 device, or a second one started later): each claims a cell before running it (an exclusive
 ``fcntl`` lock on ``cells/<key>.claim``, released when the cell is written or the process
 dies) and skips the cells another process holds, then waits for those before it finishes;
-a family's shared tuning runs once, under a lock on ``tuned/<family>.lock``. A JAX
+a family's shared tuning runs once, under a lock on ``tuned/<family>.lock`` (a cell whose
+tuning another process holds is put back as a held cell is, so the processes tune
+different families at once). A JAX
 multi-process run (``dmeta.distributed``) runs every cell in all its processes together
 and claims nothing.
 """
@@ -210,7 +212,14 @@ def run_cells(
         with claim(folder, cell, wait=False) as mine:
             if mine:
                 start = time.perf_counter()
-                frames[cell] = _run_claimed(out, cell, run_cell, path)
+                try:
+                    with _deferring_tuning():
+                        frames[cell] = _run_claimed(out, cell, run_cell, path)
+                except TuningElsewhere:
+                    held_elsewhere.append(cell)
+                    logger.info("[%d/%d] %s: its tuning runs in another process, later",
+                                i + 1, len(cells), cell.key)  # fmt: skip
+                    continue
                 seconds[cell] = time.perf_counter() - start
                 to_run = [c for c in cells[i + 1 :] if not (folder / f"{c.key}.csv").exists()]
                 logger.info(
@@ -223,7 +232,7 @@ def run_cells(
                 held_elsewhere.append(cell)
                 logger.info("[%d/%d] %s: running in another process", i + 1, len(cells), cell.key)
     for cell in held_elsewhere:  # wait for the other process; run the cell if it died first
-        logger.info("%s: waiting for the process that runs it", cell.key)
+        logger.info("%s: waiting for the process that runs it (or its tuning)", cell.key)
         path = folder / f"{cell.key}.csv"
         with claim(folder, cell, wait=True):
             frames[cell] = read_rows(path) if path.exists() else _run_claimed(
@@ -252,6 +261,23 @@ def _run_claimed(
         for stale in (p for p in curves.glob("*") if not fits.keep_all and p.stem not in keep):
             stale.unlink()  # a curve of an earlier, interrupted try of this cell
     return frame
+
+
+class TuningElsewhere(Exception):
+    """Raised by ``shared_choice`` in ``run_cells``'s first pass when another process holds
+    the family's tuning: the cell is put back and run after the others."""
+
+
+_DEFER = {"tuning": False}  # in run_cells's first pass: skip a tuning held elsewhere
+
+
+@contextlib.contextmanager
+def _deferring_tuning() -> Iterator[None]:
+    _DEFER["tuning"] = True
+    try:
+        yield
+    finally:
+        _DEFER["tuning"] = False
 
 
 @contextlib.contextmanager
@@ -476,7 +502,9 @@ def shared_choice(
     reuses the choice and its seeds differ only in their own seed. The curves of the tuning's
     fits (named in its ``tuning_memo``) stay with a cell that reads the choice back, as they
     do with one that resumes the tuning: the cell that tuned may have been killed after
-    recording the choice and before it was written.
+    recording the choice and before it was written. Processes sharing ``out`` tune a
+    family once: one holds ``tuned/<family>.lock`` while it tunes; another waits for the
+    choice, or (in ``run_cells``'s first pass) raises ``TuningElsewhere`` to run other cells.
     """
     if per_seed or out is None:
         return dict(choose())
@@ -489,7 +517,9 @@ def shared_choice(
             loop.keep_curves(json.loads(line).get("fits"))
         return best
     if distributed.process_info().process_count == 1:
-        with _locked(path.with_suffix(".lock"), wait=True):  # another process may tune it
+        with _locked(path.with_suffix(".lock"), wait=not _DEFER["tuning"]) as held:
+            if not held:  # another process tunes it: run_cells comes back to this cell
+                raise TuningElsewhere(cell.family)
             if path.exists():
                 return shared_choice(out, cell, choose, per_seed=per_seed)
             return _choose_and_record(path, choose)
