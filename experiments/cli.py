@@ -2,7 +2,7 @@
 
     dmeta run EXPERIMENT [--data SPEC] [--out DIR] [--smoke] [--size cpu|paper] [--seeds N]
                          [--methods A,B] [--data-parallel] [--host-devices N]
-                         [--set PATH=VALUE ...] [--fresh]
+                         [--set PATH=VALUE ...] [--fresh] [--workers N]
     dmeta config EXPERIMENT [--smoke] [--size paper]    every field as PATH = VALUE
     dmeta report DIR [--check]                          results.md and READMEs from results.csv
     dmeta report RUN_DIR --interim                      print the tables of a run in progress
@@ -12,7 +12,10 @@
 A multi-process run starts the same command once per process with ``--coordinator HOST:PORT
 --num-processes N --process-id I`` (or the environment JAX reads on a cluster:
 ``dmeta.distributed``); the data-parallel mesh then spans every process's devices, and only
-process 0 writes the run folder.
+process 0 writes the run folder. ``--workers N`` instead runs the cells in N independent
+processes on this machine, each pinned to its share of the cores; they share the run folder
+through the harness's cell claims (``dmeta.train.harness``), and the results are those of
+one process.
 
 An experiment is a module of the ``experiments`` package with ``get_config(smoke=,
 size=)`` (a nested frozen dataclass whose ``train.data_parallel`` is ``--data-parallel``),
@@ -24,22 +27,32 @@ with one line ``error: ...`` and exit status 2 (``--debug`` shows the traceback)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import pkgutil
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
+
 import experiments
 from dmeta import datasets, distributed, parallel, report
 from dmeta.config import ConfigError, format_config, override
 from dmeta.data.frames import DataError
+from dmeta.train import harness
 from dmeta.train.harness import RunError
 
 USER_ERRORS = (DataError, ConfigError, RunError, FileNotFoundError)
+
+logger = logging.getLogger(__name__)
+
+CPUS_ENV = "DMETA_CPUS"  # "0,1": the cores a worker of ``--workers`` pins itself to
 
 
 def discover() -> dict[str, ModuleType]:
@@ -57,7 +70,7 @@ def discover() -> dict[str, ModuleType]:
         except ModuleNotFoundError as err:
             if (err.name or "").partition(".")[0] in ("dmeta", "experiments"):
                 raise
-            logging.getLogger(__name__).warning(
+            logger.warning(
                 "experiment %s left out: it needs %s, which is not installed", info.name, err.name
             )
             continue
@@ -111,6 +124,13 @@ def _experiment_parser(sub, name: str, module: ModuleType, command: str) -> argp
         help="override any config field (see `dmeta config NAME`); repeatable",
     )
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming --out")
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="run the cells in N processes sharing --out, each on its share of the cores",
+    )
     p.add_argument(
         "--coordinator",
         default=None,
@@ -216,10 +236,12 @@ def dispatch(registry: dict[str, ModuleType], args: argparse.Namespace, argv: li
     if args.command == "config":
         print(format_config(cfg))
         return 0
+    out = args.out or Path("runs") / args.experiment
+    if args.workers > 1:
+        return run_workers(argv, args.workers, out, fresh=args.fresh, multi=args.coordinator)
     if args.host_devices:
         parallel.use_host_devices(args.host_devices)
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    out = args.out or Path("runs") / args.experiment
     results = module.run(
         cfg,
         data=args.data,
@@ -235,13 +257,71 @@ def dispatch(registry: dict[str, ModuleType], args: argparse.Namespace, argv: li
 
 def recorded_command(argv: list[str]) -> str:
     """The ``command.txt`` line of a run: its command without ``--fresh``, so the recorded
-    command resumes the folder instead of wiping it."""
-    return "dmeta " + shlex.join(a for a in argv if a != "--fresh")
+    command resumes the folder instead of wiping it, and without ``--workers N``, which does
+    not change the results."""
+    return "dmeta " + shlex.join(a for a in _without_workers(argv) if a != "--fresh")
+
+
+def _without_workers(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for a in argv:
+        if skip or a.startswith("--workers="):
+            skip = False
+            continue
+        skip = a == "--workers"
+        if not skip:
+            kept.append(a)
+    return kept
+
+
+def run_workers(argv: list[str], workers: int, out: Path, *, fresh: bool, multi) -> int:
+    """Runs ``argv`` (a ``dmeta run``) in ``workers`` processes that share ``out``, each
+    pinned to a contiguous share of this process's cores (``DMETA_CPUS``; one share per
+    core when they match, with XLA's CPU thread pool off); logs the cells written every 30 s and writes
+    each process's log to ``out/workers/<i>.log``. Returns the largest exit status.
+
+    Raises:
+      ConfigError: with ``--fresh`` (each process would wipe the folder: start over once
+        without ``--workers``), with ``--coordinator``, or more workers than cores.
+    """
+    if fresh or multi:
+        flag = "--fresh" if fresh else "--coordinator"
+        raise ConfigError(f"--workers cannot be combined with {flag}")
+    cores = sorted(os.sched_getaffinity(0))
+    if workers > len(cores):
+        raise ConfigError(f"--workers {workers}: this process may use {len(cores)} cores")
+    logs = out / "workers"
+    logs.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "experiments.cli", *_without_workers(argv)]
+    shares = [tuple(int(c) for c in share) for share in np.array_split(cores, workers)]
+    procs = []
+    for i, share in enumerate(shares):
+        env = dict(os.environ, OMP_NUM_THREADS=str(len(share)))
+        env[CPUS_ENV] = ",".join(map(str, share))
+        if len(share) == 1:
+            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false"
+        with open(logs / f"{i}.log", "w") as log:
+            procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+        logger.info("worker %d: pid %d on cores %s, log %s", i, procs[-1].pid, share,
+                    logs / f"{i}.log")  # fmt: skip
+    last = time.monotonic()
+    while any(p.poll() is None for p in procs):
+        time.sleep(1)
+        if time.monotonic() - last >= 30:
+            last = time.monotonic()
+            with contextlib.suppress(FileNotFoundError):  # no cell order yet: loading data
+                logger.info("%s: %d of %d cells written", out, *harness.progress(out))
+    codes = [p.returncode for p in procs]
+    if any(codes):
+        print(f"error: worker exit statuses {codes}; see {logs}", file=sys.stderr)
+    return max(codes)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dmeta`` console script."""
     argv = sys.argv[1:] if argv is None else argv
+    if os.environ.get(CPUS_ENV):  # a worker of --workers: before JAX sizes its thread pools
+        os.sched_setaffinity(0, {int(c) for c in os.environ[CPUS_ENV].split(",")})
     registry = discover()
     args = build_parser(registry).parse_args(argv)
     logging.basicConfig(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from dmeta.config import flatten, format_config, override
@@ -84,6 +86,7 @@ def test_config_command_and_set(capsys):
         (["run", "stmp", "--smoke", "--set", "model.nope=1"], "unknown config path 'model.nope'"),
         (["run", "stmp", "--smoke", "--methods", "Nope"], "--methods: unknown ['Nope']"),
         (["run", "stmp", "--smoke", "--data", "table:/no/such.csv"], "does not exist"),
+        (["run", "stmp", "--smoke", "--workers", "2", "--fresh"], "combined with --fresh"),
     ],
 )
 def test_user_errors_are_one_line(argv, message, capsys, tmp_path):
@@ -150,3 +153,19 @@ def test_interim_report_needs_a_run_folder(capsys, tmp_path):
     assert cli.main(["report", str(tmp_path), "--interim"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "not a run folder (no cells/order.txt)" in err
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores for 2 workers")
+def test_workers_run_each_cell_of_one_run_once(tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["run", "sales_cnn", "--smoke", "--out", str(out), "--workers", "2"]) == 0
+    logs = [(out / "workers" / f"{i}.log").read_text() for i in range(2)]
+    written = [
+        line.split("] ", 1)[1].split(" written in ")[0]
+        for log in logs
+        for line in log.splitlines()
+        if " written in " in line
+    ]
+    assert sorted(written) == sorted((out / "cells" / "order.txt").read_text().split())
+    assert len(pd.read_csv(out / "results.csv")) > 0
+    assert "--workers" not in (out / "command.txt").read_text()
