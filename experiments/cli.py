@@ -304,13 +304,17 @@ def run_workers(argv: list[str], workers: int, out: Path, *, fresh: bool, multi)
             procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
         logger.info("worker %d: pid %d on cores %s, log %s", i, procs[-1].pid, share,
                     logs / f"{i}.log")  # fmt: skip
-    last = time.monotonic()
+    last, first = time.monotonic(), None  # first: (time, cells written) when first read
     while any(p.poll() is None for p in procs):
         time.sleep(1)
         if time.monotonic() - last >= 30:
             last = time.monotonic()
             with contextlib.suppress(FileNotFoundError):  # no cell order yet: loading data
-                logger.info("%s: %d of %d cells written", out, *harness.progress(out))
+                done, total = harness.progress(out)
+                first = first or (last, done)
+                rate = (done - first[1]) / max(last - first[0], 1e-9)  # cells per second
+                left = f", about {(total - done) / rate / 3600:.1f} h left" if rate > 0 else ""
+                logger.info("%s: %d of %d cells written%s", out, done, total, left)
     codes = [p.returncode for p in procs]
     if any(codes):
         print(f"error: worker exit statuses {codes}; see {logs}", file=sys.stderr)
