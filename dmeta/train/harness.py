@@ -24,7 +24,7 @@ device, or a second one started later): each claims a cell before running it (an
 dies) and skips the cells another process holds, then waits for those before it finishes;
 a family's shared tuning runs once, under a lock on ``tuned/<family>.lock`` (a cell whose
 tuning another process holds is put back as a held cell is, so the processes tune
-different families at once). A JAX
+different families at once). ``dmeta run --workers N`` starts such processes. A JAX
 multi-process run (``dmeta.distributed``) runs every cell in all its processes together
 and claims nothing.
 """
