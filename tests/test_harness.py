@@ -445,6 +445,18 @@ def test_a_cell_held_by_a_process_that_dies_is_run_after_the_others(tmp_path):
     assert calls == [1, 2, 0] and rows["seed"].tolist() == [0, 1, 2]
 
 
+def test_held_by_others_sees_live_claims_only(tmp_path):
+    folder = tmp_path / "cells"
+    held, mine, stale = Cell("a", 0), Cell("a", 1), Cell("a", 2)
+    folder.mkdir()
+    (folder / f"{stale.key}{harness.CLAIM}").write_text("host:1\n")  # its process died
+    with harness.claim(folder, held, wait=False), harness.claim(folder, mine, wait=False):
+        assert harness.held_by_others(folder, mine) == {held.key}
+        with harness.claim(folder, stale, wait=False) as taken:  # not locked: free to take
+            assert taken
+    assert harness.held_by_others(folder, mine) == set()
+
+
 def test_time_left_takes_each_family_from_its_last_cell():
     tuned, fitted = Cell("a", 0), Cell("a", 1)  # seed 0 tuned the shared choice
     seconds = {tuned: 400.0, fitted: 100.0, Cell("b", 0): 40.0}

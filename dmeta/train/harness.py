@@ -221,10 +221,16 @@ def run_cells(
                                 i + 1, len(cells), cell.key)  # fmt: skip
                     continue
                 seconds[cell] = time.perf_counter() - start
-                to_run = [c for c in cells[i + 1 :] if not (folder / f"{c.key}.csv").exists()]
+                busy = held_by_others(folder, cell)  # cells other processes run now
+                to_run = [
+                    c
+                    for c in cells[i + 1 :]
+                    if not (folder / f"{c.key}.csv").exists() and c.key not in busy
+                ]
                 logger.info(
-                    "[%d/%d] %s written in %.0f s (about %.1f h left)", i + 1, len(cells),
-                    cell.key, seconds[cell], time_left(seconds, to_run) / 3600,
+                    "[%d/%d] %s written in %.0f s (about %.1f h left, %d process(es))",
+                    i + 1, len(cells), cell.key, seconds[cell],
+                    time_left(seconds, to_run) / (1 + len(busy)) / 3600, 1 + len(busy),
                 )  # fmt: skip
             elif path.exists():
                 frames[cell] = read_rows(path)
@@ -332,6 +338,29 @@ def _same_file(fd: int, path: Path) -> bool:
         return os.stat(path).st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:
         return False
+
+
+def held_by_others(folder: Path, mine: Cell) -> set[str]:
+    """Keys of the cells that other live processes hold in ``folder`` (``cells/``) now,
+    ``mine`` left out: one per process that shares the run, for the time-left estimate.
+    (Testing a claim locks it for an instant; a process that tries it then skips the cell
+    and comes back to it, so no cell is lost.)"""
+    held = set()
+    for path in folder.glob(f"*{CLAIM}"):
+        key = path.name.removesuffix(CLAIM)
+        if key == mine.key:
+            continue
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue  # released since the listing
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.add(key)
+        finally:
+            os.close(fd)  # closing releases the lock if this process took it
+    return held
 
 
 def time_left(seconds: Mapping[Cell, float], to_run: Sequence[Cell]) -> float:
