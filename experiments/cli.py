@@ -274,11 +274,11 @@ def _without_workers(argv: list[str]) -> list[str]:
     return kept
 
 
-def run_workers(argv: list[str], workers: int, out: Path, *, fresh: bool, multi) -> int:
+def run_workers(argv: list[str], workers: int, out: Path, *, fresh: bool, multi: str | None) -> int:
     """Runs ``argv`` (a ``dmeta run``) in ``workers`` processes that share ``out``, each
     pinned to a contiguous share of this process's cores (``DMETA_CPUS``; one share per
-    core when they match, with XLA's CPU thread pool off); logs the cells written every 30 s and writes
-    each process's log to ``out/workers/<i>.log``. Returns the largest exit status.
+    core when they match, with XLA's CPU thread pool off). Logs the cells written every
+    30 s; each process's log is ``out/workers/<i>.log``. Returns the largest exit status.
 
     Raises:
       ConfigError: with ``--fresh`` (each process would wipe the folder: start over once

@@ -32,6 +32,7 @@ and claims nothing.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import fcntl
 import itertools
@@ -274,16 +275,16 @@ class TuningElsewhere(Exception):
     the family's tuning: the cell is put back and run after the others."""
 
 
-_DEFER = {"tuning": False}  # in run_cells's first pass: skip a tuning held elsewhere
+_DEFER_TUNING = contextvars.ContextVar("defer_tuning", default=False)  # run_cells's 1st pass
 
 
 @contextlib.contextmanager
 def _deferring_tuning() -> Iterator[None]:
-    _DEFER["tuning"] = True
+    token = _DEFER_TUNING.set(True)
     try:
         yield
     finally:
-        _DEFER["tuning"] = False
+        _DEFER_TUNING.reset(token)
 
 
 @contextlib.contextmanager
@@ -546,7 +547,7 @@ def shared_choice(
             loop.keep_curves(json.loads(line).get("fits"))
         return best
     if distributed.process_info().process_count == 1:
-        with _locked(path.with_suffix(".lock"), wait=not _DEFER["tuning"]) as held:
+        with _locked(path.with_suffix(".lock"), wait=not _DEFER_TUNING.get()) as held:
             if not held:  # another process tunes it: run_cells comes back to this cell
                 raise TuningElsewhere(cell.family)
             if path.exists():
