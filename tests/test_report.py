@@ -144,6 +144,21 @@ def test_rmldp_report_shows_the_median_and_the_segments_that_dominate():
     assert dominant[["method", "metric", "segment"]].values.tolist() == [["M", "mape", "3"]]
 
 
+def test_last_quarter_best_gain_passes_a_noisy_plateau_not_a_falling_curve():
+    from dmeta.report.convergence import FLAT, last_quarter_best_gain, last_quarter_gain
+
+    # best at row 1, a spike just before the last quarter, noise above the best after it:
+    # an early-stopped plateau; its fall from the spike fails the first rule, not the best's
+    plateau = [0.60, 0.50, 0.55, 0.53, 0.56, 0.54, 0.70, 0.58, 0.55, 0.57]
+    np.testing.assert_allclose(last_quarter_gain(plateau), (0.70 - 0.55) / 0.70)
+    np.testing.assert_allclose(last_quarter_best_gain(plateau), (0.50 - 0.55) / 0.50)
+    # still setting new lows in the last quarter: fails both
+    falling = [1.0, 0.9, 0.85, 0.8, 0.78, 0.76, 0.74, 0.72, 0.70, 0.65]
+    np.testing.assert_allclose(last_quarter_best_gain(falling), (0.74 - 0.65) / 0.74)
+    assert last_quarter_gain(falling) > FLAT
+    assert np.isnan(last_quarter_best_gain([1.0, 0.5, 0.4]))
+
+
 def test_convergence_section_from_saved_curves(tmp_path):
     from dmeta.report import convergence
 
@@ -160,8 +175,9 @@ def test_convergence_section_from_saved_curves(tmp_path):
     assert table.loc["CNN+WD", "metric"] == "val_loss" and table.loc["CNN+WD", "converged"]
     assert table.loc["DNN", "metric"] == "loss" and not table.loc["DNN", "converged"]
     np.testing.assert_allclose(table.loc["DNN", "gain"], (1 / 9 - 1 / 12) / (1 / 9))
+    assert table.loc["CNN+WD", "best_flat"] and not table.loc["DNN", "best_flat"]
     text = convergence.section(tmp_path, ["CNN+WD", "DNN"])
-    assert "| CNN+WD" in text and "1/1" in text and "0/1" in text
+    assert "| CNN+WD" in text and "1/1" in text and "0/1" in text and "best flat" in text
     assert convergence.section(tmp_path / "none") == ""
     # a fit that diverged before its first row left an empty curve: counted, not converged
     (flat / "001-cnn-cd34.csv").write_text("\n")
